@@ -1,0 +1,41 @@
+#pragma once
+// EdgeShard (IEEE IoT-J 2024): joint device selection and layer partition.
+//
+// Latency: the paper's DP D(i,j) = min_k [D(i-1,k) + O_{i-1}/B(k,j)] + t(i,j)
+// lets a device be used again later in the path, but its memory check ("along
+// the path") is then a heuristic: the best path into (i-1,k) may have filled
+// device j. orrery keeps the paper's O(N*M^2) DP as the incumbent and makes the
+// result exact with a label-setting DP over (layer, device, memory used per
+// device), pruned by Pareto dominance and by the incumbent against a lower
+// bound (the same DP without the cross-layer memory coupling).
+//
+// Throughput: g(i, S+{j}, j) = min_{m<i, k in S} max(g(m,S,k), O_m/B(k,j),
+// sum_{l=m+1..i} t(l,j)), each device used at most once, which makes the memory
+// check per stage and the DP exact; O(N^2 * 2^M * M^2) with prefix sums and
+// pruning by memory and by the best complete plan found so far.
+
+#include <cstddef>
+
+#include "planning/cost.hpp"
+#include "planning/pipeline.hpp"
+
+namespace orrery::planning {
+
+/// Most devices the throughput DP accepts: its table has 2^M entries per layer and device.
+inline constexpr std::size_t throughput_max_devices = 14;
+
+/// The paper's latency DP alone (memory tracked along each state's best path):
+/// always memory-feasible, not always optimal. Empty stages when it finds none.
+pipeline_plan edgeshard_latency_heuristic(const cost_model& costs);
+
+/// The minimum-latency plan for one request: layer 0 on the source device,
+/// devices reusable, every device's total share within its memory.
+/// Throws infeasible_error when no placement fits.
+pipeline_plan edgeshard_latency(const cost_model& costs);
+
+/// The maximum-throughput pipeline for the workload's batch: layer 0 on the
+/// source, each device at most one stage holding its layers' weights and KV for
+/// the batch. `seconds` is the bottleneck step. Throws infeasible_error.
+pipeline_plan edgeshard_throughput(const cost_model& costs);
+
+}  // namespace orrery::planning

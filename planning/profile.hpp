@@ -1,0 +1,172 @@
+#pragma once
+// The planning data model (ARCHITECTURE.md, "Planning data model"): what every
+// planner and the simulator read. A profile comes from the profiler (measured on
+// the real cluster), from the device catalog, or from a JSON / YAML file.
+
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace orrery::planning {
+
+/// A bad profile: the message names the field (as a JSON path) and what was wrong.
+class profile_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Seconds per token as a function of a length (prompt length for prefill,
+/// context length for decode), measured at a few lengths and interpolated
+/// linearly between them, extrapolated linearly beyond the ends.
+class time_curve {
+ public:
+  /// One measurement: at `length` tokens a token costs `seconds`.
+  struct point {
+    double length = 0;
+    double seconds = 0;
+  };
+
+  time_curve() = default;
+
+  /// @param points at least one point; sorted by length here.
+  explicit time_curve(std::vector<point> points);
+
+  /// A curve that does not depend on the length.
+  static time_curve constant(double seconds);
+
+  /// Seconds per token at `length`; never negative.
+  double at(double length) const;
+
+  /// The measured points, sorted by length.
+  const std::vector<point>& points() const { return points_; }
+
+ private:
+  std::vector<point> points_;
+};
+
+/// One device's measured times for one model layer.
+struct layer_timing {
+  time_curve prefill;   ///< seconds per token, prefilling a sequence of the given length
+  time_curve decode;    ///< seconds per token, decoding at the given context length
+  double forward = 0;   ///< training forward, seconds per sample
+  double backward = 0;  ///< training backward, seconds per sample
+};
+
+/// Per-piece costs of one transformer block for tensor / sequence parallelism
+/// (Galaxy): what one attention head, one MLP column or one token of the
+/// connective block (residual + norm) costs per token on this device.
+struct tp_costs {
+  double per_head = 0;    ///< seconds per token per attention head
+  double per_column = 0;  ///< seconds per token per MLP intermediate column
+  double per_token = 0;   ///< seconds per token of one connective block
+};
+
+/// A device taking part in the cluster.
+struct device_profile {
+  std::string name;
+  double memory_bytes = 0;            ///< budget for model state (weights, KV, activations)
+  std::vector<layer_timing> layers;   ///< one entry per model layer
+  std::optional<tp_costs> tp;         ///< present when TP/SP costs were profiled
+};
+
+/// A network path between two devices.
+struct link_spec {
+  double bandwidth = 0;  ///< bytes per second, > 0
+  double latency = 0;    ///< seconds per message, >= 0
+};
+
+/// Bandwidth and latency between every pair of devices: a default plus
+/// symmetric overrides. A device talks to itself for free.
+class link_matrix {
+ public:
+  link_matrix() = default;
+
+  /// @param fallback the link used between any pair without an override.
+  explicit link_matrix(link_spec fallback) : fallback_(fallback) {}
+
+  /// Sets the link between `a` and `b` (both directions).
+  void set(std::size_t a, std::size_t b, link_spec spec);
+
+  /// The link between `a` and `b`; `a != b`.
+  link_spec between(std::size_t a, std::size_t b) const;
+
+  /// Seconds to send one message of `bytes` from `a` to `b`; 0 when `a == b`.
+  double transfer_seconds(std::size_t a, std::size_t b, double bytes) const;
+
+  /// The default link.
+  const link_spec& fallback() const { return fallback_; }
+
+  /// The overrides, keyed by (smaller index, larger index).
+  const std::map<std::pair<std::size_t, std::size_t>, link_spec>& overrides() const {
+    return overrides_;
+  }
+
+ private:
+  link_spec fallback_;
+  std::map<std::pair<std::size_t, std::size_t>, link_spec> overrides_;
+};
+
+/// One model layer (the embedding and the head are layers too).
+struct layer_profile {
+  std::string name;
+  double weight_bytes = 0;                  ///< parameters of the layer
+  double activation_bytes_per_token = 0;    ///< bytes per token leaving the layer
+  double kv_bytes_per_token = 0;            ///< KV cache bytes per token of context
+  double training_bytes_per_token = 0;      ///< activations kept for backward, per token
+};
+
+/// The transformer's shape, needed by the tensor-parallel split (Galaxy).
+struct transformer_shape {
+  int hidden = 0;
+  int intermediate = 0;
+  int heads = 0;
+  int kv_heads = 0;
+  int vocab = 0;
+  int max_context = 0;
+  int dtype_bytes = 2;
+};
+
+/// What the cluster is asked to run; the planners' objectives are defined over it.
+struct workload {
+  int prompt_tokens = 32;      ///< EdgeShard's evaluation setting (PAPERS.md)
+  int output_tokens = 96;      ///< EdgeShard's evaluation setting (PAPERS.md)
+  int batch = 4;               ///< requests decoded concurrently (throughput objective)
+  int micro_batches = 4;       ///< M, micro-batches per training round (Asteroid)
+  int micro_batch_size = 4;    ///< B, samples per micro-batch (Asteroid)
+  int train_tokens = 128;      ///< tokens per training sample
+  int optimizer_states = 2;    ///< Adam keeps two moments per weight
+};
+
+/// Everything the planners know about a cluster and a model.
+struct profile {
+  std::string model;
+  std::vector<layer_profile> layers;
+  std::optional<transformer_shape> shape;
+  std::vector<device_profile> devices;
+  link_matrix links;
+  std::size_t source = 0;  ///< the device holding the user's data: layer 0 runs there
+  workload work;
+
+  /// Throws profile_error naming the first inconsistency found.
+  void validate() const;
+};
+
+/// Reads a profile from JSON; throws profile_error with the offending path.
+profile profile_from_json(const nlohmann::json& j);
+
+/// Writes a profile as JSON that profile_from_json reads back unchanged.
+nlohmann::json to_json(const profile& p);
+
+/// Loads a `.json`, `.yaml` or `.yml` file; throws profile_error.
+profile load_profile(const std::string& path);
+
+/// Saves as JSON, or YAML when `path` ends in `.yaml` / `.yml`.
+void save_profile(const profile& p, const std::string& path);
+
+}  // namespace orrery::planning
