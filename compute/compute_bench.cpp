@@ -1,0 +1,128 @@
+#include "compute/compute_bench.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "compute/cpu_threads.hpp"
+#include "compute/gemv.hpp"
+#include "compute/generation.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/shard.hpp"
+#include "compute/thread_pool.hpp"
+
+namespace orrery::compute {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The reference loop: the shard's own weights and the same llama_ops, called
+// directly for one sequence with plain preallocated cache tensors and argmax
+// — no batch bookkeeping, no input checks, no sampler, no tokenizer.
+double raw_decode_ms_per_token(const shard& s, int prompt_tokens, int steps, thread_pool* pool) {
+  c10::InferenceMode guard;
+  const auto& c = s.config();
+  const int capacity = prompt_tokens + steps;
+  auto options = s.embedding().options();
+  std::vector<at::Tensor> keys, values;
+  for (std::size_t l = 0; l < s.layers().size(); ++l) {
+    keys.push_back(at::zeros({c.num_kv_heads, capacity, c.head_dim}, options));
+    values.push_back(at::zeros({c.num_kv_heads, capacity, c.head_dim}, options));
+  }
+  auto step = [&](std::int64_t token, int pos) {
+    at::Tensor x = s.embedding().narrow(0, token, 1);
+    for (std::size_t l = 0; l < s.layers().size(); ++l) {
+      const auto& w = s.layers()[l];
+      auto h = llama_ops::rms_norm(x, w.input_norm, c.rms_norm_eps);
+      auto q = llama_ops::apply_rotary(llama_ops::linear(h, w.q, pool).view({1, c.num_heads, c.head_dim}), s.rotary(), pos);
+      auto k = llama_ops::apply_rotary(llama_ops::linear(h, w.k, pool).view({1, c.num_kv_heads, c.head_dim}), s.rotary(), pos);
+      keys[l].narrow(1, pos, 1).copy_(k.transpose(0, 1));
+      values[l].narrow(1, pos, 1).copy_(llama_ops::linear(h, w.v, pool).view({1, c.num_kv_heads, c.head_dim}).transpose(0, 1));
+      x = x + llama_ops::linear(llama_ops::attention(q, keys[l], values[l], pos), w.o, pool);
+      h = llama_ops::rms_norm(x, w.post_norm, c.rms_norm_eps);
+      x = x + llama_ops::linear(at::silu(llama_ops::linear(h, w.gate, pool)) * llama_ops::linear(h, w.up, pool), w.down, pool);
+    }
+    return llama_ops::linear(llama_ops::rms_norm(x, s.final_norm(), c.rms_norm_eps), s.head(), pool);
+  };
+  at::Tensor logits;
+  for (int pos = 0; pos < prompt_tokens; ++pos) logits = step(pos == 0 ? c.bos_token_id : 'a' + pos % 26, pos);
+  auto start = clock_type::now();
+  for (int i = 0; i < steps; ++i) logits = step(logits.argmax(-1).item<std::int64_t>(), prompt_tokens + i);
+  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count() / steps;
+}
+
+std::string bench_prompt(int tokens) {
+  std::string prompt;
+  for (int i = 1; i < tokens; ++i) prompt += static_cast<char>('a' + i % 26);
+  return prompt;
+}
+
+}  // namespace
+
+nlohmann::json run_compute_bench(const compute_bench_options& o, const std::function<void(const std::string&)>& progress) {
+  auto pool = configure_cpu_threads(o.threads);
+  model_dir dir(o.model);
+  auto tok = load_tokenizer(o.model);
+  progress("loading " + o.model.string());
+  shard whole(dir, 0, dir.config().num_layers, {at::kCPU, at::kFloat, pool});
+
+  generation_request request;
+  request.prompt = bench_prompt(o.prompt_tokens);
+  request.max_new_tokens = o.new_tokens + 1;  // the first token comes from the prefill
+  request.stop_at_eos = false;
+
+  std::vector<double> prefill, decode, raw;
+  for (int r = 0; r < o.repeats; ++r) {
+    progress("run " + std::to_string(r + 1) + "/" + std::to_string(o.repeats) + ": orrery generate");
+    auto result = generate(whole, *tok, request);
+    prefill.push_back(result.prefill_ms);
+    decode.push_back(result.decode_ms_per_token());
+    progress("run " + std::to_string(r + 1) + "/" + std::to_string(o.repeats) + ": raw loop");
+    raw.push_back(raw_decode_ms_per_token(whole, o.prompt_tokens, o.new_tokens, pool.get()));
+  }
+  progress("measuring memory read bandwidth");
+  double bandwidth = measure_read_bandwidth(*pool);
+  const double bytes_per_token = static_cast<double>(whole.weight_bytes_read_per_token());
+  const double decode_ms = median(decode), raw_ms = median(raw);
+  const double bound_ms = bytes_per_token / bandwidth * 1000.0;
+
+  nlohmann::json out = {
+      {"model", o.model.string()},
+      {"device", "cpu"},
+      {"dtype", "fp32"},
+      {"threads", o.threads},
+      {"prompt_tokens", o.prompt_tokens},
+      {"new_tokens", o.new_tokens},
+      {"repeats", o.repeats},
+      {"prefill_ms", median(prefill)},
+      {"prefill_tokens_per_s", o.prompt_tokens / median(prefill) * 1000.0},
+      {"decode_ms_per_token", decode_ms},
+      {"tokens_per_s", 1000.0 / decode_ms},
+      {"raw_decode_ms_per_token", raw_ms},
+      {"overhead_ratio", decode_ms / raw_ms},
+      {"weight_bytes_per_token", bytes_per_token},
+      {"read_bandwidth_gb_per_s", bandwidth / 1e9},
+      {"bound_ms_per_token", bound_ms},
+      {"fraction_of_bound", bound_ms / decode_ms},
+      {"decode_runs_ms_per_token", decode},
+      {"raw_runs_ms_per_token", raw},
+  };
+  if (o.include_stock) {
+    progress("stock path: every product through libtorch's GEMM");
+    shard stock(dir, 0, dir.config().num_layers, {at::kCPU, at::kFloat, nullptr});
+    double stock_ms = generate(stock, *tok, request).decode_ms_per_token();
+    out["stock_libtorch_decode_ms_per_token"] = stock_ms;
+    out["speedup_over_stock"] = stock_ms / decode_ms;
+  }
+  return out;
+}
+
+}  // namespace orrery::compute

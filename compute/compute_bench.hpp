@@ -1,0 +1,29 @@
+#pragma once
+// `orrery bench compute`: decode speed of one device against two references
+// measured in the same run — a plain loop over the same modules and weights
+// without orrery's generation machinery (the overhead it adds), and the
+// memory-bandwidth bound (weight bytes per token / measured read bandwidth).
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace orrery::compute {
+
+struct compute_bench_options {
+  std::filesystem::path model;
+  int threads = 1;
+  int prompt_tokens = 32;  ///< with BOS; EdgeShard's setting (PAPERS.md)
+  int new_tokens = 128;
+  int repeats = 3;         ///< runs per side, interleaved; the median is reported
+  /// Also time the stock path (every product through libtorch's GEMM).
+  bool include_stock = true;
+};
+
+/// Runs the benchmark; `progress` receives one line per phase.
+nlohmann::json run_compute_bench(const compute_bench_options& options,
+                                 const std::function<void(const std::string&)>& progress);
+
+}  // namespace orrery::compute

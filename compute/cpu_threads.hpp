@@ -1,0 +1,19 @@
+#pragma once
+// One thread count per node process, applied to both of compute/'s thread
+// users: orrery's decode gemv pool and libtorch's intra-op threads (GEMMs,
+// element-wise ops). Benchmarks compare paths at the same count.
+
+#include <memory>
+
+namespace orrery::compute {
+
+class thread_pool;
+
+/// The default: every core the process may use.
+int default_thread_count();
+
+/// Sets libtorch's intra-op thread count to `threads` and returns a gemv pool
+/// of the same size. Throws std::invalid_argument when threads < 1.
+std::shared_ptr<thread_pool> configure_cpu_threads(int threads);
+
+}  // namespace orrery::compute

@@ -1,0 +1,79 @@
+#include "compute/generation.hpp"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+
+#include "compute/model_error.hpp"
+#include "compute/shard.hpp"
+
+namespace orrery::compute {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double ms_since(clock_type::time_point start) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+}
+
+at::Tensor ids_tensor(const std::vector<token_id>& ids) {
+  std::vector<std::int64_t> wide(ids.begin(), ids.end());
+  return at::tensor(wide, at::TensorOptions().dtype(at::kLong));
+}
+
+}  // namespace
+
+double generation_result::decode_ms_per_token() const {
+  return tokens.size() > 1 ? decode_ms / static_cast<double>(tokens.size() - 1) : 0.0;
+}
+
+double generation_result::tokens_per_s() const {
+  return decode_ms > 0 ? 1000.0 * static_cast<double>(tokens.size() - 1) / decode_ms : 0.0;
+}
+
+generation_result generate(shard& model, const tokenizer& tok, const generation_request& request,
+                           const token_callback& on_token) {
+  if (!model.has_embedding() || !model.has_head())
+    throw model_error("local generation needs the whole model, not the shard [" + std::to_string(model.first_layer()) +
+                      ", " + std::to_string(model.last_layer()) + ")");
+  if (request.max_new_tokens < 1)
+    throw std::invalid_argument("max-tokens must be at least 1, got " + std::to_string(request.max_new_tokens));
+  generation_result result;
+  result.prompt_tokens.push_back(tok.bos());
+  for (auto id : tok.encode(request.prompt)) result.prompt_tokens.push_back(id);
+  const int prompt = static_cast<int>(result.prompt_tokens.size());
+  const int context = model.config().max_position_embeddings;
+  if (prompt + request.max_new_tokens - 1 > context)
+    throw model_error("prompt of " + std::to_string(prompt) + " tokens (with BOS) plus " +
+                      std::to_string(request.max_new_tokens) + " new tokens exceeds the model's context of " +
+                      std::to_string(context) + " positions" +
+                      (prompt < context ? "; use at most --max-tokens " + std::to_string(context - prompt + 1) : ""));
+
+  sampler choose(request.sampling, tok.vocab_size());
+  kv_cache cache = model.new_cache(prompt + request.max_new_tokens - 1);
+  result.kv_cache_bytes = cache.bytes();
+  std::vector<token_id> history = result.prompt_tokens;
+  auto emit = [&](const at::Tensor& logits) {
+    auto row = logits.contiguous();
+    token_id next = choose.next(row.data_ptr<float>(), static_cast<int>(row.size(-1)), history);
+    history.push_back(next);
+    result.tokens.push_back(next);
+    if (on_token) on_token(next, tok.decode(next));
+    return next;
+  };
+
+  auto start = clock_type::now();
+  token_id next = emit(model.forward(ids_tensor(result.prompt_tokens), {{&cache, prompt}}));
+  result.prefill_ms = ms_since(start);
+  start = clock_type::now();
+  while (static_cast<int>(result.tokens.size()) < request.max_new_tokens) {
+    if (request.stop_at_eos && next == tok.eos()) break;
+    next = emit(model.forward(ids_tensor({next}), {{&cache, 1}}));
+  }
+  result.decode_ms = ms_since(start);
+  result.stopped_at_eos = next == tok.eos();
+  return result;
+}
+
+}  // namespace orrery::compute

@@ -1,0 +1,46 @@
+#pragma once
+// Local generation on one shard holding the whole model: tokenise, prefill,
+// then sample and decode one token at a time, streaming each token out.
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "compute/sampler.hpp"
+#include "compute/tokenizer.hpp"
+
+namespace orrery::compute {
+
+class shard;
+
+struct generation_request {
+  std::string prompt;
+  int max_new_tokens = 64;
+  sampling_params sampling;
+  /// Stop when the tokenizer's EOS is sampled (benchmarks turn this off to
+  /// time a fixed number of steps).
+  bool stop_at_eos = true;
+};
+
+struct generation_result {
+  std::vector<token_id> prompt_tokens;  ///< BOS + the prompt's tokens
+  std::vector<token_id> tokens;         ///< generated tokens
+  double prefill_ms = 0;                ///< prompt forward pass + first sample
+  double decode_ms = 0;                 ///< all later steps
+  std::size_t kv_cache_bytes = 0;
+  bool stopped_at_eos = false;
+
+  double decode_ms_per_token() const;
+  double tokens_per_s() const;  ///< decode steps per second
+};
+
+/// Called with each generated token and its text as soon as it is sampled.
+using token_callback = std::function<void(token_id, const std::string&)>;
+
+/// Throws model_error when the prompt and max_new_tokens do not fit the
+/// model's context (naming both figures), std::invalid_argument for bad
+/// sampling parameters.
+generation_result generate(shard& model, const tokenizer& tok, const generation_request& request,
+                           const token_callback& on_token = {});
+
+}  // namespace orrery::compute

@@ -1,0 +1,71 @@
+#include "compute/llama_ops.hpp"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "compute/gemv.hpp"
+#include "compute/thread_pool.hpp"
+
+namespace orrery::compute::llama_ops {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  auto x32 = x.to(at::kFloat);
+  auto normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, thread_pool* pool) {
+  const bool gemv = pool != nullptr && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+                    w.scalar_type() == at::kFloat && x.dim() == 2 && x.size(0) <= max_gemv_rows;
+  if (!gemv) return at::linear(x, w);
+  auto input = x.contiguous();
+  auto out = at::empty({x.size(0), w.size(0)}, x.options());
+  gemv_f32(w.data_ptr<float>(), w.size(0), w.size(1), input.data_ptr<float>(), x.size(0), out.data_ptr<float>(),
+           *pool);
+  return out;
+}
+
+rotary_table rotary_table::build(int head_dim, double theta, int max_positions, at::TensorOptions options) {
+  // The same float32 arithmetic as HF's LlamaRotaryEmbedding, so positions
+  // round identically: inv_freq = 1 / theta^(2i/d), freqs = pos * inv_freq.
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto exponents = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / head_dim;
+  auto inv_freq = 1.0 / at::pow(at::scalar_tensor(theta, f32), exponents);
+  auto positions = at::arange(0, max_positions, at::TensorOptions().dtype(at::kLong)).to(at::kFloat);
+  auto freqs = at::outer(positions, inv_freq);
+  auto angles = at::cat({freqs, freqs}, -1);
+  return {angles.cos().to(options), angles.sin().to(options)};
+}
+
+at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, int position) {
+  const auto tokens = x.size(0), half = x.size(2) / 2;
+  auto cos = table.cos.narrow(0, position, tokens).unsqueeze(1);
+  auto sin = table.sin.narrow(0, position, tokens).unsqueeze(1);
+  auto rotated = at::cat({-x.narrow(2, half, half), x.narrow(2, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int position) {
+  const auto tokens = q.size(0), heads = q.size(1), head_dim = q.size(2), kv_heads = keys.size(0);
+  const auto group = heads / kv_heads, context = position + tokens;
+  // [tokens, kv_heads * group, d] -> [kv_heads, group * tokens, d]: each kv
+  // head multiplies the queries of its whole group in one batched product.
+  auto grouped = q.reshape({tokens, kv_heads, group, head_dim}).permute({1, 2, 0, 3}).reshape(
+      {kv_heads, group * tokens, head_dim});
+  auto k = keys.narrow(1, 0, context), v = values.narrow(1, 0, context);
+  auto scores = at::bmm(grouped, k.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  if (tokens > 1) {
+    // Query i (at position + i) must not see keys beyond position + i.
+    auto mask = at::ones({tokens, context}, at::TensorOptions().dtype(at::kBool).device(q.device()))
+                    .triu(position + 1);
+    scores = scores.view({kv_heads, group, tokens, context})
+                 .masked_fill(mask, -std::numeric_limits<float>::infinity())
+                 .view({kv_heads, group * tokens, context});
+  }
+  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  auto out = at::bmm(probs, v);  // [kv_heads, group * tokens, d]
+  return out.view({kv_heads, group, tokens, head_dim}).permute({2, 0, 1, 3}).reshape({tokens, heads * head_dim});
+}
+
+}  // namespace orrery::compute::llama_ops

@@ -1,0 +1,50 @@
+#pragma once
+// Choosing the next token from a row of logits: greedy, or temperature with
+// top-k and top-p, after HF's repetition penalty. Seeded with its own
+// portable generator so a seed gives the same tokens on every machine and
+// libtorch version.
+
+#include <cstdint>
+#include <vector>
+
+#include "compute/tokenizer.hpp"
+
+namespace orrery::compute {
+
+struct sampling_params {
+  /// 0 means greedy (argmax).
+  float temperature = 0.0f;
+  /// Keep the k most likely tokens; 0 keeps all.
+  int top_k = 0;
+  /// Keep the smallest set whose probability reaches p; 1 keeps all.
+  float top_p = 1.0f;
+  /// HF's CTRL-style penalty on tokens already in the sequence; 1 is off.
+  float repetition_penalty = 1.0f;
+  std::uint64_t seed = 0;
+
+  /// Throws std::invalid_argument naming the bad field.
+  void validate() const;
+};
+
+class sampler {
+ public:
+  /// Only ids below `vocab_limit` are ever chosen (a tokenizer may produce
+  /// fewer ids than the model's padded vocabulary).
+  sampler(sampling_params params, int vocab_limit);
+
+  /// The next token, given the logits of the last position and the
+  /// sequence so far (prompt and generated tokens).
+  token_id next(const float* logits, int vocab_size, const std::vector<token_id>& history);
+
+ private:
+  double uniform();
+
+  sampling_params params_;
+  int vocab_limit_;
+  std::uint64_t state_;
+  std::vector<float> scratch_;
+  std::vector<token_id> order_;
+  std::vector<bool> penalized_;
+};
+
+}  // namespace orrery::compute

@@ -1,0 +1,163 @@
+#include "compute/shard.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <string>
+
+#include "compute/model_dir.hpp"
+#include "compute/model_error.hpp"
+#include "compute/thread_pool.hpp"
+
+namespace orrery::compute {
+
+namespace {
+
+at::ScalarType scalar_type_of(dtype t) {
+  switch (t) {
+    case dtype::f32: return at::kFloat;
+    case dtype::f16: return at::kHalf;
+    case dtype::bf16: return at::kBFloat16;
+  }
+  return at::kFloat;
+}
+
+// Wraps the mapped bytes without copying, then converts / copies once into
+// memory the shard owns, on its device.
+at::Tensor load(const model_dir& model, const std::string& name, const shard_options& options) {
+  tensor_view view = model.tensor(name);
+  auto mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape,
+                              at::TensorOptions().dtype(scalar_type_of(view.type)));
+  return mapped.to(at::TensorOptions().device(options.device).dtype(options.dtype), /*non_blocking=*/false,
+                   /*copy=*/true)
+      .contiguous();
+}
+
+std::string layer_name(int layer, const char* suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+}  // namespace
+
+shard::shard(const model_dir& model, int first, int last, shard_options options)
+    : config_(model.config()), first_(first), last_(last), options_(std::move(options)) {
+  if (first < 0 || last > config_.num_layers || first >= last)
+    throw model_error(model.path().string() + ": layer range [" + std::to_string(first) + ", " +
+                      std::to_string(last) + ") is not inside [0, " + std::to_string(config_.num_layers) + ")");
+  c10::InferenceMode guard;
+  if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
+  for (int layer = first; layer < last; ++layer) {
+    auto get = [&](const char* suffix) { return load(model, layer_name(layer, suffix), options_); };
+    layers_.push_back({get("input_layernorm.weight"), get("self_attn.q_proj.weight"), get("self_attn.k_proj.weight"),
+                       get("self_attn.v_proj.weight"), get("self_attn.o_proj.weight"),
+                       get("post_attention_layernorm.weight"), get("mlp.gate_proj.weight"), get("mlp.up_proj.weight"),
+                       get("mlp.down_proj.weight")});
+  }
+  if (has_head()) {
+    final_norm_ = load(model, "model.norm.weight", options_);
+    // A tied head reads the embedding, which the last shard then needs even
+    // when it does not start at layer 0.
+    head_ = config_.tie_word_embeddings
+                ? (has_embedding() ? embedding_ : load(model, "model.embed_tokens.weight", options_))
+                : load(model, "lm_head.weight", options_);
+  }
+  rotary_ = llama_ops::rotary_table::build(config_.head_dim, config_.rope_theta, config_.max_position_embeddings,
+                                           at::TensorOptions().device(options_.device).dtype(options_.dtype));
+}
+
+shard::~shard() = default;
+shard::shard(shard&&) noexcept = default;
+
+kv_cache shard::new_cache(int capacity) const {
+  return kv_cache(last_ - first_, config_.num_kv_heads, capacity, config_.head_dim,
+                  at::TensorOptions().device(options_.device).dtype(options_.dtype));
+}
+
+std::size_t shard::weight_bytes() const {
+  auto bytes = [](const at::Tensor& t) { return t.defined() ? static_cast<std::size_t>(t.nbytes()) : 0; };
+  std::size_t total = bytes(embedding_) + bytes(final_norm_);
+  if (!(config_.tie_word_embeddings && has_embedding())) total += bytes(head_);
+  for (const auto& l : layers_)
+    for (const auto* t : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.post_norm, &l.gate, &l.up, &l.down})
+      total += bytes(*t);
+  return total;
+}
+
+std::size_t shard::weight_bytes_read_per_token() const {
+  std::size_t embedding = embedding_.defined() ? embedding_.nbytes() : 0;
+  std::size_t total = weight_bytes() - embedding;
+  return config_.tie_word_embeddings && has_embedding() && has_head() ? total + embedding : total;
+}
+
+void shard::check_batch(const at::Tensor& input, const std::vector<sequence_step>& batch) const {
+  std::int64_t tokens = 0;
+  for (const auto& step : batch) {
+    if (step.tokens <= 0) throw model_error("a sequence in the batch has no new tokens");
+    if (step.cache->length() + step.tokens > step.cache->capacity())
+      throw model_error("sequence of " + std::to_string(step.cache->length() + step.tokens) +
+                        " tokens exceeds its context of " + std::to_string(step.cache->capacity()) + " positions");
+    tokens += step.tokens;
+  }
+  const bool ids = has_embedding();
+  if (input.dim() != (ids ? 1 : 2) || input.size(0) != tokens || (!ids && input.size(1) != config_.hidden_size))
+    throw model_error("shard [" + std::to_string(first_) + ", " + std::to_string(last_) + ") expects " +
+                      (ids ? "[" + std::to_string(tokens) + "] token ids"
+                           : "[" + std::to_string(tokens) + ", " + std::to_string(config_.hidden_size) + "] hidden states") +
+                      ", got a tensor of " + std::to_string(input.dim()) + " dimensions");
+  if (ids && tokens > 0) {
+    auto [lo, hi] = at::aminmax(input);
+    if (lo.item<std::int64_t>() < 0 || hi.item<std::int64_t>() >= config_.vocab_size)
+      throw model_error("token id outside the vocabulary [0, " + std::to_string(config_.vocab_size) + ")");
+  }
+}
+
+at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_step>& batch, logits_rows rows) {
+  check_batch(input, batch);
+  c10::InferenceMode guard;
+  at::Tensor x = has_embedding() ? at::embedding(embedding_, input.to(options_.device))
+                                 : input.to(at::TensorOptions().device(options_.device).dtype(options_.dtype));
+  for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch);
+  for (const auto& step : batch) step.cache->advance(step.tokens);
+  return has_head() ? logits(x, batch, rows) : x;
+}
+
+at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch) const {
+  const auto& w = layers_[static_cast<std::size_t>(index)];
+  thread_pool* pool = options_.pool.get();
+  const auto heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
+  auto h = llama_ops::rms_norm(x, w.input_norm, config_.rms_norm_eps);
+  auto q = llama_ops::linear(h, w.q, pool), k = llama_ops::linear(h, w.k, pool), v = llama_ops::linear(h, w.v, pool);
+  std::vector<at::Tensor> attended;
+  std::int64_t row = 0;
+  for (const auto& step : batch) {
+    const int position = step.cache->length(), n = step.tokens;
+    auto qs = llama_ops::apply_rotary(q.narrow(0, row, n).view({n, heads, d}), rotary_, position);
+    auto ks = llama_ops::apply_rotary(k.narrow(0, row, n).view({n, kv_heads, d}), rotary_, position);
+    auto keys = step.cache->keys(index), values = step.cache->values(index);
+    keys.narrow(1, position, n).copy_(ks.transpose(0, 1));
+    values.narrow(1, position, n).copy_(v.narrow(0, row, n).view({n, kv_heads, d}).transpose(0, 1));
+    attended.push_back(llama_ops::attention(qs, keys, values, position));
+    row += n;
+  }
+  auto y = x + llama_ops::linear(attended.size() == 1 ? attended[0] : at::cat(attended), w.o, pool);
+  h = llama_ops::rms_norm(y, w.post_norm, config_.rms_norm_eps);
+  auto gated = at::silu(llama_ops::linear(h, w.gate, pool)) * llama_ops::linear(h, w.up, pool);
+  return y + llama_ops::linear(gated, w.down, pool);
+}
+
+at::Tensor shard::logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const {
+  at::Tensor selected = hidden;
+  if (rows == logits_rows::last) {
+    std::vector<std::int64_t> last_rows;
+    std::int64_t row = 0;
+    for (const auto& step : batch) {
+      row += step.tokens;
+      last_rows.push_back(row - 1);
+    }
+    selected = hidden.index_select(0, at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(hidden.device()));
+  }
+  auto normed = llama_ops::rms_norm(selected, final_norm_, config_.rms_norm_eps);
+  return llama_ops::linear(normed, head_, options_.pool.get()).to(at::kFloat);
+}
+
+}  // namespace orrery::compute

@@ -1,0 +1,107 @@
+#pragma once
+// A shard: the layers [first, last) of a Llama model, loaded from a model
+// directory by reading only its own tensors. The embedding belongs to the
+// shard that starts at layer 0, the final norm and LM head to the one that
+// ends at the last layer; the whole model is simply the shard [0, N).
+//
+// A forward pass takes a packed batch: the new tokens of several sequences
+// stacked row-wise, each sequence with its own KV cache. A prefill is a batch
+// of one sequence with many tokens; a batched decode step is many sequences
+// with one token each.
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <vector>
+
+#include "compute/kv_cache.hpp"
+#include "compute/llama_config.hpp"
+#include "compute/llama_ops.hpp"
+
+namespace orrery::compute {
+
+class model_dir;
+class thread_pool;
+
+struct shard_options {
+  at::Device device = at::kCPU;
+  /// The dtype weights are converted to and computed in.
+  at::ScalarType dtype = at::kFloat;
+  /// Threads for the decode gemv; nullptr computes every product with
+  /// libtorch's own GEMM (the stock path, kept for comparison).
+  std::shared_ptr<thread_pool> pool;
+};
+
+/// One sequence's part of a packed batch.
+struct sequence_step {
+  kv_cache* cache;
+  /// Rows of the packed input that belong to this sequence, in order.
+  int tokens;
+};
+
+enum class logits_rows {
+  last,  ///< one row per sequence: its last token (generation)
+  all,   ///< one row per input token (scoring, tests)
+};
+
+struct layer_weights {
+  at::Tensor input_norm, q, k, v, o, post_norm, gate, up, down;
+};
+
+class shard {
+ public:
+  /// Loads layers [first, last) of `model`; throws model_error when the range
+  /// is invalid or a tensor is missing or misshapen.
+  shard(const model_dir& model, int first, int last, shard_options options = {});
+  ~shard();
+  shard(shard&&) noexcept;
+
+  const llama_config& config() const { return config_; }
+  int first_layer() const { return first_; }
+  int last_layer() const { return last_; }
+  bool has_embedding() const { return first_ == 0; }
+  bool has_head() const { return last_ == config_.num_layers; }
+  const shard_options& options() const { return options_; }
+
+  /// A KV cache for one sequence of at most `capacity` tokens.
+  kv_cache new_cache(int capacity) const;
+
+  /// Bytes of the weights this shard holds in memory.
+  std::size_t weight_bytes() const;
+  /// Bytes of weights one decode step reads (everything but the embedding
+  /// table, of which only one row per token is read).
+  std::size_t weight_bytes_read_per_token() const;
+
+  /// Runs the shard over a packed batch. `input` holds token ids (int64,
+  /// [tokens]) for a shard with the embedding, hidden states ([tokens,
+  /// hidden]) otherwise. Returns logits ([rows, vocab], float32) from the
+  /// shard with the head, hidden states ([tokens, hidden]) otherwise. Every
+  /// cache advances by its sequence's tokens. Throws model_error when a
+  /// sequence would outgrow its cache or the input does not match the batch.
+  at::Tensor forward(const at::Tensor& input, const std::vector<sequence_step>& batch,
+                     logits_rows rows = logits_rows::last);
+
+  // Weights, for benchmarks that run the same modules outside the shard.
+  const std::vector<layer_weights>& layers() const { return layers_; }
+  const at::Tensor& embedding() const { return embedding_; }
+  const at::Tensor& final_norm() const { return final_norm_; }
+  const at::Tensor& head() const { return head_; }
+  const llama_ops::rotary_table& rotary() const { return rotary_; }
+
+ private:
+  at::Tensor decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch) const;
+  at::Tensor logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const;
+  void check_batch(const at::Tensor& input, const std::vector<sequence_step>& batch) const;
+
+  llama_config config_;
+  int first_;
+  int last_;
+  shard_options options_;
+  at::Tensor embedding_;
+  std::vector<layer_weights> layers_;
+  at::Tensor final_norm_;
+  at::Tensor head_;  // the embedding itself when tied
+  llama_ops::rotary_table rotary_;
+};
+
+}  // namespace orrery::compute

@@ -1,0 +1,32 @@
+#pragma once
+// Each `orrery` subcommand registers itself on the CLI11 app from its own
+// source file; main.cpp only wires them together.
+
+namespace CLI {
+class App;
+}
+
+namespace orrery::deploy {
+
+/// `orrery model init|info`: write and inspect HF-layout model directories.
+void add_model_command(CLI::App& app);
+
+/// `orrery generate`: local generation on one device.
+void add_generate_command(CLI::App& app);
+
+/// `orrery demo`: the quick start's main job.
+void add_demo_command(CLI::App& app);
+
+/// `orrery plan`: run the planners on a profile or a preset cluster.
+void add_plan_command(CLI::App& app);
+
+/// `orrery bench …`: benchmarks printing one JSON object each.
+void add_bench_command(CLI::App& app);
+
+/// `orrery bench compute` (registered on the `bench` subcommand).
+void add_compute_bench(CLI::App& bench);
+
+/// `orrery bench planner` (registered on the `bench` subcommand).
+void add_planner_bench(CLI::App& bench);
+
+}  // namespace orrery::deploy

@@ -1,0 +1,72 @@
+#include "compute/generation.hpp"
+
+#include <doctest/doctest.h>
+
+#include "compute/model_dir.hpp"
+#include "compute/model_error.hpp"
+#include "compute/model_init.hpp"
+#include "compute/shard.hpp"
+#include "compute/thread_pool.hpp"
+#include "test/temp_dir.hpp"
+
+using namespace orrery::compute;
+using orrery::test::temp_dir;
+
+namespace {
+
+struct tiny_model {
+  temp_dir dir;
+  std::unique_ptr<model_dir> model;
+  std::unique_ptr<shard> whole;
+  byte_tokenizer tok;
+
+  tiny_model() {
+    init_model(dir / "m", llama_config::preset("tiny"), {1, 0, {}});
+    model = std::make_unique<model_dir>(dir / "m");
+    whole = std::make_unique<shard>(*model, 0, 2, shard_options{at::kCPU, at::kFloat, std::make_shared<thread_pool>(2)});
+  }
+};
+
+}  // namespace
+
+TEST_CASE("generation streams every token, in order, and is reproducible") {
+  tiny_model m;
+  generation_request request;
+  request.prompt = "Hello";
+  request.max_new_tokens = 12;
+  request.stop_at_eos = false;
+  std::vector<token_id> streamed;
+  auto first = generate(*m.whole, m.tok, request, [&](token_id id, const std::string& piece) {
+    streamed.push_back(id);
+    CHECK(piece == m.tok.decode(id));
+  });
+  CHECK(first.prompt_tokens.size() == 6);  // BOS + 5 bytes
+  CHECK(first.prompt_tokens[0] == m.tok.bos());
+  CHECK(first.tokens.size() == 12);
+  CHECK(streamed == first.tokens);
+  for (auto id : first.tokens) CHECK(id < m.tok.vocab_size());
+  CHECK(first.kv_cache_bytes == 2 * 2 * 2 * (6 + 11) * 32 * 4);
+  CHECK(generate(*m.whole, m.tok, request).tokens == first.tokens);
+
+  request.sampling.temperature = 0.8f;
+  request.sampling.seed = 5;
+  auto sampled = generate(*m.whole, m.tok, request);
+  CHECK(generate(*m.whole, m.tok, request).tokens == sampled.tokens);
+}
+
+TEST_CASE("a prompt longer than the context is refused with both figures") {
+  tiny_model m;
+  generation_request request;
+  request.prompt = std::string(300, 'x');
+  CHECK_THROWS_WITH_AS(generate(*m.whole, m.tok, request),
+                       doctest::Contains("prompt of 301 tokens (with BOS) plus 64 new tokens exceeds the model's context of 256"),
+                       model_error);
+  request.prompt = std::string(250, 'x');
+  CHECK_THROWS_WITH_AS(generate(*m.whole, m.tok, request), doctest::Contains("use at most --max-tokens 6"), model_error);
+}
+
+TEST_CASE("generation needs the whole model") {
+  tiny_model m;
+  shard back(*m.model, 1, 2);
+  CHECK_THROWS_WITH_AS(generate(back, m.tok, {}), doctest::Contains("needs the whole model"), model_error);
+}
