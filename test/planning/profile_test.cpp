@@ -1,0 +1,105 @@
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "planning/profile.hpp"
+#include "planning/random_profile.hpp"
+
+using namespace orrery::planning;
+using nlohmann::json;
+
+namespace {
+
+profile sample_profile() {
+  std::mt19937_64 rng(1);
+  return random_profile(rng, {5, 3, 1.0, 2.0});
+}
+
+std::string error_of(const json& j) {
+  try {
+    profile_from_json(j);
+  } catch (const profile_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string temp_path(const std::string& name) {
+  return "/tmp/orrery_profile_test_" + name;
+}
+
+}  // namespace
+
+TEST_CASE("time curves interpolate and extrapolate linearly, never below zero") {
+  time_curve c({{100, 2.0}, {10, 1.0}});
+  CHECK(c.at(10) == doctest::Approx(1.0));
+  CHECK(c.at(55) == doctest::Approx(1.5));
+  CHECK(c.at(190) == doctest::Approx(3.0));
+  CHECK(c.at(0) == doctest::Approx(1.0 - 10.0 / 90.0));
+  CHECK(time_curve({{10, 1.0}, {20, 0.0}}).at(100) == 0.0);
+  CHECK(time_curve::constant(0.5).at(1e6) == 0.5);
+}
+
+TEST_CASE("links are symmetric, with a default, and free to the same device") {
+  link_matrix links({100, 0.5});
+  links.set(2, 0, {50, 0});
+  CHECK(links.between(0, 2).bandwidth == 50);
+  CHECK(links.between(1, 2).bandwidth == 100);
+  CHECK(links.transfer_seconds(1, 2, 100) == doctest::Approx(1.5));
+  CHECK(links.transfer_seconds(1, 1, 100) == 0);
+}
+
+TEST_CASE("a profile survives JSON and YAML round trips") {
+  profile p = sample_profile();
+  json j = to_json(p);
+  CHECK(to_json(profile_from_json(j)) == j);
+  for (const std::string name : {"p.json", "p.yaml"}) {
+    save_profile(p, temp_path(name));
+    CHECK(to_json(load_profile(temp_path(name))) == j);
+    std::remove(temp_path(name).c_str());
+  }
+}
+
+TEST_CASE("one timing object applies to every layer") {
+  json j = to_json(sample_profile());
+  j["devices"][1]["layers"] = {{"prefill", 0.01}, {"decode", {{1, 0.02}, {100, 0.04}}}};
+  profile p = profile_from_json(j);
+  REQUIRE(p.devices[1].layers.size() == p.layers.size());
+  CHECK(p.devices[1].layers[4].decode.at(50.5) == doctest::Approx(0.03));
+}
+
+TEST_CASE("bad profiles get errors naming the field") {
+  json good = to_json(sample_profile());
+  json j = good;
+  j["devices"][1].erase("memory_bytes");
+  CHECK(error_of(j) == "profile.devices[1].memory_bytes: missing field");
+  j = good;
+  j["links"]["default"]["bandwidth"] = 0;
+  CHECK(error_of(j).find("profile.links.default.bandwidth: must be > 0") == 0);
+  j = good;
+  j["links"]["pairs"] = {{{"a", 0}, {"b", 1}, {"bandwidth", -5}}};
+  CHECK(error_of(j).find("profile.links.pairs[0,1].bandwidth: must be > 0") == 0);
+  j = good;
+  j["devices"][0]["layers"].erase(0);
+  CHECK(error_of(j) == "profile.devices[0].layers: has 4 entries, the model has 5 layers");
+  j = good;
+  j["source"] = 7;
+  CHECK(error_of(j).find("profile.source: device index 7 out of range") == 0);
+  j = good;
+  j["model"]["layers"][2]["weight_bytes"] = "big";
+  CHECK(error_of(j).find("profile.model.layers[2].weight_bytes: must be a number") == 0);
+  CHECK(error_of(good).empty());
+}
+
+TEST_CASE("unreadable files say which file and why") {
+  std::string path = temp_path("broken.json");
+  std::ofstream(path) << "{ not json";
+  CHECK_THROWS_WITH_AS(load_profile(path), doctest::Contains((path + ": not valid JSON").c_str()), profile_error);
+  std::remove(path.c_str());
+  CHECK_THROWS_WITH_AS(load_profile(temp_path("absent.json")), doctest::Contains("cannot open"),
+                       profile_error);
+}
