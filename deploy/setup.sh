@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sets orrery up on Debian 12 and then runs one job:
+#   bash deploy/setup.sh demo   install, build, run `orrery demo`
+#   bash deploy/setup.sh test   install, build, run the whole test suite
+#   bash deploy/setup.sh build  install and build only
+# Idempotent: packages already present are not reinstalled, and the build is
+# incremental (ccache keeps rebuilds of a fresh clone fast).
+# Environment: ORRERY_WERROR=ON turns warnings into errors (CI sets it);
+# ORRERY_BUILD_DIR (default: build) names the build folder.
+set -euo pipefail
+
+job="${1:-build}"
+case "$job" in
+  demo|test|build) ;;
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "setup.sh: unknown job '$job' (expected demo, test or build)" >&2; exit 2 ;;
+esac
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${ORRERY_BUILD_DIR:-$root/build}"
+
+# libopenblas0-pthread: without it libtorch's matmuls fall back to reference
+# BLAS, ~10x slower (ARCHITECTURE.md, build facts).
+packages=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev libopenblas0-pthread
+  libcaf-dev libcapnp-dev capnproto libboost-dev
+  doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+jobs="$(nproc)"
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORRERY_WERROR="${ORRERY_WERROR:-OFF}" >/dev/null
+echo "setup: building in $build with $jobs job(s)"
+cmake --build "$build" -j "$jobs"
+
+case "$job" in
+  demo) cd "$root" && exec "$build/deploy/orrery" demo ;;
+  test) exec ctest --test-dir "$build" --output-on-failure -j "$jobs" ;;
+  build) echo "setup: built $build/deploy/orrery" ;;
+esac

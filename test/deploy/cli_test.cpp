@@ -1,0 +1,111 @@
+// The `orrery` command line as a user runs it: real processes, real files.
+
+#include <doctest/doctest.h>
+
+#include <fstream>
+
+#include "test/run_process.hpp"
+
+using orrery::test::run_orrery;
+using orrery::test::temp_dir;
+
+namespace {
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("model init writes a model that generate streams text from, with its figures") {
+  temp_dir dir;
+  auto init = run_orrery({"model", "init", "--arch", "llama", "--preset", "tiny", "--seed", "3", "--out", "m"}, dir.path());
+  REQUIRE(init.exit_code == 0);
+  CHECK(contains(init.err, "writing weights: 100%"));
+
+  auto info = run_orrery({"model", "info", "m"}, dir.path());
+  CHECK(info.exit_code == 0);
+  CHECK(contains(info.out, "2 layers, hidden 128"));
+
+  auto gen = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "8", "--threads", "1"}, dir.path());
+  REQUIRE(gen.exit_code == 0);
+  CHECK(gen.out.rfind("Hi", 0) == 0);  // the prompt first, then the stream
+  CHECK(contains(gen.out, "-- 8 tokens | prefill"));
+  CHECK(contains(gen.out, "ms/token"));
+  CHECK(contains(gen.out, "tokens/s"));
+
+  auto again = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "8", "--threads", "2"}, dir.path());
+  auto text = [](const std::string& out) { return out.substr(0, out.find("\n-- ")); };
+  CHECK(text(again.out) == text(gen.out));  // greedy output does not depend on the thread count
+}
+
+TEST_CASE("a sharded fp16 and a bf16 checkpoint generate") {
+  temp_dir dir;
+  for (const char* type : {"fp16", "bf16"}) {
+    CAPTURE(type);
+    auto init = run_orrery({"model", "init", "--preset", "tiny", "--dtype", type, "--max-file-mb", "1", "--out", type},
+                           dir.path());
+    REQUIRE(init.exit_code == 0);
+    CHECK(std::filesystem::exists(dir / type / "model.safetensors.index.json"));
+    auto gen = run_orrery({"generate", "--model", type, "--prompt", "x", "--max-tokens", "4"}, dir.path());
+    CHECK(gen.exit_code == 0);
+    CHECK(contains(gen.out, "-- 4 tokens"));
+  }
+}
+
+TEST_CASE("bad input gets one clear error and exit code 1, never a crash") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+
+  SUBCASE("unknown preset") {
+    auto r = run_orrery({"model", "init", "--preset", "huge", "--out", "x"}, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "orrery: error: unknown model preset 'huge' (known: tiny, small, llama2-7b)"));
+  }
+  SUBCASE("missing model directory") {
+    auto r = run_orrery({"generate", "--model", "nowhere", "--prompt", "x"}, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "nowhere: not a model directory"));
+  }
+  SUBCASE("truncated weights") {
+    std::filesystem::resize_file(dir / "m" / "model.safetensors", 1000);
+    auto r = run_orrery({"generate", "--model", "m", "--prompt", "x"}, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "model.safetensors"));
+    CHECK(contains(r.err, "runs beyond the file"));
+  }
+  SUBCASE("prompt longer than the context") {
+    auto r = run_orrery({"generate", "--model", "m", "--prompt", std::string(400, 'a')}, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "exceeds the model's context of 256 positions"));
+  }
+  SUBCASE("out-of-range flag") {
+    auto r = run_orrery({"generate", "--model", "m", "--prompt", "x", "--top-p", "1.5"}, dir.path());
+    CHECK(r.exit_code != 0);
+    CHECK(contains(r.err, "--top-p"));
+  }
+  SUBCASE("unknown model_type") {
+    std::ofstream(dir / "m" / "config.json") << R"({"model_type": "bert"})";
+    auto r = run_orrery({"generate", "--model", "m", "--prompt", "x"}, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "unknown model_type 'bert'"));
+  }
+}
+
+TEST_CASE("--help answers for every command") {
+  temp_dir dir;
+  for (auto args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"model", "init", "--help"}, {"generate", "--help"}, {"bench", "compute", "--help"}, {"demo", "--help"}}) {
+    auto r = run_orrery(args, dir.path());
+    CHECK(r.exit_code == 0);
+    CHECK(contains(r.out, "Usage"));
+  }
+}
+
+TEST_CASE("demo creates the tiny model when absent and generates") {
+  temp_dir dir;
+  auto r = run_orrery({"demo", "--max-tokens", "6"}, dir.path());
+  REQUIRE(r.exit_code == 0);
+  CHECK(std::filesystem::exists(dir / "models" / "tiny" / "config.json"));
+  CHECK(contains(r.out, "-- 6 tokens"));
+}
