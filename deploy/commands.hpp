@@ -29,4 +29,7 @@ void add_compute_bench(CLI::App& bench);
 /// `orrery bench planner` (registered on the `bench` subcommand).
 void add_planner_bench(CLI::App& bench);
 
+/// `orrery bench dataplane` (registered on the `bench` subcommand).
+void add_dataplane_bench(CLI::App& bench);
+
 }  // namespace orrery::deploy

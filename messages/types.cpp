@@ -1,0 +1,11 @@
+#include "messages/types.hpp"
+
+#include <caf/actor_system_config.hpp>
+
+namespace orrery {
+
+void register_types(caf::actor_system_config& cfg) {
+  cfg.add_message_types<caf::id_block::orrery>();
+}
+
+}  // namespace orrery

@@ -1,0 +1,174 @@
+#pragma once
+// Every control message orrery's actors exchange, with its `inspect`, in the
+// project's one CAF type-ID block. A host application speaks orrery after one
+// call: orrery::register_types(cfg). Tensor bytes never travel in these
+// messages (ARCHITECTURE.md: a 16 MiB CAF message costs ~70 ms and delays
+// heartbeats); they carry descriptors, addresses and small results only.
+
+#include <caf/actor.hpp>
+#include <caf/atom.hpp>
+#include <caf/meta/type_name.hpp>
+#include <caf/type_id.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace caf {
+class actor_system_config;
+}
+
+namespace orrery {
+
+/// Asks a node to load layers [first_layer, last_layer) as pipeline stage
+/// `stage` of deployment `deployment`; answered with stage_ready.
+struct stage_assignment {
+  std::uint64_t deployment = 0;
+  std::uint16_t stage = 0;
+  std::int32_t first_layer = 0;
+  std::int32_t last_layer = 0;
+  std::string model_dir;
+  std::string device;
+  std::int32_t threads = 1;
+};
+
+/// A loaded stage and where its data plane accepts frames.
+struct stage_ready {
+  caf::actor stage;
+  std::uint16_t stage_index = 0;
+  std::string node;
+  std::string data_host;
+  std::uint16_t data_port = 0;
+  std::uint64_t weight_bytes = 0;
+};
+
+/// Where a stage sends what it computes: the next stage, or the driver.
+struct next_hop {
+  std::string host;
+  std::uint16_t port = 0;
+  std::uint16_t stage = 0;
+};
+
+/// What a node reports about itself.
+struct node_info {
+  std::string name;
+  std::string device;
+  std::uint64_t memory_bytes = 0;  ///< 0: no budget set
+  std::int32_t threads = 1;
+  std::string data_host;
+  std::uint16_t data_port = 0;
+};
+
+/// One stage's work so far.
+struct stage_stats {
+  std::uint16_t stage = 0;
+  std::string node;
+  std::int32_t first_layer = 0;
+  std::int32_t last_layer = 0;
+  std::uint64_t frames = 0;
+  double compute_ms = 0;   ///< in the shard's forward passes
+  double transfer_ms = 0;  ///< from handing a frame to the data plane until it was written
+  std::uint64_t bytes_sent = 0;
+};
+
+/// A generation request to a driver; the reply is a generation_summary, and
+/// every token is streamed to the requester as a token_event first.
+struct generate_request {
+  std::string prompt;
+  std::int32_t max_new_tokens = 64;
+  float temperature = 0.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  float repetition_penalty = 1.0f;
+  std::uint64_t seed = 0;
+  bool stop_at_eos = true;
+};
+
+struct token_event {
+  std::uint64_t request = 0;
+  std::int32_t token = 0;
+  std::string text;
+};
+
+struct generation_summary {
+  std::uint64_t request = 0;
+  std::vector<std::int32_t> prompt_tokens;
+  std::vector<std::int32_t> tokens;
+  double prefill_ms = 0;
+  double decode_ms = 0;
+  bool stopped_at_eos = false;
+  /// The logits the last token was sampled from (for checks against a
+  /// single-device run).
+  std::vector<float> final_logits;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
+  return f(caf::meta::type_name("stage_assignment"), x.deployment, x.stage, x.first_layer, x.last_layer, x.model_dir,
+           x.device, x.threads);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, stage_ready& x) {
+  return f(caf::meta::type_name("stage_ready"), x.stage, x.stage_index, x.node, x.data_host, x.data_port,
+           x.weight_bytes);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, next_hop& x) {
+  return f(caf::meta::type_name("next_hop"), x.host, x.port, x.stage);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_info& x) {
+  return f(caf::meta::type_name("node_info"), x.name, x.device, x.memory_bytes, x.threads, x.data_host, x.data_port);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
+  return f(caf::meta::type_name("stage_stats"), x.stage, x.node, x.first_layer, x.last_layer, x.frames, x.compute_ms,
+           x.transfer_ms, x.bytes_sent);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
+  return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_k, x.top_p,
+           x.repetition_penalty, x.seed, x.stop_at_eos);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, token_event& x) {
+  return f(caf::meta::type_name("token_event"), x.request, x.token, x.text);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
+  return f(caf::meta::type_name("generation_summary"), x.request, x.prompt_tokens, x.tokens, x.prefill_ms,
+           x.decode_ms, x.stopped_at_eos, x.final_logits);
+}
+
+/// Registers every type of the block below with `cfg` (and loads nothing
+/// else: the host decides whether to load the middleman).
+void register_types(caf::actor_system_config& cfg);
+
+}  // namespace orrery
+
+CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
+  CAF_ADD_TYPE_ID(orrery, (orrery::stage_assignment))
+  CAF_ADD_TYPE_ID(orrery, (orrery::stage_ready))
+  CAF_ADD_TYPE_ID(orrery, (orrery::next_hop))
+  CAF_ADD_TYPE_ID(orrery, (orrery::node_info))
+  CAF_ADD_TYPE_ID(orrery, (orrery::stage_stats))
+  CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::stage_stats>))
+  CAF_ADD_TYPE_ID(orrery, (orrery::generate_request))
+  CAF_ADD_TYPE_ID(orrery, (orrery::token_event))
+  CAF_ADD_TYPE_ID(orrery, (orrery::generation_summary))
+CAF_END_TYPE_ID_BLOCK(orrery)
+
+// Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".
+CAF_ADD_ATOM(orrery, orrery, load_stage_atom, "ld_stage")
+CAF_ADD_ATOM(orrery, orrery, connect_next_atom, "conn_next")
+CAF_ADD_ATOM(orrery, orrery, end_request_atom, "end_req")
+CAF_ADD_ATOM(orrery, orrery, stats_atom, "stats")
+CAF_ADD_ATOM(orrery, orrery, info_atom, "info")
+CAF_ADD_ATOM(orrery, orrery, deploy_atom, "deploy")
