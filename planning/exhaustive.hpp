@@ -3,6 +3,7 @@
 // every placement and evaluate it with the same functions as the planners
 // (pipeline.hpp), so a planner that disagrees with them is wrong.
 
+#include "planning/asteroid.hpp"
 #include "planning/cost.hpp"
 #include "planning/pipeline.hpp"
 
@@ -17,5 +18,12 @@ pipeline_plan exhaustive_latency(const cost_model& costs);
 /// distinct devices for them (the first one the source), keeping the smallest
 /// memory-feasible bottleneck for the workload's batch. Empty when nothing fits.
 pipeline_plan exhaustive_throughput(const cost_model& costs);
+
+/// Tries every number of stages, every cut of the layers, every assignment of
+/// the devices to stages (each device in exactly one, as Asteroid uses them
+/// all) and every split of the micro-batch in every group, keeping the
+/// smallest round latency (the same formula and memory model as
+/// asteroid_plan). Empty stages when nothing fits.
+hpp_plan exhaustive_hpp(const profile& p);
 
 }  // namespace orrery::planning

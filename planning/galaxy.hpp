@@ -1,0 +1,66 @@
+#pragma once
+// Galaxy (INFOCOM 2024): hybrid tensor + sequence parallelism inside a group.
+// Per transformer block: attention in TP (device d holds h_d heads), a
+// ReduceScatter along the sequence, the connective block in SP on the
+// device's slice s_d, an AllGather, the MLP in TP (f_d columns), ReduceScatter,
+// connective block, AllGather. The embedding and the head stay on the group's
+// first device (the source in `auto` plans).
+
+#include <cstddef>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "planning/profile.hpp"
+#include "planning/task_graph.hpp"
+
+namespace orrery::planning {
+
+/// How integer shares are found.
+enum class rounding {
+  exact,         ///< min-max optimal integer split (orrery)
+  proportional,  ///< proportional to speed, largest-remainder rounding (the paper)
+};
+
+/// A tensor-parallel group and its split of one block.
+struct tp_split {
+  std::vector<std::size_t> devices;  ///< ring order
+  std::vector<int> heads;            ///< attention heads per device
+  std::vector<int> columns;          ///< MLP intermediate columns per device
+  std::vector<int> tokens;           ///< sequence slice per device (connective blocks)
+};
+
+/// Predicted time of one block over `tokens` tokens.
+struct tp_layer_time {
+  double serial = 0;       ///< collectives after the matmuls
+  double overlapped = 0;   ///< tile-based ring overlap (simulated)
+};
+
+/// Splits heads, columns and tokens over `group` for a sequence of `tokens`,
+/// in proportion to the profiled per-piece speeds and capped by memory.
+/// Needs the profile's shape and every device's tp costs; throws
+/// profile_error when missing and infeasible_error when the block weights do
+/// not fit the group.
+tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, int tokens,
+                      rounding rule = rounding::exact);
+
+/// The block's schedule on the group: compute tiles on each device, ring steps
+/// on each device's outgoing link; `overlap` splits each matmul into tiles
+/// that overlap the ring steps (Galaxy's tile-based overlap).
+schedule simulate_tp_block(const profile& p, const tp_split& split, int tokens, bool overlap);
+
+/// One block's time with and without overlap.
+tp_layer_time tp_block_time(const profile& p, const tp_split& split, int tokens);
+
+/// The serial time in closed form: four phases of compute (the slowest device)
+/// and four ring collectives of n-1 steps each.
+double tp_block_serial_closed_form(const profile& p, const tp_split& split, int tokens);
+
+/// Bytes each group member holds for the whole model (weights + KV of one
+/// request), in group order.
+std::vector<double> tp_memory(const profile& p, const tp_split& split);
+
+/// The split as JSON.
+nlohmann::json to_json(const tp_split& split, const profile& p);
+
+}  // namespace orrery::planning
