@@ -1,0 +1,522 @@
+#include "deploy/topology.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "compute/model_error.hpp"
+
+namespace orrery::deploy {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The file every message names; one problem ends the parse.
+struct source {
+  std::string file;
+
+  [[noreturn]] void fail(int line, const std::string& problem) const {
+    throw topology_error(file + ":" + std::to_string(line) + ": " + problem);
+  }
+};
+
+// yaml-cpp's marks are 0-based, and -1 where there is no text (an empty file).
+int line_of(const YAML::Mark& mark) { return mark.line >= 0 ? mark.line + 1 : 1; }
+int line_of(const YAML::Node& node) { return line_of(node.Mark()); }
+
+std::string kind_of(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Scalar: return "'" + node.Scalar() + "'";
+    default: return "nothing";
+  }
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+std::string range_text(int first, int last) {
+  return "[" + std::to_string(first) + ", " + std::to_string(last) + ")";
+}
+
+std::string human_bytes(std::uint64_t bytes) {
+  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  for (; value >= 1024 && unit + 1 < std::size(units); ++unit) value /= 1024;
+  char text[32];
+  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+  return text;
+}
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// "did you mean 'x'? " for a name within two edits of a known one (a typo or a
+// swapped pair of letters), but never for a name that shares almost nothing.
+std::string did_you_mean(const std::string& name, const std::vector<std::string>& known) {
+  std::string best;
+  std::size_t best_distance = 3;
+  for (const auto& candidate : known) {
+    auto distance = edit_distance(name, candidate);
+    if (distance < best_distance && distance < candidate.size()) best = candidate, best_distance = distance;
+  }
+  return best.empty() ? "" : "did you mean '" + best + "'? ";
+}
+
+// One `key: value` of a YAML map, with the key's line.
+struct entry {
+  std::string key;
+  YAML::Node value;
+  int line = 0;
+};
+
+// A YAML map whose keys are all checked up front — unknown and duplicate keys
+// are errors — so a misspelt optional key never silently falls back to its
+// default. `noun` is what its keys are ("key", or "node" in a placement).
+class section {
+ public:
+  section(const source& src, const YAML::Node& map, std::string what, int line,
+          const std::vector<std::string>& known, const std::string& noun = "key")
+      : src_(src), what_(std::move(what)), line_(line) {
+    if (!map.IsMap()) src.fail(line, what_ + " must be a map, got " + kind_of(map));
+    for (const auto& pair : map) {
+      int key_line = line_of(pair.first);
+      if (!pair.first.IsScalar()) src.fail(key_line, "a key in " + what_ + " is " + kind_of(pair.first));
+      std::string key = pair.first.Scalar();
+      if (std::find(known.begin(), known.end(), key) == known.end())
+        src.fail(key_line, "unknown " + noun + " '" + key + "' in " + what_ + " (" + did_you_mean(key, known) +
+                               "known: " + join(known) + ")");
+      if (const entry* first = find(key))
+        src.fail(key_line, "duplicate " + noun + " '" + key + "' in " + what_ + " (first on line " +
+                               std::to_string(first->line) + ")");
+      entries_.push_back({key, pair.second, key_line});
+    }
+  }
+
+  const entry* find(const std::string& key) const {
+    auto it = std::find_if(entries_.begin(), entries_.end(), [&](const entry& e) { return e.key == key; });
+    return it == entries_.end() ? nullptr : &*it;
+  }
+
+  const entry& require(const std::string& key) const {
+    if (const entry* e = find(key)) return *e;
+    src_.fail(line_, "missing required key '" + key + "' in " + what_);
+  }
+
+  int line() const { return line_; }
+
+ private:
+  const source& src_;
+  std::string what_;
+  int line_;
+  std::vector<entry> entries_;
+};
+
+// -- scalar values -------------------------------------------------------------
+
+std::string text(const source& src, const entry& e) {
+  if (!e.value.IsScalar() || e.value.Scalar().empty())
+    src.fail(e.line, "'" + e.key + "' must be a non-empty string, got " + kind_of(e.value));
+  return e.value.Scalar();
+}
+
+// Strict decimal: YAML's untyped scalars would otherwise let "1.5" or "0x10"
+// through as whatever a lenient conversion makes of them.
+std::optional<std::int64_t> integer(const std::string& digits) {
+  std::int64_t value = 0;
+  auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+  if (error != std::errc() || end != digits.data() + digits.size() || digits.empty()) return std::nullopt;
+  return value;
+}
+
+std::int64_t integer_at_least(const source& src, const entry& e, std::int64_t low, std::int64_t high) {
+  auto value = e.value.IsScalar() ? integer(e.value.Scalar()) : std::nullopt;
+  if (!value || *value < low || *value > high)
+    src.fail(e.line, "'" + e.key + "' must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
+                         "], got " + kind_of(e.value));
+  return *value;
+}
+
+std::optional<std::uint16_t> port_number(const std::string& digits) {
+  auto value = integer(digits);
+  if (!value || *value < 1 || *value > 65535) return std::nullopt;
+  return static_cast<std::uint16_t>(*value);
+}
+
+// `1073741824`, `2GiB`, `1.5 GB`: decimal (KB = 1000) and binary (KiB = 1024)
+// units both occur in device data sheets, so both are accepted.
+std::optional<std::uint64_t> byte_count(const std::string& spec) {
+  static const std::map<std::string, double> units = {
+      {"", 1},        {"B", 1},          {"KB", 1e3},       {"MB", 1e6},      {"GB", 1e9},
+      {"TB", 1e12},   {"KiB", 0x1p10},   {"MiB", 0x1p20},   {"GiB", 0x1p30},  {"TiB", 0x1p40}};
+  auto number_end = std::min(spec.find_first_not_of("0123456789."), spec.size());
+  auto unit_start = std::min(spec.find_first_not_of(' ', number_end), spec.size());
+  auto unit = units.find(spec.substr(unit_start));
+  double number = 0;
+  auto [end, error] = std::from_chars(spec.data(), spec.data() + number_end, number, std::chars_format::fixed);
+  if (unit == units.end() || error != std::errc() || end != spec.data() + number_end) return std::nullopt;
+  double bytes = number * unit->second;
+  if (bytes < 1 || bytes >= 0x1p64) return std::nullopt;
+  return static_cast<std::uint64_t>(bytes);
+}
+
+// -- nodes ---------------------------------------------------------------------
+
+// A node as read, with the lines later checks point at.
+struct parsed_node {
+  node_spec spec;
+  int address_line = 0;
+  int data_port_line = 0;
+  int memory_line = 0;
+  int range_line = 0;
+};
+
+const std::vector<std::string> node_keys = {"name", "address", "data_port", "device", "memory", "threads"};
+
+std::string node_name(const source& src, const entry& e) {
+  auto name = text(src, e);
+  auto valid = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; };
+  if (!std::all_of(name.begin(), name.end(), valid))
+    src.fail(e.line, "node name '" + name + "' may only hold letters, digits, '_' and '-'");
+  return name;
+}
+
+void read_address(const source& src, const entry& e, node_spec& node) {
+  auto address = text(src, e);
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos) src.fail(e.line, "address '" + address + "' has no port (expected host:port)");
+  std::string host = address.substr(0, colon);
+  bool bracketed = host.size() >= 2 && host.front() == '[' && host.back() == ']';
+  if (bracketed) host = host.substr(1, host.size() - 2);
+  if (host.empty()) src.fail(e.line, "address '" + address + "' has an empty host (expected host:port)");
+  if (!bracketed && host.find(':') != std::string::npos)
+    src.fail(e.line, "address '" + address + "': write an IPv6 host in brackets, e.g. [::1]:7411");
+  auto port = port_number(address.substr(colon + 1));
+  if (!port) src.fail(e.line, "address '" + address + "' has port '" + address.substr(colon + 1) + "', expected 1..65535");
+  node.host = host;
+  node.port = *port;
+}
+
+std::string device_name(const source& src, const entry& e) {
+  auto device = text(src, e);
+  auto digit = [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; };
+  bool cuda = device.rfind("cuda:", 0) == 0 && device.size() > 5 && std::all_of(device.begin() + 5, device.end(), digit);
+  if (device != "cpu" && !cuda)
+    src.fail(e.line, "device '" + device + "' is neither cpu nor cuda:N");
+  return device;
+}
+
+std::uint64_t memory_budget(const source& src, const entry& e) {
+  auto budget = e.value.IsScalar() ? byte_count(e.value.Scalar()) : std::nullopt;
+  if (!budget)
+    src.fail(e.line, "memory " + kind_of(e.value) +
+                         " is not a size: write bytes (1073741824) or a number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB");
+  return *budget;
+}
+
+// The data plane listens beside the control port unless told otherwise.
+void read_data_port(const source& src, const section& s, parsed_node& node) {
+  if (const entry* e = s.find("data_port")) {
+    node.spec.data_port = static_cast<std::uint16_t>(integer_at_least(src, *e, 1, 65535));
+    node.data_port_line = e->line;
+    return;
+  }
+  int fallback = node.spec.port + 100;
+  if (fallback > 65535)
+    src.fail(node.address_line, "the default data port (control port + 100 = " + std::to_string(fallback) +
+                                    ") is out of range; set data_port");
+  node.spec.data_port = static_cast<std::uint16_t>(fallback);
+  node.data_port_line = node.address_line;
+}
+
+parsed_node read_node(const source& src, const YAML::Node& item, std::size_t index) {
+  section s(src, item, "node " + std::to_string(index + 1), line_of(item), node_keys);
+  parsed_node node;
+  node.spec.line = s.line();
+  node.spec.name = node_name(src, s.require("name"));
+  const entry& address = s.require("address");
+  read_address(src, address, node.spec);
+  node.address_line = address.line;
+  read_data_port(src, s, node);
+  if (const entry* e = s.find("device")) node.spec.device = device_name(src, *e);
+  if (const entry* e = s.find("memory")) {
+    node.spec.memory_bytes = memory_budget(src, *e);
+    node.memory_line = e->line;
+  }
+  if (const entry* e = s.find("threads"))
+    node.spec.threads = static_cast<int>(integer_at_least(src, *e, 1, std::numeric_limits<int>::max()));
+  return node;
+}
+
+std::vector<parsed_node> read_nodes(const source& src, const entry& e) {
+  if (!e.value.IsSequence()) src.fail(e.line, "'nodes' must be a list of nodes, got " + kind_of(e.value));
+  if (e.value.size() == 0) src.fail(e.line, "'nodes' is empty: a topology needs at least one node");
+  std::vector<parsed_node> nodes;
+  std::map<std::string, int> lines;  // name -> line of its first use
+  for (std::size_t i = 0; i < e.value.size(); ++i) {
+    auto node = read_node(src, e.value[i], i);
+    auto [it, fresh] = lines.emplace(node.spec.name, node.spec.line);
+    if (!fresh)
+      src.fail(node.spec.line, "duplicate node name '" + node.spec.name + "' (first on line " +
+                                   std::to_string(it->second) + ")");
+    nodes.push_back(std::move(node));
+  }
+  return nodes;
+}
+
+// Two listeners on one host cannot share a port. Hosts are compared as written:
+// `localhost` and `127.0.0.1` are not recognised as the same machine.
+void check_ports(const source& src, const std::vector<parsed_node>& nodes) {
+  std::map<std::pair<std::string, std::uint16_t>, std::string> users;
+  for (const auto& node : nodes) {
+    const std::pair<std::uint16_t, int> ports[] = {{node.spec.port, node.address_line},
+                                                   {node.spec.data_port, node.data_port_line}};
+    for (std::size_t i = 0; i < 2; ++i) {
+      std::string user = "node '" + node.spec.name + "' " + (i == 0 ? "control" : "data") + " port";
+      auto [it, fresh] = users.emplace(std::pair{node.spec.host, ports[i].first}, user);
+      if (!fresh)
+        src.fail(ports[i].second, user + " " + node.spec.host + ":" + std::to_string(ports[i].first) +
+                                      " clashes with " + it->second);
+    }
+  }
+}
+
+// -- model and placement ---------------------------------------------------------
+
+fs::path resolve_model(const source& src, const entry& e, const fs::path& file) {
+  fs::path written = text(src, e);
+  fs::path model = (written.is_relative() ? file.parent_path() / written : written).lexically_normal();
+  std::error_code ignored;
+  if (!fs::is_directory(model, ignored))
+    src.fail(e.line, "model directory '" + written.string() + "' (resolved to '" + model.string() +
+                         "') does not exist");
+  return model;
+}
+
+compute::llama_config read_model_config(const source& src, const entry& e, const fs::path& model) {
+  try {
+    return compute::llama_config::load(model / "config.json");
+  } catch (const compute::model_error& error) {
+    src.fail(e.line, std::string("cannot read the model's config.json: ") + error.what());
+  }
+}
+
+// Earlier nodes take the remainder, so layer counts differ by at most one.
+void place_even(const source& src, int line, int num_layers, std::vector<parsed_node>& nodes) {
+  int count = static_cast<int>(nodes.size());
+  if (count > num_layers)
+    src.fail(line, "placement 'even' needs at least one layer per node, but the model has " +
+                       std::to_string(num_layers) + " layers and the topology " + std::to_string(count) + " nodes");
+  int first = 0;
+  for (int i = 0; i < count; ++i) {
+    int last = first + num_layers / count + (i < num_layers % count ? 1 : 0);
+    nodes[i].spec.first_layer = first, nodes[i].spec.last_layer = last;
+    nodes[i].range_line = line;
+    first = last;
+  }
+}
+
+// `[first, last]` in the file: a list of two integers.
+std::optional<std::pair<std::int64_t, std::int64_t>> layer_range(const YAML::Node& value) {
+  if (!value.IsSequence() || value.size() != 2 || !value[0].IsScalar() || !value[1].IsScalar()) return std::nullopt;
+  auto first = integer(value[0].Scalar());
+  auto last = integer(value[1].Scalar());
+  if (!first || !last) return std::nullopt;
+  return std::pair{*first, *last};
+}
+
+void read_range(const source& src, const entry& e, int num_layers, parsed_node& node) {
+  auto range = layer_range(e.value);
+  if (!range) src.fail(e.line, "the layers of node '" + e.key + "' must be a range [first, last), e.g. [0, 4]");
+  auto [first, last] = *range;
+  std::string written = "[" + std::to_string(first) + ", " + std::to_string(last) + ")";
+  if (first >= last) src.fail(e.line, "the layer range " + written + " of node '" + e.key + "' is empty");
+  if (first < 0 || last > num_layers)
+    src.fail(e.line, "the layer range " + written + " of node '" + e.key + "' is outside the model's layers " +
+                         range_text(0, num_layers));
+  node.spec.first_layer = static_cast<int>(first);
+  node.spec.last_layer = static_cast<int>(last);
+  node.range_line = e.line;
+}
+
+// Every layer on exactly one node: walking the ranges in order, each must
+// start where the previous one ended.
+void check_coverage(const source& src, int placement_line, int num_layers, std::vector<parsed_node*> order) {
+  std::sort(order.begin(), order.end(),
+            [](const parsed_node* a, const parsed_node* b) { return a->spec.first_layer < b->spec.first_layer; });
+  int covered = 0;
+  const parsed_node* previous = nullptr;
+  for (const parsed_node* node : order) {
+    const auto& spec = node->spec;
+    if (spec.first_layer < covered)
+      src.fail(node->range_line, "the layer range " + range_text(spec.first_layer, spec.last_layer) + " of node '" +
+                                     spec.name + "' overlaps node '" + previous->spec.name + "'s " +
+                                     range_text(previous->spec.first_layer, previous->spec.last_layer));
+    if (spec.first_layer > covered)
+      src.fail(node->range_line, "layers " + range_text(covered, spec.first_layer) + " are on no node");
+    covered = spec.last_layer;
+    previous = node;
+  }
+  if (covered < num_layers) src.fail(placement_line, "layers " + range_text(covered, num_layers) + " are on no node");
+}
+
+void place_explicit(const source& src, const entry& e, int num_layers, std::vector<parsed_node>& nodes) {
+  std::vector<std::string> names;
+  for (const auto& node : nodes) names.push_back(node.spec.name);
+  section ranges(src, e.value, "the placement", e.line, names, "node");
+  std::vector<parsed_node*> order;
+  for (auto& node : nodes) {
+    const entry* range = ranges.find(node.spec.name);
+    if (!range) src.fail(e.line, "node '" + node.spec.name + "' has no layer range in the placement");
+    read_range(src, *range, num_layers, node);
+    order.push_back(&node);
+  }
+  check_coverage(src, e.line, num_layers, std::move(order));
+}
+
+void place(const source& src, const entry* e, int nodes_line, int num_layers, std::vector<parsed_node>& nodes) {
+  if (!e) return place_even(src, nodes_line, num_layers, nodes);
+  if (e->value.IsScalar() && e->value.Scalar() == "even") return place_even(src, e->line, num_layers, nodes);
+  if (!e->value.IsMap())
+    src.fail(e->line, "placement must be 'even' or a map of node name to layer range, got " + kind_of(e->value));
+  place_explicit(src, *e, num_layers, nodes);
+}
+
+// Weights are held as fp32 on the CPU whatever the checkpoint's storage dtype
+// (compute/ widens fp16/bf16 when loading), so a shard costs 4 bytes per
+// parameter. Activations and KV caches come on top and are not counted.
+constexpr std::uint64_t bytes_per_parameter = 4;
+
+void check_memory(const source& src, const compute::llama_config& config, std::vector<parsed_node>& nodes) {
+  for (auto& node : nodes) {
+    auto& spec = node.spec;
+    spec.weight_bytes =
+        static_cast<std::uint64_t>(config.parameter_count(spec.first_layer, spec.last_layer)) * bytes_per_parameter;
+    if (spec.memory_bytes && spec.weight_bytes > *spec.memory_bytes)
+      src.fail(node.memory_line, "node '" + spec.name + "' needs " + std::to_string(spec.weight_bytes) + " bytes (" +
+                                     human_bytes(spec.weight_bytes) + ") of fp32 weights for layers " +
+                                     range_text(spec.first_layer, spec.last_layer) + " but its memory budget is " +
+                                     std::to_string(*spec.memory_bytes) + " bytes (" +
+                                     human_bytes(*spec.memory_bytes) + ")");
+  }
+}
+
+// -- timeouts --------------------------------------------------------------------
+
+void read_timeouts(const source& src, const entry& e, topology& t) {
+  section s(src, e.value, "'timeouts'", e.line, {"connect_ms", "request_ms", "heartbeat_ms"});
+  auto read = [&](const char* key, std::chrono::milliseconds& out) {
+    if (const entry* value = s.find(key))
+      out = std::chrono::milliseconds(integer_at_least(src, *value, 1, std::numeric_limits<std::int32_t>::max()));
+  };
+  read("connect_ms", t.connect_timeout);
+  read("request_ms", t.request_timeout);
+  read("heartbeat_ms", t.heartbeat_interval);
+}
+
+YAML::Node load_yaml(const source& src, const std::string& yaml_text) {
+  try {
+    return YAML::Load(yaml_text);
+  } catch (const YAML::Exception& error) {
+    src.fail(line_of(error.mark), "YAML syntax error: " + error.msg);
+  }
+}
+
+}  // namespace
+
+std::string node_spec::address() const {
+  bool ipv6 = host.find(':') != std::string::npos;
+  return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+const node_spec& topology::node(const std::string& name) const {
+  auto it = std::find_if(nodes.begin(), nodes.end(), [&](const node_spec& n) { return n.name == name; });
+  if (it != nodes.end()) return *it;
+  std::vector<std::string> names;
+  for (const auto& n : nodes) names.push_back(n.name);
+  throw topology_error(file.string() + ": no node named '" + name + "' (" + did_you_mean(name, names) +
+                       "nodes: " + join(names) + ")");
+}
+
+topology parse_topology(const std::string& yaml_text, const std::filesystem::path& file_for_messages) {
+  const source src{file_for_messages.string()};
+  YAML::Node root = load_yaml(src, yaml_text);
+  section top(src, root, "the topology", line_of(root), {"cluster", "model", "nodes", "placement", "timeouts"});
+  topology t;
+  t.file = file_for_messages;
+  t.cluster = text(src, top.require("cluster"));
+  const entry& model = top.require("model");
+  const entry& nodes_entry = top.require("nodes");
+  auto nodes = read_nodes(src, nodes_entry);
+  check_ports(src, nodes);
+  if (const entry* e = top.find("timeouts")) read_timeouts(src, *e, t);
+  // The model is opened only once the file itself is known to be well formed.
+  t.model = resolve_model(src, model, file_for_messages);
+  t.model_config = read_model_config(src, model, t.model);
+  t.num_layers = t.model_config.num_layers;
+  place(src, top.find("placement"), nodes_entry.line, t.num_layers, nodes);
+  check_memory(src, t.model_config, nodes);
+  std::stable_sort(nodes.begin(), nodes.end(), [](const parsed_node& a, const parsed_node& b) {
+    return a.spec.first_layer < b.spec.first_layer;
+  });
+  for (auto& node : nodes) t.nodes.push_back(std::move(node.spec));
+  return t;
+}
+
+topology load_topology(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw topology_error(file.string() + ": cannot open the topology file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_topology(text.str(), file);
+}
+
+std::string describe_placement(const topology& t) {
+  std::size_t name_width = 4, address_width = 7;
+  for (const auto& node : t.nodes) {
+    name_width = std::max(name_width, node.name.size());
+    address_width = std::max(address_width, node.address().size());
+  }
+  std::ostringstream out;
+  out << "cluster " << t.cluster << ": " << t.model.string() << ", " << t.num_layers << " layers over "
+      << t.nodes.size() << (t.nodes.size() == 1 ? " node\n" : " nodes\n");
+  out << std::left << "  " << std::setw(name_width) << "node" << "  " << std::setw(address_width) << "address"
+      << "  data   device  layers     weights     budget\n";
+  for (const auto& node : t.nodes) {
+    out << "  " << std::setw(name_width) << node.name << "  " << std::setw(address_width) << node.address() << "  "
+        << std::setw(5) << node.data_port << "  " << std::setw(6) << node.device << "  " << std::setw(9)
+        << range_text(node.first_layer, node.last_layer) << "  " << std::setw(10) << human_bytes(node.weight_bytes)
+        << "  " << (node.memory_bytes ? human_bytes(*node.memory_bytes) : "unlimited") << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace orrery::deploy

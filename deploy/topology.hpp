@@ -1,0 +1,85 @@
+#pragma once
+// The topology file: one YAML file that names a cluster's nodes, the model they
+// serve, how its layers are split over them, and the control-plane timeouts.
+// Loading it validates everything that can be checked before any process
+// starts — keys, addresses, ports, devices, layer ranges, memory budgets — so a
+// mistake is reported once, as `FILE:LINE: problem`, instead of as a node that
+// fails half-way through a deployment. deploy/topologies/README.md documents
+// every key.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "compute/llama_config.hpp"
+
+namespace orrery::deploy {
+
+/// A malformed or unusable topology file; the message is `FILE:LINE: problem`.
+class topology_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// One node (= one process, one device) of the cluster and the layers it holds.
+struct node_spec {
+  std::string name;
+  std::string host;
+  /// The CAF control port the node publishes itself on.
+  std::uint16_t port = 0;
+  /// The data plane's TCP port (default: `port + 100`).
+  std::uint16_t data_port = 0;
+  /// `cpu` or `cuda:N`.
+  std::string device = "cpu";
+  /// The memory budget; empty means unlimited.
+  std::optional<std::uint64_t> memory_bytes;
+  int threads = 1;
+  /// The layer range `[first_layer, last_layer)` this node holds.
+  int first_layer = 0;
+  int last_layer = 0;
+  /// Bytes of fp32 weights the node's layers take (what is checked against
+  /// `memory_bytes`).
+  std::uint64_t weight_bytes = 0;
+  /// The line of the node's entry in the topology file, for later messages.
+  int line = 0;
+
+  /// `host:port`, the control address.
+  std::string address() const;
+};
+
+/// A validated topology with its placement resolved.
+struct topology {
+  std::filesystem::path file;
+  std::string cluster;
+  /// The model directory, resolved against the topology file's directory.
+  std::filesystem::path model;
+  /// The model's config.json, as read while validating.
+  compute::llama_config model_config;
+  /// In pipeline order: sorted by `first_layer`.
+  std::vector<node_spec> nodes;
+  std::chrono::milliseconds connect_timeout{3000};
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds heartbeat_interval{500};
+  int num_layers = 0;
+
+  /// The node named `name`; throws topology_error naming the known nodes.
+  const node_spec& node(const std::string& name) const;
+};
+
+/// Reads, parses and validates `file` and resolves its placement; throws
+/// topology_error (`FILE:LINE: problem`) on the first problem found.
+topology load_topology(const std::filesystem::path& file);
+
+/// As load_topology, from text: `file_for_messages` prefixes messages and is
+/// the base a relative `model:` path resolves against.
+topology parse_topology(const std::string& yaml_text, const std::filesystem::path& file_for_messages);
+
+/// A multi-line human summary: one line per node with its address, data
+/// port, device, layer range, weight bytes and memory budget.
+std::string describe_placement(const topology& t);
+
+}  // namespace orrery::deploy

@@ -1,0 +1,385 @@
+// The topology file: every malformed case gets one `FILE:LINE: problem`
+// error; valid files resolve their placement, defaults and model path.
+
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "compute/model_init.hpp"
+#include "deploy/topology.hpp"
+#include "test/temp_dir.hpp"
+
+using orrery::deploy::parse_topology;
+using orrery::deploy::topology;
+using orrery::deploy::topology_error;
+using orrery::test::temp_dir;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Two nodes over a 4-layer model; each malformed case edits one line of it.
+const std::string base_yaml = R"(cluster: demo
+model: model
+nodes:
+  - name: a
+    address: 127.0.0.1:7411
+  - name: b
+    address: 127.0.0.1:7412
+placement: even
+)";
+
+std::string edit(const std::string& text, const std::string& from, const std::string& to) {
+  auto at = text.find(from);
+  REQUIRE_MESSAGE(at != std::string::npos, "'" << from << "' is not in the test's YAML");
+  return text.substr(0, at) + to + text.substr(at + from.size());
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// The `tiny` shape with `num_layers` layers; the topology reads only config.json.
+void write_model_config(const fs::path& dir, int num_layers) {
+  auto config = orrery::compute::llama_config::preset("tiny");
+  config.num_layers = num_layers;
+  fs::create_directories(dir);
+  config.save(dir / "config.json");
+}
+
+std::uint64_t weight_bytes(int num_layers, int first, int last) {
+  auto config = orrery::compute::llama_config::preset("tiny");
+  config.num_layers = num_layers;
+  return static_cast<std::uint64_t>(config.parameter_count(first, last)) * 4;
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream(path) << text;
+}
+
+// A temp dir with a model at `model/` beside the topology file `cluster.yaml`.
+struct cluster_dir {
+  temp_dir dir;
+  fs::path file = dir / "cluster.yaml";
+
+  explicit cluster_dir(int num_layers = 4) { write_model_config(dir / "model", num_layers); }
+
+  topology parse(const std::string& yaml) const { return parse_topology(yaml, file); }
+
+  std::string error(const std::string& yaml) const {
+    try {
+      parse(yaml);
+    } catch (const topology_error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+
+  void check_error(const std::string& yaml, int line, const std::string& problem) const {
+    std::string message = error(yaml);
+    std::string prefix = file.string() + ":" + std::to_string(line) + ": ";
+    CHECK(message.substr(0, prefix.size()) == prefix);
+    CHECK_MESSAGE(contains(message, problem), message);
+  }
+};
+
+std::vector<std::pair<int, int>> ranges(const topology& t) {
+  std::vector<std::pair<int, int>> out;
+  for (const auto& node : t.nodes) out.emplace_back(node.first_layer, node.last_layer);
+  return out;
+}
+
+fs::path source_dir() {
+  if (const char* dir = std::getenv("ORRERY_SOURCE_DIR")) return dir;
+  return fs::path(__FILE__).parent_path().parent_path().parent_path();
+}
+
+}  // namespace
+
+// -- malformed files -------------------------------------------------------------
+
+TEST_CASE("an unknown key is named, with the closest known key, at every level") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "placement:", "placment:"), 8,
+                "unknown key 'placment' in the topology (did you mean 'placement'? known: cluster, model, nodes, "
+                "placement, timeouts)");
+  c.check_error(edit(base_yaml, "    address: 127.0.0.1:7412", "    address: 127.0.0.1:7412\n    thread: 2"), 8,
+                "unknown key 'thread' in node 2 (did you mean 'threads'?");
+  c.check_error(base_yaml + "timeouts:\n  connect_ms: 10\n  deadline_ms: 5\n", 11,
+                "unknown key 'deadline_ms' in 'timeouts' (known: connect_ms, request_ms, heartbeat_ms)");
+}
+
+TEST_CASE("a missing required key is named at the map that lacks it") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "cluster: demo\n", ""), 1, "missing required key 'cluster' in the topology");
+  c.check_error(edit(base_yaml, "model: model\n", ""), 1, "missing required key 'model' in the topology");
+  c.check_error("cluster: demo\nmodel: model\n", 1, "missing required key 'nodes' in the topology");
+  c.check_error(edit(base_yaml, "    address: 127.0.0.1:7412\n", ""), 6, "missing required key 'address' in node 2");
+  c.check_error(edit(base_yaml, "  - name: b\n    address", "  - address"), 6, "missing required key 'name' in node 2");
+}
+
+TEST_CASE("a value of the wrong type is named with what was found") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "cluster: demo", "cluster: [demo]"), 1,
+                "'cluster' must be a non-empty string, got a list");
+  c.check_error(edit(base_yaml, "cluster: demo", "cluster: \"\""), 1, "'cluster' must be a non-empty string, got ''");
+  c.check_error("cluster: demo\nmodel: model\nnodes: 3\n", 3, "'nodes' must be a list of nodes, got '3'");
+  c.check_error("cluster: demo\nmodel: model\nnodes: []\n", 3, "'nodes' is empty");
+  c.check_error(edit(base_yaml, "  - name: b\n    address: 127.0.0.1:7412", "  - b"), 6, "node 2 must be a map, got 'b'");
+  c.check_error(base_yaml + "timeouts: 5\n", 9, "'timeouts' must be a map, got '5'");
+  c.check_error(base_yaml + "timeouts:\n  request_ms: soon\n", 10,
+                "'request_ms' must be an integer in [1, 2147483647], got 'soon'");
+  c.check_error(edit(base_yaml, "placement: even", "placement: [0, 4]"), 8,
+                "placement must be 'even' or a map of node name to layer range, got a list");
+  c.check_error("- a\n- b\n", 1, "the topology must be a map, got a list");
+  c.check_error("", 1, "the topology must be a map, got nothing");
+}
+
+TEST_CASE("duplicate node names and duplicate keys point at the second one") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "name: b", "name: a"), 6, "duplicate node name 'a' (first on line 4)");
+  c.check_error(edit(base_yaml, "model: model", "model: model\ncluster: again"), 3,
+                "duplicate key 'cluster' in the topology (first on line 1)");
+  c.check_error(edit(base_yaml, "name: a", "name: a-1_x.y"), 4,
+                "node name 'a-1_x.y' may only hold letters, digits, '_' and '-'");
+}
+
+TEST_CASE("a bad address names the address and what is wrong with it") {
+  cluster_dir c;
+  auto address = [&](const std::string& value) { return edit(base_yaml, "127.0.0.1:7412", value); };
+  c.check_error(address("127.0.0.1"), 7, "address '127.0.0.1' has no port (expected host:port)");
+  c.check_error(address(":7412"), 7, "address ':7412' has an empty host");
+  c.check_error(address("host:0"), 7, "address 'host:0' has port '0', expected 1..65535");
+  c.check_error(address("host:65536"), 7, "address 'host:65536' has port '65536', expected 1..65535");
+  c.check_error(address("host:http"), 7, "address 'host:http' has port 'http', expected 1..65535");
+  c.check_error(address("::1:7412"), 7, "write an IPv6 host in brackets, e.g. [::1]:7411");
+  c.check_error(address("host:65500"), 7,
+                "the default data port (control port + 100 = 65600) is out of range; set data_port");
+}
+
+TEST_CASE("ports that clash on one host are reported with both users") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "7412", "7411"), 7,
+                "node 'b' control port 127.0.0.1:7411 clashes with node 'a' control port");
+  c.check_error(edit(base_yaml, "7412", "7511"), 7,
+                "node 'b' control port 127.0.0.1:7511 clashes with node 'a' data port");
+  c.check_error(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    data_port: 7412"), 8,
+                "node 'b' data port 127.0.0.1:7412 clashes with node 'b' control port");
+  c.check_error(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    data_port: 0"), 8,
+                "'data_port' must be an integer in [1, 65535], got '0'");
+  // The same ports on different hosts do not clash.
+  CHECK(c.parse(edit(base_yaml, "127.0.0.1:7412", "10.0.0.2:7411")).nodes.size() == 2);
+}
+
+TEST_CASE("a bad device, memory size or thread count is named") {
+  cluster_dir c;
+  auto node_b = [&](const std::string& line) { return edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    " + line); };
+  for (auto device : {"gpu", "cuda", "cuda:x", "cuda:-1", "CPU"})
+    c.check_error(node_b(std::string("device: ") + device), 8, "device '" + std::string(device) + "' is neither cpu nor cuda:N");
+  for (auto memory : {"lots", "0", "2XB", "-1GiB", "1.2.3MB", "GiB"})
+    c.check_error(node_b(std::string("memory: ") + memory), 8,
+                  "memory '" + std::string(memory) + "' is not a size: write bytes (1073741824) or a number with B, KB");
+  c.check_error(node_b("threads: 0"), 8, "'threads' must be an integer in [1, 2147483647], got '0'");
+  c.check_error(node_b("threads: 1.5"), 8, "'threads' must be an integer in [1, 2147483647], got '1.5'");
+}
+
+TEST_CASE("an explicit placement must name known nodes and cover every layer once") {
+  cluster_dir c;  // 4 layers
+  auto placement = [](const std::string& map) { return edit(base_yaml, "placement: even", "placement:\n" + map); };
+  c.check_error(placement("  a: [0, 2]\n  b: [2, 4]\n  x: [4, 5]\n"), 11,
+                "unknown node 'x' in the placement (known: a, b)");
+  c.check_error(placement("  a: [0, 2]\n  bb: [2, 4]\n"), 10, "unknown node 'bb' in the placement (known: a, b)");
+  c.check_error(placement("  a: [0, 4]\n"), 8, "node 'b' has no layer range in the placement");
+  c.check_error(placement("  a: [0, 3]\n  b: [2, 4]\n"), 10,
+                "the layer range [2, 4) of node 'b' overlaps node 'a's [0, 3)");
+  c.check_error(placement("  b: [2, 4]\n  a: [0, 1]\n"), 9, "layers [1, 2) are on no node");
+  c.check_error(placement("  a: [1, 2]\n  b: [2, 4]\n"), 9, "layers [0, 1) are on no node");
+  c.check_error(placement("  a: [0, 1]\n  b: [1, 3]\n"), 8, "layers [3, 4) are on no node");
+  c.check_error(placement("  a: [0, 2]\n  b: [2, 5]\n"), 10,
+                "the layer range [2, 5) of node 'b' is outside the model's layers [0, 4)");
+  c.check_error(placement("  a: [-1, 2]\n  b: [2, 4]\n"), 9,
+                "the layer range [-1, 2) of node 'a' is outside the model's layers [0, 4)");
+  c.check_error(placement("  a: [2, 2]\n  b: [0, 4]\n"), 9, "the layer range [2, 2) of node 'a' is empty");
+  c.check_error(placement("  a: [0, 2, 3]\n  b: [2, 4]\n"), 9,
+                "the layers of node 'a' must be a range [first, last), e.g. [0, 4]");
+  c.check_error(placement("  a: 2\n  b: [2, 4]\n"), 9, "the layers of node 'a' must be a range [first, last)");
+  c.check_error(placement("  a: [0, 2]\n  a: [2, 4]\n"), 10, "duplicate node 'a' in the placement (first on line 9)");
+}
+
+TEST_CASE("even placement needs at least one layer per node") {
+  cluster_dir c(1);
+  c.check_error(base_yaml, 8,
+                "placement 'even' needs at least one layer per node, but the model has 1 layers and the topology 2 "
+                "nodes");
+  // Without a placement key the default (even) is reported at `nodes`.
+  c.check_error(edit(base_yaml, "placement: even\n", ""), 3, "placement 'even' needs at least one layer per node");
+}
+
+TEST_CASE("a YAML syntax error carries yaml-cpp's line") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "127.0.0.1:7412", "[127.0.0.1:7412"), 8, "YAML syntax error: ");
+  c.check_error(edit(base_yaml, "  - name: b", "  - name: b\n   oops: ["), 7, "YAML syntax error: ");
+}
+
+TEST_CASE("a missing model directory or an unreadable config.json is named at `model`") {
+  cluster_dir c;
+  c.check_error(edit(base_yaml, "model: model", "model: nowhere"), 2,
+                "model directory 'nowhere' (resolved to '" + (c.dir / "nowhere").string() + "') does not exist");
+  fs::create_directories(c.dir / "empty");
+  c.check_error(edit(base_yaml, "model: model", "model: empty"), 2,
+                "cannot read the model's config.json: " + (c.dir / "empty" / "config.json").string() + ": cannot open");
+  write_file(c.dir / "broken" / "config.json", "{ not json");
+  c.check_error(edit(base_yaml, "model: model", "model: broken"), 2, "config.json: not valid JSON");
+}
+
+TEST_CASE("a node whose layers do not fit its memory budget says how many bytes they need") {
+  cluster_dir c;
+  auto needed = weight_bytes(4, 2, 4);
+  auto budget = std::to_string(needed - 1);
+  c.check_error(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    memory: " + budget), 8,
+                "node 'b' needs " + std::to_string(needed) + " bytes (");
+  c.check_error(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    memory: 1KiB"), 8,
+                "of fp32 weights for layers [2, 4) but its memory budget is 1024 bytes (1.0 KiB)");
+  // Exactly enough fits.
+  auto fits = c.parse(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    memory: " + std::to_string(needed)));
+  CHECK(fits.node("b").weight_bytes == needed);
+}
+
+// -- valid files -----------------------------------------------------------------
+
+TEST_CASE("even placement splits N layers over 1 to 4 nodes, earlier nodes taking the remainder") {
+  cluster_dir c(7);
+  using expected = std::vector<std::pair<int, int>>;
+  const std::vector<expected> splits = {{{0, 7}},
+                                        {{0, 4}, {4, 7}},
+                                        {{0, 3}, {3, 5}, {5, 7}},
+                                        {{0, 2}, {2, 4}, {4, 6}, {6, 7}}};
+  std::string yaml = "cluster: demo\nmodel: model\nplacement: even\nnodes:\n";
+  for (std::size_t n = 0; n < splits.size(); ++n) {
+    yaml += "  - {name: n" + std::to_string(n) + ", address: 'localhost:" + std::to_string(7000 + n) + "'}\n";
+    auto t = c.parse(yaml);
+    CHECK(ranges(t) == splits[n]);
+    CHECK(t.num_layers == 7);
+    for (std::size_t i = 0; i < t.nodes.size(); ++i) {
+      CHECK(t.nodes[i].name == "n" + std::to_string(i));
+      CHECK(t.nodes[i].weight_bytes == weight_bytes(7, splits[n][i].first, splits[n][i].second));
+    }
+  }
+  // As many nodes as layers: one each.
+  cluster_dir two(2);
+  CHECK(ranges(two.parse(base_yaml)) == expected{{0, 1}, {1, 2}});
+}
+
+TEST_CASE("an explicit placement is returned in pipeline order") {
+  cluster_dir c(5);
+  auto t = c.parse(edit(base_yaml, "placement: even", "placement: {b: [0, 1], a: [1, 5]}") +
+                   "timeouts: {heartbeat_ms: 50}\n");
+  REQUIRE(t.nodes.size() == 2);
+  CHECK(t.nodes[0].name == "b");
+  CHECK(t.nodes[1].name == "a");
+  CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 1}, {1, 5}});
+  CHECK(t.nodes[0].line == 6);
+  CHECK(t.heartbeat_interval == std::chrono::milliseconds(50));
+  CHECK(t.connect_timeout == std::chrono::milliseconds(3000));
+}
+
+TEST_CASE("defaults fill what a node and the timeouts leave out; given values are kept") {
+  cluster_dir c;
+  auto t = c.parse(edit(base_yaml, "placement: even\n", ""));
+  const auto& a = t.node("a");
+  CHECK(t.cluster == "demo");
+  CHECK(a.host == "127.0.0.1");
+  CHECK(a.port == 7411);
+  CHECK(a.data_port == 7511);
+  CHECK(a.device == "cpu");
+  CHECK(!a.memory_bytes);
+  CHECK(a.threads == 1);
+  CHECK(a.address() == "127.0.0.1:7411");
+  CHECK(t.connect_timeout == std::chrono::milliseconds(3000));
+  CHECK(t.request_timeout == std::chrono::milliseconds(30000));
+  CHECK(t.heartbeat_interval == std::chrono::milliseconds(500));
+  CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 2}, {2, 4}});
+
+  auto given = c.parse(edit(base_yaml, "127.0.0.1:7412",
+                            "'[::1]:7412'\n    data_port: 9000\n    device: cuda:1\n    memory: 1.5 GB\n    threads: 8") +
+                       "timeouts:\n  connect_ms: 100\n  request_ms: 200\n  heartbeat_ms: 10\n");
+  const auto& b = given.node("b");
+  CHECK(b.host == "::1");
+  CHECK(b.address() == "[::1]:7412");
+  CHECK(b.data_port == 9000);
+  CHECK(b.device == "cuda:1");
+  CHECK(b.memory_bytes == std::uint64_t{1500000000});
+  CHECK(b.threads == 8);
+  CHECK(given.connect_timeout == std::chrono::milliseconds(100));
+  CHECK(given.request_timeout == std::chrono::milliseconds(200));
+  CHECK(given.heartbeat_interval == std::chrono::milliseconds(10));
+}
+
+TEST_CASE("memory sizes take bytes, decimal and binary units") {
+  cluster_dir c;
+  const std::vector<std::pair<std::string, std::uint64_t>> sizes = {
+      {"123456789", 123456789}, {"2000000 B", 2000000},          {"2000KB", 2000000},      {"3 MB", 3000000},
+      {"1GB", 1000000000},      {"1TB", 1000000000000}, {"2048KiB", 2ull << 20},     {"512MiB", 512ull << 20},
+      {"2GiB", 2ull << 30},     {"1TiB", 1ull << 40},    {"0.5GiB", 1ull << 29}};
+  for (const auto& [text, bytes] : sizes) {
+    auto t = c.parse(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    memory: " + text));
+    CHECK_MESSAGE(t.node("b").memory_bytes == bytes, text);
+  }
+}
+
+TEST_CASE("a relative model path resolves against the topology file's directory") {
+  cluster_dir c;
+  write_file(c.dir / "topologies" / "mine.yaml", edit(base_yaml, "model: model", "model: ../model"));
+  auto t = orrery::deploy::load_topology(c.dir / "topologies" / "mine.yaml");
+  CHECK(t.model == c.dir / "model");
+  CHECK(t.file == c.dir / "topologies" / "mine.yaml");
+
+  auto absolute = c.parse(edit(base_yaml, "model: model", "model: " + (c.dir / "model").string()));
+  CHECK(absolute.model == c.dir / "model");
+
+  std::string missing = (c.dir / "none.yaml").string();
+  std::string message = missing + ": cannot open the topology file";
+  CHECK_THROWS_WITH_AS(orrery::deploy::load_topology(missing), message.c_str(), topology_error);
+}
+
+TEST_CASE("node() finds a node by name or names the known ones") {
+  cluster_dir c;
+  auto t = c.parse(base_yaml);
+  CHECK(t.node("b").port == 7412);
+  std::string message = c.file.string() + ": no node named 'c' (nodes: a, b)";
+  CHECK_THROWS_WITH_AS(t.node("c"), message.c_str(), topology_error);
+}
+
+TEST_CASE("describe_placement lists every node with its address, device, layers and bytes") {
+  cluster_dir c;
+  auto t = c.parse(edit(base_yaml, "127.0.0.1:7412", "127.0.0.1:7412\n    memory: 2GiB"));
+  auto text = orrery::deploy::describe_placement(t);
+  CHECK(contains(text, "cluster demo: " + (c.dir / "model").string() + ", 4 layers over 2 nodes\n"));
+  CHECK(contains(text, "a     127.0.0.1:7411  7511   cpu     [0, 2)"));
+  CHECK(contains(text, "b     127.0.0.1:7412  7512   cpu     [2, 4)"));
+  CHECK(contains(text, "unlimited\n"));
+  CHECK(contains(text, "2.0 GiB\n"));
+}
+
+TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
+  temp_dir dir;
+  // demo4 puts one layer on each of its 4 nodes, so the model needs at least
+  // 4 layers: the tiny shape with 4 of them.
+  auto config = orrery::compute::llama_config::preset("tiny");
+  config.num_layers = 4;
+  orrery::compute::init_model(dir / "models" / "tiny", config, {0, 0, {}});
+  std::ifstream in(source_dir() / "deploy" / "topologies" / "demo4.yaml");
+  REQUIRE(in);
+  std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  write_file(dir / "demo4.yaml", yaml);  // `model: models/tiny` resolves beside the copy
+
+  auto t = orrery::deploy::load_topology(dir / "demo4.yaml");
+  CHECK(t.cluster == "demo4");
+  REQUIRE(t.nodes.size() == 4);
+  CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 1}, {1, 2}, {2, 3}, {3, 4}});
+  for (int i = 0; i < 4; ++i) {
+    CHECK(t.nodes[i].host == "127.0.0.1");
+    CHECK(t.nodes[i].port == 7411 + i);
+    CHECK(t.nodes[i].threads == 1);
+    CHECK(t.nodes[i].device == "cpu");
+  }
+}
