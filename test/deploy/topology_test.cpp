@@ -361,19 +361,21 @@ TEST_CASE("describe_placement lists every node with its address, device, layers 
 }
 
 TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
-  temp_dir dir;
-  // demo4 puts one layer on each of its 4 nodes, so the model needs at least
-  // 4 layers: the tiny shape with 4 of them.
+  // The repository's layout in a temp dir: the topology under
+  // deploy/topologies/ names ../../models/tiny. demo4 puts one layer on each
+  // of its 4 nodes, so the model is the tiny shape with 4 layers.
+  temp_dir repo;
   auto config = orrery::compute::llama_config::preset("tiny");
   config.num_layers = 4;
-  orrery::compute::init_model(dir / "models" / "tiny", config, {0, 0, {}});
+  orrery::compute::init_model(repo / "models" / "tiny", config, {0, 0, {}});
   std::ifstream in(source_dir() / "deploy" / "topologies" / "demo4.yaml");
   REQUIRE(in);
   std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  write_file(dir / "demo4.yaml", yaml);  // `model: models/tiny` resolves beside the copy
+  write_file(repo / "deploy" / "topologies" / "demo4.yaml", yaml);
 
-  auto t = orrery::deploy::load_topology(dir / "demo4.yaml");
+  auto t = orrery::deploy::load_topology(repo / "deploy" / "topologies" / "demo4.yaml");
   CHECK(t.cluster == "demo4");
+  CHECK(t.model == repo / "models" / "tiny");
   REQUIRE(t.nodes.size() == 4);
   CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 1}, {1, 2}, {2, 3}, {3, 4}});
   for (int i = 0; i < 4; ++i) {
@@ -381,5 +383,6 @@ TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
     CHECK(t.nodes[i].port == 7411 + i);
     CHECK(t.nodes[i].threads == 1);
     CHECK(t.nodes[i].device == "cpu");
+    CHECK(!t.nodes[i].memory_bytes);
   }
 }
