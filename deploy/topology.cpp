@@ -157,7 +157,7 @@ std::optional<std::int64_t> integer(const std::string& digits) {
   return value;
 }
 
-std::int64_t integer_at_least(const source& src, const entry& e, std::int64_t low, std::int64_t high) {
+std::int64_t integer_in(const source& src, const entry& e, std::int64_t low, std::int64_t high) {
   auto value = e.value.IsScalar() ? integer(e.value.Scalar()) : std::nullopt;
   if (!value || *value < low || *value > high)
     src.fail(e.line, "'" + e.key + "' must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
@@ -245,7 +245,7 @@ std::uint64_t memory_budget(const source& src, const entry& e) {
 // The data plane listens beside the control port unless told otherwise.
 void read_data_port(const source& src, const section& s, parsed_node& node) {
   if (const entry* e = s.find("data_port")) {
-    node.spec.data_port = static_cast<std::uint16_t>(integer_at_least(src, *e, 1, 65535));
+    node.spec.data_port = static_cast<std::uint16_t>(integer_in(src, *e, 1, 65535));
     node.data_port_line = e->line;
     return;
   }
@@ -272,7 +272,7 @@ parsed_node read_node(const source& src, const YAML::Node& item, std::size_t ind
     node.memory_line = e->line;
   }
   if (const entry* e = s.find("threads"))
-    node.spec.threads = static_cast<int>(integer_at_least(src, *e, 1, std::numeric_limits<int>::max()));
+    node.spec.threads = static_cast<int>(integer_in(src, *e, 1, std::numeric_limits<int>::max()));
   return node;
 }
 
@@ -297,14 +297,17 @@ std::vector<parsed_node> read_nodes(const source& src, const entry& e) {
 void check_ports(const source& src, const std::vector<parsed_node>& nodes) {
   std::map<std::pair<std::string, std::uint16_t>, std::string> users;
   for (const auto& node : nodes) {
-    const std::pair<std::uint16_t, int> ports[] = {{node.spec.port, node.address_line},
-                                                   {node.spec.data_port, node.data_port_line}};
-    for (std::size_t i = 0; i < 2; ++i) {
-      std::string user = "node '" + node.spec.name + "' " + (i == 0 ? "control" : "data") + " port";
-      auto [it, fresh] = users.emplace(std::pair{node.spec.host, ports[i].first}, user);
+    struct listener {
+      std::uint16_t port;
+      int line;
+      const char* role;
+    };
+    for (const listener& l : {listener{node.spec.port, node.address_line, "control"},
+                              listener{node.spec.data_port, node.data_port_line, "data"}}) {
+      std::string user = "node '" + node.spec.name + "' " + l.role + " port";
+      auto [it, fresh] = users.emplace(std::pair{node.spec.host, l.port}, user);
       if (!fresh)
-        src.fail(ports[i].second, user + " " + node.spec.host + ":" + std::to_string(ports[i].first) +
-                                      " clashes with " + it->second);
+        src.fail(l.line, user + " " + node.spec.host + ":" + std::to_string(l.port) + " clashes with " + it->second);
     }
   }
 }
@@ -435,7 +438,7 @@ void read_timeouts(const source& src, const entry& e, topology& t) {
   section s(src, e.value, "'timeouts'", e.line, {"connect_ms", "request_ms", "heartbeat_ms"});
   auto read = [&](const char* key, std::chrono::milliseconds& out) {
     if (const entry* value = s.find(key))
-      out = std::chrono::milliseconds(integer_at_least(src, *value, 1, std::numeric_limits<std::int32_t>::max()));
+      out = std::chrono::milliseconds(integer_in(src, *value, 1, std::numeric_limits<std::int32_t>::max()));
   };
   read("connect_ms", t.connect_timeout);
   read("request_ms", t.request_timeout);
