@@ -1,0 +1,29 @@
+@0xf742afcf707da004;
+# The descriptor of one data-plane frame: what the raw bytes after it are.
+# Layout of the whole frame (fixed header, this descriptor, payload) is
+# documented in messages/frame.hpp.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("orrery::messages::wire");
+
+# Values match orrery::messages::element_type; a receiver rejects any other.
+enum ElementType {
+  f32 @0;
+  f16 @1;
+  bf16 @2;
+  i64 @3;
+  i32 @4;
+}
+
+struct FrameDescriptor {
+  requestId @0 :UInt64;
+  step @1 :UInt32;
+  sourceStage @2 :UInt16;
+  destinationStage @3 :UInt16;
+  elementType @4 :ElementType;
+  shape @5 :List(Int64);
+  # Payload bytes; must equal the product of shape times the element size.
+  byteLength @6 :UInt64;
+  # frame_checksum (messages/checksum.hpp) of the payload.
+  checksum @7 :UInt32;
+}

@@ -1,0 +1,395 @@
+// The data plane over real loopback sockets: round trips, credits, hostile
+// peers (a raw Asio client writing malformed frames) and connect failures.
+
+#include <doctest/doctest.h>
+
+#include <boost/asio.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "messages/checksum.hpp"
+#include "messages/data_plane.hpp"
+
+using namespace orrery::messages;
+namespace messages = orrery::messages;  // `link` alone collides with POSIX ::link()
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+using bytes = std::vector<std::byte>;
+
+/// Deterministic payload bytes: a cheap generator so 64 MiB fills in a blink.
+bytes pattern(std::size_t size, std::uint64_t seed) {
+  bytes out(size);
+  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (std::size_t i = 0; i < size; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    out[i] = std::byte(x & 0xFF);
+  }
+  return out;
+}
+
+/// One data plane's view of the world: what it allocated, received and reported.
+struct inbox {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<received_frame> frames;
+  std::vector<std::uint64_t> allocations;
+  std::vector<std::pair<std::string, std::string>> failures;
+  /// Runs on the io thread before a frame is recorded.
+  std::function<void(const received_frame&)> on_frame;
+
+  frame_allocator allocator() {
+    return [this](const frame_descriptor& d) {
+      note([&] { allocations.push_back(d.byte_length); });
+      std::shared_ptr<std::byte[]> buffer(new std::byte[d.byte_length]);
+      return std::pair<std::shared_ptr<void>, std::byte*>(buffer, buffer.get());
+    };
+  }
+  frame_handler handler() {
+    return [this](received_frame f) {
+      if (on_frame) on_frame(f);
+      note([&] { frames.push_back(std::move(f)); });
+    };
+  }
+  link_error_handler reporter() {
+    return [this](const std::string& peer, const std::string& problem) {
+      note([&] { failures.emplace_back(peer, problem); });
+    };
+  }
+  template <typename Change>
+  void note(Change change) {
+    std::lock_guard<std::mutex> guard(mutex);
+    change();
+    changed.notify_all();
+  }
+  template <typename Predicate>
+  bool wait(Predicate done, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return changed.wait_for(lock, timeout, done);
+  }
+  std::size_t frame_count() {
+    std::lock_guard<std::mutex> guard(mutex);
+    return frames.size();
+  }
+};
+
+/// A data plane with its inbox.
+struct endpoint {
+  explicit endpoint(data_plane_options options = {})
+      : plane(std::move(options), box.allocator(), box.handler(), box.reporter()) {}
+  std::shared_ptr<messages::link> connect_to(const endpoint& other) { return plane.connect("127.0.0.1", other.plane.port(), 5s); }
+  inbox box;
+  data_plane plane;
+};
+
+frame_descriptor descriptor_of(element_type type, std::vector<std::int64_t> shape, std::uint16_t source,
+                               std::uint32_t step) {
+  frame_descriptor d;
+  d.request_id = 1000ull * source + step;
+  d.step = step;
+  d.source_stage = source;
+  d.destination_stage = 7;
+  d.type = type;
+  d.shape = std::move(shape);
+  return d;
+}
+
+std::uint64_t byte_length_of(const frame_descriptor& d) {
+  std::uint64_t n = 0;
+  REQUIRE(payload_length(d.type, d.shape, 1ull << 31, n).empty());
+  return n;
+}
+
+/// Sends `d` with pattern bytes seeded by its request id; returns nothing, the
+/// completion lands in `errors` (empty strings for success).
+void send_pattern(messages::link& l, frame_descriptor d, std::mutex& mutex, std::vector<std::string>& errors) {
+  auto payload = std::make_shared<bytes>(pattern(byte_length_of(d), d.request_id));
+  l.send(std::move(d), payload->data(), payload, [&mutex, &errors](const std::string& error) {
+    std::lock_guard<std::mutex> guard(mutex);
+    errors.push_back(error);
+  });
+}
+
+/// A hostile or clumsy peer: a bare Asio socket connected to a data plane.
+struct raw_client {
+  explicit raw_client(std::uint16_t port) {
+    socket.connect({asio::ip::make_address("127.0.0.1"), port});
+    socket.set_option(tcp::no_delay(true));
+    header_bytes grant;  // every data plane grants its window first
+    asio::read(socket, asio::buffer(grant));
+    name = "127.0.0.1:" + std::to_string(socket.local_endpoint().port());
+  }
+  void write(const bytes& b) { asio::write(socket, asio::buffer(b)); }
+  /// Whether the other end closed the connection within `timeout`.
+  bool closed_by_peer(std::chrono::milliseconds timeout) {
+    std::array<char, 256> sink;
+    bool closed = false;
+    std::function<void()> read = [&] {
+      socket.async_read_some(asio::buffer(sink), [&](boost::system::error_code ec, std::size_t) {
+        if (ec) closed = true;
+        else read();
+      });
+    };
+    read();
+    io.run_for(timeout);
+    return closed;
+  }
+  asio::io_context io;
+  tcp::socket socket{io};
+  std::string name;
+};
+
+bytes concat(std::initializer_list<bytes> parts) {
+  bytes out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+bytes header(frame_kind kind, std::uint32_t descriptor_length, std::uint64_t value) {
+  auto h = encode_header({kind, descriptor_length, value});
+  return bytes(h.begin(), h.end());
+}
+
+/// header + descriptor + payload exactly as a correct sender would write them,
+/// with `tamper` applied to the descriptor first.
+bytes frame_bytes(const bytes& payload, const std::function<void(frame_descriptor&)>& tamper = {},
+                  std::uint64_t header_payload_length = ~0ull) {
+  auto d = descriptor_of(element_type::f32, {std::int64_t(payload.size() / 4)}, 9, 0);
+  d.byte_length = payload.size();
+  d.checksum = checksum_of(payload.data(), payload.size());
+  if (tamper) tamper(d);
+  auto descriptor = encode_descriptor(d);
+  auto length = header_payload_length == ~0ull ? d.byte_length : header_payload_length;
+  return concat({header(frame_kind::tensor, std::uint32_t(descriptor.size()), length), descriptor, payload});
+}
+
+}  // namespace
+
+TEST_CASE("frames of every size and dtype cross several links intact and in order") {
+  endpoint receiver, sender;
+  constexpr int link_count = 3;
+  std::vector<std::vector<frame_descriptor>> plans(link_count);
+  for (std::uint16_t l = 0; l < link_count; ++l) {
+    for (auto type : {element_type::f32, element_type::f16, element_type::bf16, element_type::i64, element_type::i32}) {
+      std::int64_t four_kib = 4096 / std::int64_t(element_size(type));
+      for (std::vector<std::int64_t> shape : {std::vector<std::int64_t>{0}, {1}, {1023}, {four_kib}, {3, 333}, {2, 0, 5}}) {
+        plans[l].push_back(descriptor_of(type, shape, l, std::uint32_t(plans[l].size())));
+      }
+    }
+  }
+  plans[0].push_back(descriptor_of(element_type::f32, {16, 1 << 20}, 0, std::uint32_t(plans[0].size())));  // 64 MiB
+  std::size_t total = 0;
+  for (const auto& p : plans) total += p.size();
+
+  std::mutex mutex;
+  std::vector<std::string> completions;
+  std::vector<std::shared_ptr<messages::link>> links;
+  for (int l = 0; l < link_count; ++l) links.push_back(sender.connect_to(receiver));
+  std::vector<std::thread> threads;
+  for (int l = 0; l < link_count; ++l)
+    threads.emplace_back([&, l] {
+      for (const auto& d : plans[l]) send_pattern(*links[l], d, mutex, completions);
+    });
+  for (auto& t : threads) t.join();
+  REQUIRE(receiver.box.wait([&] { return receiver.box.frames.size() == total; }));
+
+  std::vector<std::uint32_t> next_step(link_count, 0);
+  for (const auto& f : receiver.box.frames) {
+    const auto& d = f.descriptor;
+    REQUIRE(d.source_stage < link_count);
+    const auto& sent = plans[d.source_stage][next_step[d.source_stage]++];
+    CAPTURE(d.source_stage);
+    CAPTURE(d.step);
+    CHECK(d.step == sent.step);  // order per link
+    CHECK(d.request_id == sent.request_id);
+    CHECK(d.destination_stage == sent.destination_stage);
+    CHECK(d.type == sent.type);
+    CHECK(d.shape == sent.shape);
+    CHECK(d.byte_length == byte_length_of(sent));
+    CHECK(f.peer.rfind("127.0.0.1:", 0) == 0);
+    auto expected = pattern(d.byte_length, d.request_id);
+    CHECK(std::memcmp(f.data, expected.data(), expected.size()) == 0);
+  }
+  REQUIRE(sender.box.wait([&] { return completions.size() == total; }));
+  CHECK(std::all_of(completions.begin(), completions.end(), [](const std::string& e) { return e.empty(); }));
+
+  // An orderly close is no failure on either side.
+  for (auto& l : links) l->close();
+  CHECK(sender.box.wait([&] { return std::none_of(links.begin(), links.end(), [](auto& l) { return l->is_open(); }); }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(receiver.box.failures.empty());
+  CHECK(sender.box.failures.empty());
+}
+
+TEST_CASE("credits bound the bytes in flight towards a slow receiver, and nothing is lost") {
+  constexpr std::uint64_t window = 64 << 10;
+  data_plane_options options;
+  options.credit_bytes = window;
+  endpoint receiver(options), sender;
+  auto l = sender.connect_to(receiver);
+
+  constexpr int frame_count = 40;
+  auto frame = descriptor_of(element_type::f32, {4096}, 0, 0);  // 16 KiB
+  auto cost = wire_size(encode_descriptor(frame).size(), byte_length_of(frame));
+  std::atomic<int> written{0};
+  std::atomic<int> handled{0};
+  std::atomic<std::uint64_t> worst_in_flight{0};
+  std::atomic<int> worst_ahead{0};
+  receiver.box.on_frame = [&](const received_frame&) {
+    // Frames written but not yet handled here can only be those the window allows.
+    worst_ahead = std::max(worst_ahead.load(), written.load() - handled.load());
+    worst_in_flight = std::max(worst_in_flight.load(), l->bytes_in_flight());
+    std::this_thread::sleep_for(5ms);
+    ++handled;
+  };
+  auto payload = std::make_shared<bytes>(pattern(byte_length_of(frame), 1));
+  for (std::uint32_t step = 0; step < frame_count; ++step) {
+    auto d = frame;
+    d.step = step;
+    l->send(d, payload->data(), payload, [&](const std::string& error) {
+      CHECK(error.empty());
+      ++written;
+    });
+  }
+  REQUIRE(receiver.box.wait([&] { return receiver.box.frames.size() == frame_count; }));
+  for (std::uint32_t step = 0; step < frame_count; ++step) CHECK(receiver.box.frames[step].descriptor.step == step);
+  CHECK(worst_ahead.load() <= int(window / cost));
+  CHECK(worst_ahead.load() >= 2);  // the window was used, not just one frame at a time
+  CHECK(worst_in_flight.load() <= window);
+  CHECK(worst_in_flight.load() > 0);
+}
+
+TEST_CASE("a malformed frame closes only its own connection, reported with the peer, without allocating its claim") {
+  endpoint receiver, sender;
+  auto good = sender.connect_to(receiver);
+  std::mutex mutex;
+  std::vector<std::string> completions;
+  auto payload = pattern(1024, 3);
+
+  struct hostile_case {
+    const char* name;
+    bytes wire;
+    const char* problem;
+    bool allocates_honest_size = false;  // descriptor valid: 1024 bytes may be allocated, nothing else
+    bool client_hangs_up = false;
+  };
+  auto corrupt = [](bytes b, std::size_t at, std::byte value) {
+    b[at] = value;
+    return b;
+  };
+  auto valid = frame_bytes(payload);
+  auto flipped = valid;
+  flipped.back() ^= std::byte{1};
+  std::vector<hostile_case> cases = {
+      {"bad magic", corrupt(valid, 0, std::byte{'X'}), "bad magic"},
+      {"unknown version", corrupt(valid, 4, std::byte{9}), "unknown version 9"},
+      {"unknown kind", corrupt(valid, 5, std::byte{7}), "unknown frame kind 7"},
+      {"descriptor length over the limit", header(frame_kind::tensor, 1 << 20, 1024), "descriptor length"},
+      {"payload length over the limit", frame_bytes(payload, {}, 1ull << 40), "exceeds the limit"},
+      {"header payload length lies", frame_bytes(payload, {}, 1 << 20), "header payload length"},
+      {"byte length disagrees with shape",
+       frame_bytes(payload, [](frame_descriptor& d) { d.byte_length = 1 << 20; }, 1 << 20), "disagrees with shape"},
+      {"unknown dtype", frame_bytes(payload, [](frame_descriptor& d) { d.type = element_type(9); }),
+       "unknown element type 9"},
+      {"negative dimension", frame_bytes(payload, [](frame_descriptor& d) { d.shape = {-256}; }), "negative"},
+      {"shape overflows", frame_bytes(payload, [](frame_descriptor& d) { d.shape = {1ll << 40, 1ll << 40}; }),
+       "exceeds the limit"},
+      {"garbage Cap'n Proto", concat({header(frame_kind::tensor, 64, 1024), bytes(64, std::byte{0xA5}), payload}),
+       "Cap'n Proto"},
+      {"checksum mismatch", flipped, "checksum mismatch", true},
+      {"disconnect mid-frame", bytes(valid.begin(), valid.end() - 512), "mid-frame", true, true},
+      {"credit never lent", concat({header(frame_kind::credit, 0, 1 << 20), header(frame_kind::credit, 0, 4096)}),
+       "credit"},
+  };
+
+  for (auto& c : cases) {
+    CAPTURE(c.name);
+    std::size_t allocations_before = receiver.box.allocations.size();
+    raw_client client(receiver.plane.port());
+    client.write(c.wire);
+    if (c.client_hangs_up) client.socket.close();
+    else CHECK(client.closed_by_peer(5s));
+    REQUIRE(receiver.box.wait([&] {
+      return std::any_of(receiver.box.failures.begin(), receiver.box.failures.end(),
+                         [&](const auto& f) { return f.first == client.name; });
+    }));
+    {
+      std::lock_guard<std::mutex> guard(receiver.box.mutex);
+      auto failure = std::find_if(receiver.box.failures.begin(), receiver.box.failures.end(),
+                                  [&](const auto& f) { return f.first == client.name; });
+      CHECK_MESSAGE(failure->second.find(c.problem) != std::string::npos, failure->second);
+      for (auto i = allocations_before; i < receiver.box.allocations.size(); ++i) {
+        CHECK(c.allocates_honest_size);
+        CHECK(receiver.box.allocations[i] == 1024);
+      }
+    }
+    // The well-behaved link on the same data plane keeps delivering.
+    auto before = receiver.box.frame_count();
+    send_pattern(*good, descriptor_of(element_type::i64, {33}, 1, std::uint32_t(before)), mutex, completions);
+    CHECK(receiver.box.wait([&] { return receiver.box.frames.size() == before + 1; }));
+    CHECK(good->is_open());
+  }
+  CHECK(receiver.box.failures.size() == cases.size());
+  CHECK(sender.box.failures.empty());
+}
+
+TEST_CASE("connect fails within its timeout, naming host:port and the reason") {
+  endpoint local;
+  std::uint16_t closed_port;
+  {
+    asio::io_context io;
+    tcp::acceptor probe(io, {asio::ip::make_address("127.0.0.1"), 0});
+    closed_port = probe.local_endpoint().port();
+  }
+  auto failure_of = [&](const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout) {
+    auto start = std::chrono::steady_clock::now();
+    std::string message;
+    try {
+      local.plane.connect(host, port, timeout);
+    } catch (const data_plane_error& e) {
+      message = e.what();
+    }
+    CHECK(std::chrono::steady_clock::now() - start < timeout + 500ms);
+    return message;
+  };
+  auto refused = failure_of("127.0.0.1", closed_port, 2s);
+  CHECK(refused.find("127.0.0.1:" + std::to_string(closed_port)) != std::string::npos);
+  CHECK(refused.find("refused") != std::string::npos);
+
+  // A listener that never speaks the protocol never grants credit.
+  asio::io_context io;
+  tcp::acceptor silent(io, {asio::ip::make_address("127.0.0.1"), 0});
+  auto mute = failure_of("127.0.0.1", silent.local_endpoint().port(), 300ms);
+  CHECK(mute.find("127.0.0.1:" + std::to_string(silent.local_endpoint().port())) != std::string::npos);
+  CHECK(mute.find("timed out") != std::string::npos);
+  CHECK(local.box.failures.empty());
+}
+
+TEST_CASE("stopping a data plane completes every queued frame, never drops one") {
+  data_plane_options options;
+  options.credit_bytes = 64 << 10;
+  endpoint receiver(options);
+  receiver.box.on_frame = [](const received_frame&) { std::this_thread::sleep_for(10ms); };
+  auto sender = std::make_unique<endpoint>();
+  auto l = sender->connect_to(receiver);
+  std::mutex mutex;
+  std::vector<std::string> completions;
+  for (std::uint32_t step = 0; step < 20; ++step)
+    send_pattern(*l, descriptor_of(element_type::f32, {8192}, 0, step), mutex, completions);
+  sender.reset();
+  CHECK(completions.size() == 20);
+  CHECK(std::any_of(completions.begin(), completions.end(),
+                    [](const std::string& e) { return e.find("data plane stopped") != std::string::npos; }));
+  CHECK_FALSE(l->is_open());
+  send_pattern(*l, descriptor_of(element_type::f32, {1}, 0, 20), mutex, completions);
+  CHECK(completions.size() == 21);
+  CHECK(completions.back().find("closed") != std::string::npos);
+}
