@@ -50,6 +50,11 @@ std::string join(const std::vector<std::string>& items) {
   return out;
 }
 
+// "1 layer", "3 layers".
+std::string count_of(std::size_t n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 std::string range_text(int first, int last) {
   return "[" + std::to_string(first) + ", " + std::to_string(last) + ")";
 }
@@ -337,7 +342,7 @@ void place_even(const source& src, int line, int num_layers, std::vector<parsed_
   int count = static_cast<int>(nodes.size());
   if (count > num_layers)
     src.fail(line, "placement 'even' needs at least one layer per node, but the model has " +
-                       std::to_string(num_layers) + " layers and the topology " + std::to_string(count) + " nodes");
+                       count_of(num_layers, "layer") + " and the topology " + count_of(count, "node"));
   int first = 0;
   for (int i = 0; i < count; ++i) {
     int last = first + num_layers / count + (i < num_layers % count ? 1 : 0);
@@ -509,8 +514,8 @@ std::string describe_placement(const topology& t) {
     address_width = std::max(address_width, node.address().size());
   }
   std::ostringstream out;
-  out << "cluster " << t.cluster << ": " << t.model.string() << ", " << t.num_layers << " layers over "
-      << t.nodes.size() << (t.nodes.size() == 1 ? " node\n" : " nodes\n");
+  out << "cluster " << t.cluster << ": " << t.model.string() << ", " << count_of(t.num_layers, "layer") << " over "
+      << count_of(t.nodes.size(), "node") << "\n";
   out << std::left << "  " << std::setw(name_width) << "node" << "  " << std::setw(address_width) << "address"
       << "  data   device  layers     weights     budget\n";
   for (const auto& node : t.nodes) {

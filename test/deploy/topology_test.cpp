@@ -208,8 +208,7 @@ TEST_CASE("an explicit placement must name known nodes and cover every layer onc
 TEST_CASE("even placement needs at least one layer per node") {
   cluster_dir c(1);
   c.check_error(base_yaml, 8,
-                "placement 'even' needs at least one layer per node, but the model has 1 layers and the topology 2 "
-                "nodes");
+                "placement 'even' needs at least one layer per node, but the model has 1 layer and the topology 2 nodes");
   // Without a placement key the default (even) is reported at `nodes`.
   c.check_error(edit(base_yaml, "placement: even\n", ""), 3, "placement 'even' needs at least one layer per node");
 }
