@@ -12,18 +12,25 @@
 namespace orrery::planning {
 
 double round_latency(const std::vector<hpp_step>& steps, int micro_batches) {
+  auto both = [&](std::size_t i) { return steps[i].forward + steps[i].backward; };
   std::size_t dm = 0;
   for (std::size_t i = 0; i < steps.size(); ++i)
-    if (steps[i].forward + steps[i].backward >= steps[dm].forward + steps[dm].backward)
+    if (both(i) > both(dm))
       dm = i;
-  auto both = [&](std::size_t i) { return steps[i].forward + steps[i].backward; };
-  double worst = 0, wait = 0;
+  // The dominant step finishes after the first micro-batch's forward reaches
+  // it, its M forward/backward pairs, and the first micro-batch's trip through
+  // the steps after it and back.
+  double dominant_end = micro_batches * both(dm);
+  for (std::size_t i = 0; i < steps.size(); ++i)
+    dominant_end += i < dm ? steps[i].forward : i > dm ? both(i) : 0.0;
+  // Earlier steps finish when the last backward wave reaches them; later ones
+  // finished before it reached the dominant step.
+  double worst = 0;
   for (std::size_t s = 0; s < steps.size(); ++s) {
-    double exec = micro_batches * both(dm);
+    double end = dominant_end;
     for (std::size_t i = std::min(s, dm); i < std::max(s, dm); ++i)
-      exec += s < dm ? both(i) : -both(i);
-    worst = std::max(worst, wait + exec + steps[s].allreduce);
-    wait += steps[s].forward;
+      end += s < dm ? steps[i].backward : -steps[i].backward;
+    worst = std::max(worst, end + steps[s].allreduce);
   }
   return worst;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 
 namespace orrery::planning {
 
@@ -165,6 +166,27 @@ class hpp_enumeration {
 
 hpp_plan exhaustive_hpp(const profile& p) {
   return hpp_enumeration(p).run();
+}
+
+chunk_plan exhaustive_chunks(const cost_model& costs, const std::vector<stage>& stages) {
+  int prompt = costs.source_profile().work.prompt_tokens;
+  chunk_plan best;
+  best.seconds = std::numeric_limits<double>::infinity();
+  // Bit i of `cuts` set: a chunk ends after token i + 1.
+  for (unsigned long cuts = 0; cuts < (1UL << (prompt - 1)); ++cuts) {
+    std::vector<int> lengths{1};
+    for (int i = 0; i + 1 < prompt; ++i) {
+      if (cuts >> i & 1)
+        lengths.push_back(0);
+      ++lengths.back();
+    }
+    double seconds = chunked_prefill_seconds(costs, stages, lengths);
+    if (seconds < best.seconds) {
+      best.seconds = seconds;
+      best.lengths = lengths;
+    }
+  }
+  return best;
 }
 
 }  // namespace orrery::planning

@@ -5,6 +5,7 @@
 
 #include "planning/asteroid.hpp"
 #include "planning/cost.hpp"
+#include "planning/jupiter.hpp"
 #include "planning/pipeline.hpp"
 
 namespace orrery::planning {
@@ -25,5 +26,9 @@ pipeline_plan exhaustive_throughput(const cost_model& costs);
 /// smallest round latency (the same formula and memory model as
 /// asteroid_plan). Empty stages when nothing fits.
 hpp_plan exhaustive_hpp(const profile& p);
+
+/// Tries every composition of the prompt into chunks (2^(P-1) of them) and
+/// keeps the fastest prefill through `stages`.
+chunk_plan exhaustive_chunks(const cost_model& costs, const std::vector<stage>& stages);
 
 }  // namespace orrery::planning

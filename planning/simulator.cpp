@@ -26,7 +26,8 @@ class inference_graph {
     std::size_t requests = static_cast<std::size_t>(options_.requests);
     std::vector<std::vector<std::size_t>> release(requests);
     std::vector<std::size_t> last(requests);
-    for (int step = 0; step < p_.work.output_tokens; ++step) {
+    int steps = options_.prefill_only ? 1 : p_.work.output_tokens;
+    for (int step = 0; step < steps; ++step) {
       for (std::size_t r = 0; r < requests; ++r)
         last[r] = step == 0 ? prefill(r, release[r]) : decode(r, step, release[r]);
       for (std::size_t r = 0; r < requests; ++r)
@@ -113,7 +114,7 @@ class inference_graph {
       out.mean_latency += out.timeline.spans[t].finish + (delay == arrival_delay_.end() ? 0 : delay->second);
     }
     out.mean_latency /= static_cast<double>(last.size());
-    out.throughput = options_.requests * p_.work.output_tokens / out.makespan;
+    out.throughput = options_.requests * (options_.prefill_only ? 1 : p_.work.output_tokens) / out.makespan;
     std::vector<double> memory = memory_per_device(costs_, stages_, options_.requests);
     for (std::size_t d = 0; d < p_.devices.size(); ++d) {
       double busy = out.timeline.busy(d);

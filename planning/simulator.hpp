@@ -27,6 +27,8 @@ struct inference_options {
   /// Prompt chunk lengths for intra-sequence pipelined prefill (Jupiter);
   /// empty: the whole prompt at once.
   std::vector<int> prefill_chunks;
+  /// Stop after the prefill (the first token back at the source).
+  bool prefill_only = false;
 };
 
 /// One device's predicted use.

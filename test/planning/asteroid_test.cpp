@@ -16,10 +16,11 @@ TEST_CASE("round latency of P equal stages is (M + P - 1)(E_f + E_b) + T_a") {
     }
 }
 
-TEST_CASE("round latency is dominated by the slowest step") {
-  std::vector<hpp_step> steps{{1, 1, 0}, {3, 3, 0}, {1, 1, 0}};
-  // Stage 0: waits nothing, runs M x 6 plus its own 2 before the dominant step.
-  CHECK(round_latency(steps, 4) == doctest::Approx(4 * 6 + 2));
+TEST_CASE("round latency with the dominant step last: fill, M dominant pairs, drain") {
+  std::vector<hpp_step> steps{{1, 1, 0}, {1, 1, 0}, {3, 3, 0}};
+  CHECK(round_latency(steps, 4) == doctest::Approx(2 + 4 * 6 + 2));
+  steps[0].allreduce = 5;
+  CHECK(round_latency(steps, 4) == doctest::Approx(2 + 4 * 6 + 2 + 5));
 }
 
 TEST_CASE("asteroid plans against the exhaustive optimum on random instances") {
