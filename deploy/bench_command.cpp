@@ -16,6 +16,8 @@ void add_bench_command(CLI::App& app) {
   bench->require_subcommand(1);
   add_compute_bench(*bench);
   add_planner_bench(*bench);
+  add_dataplane_bench(*bench);
+  add_pipeline_bench(*bench);
 }
 
 void add_compute_bench(CLI::App& bench) {

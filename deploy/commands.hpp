@@ -11,7 +11,13 @@ namespace orrery::deploy {
 /// `orrery model init|info`: write and inspect HF-layout model directories.
 void add_model_command(CLI::App& app);
 
-/// `orrery generate`: local generation on one device.
+/// `orrery node`: one node of a topology in this process.
+void add_node_command(CLI::App& app);
+
+/// `orrery up`: every node of a topology as local child processes.
+void add_up_command(CLI::App& app);
+
+/// `orrery generate`: on one device (--model) or over a topology (--topology).
 void add_generate_command(CLI::App& app);
 
 /// `orrery demo`: the quick start's main job.
@@ -31,5 +37,8 @@ void add_planner_bench(CLI::App& bench);
 
 /// `orrery bench dataplane` (registered on the `bench` subcommand).
 void add_dataplane_bench(CLI::App& bench);
+
+/// `orrery bench pipeline` (registered on the `bench` subcommand).
+void add_pipeline_bench(CLI::App& bench);
 
 }  // namespace orrery::deploy

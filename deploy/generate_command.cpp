@@ -1,10 +1,12 @@
-// `orrery generate --model DIR`: generation on this machine.
+// `orrery generate`: on this machine (--model DIR) or over the nodes of a
+// running topology (--topology F).
 
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
 
 #include "compute/cpu_threads.hpp"
+#include "deploy/cluster.hpp"
 #include "deploy/commands.hpp"
 #include "deploy/local_model.hpp"
 #include "deploy/sampling_flags.hpp"
@@ -15,27 +17,48 @@ namespace {
 
 struct generate_options {
   std::string model;
+  std::string topology;
+  std::string advertise_host = "127.0.0.1";
   compute::generation_request request;
   int threads = compute::default_thread_count();
   bool ignore_eos = false;
 };
+
+generate_request to_message(const compute::generation_request& r) {
+  const auto& s = r.sampling;
+  return {r.prompt, r.max_new_tokens, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed, r.stop_at_eos, 0};
+}
 
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
   auto opts = std::make_shared<generate_options>();
   auto* cmd = app.add_subcommand("generate", "Generate text, streaming tokens as they are produced");
-  cmd->add_option("--model", opts->model, "HF-layout model directory")->required();
+  auto* model = cmd->add_option("--model", opts->model, "HF-layout model directory: generate on this machine");
+  auto* topology = cmd->add_option("--topology", opts->topology,
+                                   "Topology file: generate over its running nodes (see `orrery up`)")
+                       ->check(CLI::ExistingFile);
+  model->excludes(topology);
   cmd->add_option("--prompt", opts->request.prompt, "Prompt text")->required();
   cmd->add_option("--max-tokens", opts->request.max_new_tokens, "Tokens to generate")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", opts->threads, "CPU threads")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", opts->threads, "CPU threads (with --model)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--advertise-host", opts->advertise_host,
+                  "Address the last stage reaches this process at (with --topology)")
+      ->capture_default_str();
   cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after the end-of-sequence token");
   add_sampling_flags(*cmd, opts->request.sampling);
   cmd->callback([opts] {
     opts->request.stop_at_eos = !opts->ignore_eos;
-    generate_locally(opts->model, opts->request, opts->threads, std::cout);
+    if (!opts->topology.empty()) {
+      pipeline_client client(load_topology(opts->topology), opts->advertise_host);
+      generate_over(client, to_message(opts->request), std::cout);
+    } else if (!opts->model.empty()) {
+      generate_locally(opts->model, opts->request, opts->threads, std::cout);
+    } else {
+      throw std::invalid_argument("generate needs --model DIR (this machine) or --topology FILE (a cluster)");
+    }
   });
 }
 

@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
   orrery::deploy::add_demo_command(app);
   orrery::deploy::add_model_command(app);
+  orrery::deploy::add_node_command(app);
+  orrery::deploy::add_up_command(app);
   orrery::deploy::add_generate_command(app);
   orrery::deploy::add_plan_command(app);
   orrery::deploy::add_bench_command(app);

@@ -82,16 +82,19 @@ struct generate_request {
   float repetition_penalty = 1.0f;
   std::uint64_t seed = 0;
   bool stop_at_eos = true;
+  /// Echoed in this request's token_events and summary, so a client with
+  /// several requests in flight knows which is which.
+  std::uint64_t tag = 0;
 };
 
 struct token_event {
-  std::uint64_t request = 0;
+  std::uint64_t tag = 0;
   std::int32_t token = 0;
   std::string text;
 };
 
 struct generation_summary {
-  std::uint64_t request = 0;
+  std::uint64_t tag = 0;
   std::vector<std::int32_t> prompt_tokens;
   std::vector<std::int32_t> tokens;
   double prefill_ms = 0;
@@ -101,6 +104,18 @@ struct generation_summary {
   /// single-device run).
   std::vector<float> final_logits;
 };
+
+/// A stage could not serve a request (its context is full, its next hop is
+/// gone); sent to the deployment's driver, which fails that request.
+struct request_failure {
+  std::uint64_t request = 0;
+  std::string problem;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, request_failure& x) {
+  return f(caf::meta::type_name("request_failure"), x.request, x.problem);
+}
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
@@ -133,17 +148,17 @@ typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_k, x.top_p,
-           x.repetition_penalty, x.seed, x.stop_at_eos);
+           x.repetition_penalty, x.seed, x.stop_at_eos, x.tag);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_event& x) {
-  return f(caf::meta::type_name("token_event"), x.request, x.token, x.text);
+  return f(caf::meta::type_name("token_event"), x.tag, x.token, x.text);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
-  return f(caf::meta::type_name("generation_summary"), x.request, x.prompt_tokens, x.tokens, x.prefill_ms,
+  return f(caf::meta::type_name("generation_summary"), x.tag, x.prompt_tokens, x.tokens, x.prefill_ms,
            x.decode_ms, x.stopped_at_eos, x.final_logits);
 }
 
@@ -163,6 +178,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::generate_request))
   CAF_ADD_TYPE_ID(orrery, (orrery::token_event))
   CAF_ADD_TYPE_ID(orrery, (orrery::generation_summary))
+  CAF_ADD_TYPE_ID(orrery, (orrery::request_failure))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".
@@ -172,3 +188,4 @@ CAF_ADD_ATOM(orrery, orrery, end_request_atom, "end_req")
 CAF_ADD_ATOM(orrery, orrery, stats_atom, "stats")
 CAF_ADD_ATOM(orrery, orrery, info_atom, "info")
 CAF_ADD_ATOM(orrery, orrery, deploy_atom, "deploy")
+CAF_ADD_ATOM(orrery, orrery, request_timeout_atom, "req_tmo")

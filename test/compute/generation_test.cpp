@@ -23,7 +23,7 @@ struct tiny_model {
   tiny_model() {
     init_model(dir / "m", llama_config::preset("tiny"), {1, 0, {}});
     model = std::make_unique<model_dir>(dir / "m");
-    whole = std::make_unique<shard>(*model, 0, 2, shard_options{at::kCPU, at::kFloat, std::make_shared<thread_pool>(2)});
+    whole = std::make_unique<shard>(*model, 0, 4, shard_options{at::kCPU, at::kFloat, std::make_shared<thread_pool>(2)});
   }
 };
 
@@ -45,7 +45,7 @@ TEST_CASE("generation streams every token, in order, and is reproducible") {
   CHECK(first.tokens.size() == 12);
   CHECK(streamed == first.tokens);
   for (auto id : first.tokens) CHECK(id < m.tok.vocab_size());
-  CHECK(first.kv_cache_bytes == 2 * 2 * 2 * (6 + 11) * 32 * 4);
+  CHECK(first.kv_cache_bytes == 4 * 2 * 2 * (6 + 11) * 32 * 4);  // layers x K,V x KV heads x positions x dims x bytes
   CHECK(generate(*m.whole, m.tok, request).tokens == first.tokens);
 
   request.sampling.temperature = 0.8f;
@@ -67,6 +67,6 @@ TEST_CASE("a prompt longer than the context is refused with both figures") {
 
 TEST_CASE("generation needs the whole model") {
   tiny_model m;
-  shard back(*m.model, 1, 2);
+  shard back(*m.model, 1, 4);
   CHECK_THROWS_WITH_AS(generate(back, m.tok, {}), doctest::Contains("needs the whole model"), model_error);
 }

@@ -42,14 +42,14 @@ TEST_CASE("model init writes HF's layout: config keys, tensor names and shapes, 
   auto json = read_json(dir / "m" / "config.json");
   CHECK(json["architectures"][0] == "LlamaForCausalLM");
   CHECK(json["model_type"] == "llama");
-  CHECK(json["num_hidden_layers"] == 2);
+  CHECK(json["num_hidden_layers"] == 4);
   CHECK(json["num_key_value_heads"] == 2);
   CHECK(json["torch_dtype"] == "float32");
 
   model_dir model(dir / "m");
   CHECK(model.config().hidden_size == 128);
   auto names = shard_tensor_names(config, 0, config.num_layers);
-  CHECK(names.size() == 1 + 9 * 2 + 2);
+  CHECK(names.size() == 1 + 9 * 4 + 2);
   CHECK(names.front() == "model.embed_tokens.weight");
   CHECK(names.back() == "lm_head.weight");
   std::int64_t parameters = 0;
@@ -91,13 +91,13 @@ TEST_CASE("a sharded checkpoint loads, and a shard opens only the files holding 
   temp_dir dir;
   auto config = llama_config::preset("tiny");
   model_init_options options;
-  options.max_file_bytes = 400'000;
+  options.max_file_bytes = 800'000;
   init_model(dir / "m", config, options);
   CHECK(std::filesystem::exists(dir / "m" / "model.safetensors.index.json"));
   CHECK_FALSE(std::filesystem::exists(dir / "m" / "model.safetensors"));
 
   model_dir model(dir / "m");
-  for (const auto& name : shard_tensor_names(config, 1, 2)) model.tensor(name);
+  for (const auto& name : shard_tensor_names(config, 2, 3)) model.tensor(name);
   auto opened = model.opened_files();
   CHECK(opened.size() >= 1);
   int files = 0;
@@ -145,11 +145,11 @@ TEST_CASE("bad model directories get one clear error naming the file and the pro
   }
   SUBCASE("a missing tensor") {
     auto j = original;
-    j["num_hidden_layers"] = 3;
+    j["num_hidden_layers"] = 5;
     write_json(config_path, j);
     model_dir m(dir / "m");
-    CHECK(error_of([&] { m.tensor("model.layers.2.mlp.up_proj.weight"); })
-              .find("missing tensor 'model.layers.2.mlp.up_proj.weight'") != std::string::npos);
+    CHECK(error_of([&] { m.tensor("model.layers.4.mlp.up_proj.weight"); })
+              .find("missing tensor 'model.layers.4.mlp.up_proj.weight'") != std::string::npos);
   }
   SUBCASE("no weights") {
     std::filesystem::remove(dir / "m" / "model.safetensors");

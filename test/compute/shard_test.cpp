@@ -14,10 +14,9 @@ using orrery::test::temp_dir;
 
 namespace {
 
-// `tiny` deepened to 4 layers so a model can be cut at several places.
-llama_config four_layers(bool tied = false) {
+// `tiny` (4 layers), with its head tied to the embedding or not.
+llama_config tiny(bool tied = false) {
   auto c = llama_config::preset("tiny");
-  c.num_layers = 4;
   c.tie_word_embeddings = tied;
   return c;
 }
@@ -63,7 +62,7 @@ TEST_CASE("shards [0,k) then [k,N) give bitwise the logits of [0,N), prefill and
   for (bool tied : {false, true}) {
     CAPTURE(tied);
     auto path = dir / (tied ? "tied" : "untied");
-    init_model(path, four_layers(tied), {3, 0, {}});
+    init_model(path, tiny(tied), {3, 0, {}});
     model_dir model(path);
     auto whole = run_cut(model, {0, 4}, 16);
     for (const auto& cuts : std::vector<std::vector<int>>{{0, 1, 4}, {0, 2, 4}, {0, 3, 4}, {0, 1, 2, 3, 4}}) {
@@ -80,7 +79,7 @@ TEST_CASE("incremental decode with the KV cache matches a full recompute (relati
   // Decode steps use orrery's gemv, the full recompute libtorch's GEMM: the
   // same arithmetic in another summation order, so equal up to fp32 rounding.
   temp_dir dir;
-  init_model(dir / "m", four_layers(), {5, 0, {}});
+  init_model(dir / "m", tiny(), {5, 0, {}});
   model_dir model(dir / "m");
   shard whole(model, 0, 4, with_pool(2));
   auto sequence = prompt_ids();
@@ -98,7 +97,7 @@ TEST_CASE("incremental decode with the KV cache matches a full recompute (relati
 
 TEST_CASE("a batched decode step gives bitwise the logits of decoding each sequence alone") {
   temp_dir dir;
-  init_model(dir / "m", four_layers(), {9, 0, {}});
+  init_model(dir / "m", tiny(), {9, 0, {}});
   model_dir model(dir / "m");
   shard whole(model, 0, 4, with_pool(2));
   const std::vector<std::vector<std::int64_t>> prompts = {{256, 1, 2, 3}, {256, 50, 60, 70, 80, 90, 100}, {256, 7}};
@@ -128,7 +127,7 @@ TEST_CASE("a batched decode step gives bitwise the logits of decoding each seque
 
 TEST_CASE("the gemv path agrees with libtorch's GEMM path (relative error <= 1e-5)") {
   temp_dir dir;
-  init_model(dir / "m", four_layers(), {11, 0, {}});
+  init_model(dir / "m", tiny(), {11, 0, {}});
   model_dir model(dir / "m");
   shard fast(model, 0, 4, with_pool(2));
   shard stock(model, 0, 4, {at::kCPU, at::kFloat, nullptr});
@@ -141,7 +140,7 @@ TEST_CASE("the gemv path agrees with libtorch's GEMM path (relative error <= 1e-
 
 TEST_CASE("the KV cache reports its size and refuses to overflow") {
   temp_dir dir;
-  init_model(dir / "m", four_layers(), {});
+  init_model(dir / "m", tiny(), {});
   model_dir model(dir / "m");
   shard back(model, 2, 4, with_pool(1));
   auto cache = back.new_cache(10);

@@ -25,7 +25,7 @@ TEST_CASE("model init writes a model that generate streams text from, with its f
 
   auto info = run_orrery({"model", "info", "m"}, dir.path());
   CHECK(info.exit_code == 0);
-  CHECK(contains(info.out, "2 layers, hidden 128"));
+  CHECK(contains(info.out, "4 layers, hidden 128"));
 
   auto gen = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "8", "--threads", "1"}, dir.path());
   REQUIRE(gen.exit_code == 0);

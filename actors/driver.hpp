@@ -1,0 +1,69 @@
+#pragma once
+// The driver: one per client session. It deploys a placement onto node
+// actors, then serves generation requests over the pipeline: tokenise, send
+// the prompt to the first stage, sample each token from the logits the last
+// stage returns, send it back in, stream it to the requester. Requests in
+// flight at once occupy different stages at once (pipelined decode).
+//
+// Protocol (all replies carry errors as caf::error naming the node):
+//   (deploy_atom)            -> void, once every stage is loaded and wired
+//   generate_request         -> generation_summary; token_event per token to the sender first
+//   (stats_atom)             -> std::vector<stage_stats>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "messages/types.hpp"
+
+namespace orrery::actors {
+
+/// One pipeline stage of a placement: a node (already connected and, for
+/// remote nodes, a proxy) and the layers it runs.
+struct placement_stage {
+  std::string node_name;
+  std::string node_address;  ///< host:port, for messages
+  caf::actor node;
+  int first_layer = 0;
+  int last_layer = 0;
+  int threads = 1;
+};
+
+struct driver_config {
+  /// The model directory (its config and tokenizer; nodes load weights from
+  /// the same path on their machines).
+  std::filesystem::path model;
+  std::vector<placement_stage> stages;  ///< in pipeline order
+  std::chrono::milliseconds request_timeout{30000};
+  /// The address the last stage reaches this process's data plane at.
+  std::string advertise_host = "127.0.0.1";
+};
+
+/// Spawns a driver (detached: it connects sockets). Throws model_error if
+/// the model's config or tokenizer cannot be read.
+caf::actor spawn_driver(caf::actor_system& system, driver_config config);
+
+// -- blocking client side, for command-line tools and tests ------------------
+
+/// Deploys the driver's placement; throws std::runtime_error with the
+/// driver's explanation (which node, what went wrong).
+void deploy_blocking(caf::actor_system& system, const caf::actor& driver, std::chrono::milliseconds timeout);
+
+/// Sends every request at once (so they share the pipeline), calls
+/// `on_token(index, event)` for each streamed token, and returns the
+/// summaries in request order. Throws std::runtime_error when any request
+/// fails or nothing arrives for `timeout`.
+std::vector<generation_summary> generate_blocking(
+    caf::actor_system& system, const caf::actor& driver, const std::vector<generate_request>& requests,
+    std::chrono::milliseconds timeout, const std::function<void(std::size_t, const token_event&)>& on_token = {});
+
+/// Every stage's counters, in pipeline order.
+std::vector<stage_stats> stats_blocking(caf::actor_system& system, const caf::actor& driver,
+                                        std::chrono::milliseconds timeout);
+
+}  // namespace orrery::actors

@@ -1,0 +1,155 @@
+#include "actors/stage.hpp"
+
+#include <ATen/ATen.h>
+#include <caf/all.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+
+#include "actors/tensor_frame.hpp"
+#include "compute/cpu_threads.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/shard.hpp"
+#include "messages/data_plane.hpp"
+#include "messages/types.hpp"
+
+namespace orrery::actors {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+// Written by the data plane's io thread when a send completes.
+struct transfer_counters {
+  std::atomic<std::uint64_t> nanoseconds{0};
+  std::atomic<std::uint64_t> bytes{0};
+};
+
+struct stage_state {
+  stage_context context;
+  stage_assignment assignment;
+  std::unique_ptr<compute::shard> shard;
+  std::map<std::uint64_t, compute::kv_cache> caches;
+  std::shared_ptr<messages::link> next;
+  next_hop hop;
+  caf::actor driver;
+  std::uint64_t frames = 0;
+  double compute_ms = 0;
+  std::shared_ptr<transfer_counters> transfers = std::make_shared<transfer_counters>();
+  static inline const char* name = "orrery.stage";
+
+  std::string where() const {
+    return "node '" + context.node + "' stage " + std::to_string(assignment.stage) + " (layers [" +
+           std::to_string(assignment.first_layer) + ", " + std::to_string(assignment.last_layer) + "))";
+  }
+};
+
+using stage_actor_ptr = caf::stateful_actor<stage_state>*;
+
+caf::error stage_error(const std::string& text) {
+  return caf::make_error(caf::sec::runtime_error, text);
+}
+
+at::Device parse_device(const std::string& device) {
+  at::Device parsed(device);  // throws c10::Error on malformed strings
+  if (parsed.is_cuda() && !at::hasCUDA()) throw std::runtime_error("device '" + device + "' requested but this build has no CUDA");
+  return parsed;
+}
+
+caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment) {
+  auto& s = self->state;
+  s.assignment = assignment;
+  try {
+    compute::model_dir model(assignment.model_dir);
+    // Weights are held as fp32 on the CPU: 4 bytes a parameter.
+    auto needed = static_cast<std::uint64_t>(model.config().parameter_count(assignment.first_layer, assignment.last_layer)) * 4;
+    if (s.context.memory_bytes > 0 && needed > s.context.memory_bytes)
+      return stage_error(s.where() + ": layers need " + std::to_string(needed) + " bytes, the memory budget is " +
+                         std::to_string(s.context.memory_bytes));
+    compute::shard_options options{parse_device(s.context.device), at::kFloat,
+                                   compute::configure_cpu_threads(std::max(1, assignment.threads))};
+    s.shard = std::make_unique<compute::shard>(model, assignment.first_layer, assignment.last_layer, options);
+  } catch (const std::exception& e) {
+    return stage_error(s.where() + ": cannot load: " + e.what());
+  }
+  return stage_ready{caf::actor_cast<caf::actor>(self), assignment.stage, s.context.node, s.context.data_host,
+                     s.context.data_port, s.shard->weight_bytes()};
+}
+
+void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem) {
+  self->state.caches.erase(request);
+  if (self->state.driver) self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem});
+}
+
+void process(stage_actor_ptr self, tensor_frame& frame) {
+  auto& s = self->state;
+  const auto& d = frame.descriptor;
+  if (!s.shard || !s.next) return fail_request(self, d.request_id, "received a frame before it was deployed");
+  auto cache = s.caches.find(d.request_id);
+  if (cache == s.caches.end())
+    cache = s.caches.emplace(d.request_id, s.shard->new_cache(s.shard->config().max_position_embeddings)).first;
+  at::Tensor out;
+  auto start = clock_type::now();
+  try {
+    out = s.shard->forward(frame.tensor, {{&cache->second, static_cast<int>(frame.tensor.size(0))}});
+  } catch (const std::exception& e) {
+    return fail_request(self, d.request_id, e.what());
+  }
+  s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+  ++s.frames;
+  messages::frame_descriptor out_d;
+  out_d.request_id = d.request_id;
+  out_d.step = d.step;
+  out_d.source_stage = s.assignment.stage;
+  out_d.destination_stage = s.hop.stage;
+  auto sent = clock_type::now();
+  auto bytes = static_cast<std::uint64_t>(out.nbytes());
+  send_tensor(*s.next, out_d, out,
+              [transfers = s.transfers, sent, bytes, driver = s.driver, request = d.request_id,
+               where = s.where()](const std::string& error) {
+                transfers->nanoseconds += static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
+                transfers->bytes += bytes;
+                if (!error.empty() && driver) caf::anon_send(driver, request_failure{request, where + ": " + error});
+              });
+}
+
+caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
+  self->state.context = std::move(context);
+  return {
+      [self](load_stage_atom, stage_assignment& assignment) { return load(self, assignment); },
+      [self](connect_next_atom, next_hop& hop, caf::actor& driver, std::int64_t timeout_ms) -> caf::result<void> {
+        auto& s = self->state;
+        s.hop = hop;
+        s.driver = driver;
+        try {
+          s.next = s.context.data_plane->connect(hop.host, hop.port, std::chrono::milliseconds(timeout_ms));
+        } catch (const std::exception& e) {
+          return stage_error(s.where() + ": cannot reach its next hop: " + e.what());
+        }
+        return caf::unit;
+      },
+      [self](tensor_frame& frame) { process(self, frame); },
+      [self](end_request_atom, std::uint64_t request) { self->state.caches.erase(request); },
+      [self](stats_atom) {
+        const auto& s = self->state;
+        return stage_stats{s.assignment.stage,
+                           s.context.node,
+                           s.assignment.first_layer,
+                           s.assignment.last_layer,
+                           s.frames,
+                           s.compute_ms,
+                           static_cast<double>(s.transfers->nanoseconds.load()) / 1e6,
+                           s.transfers->bytes.load()};
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_stage(caf::actor_system& system, stage_context context) {
+  return system.spawn<caf::detached>(stage_actor, std::move(context));
+}
+
+}  // namespace orrery::actors

@@ -1,0 +1,32 @@
+#pragma once
+// The stage actor: one shard placed on a node. Detached, so libtorch work
+// never blocks CAF's shared workers. It keeps a KV cache per request, runs
+// each frame that reaches it through its layers and sends the result to its
+// next hop (the next stage, or the driver for logits).
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include <memory>
+#include <string>
+
+namespace orrery::messages {
+class data_plane;
+}
+
+namespace orrery::actors {
+
+struct stage_context {
+  std::string node;
+  std::string device;
+  std::uint64_t memory_bytes = 0;
+  std::string data_host;
+  std::uint16_t data_port = 0;
+  /// The node's data plane, for the link to the next hop.
+  std::shared_ptr<messages::data_plane> data_plane;
+};
+
+/// Spawns an empty stage; it loads its shard on (load_stage_atom, stage_assignment).
+caf::actor spawn_stage(caf::actor_system& system, stage_context context);
+
+}  // namespace orrery::actors

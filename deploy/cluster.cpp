@@ -1,0 +1,234 @@
+#include "deploy/cluster.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <cstdio>
+#include <future>
+#include <iostream>
+#include <thread>
+
+#include "actors/node.hpp"
+#include "compute/tokenizer.hpp"
+#include "messages/types.hpp"
+
+namespace orrery::deploy {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string node_label(const node_spec& n) {
+  return "node '" + n.name + "' (" + n.address() + ")";
+}
+
+bool accepts_connections(const std::string& host, std::uint16_t port) {
+  addrinfo hints{}, *found = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return false;
+  int fd = ::socket(found->ai_family, found->ai_socktype, found->ai_protocol);
+  bool ok = fd >= 0 && ::connect(fd, found->ai_addr, found->ai_addrlen) == 0;
+  if (fd >= 0) ::close(fd);
+  ::freeaddrinfo(found);
+  return ok;
+}
+
+}  // namespace
+
+actor_config::actor_config(std::chrono::milliseconds heartbeat) {
+  register_types(*this);
+  load<caf::io::middleman>();
+  // A connection that stays silent for 4 heartbeats is dead (SIGSTOP,
+  // partition); CAF then delivers down_msg for its actors.
+  set("middleman.heartbeat-interval", caf::timespan{heartbeat});
+  set("middleman.connection-timeout", caf::timespan{heartbeat * 4});
+}
+
+void block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int wait_for_stop_signal(const std::function<bool()>& keep_waiting) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  timespec poll{0, 200'000'000};
+  for (;;) {
+    int signal = ::sigtimedwait(&set, nullptr, &poll);
+    if (signal > 0) return signal;
+    if (keep_waiting && !keep_waiting()) return 0;
+  }
+}
+
+void run_node(const topology& t, const std::string& name) {
+  const auto& spec = t.node(name);
+  block_stop_signals();
+  actor_config config(t.heartbeat_interval);
+  caf::actor_system system(config);
+  auto node = actors::spawn_node(system, {spec.name, spec.device, spec.memory_bytes.value_or(0), spec.threads,
+                                          spec.host, spec.data_port});
+  auto published = system.middleman().publish(node, spec.port, spec.host.c_str(), /*reuse_addr=*/true);
+  if (!published) {
+    caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+    throw std::runtime_error(node_label(spec) + ": cannot listen: " + system.render(published.error()));
+  }
+  std::cout << "node " << spec.name << " of cluster '" << t.cluster << "' listening on " << spec.address()
+            << " (data plane " << spec.host << ":" << spec.data_port << ", " << spec.device << ", " << spec.threads
+            << " thread(s))" << std::endl;
+  int signal = wait_for_stop_signal();
+  std::cout << "node " << spec.name << ": stopping on signal " << signal << std::endl;
+  caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+}
+
+std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, const topology& t) {
+  std::vector<actors::placement_stage> stages;
+  for (const auto& n : t.nodes) {
+    // remote_actor blocks for as long as the OS lets a connect hang; bound it.
+    auto attempt = std::async(std::launch::async, [&system, host = n.host, port = n.port] {
+      return system.middleman().remote_actor(host, port);
+    });
+    if (attempt.wait_for(t.connect_timeout) != std::future_status::ready)
+      throw std::runtime_error(node_label(n) + " did not answer within the connect timeout of " +
+                               std::to_string(t.connect_timeout.count()) + " ms");
+    auto handle = attempt.get();
+    if (!handle)
+      throw std::runtime_error(node_label(n) + " is unreachable: " + system.render(handle.error()) +
+                               " (is `orrery node --name " + n.name + "` running?)");
+    stages.push_back({n.name, n.address(), *handle, n.first_layer, n.last_layer, n.threads});
+  }
+  return stages;
+}
+
+pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
+    : topology_(t), config_(t.heartbeat_interval), system_(std::make_unique<caf::actor_system>(config_)) {
+  actors::driver_config dc;
+  dc.model = t.model;
+  dc.stages = connect_nodes(*system_, t);
+  dc.request_timeout = t.request_timeout;
+  dc.advertise_host = std::move(advertise_host);
+  driver_ = actors::spawn_driver(*system_, dc);
+  actors::deploy_blocking(*system_, driver_, t.request_timeout);
+}
+
+pipeline_client::~pipeline_client() {
+  caf::anon_send_exit(driver_, caf::exit_reason::user_shutdown);
+}
+
+std::vector<generation_summary> pipeline_client::generate(const std::vector<generate_request>& requests,
+                                                          const std::function<void(std::size_t, const token_event&)>& on_token) {
+  return actors::generate_blocking(*system_, driver_, requests, topology_.request_timeout, on_token);
+}
+
+std::vector<stage_stats> pipeline_client::stats() {
+  return actors::stats_blocking(*system_, driver_, topology_.request_timeout);
+}
+
+generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& out) {
+  out << request.prompt << std::flush;
+  auto summary = client.generate({request}, [&](std::size_t, const token_event& e) {
+    out << compute::printable(e.text) << std::flush;
+  })[0];
+  const double decode_steps = summary.tokens.size() > 1 ? static_cast<double>(summary.tokens.size() - 1) : 1.0;
+  char line[256];
+  std::snprintf(line, sizeof line, "\n-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s\n",
+                summary.tokens.size(), summary.prefill_ms, summary.prompt_tokens.size(), summary.decode_ms / decode_steps,
+                summary.decode_ms > 0 ? 1000.0 * decode_steps / summary.decode_ms : 0.0);
+  out << line;
+  for (const auto& s : client.stats()) {
+    std::snprintf(line, sizeof line, "   stage %u on %-10s layers [%d, %d): %llu frames, compute %.1f ms, transfer %.1f ms, %.1f KiB sent\n",
+                  s.stage, s.node.c_str(), s.first_layer, s.last_layer, static_cast<unsigned long long>(s.frames),
+                  s.compute_ms, s.transfer_ms, s.bytes_sent / 1024.0);
+    out << line;
+  }
+  return summary;
+}
+
+local_cluster::local_cluster(const topology& t, std::filesystem::path log_dir)
+    : topology_(t), log_dir_(std::move(log_dir)) {
+  if (!log_dir_.empty()) std::filesystem::create_directories(log_dir_);
+  const auto self = std::filesystem::read_symlink("/proc/self/exe");
+  const pid_t parent = ::getpid();
+  for (const auto& n : t.nodes) {
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      stop();
+      throw std::runtime_error("cannot start " + node_label(n) + ": fork failed");
+    }
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != parent) ::_exit(1);  // the launcher died before prctl took effect
+      sigset_t none;
+      sigemptyset(&none);
+      pthread_sigmask(SIG_SETMASK, &none, nullptr);
+      if (!log_dir_.empty()) {
+        int fd = ::open((log_dir_ / (n.name + ".log")).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) ::dup2(fd, STDOUT_FILENO), ::dup2(fd, STDERR_FILENO), ::close(fd);
+      }
+      ::execl(self.c_str(), self.c_str(), "node", "--topology", t.file.c_str(), "--name", n.name.c_str(),
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    pids_[n.name] = pid;
+  }
+}
+
+local_cluster::~local_cluster() {
+  stop();
+}
+
+std::string local_cluster::exited_node() {
+  for (auto it = pids_.begin(); it != pids_.end(); ++it) {
+    int status = 0;
+    if (::waitpid(it->second, &status, WNOHANG) == it->second) {
+      auto name = it->first;
+      pids_.erase(it);
+      return name;
+    }
+  }
+  return {};
+}
+
+void local_cluster::wait_ready(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (const auto& n : topology_.nodes) {
+    while (!accepts_connections(n.host, n.port)) {
+      if (auto gone = exited_node(); !gone.empty())
+        throw std::runtime_error("node '" + gone + "' exited during start-up" +
+                                 (log_dir_.empty() ? "" : " (see " + (log_dir_ / (gone + ".log")).string() + ")"));
+      if (std::chrono::steady_clock::now() > deadline)
+        throw std::runtime_error(node_label(n) + " did not start listening within " + std::to_string(timeout.count()) + " ms");
+      std::this_thread::sleep_for(20ms);
+    }
+  }
+}
+
+void local_cluster::stop() {
+  for (const auto& [name, pid] : pids_) ::kill(pid, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + 3s;
+  while (!pids_.empty()) {
+    for (auto it = pids_.begin(); it != pids_.end();) {
+      int status = 0;
+      it = ::waitpid(it->second, &status, WNOHANG) == it->second ? pids_.erase(it) : std::next(it);
+    }
+    if (pids_.empty()) break;
+    if (std::chrono::steady_clock::now() > deadline)
+      for (const auto& [name, pid] : pids_) ::kill(pid, SIGKILL);
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+}  // namespace orrery::deploy

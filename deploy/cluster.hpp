@@ -1,0 +1,100 @@
+#pragma once
+// Running a topology: the CAF configuration every orrery process uses, a
+// node process's main loop, connecting a client to the nodes, and a local
+// launcher that runs every node of a topology as a child process.
+
+#include <sys/types.h>
+
+#include <caf/actor_system_config.hpp>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/driver.hpp"
+#include "deploy/topology.hpp"
+
+namespace orrery::deploy {
+
+/// orrery's types registered, the middleman loaded, and the middleman's own
+/// heartbeat on (it is off by default in CAF 0.17.6, and without it a hung
+/// peer is never noticed).
+class actor_config : public caf::actor_system_config {
+ public:
+  explicit actor_config(std::chrono::milliseconds heartbeat = std::chrono::milliseconds(500));
+};
+
+/// `orrery node`: runs node `name` of `t` (publishing it on its control port,
+/// its data plane on its data port) until SIGINT or SIGTERM.
+void run_node(const topology& t, const std::string& name);
+
+/// Connects to every node of `t`, each within the connect timeout; throws
+/// std::runtime_error naming the first node that cannot be reached.
+std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, const topology& t);
+
+/// A client of a running topology: connected nodes, a deployed driver.
+class pipeline_client {
+ public:
+  /// Throws std::runtime_error naming the unreachable node or failed stage.
+  explicit pipeline_client(const topology& t, std::string advertise_host = "127.0.0.1");
+  ~pipeline_client();
+
+  std::vector<generation_summary> generate(const std::vector<generate_request>& requests,
+                                           const std::function<void(std::size_t, const token_event&)>& on_token = {});
+  std::vector<stage_stats> stats();
+
+ private:
+  topology topology_;
+  actor_config config_;
+  std::unique_ptr<caf::actor_system> system_;
+  caf::actor driver_;
+};
+
+/// Every node of a topology as a child process of this one (`orrery node`),
+/// stopped when this object is destroyed — or when this process dies
+/// (PR_SET_PDEATHSIG), so no node outlives its launcher.
+class local_cluster {
+ public:
+  /// Starts the nodes; with `log_dir` each node's output goes to
+  /// `<log_dir>/<name>.log`, otherwise to this process's stdout/stderr.
+  local_cluster(const topology& t, std::filesystem::path log_dir = {});
+  ~local_cluster();
+  local_cluster(const local_cluster&) = delete;
+  local_cluster& operator=(const local_cluster&) = delete;
+
+  /// Waits until every node accepts connections on its control port;
+  /// throws std::runtime_error naming a node that exited or did not come up.
+  void wait_ready(std::chrono::milliseconds timeout);
+
+  /// The name of a node that has exited, if any (reaps it).
+  std::string exited_node();
+
+  pid_t pid(const std::string& name) const { return pids_.at(name); }
+
+  /// SIGTERM to every node, SIGKILL after a grace period, reap all.
+  void stop();
+
+ private:
+  topology topology_;
+  std::filesystem::path log_dir_;
+  std::map<std::string, pid_t> pids_;
+};
+
+/// Generates over a running topology, streaming text to `out`, then prints
+/// the figures: prefill, decode ms/token, tokens/s, and each stage's compute
+/// and transfer times.
+generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& out);
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts
+/// afterwards, so they can be waited for: call before starting any thread.
+void block_stop_signals();
+
+/// Waits for SIGINT or SIGTERM (returning it), checking `keep_waiting` every
+/// 200 ms and returning 0 once it says no.
+int wait_for_stop_signal(const std::function<bool()>& keep_waiting = {});
+
+}  // namespace orrery::deploy

@@ -1,0 +1,139 @@
+// `orrery bench pipeline`: one model on one device against the same model
+// split over a topology's node processes, measured side by side in one run.
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <yaml-cpp/yaml.h>
+
+#include "compute/cpu_threads.hpp"
+#include "compute/generation.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/shard.hpp"
+#include "deploy/cluster.hpp"
+#include "deploy/commands.hpp"
+
+namespace orrery::deploy {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct pipeline_bench_options {
+  std::string topology;
+  std::string model;
+  int prompt_tokens = 32;
+  int new_tokens = 64;
+  int concurrent = 4;
+};
+
+// The topology with its `model:` replaced (the placement is re-resolved for
+// that model, so a memory budget that no longer fits is still an error).
+topology load_for_model(const std::string& file, const std::string& model) {
+  if (model.empty()) return load_topology(file);
+  YAML::Node root = YAML::LoadFile(file);
+  root["model"] = std::filesystem::absolute(model).string();
+  std::stringstream text;
+  text << root;
+  return parse_topology(text.str(), file);
+}
+
+std::string prompt_of(int tokens) {
+  std::string prompt;
+  for (int i = 1; i < tokens; ++i) prompt += static_cast<char>('a' + i % 26);
+  return prompt;
+}
+
+double decode_ms_per_token(const generation_summary& s) {
+  return s.tokens.size() > 1 ? s.decode_ms / static_cast<double>(s.tokens.size() - 1) : 0.0;
+}
+
+double single_device_ms_per_token(const topology& t, const compute::generation_request& request) {
+  compute::model_dir dir(t.model);
+  auto tok = compute::load_tokenizer(t.model);
+  compute::shard whole(dir, 0, dir.config().num_layers,
+                       {at::kCPU, at::kFloat, compute::configure_cpu_threads(t.nodes.front().threads)});
+  compute::generate(whole, *tok, request);  // warm-up
+  return compute::generate(whole, *tok, request).decode_ms_per_token();
+}
+
+nlohmann::json run(const pipeline_bench_options& o) {
+  auto t = load_for_model(o.topology, o.model);
+  compute::generation_request local;
+  local.prompt = prompt_of(o.prompt_tokens);
+  local.max_new_tokens = o.new_tokens + 1;
+  local.stop_at_eos = false;
+  generate_request remote{local.prompt, local.max_new_tokens, 0, 0, 1, 1, 0, false, 0};
+
+  std::cerr << "bench: single device (" << t.nodes.front().threads << " thread(s))\n";
+  const double single_ms = single_device_ms_per_token(t, local);
+
+  std::cerr << "bench: starting " << t.nodes.size() << " node processes\n";
+  local_cluster cluster(t, std::filesystem::temp_directory_path() / ("orrery-bench-" + std::to_string(::getpid())));
+  cluster.wait_ready(t.connect_timeout * 4);
+  pipeline_client client(t);
+  client.generate({remote});  // warm-up: caches, connections, page faults
+
+  std::cerr << "bench: 1 request over the pipeline\n";
+  auto before = client.stats();
+  auto one = client.generate({remote})[0];
+  auto after = client.stats();
+  const double pipeline_ms = decode_ms_per_token(one);
+
+  std::cerr << "bench: " << o.concurrent << " concurrent requests\n";
+  auto start = clock_type::now();
+  auto many = client.generate(std::vector<generate_request>(static_cast<std::size_t>(o.concurrent), remote));
+  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  std::size_t generated = 0;
+  for (const auto& s : many) generated += s.tokens.size();
+
+  nlohmann::json stages = nlohmann::json::array();
+  const double steps = static_cast<double>(one.tokens.size());
+  for (std::size_t i = 0; i < after.size(); ++i)
+    stages.push_back({{"stage", after[i].stage},
+                      {"node", after[i].node},
+                      {"layers", {after[i].first_layer, after[i].last_layer}},
+                      {"compute_ms_per_token", (after[i].compute_ms - before[i].compute_ms) / steps},
+                      {"transfer_ms_per_token", (after[i].transfer_ms - before[i].transfer_ms) / steps},
+                      {"bytes_sent_per_token", static_cast<double>(after[i].bytes_sent - before[i].bytes_sent) / steps}});
+  return {{"topology", t.file.string()},
+          {"model", t.model.string()},
+          {"nodes", t.nodes.size()},
+          {"threads_per_node", t.nodes.front().threads},
+          {"prompt_tokens", o.prompt_tokens},
+          {"new_tokens", o.new_tokens},
+          {"single_ms_per_token", single_ms},
+          {"pipeline_ms_per_token", pipeline_ms},
+          {"latency_ratio", pipeline_ms / single_ms},
+          {"pipeline_prefill_ms", one.prefill_ms},
+          {"tokens_per_s_1", 1000.0 / pipeline_ms},
+          {"concurrent_requests", o.concurrent},
+          {"tokens_per_s_4", static_cast<double>(generated) / seconds},
+          {"stages", stages}};
+}
+
+}  // namespace
+
+void add_pipeline_bench(CLI::App& bench) {
+  auto opts = std::make_shared<pipeline_bench_options>();
+  auto* cmd = bench.add_subcommand(
+      "pipeline", "One device vs the same model split over a topology's nodes (started here as local processes)");
+  cmd->add_option("--topology", opts->topology, "Topology file; its nodes must be on this machine")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--model", opts->model, "Model directory (overrides the topology's)")->check(CLI::ExistingDirectory);
+  cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length, BOS included")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 100000));
+  cmd->add_option("--new-tokens", opts->new_tokens, "Decode steps timed")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--concurrent", opts->concurrent, "Requests in flight for the throughput figure")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
+}
+
+}  // namespace orrery::deploy

@@ -1,0 +1,173 @@
+// Pipelines of 1, 2 and 4 stages on node actors in one process: the same
+// tokens and bitwise the same final logits as the single-device model.
+
+#include <ATen/ATen.h>
+#include <caf/all.hpp>
+#include <doctest/doctest.h>
+
+#include "actors/driver.hpp"
+#include "actors/node.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/model_init.hpp"
+#include "compute/sampler.hpp"
+#include "compute/shard.hpp"
+#include "compute/thread_pool.hpp"
+#include "messages/types.hpp"
+#include "test/temp_dir.hpp"
+
+using namespace orrery;
+using orrery::test::temp_dir;
+
+namespace {
+
+struct test_config : caf::actor_system_config {
+  test_config() { register_types(*this); }
+};
+
+struct reference_run {
+  std::vector<compute::token_id> tokens;
+  std::vector<float> final_logits;
+};
+
+// The single-device run the pipeline must reproduce: the whole model as one
+// shard, prefill then one token per step, greedy over the tokenizer's ids.
+reference_run single_device(const compute::model_dir& model, const std::string& prompt, int new_tokens) {
+  compute::byte_tokenizer tok;
+  compute::shard whole(model, 0, model.config().num_layers,
+                       {at::kCPU, at::kFloat, std::make_shared<compute::thread_pool>(1)});
+  compute::sampler greedy({}, tok.vocab_size());
+  std::vector<std::int64_t> ids{tok.bos()};
+  for (auto id : tok.encode(prompt)) ids.push_back(id);
+  std::vector<compute::token_id> history(ids.begin(), ids.end());
+  auto cache = whole.new_cache(model.config().max_position_embeddings);
+  auto logits = whole.forward(at::tensor(ids, at::TensorOptions().dtype(at::kLong)), {{&cache, static_cast<int>(ids.size())}});
+  reference_run run;
+  for (int step = 0; step < new_tokens; ++step) {
+    if (step > 0)
+      logits = whole.forward(at::tensor(std::vector<std::int64_t>{run.tokens.back()}, at::TensorOptions().dtype(at::kLong)),
+                             {{&cache, 1}});
+    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history);
+    history.push_back(next);
+    run.tokens.push_back(next);
+  }
+  run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+  return run;
+}
+
+// `cuts` = {0, a, b, ..., N}: one node actor per stage in this process.
+struct in_process_pipeline {
+  test_config config;
+  caf::actor_system system{config};
+  std::vector<caf::actor> nodes;
+  caf::actor driver;
+
+  in_process_pipeline(const std::filesystem::path& model, const std::vector<int>& cuts) {
+    actors::driver_config dc;
+    dc.model = model;
+    dc.request_timeout = std::chrono::seconds(20);
+    for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
+      auto name = "n" + std::to_string(i);
+      nodes.push_back(actors::spawn_node(system, {name, "cpu", 0, 1, "127.0.0.1", 0}));
+      dc.stages.push_back({name, "in-process", nodes.back(), cuts[i], cuts[i + 1], 1});
+    }
+    driver = actors::spawn_driver(system, dc);
+    actors::deploy_blocking(system, driver, std::chrono::seconds(20));
+  }
+  ~in_process_pipeline() {
+    caf::anon_send_exit(driver, caf::exit_reason::user_shutdown);
+    for (auto& n : nodes) caf::anon_send_exit(n, caf::exit_reason::user_shutdown);
+  }
+};
+
+generate_request greedy_request(const std::string& prompt, int new_tokens) {
+  generate_request r;
+  r.prompt = prompt;
+  r.max_new_tokens = new_tokens;
+  r.stop_at_eos = false;
+  return r;
+}
+
+// `tiny` has 4 layers: enough for 4 stages of one layer each.
+std::filesystem::path tiny_model(const temp_dir& dir) {
+  compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {21, 0, {}});
+  return dir / "m";
+}
+
+}  // namespace
+
+TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwise its final logits") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  compute::model_dir model(path);
+  const std::string prompt = "Pipelines of stages";
+  auto reference = single_device(model, prompt, 33);  // the prefill's token + 32 decode steps
+  for (const auto& cuts : std::vector<std::vector<int>>{{0, 4}, {0, 2, 4}, {0, 1, 3, 4}, {0, 1, 2, 3, 4}}) {
+    CAPTURE(cuts.size() - 1);
+    in_process_pipeline pipeline(path, cuts);
+    std::vector<compute::token_id> streamed;
+    auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request(prompt, 33)},
+                                               std::chrono::seconds(20),
+                                               [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
+    REQUIRE(summaries.size() == 1);
+    CHECK(summaries[0].tokens == reference.tokens);
+    CHECK(streamed == reference.tokens);
+    CHECK(summaries[0].final_logits == reference.final_logits);  // bitwise: the same arithmetic in the same order
+  }
+}
+
+TEST_CASE("4 concurrent requests share a 4-stage pipeline and each matches its single-device run") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  compute::model_dir model(path);
+  const std::vector<std::string> prompts = {"alpha", "a longer second prompt", "3", "the fourth one"};
+  in_process_pipeline pipeline(path, {0, 1, 2, 3, 4});
+  std::vector<generate_request> requests;
+  for (const auto& p : prompts) requests.push_back(greedy_request(p, 33));
+  auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, requests, std::chrono::seconds(30));
+  REQUIRE(summaries.size() == prompts.size());
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    CAPTURE(i);
+    auto reference = single_device(model, prompts[i], 33);
+    CHECK(summaries[i].tokens == reference.tokens);
+    CHECK(summaries[i].final_logits == reference.final_logits);
+  }
+  auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+  REQUIRE(stats.size() == 4);
+  for (const auto& s : stats) {
+    CHECK(s.frames == 4 * 33);  // every request's prefill and decode steps passed every stage
+    CHECK(s.compute_ms > 0);
+  }
+}
+
+TEST_CASE("a node that goes down mid-generation is reported by name and the request fails instead of hanging") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  in_process_pipeline pipeline(path, {0, 2, 4});
+  std::string error;
+  int streamed = 0;
+  try {
+    actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request("x", 200)}, std::chrono::seconds(10),
+                              [&](std::size_t, const token_event&) {
+                                if (++streamed == 3) caf::anon_send_exit(pipeline.nodes[1], caf::exit_reason::kill);
+                              });
+  } catch (const std::runtime_error& e) {
+    error = e.what();
+  }
+  CHECK(streamed < 200);
+  CHECK(error.find("node 'n1'") != std::string::npos);
+  CHECK(error.find("went down") != std::string::npos);
+}
+
+TEST_CASE("a prompt beyond the context fails with both figures") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  in_process_pipeline pipeline(path, {0, 4});
+  std::string error;
+  try {
+    actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request(std::string(300, 'y'), 4)},
+                              std::chrono::seconds(10));
+  } catch (const std::runtime_error& e) {
+    error = e.what();
+  }
+  CHECK(error.find("exceeds the model's context of 256 positions") != std::string::npos);
+}
