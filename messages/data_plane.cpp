@@ -3,6 +3,7 @@
 #include <boost/asio.hpp>
 
 #include <atomic>
+#include <cstring>
 #include <deque>
 #include <future>
 #include <iostream>
@@ -91,8 +92,9 @@ class connection : public std::enable_shared_from_this<connection> {
   void start(std::function<void(const std::string&)> established = {}) {
     established_ = std::move(established);
     core_->connections.insert(shared_from_this());
-    grant(core_->options.credit_bytes);
-    read_header();
+    credit_owed_ = core_->options.credit_bytes;
+    pump();
+    process();
   }
 
   void enqueue(outgoing_frame frame) {
@@ -128,59 +130,106 @@ class connection : public std::enable_shared_from_this<connection> {
 
  private:
   // -- receiving --------------------------------------------------------------
+  //
+  // Headers and descriptors arrive through a staging buffer, so a burst of
+  // small frames costs one system call rather than three per frame; whatever
+  // of a payload came along is copied out (at most staging_size bytes per
+  // frame), the rest is read straight into the allocated memory.
 
-  void read_header() {
-    asio::async_read(socket_, asio::buffer(header_in_),
-                     [self = shared_from_this()](error_code ec, std::size_t n) { self->on_header(ec, n); });
+  enum class phase { header, descriptor, payload };
+
+  /// Consumes what is staged as far as it goes, then waits for more.
+  void process() {
+    while (open_) {
+      auto staged = staged_end_ - staged_begin_;
+      auto* at = staging_.data() + staged_begin_;
+      if (phase_ == phase::header) {
+        if (staged < frame_header_size) return read_staged();
+        header_bytes bytes;
+        std::memcpy(bytes.data(), at, bytes.size());
+        staged_begin_ += frame_header_size;
+        if (auto problem = decode_header(bytes, core_->options.max_frame_bytes, header_); !problem.empty())
+          return close(problem, true);
+        if (header_.kind == frame_kind::credit) {
+          on_credit(header_.value);
+        } else {
+          phase_ = phase::descriptor;
+        }
+      } else if (phase_ == phase::descriptor) {
+        if (staged < header_.descriptor_length) return read_staged();
+        staged_begin_ += header_.descriptor_length;
+        if (!accept_descriptor(at)) return;
+        phase_ = phase::payload;
+      } else {
+        auto take = std::min<std::uint64_t>(staged, incoming_.descriptor.byte_length - received_);
+        if (take > 0) std::memcpy(incoming_.data + received_, at, take);
+        staged_begin_ += take;
+        payload_arrived(take);
+        if (received_ < incoming_.descriptor.byte_length) return read_payload();
+        deliver();
+        phase_ = phase::header;
+      }
+    }
   }
 
-  void on_header(error_code ec, std::size_t n) {
-    if (!open_) return;
-    if (ec == asio::error::eof && n == 0) return close("closed by peer", false);
-    if (ec && n == 0) return close("connection lost: " + ec.message(), true);
-    if (ec) return lost(ec, n, frame_header_size, "header");
-    if (auto problem = decode_header(header_in_, core_->options.max_frame_bytes, header_); !problem.empty())
-      return close(problem, true);
-    if (header_.kind == frame_kind::credit) return on_credit(header_.value);
-    descriptor_in_.resize(header_.descriptor_length);
-    asio::async_read(socket_, asio::buffer(descriptor_in_),
-                     [self = shared_from_this()](error_code ec, std::size_t n) { self->on_descriptor(ec, n); });
-  }
-
-  void on_descriptor(error_code ec, std::size_t n) {
-    if (!open_) return;
-    if (ec) return lost(ec, n, descriptor_in_.size(), "descriptor");
+  /// Validates the staged descriptor and allocates its payload; false when the connection closed.
+  bool accept_descriptor(const std::byte* at) {
     frame_descriptor d;
-    auto problem = decode_descriptor(descriptor_in_.data(), descriptor_in_.size(), header_.value,
-                                     core_->options.max_frame_bytes, d);
-    if (!problem.empty()) return close(problem, true);
+    auto problem =
+        decode_descriptor(at, header_.descriptor_length, header_.value, core_->options.max_frame_bytes, d);
+    if (!problem.empty()) return close(problem, true), false;
     std::pair<std::shared_ptr<void>, std::byte*> memory;
     try {
       memory = core_->allocate(d);
     } catch (const std::exception& e) {
-      return close("allocating " + std::to_string(d.byte_length) + " bytes failed: " + e.what(), true);
+      return close("allocating " + std::to_string(d.byte_length) + " bytes failed: " + e.what(), true), false;
     }
     if (memory.second == nullptr && d.byte_length > 0)
-      return close("allocator returned no memory for " + std::to_string(d.byte_length) + " bytes", true);
+      return close("allocator returned no memory for " + std::to_string(d.byte_length) + " bytes", true), false;
     incoming_ = received_frame{std::move(d), std::move(memory.first), memory.second, peer_};
     received_ = 0;
     checksum_ = frame_checksum();
-    read_payload();
+    return true;
+  }
+
+  void read_staged() {
+    // Keep the partial header or descriptor (< 4 KiB) and read behind it.
+    std::memmove(staging_.data(), staging_.data() + staged_begin_, staged_end_ - staged_begin_);
+    staged_end_ -= staged_begin_;
+    staged_begin_ = 0;
+    before_waiting();
+    socket_.async_read_some(asio::buffer(staging_.data() + staged_end_, staging_.size() - staged_end_),
+                            [self = shared_from_this()](error_code ec, std::size_t n) { self->on_staged(ec, n); });
+  }
+
+  void on_staged(error_code ec, std::size_t n) {
+    if (!open_) return;
+    if (ec) return lost(ec);
+    staged_end_ += n;
+    process();
   }
 
   void read_payload() {
+    before_waiting();
     auto remaining = incoming_.descriptor.byte_length - received_;
-    if (remaining == 0) return deliver();
     socket_.async_read_some(asio::buffer(incoming_.data + received_, std::min<std::uint64_t>(remaining, payload_chunk)),
                             [self = shared_from_this()](error_code ec, std::size_t n) { self->on_payload(ec, n); });
   }
 
   void on_payload(error_code ec, std::size_t n) {
     if (!open_) return;
-    if (ec) return lost(ec, received_, incoming_.descriptor.byte_length, "payload");
+    if (ec) return lost(ec);
+    payload_arrived(n);
+    if (received_ < incoming_.descriptor.byte_length) return read_payload();
+    deliver();
+    phase_ = phase::header;
+    process();
+  }
+
+  // Checksums the bytes that just landed, while they are still in cache.
+  void payload_arrived(std::uint64_t n) {
     checksum_.update(incoming_.data + received_, n);
     received_ += n;
-    read_payload();
   }
 
   void deliver() {
@@ -193,17 +242,28 @@ class connection : public std::enable_shared_from_this<connection> {
     } catch (const std::exception& e) {
       return close(std::string("frame handler failed: ") + e.what(), true);
     }
-    grant(wire_size(header_.descriptor_length, header_.value));
-    read_header();
+    credit_owed_ += wire_size(header_.descriptor_length, header_.value);
   }
 
-  void lost(error_code ec, std::size_t got, std::size_t expected, const char* part) {
-    close("peer disconnected mid-frame (" + std::to_string(got) + " of " + std::to_string(expected) + " " + part +
-              " bytes): " + ec.message(),
-          true);
+  void lost(error_code ec) {
+    auto staged = staged_end_ - staged_begin_;
+    if (phase_ == phase::header && staged == 0)
+      return close(ec == asio::error::eof ? "closed by peer" : "connection lost: " + ec.message(),
+                   ec != asio::error::eof);
+    std::string where = phase_ == phase::payload ? std::to_string(received_) + " of " +
+                                                       std::to_string(incoming_.descriptor.byte_length) + " payload bytes"
+                                                 : std::to_string(staged) + " bytes of a " +
+                                                       (phase_ == phase::header ? "header" : "descriptor");
+    close("peer disconnected mid-frame (" + where + "): " + ec.message(), true);
   }
 
   // -- sending ----------------------------------------------------------------
+  //
+  // One gathered write carries any owed credit and as many queued frames as the
+  // window and one writev allow. Credit for delivered frames is returned when
+  // the reader is about to wait (or with the next outgoing frame), so a burst
+  // of small frames is answered by one credit frame, and an echo carries its
+  // credit along.
 
   void on_credit(std::uint64_t bytes) {
     if (!window_known_) {
@@ -218,46 +278,68 @@ class connection : public std::enable_shared_from_this<connection> {
       in_flight_ -= bytes;
     }
     pump();
-    read_header();
   }
 
-  void grant(std::uint64_t bytes) {
-    credit_owed_ += bytes;
-    pump();
+  // Posted rather than called: a frame the handler just queued runs first and
+  // takes the credit along in its write.
+  void before_waiting() {
+    if (credit_owed_ == 0 || std::exchange(pump_posted_, true)) return;
+    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+      self->pump_posted_ = false;
+      self->pump();
+    });
   }
 
-  // Starts the next write if one is due: owed credit first (the peer may be
-  // waiting for it), then the oldest frame if the window allows.
   void pump() {
     if (writing_ || !open_) return;
+    out_.clear();
     if (credit_owed_ > 0) {
       credit_out_ = encode_header({frame_kind::credit, 0, std::exchange(credit_owed_, 0)});
-      writing_ = true;
-      asio::async_write(socket_, asio::buffer(credit_out_),
-                        [self = shared_from_this()](error_code ec, std::size_t) { self->on_written(ec, false); });
-      return;
+      out_.push_back(asio::buffer(credit_out_));
     }
-    if (queue_.empty() || !window_known_) return;
-    auto& frame = queue_.front();
-    if (in_flight_ != 0 && in_flight_ + frame.cost() > window_) return;
-    in_flight_ += frame.cost();
+    batch_ = 0;
+    for (auto& frame : queue_) {
+      if (!window_known_ || batch_ == max_batch || (in_flight_ != 0 && in_flight_ + frame.cost() > window_)) break;
+      in_flight_ += frame.cost();
+      out_.push_back(asio::buffer(frame.header));
+      out_.push_back(asio::buffer(frame.descriptor));
+      out_.push_back(asio::buffer(frame.data, frame.length));
+      ++batch_;
+    }
+    if (out_.empty()) return;
     writing_ = true;
-    std::array<asio::const_buffer, 3> buffers{asio::buffer(frame.header), asio::buffer(frame.descriptor),
-                                              asio::buffer(frame.data, frame.length)};
-    asio::async_write(socket_, buffers, transfer_unbounded{},
-                      [self = shared_from_this()](error_code ec, std::size_t) { self->on_written(ec, true); });
+    write_some();
   }
 
-  void on_written(error_code ec, bool frame_written) {
-    writing_ = false;
+  void write_some() {
+    socket_.async_write_some(out_, [self = shared_from_this()](error_code ec, std::size_t n) { self->on_written(ec, n); });
+  }
+
+  void on_written(error_code ec, std::size_t n) {
     if (!open_) return;
     if (ec) return close("write failed: " + ec.message(), true);
-    if (!frame_written) return pump();
-    auto frame = std::move(queue_.front());
-    queue_.pop_front();
+    // Drop what went out; on a short write, resume inside the buffer it ended in.
+    auto sent = out_.begin();
+    for (; sent != out_.end() && n >= sent->size(); ++sent) n -= sent->size();
+    out_.erase(out_.begin(), sent);
+    if (!out_.empty()) {
+      out_.front() += n;  // smaller than the front buffer, which the loop above left
+      return write_some();
+    }
+    writing_ = false;
+    std::vector<outgoing_frame> written;
+    for (std::size_t i = 0; i < batch_; ++i) {
+      written.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
     pump();
-    frame.complete("");
+    for (auto& frame : written) frame.complete("");
   }
+
+  // 21 frames of three buffers and one credit header fill the 64 buffers
+  // asio hands to one writev.
+  static constexpr std::size_t max_batch = 21;
+  static constexpr std::size_t staging_size = 64 << 10;
 
   std::shared_ptr<plane_core> core_;  // first: destroyed after the socket that uses its io_context
   tcp::socket socket_;
@@ -265,19 +347,24 @@ class connection : public std::enable_shared_from_this<connection> {
   std::atomic<bool> open_{true};
   std::function<void(const std::string&)> established_;
 
-  header_bytes header_in_{};
+  std::vector<std::byte> staging_ = std::vector<std::byte>(staging_size);
+  std::size_t staged_begin_ = 0;
+  std::size_t staged_end_ = 0;
+  phase phase_ = phase::header;
   frame_header header_;
-  std::vector<std::byte> descriptor_in_;
   received_frame incoming_;
   std::uint64_t received_ = 0;
   frame_checksum checksum_;
 
   std::deque<outgoing_frame> queue_;
   bool writing_ = false;
+  std::vector<asio::const_buffer> out_;
+  std::size_t batch_ = 0;
   bool window_known_ = false;
   std::uint64_t window_ = 0;
   std::atomic<std::uint64_t> in_flight_{0};
   std::uint64_t credit_owed_ = 0;
+  bool pump_posted_ = false;
   header_bytes credit_out_{};
 };
 
