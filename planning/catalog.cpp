@@ -177,7 +177,9 @@ struct layer_work {
 layer_timing timing(const roofline& r, const std::function<layer_work(double)>& work_at,
                     const workload& w, int max_context) {
   std::vector<time_curve::point> prefill, decode;
-  for (double length : {16.0, 128.0, 512.0, static_cast<double>(max_context)}) {
+  for (double length : {1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, static_cast<double>(max_context)}) {
+    if (length > max_context)
+      break;
     // Prefill of `length` tokens reads the weights once; attention sees a mean context of length/2.
     layer_work lw = work_at(length / 2);
     double total = r.seconds(length * lw.prefill_flops_share * lw.flops_per_token, lw.weight_bytes);

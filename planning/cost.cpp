@@ -1,5 +1,7 @@
 #include "planning/cost.hpp"
 
+#include <algorithm>
+
 namespace orrery::planning {
 
 cost_model::cost_model(const profile& p) : profile_(&p) {
@@ -21,7 +23,11 @@ cost_model::cost_model(const profile& p) : profile_(&p) {
 
 double cost_model::prefill_seconds(std::size_t l, std::size_t d, double position,
                                    double length) const {
-  return length * profile_->devices[d].layers[l].prefill.at(2 * position + length);
+  const time_curve& curve = profile_->devices[d].layers[l].prefill;
+  double alone = length * curve.at(length);
+  double grown = (position + length) * curve.at(position + length) -
+                 (position > 0 ? position * curve.at(position) : 0.0);
+  return alone + std::max(0.0, grown - alone);
 }
 
 double cost_model::decode_seconds(std::size_t l, std::size_t d, double context) const {

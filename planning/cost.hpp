@@ -4,11 +4,15 @@
 //
 // A request is a prompt of P tokens prefilled at once (the first output token)
 // followed by G-1 decode steps, each producing one token that returns to the
-// source device (the user is there). A prefill chunk of `length` tokens starting
-// at `position` costs length * prefill(2*position + length): if a token at
-// position x costs a + b*x, the profile's per-token figure for a sequence of L
-// tokens is the average a + b*L/2, so the chunk's mean position maps back to the
-// curve at 2*(position + length/2).
+// source device (the user is there).
+//
+// A prefill chunk of `length` tokens after `position` earlier ones costs what
+// it costs alone, length * prefill(length) (the weights are read once per chunk,
+// which is what a short chunk pays on memory-bound devices), plus the extra
+// attention over the earlier tokens: the growth of the cumulative prefill cost,
+// (position + length) * prefill(position + length) - position * prefill(position),
+// beyond the standalone cost, when positive. With per-token costs a + b*x at
+// position x this is exactly length * (a + b*(position + length/2)).
 
 #include <cstddef>
 #include <vector>

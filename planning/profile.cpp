@@ -26,7 +26,10 @@ time_curve time_curve::constant(double seconds) {
 }
 
 double time_curve::at(double length) const {
-  if (points_.size() == 1)
+  // Flat below the first point: extrapolating a falling per-token cost
+  // (weights amortised over more tokens) downwards would make short
+  // sequences look cheap.
+  if (points_.size() == 1 || length <= points_.front().length)
     return points_.front().seconds;
   // The segment containing `length`, or the first / last one to extrapolate.
   auto upper = std::upper_bound(points_.begin() + 1, points_.end() - 1, length,

@@ -20,7 +20,7 @@ TEST_CASE("chunked prefill beats the whole prompt on a slow-link pipeline") {
   chunk_plan plan = jupiter_chunks(costs, stages);
   CHECK(std::accumulate(plan.lengths.begin(), plan.lengths.end(), 0) == 256);
   CHECK(plan.lengths.size() > 1);
-  CHECK(plan.seconds < 0.6 * plan.unchunked_seconds);
+  CHECK(plan.seconds < 0.7 * plan.unchunked_seconds);
   CHECK(plan.seconds <= plan.equal_seconds);
   CHECK(plan.seconds == doctest::Approx(chunked_prefill_seconds(costs, stages, plan.lengths)));
   MESSAGE("llama2-7b on 4 x nx, 256-token prompt: unchunked ", plan.unchunked_seconds,
