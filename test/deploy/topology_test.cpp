@@ -361,12 +361,9 @@ TEST_CASE("describe_placement lists every node with its address, device, layers 
 
 TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
   // The repository's layout in a temp dir: the topology under
-  // deploy/topologies/ names ../../models/tiny. demo4 puts one layer on each
-  // of its 4 nodes, so the model is the tiny shape with 4 layers.
+  // deploy/topologies/ names ../../models/tiny, whose 4 layers go one per node.
   temp_dir repo;
-  auto config = orrery::compute::llama_config::preset("tiny");
-  config.num_layers = 4;
-  orrery::compute::init_model(repo / "models" / "tiny", config, {0, 0, {}});
+  orrery::compute::init_model(repo / "models" / "tiny", orrery::compute::llama_config::preset("tiny"), {0, 0, {}});
   std::ifstream in(source_dir() / "deploy" / "topologies" / "demo4.yaml");
   REQUIRE(in);
   std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
