@@ -1,5 +1,8 @@
 #include "messages/data_plane.hpp"
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <boost/asio.hpp>
 
 #include <atomic>
@@ -92,24 +95,67 @@ class connection : public std::enable_shared_from_this<connection> {
   void start(std::function<void(const std::string&)> established = {}) {
     established_ = std::move(established);
     core_->connections.insert(shared_from_this());
-    credit_owed_ = core_->options.credit_bytes;
+    {
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      credit_owed_ = core_->options.credit_bytes;
+    }
     pump();
     process();
   }
 
-  void enqueue(outgoing_frame frame) {
-    if (!open_) return frame.complete("link to " + peer_ + " is closed");
+  /// Writes a small frame from the caller's thread when the link is idle,
+  /// sparing the latency path one wake-up of the io thread; otherwise counts it
+  /// as posted (the caller then posts enqueue) so that a later frame cannot
+  /// overtake it. Runs under the core's mutex: the io thread is still running.
+  bool send_now(outgoing_frame& frame) {
+    std::unique_lock<std::mutex> lock(send_mutex_);
+    if (frame.cost() > direct_send_limit || !open_ || writing_ || posted_ > 0 || !queue_.empty() ||
+        !admits(frame.cost())) {
+      ++posted_;
+      return false;
+    }
     queue_.push_back(std::move(frame));
+    gather(1);
+    std::array<iovec, 4> iov;
+    std::size_t count = 0;
+    for (const auto& b : out_) iov[count++] = {const_cast<void*>(b.data()), b.size()};
+    msghdr message{};
+    message.msg_iov = iov.data();
+    message.msg_iovlen = count;
+    // Non-blocking: whatever the socket does not take now, the io thread writes.
+    auto n = ::sendmsg(socket_.native_handle(), &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+    writing_ = true;
+    lock.unlock();
+    asio::post(socket_.get_executor(),
+               [self = shared_from_this(), n = std::size_t(std::max<ssize_t>(n, 0))] { self->on_written({}, n); });
+    return true;
+  }
+
+  void enqueue(outgoing_frame frame) {
+    bool queued = false;
+    {
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      --posted_;
+      if ((queued = open_)) queue_.push_back(std::move(frame));
+    }
+    if (!queued) return frame.complete("link to " + peer_ + " is closed");
     pump();
   }
 
   /// Closes the socket and completes every queued frame with an error. A
   /// `failure` is logged and reported; an orderly close is not.
   void close(const std::string& reason, bool failure) {
-    if (!open_.exchange(false)) return;
-    error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    std::deque<outgoing_frame> pending;
+    {
+      // Under the send mutex: no direct send is writing to the descriptor being closed.
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      if (!open_.exchange(false)) return;
+      error_code ignored;
+      socket_.shutdown(tcp::socket::shutdown_both, ignored);
+      socket_.close(ignored);
+      pending = std::move(queue_);
+      queue_.clear();
+    }
     auto self = shared_from_this();
     core_->connections.erase(self);
     incoming_ = {};
@@ -118,8 +164,6 @@ class connection : public std::enable_shared_from_this<connection> {
       if (core_->report) core_->report(peer_, reason);
     }
     if (established_) std::exchange(established_, {})(reason);
-    auto pending = std::move(queue_);
-    queue_.clear();
     for (auto& frame : pending) frame.complete("link to " + peer_ + " closed: " + reason);
   }
 
@@ -242,6 +286,7 @@ class connection : public std::enable_shared_from_this<connection> {
     } catch (const std::exception& e) {
       return close(std::string("frame handler failed: ") + e.what(), true);
     }
+    std::lock_guard<std::mutex> guard(send_mutex_);
     credit_owed_ += wire_size(header_.descriptor_length, header_.value);
   }
 
@@ -262,52 +307,81 @@ class connection : public std::enable_shared_from_this<connection> {
   // One gathered write carries any owed credit and as many queued frames as the
   // window and one writev allow. Credit for delivered frames is returned when
   // the reader is about to wait (or with the next outgoing frame), so a burst
-  // of small frames is answered by one credit frame, and an echo carries its
-  // credit along.
+  // of small frames is answered by one credit frame. The writer state below is
+  // guarded by send_mutex_ because send_now writes from callers' threads; while
+  // writing_ is set, out_ belongs to the write in progress.
 
   void on_credit(std::uint64_t bytes) {
-    if (!window_known_) {
-      window_known_ = true;
-      window_ = bytes;
-      if (established_) std::exchange(established_, {})("");
-    } else if (bytes > in_flight_) {
-      return close("peer returned " + std::to_string(bytes) + " bytes of credit with only " +
-                       std::to_string(in_flight_) + " in flight",
-                   true);
-    } else {
-      in_flight_ -= bytes;
+    bool first = false;
+    std::string problem;
+    {
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      if (!window_known_) {
+        first = window_known_ = true;
+        window_ = bytes;
+      } else if (bytes > in_flight_) {
+        problem = "peer returned " + std::to_string(bytes) + " bytes of credit with only " +
+                  std::to_string(in_flight_) + " in flight";
+      } else {
+        in_flight_ -= bytes;
+      }
     }
+    if (!problem.empty()) return close(problem, true);
+    if (first && established_) std::exchange(established_, {})("");
     pump();
   }
 
   // Posted rather than called: a frame the handler just queued runs first and
   // takes the credit along in its write.
   void before_waiting() {
-    if (credit_owed_ == 0 || std::exchange(pump_posted_, true)) return;
+    {
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      if (credit_owed_ == 0) return;
+    }
+    if (std::exchange(pump_posted_, true)) return;
     asio::post(socket_.get_executor(), [self = shared_from_this()] {
       self->pump_posted_ = false;
       self->pump();
     });
   }
 
-  void pump() {
-    if (writing_ || !open_) return;
+  // Under send_mutex_.
+  bool admits(std::uint64_t cost) const {
+    return window_known_ && (in_flight_ == 0 || in_flight_ + cost <= window_);
+  }
+
+  // Under send_mutex_: fills out_ with owed credit and the first `frames`
+  // queued frames, which count as in flight from here on.
+  void gather(std::size_t frames) {
     out_.clear();
     if (credit_owed_ > 0) {
       credit_out_ = encode_header({frame_kind::credit, 0, std::exchange(credit_owed_, 0)});
       out_.push_back(asio::buffer(credit_out_));
     }
-    batch_ = 0;
-    for (auto& frame : queue_) {
-      if (!window_known_ || batch_ == max_batch || (in_flight_ != 0 && in_flight_ + frame.cost() > window_)) break;
+    for (std::size_t i = 0; i < frames; ++i) {
+      auto& frame = queue_[i];
       in_flight_ += frame.cost();
       out_.push_back(asio::buffer(frame.header));
       out_.push_back(asio::buffer(frame.descriptor));
       out_.push_back(asio::buffer(frame.data, frame.length));
-      ++batch_;
     }
-    if (out_.empty()) return;
-    writing_ = true;
+    batch_ = frames;
+  }
+
+  void pump() {
+    {
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      if (writing_ || !open_) return;
+      // Admit frames one by one: each admission raises what the next must fit beside.
+      std::uint64_t admitted = 0;
+      std::size_t frames = 0;
+      while (frames < std::min(queue_.size(), max_batch) && window_known_ &&
+             (in_flight_ + admitted == 0 || in_flight_ + admitted + queue_[frames].cost() <= window_))
+        admitted += queue_[frames++].cost();
+      gather(frames);
+      if (out_.empty()) return;
+      writing_ = true;
+    }
     write_some();
   }
 
@@ -318,20 +392,25 @@ class connection : public std::enable_shared_from_this<connection> {
   void on_written(error_code ec, std::size_t n) {
     if (!open_) return;
     if (ec) return close("write failed: " + ec.message(), true);
-    // Drop what went out; on a short write, resume inside the buffer it ended in.
-    auto sent = out_.begin();
-    for (; sent != out_.end() && n >= sent->size(); ++sent) n -= sent->size();
-    out_.erase(out_.begin(), sent);
-    if (!out_.empty()) {
-      out_.front() += n;  // smaller than the front buffer, which the loop above left
-      return write_some();
-    }
-    writing_ = false;
     std::vector<outgoing_frame> written;
-    for (std::size_t i = 0; i < batch_; ++i) {
-      written.push_back(std::move(queue_.front()));
-      queue_.pop_front();
+    bool finished = false;
+    {
+      std::lock_guard<std::mutex> guard(send_mutex_);
+      // Drop what went out; on a short write, resume inside the buffer it ended in.
+      auto sent = out_.begin();
+      for (; sent != out_.end() && n >= sent->size(); ++sent) n -= sent->size();
+      out_.erase(out_.begin(), sent);
+      if ((finished = out_.empty())) {
+        writing_ = false;
+        for (std::size_t i = 0; i < batch_; ++i) {
+          written.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      } else {
+        out_.front() += n;  // smaller than the front buffer, which the loop above left
+      }
     }
+    if (!finished) return write_some();
     pump();
     for (auto& frame : written) frame.complete("");
   }
@@ -340,6 +419,9 @@ class connection : public std::enable_shared_from_this<connection> {
   // asio hands to one writev.
   static constexpr std::size_t max_batch = 21;
   static constexpr std::size_t staging_size = 64 << 10;
+  // Frames up to this wire size may be written from the caller's thread: the
+  // latency-bound ones, and the write never holds the core's mutex for long.
+  static constexpr std::uint64_t direct_send_limit = 64 << 10;
 
   std::shared_ptr<plane_core> core_;  // first: destroyed after the socket that uses its io_context
   tcp::socket socket_;
@@ -356,7 +438,9 @@ class connection : public std::enable_shared_from_this<connection> {
   std::uint64_t received_ = 0;
   frame_checksum checksum_;
 
+  std::mutex send_mutex_;
   std::deque<outgoing_frame> queue_;
+  std::size_t posted_ = 0;  // frames posted to enqueue that have not arrived yet
   bool writing_ = false;
   std::vector<asio::const_buffer> out_;
   std::size_t batch_ = 0;
@@ -459,8 +543,9 @@ void link::send(frame_descriptor d, const std::byte* data, std::shared_ptr<void>
   {
     std::lock_guard<std::mutex> guard(core.mutex);
     if (!core.stopping) {
+      if (problem.empty() && connection_->send_now(frame)) return;
       asio::post(core.io, [connection = connection_, problem, frame = std::move(frame)]() mutable {
-        if (!problem.empty()) return frame.complete(problem);
+        if (!problem.empty()) return frame.complete(problem);  // never counted as posted
         connection->enqueue(std::move(frame));
       });
       return;

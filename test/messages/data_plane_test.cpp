@@ -43,6 +43,8 @@ struct inbox {
   std::vector<received_frame> frames;
   std::vector<std::uint64_t> allocations;
   std::vector<std::pair<std::string, std::string>> failures;
+  /// Completions of frames this side sent ("" for success).
+  std::vector<std::string> completions;
   /// Runs on the io thread before a frame is recorded.
   std::function<void(const received_frame&)> on_frame;
 
@@ -108,14 +110,12 @@ std::uint64_t byte_length_of(const frame_descriptor& d) {
   return n;
 }
 
-/// Sends `d` with pattern bytes seeded by its request id; returns nothing, the
-/// completion lands in `errors` (empty strings for success).
-void send_pattern(messages::link& l, frame_descriptor d, std::mutex& mutex, std::vector<std::string>& errors) {
+/// Sends `d` with pattern bytes seeded by its request id; the completion lands
+/// in `box.completions`.
+void send_pattern(messages::link& l, frame_descriptor d, inbox& box) {
   auto payload = std::make_shared<bytes>(pattern(byte_length_of(d), d.request_id));
-  l.send(std::move(d), payload->data(), payload, [&mutex, &errors](const std::string& error) {
-    std::lock_guard<std::mutex> guard(mutex);
-    errors.push_back(error);
-  });
+  l.send(std::move(d), payload->data(), payload,
+         [&box](const std::string& error) { box.note([&] { box.completions.push_back(error); }); });
 }
 
 /// A hostile or clumsy peer: a bare Asio socket connected to a data plane.
@@ -189,14 +189,13 @@ TEST_CASE("frames of every size and dtype cross several links intact and in orde
   std::size_t total = 0;
   for (const auto& p : plans) total += p.size();
 
-  std::mutex mutex;
-  std::vector<std::string> completions;
+  auto& completions = sender.box.completions;
   std::vector<std::shared_ptr<messages::link>> links;
   for (int l = 0; l < link_count; ++l) links.push_back(sender.connect_to(receiver));
   std::vector<std::thread> threads;
   for (int l = 0; l < link_count; ++l)
     threads.emplace_back([&, l] {
-      for (const auto& d : plans[l]) send_pattern(*links[l], d, mutex, completions);
+      for (const auto& d : plans[l]) send_pattern(*links[l], d, sender.box);
     });
   for (auto& t : threads) t.join();
   REQUIRE(receiver.box.wait([&] { return receiver.box.frames.size() == total; }));
@@ -219,12 +218,22 @@ TEST_CASE("frames of every size and dtype cross several links intact and in orde
     CHECK(std::memcmp(f.data, expected.data(), expected.size()) == 0);
   }
   REQUIRE(sender.box.wait([&] { return completions.size() == total; }));
+  std::lock_guard<std::mutex> guard(sender.box.mutex);
   CHECK(std::all_of(completions.begin(), completions.end(), [](const std::string& e) { return e.empty(); }));
+}
 
-  // An orderly close is no failure on either side.
+TEST_CASE("an orderly close is no failure on either side") {
+  endpoint receiver, sender;
+  std::vector<std::shared_ptr<messages::link>> links;
+  for (int l = 0; l < 3; ++l) links.push_back(sender.connect_to(receiver));
   for (auto& l : links) l->close();
-  CHECK(sender.box.wait([&] { return std::none_of(links.begin(), links.end(), [](auto& l) { return l->is_open(); }); }));
-  std::this_thread::sleep_for(50ms);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (std::any_of(links.begin(), links.end(), [](auto& l) { return l->is_open(); }) &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  CHECK(std::none_of(links.begin(), links.end(), [](auto& l) { return l->is_open(); }));
+  std::this_thread::sleep_for(50ms);  // the receiving side sees the close too
+  std::lock_guard<std::mutex> receiver_guard(receiver.box.mutex), sender_guard(sender.box.mutex);
   CHECK(receiver.box.failures.empty());
   CHECK(sender.box.failures.empty());
 }
@@ -270,8 +279,6 @@ TEST_CASE("credits bound the bytes in flight towards a slow receiver, and nothin
 TEST_CASE("a malformed frame closes only its own connection, reported with the peer, without allocating its claim") {
   endpoint receiver, sender;
   auto good = sender.connect_to(receiver);
-  std::mutex mutex;
-  std::vector<std::string> completions;
   auto payload = pattern(1024, 3);
 
   struct hostile_case {
@@ -312,7 +319,8 @@ TEST_CASE("a malformed frame closes only its own connection, reported with the p
 
   for (auto& c : cases) {
     CAPTURE(c.name);
-    std::size_t allocations_before = receiver.box.allocations.size();
+    std::size_t allocations_before = 0;
+    receiver.box.note([&] { allocations_before = receiver.box.allocations.size(); });
     raw_client client(receiver.plane.port());
     client.write(c.wire);
     if (c.client_hangs_up) client.socket.close();
@@ -333,10 +341,11 @@ TEST_CASE("a malformed frame closes only its own connection, reported with the p
     }
     // The well-behaved link on the same data plane keeps delivering.
     auto before = receiver.box.frame_count();
-    send_pattern(*good, descriptor_of(element_type::i64, {33}, 1, std::uint32_t(before)), mutex, completions);
+    send_pattern(*good, descriptor_of(element_type::i64, {33}, 1, std::uint32_t(before)), sender.box);
     CHECK(receiver.box.wait([&] { return receiver.box.frames.size() == before + 1; }));
     CHECK(good->is_open());
   }
+  std::lock_guard<std::mutex> receiver_guard(receiver.box.mutex), sender_guard(sender.box.mutex);
   CHECK(receiver.box.failures.size() == cases.size());
   CHECK(sender.box.failures.empty());
 }
@@ -370,6 +379,7 @@ TEST_CASE("connect fails within its timeout, naming host:port and the reason") {
   auto mute = failure_of("127.0.0.1", silent.local_endpoint().port(), 300ms);
   CHECK(mute.find("127.0.0.1:" + std::to_string(silent.local_endpoint().port())) != std::string::npos);
   CHECK(mute.find("timed out") != std::string::npos);
+  std::lock_guard<std::mutex> guard(local.box.mutex);
   CHECK(local.box.failures.empty());
 }
 
@@ -380,16 +390,15 @@ TEST_CASE("stopping a data plane completes every queued frame, never drops one")
   receiver.box.on_frame = [](const received_frame&) { std::this_thread::sleep_for(10ms); };
   auto sender = std::make_unique<endpoint>();
   auto l = sender->connect_to(receiver);
-  std::mutex mutex;
-  std::vector<std::string> completions;
-  for (std::uint32_t step = 0; step < 20; ++step)
-    send_pattern(*l, descriptor_of(element_type::f32, {8192}, 0, step), mutex, completions);
+  inbox completed;  // outlives the sender's data plane
+  auto& completions = completed.completions;
+  for (std::uint32_t step = 0; step < 20; ++step) send_pattern(*l, descriptor_of(element_type::f32, {8192}, 0, step), completed);
   sender.reset();
   CHECK(completions.size() == 20);
   CHECK(std::any_of(completions.begin(), completions.end(),
                     [](const std::string& e) { return e.find("data plane stopped") != std::string::npos; }));
   CHECK_FALSE(l->is_open());
-  send_pattern(*l, descriptor_of(element_type::f32, {1}, 0, 20), mutex, completions);
+  send_pattern(*l, descriptor_of(element_type::f32, {1}, 0, 20), completed);
   CHECK(completions.size() == 21);
   CHECK(completions.back().find("closed") != std::string::npos);
 }
