@@ -22,60 +22,163 @@ double budget(const cost_model& costs, std::size_t d) {
 // -- latency ------------------------------------------------------------------
 
 // A partial path through layers 0..l: its latency so far, the device running
-// layer l, the bytes it placed on every device and where it came from.
+// layer l, the bytes it placed on every device and where it came from. `key`
+// is `used` up to interchangeable devices (see latency_search::key_of).
 struct label {
   double seconds;
   std::size_t device;
   std::size_t parent;
   std::vector<double> used;
+  std::vector<double> key;
 };
 
+// Labels of one (layer, device) bucket: a dominates b when it is no slower
+// and, matching interchangeable devices suitably, uses no more memory anywhere
+// (every completion of b then maps to one of a at the same cost).
 bool dominates(const label& a, const label& b) {
   if (a.seconds > b.seconds)
     return false;
-  for (std::size_t d = 0; d < a.used.size(); ++d)
-    if (a.used[d] > b.used[d])
+  for (std::size_t i = 0; i < a.key.size(); ++i)
+    if (a.key[i] > b.key[i])
       return false;
   return true;
 }
 
-// Labels kept per (layer, device); beyond this the search drops the slowest
-// label and reports the plan as not proven optimal.
-constexpr std::size_t labels_per_state = 256;
-
 class latency_search {
  public:
-  explicit latency_search(const cost_model& costs) : costs_(costs) {}
+  /// @param labels_per_state labels kept per (layer, device); beyond it the
+  ///        slowest is dropped and the plan is reported as not proven optimal.
+  latency_search(const cost_model& costs, std::size_t labels_per_state)
+      : costs_(costs), cap_(labels_per_state) {
+    group_interchangeable_devices();
+  }
 
   pipeline_plan run(double upper_bound) {
     compute_lower_bounds();
+    compute_smallest_layers();
     bound_ = upper_bound;
     std::size_t src = costs_.source_profile().source;
     std::vector<double> used(costs_.devices(), 0.0);
     used[src] = costs_.memory_bytes(0, 1);
     layers_.assign(1, {});
-    if (used[src] <= budget(costs_, src))
-      layers_[0].push_back({costs_.request_seconds(0, src), src, 0, used});
+    if (used[src] <= budget(costs_, src)) {
+      mark_full(used, 0);
+      layers_[0].push_back({costs_.request_seconds(0, src), src, 0, used, key_of(used, src)});
+    }
     for (std::size_t l = 1; l < costs_.layers(); ++l)
       layers_.push_back(extend(l));
     return best_plan();
   }
 
  private:
-  // lower_[l][d]: least time after layer l finished on d, ignoring that
-  // earlier layers use memory too (each layer alone must fit).
+  // lower_[l][d]: least time after layer l finished on d when each stage
+  // need only fit its device on its own (the memory of other stages on the
+  // same device is ignored): a lower bound on every real completion.
   void compute_lower_bounds() {
     std::size_t n = costs_.layers(), m = costs_.devices();
+    // fresh[i][k]: layers i.. with a new stage starting on k at layer i.
+    std::vector<std::vector<double>> fresh(n + 1, std::vector<double>(m, infinity));
+    // after[e][k]: the best continuation once a stage on k ended before layer e.
+    std::vector<std::vector<double>> after(n + 1, std::vector<double>(m, infinity));
+    for (std::size_t k = 0; k < m; ++k)
+      after[n][k] = costs_.request_return(k);
+    for (std::size_t i = n; i-- > 0;) {
+      for (std::size_t k = 0; k < m; ++k) {
+        double compute = 0, memory = 0;
+        for (std::size_t e = i + 1; e <= n; ++e) {
+          compute += costs_.request_seconds(e - 1, k);
+          memory += costs_.memory_bytes(e - 1, 1);
+          if (memory > budget(costs_, k))
+            break;
+          fresh[i][k] = std::min(fresh[i][k], compute + after[e][k]);
+        }
+      }
+      if (i == 0)
+        break;
+      for (std::size_t k = 0; k < m; ++k)
+        for (std::size_t next = 0; next < m; ++next)
+          if (next != k)
+            after[i][k] = std::min(after[i][k], costs_.request_transfer(i - 1, k, next) + fresh[i][next]);
+    }
     lower_.assign(n, std::vector<double>(m, infinity));
-    for (std::size_t d = 0; d < m; ++d)
-      lower_[n - 1][d] = costs_.request_return(d);
-    for (std::size_t l = n - 1; l-- > 0;)
+    for (std::size_t l = 0; l < n; ++l)
       for (std::size_t d = 0; d < m; ++d)
-        for (std::size_t k = 0; k < m; ++k)
-          if (costs_.memory_bytes(l + 1, 1) <= budget(costs_, k))
-            lower_[l][d] = std::min(lower_[l][d], costs_.request_transfer(l, d, k) +
-                                                      costs_.request_seconds(l + 1, k) +
-                                                      lower_[l + 1][k]);
+        lower_[l][d] = l + 1 == n ? costs_.request_return(d) : std::min(fresh[l + 1][d], after[l + 1][d]);
+  }
+
+  // smallest_[l], remaining_[l]: the least memory of any layer from l on, and
+  // the memory of all of them.
+  void compute_smallest_layers() {
+    smallest_.assign(costs_.layers() + 1, infinity);
+    remaining_.assign(costs_.layers() + 1, 0.0);
+    for (std::size_t l = costs_.layers(); l-- > 0;) {
+      smallest_[l] = std::min(smallest_[l + 1], costs_.memory_bytes(l, 1));
+      remaining_[l] = remaining_[l + 1] + costs_.memory_bytes(l, 1);
+    }
+  }
+
+  // After layer l: can the free memory (full devices count as none) still hold the rest?
+  bool room_for_rest(const std::vector<double>& used, std::size_t l) const {
+    double free = 0;
+    for (std::size_t d = 0; d < used.size(); ++d)
+      free += budget(costs_, d) - used[d];
+    return free >= remaining_[l + 1] * (1 - 1e-12);
+  }
+
+  // Devices with the same memory, layer times and links are interchangeable:
+  // clusters of presets have many, and without this the search would keep
+  // every permutation of them.
+  bool interchangeable(std::size_t a, std::size_t b) const {
+    if (budget(costs_, a) != budget(costs_, b))
+      return false;
+    for (std::size_t l = 0; l < costs_.layers(); ++l)
+      if (costs_.request_seconds(l, a) != costs_.request_seconds(l, b))
+        return false;
+    const link_matrix& links = costs_.source_profile().links;
+    for (std::size_t x = 0; x < costs_.devices(); ++x) {
+      if (x == a || x == b)
+        continue;
+      link_spec la = links.between(a, x), lb = links.between(b, x);
+      if (la.bandwidth != lb.bandwidth || la.latency != lb.latency)
+        return false;
+    }
+    std::size_t src = costs_.source_profile().source;
+    return a != src && b != src;
+  }
+
+  void group_interchangeable_devices() {
+    classes_.clear();
+    for (std::size_t d = 0; d < costs_.devices(); ++d) {
+      auto it = std::find_if(classes_.begin(), classes_.end(), [&](const std::vector<std::size_t>& c) {
+        return interchangeable(c.front(), d);
+      });
+      if (it == classes_.end())
+        classes_.push_back({d});
+      else
+        it->push_back(d);
+    }
+  }
+
+  // The current device's usage, then each class's usage sorted (the current
+  // device left out).
+  std::vector<double> key_of(const std::vector<double>& used, std::size_t device) const {
+    std::vector<double> key{used[device]};
+    for (const auto& members : classes_) {
+      std::size_t from = key.size();
+      for (std::size_t d : members)
+        if (d != device)
+          key.push_back(used[d]);
+      std::sort(key.begin() + static_cast<std::ptrdiff_t>(from), key.end());
+    }
+    return key;
+  }
+
+  // A device that cannot take any later layer is full: how full no longer
+  // matters, and writing it as full lets more labels dominate each other.
+  void mark_full(std::vector<double>& used, std::size_t l) const {
+    for (std::size_t d = 0; d < used.size(); ++d)
+      if (budget(costs_, d) - used[d] < smallest_[l + 1])
+        used[d] = budget(costs_, d);
   }
 
   std::vector<label> extend(std::size_t l) {
@@ -91,8 +194,12 @@ class latency_search {
                          costs_.request_seconds(l, k);
         if (worse_than(seconds + lower_[l][k], bound_))
           continue;
-        label next{seconds, k, i, from.used};
+        label next{seconds, k, i, from.used, {}};
         next.used[k] += layer_bytes;
+        mark_full(next.used, l);
+        if (!room_for_rest(next.used, l))
+          continue;
+        next.key = key_of(next.used, k);
         insert(per_device[k], std::move(next));
       }
     }
@@ -110,7 +217,7 @@ class latency_search {
                                 [&](const label& kept) { return dominates(next, kept); }),
                  bucket.end());
     bucket.push_back(std::move(next));
-    if (bucket.size() > labels_per_state) {
+    if (bucket.size() > cap_) {
       auto slowest = std::max_element(bucket.begin(), bucket.end(), [](const label& a, const label& b) {
         return a.seconds < b.seconds;
       });
@@ -143,7 +250,10 @@ class latency_search {
   }
 
   const cost_model& costs_;
+  std::size_t cap_;
   std::vector<std::vector<double>> lower_;
+  std::vector<double> smallest_, remaining_;
+  std::vector<std::vector<std::size_t>> classes_;
   std::vector<std::vector<label>> layers_;
   double bound_ = infinity;
   bool exact_ = true;
@@ -155,11 +265,11 @@ pipeline_plan edgeshard_latency_heuristic(const cost_model& costs) {
   std::size_t n = costs.layers(), m = costs.devices();
   std::size_t src = costs.source_profile().source;
   // D(i,j) with the memory each state's best path placed on every device.
-  std::vector<std::vector<label>> table(n, std::vector<label>(m, label{infinity, 0, 0, {}}));
+  std::vector<std::vector<label>> table(n, std::vector<label>(m, label{infinity, 0, 0, {}, {}}));
   std::vector<double> used(m, 0.0);
   used[src] = costs.memory_bytes(0, 1);
   if (used[src] <= budget(costs, src))
-    table[0][src] = {costs.request_seconds(0, src), src, src, used};
+    table[0][src] = {costs.request_seconds(0, src), src, src, used, {}};
   for (std::size_t l = 1; l < n; ++l) {
     for (std::size_t j = 0; j < m; ++j) {
       label& best = table[l][j];
@@ -169,7 +279,7 @@ pipeline_plan edgeshard_latency_heuristic(const cost_model& costs) {
           continue;
         double seconds = from.seconds + costs.request_transfer(l - 1, k, j) + costs.request_seconds(l, j);
         if (seconds < best.seconds)
-          best = {seconds, j, k, from.used};
+          best = {seconds, j, k, from.used, {}};
       }
       if (best.seconds < infinity)
         best.used[j] += costs.memory_bytes(l, 1);
@@ -197,8 +307,13 @@ pipeline_plan edgeshard_latency_heuristic(const cost_model& costs) {
 
 pipeline_plan edgeshard_latency(const cost_model& costs) {
   require_total_memory(costs, 1);
+  // The paper's DP, then a narrow beam of the label search, give the bound
+  // that lets the exact search prune.
   pipeline_plan incumbent = edgeshard_latency_heuristic(costs);
-  pipeline_plan exact = latency_search(costs).run(incumbent.seconds);
+  pipeline_plan beam = latency_search(costs, 4).run(incumbent.seconds);
+  if (!beam.stages.empty() && beam.seconds < incumbent.seconds)
+    incumbent = beam;
+  pipeline_plan exact = latency_search(costs, 64).run(incumbent.seconds);
   if (exact.stages.empty() && incumbent.stages.empty())
     throw infeasible_error("no memory-feasible placement of " + costs.source_profile().model +
                            " at layer granularity with layer 0 on the source device");
