@@ -157,10 +157,10 @@ generation_summary generate_over(pipeline_client& client, const generate_request
   return summary;
 }
 
-local_cluster::local_cluster(const topology& t, std::filesystem::path log_dir)
+local_cluster::local_cluster(const topology& t, std::filesystem::path log_dir, std::filesystem::path executable)
     : topology_(t), log_dir_(std::move(log_dir)) {
   if (!log_dir_.empty()) std::filesystem::create_directories(log_dir_);
-  const auto self = std::filesystem::read_symlink("/proc/self/exe");
+  const auto self = std::filesystem::canonical(executable);
   const pid_t parent = ::getpid();
   for (const auto& n : t.nodes) {
     pid_t pid = ::fork();

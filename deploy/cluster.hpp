@@ -59,9 +59,11 @@ class pipeline_client {
 /// (PR_SET_PDEATHSIG), so no node outlives its launcher.
 class local_cluster {
  public:
-  /// Starts the nodes; with `log_dir` each node's output goes to
+  /// Starts the nodes with `executable node …` (by default this very
+  /// binary); with `log_dir` each node's output goes to
   /// `<log_dir>/<name>.log`, otherwise to this process's stdout/stderr.
-  local_cluster(const topology& t, std::filesystem::path log_dir = {});
+  local_cluster(const topology& t, std::filesystem::path log_dir = {},
+                std::filesystem::path executable = "/proc/self/exe");
   ~local_cluster();
   local_cluster(const local_cluster&) = delete;
   local_cluster& operator=(const local_cluster&) = delete;

@@ -2,6 +2,8 @@
 // absent, starts the bundled 4-node loopback topology as child processes,
 // generates over the pipeline, prints per-stage times and shuts it all down.
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>

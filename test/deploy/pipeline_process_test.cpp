@@ -1,0 +1,207 @@
+// Pipelines of real `orrery node` processes over loopback: the same tokens
+// and bitwise the same final logits as the single-device model, and clear
+// failures for unreachable, killed and misbehaving peers.
+
+#include <ATen/ATen.h>
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "compute/model_dir.hpp"
+#include "compute/model_init.hpp"
+#include "compute/sampler.hpp"
+#include "compute/shard.hpp"
+#include "compute/thread_pool.hpp"
+#include "deploy/cluster.hpp"
+#include "test/run_process.hpp"
+
+using namespace orrery;
+using orrery::test::temp_dir;
+
+namespace {
+
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  socklen_t length = sizeof address;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// A topology of `ranges.size()` loopback nodes on free ports.
+std::filesystem::path write_topology(const temp_dir& dir, const std::string& name,
+                                     const std::vector<std::pair<int, int>>& ranges, int connect_ms = 3000) {
+  auto path = dir / (name + ".yaml");
+  std::ofstream out(path);
+  out << "cluster: " << name << "\nmodel: m\nnodes:\n";
+  for (std::size_t i = 0; i < ranges.size(); ++i)
+    out << "  - name: n" << i << "\n    address: 127.0.0.1:" << free_port() << "\n    data_port: " << free_port()
+        << "\n    threads: 1\n";
+  out << "placement:\n";
+  for (std::size_t i = 0; i < ranges.size(); ++i)
+    out << "  n" << i << ": [" << ranges[i].first << ", " << ranges[i].second << "]\n";
+  out << "timeouts:\n  connect_ms: " << connect_ms << "\n  request_ms: 20000\n  heartbeat_ms: 200\n";
+  return path;
+}
+
+struct reference_run {
+  std::vector<std::int32_t> tokens;
+  std::vector<float> final_logits;
+};
+
+reference_run single_device(const std::filesystem::path& path, const std::string& prompt, int new_tokens) {
+  compute::model_dir model(path);
+  compute::byte_tokenizer tok;
+  compute::shard whole(model, 0, model.config().num_layers,
+                       {at::kCPU, at::kFloat, std::make_shared<compute::thread_pool>(1)});
+  compute::sampler greedy({}, tok.vocab_size());
+  std::vector<std::int64_t> ids{tok.bos()};
+  for (auto id : tok.encode(prompt)) ids.push_back(id);
+  std::vector<compute::token_id> history(ids.begin(), ids.end());
+  auto cache = whole.new_cache(model.config().max_position_embeddings);
+  auto logits = whole.forward(at::tensor(ids, at::TensorOptions().dtype(at::kLong)), {{&cache, static_cast<int>(ids.size())}});
+  reference_run run;
+  for (int step = 0; step < new_tokens; ++step) {
+    if (step > 0)
+      logits = whole.forward(at::tensor(std::vector<std::int64_t>{run.tokens.back()}, at::TensorOptions().dtype(at::kLong)),
+                             {{&cache, 1}});
+    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history);
+    history.push_back(next);
+    run.tokens.push_back(next);
+  }
+  run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+  return run;
+}
+
+generate_request greedy(const std::string& prompt, int new_tokens) {
+  generate_request r;
+  r.prompt = prompt;
+  r.max_new_tokens = new_tokens;
+  r.stop_at_eos = false;
+  return r;
+}
+
+struct model_fixture {
+  temp_dir dir;
+  model_fixture() { compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {13, 0, {}}); }
+};
+
+}  // namespace
+
+TEST_CASE("1, 2 and 4 node processes give the single-device tokens and bitwise logits, also for 4 concurrent requests") {
+  model_fixture f;
+  const std::vector<std::string> prompts = {"over loopback", "b", "a third prompt here", "4th"};
+  std::vector<reference_run> references;
+  for (const auto& p : prompts) references.push_back(single_device(f.dir / "m", p, 33));
+  const std::vector<std::vector<std::pair<int, int>>> placements = {{{0, 4}}, {{0, 2}, {2, 4}}, {{0, 1}, {1, 2}, {2, 3}, {3, 4}}};
+  for (const auto& ranges : placements) {
+    CAPTURE(ranges.size());
+    auto t = deploy::load_topology(write_topology(f.dir, "p" + std::to_string(ranges.size()), ranges));
+    deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+    cluster.wait_ready(std::chrono::seconds(20));
+    deploy::pipeline_client client(t);
+    auto one = client.generate({greedy(prompts[0], 33)});
+    CHECK(one[0].tokens == references[0].tokens);
+    CHECK(one[0].final_logits == references[0].final_logits);
+    std::vector<generate_request> requests;
+    for (const auto& p : prompts) requests.push_back(greedy(p, 33));
+    auto many = client.generate(requests);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      CAPTURE(i);
+      CHECK(many[i].tokens == references[i].tokens);
+      CHECK(many[i].final_logits == references[i].final_logits);
+    }
+  }
+}
+
+TEST_CASE("orrery up + orrery generate --topology stream the same text as local generation") {
+  model_fixture f;
+  auto file = write_topology(f.dir, "up", {{0, 1}, {1, 3}, {3, 4}});
+  pid_t up = ::fork();
+  if (up == 0) {
+    ::execl(test::orrery_binary().c_str(), "orrery", "up", file.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  auto t = deploy::load_topology(file);
+  for (const auto& n : t.nodes) {  // wait until every node listens
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (test::run_process({"/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(n.port)}, f.dir.path()).exit_code != 0 &&
+           std::chrono::steady_clock::now() < deadline)
+      ::usleep(50'000);
+  }
+  auto local = test::run_orrery({"generate", "--model", "m", "--prompt", "Hello", "--max-tokens", "24", "--threads", "1"}, f.dir.path());
+  auto remote = test::run_orrery({"generate", "--topology", file.string(), "--prompt", "Hello", "--max-tokens", "24"}, f.dir.path());
+  ::kill(up, SIGINT);
+  int status = 0;
+  ::waitpid(up, &status, 0);
+  REQUIRE(local.exit_code == 0);
+  REQUIRE(remote.exit_code == 0);
+  auto text = [](const std::string& out) { return out.substr(0, out.find("\n-- ")); };
+  CHECK(text(remote.out) == text(local.out));
+  CHECK(remote.out.find("stage 2 on n2") != std::string::npos);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);  // Ctrl-C stops every node cleanly
+}
+
+TEST_CASE("an unreachable node is reported by name within the connect timeout") {
+  model_fixture f;
+  auto file = write_topology(f.dir, "gone", {{0, 2}, {2, 4}}, 1000);
+  auto start = std::chrono::steady_clock::now();
+  auto r = test::run_orrery({"generate", "--topology", file.string(), "--prompt", "x"}, f.dir.path());
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("node 'n0'") != std::string::npos);
+  CHECK(elapsed < std::chrono::seconds(10));
+}
+
+TEST_CASE("a node killed mid-generation is reported by name and the client fails without hanging") {
+  model_fixture f;
+  auto t = deploy::load_topology(write_topology(f.dir, "kill", {{0, 1}, {1, 2}, {2, 3}, {3, 4}}));
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(std::chrono::seconds(20));
+  deploy::pipeline_client client(t);
+  std::string error;
+  int streamed = 0;
+  auto start = std::chrono::steady_clock::now();
+  try {
+    client.generate({greedy("doomed", 200)}, [&](std::size_t, const token_event&) {
+      if (++streamed == 5) ::kill(cluster.pid("n2"), SIGKILL);
+    });
+  } catch (const std::runtime_error& e) {
+    error = e.what();
+  }
+  CHECK(streamed < 200);
+  CHECK(error.find("node 'n2'") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+}
+
+TEST_CASE("malformed frames sent to a live node close only that link; the node keeps serving") {
+  model_fixture f;
+  auto t = deploy::load_topology(write_topology(f.dir, "junk", {{0, 2}, {2, 4}}));
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(std::chrono::seconds(20));
+  deploy::pipeline_client client(t);
+  auto reference = single_device(f.dir / "m", "still here", 8);
+  for (const std::string& junk : {std::string("GET / HTTP/1.1\r\n\r\n"), std::string(64, '\xff'), std::string(3, 'x')}) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(t.nodes[1].data_port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    CHECK(::write(fd, junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
+    ::close(fd);
+  }
+  auto after = client.generate({greedy("still here", 8)});
+  CHECK(after[0].tokens == reference.tokens);
+  CHECK(cluster.exited_node().empty());
+}
