@@ -53,10 +53,8 @@ std::vector<std::string> split_list(const std::string& text) {
 }
 
 planning::profile load(const plan_options& o) {
-  if (!o.profile_path.empty()) {
-    planning::profile p = planning::load_profile(o.profile_path);
-    return p;
-  }
+  if (!o.profile_path.empty())
+    return planning::load_profile(o.profile_path);
   if (o.cluster.empty() || o.model.empty())
     throw std::runtime_error("plan: give --profile FILE, or --cluster and --model");
   return planning::catalog_profile(split_list(o.cluster), o.link, o.model, o.work);

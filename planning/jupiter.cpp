@@ -61,6 +61,7 @@ chunk_plan jupiter_chunks(const cost_model& costs, const std::vector<stage>& sta
     best.equal_seconds = std::min(best.equal_seconds, seconds);
     for (int amount = std::max(1, prompt / count / 2); amount >= 1; amount /= 2)
       while (improve_once(costs, stages, lengths, seconds, amount)) {
+        // nop: each pass already applied its improvements
       }
     if (seconds < best.seconds) {
       best.seconds = seconds;

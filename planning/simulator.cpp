@@ -183,9 +183,8 @@ class training_graph {
           progress = true;
         }
     }
-    std::vector<std::size_t> done;
     for (std::size_t s = 0; s < stages_; ++s)
-      done.push_back(graph_.add_task(s, plan_.stages[s].step.allreduce, {previous[s]}, 0, "all-reduce", -1));
+      graph_.add_task(s, plan_.stages[s].step.allreduce, {previous[s]}, 0, "all-reduce", -1);
     return summarise();
   }
 

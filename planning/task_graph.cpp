@@ -16,13 +16,6 @@ double schedule::busy(std::size_t resource) const {
   return total;
 }
 
-double schedule::finish_of(const std::vector<std::size_t>& tasks) const {
-  double latest = 0;
-  for (std::size_t t : tasks)
-    latest = std::max(latest, spans[t].finish);
-  return latest;
-}
-
 std::size_t task_graph::add_resource(std::string name) {
   resources_.push_back(std::move(name));
   return resources_.size() - 1;

@@ -28,9 +28,6 @@ struct schedule {
 
   /// Seconds `resource` was busy.
   double busy(std::size_t resource) const;
-
-  /// When the results of all `tasks` are available (latest finish).
-  double finish_of(const std::vector<std::size_t>& tasks) const;
 };
 
 /// Tasks with precedence on resources, scheduled by one run.
@@ -45,7 +42,6 @@ class task_graph {
   std::size_t add_task(std::size_t resource, double occupy, std::vector<std::size_t> after,
                        double delay = 0, std::string label = {}, int group = -1);
 
-  std::size_t resource_count() const { return resources_.size(); }
   std::size_t task_count() const { return tasks_.size(); }
 
   /// Runs the graph; every task must depend only on tasks added before it.
