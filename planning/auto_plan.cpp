@@ -113,9 +113,9 @@ style_result galaxy_style(const cost_model& costs, objective goal) {
     if (d != p.source)
       group.push_back(d);
   int batch = requests_for(p, goal);
-  tp_split prefill = galaxy_split(p, group, p.work.prompt_tokens);
+  tp_split prefill = galaxy_split(p, group, p.work.prompt_tokens, rounding::exact, batch);
   profile decoding = decode_tp_profile(costs, batch);
-  tp_split decode = galaxy_split(decoding, group, batch);
+  tp_split decode = galaxy_split(decoding, group, batch, rounding::exact, batch);
   double blocks = static_cast<double>(p.layers.size()) - 2;
   std::size_t head = p.layers.size() - 1;
   double edges_prefill = costs.prefill_seconds(0, p.source, 0, p.work.prompt_tokens) +
@@ -125,7 +125,7 @@ style_result galaxy_style(const cost_model& costs, objective goal) {
   double step = edges_step + blocks * tp_block_time(decoding, decode, batch).overlapped;
   double latency = edges_prefill + blocks * prefill_block.makespan + (p.work.output_tokens - 1) * step;
   style_result r{"galaxy-tp", true, "", latency, batch * p.work.output_tokens / latency, {}, {}, prefill_block};
-  std::vector<double> memory = tp_memory(p, prefill);
+  std::vector<double> memory = tp_memory(p, prefill, batch);
   for (std::size_t i = 0; i < group.size(); ++i) {
     double busy = prefill_block.busy(2 * i);  // the block graph's compute resource of member i
     r.devices.push_back({p.devices[group[i]].name, busy, busy / prefill_block.makespan, memory[i]});

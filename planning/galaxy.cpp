@@ -94,10 +94,10 @@ std::vector<int> token_split(const profile& p, tp_split split, int tokens, round
 }  // namespace
 
 tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, int tokens,
-                      rounding rule) {
+                      rounding rule, int requests) {
   const transformer_shape& s = require_shape(p);
   piece_bytes b = pieces(s);
-  int context = p.work.prompt_tokens + p.work.output_tokens;
+  double context = static_cast<double>(p.work.prompt_tokens + p.work.output_tokens) * requests;
   double block_bytes = blocks(p) * (s.heads * (b.head_weights + b.head_kv_per_token * context) +
                                     s.intermediate * b.column_weights);
   // Each device holds the same fraction of heads and of columns as of the
@@ -295,9 +295,9 @@ double tp_block_serial_closed_form(const profile& p, const tp_split& split, int 
   return attention + mlp + 2 * connective + 4 * ring;
 }
 
-std::vector<double> tp_memory(const profile& p, const tp_split& split) {
+std::vector<double> tp_memory(const profile& p, const tp_split& split, int requests) {
   piece_bytes b = pieces(require_shape(p));
-  int context = p.work.prompt_tokens + p.work.output_tokens;
+  double context = static_cast<double>(p.work.prompt_tokens + p.work.output_tokens) * requests;
   std::vector<double> out;
   for (std::size_t i = 0; i < split.devices.size(); ++i)
     out.push_back((i == 0 ? edge_bytes(p) : 0.0) +

@@ -37,12 +37,13 @@ struct tp_layer_time {
 };
 
 /// Splits heads, columns and tokens over `group` for a sequence of `tokens`,
-/// in proportion to the profiled per-piece speeds and capped by memory.
+/// in proportion to the profiled per-piece speeds and capped by memory
+/// (weights plus the KV of `requests` requests at full context).
 /// Needs the profile's shape and every device's tp costs; throws
 /// profile_error when missing and infeasible_error when the block weights do
 /// not fit the group.
 tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, int tokens,
-                      rounding rule = rounding::exact);
+                      rounding rule = rounding::exact, int requests = 1);
 
 /// The block's schedule on the group: compute tiles on each device, ring steps
 /// on each device's outgoing link; `overlap` splits each matmul into tiles
@@ -56,9 +57,9 @@ tp_layer_time tp_block_time(const profile& p, const tp_split& split, int tokens)
 /// and four ring collectives of n-1 steps each.
 double tp_block_serial_closed_form(const profile& p, const tp_split& split, int tokens);
 
-/// Bytes each group member holds for the whole model (weights + KV of one
-/// request), in group order.
-std::vector<double> tp_memory(const profile& p, const tp_split& split);
+/// Bytes each group member holds for the whole model (weights + KV of
+/// `requests` requests), in group order.
+std::vector<double> tp_memory(const profile& p, const tp_split& split, int requests = 1);
 
 /// The split as JSON.
 nlohmann::json to_json(const tp_split& split, const profile& p);
