@@ -117,6 +117,8 @@ void print_text(const planning::ranked_plans& ranked, const planning::profile& p
             << planning::to_string(ranked.goal) << "\n";
   const planning::style_result& best = ranked.styles.front();
   std::cout << "chosen: " << best.style << ": " << figure(best, ranked.goal) << "\n";
+  if (best.plan.contains("exact") && !best.plan["exact"].get<bool>())
+    std::cout << "    (best placement found; the search hit its label cap, optimality not proven)\n";
   print_layout(best.plan);
   print_devices(best, p);
   std::cout << "runner-ups:\n";
