@@ -84,13 +84,13 @@ const std::vector<std::pair<std::string, link_spec>>& link_catalog() {
 
 const std::vector<model_spec>& model_catalog() {
   // Llama 2 shapes from the model cards / config.json (Touvron et al. 2023),
-  // fp16 weights. `small` and `tiny` are compute/'s test shapes, run in fp32.
+  // fp16 weights. `small` and `tiny` match compute/llama_config.cpp's presets, run in fp32.
   static const std::vector<model_spec> catalog = {
       {"llama2-7b", 32, {4096, 11008, 32, 32, 32000, 4096, 2}},
       {"llama2-13b", 40, {5120, 13824, 40, 40, 32000, 4096, 2}},
       {"llama2-70b", 80, {8192, 28672, 64, 8, 32000, 4096, 2}},
       {"small", 12, {768, 2048, 12, 4, 32000, 1024, 4}},
-      {"tiny", 2, {128, 352, 4, 2, 512, 256, 4}},
+      {"tiny", 4, {128, 352, 4, 2, 512, 256, 4}},
   };
   return catalog;
 }
