@@ -106,10 +106,11 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Writes a small frame from the caller's thread when the link is idle,
   /// sparing the latency path one wake-up of the io thread; otherwise counts it
   /// as posted (the caller then posts enqueue) so that a later frame cannot
-  /// overtake it. Runs under the core's mutex: the io thread is still running.
+  /// overtake it. A frame sent here is completed exactly once: by on_written,
+  /// or by close() if that comes first (a data plane stopping meanwhile).
   bool send_now(outgoing_frame& frame) {
     std::unique_lock<std::mutex> lock(send_mutex_);
-    if (frame.cost() > direct_send_limit || !open_ || writing_ || posted_ > 0 || !queue_.empty() ||
+    if (frame.length > direct_send_limit || !open_ || writing_ || posted_ > 0 || !queue_.empty() ||
         !admits(frame.cost())) {
       ++posted_;
       return false;
@@ -419,8 +420,9 @@ class connection : public std::enable_shared_from_this<connection> {
   // asio hands to one writev.
   static constexpr std::size_t max_batch = 21;
   static constexpr std::size_t staging_size = 64 << 10;
-  // Frames up to this wire size may be written from the caller's thread: the
-  // latency-bound ones, and the write never holds the core's mutex for long.
+  // Payloads up to this size may be written from the caller's thread: the
+  // latency-bound ones, and cheap enough (a few microseconds of copying) to
+  // keep off the io thread.
   static constexpr std::uint64_t direct_send_limit = 64 << 10;
 
   std::shared_ptr<plane_core> core_;  // first: destroyed after the socket that uses its io_context
@@ -540,10 +542,10 @@ void link::send(frame_descriptor d, const std::byte* data, std::shared_ptr<void>
   } else {
     problem = "cannot send to " + peer() + ": " + problem;
   }
+  if (problem.empty() && connection_->send_now(frame)) return;
   {
     std::lock_guard<std::mutex> guard(core.mutex);
     if (!core.stopping) {
-      if (problem.empty() && connection_->send_now(frame)) return;
       asio::post(core.io, [connection = connection_, problem, frame = std::move(frame)]() mutable {
         if (!problem.empty()) return frame.complete(problem);  // never counted as posted
         connection->enqueue(std::move(frame));

@@ -3,17 +3,26 @@
 // inside) CAF's control messages (ARCHITECTURE.md, "Control plane and data
 // plane"). A frame is a fixed header, a Cap'n Proto descriptor and the raw
 // bytes (wire format and credit rule in messages/frame.hpp). The sender writes
-// all three with one scatter/gather write straight from the caller's memory; the
-// receiver validates header and descriptor before asking the allocator for
-// memory, then reads the payload straight into it, checksumming each chunk
-// while it is still in cache. No libtorch here: the owner of a data_plane
-// supplies an allocator that creates its tensor and returns the tensor's bytes.
+// all three with one scatter/gather write straight from the caller's memory
+// (queued frames and owed credit share one writev); the receiver validates
+// header and descriptor before asking the allocator for memory, then reads the
+// payload straight into it, checksumming each chunk while it is still in
+// cache. Headers arrive through a 64 KiB staging buffer so that a burst of
+// small frames costs one system call; the part of a payload that came along
+// in that read is copied out of it (at most 64 KiB per frame). No libtorch
+// here: the owner of a data_plane supplies an allocator that creates its
+// tensor and returns the tensor's bytes.
 //
 // Threads: a data_plane runs its own io thread. Allocator, handlers and `done`
 // callbacks run on it, so they must be quick (hand off, never block) and must
-// not call data_plane::connect. A frame that breaks the protocol closes only
-// its connection, with a line on stderr naming the peer and a call of the
-// link_error_handler.
+// not call data_plane::connect. A frame of at most 64 KiB sent on an idle link
+// is written by link::send on the caller's thread (one io-thread wake-up less
+// per hop); its `done` still runs on the io thread. A frame that breaks the
+// protocol closes only its connection, with a line on stderr naming the peer
+// and a call of the link_error_handler; an orderly close by the peer is silent.
+//
+// Note: POSIX declares a function ::link, so code that says `using namespace
+// orrery::messages` must spell the class messages::link.
 
 #include <chrono>
 #include <cstddef>
