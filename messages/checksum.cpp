@@ -26,7 +26,8 @@ constexpr std::array<std::uint32_t, 256> make_table() {
 constexpr auto crc_table = make_table();
 
 std::uint32_t crc_bytes(std::uint32_t crc, const std::byte* data, std::size_t size) {
-  for (std::size_t i = 0; i < size; ++i) crc = crc_table[(crc ^ std::to_integer<std::uint32_t>(data[i])) & 0xFF] ^ (crc >> 8);
+  for (std::size_t i = 0; i < size; ++i)
+    crc = crc_table[(crc ^ std::to_integer<std::uint32_t>(data[i])) & 0xFF] ^ (crc >> 8);
   return crc;
 }
 
@@ -50,7 +51,7 @@ void blocks_portable(std::array<std::uint32_t, 4>& lanes, const std::byte* data,
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) void blocks_sse42(std::array<std::uint32_t, 4>& lanes, const std::byte* data,
-                                                      std::size_t blocks) {
+                                                    std::size_t blocks) {
   std::uint64_t a = lanes[0], b = lanes[1], c = lanes[2], d = lanes[3];
   for (std::size_t i = 0; i < blocks; ++i, data += block_size) {
     a = _mm_crc32_u64(a, load_le64(data));

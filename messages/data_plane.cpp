@@ -79,7 +79,7 @@ struct plane_core {
   std::uint16_t port = 0;  // set before the io thread starts
   std::thread io_thread;
   std::mutex mutex;
-  bool stopping = false;  // guarded by mutex: no task is posted once it is set
+  bool stopping = false;                                        // guarded by mutex: no task is posted once it is set
   std::unordered_set<std::shared_ptr<connection>> connections;  // io thread only
 };
 
@@ -220,8 +220,7 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Validates the staged descriptor and allocates its payload; false when the connection closed.
   bool accept_descriptor(const std::byte* at) {
     frame_descriptor d;
-    auto problem =
-        decode_descriptor(at, header_.descriptor_length, header_.value, core_->options.max_frame_bytes, d);
+    auto problem = decode_descriptor(at, header_.descriptor_length, header_.value, core_->options.max_frame_bytes, d);
     if (!problem.empty()) return close(problem, true), false;
     std::pair<std::shared_ptr<void>, std::byte*> memory;
     try {
@@ -296,10 +295,10 @@ class connection : public std::enable_shared_from_this<connection> {
     if (phase_ == phase::header && staged == 0)
       return close(ec == asio::error::eof ? "closed by peer" : "connection lost: " + ec.message(),
                    ec != asio::error::eof);
-    std::string where = phase_ == phase::payload ? std::to_string(received_) + " of " +
-                                                       std::to_string(incoming_.descriptor.byte_length) + " payload bytes"
-                                                 : std::to_string(staged) + " bytes of a " +
-                                                       (phase_ == phase::header ? "header" : "descriptor");
+    std::string where =
+        phase_ == phase::payload
+            ? std::to_string(received_) + " of " + std::to_string(incoming_.descriptor.byte_length) + " payload bytes"
+            : std::to_string(staged) + " bytes of a " + (phase_ == phase::header ? "header" : "descriptor");
     close("peer disconnected mid-frame (" + where + "): " + ec.message(), true);
   }
 
@@ -347,9 +346,7 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
   // Under send_mutex_.
-  bool admits(std::uint64_t cost) const {
-    return window_known_ && (in_flight_ == 0 || in_flight_ + cost <= window_);
-  }
+  bool admits(std::uint64_t cost) const { return window_known_ && (in_flight_ == 0 || in_flight_ + cost <= window_); }
 
   // Under send_mutex_: fills out_ with owed credit and the first `frames`
   // queued frames, which count as in flight from here on.
@@ -387,7 +384,8 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
   void write_some() {
-    socket_.async_write_some(out_, [self = shared_from_this()](error_code ec, std::size_t n) { self->on_written(ec, n); });
+    socket_.async_write_some(out_,
+                             [self = shared_from_this()](error_code ec, std::size_t n) { self->on_written(ec, n); });
   }
 
   void on_written(error_code ec, std::size_t n) {

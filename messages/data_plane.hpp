@@ -40,16 +40,6 @@ namespace orrery::messages {
 namespace detail {
 class connection;
 struct plane_core;
-
-/// Completion condition for asio::async_read/async_write (and their blocking
-/// forms): asio's transfer_all caps each system call at 64 KiB, which costs
-/// large frames a system call per 64 KiB; this one lets the kernel take all.
-struct transfer_unbounded {
-  template <typename Error>
-  std::size_t operator()(const Error& error, std::size_t) const {
-    return error ? 0 : std::size_t(-1) >> 1;
-  }
-};
 }  // namespace detail
 
 /// A frame delivered to the frame handler: checksum verified, bytes in place.

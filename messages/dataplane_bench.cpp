@@ -38,6 +38,15 @@ struct raw_header {
 
 constexpr auto reply_timeout = std::chrono::seconds(30);
 
+/// Completion condition for the raw side's asio::read/write: asio's
+/// transfer_all caps each system call at 64 KiB, which would handicap the raw
+/// socket against the data plane's own unbounded writev/recv.
+struct transfer_unbounded {
+  std::size_t operator()(const boost::system::error_code& error, std::size_t) const {
+    return error ? 0 : std::size_t(-1) >> 1;
+  }
+};
+
 /// Receive buffers recycled by size, so that both sides time the transport
 /// rather than page faults on fresh memory. Storage returns itself on release.
 class buffer_pool : public std::enable_shared_from_this<buffer_pool> {
@@ -118,9 +127,9 @@ void serve_raw(tcp::socket& socket) {
     asio::read(socket, asio::buffer(&h, sizeof h), ec);
     if (ec) return;  // the parent is done
     if (buffer.size() < h.size) buffer.resize(h.size);
-    asio::read(socket, asio::buffer(buffer.data(), h.size), detail::transfer_unbounded{});
+    asio::read(socket, asio::buffer(buffer.data(), h.size), transfer_unbounded{});
     if (traffic(h.kind) == traffic::echo)
-      asio::write(socket, asio::buffer(buffer.data(), h.size), detail::transfer_unbounded{});
+      asio::write(socket, asio::buffer(buffer.data(), h.size), transfer_unbounded{});
     else if (traffic(h.kind) == traffic::stream_end)
       asio::write(socket, asio::buffer(&ack, 1));
   }
@@ -138,8 +147,10 @@ void serve(int from_parent, int to_parent, std::uint64_t credit_bytes) {
       std::lock_guard<std::mutex> guard(mutex);
       to = back;
     }
-    if (kind == traffic::echo) to->send(f.descriptor, f.data, f.storage);
-    else to->send(bench_descriptor(traffic::stream_end, 0, f.descriptor.step), nullptr, nullptr);
+    if (kind == traffic::echo)
+      to->send(f.descriptor, f.data, f.storage);
+    else
+      to->send(bench_descriptor(traffic::stream_end, 0, f.descriptor.step), nullptr, nullptr);
   };
   data_plane_options options;
   options.credit_bytes = credit_bytes;
@@ -202,8 +213,9 @@ double median(std::vector<double> v) {
 class bench_sides {
  public:
   bench_sides(int from_child, int to_child, std::uint64_t credit_bytes, std::uint64_t largest)
-      : plane_(plane_options(credit_bytes), [this](const frame_descriptor& d) { return pool_->take(d.byte_length); },
-               [this](received_frame f) { inbox_.arrive(std::move(f)); }, print_failure),
+      : plane_(
+            plane_options(credit_bytes), [this](const frame_descriptor& d) { return pool_->take(d.byte_length); },
+            [this](received_frame f) { inbox_.arrive(std::move(f)); }, print_failure),
         payload_(largest),
         received_(largest) {
     for (std::size_t i = 0; i < payload_.size(); ++i) payload_[i] = std::byte(i * 131 + (i >> 12));
@@ -244,7 +256,7 @@ class bench_sides {
   double raw_round_trip(std::uint64_t bytes) {
     auto start = clock_type::now();
     raw_write(traffic::echo, bytes);
-    asio::read(raw_, asio::buffer(received_.data(), bytes), detail::transfer_unbounded{});
+    asio::read(raw_, asio::buffer(received_.data(), bytes), transfer_unbounded{});
     return seconds_between(start, clock_type::now());
   }
 
@@ -258,7 +270,7 @@ class bench_sides {
   void raw_write(traffic kind, std::uint64_t bytes) {
     raw_header h{std::uint64_t(kind), bytes};
     std::array<asio::const_buffer, 2> buffers{asio::buffer(&h, sizeof h), asio::buffer(payload_.data(), bytes)};
-    asio::write(raw_, buffers, detail::transfer_unbounded{});
+    asio::write(raw_, buffers, transfer_unbounded{});
   }
 
   std::shared_ptr<buffer_pool> pool_ = std::make_shared<buffer_pool>();
@@ -334,7 +346,8 @@ dataplane_bench_result run_dataplane_bench(const dataplane_bench_options& option
                                            const std::function<void(const std::string&)>& progress) {
   if (options.sizes.empty() || options.repeats < 1) throw std::runtime_error("dataplane bench: no sizes or repeats");
   for (auto size : options.sizes)
-    if (size < 4 || size % 4 != 0) throw std::runtime_error("dataplane bench: size " + std::to_string(size) + " is not a positive multiple of 4");
+    if (size < 4 || size % 4 != 0)
+      throw std::runtime_error("dataplane bench: size " + std::to_string(size) + " is not a positive multiple of 4");
   int to_child[2], from_child[2];
   if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) throw std::runtime_error("dataplane bench: pipe failed");
   pid_t pid = ::fork();

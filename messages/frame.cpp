@@ -38,8 +38,8 @@ std::string check_descriptor(const frame_descriptor& d, std::uint64_t payload_by
   std::uint64_t expected = 0;
   if (auto problem = payload_length(d.type, d.shape, max_payload_bytes, expected); !problem.empty()) return problem;
   if (d.byte_length != expected)
-    return "descriptor byte length " + std::to_string(d.byte_length) + " disagrees with shape " + shape_string(d.shape) +
-           " of " + to_string(d.type) + " (" + std::to_string(expected) + " bytes)";
+    return "descriptor byte length " + std::to_string(d.byte_length) + " disagrees with shape " +
+           shape_string(d.shape) + " of " + to_string(d.type) + " (" + std::to_string(expected) + " bytes)";
   if (payload_bytes != d.byte_length)
     return "header payload length " + std::to_string(payload_bytes) + " disagrees with descriptor byte length " +
            std::to_string(d.byte_length);
@@ -51,21 +51,29 @@ std::string check_descriptor(const frame_descriptor& d, std::uint64_t payload_by
 std::size_t element_size(element_type type) {
   switch (type) {
     case element_type::f32:
-    case element_type::i32: return 4;
+    case element_type::i32:
+      return 4;
     case element_type::f16:
-    case element_type::bf16: return 2;
-    case element_type::i64: return 8;
+    case element_type::bf16:
+      return 2;
+    case element_type::i64:
+      return 8;
   }
   return 0;
 }
 
 const char* to_string(element_type type) {
   switch (type) {
-    case element_type::f32: return "f32";
-    case element_type::f16: return "f16";
-    case element_type::bf16: return "bf16";
-    case element_type::i64: return "i64";
-    case element_type::i32: return "i32";
+    case element_type::f32:
+      return "f32";
+    case element_type::f16:
+      return "f16";
+    case element_type::bf16:
+      return "bf16";
+    case element_type::i64:
+      return "i64";
+    case element_type::i32:
+      return "i32";
   }
   return "unknown";
 }
@@ -106,8 +114,8 @@ std::string decode_header(const header_bytes& bytes, std::uint64_t max_payload_b
     return "descriptor length " + std::to_string(out.descriptor_length) + " is not a multiple of 8 in [8, " +
            std::to_string(max_descriptor_bytes) + "]";
   if (out.value > max_payload_bytes)
-    return "payload length " + std::to_string(out.value) + " exceeds the limit of " + std::to_string(max_payload_bytes) +
-           " bytes";
+    return "payload length " + std::to_string(out.value) + " exceeds the limit of " +
+           std::to_string(max_payload_bytes) + " bytes";
   return {};
 }
 
@@ -124,7 +132,8 @@ std::string payload_length(element_type type, const std::vector<std::int64_t>& s
              std::to_string(max_bytes) + " bytes";
     bytes *= std::uint64_t(dim);
   }
-  if (bytes > max_bytes) return "shape " + shape_string(shape) + " exceeds the limit of " + std::to_string(max_bytes) + " bytes";
+  if (bytes > max_bytes)
+    return "shape " + shape_string(shape) + " exceeds the limit of " + std::to_string(max_bytes) + " bytes";
   out = bytes;
   return {};
 }

@@ -15,10 +15,12 @@
 //   24     ...   descriptor, then the payload (tensor frames only)
 //
 // Credits: once connected, each end sends one credit frame granting its window
-// (data_plane_options::credit_bytes). It then returns each tensor frame's wire
-// size (header + descriptor + payload) once the frame has been handed to its
-// frame handler. A sender keeps (sent - returned) <= window, except that one
-// frame larger than the whole window may go when nothing is in flight.
+// (data_plane_options::credit_bytes). It then returns the wire size (header +
+// descriptor + payload) of every tensor frame it has handed to its frame
+// handler, coalesced: with its next outgoing frame, or in a credit frame of
+// its own before it waits for more input. A sender keeps (sent - returned) <=
+// window, except that one frame larger than the whole window may go when
+// nothing is in flight.
 
 #include <array>
 #include <cstddef>

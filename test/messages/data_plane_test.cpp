@@ -87,7 +87,9 @@ struct inbox {
 struct endpoint {
   explicit endpoint(data_plane_options options = {})
       : plane(std::move(options), box.allocator(), box.handler(), box.reporter()) {}
-  std::shared_ptr<messages::link> connect_to(const endpoint& other) { return plane.connect("127.0.0.1", other.plane.port(), 5s); }
+  std::shared_ptr<messages::link> connect_to(const endpoint& other) {
+    return plane.connect("127.0.0.1", other.plane.port(), 5s);
+  }
   inbox box;
   data_plane plane;
 };
@@ -134,8 +136,10 @@ struct raw_client {
     bool closed = false;
     std::function<void()> read = [&] {
       socket.async_read_some(asio::buffer(sink), [&](boost::system::error_code ec, std::size_t) {
-        if (ec) closed = true;
-        else read();
+        if (ec)
+          closed = true;
+        else
+          read();
       });
     };
     read();
@@ -180,7 +184,8 @@ TEST_CASE("frames of every size and dtype cross several links intact and in orde
   for (std::uint16_t l = 0; l < link_count; ++l) {
     for (auto type : {element_type::f32, element_type::f16, element_type::bf16, element_type::i64, element_type::i32}) {
       std::int64_t four_kib = 4096 / std::int64_t(element_size(type));
-      for (std::vector<std::int64_t> shape : {std::vector<std::int64_t>{0}, {1}, {1023}, {four_kib}, {3, 333}, {2, 0, 5}}) {
+      for (std::vector<std::int64_t> shape :
+           {std::vector<std::int64_t>{0}, {1}, {1023}, {four_kib}, {3, 333}, {2, 0, 5}}) {
         plans[l].push_back(descriptor_of(type, shape, l, std::uint32_t(plans[l].size())));
       }
     }
@@ -303,11 +308,17 @@ TEST_CASE("a malformed frame closes only its own connection, reported with the p
       {"payload length over the limit", frame_bytes(payload, {}, 1ull << 40), "exceeds the limit"},
       {"header payload length lies", frame_bytes(payload, {}, 1 << 20), "header payload length"},
       {"byte length disagrees with shape",
-       frame_bytes(payload, [](frame_descriptor& d) { d.byte_length = 1 << 20; }, 1 << 20), "disagrees with shape"},
+       frame_bytes(
+           payload, [](frame_descriptor& d) { d.byte_length = 1 << 20; }, 1 << 20),
+       "disagrees with shape"},
       {"unknown dtype", frame_bytes(payload, [](frame_descriptor& d) { d.type = element_type(9); }),
        "unknown element type 9"},
       {"negative dimension", frame_bytes(payload, [](frame_descriptor& d) { d.shape = {-256}; }), "negative"},
-      {"shape overflows", frame_bytes(payload, [](frame_descriptor& d) { d.shape = {1ll << 40, 1ll << 40}; }),
+      {"shape overflows",
+       frame_bytes(payload,
+                   [](frame_descriptor& d) {
+                     d.shape = {1ll << 40, 1ll << 40};
+                   }),
        "exceeds the limit"},
       {"garbage Cap'n Proto", concat({header(frame_kind::tensor, 64, 1024), bytes(64, std::byte{0xA5}), payload}),
        "Cap'n Proto"},
@@ -323,8 +334,10 @@ TEST_CASE("a malformed frame closes only its own connection, reported with the p
     receiver.box.note([&] { allocations_before = receiver.box.allocations.size(); });
     raw_client client(receiver.plane.port());
     client.write(c.wire);
-    if (c.client_hangs_up) client.socket.close();
-    else CHECK(client.closed_by_peer(5s));
+    if (c.client_hangs_up)
+      client.socket.close();
+    else
+      CHECK(client.closed_by_peer(5s));
     REQUIRE(receiver.box.wait([&] {
       return std::any_of(receiver.box.failures.begin(), receiver.box.failures.end(),
                          [&](const auto& f) { return f.first == client.name; });
@@ -392,7 +405,8 @@ TEST_CASE("stopping a data plane completes every queued frame, never drops one")
   auto l = sender->connect_to(receiver);
   inbox completed;  // outlives the sender's data plane
   auto& completions = completed.completions;
-  for (std::uint32_t step = 0; step < 20; ++step) send_pattern(*l, descriptor_of(element_type::f32, {8192}, 0, step), completed);
+  for (std::uint32_t step = 0; step < 20; ++step)
+    send_pattern(*l, descriptor_of(element_type::f32, {8192}, 0, step), completed);
   sender.reset();
   CHECK(completions.size() == 20);
   CHECK(std::any_of(completions.begin(), completions.end(),

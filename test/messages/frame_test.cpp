@@ -66,7 +66,8 @@ TEST_CASE("headers round trip and every field is checked") {
   CHECK(header_problem(encode_header({frame_kind::tensor, 12, 0})).find("descriptor length 12") != std::string::npos);
   CHECK(header_problem(encode_header({frame_kind::tensor, 0, 0})).find("descriptor length 0") != std::string::npos);
   CHECK(header_problem(encode_header({frame_kind::tensor, 1 << 20, 0})).find("descriptor length") != std::string::npos);
-  CHECK(header_problem(encode_header({frame_kind::tensor, 64, limit + 1})).find("exceeds the limit") != std::string::npos);
+  CHECK(header_problem(encode_header({frame_kind::tensor, 64, limit + 1})).find("exceeds the limit") !=
+        std::string::npos);
   CHECK(header_problem(encode_header({frame_kind::credit, 0, 1ull << 40})).empty());
   CHECK(header_problem(encode_header({frame_kind::credit, 8, 0})).find("credit frame") != std::string::npos);
 }
