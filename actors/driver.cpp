@@ -30,6 +30,7 @@ struct active_request {
   caf::actor sink;
   clock_type::time_point started;
   clock_type::time_point decode_started;
+  clock_type::time_point deadline;  // the current step fails if no answer arrives by then
   double prefill_ms = 0;
   int max_new_tokens = 0;
   bool stop_at_eos = true;
@@ -48,6 +49,7 @@ struct driver_state {
   std::string broken;  // why the pipeline cannot serve any more, once it cannot
   std::uint64_t next_request = 1;
   std::map<std::uint64_t, active_request> requests;
+  bool watching_deadlines = false;
   static inline const char* name = "orrery.driver";
 };
 
@@ -84,7 +86,29 @@ void fail_all(driver_ptr self, const std::string& why) {
   for (auto id : ids) finish(self, id, driver_error(why));
 }
 
-// Sends the next input of request `id` into the pipeline and arms its timeout.
+// How often the driver checks request deadlines while requests are in flight.
+// One periodic check rather than a timer per step: a scheduled message keeps
+// its receiver alive until it fires, so per-step timers of request_timeout
+// would hold a stopped driver (and its actor system) that long.
+constexpr auto deadline_check = std::chrono::milliseconds(250);
+
+void watch_deadlines(driver_ptr self) {
+  if (std::exchange(self->state.watching_deadlines, true)) return;
+  self->delayed_send(self, deadline_check, orrery::request_timeout_atom_v);
+}
+
+void check_deadlines(driver_ptr self) {
+  auto& s = self->state;
+  s.watching_deadlines = false;
+  std::vector<std::uint64_t> late;
+  for (const auto& [id, r] : s.requests)
+    if (clock_type::now() > r.deadline) late.push_back(id);
+  for (auto id : late)
+    finish(self, id, driver_error("no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
+  if (!s.requests.empty()) watch_deadlines(self);
+}
+
+// Sends the next input of request `id` into the pipeline and arms its deadline.
 void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens) {
   auto& r = self->state.requests.at(id);
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
@@ -94,10 +118,13 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   d.source_stage = driver_stage;
   d.destination_stage = 0;
   send_tensor(*self->state.first_link, d, at::tensor(wide, at::TensorOptions().dtype(at::kLong)),
-              [self_handle = caf::actor_cast<caf::actor>(self), id](const std::string& error) {
-                if (!error.empty()) caf::anon_send(self_handle, request_failure{id, "first stage: " + error});
+              // Weak: a frame stuck in a dead link must not keep the driver alive.
+              [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
+                if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
+                  caf::anon_send(driver, request_failure{id, "first stage: " + error});
               });
-  self->delayed_send(self, self->state.config.request_timeout, orrery::request_timeout_atom_v, id, r.step);
+  r.deadline = clock_type::now() + self->state.config.request_timeout;
+  watch_deadlines(self);
 }
 
 void on_logits(driver_ptr self, tensor_frame& frame) {
@@ -148,7 +175,7 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   // Read the sender first: making the promise takes it out of the message.
   auto sink = caf::actor_cast<caf::actor>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
-  active_request r{prompt, prompt, {}, compute::sampler(params, s.tok->vocab_size()), promise, sink, clock_type::now(), {}, 0,
+  active_request r{prompt, prompt, {}, compute::sampler(params, s.tok->vocab_size()), promise, sink, clock_type::now(), {}, {}, 0,
                    request.max_new_tokens, request.stop_at_eos, 0, request.tag};
   s.requests.emplace(id, std::move(r));
   send_step(self, id, prompt);
@@ -254,12 +281,7 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
         if (failure.request == 0) return fail_all(self, failure.problem);
         finish(self, failure.request, driver_error(failure.problem));
       },
-      [self](orrery::request_timeout_atom, std::uint64_t id, std::uint32_t step) {
-        auto it = self->state.requests.find(id);
-        if (it != self->state.requests.end() && it->second.step == step)
-          finish(self, id, driver_error("no answer from the pipeline within " +
-                                        std::to_string(self->state.config.request_timeout.count()) + " ms"));
-      },
+      [self](orrery::request_timeout_atom) { check_deadlines(self); },
       [self](stats_atom) -> caf::result<std::vector<stage_stats>> {
         auto promise = self->make_response_promise<std::vector<stage_stats>>();
         auto collected = std::make_shared<std::vector<stage_stats>>(self->state.ready.size());
@@ -336,7 +358,10 @@ caf::actor spawn_driver(caf::actor_system& system, driver_config config) {
   // exception for the caller rather than a dead actor.
   auto model = compute::llama_config::load(config.model / "config.json");
   std::shared_ptr<compute::tokenizer> tok = compute::load_tokenizer(config.model);
-  return system.spawn<caf::detached>(driver_actor, std::move(config), std::move(model), std::move(tok));
+  // Scheduled, not detached: the driver only samples and forwards (cheap),
+  // and a detached actor's thread would hold up actor_system shutdown until
+  // the last reference to it is gone.
+  return system.spawn(driver_actor, std::move(config), std::move(model), std::move(tok));
 }
 
 }  // namespace orrery::actors

@@ -44,8 +44,8 @@ struct driver_config {
   std::string advertise_host = "127.0.0.1";
 };
 
-/// Spawns a driver (detached: it connects sockets). Throws model_error if
-/// the model's config or tokenizer cannot be read.
+/// Spawns a driver. Throws model_error if the model's config or tokenizer
+/// cannot be read.
 caf::actor spawn_driver(caf::actor_system& system, driver_config config);
 
 // -- blocking client side, for command-line tools and tests ------------------

@@ -106,12 +106,14 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
   auto sent = clock_type::now();
   auto bytes = static_cast<std::uint64_t>(out.nbytes());
   send_tensor(*s.next, out_d, out,
-              [transfers = s.transfers, sent, bytes, driver = s.driver, request = d.request_id,
-               where = s.where()](const std::string& error) {
+              // Weak: a frame stuck in a dead link must not keep the driver alive.
+              [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
+               request = d.request_id, where = s.where()](const std::string& error) {
                 transfers->nanoseconds += static_cast<std::uint64_t>(
                     std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
                 transfers->bytes += bytes;
-                if (!error.empty() && driver) caf::anon_send(driver, request_failure{request, where + ": " + error});
+                if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
+                  caf::anon_send(driver, request_failure{request, where + ": " + error});
               });
 }
 

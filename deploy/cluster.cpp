@@ -12,7 +12,6 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <cstdio>
-#include <future>
 #include <iostream>
 #include <thread>
 
@@ -96,19 +95,27 @@ void run_node(const topology& t, const std::string& name) {
 
 std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, const topology& t) {
   std::vector<actors::placement_stage> stages;
+  caf::scoped_actor self{system};
   for (const auto& n : t.nodes) {
-    // remote_actor blocks for as long as the OS lets a connect hang; bound it.
-    auto attempt = std::async(std::launch::async, [&system, host = n.host, port = n.port] {
-      return system.middleman().remote_actor(host, port);
-    });
-    if (attempt.wait_for(t.connect_timeout) != std::future_status::ready)
-      throw std::runtime_error(node_label(n) + " did not answer within the connect timeout of " +
-                               std::to_string(t.connect_timeout.count()) + " ms");
-    auto handle = attempt.get();
-    if (!handle)
-      throw std::runtime_error(node_label(n) + " is unreachable: " + system.render(handle.error()) +
-                               " (is `orrery node --name " + n.name + "` running?)");
-    stages.push_back({n.name, n.address(), *handle, n.first_layer, n.last_layer, n.threads});
+    // What middleman::remote_actor does, but with a deadline: it waits
+    // forever on a peer that accepts and never completes the handshake.
+    std::string failure;
+    caf::actor handle;
+    self->request(system.middleman().actor_handle(), t.connect_timeout, caf::connect_atom::value, n.host, n.port)
+        .receive(
+            [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
+              handle = caf::actor_cast<caf::actor>(ptr);
+              if (!handle) failure = "it published no actor";
+            },
+            [&](caf::error& e) {
+              failure = e == caf::sec::request_timeout
+                            ? "did not answer within the connect timeout of " + std::to_string(t.connect_timeout.count()) + " ms"
+                            : system.render(e);
+            });
+    if (!failure.empty())
+      throw std::runtime_error(node_label(n) + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
+                               "` running?)");
+    stages.push_back({n.name, n.address(), handle, n.first_layer, n.last_layer, n.threads});
   }
   return stages;
 }

@@ -102,10 +102,12 @@ TEST_CASE("--help answers for every command") {
   }
 }
 
-TEST_CASE("demo creates the tiny model when absent and generates") {
+TEST_CASE("demo runs the bundled 4-node topology and shuts it down") {
   temp_dir dir;
   auto r = run_orrery({"demo", "--max-tokens", "6"}, dir.path());
   REQUIRE(r.exit_code == 0);
-  CHECK(std::filesystem::exists(dir / "models" / "tiny" / "config.json"));
+  CHECK(contains(r.out, "4 node processes"));
   CHECK(contains(r.out, "-- 6 tokens"));
+  CHECK(contains(r.out, "stage 3 on d"));
+  CHECK(contains(r.out, "stopped all 4 nodes"));
 }
