@@ -44,6 +44,9 @@ if ((${#missing[@]})); then
 fi
 
 jobs="$(nproc)"
+# Paths relative to the checkout in ccache's keys: a fresh clone elsewhere
+# (CI) reuses what an earlier build compiled.
+export CCACHE_BASEDIR="$root"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORRERY_WERROR="${ORRERY_WERROR:-OFF}" >/dev/null
 echo "setup: building in $build with $jobs job(s)"
 cmake --build "$build" -j "$jobs"
