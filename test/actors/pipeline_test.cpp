@@ -7,15 +7,13 @@
 
 #include "actors/driver.hpp"
 #include "actors/node.hpp"
-#include "compute/model_dir.hpp"
 #include "compute/model_init.hpp"
-#include "compute/sampler.hpp"
-#include "compute/shard.hpp"
-#include "compute/thread_pool.hpp"
 #include "messages/types.hpp"
+#include "test/single_device.hpp"
 #include "test/temp_dir.hpp"
 
 using namespace orrery;
+using orrery::test::single_device;
 using orrery::test::temp_dir;
 
 namespace {
@@ -23,36 +21,6 @@ namespace {
 struct test_config : caf::actor_system_config {
   test_config() { register_types(*this); }
 };
-
-struct reference_run {
-  std::vector<compute::token_id> tokens;
-  std::vector<float> final_logits;
-};
-
-// The single-device run the pipeline must reproduce: the whole model as one
-// shard, prefill then one token per step, greedy over the tokenizer's ids.
-reference_run single_device(const compute::model_dir& model, const std::string& prompt, int new_tokens) {
-  compute::byte_tokenizer tok;
-  compute::shard whole(model, 0, model.config().num_layers,
-                       {at::kCPU, at::kFloat, std::make_shared<compute::thread_pool>(1)});
-  compute::sampler greedy({}, tok.vocab_size());
-  std::vector<std::int64_t> ids{tok.bos()};
-  for (auto id : tok.encode(prompt)) ids.push_back(id);
-  std::vector<compute::token_id> history(ids.begin(), ids.end());
-  auto cache = whole.new_cache(model.config().max_position_embeddings);
-  auto logits = whole.forward(at::tensor(ids, at::TensorOptions().dtype(at::kLong)), {{&cache, static_cast<int>(ids.size())}});
-  reference_run run;
-  for (int step = 0; step < new_tokens; ++step) {
-    if (step > 0)
-      logits = whole.forward(at::tensor(std::vector<std::int64_t>{run.tokens.back()}, at::TensorOptions().dtype(at::kLong)),
-                             {{&cache, 1}});
-    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history);
-    history.push_back(next);
-    run.tokens.push_back(next);
-  }
-  run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
-  return run;
-}
 
 // `cuts` = {0, a, b, ..., N}: one node actor per stage in this process.
 struct in_process_pipeline {
@@ -98,9 +66,8 @@ std::filesystem::path tiny_model(const temp_dir& dir) {
 TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwise its final logits") {
   temp_dir dir;
   auto path = tiny_model(dir);
-  compute::model_dir model(path);
   const std::string prompt = "Pipelines of stages";
-  auto reference = single_device(model, prompt, 33);  // the prefill's token + 32 decode steps
+  auto reference = single_device(path, prompt, 33);  // the prefill's token + 32 decode steps
   for (const auto& cuts : std::vector<std::vector<int>>{{0, 4}, {0, 2, 4}, {0, 1, 3, 4}, {0, 1, 2, 3, 4}}) {
     CAPTURE(cuts.size() - 1);
     in_process_pipeline pipeline(path, cuts);
@@ -118,7 +85,6 @@ TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwis
 TEST_CASE("4 concurrent requests share a 4-stage pipeline and each matches its single-device run") {
   temp_dir dir;
   auto path = tiny_model(dir);
-  compute::model_dir model(path);
   const std::vector<std::string> prompts = {"alpha", "a longer second prompt", "3", "the fourth one"};
   in_process_pipeline pipeline(path, {0, 1, 2, 3, 4});
   std::vector<generate_request> requests;
@@ -127,7 +93,7 @@ TEST_CASE("4 concurrent requests share a 4-stage pipeline and each matches its s
   REQUIRE(summaries.size() == prompts.size());
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     CAPTURE(i);
-    auto reference = single_device(model, prompts[i], 33);
+    auto reference = single_device(path, prompts[i], 33);
     CHECK(summaries[i].tokens == reference.tokens);
     CHECK(summaries[i].final_logits == reference.final_logits);
   }

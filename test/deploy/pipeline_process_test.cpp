@@ -13,15 +13,13 @@
 #include <fstream>
 #include <set>
 
-#include "compute/model_dir.hpp"
 #include "compute/model_init.hpp"
-#include "compute/sampler.hpp"
-#include "compute/shard.hpp"
-#include "compute/thread_pool.hpp"
 #include "deploy/cluster.hpp"
 #include "test/run_process.hpp"
+#include "test/single_device.hpp"
 
 using namespace orrery;
+using orrery::test::single_device;
 using orrery::test::temp_dir;
 
 namespace {
@@ -59,34 +57,6 @@ std::filesystem::path write_topology(const temp_dir& dir, const std::string& nam
   return path;
 }
 
-struct reference_run {
-  std::vector<std::int32_t> tokens;
-  std::vector<float> final_logits;
-};
-
-reference_run single_device(const std::filesystem::path& path, const std::string& prompt, int new_tokens) {
-  compute::model_dir model(path);
-  compute::byte_tokenizer tok;
-  compute::shard whole(model, 0, model.config().num_layers,
-                       {at::kCPU, at::kFloat, std::make_shared<compute::thread_pool>(1)});
-  compute::sampler greedy({}, tok.vocab_size());
-  std::vector<std::int64_t> ids{tok.bos()};
-  for (auto id : tok.encode(prompt)) ids.push_back(id);
-  std::vector<compute::token_id> history(ids.begin(), ids.end());
-  auto cache = whole.new_cache(model.config().max_position_embeddings);
-  auto logits = whole.forward(at::tensor(ids, at::TensorOptions().dtype(at::kLong)), {{&cache, static_cast<int>(ids.size())}});
-  reference_run run;
-  for (int step = 0; step < new_tokens; ++step) {
-    if (step > 0)
-      logits = whole.forward(at::tensor(std::vector<std::int64_t>{run.tokens.back()}, at::TensorOptions().dtype(at::kLong)),
-                             {{&cache, 1}});
-    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history);
-    history.push_back(next);
-    run.tokens.push_back(next);
-  }
-  run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
-  return run;
-}
 
 generate_request greedy(const std::string& prompt, int new_tokens) {
   generate_request r;
@@ -106,7 +76,7 @@ struct model_fixture {
 TEST_CASE("1, 2 and 4 node processes give the single-device tokens and bitwise logits, also for 4 concurrent requests") {
   model_fixture f;
   const std::vector<std::string> prompts = {"over loopback", "b", "a third prompt here", "4th"};
-  std::vector<reference_run> references;
+  std::vector<test::reference_run> references;
   for (const auto& p : prompts) references.push_back(single_device(f.dir / "m", p, 33));
   const std::vector<std::vector<std::pair<int, int>>> placements = {{{0, 4}}, {{0, 2}, {2, 4}}, {{0, 1}, {1, 2}, {2, 3}, {3, 4}}};
   for (const auto& ranges : placements) {

@@ -1,0 +1,47 @@
+#pragma once
+// The single-device run every distributed result is compared with: the whole
+// model as one shard, the prompt prefilled, then one token per step, greedy
+// over the tokenizer's ids — what a pipeline does, on one device.
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "compute/model_dir.hpp"
+#include "compute/sampler.hpp"
+#include "compute/shard.hpp"
+#include "compute/thread_pool.hpp"
+
+namespace orrery::test {
+
+struct reference_run {
+  std::vector<compute::token_id> tokens;
+  std::vector<float> final_logits;  ///< the logits the last token was sampled from
+};
+
+inline reference_run single_device(const std::filesystem::path& path, const std::string& prompt, int new_tokens) {
+  compute::model_dir model(path);
+  compute::byte_tokenizer tok;
+  compute::shard whole(model, 0, model.config().num_layers,
+                       {at::kCPU, at::kFloat, std::make_shared<compute::thread_pool>(1)});
+  compute::sampler greedy({}, tok.vocab_size());
+  std::vector<std::int64_t> ids{tok.bos()};
+  for (auto id : tok.encode(prompt)) ids.push_back(id);
+  std::vector<compute::token_id> history(ids.begin(), ids.end());
+  auto cache = whole.new_cache(model.config().max_position_embeddings);
+  auto as_tensor = [](std::vector<std::int64_t> v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); };
+  auto logits = whole.forward(as_tensor(ids), {{&cache, static_cast<int>(ids.size())}});
+  reference_run run;
+  for (int step = 0; step < new_tokens; ++step) {
+    if (step > 0) logits = whole.forward(as_tensor({run.tokens.back()}), {{&cache, 1}});
+    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history);
+    history.push_back(next);
+    run.tokens.push_back(next);
+  }
+  run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+  return run;
+}
+
+}  // namespace orrery::test
