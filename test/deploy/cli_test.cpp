@@ -111,3 +111,20 @@ TEST_CASE("demo runs the bundled 4-node topology and shuts it down") {
   CHECK(contains(r.out, "stage 3 on d"));
   CHECK(contains(r.out, "stopped all 4 nodes"));
 }
+
+TEST_CASE("plan works from catalog presets alone and names bad input") {
+  temp_dir dir;
+  auto r = run_orrery({"plan", "--cluster", "nano,nano,nx,tx2", "--link", "100mbit", "--model", "llama2-7b"}, dir.path());
+  REQUIRE(r.exit_code == 0);
+  CHECK(contains(r.out, "chosen:"));
+  CHECK(contains(r.out, "layers [0, "));
+  CHECK(contains(r.out, "runner-ups:"));
+  auto svg = run_orrery({"plan", "--cluster", "nx,nx", "--link", "1gbit", "--model", "small", "--objective", "throughput",
+                         "--timeline", "t.svg"},
+                        dir.path());
+  CHECK(svg.exit_code == 0);
+  CHECK(std::filesystem::file_size(dir / "t.svg") > 0);
+  auto bad = run_orrery({"plan", "--cluster", "nano,foo", "--link", "100mbit", "--model", "llama2-7b"}, dir.path());
+  CHECK(bad.exit_code == 1);
+  CHECK(contains(bad.err, "unknown device 'foo'"));
+}
