@@ -59,13 +59,13 @@ double raw_decode_ms_per_token(const shard& s, int prompt_tokens, int steps, thr
   return std::chrono::duration<double, std::milli>(clock_type::now() - start).count() / steps;
 }
 
+}  // namespace
+
 std::string bench_prompt(int tokens) {
   std::string prompt;
   for (int i = 1; i < tokens; ++i) prompt += static_cast<char>('a' + i % 26);
   return prompt;
 }
-
-}  // namespace
 
 nlohmann::json run_compute_bench(const compute_bench_options& o, const std::function<void(const std::string&)>& progress) {
   auto pool = configure_cpu_threads(o.threads);

@@ -22,6 +22,9 @@ struct compute_bench_options {
   bool include_stock = true;
 };
 
+/// A prompt of `tokens` tokens with BOS (letters, so any tokenizer maps it).
+std::string bench_prompt(int tokens);
+
 /// Runs the benchmark; `progress` receives one line per phase.
 nlohmann::json run_compute_bench(const compute_bench_options& options,
                                  const std::function<void(const std::string&)>& progress);

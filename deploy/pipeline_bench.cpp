@@ -10,6 +10,7 @@
 #include <sstream>
 #include <yaml-cpp/yaml.h>
 
+#include "compute/compute_bench.hpp"
 #include "compute/cpu_threads.hpp"
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
@@ -42,12 +43,6 @@ topology load_for_model(const std::string& file, const std::string& model) {
   return parse_topology(text.str(), file);
 }
 
-std::string prompt_of(int tokens) {
-  std::string prompt;
-  for (int i = 1; i < tokens; ++i) prompt += static_cast<char>('a' + i % 26);
-  return prompt;
-}
-
 double decode_ms_per_token(const generation_summary& s) {
   return s.tokens.size() > 1 ? s.decode_ms / static_cast<double>(s.tokens.size() - 1) : 0.0;
 }
@@ -64,7 +59,7 @@ double single_device_ms_per_token(const topology& t, const compute::generation_r
 nlohmann::json run(const pipeline_bench_options& o) {
   auto t = load_for_model(o.topology, o.model);
   compute::generation_request local;
-  local.prompt = prompt_of(o.prompt_tokens);
+  local.prompt = compute::bench_prompt(o.prompt_tokens);
   local.max_new_tokens = o.new_tokens + 1;
   local.stop_at_eos = false;
   generate_request remote{local.prompt, local.max_new_tokens, 0, 0, 1, 1, 0, false, 0};
