@@ -47,6 +47,19 @@ double decode_ms_per_token(const generation_summary& s) {
   return s.tokens.size() > 1 ? s.decode_ms / static_cast<double>(s.tokens.size() - 1) : 0.0;
 }
 
+// Each stage's work between two snapshots of its counters, per token.
+nlohmann::json per_stage(const std::vector<stage_stats>& before, const std::vector<stage_stats>& after, double tokens) {
+  nlohmann::json stages = nlohmann::json::array();
+  for (std::size_t i = 0; i < after.size(); ++i)
+    stages.push_back({{"stage", after[i].stage},
+                      {"node", after[i].node},
+                      {"layers", {after[i].first_layer, after[i].last_layer}},
+                      {"compute_ms_per_token", (after[i].compute_ms - before[i].compute_ms) / tokens},
+                      {"transfer_ms_per_token", (after[i].transfer_ms - before[i].transfer_ms) / tokens},
+                      {"bytes_sent_per_token", static_cast<double>(after[i].bytes_sent - before[i].bytes_sent) / tokens}});
+  return stages;
+}
+
 double single_device_ms_per_token(const topology& t, const compute::generation_request& request) {
   compute::model_dir dir(t.model);
   auto tok = compute::load_tokenizer(t.model);
@@ -76,25 +89,16 @@ nlohmann::json run(const pipeline_bench_options& o) {
   std::cerr << "bench: 1 request over the pipeline\n";
   auto before = client.stats();
   auto one = client.generate({remote})[0];
-  auto after = client.stats();
+  auto after_one = client.stats();
   const double pipeline_ms = decode_ms_per_token(one);
 
   std::cerr << "bench: " << o.concurrent << " concurrent requests\n";
   auto start = clock_type::now();
   auto many = client.generate(std::vector<generate_request>(static_cast<std::size_t>(o.concurrent), remote));
   const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  auto after_many = client.stats();
   std::size_t generated = 0;
   for (const auto& s : many) generated += s.tokens.size();
-
-  nlohmann::json stages = nlohmann::json::array();
-  const double steps = static_cast<double>(one.tokens.size());
-  for (std::size_t i = 0; i < after.size(); ++i)
-    stages.push_back({{"stage", after[i].stage},
-                      {"node", after[i].node},
-                      {"layers", {after[i].first_layer, after[i].last_layer}},
-                      {"compute_ms_per_token", (after[i].compute_ms - before[i].compute_ms) / steps},
-                      {"transfer_ms_per_token", (after[i].transfer_ms - before[i].transfer_ms) / steps},
-                      {"bytes_sent_per_token", static_cast<double>(after[i].bytes_sent - before[i].bytes_sent) / steps}});
   return {{"topology", t.file.string()},
           {"model", t.model.string()},
           {"nodes", t.nodes.size()},
@@ -108,7 +112,8 @@ nlohmann::json run(const pipeline_bench_options& o) {
           {"tokens_per_s_1", 1000.0 / pipeline_ms},
           {"concurrent_requests", o.concurrent},
           {"tokens_per_s_4", static_cast<double>(generated) / seconds},
-          {"stages", stages}};
+          {"stages_1", per_stage(before, after_one, static_cast<double>(one.tokens.size()))},
+          {"stages_concurrent", per_stage(after_one, after_many, static_cast<double>(generated))}};
 }
 
 }  // namespace
