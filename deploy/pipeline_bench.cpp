@@ -2,6 +2,7 @@
 // split over a topology's node processes, measured side by side in one run.
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -30,6 +31,7 @@ struct pipeline_bench_options {
   int prompt_tokens = 32;
   int new_tokens = 64;
   int concurrent = 4;
+  int repeats = 5;
 };
 
 // The topology with its `model:` replaced (the placement is re-resolved for
@@ -60,13 +62,9 @@ nlohmann::json per_stage(const std::vector<stage_stats>& before, const std::vect
   return stages;
 }
 
-double single_device_ms_per_token(const topology& t, const compute::generation_request& request) {
-  compute::model_dir dir(t.model);
-  auto tok = compute::load_tokenizer(t.model);
-  compute::shard whole(dir, 0, dir.config().num_layers,
-                       {at::kCPU, at::kFloat, compute::configure_cpu_threads(t.nodes.front().threads)});
-  compute::generate(whole, *tok, request);  // warm-up
-  return compute::generate(whole, *tok, request).decode_ms_per_token();
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 nlohmann::json run(const pipeline_bench_options& o) {
@@ -77,20 +75,32 @@ nlohmann::json run(const pipeline_bench_options& o) {
   local.stop_at_eos = false;
   generate_request remote{local.prompt, local.max_new_tokens, 0, 0, 1, 1, 0, false, 0};
 
-  std::cerr << "bench: single device (" << t.nodes.front().threads << " thread(s))\n";
-  const double single_ms = single_device_ms_per_token(t, local);
+  compute::model_dir dir(t.model);
+  auto tok = compute::load_tokenizer(t.model);
+  compute::shard whole(dir, 0, dir.config().num_layers,
+                       {at::kCPU, at::kFloat, compute::configure_cpu_threads(t.nodes.front().threads)});
 
   std::cerr << "bench: starting " << t.nodes.size() << " node processes\n";
   local_cluster cluster(t, std::filesystem::temp_directory_path() / ("orrery-bench-" + std::to_string(::getpid())));
   cluster.wait_ready(t.connect_timeout * 4);
   pipeline_client client(t);
-  client.generate({remote});  // warm-up: caches, connections, page faults
+  compute::generate(whole, *tok, local);  // warm-up: caches, connections, page faults
+  client.generate({remote});
 
-  std::cerr << "bench: 1 request over the pipeline\n";
-  auto before = client.stats();
-  auto one = client.generate({remote})[0];
-  auto after_one = client.stats();
-  const double pipeline_ms = decode_ms_per_token(one);
+  // Single device and pipeline alternate, so drifts of this shared machine
+  // (neighbours, steal time) hit both sides alike; medians are reported.
+  std::vector<double> single, pipeline;
+  std::vector<stage_stats> before, after_one;
+  generation_summary one;
+  for (int r = 0; r < o.repeats; ++r) {
+    std::cerr << "bench: round " << r + 1 << "/" << o.repeats << ": single device, then 1 request over the pipeline\n";
+    single.push_back(compute::generate(whole, *tok, local).decode_ms_per_token());
+    before = client.stats();
+    one = client.generate({remote})[0];
+    after_one = client.stats();
+    pipeline.push_back(decode_ms_per_token(one));
+  }
+  const double single_ms = median(single), pipeline_ms = median(pipeline);
 
   std::cerr << "bench: " << o.concurrent << " concurrent requests\n";
   auto start = clock_type::now();
@@ -108,6 +118,9 @@ nlohmann::json run(const pipeline_bench_options& o) {
           {"single_ms_per_token", single_ms},
           {"pipeline_ms_per_token", pipeline_ms},
           {"latency_ratio", pipeline_ms / single_ms},
+          {"rounds", o.repeats},
+          {"single_runs_ms_per_token", single},
+          {"pipeline_runs_ms_per_token", pipeline},
           {"pipeline_prefill_ms", one.prefill_ms},
           {"tokens_per_s_1", 1000.0 / pipeline_ms},
           {"concurrent_requests", o.concurrent},
@@ -131,6 +144,9 @@ void add_pipeline_bench(CLI::App& bench) {
       ->check(CLI::Range(2, 100000));
   cmd->add_option("--new-tokens", opts->new_tokens, "Decode steps timed")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--concurrent", opts->concurrent, "Requests in flight for the throughput figure")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--repeats", opts->repeats, "Alternating single-device / pipeline rounds; medians are reported")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
