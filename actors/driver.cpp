@@ -6,6 +6,7 @@
 #include <map>
 
 #include "actors/tensor_frame.hpp"
+#include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/sampler.hpp"
 #include "compute/tokenizer.hpp"
@@ -159,18 +160,13 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   if (request.max_new_tokens < 1) return driver_error("max-tokens must be at least 1");
   compute::sampling_params params{request.temperature, request.top_k, request.top_p, request.repetition_penalty,
                                   request.seed};
+  auto prompt = compute::prompt_tokens(*s.tok, request.prompt);
   try {
     params.validate();
+    compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
   } catch (const std::exception& e) {
     return driver_error(e.what());
   }
-  std::vector<compute::token_id> prompt{s.tok->bos()};
-  for (auto id : s.tok->encode(request.prompt)) prompt.push_back(id);
-  const int context = s.model.max_position_embeddings;
-  if (static_cast<int>(prompt.size()) + request.max_new_tokens - 1 > context)
-    return driver_error("prompt of " + std::to_string(prompt.size()) + " tokens (with BOS) plus " +
-                        std::to_string(request.max_new_tokens) + " new tokens exceeds the model's context of " +
-                        std::to_string(context) + " positions");
   const auto id = s.next_request++;
   // Read the sender first: making the promise takes it out of the message.
   auto sink = caf::actor_cast<caf::actor>(self->current_sender());

@@ -24,6 +24,22 @@ at::Tensor ids_tensor(const std::vector<token_id>& ids) {
 
 }  // namespace
 
+std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& prompt) {
+  std::vector<token_id> ids{tok.bos()};
+  for (auto id : tok.encode(prompt)) ids.push_back(id);
+  return ids;
+}
+
+void check_fits_context(int prompt_length, int new_tokens, int context) {
+  // The last generated token is sampled, never fed back: it needs no position.
+  if (prompt_length + new_tokens - 1 > context)
+    throw model_error("prompt of " + std::to_string(prompt_length) + " tokens (with BOS) plus " +
+                      std::to_string(new_tokens) + " new tokens exceeds the model's context of " +
+                      std::to_string(context) + " positions" +
+                      (prompt_length < context ? "; use at most --max-tokens " + std::to_string(context - prompt_length + 1)
+                                               : ""));
+}
+
 double generation_result::decode_ms_per_token() const {
   return tokens.size() > 1 ? decode_ms / static_cast<double>(tokens.size() - 1) : 0.0;
 }
@@ -40,15 +56,9 @@ generation_result generate(shard& model, const tokenizer& tok, const generation_
   if (request.max_new_tokens < 1)
     throw std::invalid_argument("max-tokens must be at least 1, got " + std::to_string(request.max_new_tokens));
   generation_result result;
-  result.prompt_tokens.push_back(tok.bos());
-  for (auto id : tok.encode(request.prompt)) result.prompt_tokens.push_back(id);
+  result.prompt_tokens = prompt_tokens(tok, request.prompt);
   const int prompt = static_cast<int>(result.prompt_tokens.size());
-  const int context = model.config().max_position_embeddings;
-  if (prompt + request.max_new_tokens - 1 > context)
-    throw model_error("prompt of " + std::to_string(prompt) + " tokens (with BOS) plus " +
-                      std::to_string(request.max_new_tokens) + " new tokens exceeds the model's context of " +
-                      std::to_string(context) + " positions" +
-                      (prompt < context ? "; use at most --max-tokens " + std::to_string(context - prompt + 1) : ""));
+  check_fits_context(prompt, request.max_new_tokens, model.config().max_position_embeddings);
 
   sampler choose(request.sampling, tok.vocab_size());
   kv_cache cache = model.new_cache(prompt + request.max_new_tokens - 1);

@@ -34,6 +34,13 @@ struct generation_result {
   double tokens_per_s() const;  ///< decode steps per second
 };
 
+/// BOS followed by the prompt's tokens: what every generation starts from.
+std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& prompt);
+
+/// Throws model_error naming both figures when `prompt_length` tokens (BOS
+/// included) and `new_tokens` generated ones do not fit `context` positions.
+void check_fits_context(int prompt_length, int new_tokens, int context);
+
 /// Called with each generated token and its text as soon as it is sampled.
 using token_callback = std::function<void(token_id, const std::string&)>;
 

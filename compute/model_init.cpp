@@ -8,6 +8,7 @@
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
 #include "compute/safetensors.hpp"
+#include "compute/splitmix.hpp"
 #include "compute/tokenizer.hpp"
 
 namespace orrery::compute {
@@ -18,14 +19,6 @@ std::uint64_t fnv1a(const std::string& s) {
   std::uint64_t h = 0xcbf29ce484222325ull;
   for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
   return h;
-}
-
-// splitmix64 step, as in sampler.cpp: portable and fast.
-std::uint64_t next_random(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
 }
 
 // Half-width of the uniform distribution a tensor is drawn from, following
@@ -57,7 +50,7 @@ tensor_source random_tensor(const llama_config& config, const std::string& name,
     for (std::int64_t i = 0; i < numel; ++i) {
       float value = 1.0f;
       if (half_width > 0) {
-        double u = static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;  // [0, 1)
+        double u = unit_interval(state);
         value = static_cast<float>((2 * u - 1) * half_width);
       }
       store(value, type, out + static_cast<std::size_t>(i) * dtype_size(type));

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "compute/splitmix.hpp"
+
 namespace orrery::compute {
 
 void sampling_params::validate() const {
@@ -19,16 +21,6 @@ void sampling_params::validate() const {
 sampler::sampler(sampling_params params, int vocab_limit)
     : params_(params), vocab_limit_(vocab_limit), state_(params.seed) {
   params_.validate();
-}
-
-// splitmix64: tiny, fast, and the same on every platform (std's
-// distributions are not specified bit for bit).
-double sampler::uniform() {
-  std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 
 token_id sampler::next(const float* logits, int vocab_size, const std::vector<token_id>& history) {
@@ -69,7 +61,7 @@ token_id sampler::next(const float* logits, int vocab_size, const std::vector<to
     order_.resize(cut);
     for (auto& p : probs) p /= mass;
   }
-  double r = uniform(), acc = 0;
+  double r = unit_interval(state_), acc = 0;
   for (std::size_t i = 0; i < probs.size(); ++i)
     if (r < (acc += probs[i])) return order_[i];
   return order_.back();

@@ -1,7 +1,7 @@
 #pragma once
 // Choosing the next token from a row of logits: greedy, or temperature with
-// top-k and top-p, after HF's repetition penalty. Seeded with its own
-// portable generator so a seed gives the same tokens on every machine and
+// top-k and top-p, after HF's repetition penalty. Seeded with splitmix64
+// (compute/splitmix.hpp) so a seed gives the same tokens on every machine and
 // libtorch version.
 
 #include <cstdint>
@@ -37,8 +37,6 @@ class sampler {
   token_id next(const float* logits, int vocab_size, const std::vector<token_id>& history);
 
  private:
-  double uniform();
-
   sampling_params params_;
   int vocab_limit_;
   std::uint64_t state_;

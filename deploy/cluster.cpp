@@ -144,16 +144,20 @@ std::vector<stage_stats> pipeline_client::stats() {
   return actors::stats_blocking(*system_, driver_, topology_.request_timeout);
 }
 
+double decode_ms_per_token(const generation_summary& summary) {
+  return summary.tokens.size() > 1 ? summary.decode_ms / static_cast<double>(summary.tokens.size() - 1) : 0.0;
+}
+
 generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& out) {
   out << request.prompt << std::flush;
   auto summary = client.generate({request}, [&](std::size_t, const token_event& e) {
     out << compute::printable(e.text) << std::flush;
   })[0];
-  const double decode_steps = summary.tokens.size() > 1 ? static_cast<double>(summary.tokens.size() - 1) : 1.0;
+  const double ms_per_token = decode_ms_per_token(summary);
   char line[256];
   std::snprintf(line, sizeof line, "\n-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s\n",
-                summary.tokens.size(), summary.prefill_ms, summary.prompt_tokens.size(), summary.decode_ms / decode_steps,
-                summary.decode_ms > 0 ? 1000.0 * decode_steps / summary.decode_ms : 0.0);
+                summary.tokens.size(), summary.prefill_ms, summary.prompt_tokens.size(), ms_per_token,
+                ms_per_token > 0 ? 1000.0 / ms_per_token : 0.0);
   out << line;
   for (const auto& s : client.stats()) {
     std::snprintf(line, sizeof line, "   stage %u on %-10s layers [%d, %d): %llu frames, compute %.1f ms, transfer %.1f ms, %.1f KiB sent\n",

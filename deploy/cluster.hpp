@@ -86,6 +86,9 @@ class local_cluster {
   std::map<std::string, pid_t> pids_;
 };
 
+/// Decode time per generated token after the first (which the prefill makes).
+double decode_ms_per_token(const generation_summary& summary);
+
 /// Generates over a running topology, streaming text to `out`, then prints
 /// the figures: prefill, decode ms/token, tokens/s, and each stage's compute
 /// and transfer times.

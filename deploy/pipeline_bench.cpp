@@ -45,10 +45,6 @@ topology load_for_model(const std::string& file, const std::string& model) {
   return parse_topology(text.str(), file);
 }
 
-double decode_ms_per_token(const generation_summary& s) {
-  return s.tokens.size() > 1 ? s.decode_ms / static_cast<double>(s.tokens.size() - 1) : 0.0;
-}
-
 // Each stage's work between two snapshots of its counters, per token.
 nlohmann::json per_stage(const std::vector<stage_stats>& before, const std::vector<stage_stats>& after, double tokens) {
   nlohmann::json stages = nlohmann::json::array();

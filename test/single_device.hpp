@@ -1,7 +1,8 @@
 #pragma once
 // The single-device run every distributed result is compared with: the whole
 // model as one shard, the prompt prefilled, then one token per step, greedy
-// over the tokenizer's ids — what a pipeline does, on one device.
+// over the tokenizer's ids — what a pipeline does, on one device — and the
+// request that asks a pipeline for the same run.
 
 #include <ATen/ATen.h>
 
@@ -13,6 +14,7 @@
 #include "compute/sampler.hpp"
 #include "compute/shard.hpp"
 #include "compute/thread_pool.hpp"
+#include "messages/types.hpp"
 
 namespace orrery::test {
 
@@ -42,6 +44,15 @@ inline reference_run single_device(const std::filesystem::path& path, const std:
   }
   run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
   return run;
+}
+
+/// The pipeline request matching single_device(path, prompt, new_tokens).
+inline generate_request greedy_request(const std::string& prompt, int new_tokens) {
+  generate_request r;
+  r.prompt = prompt;
+  r.max_new_tokens = new_tokens;
+  r.stop_at_eos = false;
+  return r;
 }
 
 }  // namespace orrery::test

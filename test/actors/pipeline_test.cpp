@@ -13,6 +13,7 @@
 #include "test/temp_dir.hpp"
 
 using namespace orrery;
+using orrery::test::greedy_request;
 using orrery::test::single_device;
 using orrery::test::temp_dir;
 
@@ -46,14 +47,6 @@ struct in_process_pipeline {
     for (auto& n : nodes) caf::anon_send_exit(n, caf::exit_reason::user_shutdown);
   }
 };
-
-generate_request greedy_request(const std::string& prompt, int new_tokens) {
-  generate_request r;
-  r.prompt = prompt;
-  r.max_new_tokens = new_tokens;
-  r.stop_at_eos = false;
-  return r;
-}
 
 // `tiny` has 4 layers: enough for 4 stages of one layer each.
 std::filesystem::path tiny_model(const temp_dir& dir) {

@@ -19,6 +19,7 @@
 #include "test/single_device.hpp"
 
 using namespace orrery;
+using orrery::test::greedy_request;
 using orrery::test::single_device;
 using orrery::test::temp_dir;
 
@@ -58,14 +59,6 @@ std::filesystem::path write_topology(const temp_dir& dir, const std::string& nam
 }
 
 
-generate_request greedy(const std::string& prompt, int new_tokens) {
-  generate_request r;
-  r.prompt = prompt;
-  r.max_new_tokens = new_tokens;
-  r.stop_at_eos = false;
-  return r;
-}
-
 struct model_fixture {
   temp_dir dir;
   model_fixture() { compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {13, 0, {}}); }
@@ -85,11 +78,11 @@ TEST_CASE("1, 2 and 4 node processes give the single-device tokens and bitwise l
     deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
     cluster.wait_ready(std::chrono::seconds(20));
     deploy::pipeline_client client(t);
-    auto one = client.generate({greedy(prompts[0], 33)});
+    auto one = client.generate({greedy_request(prompts[0], 33)});
     CHECK(one[0].tokens == references[0].tokens);
     CHECK(one[0].final_logits == references[0].final_logits);
     std::vector<generate_request> requests;
-    for (const auto& p : prompts) requests.push_back(greedy(p, 33));
+    for (const auto& p : prompts) requests.push_back(greedy_request(p, 33));
     auto many = client.generate(requests);
     for (std::size_t i = 0; i < prompts.size(); ++i) {
       CAPTURE(i);
@@ -149,7 +142,7 @@ TEST_CASE("a node killed mid-generation is reported by name and the client fails
   int streamed = 0;
   auto start = std::chrono::steady_clock::now();
   try {
-    client.generate({greedy("doomed", 200)}, [&](std::size_t, const token_event&) {
+    client.generate({greedy_request("doomed", 200)}, [&](std::size_t, const token_event&) {
       if (++streamed == 5) ::kill(cluster.pid("n2"), SIGKILL);
     });
   } catch (const std::runtime_error& e) {
@@ -177,7 +170,7 @@ TEST_CASE("malformed frames sent to a live node close only that link; the node k
     CHECK(::write(fd, junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
     ::close(fd);
   }
-  auto after = client.generate({greedy("still here", 8)});
+  auto after = client.generate({greedy_request("still here", 8)});
   CHECK(after[0].tokens == reference.tokens);
   CHECK(cluster.exited_node().empty());
 }
