@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <sys/mman.h>
+
+#include <cstdint>
 #include <string>
 
 #include "compute/model_dir.hpp"
@@ -22,15 +25,35 @@ at::ScalarType scalar_type_of(dtype t) {
   return at::kFloat;
 }
 
+constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
+
+// CPU decode streams every weight once per token, so with 4 KiB pages it
+// takes a TLB miss (a two-level page walk inside a VM) every 4 KiB. Weights
+// of a huge page or more get their own 2 MiB-aligned anonymous mapping marked
+// MADV_HUGEPAGE, which works where THP is set to `madvise` (Debian's default).
+// Where the kernel refuses, the mapping simply stays in small pages.
+at::Tensor empty_weight(at::IntArrayRef shape, const at::TensorOptions& options) {
+  std::size_t bytes = options.dtype().itemsize();
+  for (auto extent : shape) bytes *= static_cast<std::size_t>(extent);
+  if (!options.device().is_cpu() || bytes < huge_page_bytes) return at::empty(shape, options);
+  const std::size_t length = bytes + huge_page_bytes;
+  void* map = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) throw model_error("cannot map " + std::to_string(bytes) + " bytes for a weight");
+  const auto base = reinterpret_cast<std::uintptr_t>(map);
+  void* aligned = reinterpret_cast<void*>((base + huge_page_bytes - 1) & ~(huge_page_bytes - 1));
+  ::madvise(aligned, bytes, MADV_HUGEPAGE);
+  return at::from_blob(aligned, shape, [map, length](void*) { ::munmap(map, length); }, options);
+}
+
 // Wraps the mapped bytes without copying, then converts / copies once into
 // memory the shard owns, on its device.
 at::Tensor load(const model_dir& model, const std::string& name, const shard_options& options) {
   tensor_view view = model.tensor(name);
   auto mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape,
                               at::TensorOptions().dtype(scalar_type_of(view.type)));
-  return mapped.to(at::TensorOptions().device(options.device).dtype(options.dtype), /*non_blocking=*/false,
-                   /*copy=*/true)
-      .contiguous();
+  auto owned = empty_weight(view.shape, at::TensorOptions().device(options.device).dtype(options.dtype));
+  owned.copy_(mapped);
+  return owned;
 }
 
 std::string layer_name(int layer, const char* suffix) {
