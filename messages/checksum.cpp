@@ -4,39 +4,13 @@
 #include <cstring>
 
 #if defined(__x86_64__)
-#include <nmmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace orrery::messages {
 namespace {
 
-constexpr std::size_t block_size = 32;
-
-// Byte-at-a-time CRC32C (reflected Castagnoli polynomial); the portable path
-// and the short tails and fold of the hardware path.
-constexpr std::array<std::uint32_t, 256> make_table() {
-  std::array<std::uint32_t, 256> table{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    table[i] = c;
-  }
-  return table;
-}
-constexpr auto crc_table = make_table();
-
-std::uint32_t crc_bytes(std::uint32_t crc, const std::byte* data, std::size_t size) {
-  for (std::size_t i = 0; i < size; ++i)
-    crc = crc_table[(crc ^ std::to_integer<std::uint32_t>(data[i])) & 0xFF] ^ (crc >> 8);
-  return crc;
-}
-
-template <typename T>
-std::uint32_t crc_value(std::uint32_t crc, T value) {
-  std::array<std::byte, sizeof(T)> bytes;
-  for (std::size_t i = 0; i < sizeof(T); ++i) bytes[i] = std::byte(value >> (8 * i) & 0xFF);
-  return crc_bytes(crc, bytes.data(), bytes.size());
-}
+constexpr std::size_t block_size = 8 * frame_checksum::lanes;
 
 std::uint64_t load_le64(const std::byte* p) {
   std::uint64_t v;
@@ -44,43 +18,60 @@ std::uint64_t load_le64(const std::byte* p) {
   return v;
 }
 
-void blocks_portable(std::array<std::uint32_t, 4>& lanes, const std::byte* data, std::size_t blocks) {
+std::uint64_t mix(std::uint64_t h, std::uint64_t value) {
+  h ^= value;
+  h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+  h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+  return h ^ (h >> 31);
+}
+
+void blocks_portable(frame_checksum::lane_state& state, const std::byte* data, std::size_t blocks) {
   for (std::size_t b = 0; b < blocks; ++b, data += block_size)
-    for (std::size_t j = 0; j < 4; ++j) lanes[j] = crc_bytes(lanes[j], data + 8 * j, 8);
+    for (std::size_t j = 0; j < frame_checksum::lanes; ++j) {
+      state.sum[j] += load_le64(data + 8 * j);
+      state.sum_of_sums[j] += state.sum[j];
+    }
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) void blocks_sse42(std::array<std::uint32_t, 4>& lanes, const std::byte* data,
-                                                    std::size_t blocks) {
-  std::uint64_t a = lanes[0], b = lanes[1], c = lanes[2], d = lanes[3];
-  for (std::size_t i = 0; i < blocks; ++i, data += block_size) {
-    a = _mm_crc32_u64(a, load_le64(data));
-    b = _mm_crc32_u64(b, load_le64(data + 8));
-    c = _mm_crc32_u64(c, load_le64(data + 16));
-    d = _mm_crc32_u64(d, load_le64(data + 24));
+__attribute__((target("avx2"))) void blocks_avx2(frame_checksum::lane_state& state, const std::byte* data,
+                                                 std::size_t blocks) {
+  // Lanes 0-3 and 4-7: one add per 32 bytes and lane group, plus one for the
+  // running sums; nothing crosses lanes.
+  auto* sum = reinterpret_cast<__m256i*>(state.sum.data());
+  auto* sums = reinterpret_cast<__m256i*>(state.sum_of_sums.data());
+  __m256i sum_low = _mm256_loadu_si256(sum), sum_high = _mm256_loadu_si256(sum + 1);
+  __m256i sums_low = _mm256_loadu_si256(sums), sums_high = _mm256_loadu_si256(sums + 1);
+  for (std::size_t b = 0; b < blocks; ++b, data += block_size) {
+    sum_low = _mm256_add_epi64(sum_low, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data)));
+    sum_high = _mm256_add_epi64(sum_high, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + 32)));
+    sums_low = _mm256_add_epi64(sums_low, sum_low);
+    sums_high = _mm256_add_epi64(sums_high, sum_high);
   }
-  lanes = {std::uint32_t(a), std::uint32_t(b), std::uint32_t(c), std::uint32_t(d)};
+  _mm256_storeu_si256(sum, sum_low);
+  _mm256_storeu_si256(sum + 1, sum_high);
+  _mm256_storeu_si256(sums, sums_low);
+  _mm256_storeu_si256(sums + 1, sums_high);
 }
 #endif
 
 }  // namespace
 
-frame_checksum::frame_checksum(bool use_hardware)
-    : lanes_{~0u, ~0u, ~0u, ~0u}, hardware_(use_hardware && hardware_available()) {}
+frame_checksum::frame_checksum(bool use_vector) : vector_(use_vector && vector_available()) {}
 
-bool frame_checksum::hardware_available() {
+bool frame_checksum::vector_available() {
 #if defined(__x86_64__)
-  return __builtin_cpu_supports("sse4.2");
+  return __builtin_cpu_supports("avx2");
 #else
   return false;
 #endif
 }
 
-void frame_checksum::consume_blocks(const std::byte* data, std::size_t blocks) {
+void frame_checksum::consume_blocks(lane_state& state, const std::byte* data, std::size_t blocks) const {
 #if defined(__x86_64__)
-  if (hardware_) return blocks_sse42(lanes_, data, blocks);
+  if (vector_) return blocks_avx2(state, data, blocks);
 #endif
-  blocks_portable(lanes_, data, blocks);
+  blocks_portable(state, data, blocks);
 }
 
 void frame_checksum::update(const std::byte* data, std::size_t size) {
@@ -93,20 +84,24 @@ void frame_checksum::update(const std::byte* data, std::size_t size) {
     data += take;
     size -= take;
     if (pending_size_ < block_size) return;
-    consume_blocks(pending_.data(), 1);
+    consume_blocks(state_, pending_.data(), 1);
     pending_size_ = 0;
   }
-  consume_blocks(data, size / block_size);
+  consume_blocks(state_, data, size / block_size);
   pending_size_ = size % block_size;
   std::memcpy(pending_.data(), data + size - pending_size_, pending_size_);
 }
 
 std::uint32_t frame_checksum::value() const {
-  auto lanes = lanes_;
-  lanes[0] = crc_bytes(lanes[0], pending_.data(), pending_size_);
-  std::uint32_t crc = ~0u;
-  for (auto lane : lanes) crc = crc_value(crc, lane);
-  return ~crc_value(crc, size_);
+  auto state = state_;
+  if (pending_size_ > 0) {
+    auto last = pending_;
+    std::fill(last.begin() + static_cast<std::ptrdiff_t>(pending_size_), last.end(), std::byte{0});
+    consume_blocks(state, last.data(), 1);
+  }
+  std::uint64_t h = mix(0, size_);
+  for (std::size_t j = 0; j < lanes; ++j) h = mix(mix(h, state.sum[j]), state.sum_of_sums[j]);
+  return static_cast<std::uint32_t>(h);
 }
 
 std::uint32_t checksum_of(const std::byte* data, std::size_t size) {

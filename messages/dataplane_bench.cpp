@@ -367,7 +367,7 @@ dataplane_bench_result run_dataplane_bench(const dataplane_bench_options& option
   ::close(to_child[0]);
   ::close(from_child[1]);
   dataplane_bench_result result;
-  result.hardware_checksum = frame_checksum::hardware_available();
+  result.vector_checksum = frame_checksum::vector_available();
   result.checksum_gb_per_s = checksum_speed();
   {
     bench_sides sides(from_child[0], to_child[1], options.credit_bytes,

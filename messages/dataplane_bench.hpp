@@ -46,7 +46,7 @@ struct dataplane_bench_result {
   std::vector<dataplane_bench_size> sizes;
   /// frame_checksum over 64 MiB in this process, GB/s.
   double checksum_gb_per_s = 0;
-  bool hardware_checksum = false;
+  bool vector_checksum = false;
 };
 
 /// Forks the echo process, measures, and stops it. Call it before the process
