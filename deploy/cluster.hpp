@@ -3,8 +3,6 @@
 // node process's main loop, connecting a client to the nodes, and a local
 // launcher that runs every node of a topology as a child process.
 
-#include <sys/types.h>
-
 #include <caf/actor_system_config.hpp>
 #include <chrono>
 #include <filesystem>
@@ -52,38 +50,6 @@ class pipeline_client {
   actor_config config_;
   std::unique_ptr<caf::actor_system> system_;
   caf::actor driver_;
-};
-
-/// Every node of a topology as a child process of this one (`orrery node`),
-/// stopped when this object is destroyed — or when this process dies
-/// (PR_SET_PDEATHSIG), so no node outlives its launcher.
-class local_cluster {
- public:
-  /// Starts the nodes with `executable node …` (by default this very
-  /// binary); with `log_dir` each node's output goes to
-  /// `<log_dir>/<name>.log`, otherwise to this process's stdout/stderr.
-  local_cluster(const topology& t, std::filesystem::path log_dir = {},
-                std::filesystem::path executable = "/proc/self/exe");
-  ~local_cluster();
-  local_cluster(const local_cluster&) = delete;
-  local_cluster& operator=(const local_cluster&) = delete;
-
-  /// Waits until every node accepts connections on its control port;
-  /// throws std::runtime_error naming a node that exited or did not come up.
-  void wait_ready(std::chrono::milliseconds timeout);
-
-  /// The name of a node that has exited, if any (reaps it).
-  std::string exited_node();
-
-  pid_t pid(const std::string& name) const { return pids_.at(name); }
-
-  /// SIGTERM to every node, SIGKILL after a grace period, reap all.
-  void stop();
-
- private:
-  topology topology_;
-  std::filesystem::path log_dir_;
-  std::map<std::string, pid_t> pids_;
 };
 
 /// Decode time per generated token after the first (which the prefill makes).

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "deploy/cluster.hpp"
+#include "deploy/local_cluster.hpp"
 #include "deploy/commands.hpp"
 
 namespace orrery::deploy {

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "deploy/cluster.hpp"
+#include "deploy/local_cluster.hpp"
 #include "deploy/commands.hpp"
 #include "deploy/local_model.hpp"
 

@@ -17,6 +17,7 @@
 #include "compute/model_dir.hpp"
 #include "compute/shard.hpp"
 #include "deploy/cluster.hpp"
+#include "deploy/local_cluster.hpp"
 #include "deploy/commands.hpp"
 
 namespace orrery::deploy {

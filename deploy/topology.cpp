@@ -465,6 +465,10 @@ std::string node_spec::address() const {
   return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+std::string node_spec::label() const {
+  return "node '" + name + "' (" + address() + ")";
+}
+
 const node_spec& topology::node(const std::string& name) const {
   auto it = std::find_if(nodes.begin(), nodes.end(), [&](const node_spec& n) { return n.name == name; });
   if (it != nodes.end()) return *it;

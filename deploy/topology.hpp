@@ -49,6 +49,8 @@ struct node_spec {
 
   /// `host:port`, the control address.
   std::string address() const;
+  /// `node 'NAME' (host:port)`, for messages.
+  std::string label() const;
 };
 
 /// A validated topology with its placement resolved.

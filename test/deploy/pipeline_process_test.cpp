@@ -15,6 +15,7 @@
 
 #include "compute/model_init.hpp"
 #include "deploy/cluster.hpp"
+#include "deploy/local_cluster.hpp"
 #include "test/run_process.hpp"
 #include "test/single_device.hpp"
 
