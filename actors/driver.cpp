@@ -3,8 +3,11 @@
 #include <ATen/ATen.h>
 #include <caf/all.hpp>
 
+#include <algorithm>
+#include <iostream>
 #include <map>
 
+#include "actors/supervisor.hpp"
 #include "actors/tensor_frame.hpp"
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
@@ -12,6 +15,7 @@
 #include "compute/tokenizer.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/types.hpp"
+#include "planning/migration.hpp"
 
 namespace orrery::actors {
 
@@ -21,6 +25,11 @@ using clock_type = std::chrono::steady_clock;
 
 /// Frames addressed to the driver carry this destination stage.
 constexpr std::uint16_t driver_stage = 0xffff;
+
+/// A failed layout change is retried this many times (after a heartbeat
+/// deadline, by when a node that failed it has a verdict) before the driver
+/// gives up.
+constexpr int layout_retries = 3;
 
 struct active_request {
   std::vector<compute::token_id> prompt;
@@ -37,6 +46,16 @@ struct active_request {
   bool stop_at_eos = true;
   std::uint32_t step = 0;
   std::uint64_t tag = 0;
+  /// Index into recoveries of the replay this request waits on, or -1.
+  int replayed_by = -1;
+};
+
+/// A node of the cluster, in the order the placement lists them; its index
+/// is also the id of the one stage it runs.
+struct cluster_node {
+  placement_stage spec;
+  bool alive = true;
+  std::uint64_t memory_bytes = 0;
 };
 
 struct driver_state {
@@ -44,10 +63,20 @@ struct driver_state {
   compute::llama_config model;
   std::shared_ptr<compute::tokenizer> tok;
   std::shared_ptr<messages::data_plane> plane;
+  std::vector<cluster_node> nodes;
+  /// The layout serving now (device = node index), and its loaded stages.
+  std::vector<planning::stage> layout;
   std::vector<stage_ready> ready;
   std::shared_ptr<messages::link> first_link;
+  /// Every layout change takes the next number; answers to an older change
+  /// and frames of an older layout are ignored.
+  std::uint64_t deployment = 0;
   bool deployed = false;
-  std::string broken;  // why the pipeline cannot serve any more, once it cannot
+  bool switching = false;  // a layout change is under way: hold requests
+  int retries_left = layout_retries;
+  std::string broken;  // why the pipeline cannot serve any more, while it cannot
+  caf::actor supervisor;
+  std::vector<recovery_event> recoveries;
   std::uint64_t next_request = 1;
   std::map<std::uint64_t, active_request> requests;
   bool watching_deadlines = false;
@@ -61,13 +90,18 @@ caf::error driver_error(const std::string& text) {
 }
 
 std::string describe(const placement_stage& s) {
-  return "node '" + s.node_name + "' (" + s.node_address + ")";
+  if (s.host.empty()) return "node '" + s.node_name + "'";
+  return "node '" + s.node_name + "' (" + s.host + ":" + std::to_string(s.port) + ")";
 }
 
 std::string explain(const caf::error& e, const placement_stage& s, std::chrono::milliseconds timeout) {
   if (e == caf::sec::request_timeout)
     return describe(s) + " did not answer within " + std::to_string(timeout.count()) + " ms";
   return describe(s) + ": " + caf::to_string(e);
+}
+
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
@@ -102,8 +136,9 @@ void check_deadlines(driver_ptr self) {
   auto& s = self->state;
   s.watching_deadlines = false;
   std::vector<std::uint64_t> late;
-  for (const auto& [id, r] : s.requests)
-    if (clock_type::now() > r.deadline) late.push_back(id);
+  if (!s.switching)  // a replay re-arms every deadline
+    for (const auto& [id, r] : s.requests)
+      if (clock_type::now() > r.deadline) late.push_back(id);
   for (auto id : late)
     finish(self, id, driver_error("no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
   if (!s.requests.empty()) watch_deadlines(self);
@@ -115,24 +150,33 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
   messages::frame_descriptor d;
   d.request_id = id;
+  d.deployment = self->state.deployment;
   d.step = r.step;
   d.source_stage = driver_stage;
-  d.destination_stage = 0;
+  d.destination_stage = static_cast<std::uint16_t>(self->state.layout.front().device);
   send_tensor(*self->state.first_link, d, at::tensor(wide, at::TensorOptions().dtype(at::kLong)),
               // Weak: a frame stuck in a dead link must not keep the driver alive.
               [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
                 if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
-                  caf::anon_send(driver, request_failure{id, "first stage: " + error});
+                  caf::anon_send(driver, request_failure{id, "first stage: " + error, true});
               });
   r.deadline = clock_type::now() + self->state.config.request_timeout;
   watch_deadlines(self);
 }
 
 void on_logits(driver_ptr self, tensor_frame& frame) {
+  auto& s = self->state;
   const auto id = frame.descriptor.request_id;
-  auto it = self->state.requests.find(id);
-  if (it == self->state.requests.end() || frame.descriptor.step != it->second.step) return;  // finished or stale
+  auto it = s.requests.find(id);
+  if (it == s.requests.end() || s.switching || frame.descriptor.deployment != s.deployment ||
+      frame.descriptor.step != it->second.step)
+    return;  // finished, or from a layout that is gone
   auto& r = it->second;
+  if (r.replayed_by >= 0) {
+    auto& event = s.recoveries.at(static_cast<std::size_t>(r.replayed_by));
+    if (event.recover_ms < 0) event.recover_ms = static_cast<double>(unix_ms() - event.verdict_unix_ms);
+    r.replayed_by = -1;
+  }
   auto logits = frame.tensor.contiguous();
   auto next = r.sampler.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), r.history);
   r.history.push_back(next);
@@ -141,8 +185,8 @@ void on_logits(driver_ptr self, tensor_frame& frame) {
     r.prefill_ms = std::chrono::duration<double, std::milli>(clock_type::now() - r.started).count();
     r.decode_started = clock_type::now();
   }
-  if (r.sink) self->send(r.sink, token_event{r.tag, next, self->state.tok->decode(next)});
-  const bool eos = next == self->state.tok->eos();
+  if (r.sink) self->send(r.sink, token_event{r.tag, next, s.tok->decode(next)});
+  const bool eos = next == s.tok->eos();
   if (static_cast<int>(r.generated.size()) >= r.max_new_tokens || (r.stop_at_eos && eos)) {
     generation_summary summary{r.tag, r.prompt, r.generated, r.prefill_ms,
                                std::chrono::duration<double, std::milli>(clock_type::now() - r.decode_started).count(),
@@ -173,72 +217,234 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   auto promise = self->make_response_promise<generation_summary>();
   active_request r{prompt, prompt, {}, compute::sampler(params, s.tok->vocab_size()), promise, sink, clock_type::now(), {}, {}, 0,
                    request.max_new_tokens, request.stop_at_eos, 0, request.tag};
+  r.deadline = clock_type::now() + s.config.request_timeout;
   s.requests.emplace(id, std::move(r));
-  send_step(self, id, prompt);
+  if (!s.switching) send_step(self, id, prompt);  // else it starts with the replay
   return promise;
 }
 
-// Loads every stage, then wires each to its next hop and the driver's data
-// plane to the first stage.
-void deploy(driver_ptr self, caf::response_promise promise) {
-  auto& s = self->state;
-  const auto timeout = s.config.request_timeout;
-  const auto n = s.config.stages.size();
-  s.ready.assign(n, {});
-  auto loaded = std::make_shared<std::size_t>(0);
-  auto fail = [promise](const std::string& text) mutable {
-    if (promise.pending()) promise.deliver(driver_error(text));
-  };
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& spec = s.config.stages[i];
-    stage_assignment assignment{1, static_cast<std::uint16_t>(i), spec.first_layer, spec.last_layer,
-                                s.config.model.string(), "", spec.threads};
-    self->request(spec.node, timeout, load_stage_atom_v, assignment)
+planning::cluster_state cluster_state_of(driver_ptr self) {
+  const auto& s = self->state;
+  planning::cluster_state state;
+  for (const auto& n : s.nodes) {
+    state.alive.push_back(n.alive);
+    state.memory_bytes.push_back(n.memory_bytes);
+  }
+  // Weights are held as fp32: 4 bytes a parameter (as the stages check).
+  for (int layer = 0; layer < s.model.num_layers; ++layer)
+    state.layer_bytes.push_back(static_cast<std::uint64_t>(s.model.parameter_count(layer, layer + 1)) * 4);
+  return state;
+}
+
+using layout_done = std::function<void(driver_ptr, std::vector<stage_ready>, std::string)>;
+
+// Wires each stage to the next (the last to this driver) under deployment
+// `d`, then points the driver's own link at the first stage.
+void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target, std::vector<stage_ready> ready,
+          layout_done done) {
+  const auto timeout = self->state.config.request_timeout;
+  const auto n = ready.size();
+  auto wired = std::make_shared<std::size_t>(0);
+  for (std::size_t k = 0; k < n; ++k) {
+    next_hop hop = k + 1 < n ? next_hop{ready[k + 1].data_host, ready[k + 1].data_port, ready[k + 1].stage_index}
+                             : next_hop{self->state.config.advertise_host, self->state.plane->port(), driver_stage};
+    self->request(ready[k].stage, timeout, connect_next_atom_v, d, hop, caf::actor_cast<caf::actor>(self),
+                  static_cast<std::int64_t>(timeout.count()))
         .then(
-            [self, i, n, loaded, promise, fail](stage_ready& r) mutable {
-              self->state.ready[i] = std::move(r);
-              self->monitor(self->state.ready[i].stage);
-              if (++*loaded < n) return;
-              auto wired = std::make_shared<std::size_t>(0);
-              const auto timeout = self->state.config.request_timeout;
-              for (std::size_t k = 0; k < n; ++k) {
-                next_hop hop = k + 1 < n ? next_hop{self->state.ready[k + 1].data_host, self->state.ready[k + 1].data_port,
-                                                    static_cast<std::uint16_t>(k + 1)}
-                                         : next_hop{self->state.config.advertise_host, self->state.plane->port(), driver_stage};
-                self->request(self->state.ready[k].stage, timeout, connect_next_atom_v, hop,
-                              caf::actor_cast<caf::actor>(self), static_cast<std::int64_t>(timeout.count()))
-                    .then(
-                        [self, wired, n, promise, fail]() mutable {
-                          if (++*wired < n) return;
-                          auto& first = self->state.ready[0];
-                          try {
-                            self->state.first_link =
-                                self->state.plane->connect(first.data_host, first.data_port, self->state.config.request_timeout);
-                          } catch (const std::exception& e) {
-                            return fail(std::string("cannot reach the first stage's data plane: ") + e.what());
-                          }
-                          self->state.deployed = true;
-                          if (promise.pending()) promise.deliver(caf::unit);
-                        },
-                        [self, k, fail](caf::error& e) mutable {
-                          fail(explain(e, self->state.config.stages[k], self->state.config.request_timeout));
-                        });
+            [self, d, wired, n, target, ready, done]() {
+              auto& s = self->state;
+              if (s.deployment != d || ++*wired < n) return;
+              const auto& first = ready.front();
+              try {
+                s.first_link = s.plane->connect(first.data_host, first.data_port, s.config.connect_timeout);
+              } catch (const std::exception& e) {
+                return done(self, {}, std::string("cannot reach the first stage's data plane: ") + e.what());
               }
+              s.layout = target;
+              s.ready = ready;
+              s.switching = false;
+              done(self, ready, "");
             },
-            [self, i, fail](caf::error& e) mutable {
-              fail(explain(e, self->state.config.stages[i], self->state.config.request_timeout));
+            [self, d, k, target, done](caf::error& e) {
+              auto& s = self->state;
+              if (s.deployment != d) return;
+              done(self, {}, explain(e, s.nodes[target[k].device].spec, s.config.request_timeout));
             });
   }
 }
 
-std::string who_went_down(driver_ptr self, const caf::actor_addr& source) {
-  const auto& s = self->state;
-  for (std::size_t i = 0; i < s.config.stages.size(); ++i) {
-    bool node = s.config.stages[i].node.address() == source;
-    bool stage = i < s.ready.size() && s.ready[i].stage && s.ready[i].stage.address() == source;
-    if (node || stage) return describe(s.config.stages[i]);
+// Moves the pipeline to `target`: every stage gets its layers (a stage that
+// has them loads nothing), then everything is rewired. `done` runs once,
+// unless a newer layout change overtakes this one.
+void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_done done) {
+  auto& s = self->state;
+  const auto d = ++s.deployment;
+  s.switching = true;
+  const auto n = target.size();
+  auto ready = std::make_shared<std::vector<stage_ready>>(n);
+  auto loaded = std::make_shared<std::size_t>(0);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& node = s.nodes[target[i].device].spec;
+    stage_assignment assignment{d,
+                                static_cast<std::uint16_t>(target[i].device),
+                                static_cast<std::int32_t>(target[i].begin),
+                                static_cast<std::int32_t>(target[i].end),
+                                s.config.model.string(),
+                                "",
+                                node.threads};
+    self->request(node.node, s.config.request_timeout, load_stage_atom_v, assignment)
+        .then(
+            [self, d, i, n, ready, loaded, target, done](stage_ready& r) {
+              if (self->state.deployment != d) return;
+              (*ready)[i] = std::move(r);
+              if (++*loaded == n) wire(self, d, target, *ready, done);
+            },
+            [self, d, i, target, done](caf::error& e) {
+              auto& s = self->state;
+              if (s.deployment != d) return;
+              done(self, {}, explain(e, s.nodes[target[i].device].spec, s.config.request_timeout));
+            });
   }
-  return "a pipeline actor";
+}
+
+void start_supervisor(driver_ptr self) {
+  const auto& c = self->state.config;
+  supervisor_config sc;
+  for (const auto& n : self->state.nodes) sc.nodes.push_back({n.spec.node_name, n.spec.host, n.spec.port, n.spec.node});
+  sc.heartbeat_interval = c.heartbeat_interval;
+  sc.heartbeat_deadline = c.heartbeat_deadline;
+  sc.connect_timeout = c.connect_timeout;
+  sc.subscriber = caf::actor_cast<caf::actor>(self);
+  self->state.supervisor = spawn_supervisor(self->system(), std::move(sc));
+  self->link_to(self->state.supervisor);
+}
+
+// Asks every node for its memory budget, then loads and wires the placement.
+void deploy(driver_ptr self, caf::response_promise promise) {
+  auto& s = self->state;
+  auto remaining = std::make_shared<std::size_t>(s.nodes.size());
+  auto failed = std::make_shared<bool>(false);
+  for (std::size_t k = 0; k < s.nodes.size(); ++k)
+    self->request(s.nodes[k].spec.node, s.config.request_timeout, info_atom_v)
+        .then(
+            [self, k, remaining, failed, promise](node_info& info) mutable {
+              auto& s = self->state;
+              s.nodes[k].memory_bytes = info.memory_bytes;
+              if (--*remaining > 0 || *failed) return;
+              std::vector<planning::stage> layout;
+              for (std::size_t i = 0; i < s.nodes.size(); ++i)
+                layout.push_back({i, static_cast<std::size_t>(s.nodes[i].spec.first_layer),
+                                  static_cast<std::size_t>(s.nodes[i].spec.last_layer)});
+              switch_layout(self, layout, [promise](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
+                if (!error.empty()) {
+                  self->state.switching = false;
+                  return promise.deliver(driver_error(error));
+                }
+                self->state.deployed = true;
+                start_supervisor(self);
+                promise.deliver(caf::unit);
+              });
+            },
+            [self, k, failed, promise](caf::error& e) mutable {
+              if (std::exchange(*failed, true)) return;
+              promise.deliver(driver_error(explain(e, self->state.nodes[k].spec, self->state.config.request_timeout)));
+            });
+}
+
+void recover(driver_ptr self);
+
+// Every request in flight is sent again whole (prompt and the tokens generated
+// so far) into the new layout, which rebuilds its KV caches; its next token is
+// the one the lost step would have produced.
+void replay(driver_ptr self, std::vector<stage_ready> ready) {
+  auto& s = self->state;
+  auto& event = s.recoveries.back();
+  for (const auto& r : ready) {
+    event.layers_moved += r.layers_loaded;
+    event.bytes_moved += r.bytes_loaded;
+  }
+  event.deployment = s.deployment;
+  event.requests_replayed = static_cast<std::int32_t>(s.requests.size());
+  std::cerr << "driver: pipeline rewired as deployment " << s.deployment << " (" << event.layers_moved
+            << " layers loaded), replaying " << s.requests.size() << " request(s)" << std::endl;
+  for (auto& [id, r] : s.requests) {
+    r.replayed_by = static_cast<int>(s.recoveries.size() - 1);
+    send_step(self, id, r.history);
+  }
+}
+
+void after_switch(driver_ptr self, std::vector<stage_ready> ready, std::string error) {
+  auto& s = self->state;
+  if (error.empty()) {
+    s.retries_left = layout_retries;
+    s.broken.clear();
+    return replay(self, std::move(ready));
+  }
+  // Most often a node the new layout needs died during the change: its
+  // verdict is on the way and starts a newer change. Otherwise try again.
+  std::cerr << "driver: layout change " << s.deployment << " failed: " << error << std::endl;
+  if (s.retries_left-- > 0) {
+    self->delayed_send(self, s.config.heartbeat_deadline * 2, retry_atom_v, s.deployment);
+    return;
+  }
+  s.switching = false;
+  s.broken = "cannot rebuild the pipeline: " + error;
+  fail_all(self, s.broken);
+}
+
+// A death verdict: move the lost layers and replay. When the survivors
+// cannot hold the model, fail what is in flight and wait for nodes.
+void recover(driver_ptr self) {
+  auto& s = self->state;
+  planning::migration plan;
+  try {
+    plan = planning::plan_after_loss(s.layout, cluster_state_of(self));
+  } catch (const planning::infeasible_error& e) {
+    ++s.deployment;  // whatever change was under way is void
+    s.switching = false;
+    std::string alive;
+    for (const auto& n : s.nodes)
+      if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
+    s.broken = std::string("the surviving nodes (") + (alive.empty() ? "none" : alive) +
+               ") cannot hold the model: " + e.what() + "; waiting for nodes to return";
+    std::cerr << "driver: " << s.broken << std::endl;
+    return fail_all(self, s.broken);
+  }
+  std::cerr << "driver: moving layers by " << plan.how << ":";
+  for (const auto& st : plan.stages)
+    std::cerr << " " << s.nodes[st.device].spec.node_name << " [" << st.begin << ", " << st.end << ")";
+  std::cerr << std::endl;
+  switch_layout(self, plan.stages, after_switch);
+}
+
+void on_verdict(driver_ptr self, node_verdict& verdict) {
+  auto& s = self->state;
+  auto node = std::find_if(s.nodes.begin(), s.nodes.end(), [&](const auto& n) { return n.spec.node_name == verdict.node; });
+  if (node == s.nodes.end()) return;
+  s.recoveries.push_back({verdict.node, verdict.reason, unix_ms(), -1, 0, 0, 0, 0});
+  if (!verdict.alive) {
+    node->alive = false;
+    return recover(self);
+  }
+  node->alive = true;
+  node->spec.node = verdict.handle;
+  if (s.broken.empty() && !s.config.rebalance_on_join) return;
+  // Back to the topology's placement once every node is back; until then an
+  // even spread over the nodes alive.
+  auto state = cluster_state_of(self);
+  std::vector<planning::stage> target;
+  if (std::all_of(s.nodes.begin(), s.nodes.end(), [](const auto& n) { return n.alive; })) {
+    for (std::size_t i = 0; i < s.nodes.size(); ++i)
+      target.push_back({i, static_cast<std::size_t>(s.nodes[i].spec.first_layer),
+                        static_cast<std::size_t>(s.nodes[i].spec.last_layer)});
+  } else {
+    try {
+      target = planning::even_layout(state);
+    } catch (const planning::infeasible_error&) {
+      return;  // still too few: keep waiting
+    }
+  }
+  switch_layout(self, target, after_switch);
 }
 
 caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama_config model,
@@ -247,6 +453,7 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
   s.config = std::move(config);
   s.model = std::move(model);
   s.tok = std::move(tok);
+  for (const auto& spec : s.config.stages) s.nodes.push_back({spec});
   messages::data_plane_options options;
   options.bind_address = s.config.advertise_host;
   auto weak = caf::actor_cast<caf::actor_addr>(self);
@@ -257,14 +464,8 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
       },
       [weak](const std::string& peer, const std::string& problem) {
         if (auto driver = caf::actor_cast<caf::actor>(weak))
-          caf::anon_send(driver, request_failure{0, "data plane link from " + peer + " closed: " + problem});
+          caf::anon_send(driver, request_failure{0, "data plane link from " + peer + " closed: " + problem, true});
       });
-  for (const auto& stage : s.config.stages) self->monitor(stage.node);
-  self->set_down_handler([self](caf::down_msg& msg) {
-    auto who = who_went_down(self, msg.source);
-    self->state.broken = who + " went down (" + caf::to_string(msg.reason) + ")";
-    fail_all(self, self->state.broken);
-  });
   return {
       [self](deploy_atom) -> caf::result<void> {
         auto promise = self->make_response_promise();
@@ -274,10 +475,16 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
       [self](generate_request& request) { return start_request(self, request); },
       [self](tensor_frame& frame) { on_logits(self, frame); },
       [self](request_failure& failure) {
-        if (failure.request == 0) return fail_all(self, failure.problem);
-        finish(self, failure.request, driver_error(failure.problem));
+        // A broken link is the supervisor's to judge: its verdict starts a
+        // recovery that replays the request, and the deadline still holds.
+        if (!failure.transient) finish(self, failure.request, driver_error(failure.problem));
+      },
+      [self](node_verdict& verdict) { on_verdict(self, verdict); },
+      [self](retry_atom, std::uint64_t deployment) {
+        if (deployment == self->state.deployment) recover(self);
       },
       [self](orrery::request_timeout_atom) { check_deadlines(self); },
+      [self](recoveries_atom) { return self->state.recoveries; },
       [self](stats_atom) -> caf::result<std::vector<stage_stats>> {
         auto promise = self->make_response_promise<std::vector<stage_stats>>();
         auto collected = std::make_shared<std::vector<stage_stats>>(self->state.ready.size());
@@ -335,6 +542,18 @@ std::vector<generation_summary> generate_blocking(caf::actor_system& system, con
     if (!failure.empty()) throw std::runtime_error(failure);
   }
   return done;
+}
+
+std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const caf::actor& driver,
+                                                std::chrono::milliseconds timeout) {
+  caf::scoped_actor self{system};
+  std::vector<recovery_event> events;
+  std::string failure;
+  self->request(driver, timeout, recoveries_atom_v)
+      .receive([&](std::vector<recovery_event>& e) { events = std::move(e); },
+               [&](caf::error& e) { failure = system.render(e); });
+  if (!failure.empty()) throw std::runtime_error("recoveries failed: " + failure);
+  return events;
 }
 
 std::vector<stage_stats> stats_blocking(caf::actor_system& system, const caf::actor& driver,

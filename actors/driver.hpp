@@ -5,10 +5,21 @@
 // stage returns, send it back in, stream it to the requester. Requests in
 // flight at once occupy different stages at once (pipelined decode).
 //
+// It also keeps its pipeline serving when nodes fail. Once deployed it runs a
+// supervisor (actors/supervisor.hpp) over the nodes; on a death verdict it
+// moves the dead node's layers (planning/migration.hpp: neighbours first,
+// else a fresh plan), rewires the pipeline under a new deployment number
+// (frames of older deployments are dropped everywhere), and replays every
+// request in flight from its token history, so the requester sees a pause,
+// never an error, a lost or a repeated token. When the survivors cannot hold
+// the model, requests fail naming what is missing, and the driver waits for
+// nodes to return.
+//
 // Protocol (all replies carry errors as caf::error naming the node):
 //   (deploy_atom)            -> void, once every stage is loaded and wired
 //   generate_request         -> generation_summary; token_event per token to the sender first
 //   (stats_atom)             -> std::vector<stage_stats>
+//   (recoveries_atom)        -> std::vector<recovery_event>
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
@@ -27,7 +38,10 @@ namespace orrery::actors {
 /// remote nodes, a proxy) and the layers it runs.
 struct placement_stage {
   std::string node_name;
-  std::string node_address;  ///< host:port, for messages
+  /// Where the node's control port is, to redial it after a failure; an
+  /// empty host means in-process (never redialled).
+  std::string host;
+  std::uint16_t port = 0;
   caf::actor node;
   int first_layer = 0;
   int last_layer = 0;
@@ -42,6 +56,14 @@ struct driver_config {
   std::chrono::milliseconds request_timeout{30000};
   /// The address the last stage reaches this process's data plane at.
   std::string advertise_host = "127.0.0.1";
+  std::chrono::milliseconds connect_timeout{3000};
+  /// Node heartbeats: how often, and how much silence is a death.
+  std::chrono::milliseconds heartbeat_interval{250};
+  std::chrono::milliseconds heartbeat_deadline{1000};
+  /// When a lost node returns, give it layers back (the topology's placement
+  /// once every node is back, else an even spread); otherwise it only
+  /// serves again when the survivors cannot hold the model.
+  bool rebalance_on_join = false;
 };
 
 /// Spawns a driver. Throws model_error if the model's config or tokenizer
@@ -65,5 +87,9 @@ std::vector<generation_summary> generate_blocking(
 /// Every stage's counters, in pipeline order.
 std::vector<stage_stats> stats_blocking(caf::actor_system& system, const caf::actor& driver,
                                         std::chrono::milliseconds timeout);
+
+/// Every recovery so far, oldest first.
+std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const caf::actor& driver,
+                                                std::chrono::milliseconds timeout);
 
 }  // namespace orrery::actors

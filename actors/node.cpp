@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <random>
 
 #include "actors/stage.hpp"
 #include "actors/tensor_frame.hpp"
@@ -24,6 +25,10 @@ class routing_table {
     std::lock_guard<std::mutex> lock(mutex_);
     routes_[stage] = actor.address();
   }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    routes_.clear();
+  }
   caf::actor find(std::uint16_t stage) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = routes_.find(stage);
@@ -35,15 +40,66 @@ class routing_table {
   std::map<std::uint16_t, caf::actor_addr> routes_;
 };
 
+std::uint64_t fresh_incarnation() {
+  static std::random_device entropy;
+  return (std::uint64_t{entropy()} << 32) | entropy();
+}
+
 struct node_state {
   node_config config;
+  std::uint64_t incarnation = fresh_incarnation();
   std::shared_ptr<routing_table> routes;
   std::shared_ptr<messages::data_plane> data_plane;
   std::map<std::uint16_t, caf::actor> stages;
+  /// Supervisors watching this node, and the heartbeat interval each asked for.
+  std::map<caf::actor, std::chrono::milliseconds> watchers;
+  std::uint64_t heartbeats_sent = 0;
+  bool beating = false;
   static inline const char* name = "orrery.node";
 };
 
-caf::behavior node_actor(caf::stateful_actor<node_state>* self, node_config config,
+using node_ptr = caf::stateful_actor<node_state>*;
+
+node_info describe(node_ptr self) {
+  const auto& c = self->state.config;
+  return node_info{c.name,      c.device,   c.memory_bytes, c.threads, c.data_host, self->state.data_plane->port(),
+                   self->state.incarnation};
+}
+
+// Heartbeats go out from the node actor on CAF's shared workers, never from a
+// stage's compute thread: a node busy computing is slow, not silent.
+void beat(node_ptr self) {
+  auto& s = self->state;
+  if (s.watchers.empty()) {
+    s.beating = false;
+    return;
+  }
+  auto interval = std::chrono::milliseconds::max();
+  for (const auto& [watcher, every] : s.watchers) {
+    self->send(watcher, heartbeat{s.config.name, s.incarnation, ++s.heartbeats_sent});
+    interval = std::min(interval, every);
+  }
+  s.beating = true;
+  self->delayed_send(self, interval, tick_atom_v);
+}
+
+// A supervisor declared this incarnation dead and has moved its layers away:
+// whatever the stages still hold belongs to a pipeline that no longer exists.
+// The node starts over under a new incarnation and may be given layers again.
+void start_over(node_ptr self) {
+  auto& s = self->state;
+  for (auto& [index, stage] : s.stages) {
+    self->unlink_from(stage);
+    self->send_exit(stage, caf::exit_reason::user_shutdown);
+  }
+  s.stages.clear();
+  s.routes->clear();
+  s.incarnation = fresh_incarnation();
+  std::cerr << "node " << s.config.name << ": fenced by a supervisor; dropped its stages, now incarnation "
+            << s.incarnation << std::endl;
+}
+
+caf::behavior node_actor(node_ptr self, node_config config,
                          std::shared_ptr<routing_table> routes, std::shared_ptr<messages::data_plane> plane) {
   self->state.config = std::move(config);
   self->state.routes = std::move(routes);
@@ -52,19 +108,32 @@ caf::behavior node_actor(caf::stateful_actor<node_state>* self, node_config conf
     for (auto& [index, stage] : self->state.stages) self->send_exit(stage, msg.reason);
     self->quit(msg.reason);
   });
+  self->set_down_handler([self](caf::down_msg& msg) {
+    auto watcher = caf::actor_cast<caf::actor>(msg.source);
+    if (watcher) self->state.watchers.erase(watcher);
+  });
   return {
-      [self](info_atom) {
-        const auto& c = self->state.config;
-        return node_info{c.name, c.device, c.memory_bytes, c.threads, c.data_host, self->state.data_plane->port()};
+      [self](info_atom) { return describe(self); },
+      [self](watch_atom, caf::actor& supervisor, std::int64_t interval_ms) {
+        self->monitor(supervisor);
+        self->state.watchers[supervisor] = std::chrono::milliseconds(std::max<std::int64_t>(interval_ms, 10));
+        if (!self->state.beating) beat(self);
+        return describe(self);
+      },
+      [self](tick_atom) { beat(self); },
+      [self](fence_atom, std::uint64_t incarnation) {
+        if (incarnation == self->state.incarnation) start_over(self);
+        return describe(self);
       },
       [self](load_stage_atom, stage_assignment& assignment) {
         const auto& c = self->state.config;
         auto& slot = self->state.stages[assignment.stage];
-        if (slot) self->send_exit(slot, caf::exit_reason::user_shutdown);  // a redeployment replaces the old stage
-        slot = spawn_stage(self->system(), {c.name, c.device, c.memory_bytes, c.data_host,
-                                            self->state.data_plane->port(), self->state.data_plane});
-        self->link_to(slot);  // a stage lives and dies with its node
-        self->state.routes->set(assignment.stage, slot);
+        if (!slot) {
+          slot = spawn_stage(self->system(), {c.name, c.device, c.memory_bytes, c.data_host,
+                                              self->state.data_plane->port(), self->state.data_plane});
+          self->link_to(slot);  // a stage lives and dies with its node
+          self->state.routes->set(assignment.stage, slot);
+        }
         return self->delegate(slot, load_stage_atom_v, std::move(assignment));
       },
   };

@@ -5,7 +5,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <iostream>
 #include <map>
+#include <vector>
 
 #include "actors/tensor_frame.hpp"
 #include "compute/cpu_threads.hpp"
@@ -29,10 +31,17 @@ struct transfer_counters {
 struct stage_state {
   stage_context context;
   stage_assignment assignment;
-  std::unique_ptr<compute::shard> shard;
-  std::map<std::uint64_t, compute::kv_cache> caches;
+  /// The stage's layers in order, as contiguous shards: a recovery extends a
+  /// stage by loading only the layers it lacks, beside those it has.
+  std::vector<compute::shard> shards;
+  /// Per request, one KV cache per shard.
+  std::map<std::uint64_t, std::vector<compute::kv_cache>> caches;
   std::shared_ptr<messages::link> next;
   next_hop hop;
+  /// Frames of any other deployment are from a pipeline layout that no
+  /// longer exists (a resumed node's late output, say) and are dropped.
+  std::uint64_t deployment = 0;
+  std::uint64_t stale_frames = 0;
   caf::actor driver;
   std::uint64_t frames = 0;
   double compute_ms = 0;
@@ -57,42 +66,87 @@ at::Device parse_device(const std::string& device) {
   return parsed;
 }
 
+// Gives the stage exactly the layers of `assignment`: shards inside the new
+// range stay, the rest go, and only the gaps are loaded from the model
+// directory.
 caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
-  s.assignment = assignment;
+  const int first = assignment.first_layer, last = assignment.last_layer;
+  std::vector<compute::shard> kept;
+  int loaded_layers = 0;
+  std::uint64_t loaded_bytes = 0;
   try {
     compute::model_dir model(assignment.model_dir);
     // Weights are held as fp32 on the CPU: 4 bytes a parameter.
-    auto needed = static_cast<std::uint64_t>(model.config().parameter_count(assignment.first_layer, assignment.last_layer)) * 4;
+    auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) * 4;
     if (s.context.memory_bytes > 0 && needed > s.context.memory_bytes)
-      return stage_error(s.where() + ": layers need " + std::to_string(needed) + " bytes, the memory budget is " +
+      return stage_error("node '" + s.context.node + "': layers [" + std::to_string(first) + ", " + std::to_string(last) +
+                         ") need " + std::to_string(needed) + " bytes, the memory budget is " +
                          std::to_string(s.context.memory_bytes));
+    for (auto& shard : s.shards)
+      if (shard.first_layer() >= first && shard.last_layer() <= last) kept.push_back(std::move(shard));
+    s.shards.clear();
     compute::shard_options options{parse_device(s.context.device), at::kFloat,
                                    compute::configure_cpu_threads(std::max(1, assignment.threads))};
-    s.shard = std::make_unique<compute::shard>(model, assignment.first_layer, assignment.last_layer, options);
+    std::vector<compute::shard> shards;
+    int at = first;
+    auto fill_to = [&](int until) {
+      if (at >= until) return;
+      shards.emplace_back(model, at, until, options);
+      loaded_layers += until - at;
+      loaded_bytes += shards.back().weight_bytes();
+    };
+    for (auto& shard : kept) {
+      fill_to(shard.first_layer());
+      at = shard.last_layer();
+      shards.push_back(std::move(shard));
+    }
+    fill_to(last);
+    s.shards = std::move(shards);
   } catch (const std::exception& e) {
-    return stage_error(s.where() + ": cannot load: " + e.what());
+    s.shards = std::move(kept);  // what it still holds; the driver gives up on this stage
+    return stage_error(s.where() + ": cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
+                       "): " + e.what());
   }
+  s.assignment = assignment;
+  s.caches.clear();  // caches of the old layer range are meaningless now
+  std::uint64_t weight_bytes = 0;
+  for (const auto& shard : s.shards) weight_bytes += shard.weight_bytes();
   return stage_ready{caf::actor_cast<caf::actor>(self), assignment.stage, s.context.node, s.context.data_host,
-                     s.context.data_port, s.shard->weight_bytes()};
+                     s.context.data_port, weight_bytes, loaded_layers, loaded_bytes};
 }
 
 void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem) {
   self->state.caches.erase(request);
-  if (self->state.driver) self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem});
+  if (self->state.driver) self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem, false});
+}
+
+at::Tensor forward(stage_state& s, std::uint64_t request, const at::Tensor& input) {
+  auto cache = s.caches.find(request);
+  if (cache == s.caches.end()) {
+    std::vector<compute::kv_cache> fresh;
+    for (const auto& shard : s.shards) fresh.push_back(shard.new_cache(shard.config().max_position_embeddings));
+    cache = s.caches.emplace(request, std::move(fresh)).first;
+  }
+  const int tokens = static_cast<int>(input.size(0));
+  at::Tensor x = input;
+  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i].forward(x, {{&cache->second[i], tokens}});
+  return x;
 }
 
 void process(stage_actor_ptr self, tensor_frame& frame) {
   auto& s = self->state;
   const auto& d = frame.descriptor;
-  if (!s.shard || !s.next) return fail_request(self, d.request_id, "received a frame before it was deployed");
-  auto cache = s.caches.find(d.request_id);
-  if (cache == s.caches.end())
-    cache = s.caches.emplace(d.request_id, s.shard->new_cache(s.shard->config().max_position_embeddings)).first;
+  if (d.deployment != s.deployment) {
+    if (s.stale_frames++ == 0)
+      std::cerr << s.where() << ": dropping frames of deployment " << d.deployment << " (now " << s.deployment << ")\n";
+    return;
+  }
+  if (s.shards.empty() || !s.next) return fail_request(self, d.request_id, "received a frame before it was deployed");
   at::Tensor out;
   auto start = clock_type::now();
   try {
-    out = s.shard->forward(frame.tensor, {{&cache->second, static_cast<int>(frame.tensor.size(0))}});
+    out = forward(s, d.request_id, frame.tensor);
   } catch (const std::exception& e) {
     return fail_request(self, d.request_id, e.what());
   }
@@ -100,6 +154,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
   ++s.frames;
   messages::frame_descriptor out_d;
   out_d.request_id = d.request_id;
+  out_d.deployment = d.deployment;
   out_d.step = d.step;
   out_d.source_stage = s.assignment.stage;
   out_d.destination_stage = s.hop.stage;
@@ -113,7 +168,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
                     std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
                 transfers->bytes += bytes;
                 if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
-                  caf::anon_send(driver, request_failure{request, where + ": " + error});
+                  caf::anon_send(driver, request_failure{request, where + ": " + error, true});
               });
 }
 
@@ -121,13 +176,19 @@ caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
   self->state.context = std::move(context);
   return {
       [self](load_stage_atom, stage_assignment& assignment) { return load(self, assignment); },
-      [self](connect_next_atom, next_hop& hop, caf::actor& driver, std::int64_t timeout_ms) -> caf::result<void> {
+      [self](connect_next_atom, std::uint64_t deployment, next_hop& hop, caf::actor& driver,
+             std::int64_t timeout_ms) -> caf::result<void> {
         auto& s = self->state;
-        s.hop = hop;
+        if (deployment != s.deployment) s.caches.clear();  // requests are replayed into the new layout
+        s.deployment = deployment;
         s.driver = driver;
+        const bool same_hop = s.next && s.next->is_open() && hop.host == s.hop.host && hop.port == s.hop.port;
+        s.hop = hop;
+        if (same_hop) return caf::unit;
         try {
           s.next = s.context.data_plane->connect(hop.host, hop.port, std::chrono::milliseconds(timeout_ms));
         } catch (const std::exception& e) {
+          s.next.reset();
           return stage_error(s.where() + ": cannot reach its next hop: " + e.what());
         }
         return caf::unit;

@@ -85,7 +85,7 @@ std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, co
     if (!failure.empty())
       throw std::runtime_error(n.label() + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
                                "` running?)");
-    stages.push_back({n.name, n.address(), handle, n.first_layer, n.last_layer, n.threads});
+    stages.push_back({n.name, n.host, n.port, handle, n.first_layer, n.last_layer, n.threads});
   }
   return stages;
 }
@@ -97,6 +97,10 @@ pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
   dc.stages = connect_nodes(*system_, t);
   dc.request_timeout = t.request_timeout;
   dc.advertise_host = std::move(advertise_host);
+  dc.connect_timeout = t.connect_timeout;
+  dc.heartbeat_interval = t.heartbeat_interval;
+  dc.heartbeat_deadline = t.heartbeat_deadline;
+  dc.rebalance_on_join = t.rebalance_on_join;
   driver_ = actors::spawn_driver(*system_, dc);
   actors::deploy_blocking(*system_, driver_, t.request_timeout);
 }
@@ -112,6 +116,10 @@ std::vector<generation_summary> pipeline_client::generate(const std::vector<gene
 
 std::vector<stage_stats> pipeline_client::stats() {
   return actors::stats_blocking(*system_, driver_, topology_.request_timeout);
+}
+
+std::vector<recovery_event> pipeline_client::recoveries() {
+  return actors::recoveries_blocking(*system_, driver_, topology_.request_timeout);
 }
 
 double decode_ms_per_token(const generation_summary& summary) {

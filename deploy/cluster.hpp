@@ -44,6 +44,8 @@ class pipeline_client {
   std::vector<generation_summary> generate(const std::vector<generate_request>& requests,
                                            const std::function<void(std::size_t, const token_event&)>& on_token = {});
   std::vector<stage_stats> stats();
+  /// Every recovery of the pipeline so far (a node lost or returned).
+  std::vector<recovery_event> recoveries();
 
  private:
   topology topology_;

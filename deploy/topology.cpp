@@ -440,7 +440,7 @@ void check_memory(const source& src, const compute::llama_config& config, std::v
 // -- timeouts --------------------------------------------------------------------
 
 void read_timeouts(const source& src, const entry& e, topology& t) {
-  section s(src, e.value, "'timeouts'", e.line, {"connect_ms", "request_ms", "heartbeat_ms"});
+  section s(src, e.value, "'timeouts'", e.line, {"connect_ms", "request_ms", "heartbeat_ms", "heartbeat_deadline_ms"});
   auto read = [&](const char* key, std::chrono::milliseconds& out) {
     if (const entry* value = s.find(key))
       out = std::chrono::milliseconds(integer_in(src, *value, 1, std::numeric_limits<std::int32_t>::max()));
@@ -448,6 +448,20 @@ void read_timeouts(const source& src, const entry& e, topology& t) {
   read("connect_ms", t.connect_timeout);
   read("request_ms", t.request_timeout);
   read("heartbeat_ms", t.heartbeat_interval);
+  read("heartbeat_deadline_ms", t.heartbeat_deadline);
+  if (t.heartbeat_deadline < 2 * t.heartbeat_interval) {
+    const entry* at = s.find("heartbeat_deadline_ms") ? s.find("heartbeat_deadline_ms") : s.find("heartbeat_ms");
+    src.fail(at->line, "heartbeat_deadline_ms (" + std::to_string(t.heartbeat_deadline.count()) +
+                           ") must be at least twice heartbeat_ms (" + std::to_string(t.heartbeat_interval.count()) +
+                           "), or one late heartbeat kills a node");
+  }
+}
+
+bool read_rebalance(const source& src, const entry& e) {
+  auto value = text(src, e);
+  if (value == "on_join") return true;
+  if (value == "never") return false;
+  src.fail(e.line, "rebalance must be 'on_join' or 'never', got '" + value + "'");
 }
 
 YAML::Node load_yaml(const source& src, const std::string& yaml_text) {
@@ -481,7 +495,8 @@ const node_spec& topology::node(const std::string& name) const {
 topology parse_topology(const std::string& yaml_text, const std::filesystem::path& file_for_messages) {
   const source src{file_for_messages.string()};
   YAML::Node root = load_yaml(src, yaml_text);
-  section top(src, root, "the topology", line_of(root), {"cluster", "model", "nodes", "placement", "timeouts"});
+  section top(src, root, "the topology", line_of(root),
+              {"cluster", "model", "nodes", "placement", "timeouts", "rebalance"});
   topology t;
   t.file = file_for_messages;
   t.cluster = text(src, top.require("cluster"));
@@ -490,6 +505,7 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   auto nodes = read_nodes(src, nodes_entry);
   check_ports(src, nodes);
   if (const entry* e = top.find("timeouts")) read_timeouts(src, *e, t);
+  if (const entry* e = top.find("rebalance")) t.rebalance_on_join = read_rebalance(src, *e);
   // The model is opened only once the file itself is known to be well formed.
   t.model = resolve_model(src, model, file_for_messages);
   t.model_config = read_model_config(src, model, t.model);

@@ -65,7 +65,11 @@ struct topology {
   std::vector<node_spec> nodes;
   std::chrono::milliseconds connect_timeout{3000};
   std::chrono::milliseconds request_timeout{30000};
-  std::chrono::milliseconds heartbeat_interval{500};
+  /// Node heartbeats: how often, and how much silence is a death verdict.
+  std::chrono::milliseconds heartbeat_interval{250};
+  std::chrono::milliseconds heartbeat_deadline{1000};
+  /// `rebalance: on_join`: a node that returns after a failure gets layers back.
+  bool rebalance_on_join = false;
   int num_layers = 0;
 
   /// The node named `name`; throws topology_error naming the known nodes.

@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
     std::vector<caf::actor> nodes;
     for (int i = 0; i < 2; ++i) {
       nodes.push_back(orrery::actors::spawn_node(system, {"host-node-" + std::to_string(i)}));
-      dc.stages.push_back({"host-node-" + std::to_string(i), "in-process", nodes.back(), i * layers / 2,
+      dc.stages.push_back({"host-node-" + std::to_string(i), "", 0, nodes.back(), i * layers / 2,
                            (i + 1) * layers / 2, 1});
     }
     auto driver = orrery::actors::spawn_driver(system, dc);

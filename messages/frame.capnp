@@ -26,4 +26,8 @@ struct FrameDescriptor {
   byteLength @6 :UInt64;
   # frame_checksum (messages/checksum.hpp) of the payload.
   checksum @7 :UInt32;
+  # The pipeline layout the frame belongs to: after a recovery rewires the
+  # pipeline, frames of the old layout (from a node that was frozen, say) are
+  # recognised and dropped.
+  deployment @8 :UInt64;
 }

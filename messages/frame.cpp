@@ -142,6 +142,7 @@ std::vector<std::byte> encode_descriptor(const frame_descriptor& d) {
   capnp::MallocMessageBuilder message(16 + d.shape.size());
   auto root = message.initRoot<wire::FrameDescriptor>();
   root.setRequestId(d.request_id);
+  root.setDeployment(d.deployment);
   root.setStep(d.step);
   root.setSourceStage(d.source_stage);
   root.setDestinationStage(d.destination_stage);
@@ -180,6 +181,7 @@ std::string decode_descriptor(const std::byte* data, std::size_t size, std::uint
       return "rank " + std::to_string(shape.size()) + " exceeds the limit of " + std::to_string(max_rank);
     frame_descriptor d;
     d.request_id = root.getRequestId();
+    d.deployment = root.getDeployment();
     d.step = root.getStep();
     d.source_stage = root.getSourceStage();
     d.destination_stage = root.getDestinationStage();

@@ -20,8 +20,11 @@ class actor_system_config;
 
 namespace orrery {
 
-/// Asks a node to load layers [first_layer, last_layer) as pipeline stage
-/// `stage` of deployment `deployment`; answered with stage_ready.
+/// Asks a node to hold layers [first_layer, last_layer) as pipeline stage
+/// `stage` (an id that stays with the stage for its life, not its position) of
+/// deployment `deployment` (the pipeline layout, renumbered by every
+/// recovery); answered with stage_ready. Sent again for a stage that exists,
+/// it changes the stage's layers, loading only those it does not hold.
 struct stage_assignment {
   std::uint64_t deployment = 0;
   std::uint16_t stage = 0;
@@ -40,6 +43,9 @@ struct stage_ready {
   std::string data_host;
   std::uint16_t data_port = 0;
   std::uint64_t weight_bytes = 0;
+  /// Layers (and their bytes) this assignment loaded: what had to move.
+  std::int32_t layers_loaded = 0;
+  std::uint64_t bytes_loaded = 0;
 };
 
 /// Where a stage sends what it computes: the next stage, or the driver.
@@ -57,6 +63,39 @@ struct node_info {
   std::int32_t threads = 1;
   std::string data_host;
   std::uint16_t data_port = 0;
+  /// Drawn afresh when the process starts and when it is fenced, so a
+  /// restarted or resumed node is never mistaken for what it was.
+  std::uint64_t incarnation = 0;
+};
+
+/// A node's sign of life to each supervisor watching it.
+struct heartbeat {
+  std::string node;
+  std::uint64_t incarnation = 0;
+  std::uint64_t sequence = 0;
+};
+
+/// A supervisor's verdict on a member, sent to its subscriber: dead (with the
+/// reason), or alive again under a new incarnation (with its handle).
+struct node_verdict {
+  std::string node;
+  std::uint64_t incarnation = 0;
+  bool alive = false;
+  std::string reason;
+  caf::actor handle;
+};
+
+/// One recovery of a driver's pipeline.
+struct recovery_event {
+  std::string node;    ///< whose loss (or return) caused it
+  std::string reason;  ///< the verdict
+  std::int64_t verdict_unix_ms = 0;
+  /// From the verdict to the first token of a replayed request (-1: none yet).
+  double recover_ms = -1;
+  std::int32_t layers_moved = 0;
+  std::uint64_t bytes_moved = 0;
+  std::int32_t requests_replayed = 0;
+  std::uint64_t deployment = 0;
 };
 
 /// One stage's work so far.
@@ -105,16 +144,35 @@ struct generation_summary {
   std::vector<float> final_logits;
 };
 
-/// A stage could not serve a request (its context is full, its next hop is
-/// gone); sent to the deployment's driver, which fails that request.
+/// A stage could not serve a request; sent to the deployment's driver. A
+/// transient failure (a link to a neighbour broke) is left to the supervisor's
+/// verdict and the recovery it starts; any other (the context is full) fails
+/// the request. Request 0: every request of the deployment.
 struct request_failure {
   std::uint64_t request = 0;
   std::string problem;
+  bool transient = false;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, request_failure& x) {
-  return f(caf::meta::type_name("request_failure"), x.request, x.problem);
+  return f(caf::meta::type_name("request_failure"), x.request, x.problem, x.transient);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, heartbeat& x) {
+  return f(caf::meta::type_name("heartbeat"), x.node, x.incarnation, x.sequence);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_verdict& x) {
+  return f(caf::meta::type_name("node_verdict"), x.node, x.incarnation, x.alive, x.reason, x.handle);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, recovery_event& x) {
+  return f(caf::meta::type_name("recovery_event"), x.node, x.reason, x.verdict_unix_ms, x.recover_ms, x.layers_moved,
+           x.bytes_moved, x.requests_replayed, x.deployment);
 }
 
 template <class Inspector>
@@ -126,7 +184,7 @@ typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_ready& x) {
   return f(caf::meta::type_name("stage_ready"), x.stage, x.stage_index, x.node, x.data_host, x.data_port,
-           x.weight_bytes);
+           x.weight_bytes, x.layers_loaded, x.bytes_loaded);
 }
 
 template <class Inspector>
@@ -136,7 +194,8 @@ typename Inspector::result_type inspect(Inspector& f, next_hop& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_info& x) {
-  return f(caf::meta::type_name("node_info"), x.name, x.device, x.memory_bytes, x.threads, x.data_host, x.data_port);
+  return f(caf::meta::type_name("node_info"), x.name, x.device, x.memory_bytes, x.threads, x.data_host, x.data_port,
+           x.incarnation);
 }
 
 template <class Inspector>
@@ -179,6 +238,10 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::token_event))
   CAF_ADD_TYPE_ID(orrery, (orrery::generation_summary))
   CAF_ADD_TYPE_ID(orrery, (orrery::request_failure))
+  CAF_ADD_TYPE_ID(orrery, (orrery::heartbeat))
+  CAF_ADD_TYPE_ID(orrery, (orrery::node_verdict))
+  CAF_ADD_TYPE_ID(orrery, (orrery::recovery_event))
+  CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::recovery_event>))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".
@@ -189,3 +252,8 @@ CAF_ADD_ATOM(orrery, orrery, stats_atom, "stats")
 CAF_ADD_ATOM(orrery, orrery, info_atom, "info")
 CAF_ADD_ATOM(orrery, orrery, deploy_atom, "deploy")
 CAF_ADD_ATOM(orrery, orrery, request_timeout_atom, "req_tmo")
+CAF_ADD_ATOM(orrery, orrery, watch_atom, "watch")
+CAF_ADD_ATOM(orrery, orrery, fence_atom, "fence")
+CAF_ADD_ATOM(orrery, orrery, tick_atom, "tick")
+CAF_ADD_ATOM(orrery, orrery, recoveries_atom, "recoveries")
+CAF_ADD_ATOM(orrery, orrery, retry_atom, "retry")

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -45,6 +46,21 @@ inline reference_run single_device(const std::filesystem::path& path, const std:
   run.final_logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
   return run;
 }
+
+/// ‖a − b‖ / ‖b‖ of two logit vectors of the same length.
+inline double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    norm += double(b[i]) * b[i];
+  }
+  return a.size() == b.size() && norm > 0 ? std::sqrt(diff / norm) : 1.0;
+}
+
+/// A replayed request rebuilds its KV caches with one prefill (matrix-matrix
+/// products) where the failure-free run decoded token by token (matrix-vector
+/// products); the sums round differently, by about 1e-6 relative here.
+constexpr double replay_tolerance = 1e-4;
 
 /// The pipeline request matching single_device(path, prompt, new_tokens).
 inline generate_request greedy_request(const std::string& prompt, int new_tokens) {

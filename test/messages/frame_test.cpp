@@ -18,6 +18,7 @@ std::string header_problem(header_bytes bytes) {
 frame_descriptor sample_descriptor() {
   frame_descriptor d;
   d.request_id = 0x1234567890ull;
+  d.deployment = 0xABCDEF0123ull;
   d.step = 17;
   d.source_stage = 2;
   d.destination_stage = 3;
@@ -98,6 +99,7 @@ TEST_CASE("descriptors round trip through Cap'n Proto") {
     frame_descriptor out;
     REQUIRE(decode_descriptor(bytes.data(), bytes.size(), d.byte_length, limit, out).empty());
     CHECK(out.request_id == d.request_id);
+    CHECK(out.deployment == d.deployment);
     CHECK(out.step == d.step);
     CHECK(out.source_stage == d.source_stage);
     CHECK(out.destination_stage == d.destination_stage);

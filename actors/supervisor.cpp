@@ -1,0 +1,189 @@
+#include "actors/supervisor.hpp"
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+
+#include <iostream>
+#include <set>
+
+#include "messages/types.hpp"
+
+namespace orrery::actors {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct member {
+  supervised_node spec;
+  bool alive = false;
+  bool dialling = false;
+  std::uint64_t incarnation = 0;
+  std::set<std::uint64_t> dead_incarnations;
+  clock_type::time_point last_seen;
+  clock_type::time_point next_dial;
+};
+
+struct supervisor_state {
+  supervisor_config config;
+  std::vector<member> members;
+  static inline const char* name = "orrery.supervisor";
+};
+
+using supervisor_ptr = caf::stateful_actor<supervisor_state>*;
+
+member* find(supervisor_ptr self, const std::string& name) {
+  for (auto& m : self->state.members)
+    if (m.spec.name == name) return &m;
+  return nullptr;
+}
+
+std::string ms(clock_type::duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+void declare_dead(supervisor_ptr self, member& m, const std::string& reason) {
+  if (!m.alive) return;
+  m.alive = false;
+  m.dead_incarnations.insert(m.incarnation);
+  if (m.spec.handle) self->demonitor(m.spec.handle);
+  m.spec.handle = nullptr;
+  m.next_dial = clock_type::now() + self->state.config.reconnect_interval;
+  std::cerr << "supervisor: node '" << m.spec.name << "' (incarnation " << m.incarnation << ") is dead: " << reason
+            << std::endl;
+  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, false, reason, {}});
+}
+
+void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_info& info) {
+  m.alive = true;
+  m.dialling = false;
+  m.incarnation = info.incarnation;
+  m.spec.handle = handle;
+  m.last_seen = clock_type::now();
+  self->monitor(handle);
+  std::cerr << "supervisor: node '" << m.spec.name << "' rejoined as incarnation " << info.incarnation << std::endl;
+  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, true, "rejoined", handle});
+}
+
+// Registers this supervisor with the node, which starts heartbeats. A member
+// of the initial deployment learns its incarnation here; a returning one is
+// admitted, after a fence if it is an incarnation already declared dead.
+void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool returning) {
+  const auto& c = self->state.config;
+  self->request(handle, c.connect_timeout, watch_atom_v, caf::actor_cast<caf::actor>(self),
+                static_cast<std::int64_t>(c.heartbeat_interval.count()))
+      .then(
+          [self, name, handle, returning](node_info& info) {
+            auto* m = find(self, name);
+            if (!m) return;
+            if (!returning) {
+              if (!m->alive) return;
+              m->incarnation = info.incarnation;
+              self->monitor(handle);
+              return;
+            }
+            if (m->alive) return;
+            if (m->dead_incarnations.count(info.incarnation) == 0) return admit(self, *m, handle, info);
+            self->request(handle, self->state.config.connect_timeout, fence_atom_v, info.incarnation)
+                .then(
+                    [self, name, handle](node_info& fresh) {
+                      auto* m = find(self, name);
+                      if (!m || m->alive) return;
+                      if (m->dead_incarnations.count(fresh.incarnation) == 0) return admit(self, *m, handle, fresh);
+                      m->dialling = false;
+                    },
+                    [self, name](caf::error&) {
+                      if (auto* m = find(self, name)) m->dialling = false;
+                    });
+          },
+          [self, name, returning](caf::error& e) {
+            auto* m = find(self, name);
+            if (!m) return;
+            m->dialling = false;
+            if (!returning) declare_dead(self, *m, "did not answer the supervisor: " + caf::to_string(e));
+          });
+}
+
+// What middleman::remote_actor does, with a deadline and without blocking.
+void dial(supervisor_ptr self, member& m) {
+  m.dialling = true;
+  m.next_dial = clock_type::now() + self->state.config.reconnect_interval;
+  auto name = m.spec.name;
+  self->request(self->system().middleman().actor_handle(), self->state.config.connect_timeout, caf::connect_atom_v,
+                m.spec.host, m.spec.port)
+      .then(
+          [self, name](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
+            auto handle = caf::actor_cast<caf::actor>(ptr);
+            auto* m = find(self, name);
+            if (!m) return;
+            if (!handle) {
+              m->dialling = false;
+              return;
+            }
+            watch(self, name, handle, true);
+          },
+          [self, name](caf::error&) {
+            if (auto* m = find(self, name)) m->dialling = false;
+          });
+}
+
+void tick(supervisor_ptr self) {
+  auto& s = self->state;
+  const auto now = clock_type::now();
+  for (auto& m : s.members) {
+    if (m.alive && now - m.last_seen > s.config.heartbeat_deadline)
+      declare_dead(self, m, "no heartbeat for " + ms(now - m.last_seen) + " (deadline " + ms(s.config.heartbeat_deadline) + ")");
+    else if (!m.alive && !m.dialling && !m.spec.host.empty() && now >= m.next_dial && self->system().has_middleman())
+      dial(self, m);
+  }
+  self->delayed_send(self, std::max(s.config.heartbeat_interval / 2, std::chrono::milliseconds(10)), tick_atom_v);
+}
+
+void on_heartbeat(supervisor_ptr self, const heartbeat& beat) {
+  auto* m = find(self, beat.node);
+  if (!m) return;
+  if (m->alive && beat.incarnation == m->incarnation) {
+    const auto gap = clock_type::now() - m->last_seen;
+    if (gap > 2 * self->state.config.heartbeat_interval)
+      std::cerr << "supervisor: node '" << m->spec.name << "' is slow: heartbeat after " << ms(gap) << " (deadline "
+                << ms(self->state.config.heartbeat_deadline) << ")" << std::endl;
+    m->last_seen = clock_type::now();
+  } else if (m->dead_incarnations.count(beat.incarnation) > 0) {
+    // A frozen node that was resumed: it must not serve its old layers.
+    self->send(caf::actor_cast<caf::actor>(self->current_sender()), fence_atom_v, beat.incarnation);
+  }
+}
+
+caf::behavior supervisor_actor(supervisor_ptr self, supervisor_config config) {
+  auto& s = self->state;
+  s.config = std::move(config);
+  // Members start alive (the driver has just connected to them) until their
+  // deadline says otherwise.
+  for (const auto& spec : s.config.nodes) {
+    member m;
+    m.spec = spec;
+    m.alive = static_cast<bool>(spec.handle);
+    m.last_seen = clock_type::now();
+    s.members.push_back(std::move(m));
+  }
+  for (auto& m : s.members)
+    if (m.alive) watch(self, m.spec.name, m.spec.handle, false);
+  self->set_down_handler([self](caf::down_msg& msg) {
+    for (auto& m : self->state.members)
+      if (m.alive && m.spec.handle && m.spec.handle.address() == msg.source)
+        declare_dead(self, m, "connection lost (" + caf::to_string(msg.reason) + ")");
+  });
+  tick(self);
+  return {
+      [self](heartbeat& beat) { on_heartbeat(self, beat); },
+      [self](tick_atom) { tick(self); },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_supervisor(caf::actor_system& system, supervisor_config config) {
+  return system.spawn(supervisor_actor, std::move(config));
+}
+
+}  // namespace orrery::actors
