@@ -109,7 +109,10 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
                        "): " + e.what());
   }
   s.assignment = assignment;
-  s.caches.clear();  // caches of the old layer range are meaningless now
+  // From here on frames of the old layout (say, the late output of a stage
+  // that died) meet layers they were not computed for: drop them.
+  s.deployment = assignment.deployment;
+  s.caches.clear();  // requests are replayed into the new layout
   std::uint64_t weight_bytes = 0;
   for (const auto& shard : s.shards) weight_bytes += shard.weight_bytes();
   return stage_ready{caf::actor_cast<caf::actor>(self), assignment.stage, s.context.node, s.context.data_host,
@@ -179,8 +182,8 @@ caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
       [self](connect_next_atom, std::uint64_t deployment, next_hop& hop, caf::actor& driver,
              std::int64_t timeout_ms) -> caf::result<void> {
         auto& s = self->state;
-        if (deployment != s.deployment) s.caches.clear();  // requests are replayed into the new layout
-        s.deployment = deployment;
+        if (deployment != s.deployment) return stage_error(s.where() + ": told to wire deployment " + std::to_string(deployment) +
+                                                           " but loaded for " + std::to_string(s.deployment));
         s.driver = driver;
         const bool same_hop = s.next && s.next->is_open() && hop.host == s.hop.host && hop.port == s.hop.port;
         s.hop = hop;

@@ -150,7 +150,8 @@ void on_heartbeat(supervisor_ptr self, const heartbeat& beat) {
     m->last_seen = clock_type::now();
   } else if (m->dead_incarnations.count(beat.incarnation) > 0) {
     // A frozen node that was resumed: it must not serve its old layers.
-    self->send(caf::actor_cast<caf::actor>(self->current_sender()), fence_atom_v, beat.incarnation);
+    // Anonymous: the node's answer (its new incarnation) is learnt on redial.
+    caf::anon_send(caf::actor_cast<caf::actor>(self->current_sender()), fence_atom_v, beat.incarnation);
   }
 }
 

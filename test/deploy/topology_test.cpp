@@ -101,11 +101,21 @@ TEST_CASE("an unknown key is named, with the closest known key, at every level")
   cluster_dir c;
   c.check_error(edit(base_yaml, "placement:", "placment:"), 8,
                 "unknown key 'placment' in the topology (did you mean 'placement'? known: cluster, model, nodes, "
-                "placement, timeouts)");
+                "placement, timeouts, rebalance)");
   c.check_error(edit(base_yaml, "    address: 127.0.0.1:7412", "    address: 127.0.0.1:7412\n    thread: 2"), 8,
                 "unknown key 'thread' in node 2 (did you mean 'threads'?");
   c.check_error(base_yaml + "timeouts:\n  connect_ms: 10\n  deadline_ms: 5\n", 11,
-                "unknown key 'deadline_ms' in 'timeouts' (known: connect_ms, request_ms, heartbeat_ms)");
+                "unknown key 'deadline_ms' in 'timeouts' (known: connect_ms, request_ms, heartbeat_ms, "
+                "heartbeat_deadline_ms)");
+}
+
+TEST_CASE("a heartbeat deadline under two intervals and an unknown rebalance policy are named") {
+  cluster_dir c;
+  c.check_error(base_yaml + "timeouts:\n  heartbeat_ms: 400\n  heartbeat_deadline_ms: 500\n", 11,
+                "heartbeat_deadline_ms (500) must be at least twice heartbeat_ms (400)");
+  c.check_error(base_yaml + "timeouts:\n  heartbeat_ms: 600\n", 10,
+                "heartbeat_deadline_ms (1000) must be at least twice heartbeat_ms (600)");
+  c.check_error(base_yaml + "rebalance: sometimes\n", 9, "rebalance must be 'on_join' or 'never', got 'sometimes'");
 }
 
 TEST_CASE("a missing required key is named at the map that lacks it") {
@@ -295,12 +305,15 @@ TEST_CASE("defaults fill what a node and the timeouts leave out; given values ar
   CHECK(a.address() == "127.0.0.1:7411");
   CHECK(t.connect_timeout == std::chrono::milliseconds(3000));
   CHECK(t.request_timeout == std::chrono::milliseconds(30000));
-  CHECK(t.heartbeat_interval == std::chrono::milliseconds(500));
+  CHECK(t.heartbeat_interval == std::chrono::milliseconds(250));
+  CHECK(t.heartbeat_deadline == std::chrono::milliseconds(1000));
+  CHECK(!t.rebalance_on_join);
   CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 2}, {2, 4}});
 
   auto given = c.parse(edit(base_yaml, "127.0.0.1:7412",
                             "'[::1]:7412'\n    data_port: 9000\n    device: cuda:1\n    memory: 1.5 GB\n    threads: 8") +
-                       "timeouts:\n  connect_ms: 100\n  request_ms: 200\n  heartbeat_ms: 10\n");
+                       "timeouts:\n  connect_ms: 100\n  request_ms: 200\n  heartbeat_ms: 10\n  heartbeat_deadline_ms: 30\n"
+                       "rebalance: on_join\n");
   const auto& b = given.node("b");
   CHECK(b.host == "::1");
   CHECK(b.address() == "[::1]:7412");
@@ -311,6 +324,8 @@ TEST_CASE("defaults fill what a node and the timeouts leave out; given values ar
   CHECK(given.connect_timeout == std::chrono::milliseconds(100));
   CHECK(given.request_timeout == std::chrono::milliseconds(200));
   CHECK(given.heartbeat_interval == std::chrono::milliseconds(10));
+  CHECK(given.heartbeat_deadline == std::chrono::milliseconds(30));
+  CHECK(given.rebalance_on_join);
 }
 
 TEST_CASE("memory sizes take bytes, decimal and binary units") {
