@@ -17,6 +17,9 @@ void add_node_command(CLI::App& app);
 /// `orrery up`: every node of a topology as local child processes.
 void add_up_command(CLI::App& app);
 
+/// `orrery chaos`: kill or freeze nodes started by `orrery up`.
+void add_chaos_command(CLI::App& app);
+
 /// `orrery generate`: on one device (--model) or over a topology (--topology).
 void add_generate_command(CLI::App& app);
 

@@ -30,32 +30,23 @@ bool accepts_connections(const std::string& host, std::uint16_t port) {
 
 }  // namespace
 
+std::vector<std::string> node_arguments(const std::filesystem::path& topology_file, const std::string& name) {
+  return {"node", "--topology", topology_file.string(), "--name", name};
+}
+
+std::string node_exit::describe() const {
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit status " + std::to_string(WEXITSTATUS(status));
+}
+
 local_cluster::local_cluster(const topology& t, std::filesystem::path log_dir, std::filesystem::path executable)
-    : topology_(t), log_dir_(std::move(log_dir)) {
+    : topology_(t), log_dir_(std::move(log_dir)), executable_(std::filesystem::canonical(executable)) {
   if (!log_dir_.empty()) std::filesystem::create_directories(log_dir_);
-  const auto self = std::filesystem::canonical(executable);
-  const pid_t parent = ::getpid();
-  for (const auto& n : t.nodes) {
-    pid_t pid = ::fork();
-    if (pid < 0) {
-      stop();
-      throw std::runtime_error("cannot start " + n.label() + ": fork failed");
-    }
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (::getppid() != parent) ::_exit(1);  // the launcher died before prctl took effect
-      sigset_t none;
-      sigemptyset(&none);
-      pthread_sigmask(SIG_SETMASK, &none, nullptr);
-      if (!log_dir_.empty()) {
-        int fd = ::open((log_dir_ / (n.name + ".log")).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) ::dup2(fd, STDOUT_FILENO), ::dup2(fd, STDERR_FILENO), ::close(fd);
-      }
-      ::execl(self.c_str(), self.c_str(), "node", "--topology", t.file.c_str(), "--name", n.name.c_str(),
-              static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    pids_[n.name] = pid;
+  try {
+    for (const auto& n : t.nodes) pids_[n.name] = start(n);
+  } catch (...) {
+    stop();
+    throw;
   }
 }
 
@@ -63,25 +54,59 @@ local_cluster::~local_cluster() {
   stop();
 }
 
-std::string local_cluster::exited_node() {
+pid_t local_cluster::start(const node_spec& n) const {
+  // Built before fork: the child of a multi-threaded parent may only make
+  // async-signal-safe calls, so no allocation there.
+  auto args = node_arguments(topology_.file, n.name);
+  args.insert(args.begin(), executable_.string());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const auto log = log_dir_.empty() ? std::string() : (log_dir_ / (n.name + ".log")).string();
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("cannot start " + n.label() + ": fork failed");
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(1);  // the launcher died before prctl took effect
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, nullptr);
+    if (!log.empty()) {
+      // Appending keeps what a restarted node printed before it died.
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) ::dup2(fd, STDOUT_FILENO), ::dup2(fd, STDERR_FILENO), ::close(fd);
+    }
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+void local_cluster::restart(const std::string& name) {
+  if (pids_.count(name) != 0) throw std::logic_error("cannot restart node '" + name + "': it is still running");
+  pids_[name] = start(topology_.node(name));
+}
+
+std::optional<node_exit> local_cluster::exited_node() {
   for (auto it = pids_.begin(); it != pids_.end(); ++it) {
     int status = 0;
     if (::waitpid(it->second, &status, WNOHANG) == it->second) {
-      auto name = it->first;
+      node_exit gone{it->first, status};
       pids_.erase(it);
-      return name;
+      return gone;
     }
   }
-  return {};
+  return std::nullopt;
 }
 
 void local_cluster::wait_ready(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (const auto& n : topology_.nodes) {
     while (!accepts_connections(n.host, n.port)) {
-      if (auto gone = exited_node(); !gone.empty())
-        throw std::runtime_error("node '" + gone + "' exited during start-up" +
-                                 (log_dir_.empty() ? "" : " (see " + (log_dir_ / (gone + ".log")).string() + ")"));
+      if (auto gone = exited_node())
+        throw std::runtime_error("node '" + gone->name + "' exited during start-up (" + gone->describe() + ")" +
+                                 (log_dir_.empty() ? "" : "; see " + (log_dir_ / (gone->name + ".log")).string()));
       if (std::chrono::steady_clock::now() > deadline)
         throw std::runtime_error(n.label() + " did not start listening within " + std::to_string(timeout.count()) + " ms");
       std::this_thread::sleep_for(20ms);
@@ -90,7 +115,8 @@ void local_cluster::wait_ready(std::chrono::milliseconds timeout) {
 }
 
 void local_cluster::stop() {
-  for (const auto& [name, pid] : pids_) ::kill(pid, SIGTERM);
+  // A node frozen by `orrery chaos --action freeze` acts on SIGTERM only once continued.
+  for (const auto& [name, pid] : pids_) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);
   const auto deadline = std::chrono::steady_clock::now() + 3s;
   while (!pids_.empty()) {
     for (auto it = pids_.begin(); it != pids_.end();) {

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   orrery::deploy::add_model_command(app);
   orrery::deploy::add_node_command(app);
   orrery::deploy::add_up_command(app);
+  orrery::deploy::add_chaos_command(app);
   orrery::deploy::add_generate_command(app);
   orrery::deploy::add_plan_command(app);
   orrery::deploy::add_bench_command(app);

@@ -10,62 +10,19 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
-#include <set>
 
-#include "compute/model_init.hpp"
 #include "deploy/cluster.hpp"
 #include "deploy/local_cluster.hpp"
+#include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"
 #include "test/single_device.hpp"
 
 using namespace orrery;
 using orrery::test::greedy_request;
+using orrery::test::model_fixture;
 using orrery::test::single_device;
 using orrery::test::temp_dir;
-
-namespace {
-
-// A port nothing listens on now and that this process has not handed out
-// before (the OS may offer a just-closed port twice).
-std::uint16_t free_port() {
-  static std::set<std::uint16_t> handed_out;
-  for (;;) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-    socklen_t length = sizeof address;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-    ::close(fd);
-    if (handed_out.insert(ntohs(address.sin_port)).second) return ntohs(address.sin_port);
-  }
-}
-
-// A topology of `ranges.size()` loopback nodes on free ports.
-std::filesystem::path write_topology(const temp_dir& dir, const std::string& name,
-                                     const std::vector<std::pair<int, int>>& ranges, int connect_ms = 3000) {
-  auto path = dir / (name + ".yaml");
-  std::ofstream out(path);
-  out << "cluster: " << name << "\nmodel: m\nnodes:\n";
-  for (std::size_t i = 0; i < ranges.size(); ++i)
-    out << "  - name: n" << i << "\n    address: 127.0.0.1:" << free_port() << "\n    data_port: " << free_port()
-        << "\n    threads: 1\n";
-  out << "placement:\n";
-  for (std::size_t i = 0; i < ranges.size(); ++i)
-    out << "  n" << i << ": [" << ranges[i].first << ", " << ranges[i].second << "]\n";
-  out << "timeouts:\n  connect_ms: " << connect_ms << "\n  request_ms: 20000\n  heartbeat_ms: 200\n";
-  return path;
-}
-
-
-struct model_fixture {
-  temp_dir dir;
-  model_fixture() { compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {13, 0, {}}); }
-};
-
-}  // namespace
+using orrery::test::write_topology;
 
 TEST_CASE("1, 2 and 4 node processes give the single-device tokens and bitwise logits, also for 4 concurrent requests") {
   model_fixture f;
@@ -173,5 +130,5 @@ TEST_CASE("malformed frames sent to a live node close only that link; the node k
   }
   auto after = client.generate({greedy_request("still here", 8)});
   CHECK(after[0].tokens == reference.tokens);
-  CHECK(cluster.exited_node().empty());
+  CHECK(!cluster.exited_node().has_value());
 }

@@ -1,0 +1,74 @@
+#pragma once
+// A tiny model and loopback topologies on free ports, for the suites that run
+// real `orrery node` processes.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "compute/model_init.hpp"
+#include "test/temp_dir.hpp"
+
+namespace orrery::test {
+
+/// A port nothing listens on now and that this process has not handed out
+/// before (the OS may offer a just-closed port twice).
+inline std::uint16_t free_port() {
+  static std::set<std::uint16_t> handed_out;
+  for (;;) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    ::close(fd);
+    if (handed_out.insert(ntohs(address.sin_port)).second) return ntohs(address.sin_port);
+  }
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+inline bool accepts_connections(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  ::close(fd);
+  return ok;
+}
+
+/// A topology of `ranges.size()` loopback nodes `n0`, `n1`, … on free ports,
+/// in cluster `name`, serving the model `m` beside it.
+inline std::filesystem::path write_topology(const temp_dir& dir, const std::string& name,
+                                            const std::vector<std::pair<int, int>>& ranges, int connect_ms = 3000) {
+  auto path = dir / (name + ".yaml");
+  std::ofstream out(path);
+  out << "cluster: " << name << "\nmodel: m\nnodes:\n";
+  for (std::size_t i = 0; i < ranges.size(); ++i)
+    out << "  - name: n" << i << "\n    address: 127.0.0.1:" << free_port() << "\n    data_port: " << free_port()
+        << "\n    threads: 1\n";
+  out << "placement:\n";
+  for (std::size_t i = 0; i < ranges.size(); ++i)
+    out << "  n" << i << ": [" << ranges[i].first << ", " << ranges[i].second << "]\n";
+  out << "timeouts:\n  connect_ms: " << connect_ms << "\n  request_ms: 20000\n  heartbeat_ms: 200\n";
+  return path;
+}
+
+/// A temporary directory holding the `tiny` model as `m`.
+struct model_fixture {
+  temp_dir dir;
+  model_fixture() { compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {13, 0, {}}); }
+};
+
+}  // namespace orrery::test
