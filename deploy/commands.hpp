@@ -43,5 +43,6 @@ void add_dataplane_bench(CLI::App& bench);
 
 /// `orrery bench pipeline` (registered on the `bench` subcommand).
 void add_pipeline_bench(CLI::App& bench);
+void add_recovery_bench(CLI::App& bench);
 
 }  // namespace orrery::deploy

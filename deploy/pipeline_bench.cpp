@@ -8,8 +8,6 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
-#include <yaml-cpp/yaml.h>
 
 #include "compute/compute_bench.hpp"
 #include "compute/cpu_threads.hpp"
@@ -35,17 +33,6 @@ struct pipeline_bench_options {
   int repeats = 5;
 };
 
-// The topology with its `model:` replaced (the placement is re-resolved for
-// that model, so a memory budget that no longer fits is still an error).
-topology load_for_model(const std::string& file, const std::string& model) {
-  if (model.empty()) return load_topology(file);
-  YAML::Node root = YAML::LoadFile(file);
-  root["model"] = std::filesystem::absolute(model).string();
-  std::stringstream text;
-  text << root;
-  return parse_topology(text.str(), file);
-}
-
 // Each stage's work between two snapshots of its counters, per token.
 nlohmann::json per_stage(const std::vector<stage_stats>& before, const std::vector<stage_stats>& after, double tokens) {
   nlohmann::json stages = nlohmann::json::array();
@@ -65,7 +52,7 @@ double median(std::vector<double> v) {
 }
 
 nlohmann::json run(const pipeline_bench_options& o) {
-  auto t = load_for_model(o.topology, o.model);
+  auto t = load_topology_for_model(o.topology, o.model);
   compute::generation_request local;
   local.prompt = compute::bench_prompt(o.prompt_tokens);
   local.max_new_tokens = o.new_tokens + 1;

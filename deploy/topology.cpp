@@ -527,6 +527,15 @@ topology load_topology(const std::filesystem::path& file) {
   return parse_topology(text.str(), file);
 }
 
+topology load_topology_for_model(const std::filesystem::path& file, const std::string& model) {
+  if (model.empty()) return load_topology(file);
+  YAML::Node root = YAML::LoadFile(file.string());
+  root["model"] = std::filesystem::absolute(model).string();
+  std::stringstream text;
+  text << root;
+  return parse_topology(text.str(), file);
+}
+
 std::string describe_placement(const topology& t) {
   std::size_t name_width = 4, address_width = 7;
   for (const auto& node : t.nodes) {

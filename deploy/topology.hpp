@@ -84,6 +84,11 @@ topology load_topology(const std::filesystem::path& file);
 /// the base a relative `model:` path resolves against.
 topology parse_topology(const std::string& yaml_text, const std::filesystem::path& file_for_messages);
 
+/// As load_topology, with `model:` replaced by `model` unless it is empty (the
+/// placement is resolved for that model, so a memory budget it does not fit
+/// is still an error). For benchmarks that take --model.
+topology load_topology_for_model(const std::filesystem::path& file, const std::string& model);
+
 /// A multi-line human summary: one line per node with its address, data
 /// port, device, layer range, weight bytes and memory budget.
 std::string describe_placement(const topology& t);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "deploy/cluster.hpp"
@@ -184,4 +185,24 @@ TEST_CASE("every node killed: the client gets an error naming what is missing, w
   }
   CHECK(error.find("cannot hold the model") != std::string::npos);
   CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("orrery bench recovery reports the verdict, what moved, and no lost request") {
+  model_fixture f;
+  auto file = write_topology(f.dir, "bench", four_nodes);
+  for (const std::string action : {"kill", "freeze"}) {
+    CAPTURE(action);
+    auto r = test::run_orrery({"bench", "recovery", "--topology", file.string(), "--action", action, "--new-tokens", "16",
+                               "--concurrent", "2"},
+                              f.dir.path());
+    REQUIRE(r.exit_code == 0);
+    auto json = nlohmann::json::parse(r.out);
+    CHECK(json["node"] == "n2");
+    CHECK(json["requests_lost"] == 0);
+    CHECK(json["requests_with_other_tokens"] == 0);
+    CHECK(json["requests_with_lost_or_repeated_tokens"] == 0);
+    CHECK(json["layers_moved"] == 1);
+    CHECK(json["detect_ms"].get<double>() >= 0);
+    CHECK(json["recover_ms"].get<double>() >= 0);
+  }
 }
