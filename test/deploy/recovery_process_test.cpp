@@ -120,6 +120,22 @@ TEST_CASE("a frozen node is declared dead within the deadline, and fenced and re
   generate_through(client, f.dir / "m", {"after the thaw"}, 12, [](int) {});
 }
 
+TEST_CASE("a node stalled for less than the deadline is slow, not dead: nothing moves") {
+  model_fixture f;
+  auto t = deploy::load_topology(write_topology(f.dir, "slow", four_nodes));
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(20s);
+  deploy::pipeline_client client(t);
+  generate_through(client, f.dir / "m", {"a hiccup"}, 20, [&](int streamed) {
+    if (streamed != 5) return;
+    ::kill(cluster.pid("n1"), SIGSTOP);
+    std::this_thread::sleep_for(t.heartbeat_deadline / 2);
+    ::kill(cluster.pid("n1"), SIGCONT);
+  });
+  CHECK(client.recoveries().empty());
+  CHECK(client.stats().size() == 4);
+}
+
 TEST_CASE("two nodes killed one after the other, the second while layers migrate to it") {
   model_fixture f;
   auto t = deploy::load_topology(write_topology(f.dir, "twice", four_nodes));
