@@ -75,6 +75,7 @@ struct driver_state {
   bool switching = false;  // a layout change is under way: hold requests
   int retries_left = layout_retries;
   std::string broken;  // why the pipeline cannot serve any more, while it cannot
+  bool awaiting_nodes = false;  // too few nodes: requests are held for a grace period
   caf::actor supervisor;
   std::vector<recovery_event> recoveries;
   std::uint64_t next_request = 1;
@@ -377,6 +378,7 @@ void after_switch(driver_ptr self, std::vector<stage_ready> ready, std::string e
   auto& s = self->state;
   if (error.empty()) {
     s.retries_left = layout_retries;
+    s.awaiting_nodes = false;
     s.broken.clear();
     return replay(self, std::move(ready));
   }
@@ -393,7 +395,10 @@ void after_switch(driver_ptr self, std::vector<stage_ready> ready, std::string e
 }
 
 // A death verdict: move the lost layers and replay. When the survivors
-// cannot hold the model, fail what is in flight and wait for nodes.
+// cannot hold the model, hold what is in flight while dead nodes may still
+// return (a client that stood still past the connection timeout sees every
+// node "die" at once, and finds them again on redial); fail it after that,
+// and keep waiting for nodes.
 void recover(driver_ptr self) {
   auto& s = self->state;
   planning::migration plan;
@@ -401,12 +406,21 @@ void recover(driver_ptr self) {
     plan = planning::plan_after_loss(s.layout, cluster_state_of(self));
   } catch (const planning::infeasible_error& e) {
     ++s.deployment;  // whatever change was under way is void
-    s.switching = false;
     std::string alive;
     for (const auto& n : s.nodes)
       if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
-    s.broken = std::string("the surviving nodes (") + (alive.empty() ? "none" : alive) +
-               ") cannot hold the model: " + e.what() + "; waiting for nodes to return";
+    const std::string why = std::string("the surviving nodes (") + (alive.empty() ? "none" : alive) +
+                            ") cannot hold the model: " + e.what();
+    if (!std::exchange(s.awaiting_nodes, true)) {
+      const auto grace = s.config.heartbeat_deadline * 3;
+      std::cerr << "driver: " << why << "; holding requests " << grace.count() << " ms for nodes to return" << std::endl;
+      s.switching = true;
+      self->delayed_send(self, grace, retry_atom_v, s.deployment);
+      return;
+    }
+    s.awaiting_nodes = false;
+    s.switching = false;
+    s.broken = why + "; waiting for nodes to return";
     std::cerr << "driver: " << s.broken << std::endl;
     return fail_all(self, s.broken);
   }
@@ -428,7 +442,7 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
   }
   node->alive = true;
   node->spec.node = verdict.handle;
-  if (s.broken.empty() && !s.config.rebalance_on_join) return;
+  if (s.broken.empty() && !s.awaiting_nodes && !s.config.rebalance_on_join) return;
   // Back to the topology's placement once every node is back; until then an
   // even spread over the nodes alive.
   auto state = cluster_state_of(self);

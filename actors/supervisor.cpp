@@ -27,6 +27,7 @@ struct member {
 struct supervisor_state {
   supervisor_config config;
   std::vector<member> members;
+  clock_type::time_point last_tick = clock_type::now();
   static inline const char* name = "orrery.supervisor";
 };
 
@@ -130,6 +131,15 @@ void dial(supervisor_ptr self, member& m) {
 void tick(supervisor_ptr self) {
   auto& s = self->state;
   const auto now = clock_type::now();
+  // A tick far behind schedule means this process itself stood still
+  // (stopped, swapped out, a suspended laptop): the heartbeats that arrived
+  // meanwhile are still queued, so silence says nothing about the nodes.
+  if (now - s.last_tick > s.config.heartbeat_deadline / 2) {
+    std::cerr << "supervisor: this process stood still for " << ms(now - s.last_tick)
+              << "; every node gets a fresh deadline" << std::endl;
+    for (auto& m : s.members) m.last_seen = now;
+  }
+  s.last_tick = now;
   for (auto& m : s.members) {
     if (m.alive && now - m.last_seen > s.config.heartbeat_deadline)
       declare_dead(self, m, "no heartbeat for " + ms(now - m.last_seen) + " (deadline " + ms(s.config.heartbeat_deadline) + ")");

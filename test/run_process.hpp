@@ -33,6 +33,7 @@ inline std::string orrery_binary() {
 inline process_result run_process(const std::vector<std::string>& argv, const std::filesystem::path& cwd) {
   temp_dir capture;
   auto out_path = capture / "out", err_path = capture / "err";
+  std::fflush(nullptr);  // or the child's freopen writes the test's buffered output again
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {

@@ -5,9 +5,11 @@
 // request that asks a pipeline for the same run.
 
 #include <ATen/ATen.h>
+#include <doctest/doctest.h>
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,35 @@ inline generate_request greedy_request(const std::string& prompt, int new_tokens
   r.max_new_tokens = new_tokens;
   r.stop_at_eos = false;
   return r;
+}
+
+/// How a suite generates: requests in, summaries out, each token streamed to
+/// the callback first (generate_blocking, pipeline_client::generate).
+using generate_function = std::function<std::vector<generation_summary>(
+    const std::vector<generate_request>&, const std::function<void(std::size_t, const token_event&)>&)>;
+
+/// Greedy requests for `prompts` while `act(tokens streamed so far)` does its
+/// damage (kills, freezes); every request must end with its single-device
+/// tokens, each streamed exactly once, and final logits within
+/// replay_tolerance.
+inline void check_survives(const generate_function& generate, const std::filesystem::path& model,
+                           const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& act) {
+  std::vector<generate_request> requests;
+  for (const auto& p : prompts) requests.push_back(greedy_request(p, tokens));
+  std::vector<std::vector<compute::token_id>> streamed(prompts.size());
+  int total = 0;
+  auto summaries = generate(requests, [&](std::size_t i, const token_event& e) {
+    streamed[i].push_back(e.token);
+    act(++total);
+  });
+  REQUIRE(summaries.size() == prompts.size());
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    CAPTURE(i);
+    auto reference = single_device(model, prompts[i], tokens);
+    CHECK(summaries[i].tokens == reference.tokens);
+    CHECK(streamed[i] == reference.tokens);  // none lost, none repeated
+    CHECK(relative_error(summaries[i].final_logits, reference.final_logits) <= replay_tolerance);
+  }
 }
 
 }  // namespace orrery::test

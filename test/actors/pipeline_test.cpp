@@ -100,27 +100,14 @@ TEST_CASE("4 concurrent requests share a 4-stage pipeline and each matches its s
   }
 }
 
-// Greedy requests while `kill(streamed so far)` may take nodes down; every
-// request must end with its single-device tokens, streamed exactly once each.
+// Runs test::check_survives on the in-process pipeline.
 void check_survives(in_process_pipeline& pipeline, const std::filesystem::path& path,
                     const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& kill) {
-  std::vector<generate_request> requests;
-  for (const auto& p : prompts) requests.push_back(greedy_request(p, tokens));
-  std::vector<std::vector<compute::token_id>> streamed(prompts.size());
-  int total = 0;
-  auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, requests, std::chrono::seconds(30),
-                                             [&](std::size_t i, const token_event& e) {
-                                               streamed[i].push_back(e.token);
-                                               kill(++total);
-                                             });
-  REQUIRE(summaries.size() == prompts.size());
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    CAPTURE(i);
-    auto reference = single_device(path, prompts[i], tokens);
-    CHECK(summaries[i].tokens == reference.tokens);
-    CHECK(streamed[i] == reference.tokens);  // none lost, none repeated
-    CHECK(test::relative_error(summaries[i].final_logits, reference.final_logits) <= test::replay_tolerance);
-  }
+  test::check_survives(
+      [&](const auto& requests, const auto& on_token) {
+        return actors::generate_blocking(pipeline.system, pipeline.driver, requests, std::chrono::seconds(30), on_token);
+      },
+      path, prompts, tokens, kill);
 }
 
 TEST_CASE("a node killed mid-generation: its layers go to its neighbours and the request goes on unchanged") {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <regex>
 #include <sstream>
@@ -191,6 +192,53 @@ TEST_CASE("chaos kills a named node; up reports it and keeps the other nodes ser
   CHECK(c.up->wait(5s) == 1);
   CHECK(contains(c.up->err(), "every node of '" + c.name + "' has exited"));
   CHECK_FALSE(std::filesystem::exists(orrery::deploy::registry_path(c.name)));
+}
+
+namespace {
+
+// `orrery generate --topology` of the cluster in the background, `disturb`
+// called once tokens flow; it must finish with the text one device writes.
+void check_generation_survives(up_cluster& c, const std::function<void(background_orrery&)>& disturb) {
+  const std::vector<std::string> sampling = {"--prompt", "Chaos is a ladder", "--max-tokens", "150", "--temperature", "0"};
+  auto args = sampling;
+  args.insert(args.begin(), {"generate", "--topology", c.topology.string()});
+  background_orrery generate(args, c.model.dir.path());
+  REQUIRE(eventually([&] { return generate.out().size() > std::string("Chaos is a ladder").size() + 10; }, 30s));
+  disturb(generate);
+  INFO("generate printed: " << generate.out() << generate.err());
+  REQUIRE(generate.wait(60s) == 0);
+  args = sampling;
+  args.insert(args.begin(), {"generate", "--model", "m"});
+  auto local = run_orrery(args, c.model.dir.path());
+  REQUIRE(local.exit_code == 0);
+  auto text = [](const std::string& out) { return out.substr(0, out.find("\n-- ")); };
+  CHECK(text(generate.out()) == text(local.out));
+  CHECK(contains(generate.err(), "replaying 1 request(s)"));
+}
+
+}  // namespace
+
+TEST_CASE("orrery generate over orrery up keeps streaming while a node is killed: the same text as one device") {
+  up_cluster c("serve");
+  check_generation_survives(c, [&](background_orrery& generate) {
+    // The tiny model streams ~200 tokens/s, faster than `orrery chaos`
+    // starts: hold the client still for the moment of the kill, so the node
+    // surely dies mid-generation.
+    ::kill(generate.pid(), SIGSTOP);
+    ::kill(c.registered("n1").pid, SIGKILL);
+    ::kill(generate.pid(), SIGCONT);
+  });
+}
+
+TEST_CASE("a client that stood still past the connection timeout finds its nodes again and finishes") {
+  up_cluster c("stall");
+  check_generation_survives(c, [&](background_orrery& generate) {
+    // Every node drops the silent client (4 heartbeats of 200 ms); on waking
+    // it sees them all gone, holds the request, redials, and replays.
+    ::kill(generate.pid(), SIGSTOP);
+    std::this_thread::sleep_for(1500ms);
+    ::kill(generate.pid(), SIGCONT);
+  });
 }
 
 TEST_CASE("chaos freezes a node for --freeze-for and continues it, also when interrupted") {
