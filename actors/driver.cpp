@@ -26,8 +26,8 @@ using clock_type = std::chrono::steady_clock;
 /// Frames addressed to the driver carry this destination stage.
 constexpr std::uint16_t driver_stage = 0xffff;
 
-/// A failed layout change is retried this many times (after a heartbeat
-/// deadline, by when a node that failed it has a verdict) before the driver
+/// A failed layout change is retried this many times (after two heartbeat
+/// deadlines, by when a node that failed it has a verdict) before the driver
 /// gives up.
 constexpr int layout_retries = 3;
 
@@ -244,13 +244,15 @@ using layout_done = std::function<void(driver_ptr, std::vector<stage_ready>, std
 void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target, std::vector<stage_ready> ready,
           layout_done done) {
   const auto timeout = self->state.config.request_timeout;
+  // A stage connects to its next hop within the connect timeout: a frozen
+  // neighbour must not hold the stage (and the next recovery) for long.
+  const auto connect_ms = static_cast<std::int64_t>(self->state.config.connect_timeout.count());
   const auto n = ready.size();
   auto wired = std::make_shared<std::size_t>(0);
   for (std::size_t k = 0; k < n; ++k) {
     next_hop hop = k + 1 < n ? next_hop{ready[k + 1].data_host, ready[k + 1].data_port, ready[k + 1].stage_index}
                              : next_hop{self->state.config.advertise_host, self->state.plane->port(), driver_stage};
-    self->request(ready[k].stage, timeout, connect_next_atom_v, d, hop, caf::actor_cast<caf::actor>(self),
-                  static_cast<std::int64_t>(timeout.count()))
+    self->request(ready[k].stage, timeout, connect_next_atom_v, d, hop, caf::actor_cast<caf::actor>(self), connect_ms)
         .then(
             [self, d, wired, n, target, ready, done]() {
               auto& s = self->state;
@@ -277,9 +279,14 @@ void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target,
 // Moves the pipeline to `target`: every stage gets its layers (a stage that
 // has them loads nothing), then everything is rewired. `done` runs once,
 // unless a newer layout change overtakes this one.
-void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_done done) {
+void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_done report) {
   auto& s = self->state;
   const auto d = ++s.deployment;
+  // Several stages may fail one change: the first failure reports it.
+  auto reported = std::make_shared<bool>(false);
+  layout_done done = [reported, report](driver_ptr self, std::vector<stage_ready> ready, std::string error) {
+    if (!std::exchange(*reported, true)) report(self, std::move(ready), std::move(error));
+  };
   s.switching = true;
   const auto n = target.size();
   auto ready = std::make_shared<std::vector<stage_ready>>(n);
@@ -352,14 +359,14 @@ void deploy(driver_ptr self, caf::response_promise promise) {
             });
 }
 
-void recover(driver_ptr self);
+void recover(driver_ptr self, bool grace_over);
 
 // Every request in flight is sent again whole (prompt and the tokens generated
 // so far) into the new layout, which rebuilds its KV caches; its next token is
 // the one the lost step would have produced.
-void replay(driver_ptr self, std::vector<stage_ready> ready) {
+void replay(driver_ptr self, std::size_t event_index, const std::vector<stage_ready>& ready) {
   auto& s = self->state;
-  auto& event = s.recoveries.back();
+  auto& event = s.recoveries.at(event_index);
   for (const auto& r : ready) {
     event.layers_moved += r.layers_loaded;
     event.bytes_moved += r.bytes_loaded;
@@ -369,37 +376,42 @@ void replay(driver_ptr self, std::vector<stage_ready> ready) {
   std::cerr << "driver: pipeline rewired as deployment " << s.deployment << " (" << event.layers_moved
             << " layers loaded), replaying " << s.requests.size() << " request(s)" << std::endl;
   for (auto& [id, r] : s.requests) {
-    r.replayed_by = static_cast<int>(s.recoveries.size() - 1);
+    r.replayed_by = static_cast<int>(event_index);
     send_step(self, id, r.history);
   }
 }
 
-void after_switch(driver_ptr self, std::vector<stage_ready> ready, std::string error) {
-  auto& s = self->state;
-  if (error.empty()) {
-    s.retries_left = layout_retries;
-    s.awaiting_nodes = false;
-    s.broken.clear();
-    return replay(self, std::move(ready));
-  }
-  // Most often a node the new layout needs died during the change: its
-  // verdict is on the way and starts a newer change. Otherwise try again.
-  std::cerr << "driver: layout change " << s.deployment << " failed: " << error << std::endl;
-  if (s.retries_left-- > 0) {
-    self->delayed_send(self, s.config.heartbeat_deadline * 2, retry_atom_v, s.deployment);
-    return;
-  }
-  s.switching = false;
-  s.broken = "cannot rebuild the pipeline: " + error;
-  fail_all(self, s.broken);
+// What a recovery's layout change does when it ends; `event_index` is the
+// recovery_event it serves.
+layout_done after_switch(std::size_t event_index) {
+  return [event_index](driver_ptr self, std::vector<stage_ready> ready, std::string error) {
+    auto& s = self->state;
+    if (error.empty()) {
+      s.retries_left = layout_retries;
+      s.awaiting_nodes = false;
+      s.broken.clear();
+      return replay(self, event_index, ready);
+    }
+    // Most often a node the new layout needs died during the change: its
+    // verdict is on the way and starts a newer change. Otherwise try again.
+    std::cerr << "driver: layout change " << s.deployment << " failed: " << error << std::endl;
+    if (s.retries_left-- > 0) {
+      self->delayed_send(self, s.config.heartbeat_deadline * 2, retry_atom_v, s.deployment, false);
+      return;
+    }
+    s.switching = false;
+    s.broken = "cannot rebuild the pipeline: " + error;
+    fail_all(self, s.broken);
+  };
 }
 
 // A death verdict: move the lost layers and replay. When the survivors
 // cannot hold the model, hold what is in flight while dead nodes may still
 // return (a client that stood still past the connection timeout sees every
 // node "die" at once, and finds them again on redial); fail it after that,
-// and keep waiting for nodes.
-void recover(driver_ptr self) {
+// and keep waiting for nodes. Only the end of that grace period
+// (`grace_over`) fails requests; verdicts during it keep holding them.
+void recover(driver_ptr self, bool grace_over) {
   auto& s = self->state;
   planning::migration plan;
   try {
@@ -411,11 +423,13 @@ void recover(driver_ptr self) {
       if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
     const std::string why = std::string("the surviving nodes (") + (alive.empty() ? "none" : alive) +
                             ") cannot hold the model: " + e.what();
-    if (!std::exchange(s.awaiting_nodes, true)) {
-      const auto grace = s.config.heartbeat_deadline * 3;
-      std::cerr << "driver: " << why << "; holding requests " << grace.count() << " ms for nodes to return" << std::endl;
-      s.switching = true;
-      self->delayed_send(self, grace, retry_atom_v, s.deployment);
+    s.switching = true;
+    if (!grace_over) {
+      if (!std::exchange(s.awaiting_nodes, true)) {
+        const auto grace = s.config.heartbeat_deadline * 3;
+        std::cerr << "driver: " << why << "; holding requests " << grace.count() << " ms for nodes to return" << std::endl;
+        self->delayed_send(self, grace, retry_atom_v, std::uint64_t{0}, true);
+      }
       return;
     }
     s.awaiting_nodes = false;
@@ -428,7 +442,7 @@ void recover(driver_ptr self) {
   for (const auto& st : plan.stages)
     std::cerr << " " << s.nodes[st.device].spec.node_name << " [" << st.begin << ", " << st.end << ")";
   std::cerr << std::endl;
-  switch_layout(self, plan.stages, after_switch);
+  switch_layout(self, plan.stages, after_switch(s.recoveries.size() - 1));
 }
 
 void on_verdict(driver_ptr self, node_verdict& verdict) {
@@ -436,9 +450,14 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
   auto node = std::find_if(s.nodes.begin(), s.nodes.end(), [&](const auto& n) { return n.spec.node_name == verdict.node; });
   if (node == s.nodes.end()) return;
   s.recoveries.push_back({verdict.node, verdict.reason, unix_ms(), -1, 0, 0, 0, 0});
+  s.retries_left = layout_retries;
   if (!verdict.alive) {
     node->alive = false;
-    return recover(self);
+    const auto device = static_cast<std::size_t>(node - s.nodes.begin());
+    const bool serving = std::any_of(s.layout.begin(), s.layout.end(), [&](const auto& st) { return st.device == device; });
+    // A node the pipeline does not use (a standby that rejoined) costs nothing.
+    if (!serving && !s.switching && s.broken.empty()) return;
+    return recover(self, false);
   }
   node->alive = true;
   node->spec.node = verdict.handle;
@@ -458,7 +477,7 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
       return;  // still too few: keep waiting
     }
   }
-  switch_layout(self, target, after_switch);
+  switch_layout(self, target, after_switch(s.recoveries.size() - 1));
 }
 
 caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama_config model,
@@ -482,6 +501,9 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
       });
   return {
       [self](deploy_atom) -> caf::result<void> {
+        if (self->state.deployed || self->state.switching)
+          return driver_error("the driver is already deployed (or deploying): spawn another driver for another placement");
+        if (self->state.nodes.empty()) return driver_error("the placement has no stages");
         auto promise = self->make_response_promise();
         deploy(self, promise);
         return promise;
@@ -494,8 +516,9 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
         if (!failure.transient) finish(self, failure.request, driver_error(failure.problem));
       },
       [self](node_verdict& verdict) { on_verdict(self, verdict); },
-      [self](retry_atom, std::uint64_t deployment) {
-        if (deployment == self->state.deployment) recover(self);
+      [self](retry_atom, std::uint64_t deployment, bool grace_over) {
+        auto& s = self->state;
+        if (grace_over ? s.awaiting_nodes : deployment == s.deployment) recover(self, grace_over);
       },
       [self](orrery::request_timeout_atom) { check_deadlines(self); },
       [self](recoveries_atom) { return self->state.recoveries; },

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <iostream>
+#include <algorithm>
 #include <map>
 #include <vector>
 
@@ -66,13 +67,17 @@ at::Device parse_device(const std::string& device) {
   return parsed;
 }
 
-// Gives the stage exactly the layers of `assignment`: shards inside the new
-// range stay, the rest go, and only the gaps are loaded from the model
-// directory.
+// Gives the stage exactly the layers of `assignment`: its shards that lie
+// inside the new range stay, the rest go, and the gaps between them are
+// loaded from the model directory (a shard that only overlaps the new range
+// is dropped and its part of the range reloaded). Nothing changes until every
+// gap has loaded; a failed load leaves the stage refusing frames until a load
+// succeeds.
 caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
   const int first = assignment.first_layer, last = assignment.last_layer;
-  std::vector<compute::shard> kept;
+  auto kept = [&](const compute::shard& shard) { return shard.first_layer() >= first && shard.last_layer() <= last; };
+  std::vector<compute::shard> loaded;
   int loaded_layers = 0;
   std::uint64_t loaded_bytes = 0;
   try {
@@ -80,34 +85,37 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     // Weights are held as fp32 on the CPU: 4 bytes a parameter.
     auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) * 4;
     if (s.context.memory_bytes > 0 && needed > s.context.memory_bytes)
-      return stage_error("node '" + s.context.node + "': layers [" + std::to_string(first) + ", " + std::to_string(last) +
-                         ") need " + std::to_string(needed) + " bytes, the memory budget is " +
-                         std::to_string(s.context.memory_bytes));
-    for (auto& shard : s.shards)
-      if (shard.first_layer() >= first && shard.last_layer() <= last) kept.push_back(std::move(shard));
-    s.shards.clear();
+      throw std::runtime_error("they need " + std::to_string(needed) + " bytes, the memory budget is " +
+                               std::to_string(s.context.memory_bytes));
     compute::shard_options options{parse_device(s.context.device), at::kFloat,
                                    compute::configure_cpu_threads(std::max(1, assignment.threads))};
-    std::vector<compute::shard> shards;
+    std::vector<std::pair<int, int>> held;
+    for (const auto& shard : s.shards)
+      if (kept(shard)) held.emplace_back(shard.first_layer(), shard.last_layer());
+    std::sort(held.begin(), held.end());
     int at = first;
-    auto fill_to = [&](int until) {
-      if (at >= until) return;
-      shards.emplace_back(model, at, until, options);
-      loaded_layers += until - at;
-      loaded_bytes += shards.back().weight_bytes();
-    };
-    for (auto& shard : kept) {
-      fill_to(shard.first_layer());
-      at = shard.last_layer();
-      shards.push_back(std::move(shard));
+    held.emplace_back(last, last);
+    for (const auto& [begin, end] : held) {
+      if (at < begin) {
+        loaded.emplace_back(model, at, begin, options);
+        loaded_layers += begin - at;
+        loaded_bytes += loaded.back().weight_bytes();
+      }
+      at = end;
     }
-    fill_to(last);
-    s.shards = std::move(shards);
   } catch (const std::exception& e) {
-    s.shards = std::move(kept);  // what it still holds; the driver gives up on this stage
-    return stage_error(s.where() + ": cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
-                       "): " + e.what());
+    s.deployment = assignment.deployment;  // frames of the old layout meet the wrong caches now
+    s.caches.clear();
+    s.next.reset();
+    return stage_error("node '" + s.context.node + "': cannot load layers [" + std::to_string(first) + ", " +
+                       std::to_string(last) + "): " + e.what());
   }
+  std::vector<compute::shard> shards = std::move(loaded);
+  for (auto& shard : s.shards)
+    if (kept(shard)) shards.push_back(std::move(shard));
+  std::sort(shards.begin(), shards.end(),
+            [](const compute::shard& a, const compute::shard& b) { return a.first_layer() < b.first_layer(); });
+  s.shards = std::move(shards);
   s.assignment = assignment;
   // From here on frames of the old layout (say, the late output of a stage
   // that died) meet layers they were not computed for: drop them.

@@ -67,8 +67,10 @@ void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_
 }
 
 // Registers this supervisor with the node, which starts heartbeats. A member
-// of the initial deployment learns its incarnation here; a returning one is
-// admitted, after a fence if it is an incarnation already declared dead.
+// of the initial deployment learns its incarnation here. A returning one is
+// always fenced before it is admitted: whatever it holds (a resumed node's
+// old stages) belongs to a layout that is gone, and the fence gives it an
+// incarnation nobody has declared dead.
 void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool returning) {
   const auto& c = self->state.config;
   self->request(handle, c.connect_timeout, watch_atom_v, caf::actor_cast<caf::actor>(self),
@@ -80,11 +82,11 @@ void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool
             if (!returning) {
               if (!m->alive) return;
               m->incarnation = info.incarnation;
+              m->last_seen = clock_type::now();
               self->monitor(handle);
               return;
             }
             if (m->alive) return;
-            if (m->dead_incarnations.count(info.incarnation) == 0) return admit(self, *m, handle, info);
             self->request(handle, self->state.config.connect_timeout, fence_atom_v, info.incarnation)
                 .then(
                     [self, name, handle](node_info& fresh) {
@@ -100,8 +102,10 @@ void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool
           [self, name, returning](caf::error& e) {
             auto* m = find(self, name);
             if (!m) return;
-            m->dialling = false;
-            if (!returning) declare_dead(self, *m, "did not answer the supervisor: " + caf::to_string(e));
+            if (returning)
+              m->dialling = false;
+            else
+              declare_dead(self, *m, "did not answer the supervisor: " + caf::to_string(e));
           });
 }
 

@@ -90,6 +90,7 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
 
 shard::~shard() = default;
 shard::shard(shard&&) noexcept = default;
+shard& shard::operator=(shard&&) noexcept = default;
 
 kv_cache shard::new_cache(int capacity) const {
   return kv_cache(last_ - first_, config_.num_kv_heads, capacity, config_.head_dim,

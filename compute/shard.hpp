@@ -55,6 +55,7 @@ class shard {
   shard(const model_dir& model, int first, int last, shard_options options = {});
   ~shard();
   shard(shard&&) noexcept;
+  shard& operator=(shard&&) noexcept;
 
   const llama_config& config() const { return config_; }
   int first_layer() const { return first_; }

@@ -147,7 +147,7 @@ struct generation_summary {
 /// A stage could not serve a request; sent to the deployment's driver. A
 /// transient failure (a link to a neighbour broke) is left to the supervisor's
 /// verdict and the recovery it starts; any other (the context is full) fails
-/// the request. Request 0: every request of the deployment.
+/// the request. Request 0: a link of the driver's own data plane broke.
 struct request_failure {
   std::uint64_t request = 0;
   std::string problem;

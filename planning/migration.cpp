@@ -45,6 +45,25 @@ bool absorb(std::vector<stage>& stages, std::size_t lost, const cluster_state& s
   return false;
 }
 
+// Lays the layers out over `devices` in order, each taking at most its share
+// (an even share of what is left, or everything it can hold when `fill`),
+// less where its budget says so. Returns where the layers ran out.
+std::size_t lay_out(const cluster_state& state, const std::vector<std::size_t>& devices, bool fill,
+                    std::vector<stage>& stages) {
+  const std::size_t layers = state.layer_bytes.size();
+  std::size_t at = 0;
+  stages.clear();
+  for (std::size_t i = 0; i < devices.size() && at < layers; ++i) {
+    std::size_t share = fill ? layers - at : (layers - at + (devices.size() - i) - 1) / (devices.size() - i);
+    stage s{devices[i], at, at + share};
+    while (s.end > s.begin && !fits(state, s)) --s.end;
+    if (s.end == s.begin) continue;
+    stages.push_back(s);
+    at = s.end;
+  }
+  return at;
+}
+
 }  // namespace
 
 std::vector<stage> even_layout(const cluster_state& state) {
@@ -53,16 +72,10 @@ std::vector<stage> even_layout(const cluster_state& state) {
     if (state.alive[d]) devices.push_back(d);
   const std::size_t layers = state.layer_bytes.size();
   std::vector<stage> stages;
-  std::size_t at = 0;
-  for (std::size_t i = 0; i < devices.size() && at < layers; ++i) {
-    // An even share of what is left; less when the budget says so.
-    std::size_t share = (layers - at + (devices.size() - i) - 1) / (devices.size() - i);
-    stage s{devices[i], at, at + share};
-    while (s.end > s.begin && !fits(state, s)) --s.end;
-    if (s.end == s.begin) continue;
-    stages.push_back(s);
-    at = s.end;
-  }
+  // Even shares first; when budgets make an early device stop short, filling
+  // every device to its budget in order is the layout that fits if any does.
+  if (lay_out(state, devices, false, stages) == layers) return stages;
+  std::size_t at = lay_out(state, devices, true, stages);
   if (at < layers)
     throw infeasible_error("layers [" + std::to_string(at) + ", " + std::to_string(layers) + ") (" +
                            std::to_string(bytes_of(state, at, layers)) + " bytes) fit on no surviving node");

@@ -84,4 +84,8 @@ TEST_CASE("even_layout spreads layers over the alive devices and respects budget
   CHECK(stages == std::vector<stage>{{0, 0, 4}, {1, 4, 7}, {3, 7, 10}});
   auto tight = cluster({true, true}, {30, 0}, 10);
   CHECK(even_layout(tight) == std::vector<stage>{{0, 0, 3}, {1, 3, 10}});
+  // Even shares would give device 0 two layers and leave device 1 two it
+  // cannot hold; filling device 0 to its budget fits.
+  auto uneven = cluster({true, true}, {30, 10}, 4);
+  CHECK(even_layout(uneven) == std::vector<stage>{{0, 0, 3}, {1, 3, 4}});
 }
