@@ -76,7 +76,6 @@ struct driver_state {
   int retries_left = layout_retries;
   std::string broken;  // why the pipeline cannot serve any more, while it cannot
   bool awaiting_nodes = false;  // too few nodes: requests are held for a grace period
-  caf::actor supervisor;
   std::vector<recovery_event> recoveries;
   std::uint64_t next_request = 1;
   std::map<std::uint64_t, active_request> requests;
@@ -99,10 +98,6 @@ std::string explain(const caf::error& e, const placement_stage& s, std::chrono::
   if (e == caf::sec::request_timeout)
     return describe(s) + " did not answer within " + std::to_string(timeout.count()) + " ms";
   return describe(s) + ": " + caf::to_string(e);
-}
-
-std::int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
@@ -175,7 +170,7 @@ void on_logits(driver_ptr self, tensor_frame& frame) {
   auto& r = it->second;
   if (r.replayed_by >= 0) {
     auto& event = s.recoveries.at(static_cast<std::size_t>(r.replayed_by));
-    if (event.recover_ms < 0) event.recover_ms = static_cast<double>(unix_ms() - event.verdict_unix_ms);
+    if (event.recover_ms < 0) event.recover_ms = static_cast<double>(unix_ms_now() - event.verdict_unix_ms);
     r.replayed_by = -1;
   }
   auto logits = frame.tensor.contiguous();
@@ -235,6 +230,15 @@ planning::cluster_state cluster_state_of(driver_ptr self) {
   for (int layer = 0; layer < s.model.num_layers; ++layer)
     state.layer_bytes.push_back(static_cast<std::uint64_t>(s.model.parameter_count(layer, layer + 1)) * 4);
   return state;
+}
+
+// The layer ranges the placement gave each node.
+std::vector<planning::stage> placed_layout(driver_ptr self) {
+  const auto& nodes = self->state.nodes;
+  std::vector<planning::stage> layout;
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    layout.push_back({i, static_cast<std::size_t>(nodes[i].spec.first_layer), static_cast<std::size_t>(nodes[i].spec.last_layer)});
+  return layout;
 }
 
 using layout_done = std::function<void(driver_ptr, std::vector<stage_ready>, std::string)>;
@@ -323,8 +327,7 @@ void start_supervisor(driver_ptr self) {
   sc.heartbeat_deadline = c.heartbeat_deadline;
   sc.connect_timeout = c.connect_timeout;
   sc.subscriber = caf::actor_cast<caf::actor>(self);
-  self->state.supervisor = spawn_supervisor(self->system(), std::move(sc));
-  self->link_to(self->state.supervisor);
+  self->link_to(spawn_supervisor(self->system(), std::move(sc)));
 }
 
 // Asks every node for its memory budget, then loads and wires the placement.
@@ -339,11 +342,7 @@ void deploy(driver_ptr self, caf::response_promise promise) {
               auto& s = self->state;
               s.nodes[k].memory_bytes = info.memory_bytes;
               if (--*remaining > 0 || *failed) return;
-              std::vector<planning::stage> layout;
-              for (std::size_t i = 0; i < s.nodes.size(); ++i)
-                layout.push_back({i, static_cast<std::size_t>(s.nodes[i].spec.first_layer),
-                                  static_cast<std::size_t>(s.nodes[i].spec.last_layer)});
-              switch_layout(self, layout, [promise](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
+              switch_layout(self, placed_layout(self), [promise](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
                 if (!error.empty()) {
                   self->state.switching = false;
                   return promise.deliver(driver_error(error));
@@ -449,7 +448,7 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
   auto& s = self->state;
   auto node = std::find_if(s.nodes.begin(), s.nodes.end(), [&](const auto& n) { return n.spec.node_name == verdict.node; });
   if (node == s.nodes.end()) return;
-  s.recoveries.push_back({verdict.node, verdict.reason, unix_ms(), -1, 0, 0, 0, 0});
+  s.recoveries.push_back({verdict.node, verdict.reason, unix_ms_now(), -1, 0, 0, 0, 0});
   s.retries_left = layout_retries;
   if (!verdict.alive) {
     node->alive = false;
@@ -464,15 +463,12 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
   if (s.broken.empty() && !s.awaiting_nodes && !s.config.rebalance_on_join) return;
   // Back to the topology's placement once every node is back; until then an
   // even spread over the nodes alive.
-  auto state = cluster_state_of(self);
   std::vector<planning::stage> target;
   if (std::all_of(s.nodes.begin(), s.nodes.end(), [](const auto& n) { return n.alive; })) {
-    for (std::size_t i = 0; i < s.nodes.size(); ++i)
-      target.push_back({i, static_cast<std::size_t>(s.nodes[i].spec.first_layer),
-                        static_cast<std::size_t>(s.nodes[i].spec.last_layer)});
+    target = placed_layout(self);
   } else {
     try {
-      target = planning::even_layout(state);
+      target = planning::even_layout(cluster_state_of(self));
     } catch (const planning::infeasible_error&) {
       return;  // still too few: keep waiting
     }
@@ -581,28 +577,32 @@ std::vector<generation_summary> generate_blocking(caf::actor_system& system, con
   return done;
 }
 
+namespace {
+
+// Asks the driver one question (`Atom`) and waits for the answer; throws
+// std::runtime_error naming `what` when it fails or does not come in time.
+template <class Answer, class Atom>
+Answer ask_blocking(caf::actor_system& system, const caf::actor& driver, std::chrono::milliseconds timeout, Atom atom,
+                    const char* what) {
+  caf::scoped_actor self{system};
+  Answer answer;
+  std::string failure;
+  self->request(driver, timeout, atom)
+      .receive([&](Answer& a) { answer = std::move(a); }, [&](caf::error& e) { failure = system.render(e); });
+  if (!failure.empty()) throw std::runtime_error(std::string(what) + " failed: " + failure);
+  return answer;
+}
+
+}  // namespace
+
 std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const caf::actor& driver,
                                                 std::chrono::milliseconds timeout) {
-  caf::scoped_actor self{system};
-  std::vector<recovery_event> events;
-  std::string failure;
-  self->request(driver, timeout, recoveries_atom_v)
-      .receive([&](std::vector<recovery_event>& e) { events = std::move(e); },
-               [&](caf::error& e) { failure = system.render(e); });
-  if (!failure.empty()) throw std::runtime_error("recoveries failed: " + failure);
-  return events;
+  return ask_blocking<std::vector<recovery_event>>(system, driver, timeout, recoveries_atom_v, "recoveries");
 }
 
 std::vector<stage_stats> stats_blocking(caf::actor_system& system, const caf::actor& driver,
                                         std::chrono::milliseconds timeout) {
-  caf::scoped_actor self{system};
-  std::vector<stage_stats> stats;
-  std::string failure;
-  self->request(driver, timeout, stats_atom_v)
-      .receive([&](std::vector<stage_stats>& s) { stats = std::move(s); },
-               [&](caf::error& e) { failure = system.render(e); });
-  if (!failure.empty()) throw std::runtime_error("stats failed: " + failure);
-  return stats;
+  return ask_blocking<std::vector<stage_stats>>(system, driver, timeout, stats_atom_v, "stats");
 }
 
 caf::actor spawn_driver(caf::actor_system& system, driver_config config) {

@@ -3,10 +3,10 @@
 #include <ATen/ATen.h>
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <iostream>
-#include <algorithm>
 #include <map>
 #include <vector>
 

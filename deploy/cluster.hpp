@@ -1,7 +1,7 @@
 #pragma once
 // Running a topology: the CAF configuration every orrery process uses, a
-// node process's main loop, connecting a client to the nodes, and a local
-// launcher that runs every node of a topology as a child process.
+// node process's main loop, and connecting a client to the nodes
+// (deploy/local_cluster.hpp starts a topology's nodes as child processes).
 
 #include <caf/actor_system_config.hpp>
 #include <chrono>

@@ -33,10 +33,6 @@ struct recovery_bench_options {
   int act_after = 0;  // tokens streamed before the failure; default: a quarter of them
 };
 
-std::int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 nlohmann::json target(double value, double limit) {
   return {{"value", value}, {"target", limit}, {"met", value >= 0 && value <= limit}};
 }
@@ -69,7 +65,7 @@ nlohmann::json run(const recovery_bench_options& o) {
     summaries = client.generate(requests, [&](std::size_t i, const token_event&) {
       ++streamed_per_request[i];
       if (++streamed != act_after) return;
-      acted_at = unix_ms();
+      acted_at = unix_ms_now();
       ::kill(pid, signal);
     });
   } catch (const std::exception& e) {

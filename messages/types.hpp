@@ -10,6 +10,7 @@
 #include <caf/meta/type_name.hpp>
 #include <caf/type_id.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -84,6 +85,13 @@ struct node_verdict {
   std::string reason;
   caf::actor handle;
 };
+
+/// Milliseconds since the Unix epoch: the clock of recovery_event, which
+/// other processes (a benchmark that killed a node) compare with their own.
+inline std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 /// One recovery of a driver's pipeline.
 struct recovery_event {

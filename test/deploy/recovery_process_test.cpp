@@ -27,10 +27,6 @@ namespace {
 
 const std::vector<std::pair<int, int>> four_nodes = {{0, 1}, {1, 2}, {2, 3}, {3, 4}};
 
-std::int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 // Runs test::check_survives through the client.
 void generate_through(deploy::pipeline_client& client, const std::filesystem::path& model,
                       const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& act) {
@@ -85,7 +81,7 @@ TEST_CASE("SIGKILL of 1 of 4 nodes under 8 concurrent requests: all complete wit
   std::int64_t killed_at = 0;
   generate_through(c.client, c.model(), prompts, 24, [&](int streamed) {
     if (streamed != 30) return;
-    killed_at = unix_ms();
+    killed_at = unix_ms_now();
     ::kill(c.cluster.pid("n2"), SIGKILL);
   });
   auto events = c.client.recoveries();
@@ -102,7 +98,7 @@ TEST_CASE("a frozen node is declared dead within the deadline, and fenced and re
   std::int64_t frozen_at = 0;
   generate_through(c.client, c.model(), {"frozen in the middle"}, 30, [&](int streamed) {
     if (streamed != 5) return;
-    frozen_at = unix_ms();
+    frozen_at = unix_ms_now();
     ::kill(c.cluster.pid("n1"), SIGSTOP);
   });
   auto events = c.client.recoveries();
