@@ -1,5 +1,6 @@
 #include "deploy/topology.hpp"
 
+#include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <utility>
 
 #include "compute/model_error.hpp"
+#include "planning/catalog.hpp"
 
 namespace orrery::deploy {
 
@@ -204,7 +206,7 @@ struct parsed_node {
   int range_line = 0;
 };
 
-const std::vector<std::string> node_keys = {"name", "address", "data_port", "device", "memory", "threads"};
+const std::vector<std::string> node_keys = {"name", "address", "data_port", "device", "memory", "threads", "emulate"};
 
 std::string node_name(const source& src, const entry& e) {
   auto name = text(src, e);
@@ -262,6 +264,87 @@ void read_data_port(const source& src, const section& s, parsed_node& node) {
   node.data_port_line = node.address_line;
 }
 
+// `100mbit`, `1gbit`, `1.5 Gbit/s`, `500kbit`, or bits per second: how tc
+// and datasheets write link rates.
+std::optional<std::uint64_t> bit_rate(std::string spec) {
+  if (spec.size() > 2 && spec.compare(spec.size() - 2, 2, "/s") == 0) spec.resize(spec.size() - 2);
+  for (auto& c : spec) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::map<std::string, double> units = {{"", 1}, {"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9}};
+  auto number_end = std::min(spec.find_first_not_of("0123456789."), spec.size());
+  auto unit_start = std::min(spec.find_first_not_of(' ', number_end), spec.size());
+  auto unit = units.find(spec.substr(unit_start));
+  double number = 0;
+  auto [end, error] = std::from_chars(spec.data(), spec.data() + number_end, number, std::chars_format::fixed);
+  if (unit == units.end() || error != std::errc() || end != spec.data() + number_end) return std::nullopt;
+  double bits = number * unit->second;
+  // tc's tbf takes rates from 8 bit/s up to what a 64-bit byte rate holds.
+  if (bits < 8 || bits > 1e15) return std::nullopt;
+  return static_cast<std::uint64_t>(bits);
+}
+
+std::uint64_t rate_of(const source& src, const entry& e) {
+  auto rate = e.value.IsScalar() ? bit_rate(e.value.Scalar()) : std::nullopt;
+  if (!rate)
+    src.fail(e.line, "'" + e.key + "' " + kind_of(e.value) +
+                         " is not a link rate: write bits per second or a number with kbit, mbit or gbit (100mbit)");
+  return *rate;
+}
+
+// This machine's reference core streams weights at 13 GB/s (ARCHITECTURE.md,
+// an AVX2 read loop on one core); decode is memory-bound, so a device's
+// effective weight-streaming rate over it is the share of a core that
+// decodes as fast. A testbed node cannot be given more than one core's worth
+// from a preset: what a desktop's other cores add is not emulated.
+constexpr double reference_core_bytes_per_s = 13e9;
+
+// Every Jetson and the Raspberry Pi 5 have one gigabit Ethernet port.
+constexpr std::uint64_t preset_link_bits_per_s = 1'000'000'000;
+
+// The planning catalog's devices, under their catalog keys and, for the
+// Jetsons, as `jetson-KEY` too.
+emulation emulation_preset(const source& src, const entry& e) {
+  std::string name = text(src, e);
+  std::string key = name.rfind("jetson-", 0) == 0 ? name.substr(7) : name;
+  const planning::device_spec* found = nullptr;
+  std::vector<std::string> known;
+  for (const auto& device : planning::device_catalog()) {
+    known.push_back(device.key);
+    if (device.key == key) found = &device;
+  }
+  if (!found) src.fail(e.line, "unknown device preset '" + name + "' (" + did_you_mean(key, known) + "known: " + join(known) + ")");
+  emulation out;
+  out.preset = name;
+  out.cpu_share = std::min(1.0, found->memory_bandwidth * found->bandwidth_efficiency / reference_core_bytes_per_s);
+  out.memory_bytes = static_cast<std::uint64_t>(found->memory_bytes);
+  out.egress_bits_per_s = out.ingress_bits_per_s = preset_link_bits_per_s;
+  return out;
+}
+
+double cpu_share_of(const source& src, const entry& e) {
+  double share = 0;
+  bool valid = false;
+  if (e.value.IsScalar()) {
+    const auto& digits = e.value.Scalar();
+    auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), share, std::chars_format::fixed);
+    valid = error == std::errc() && end == digits.data() + digits.size() && share >= 0.01 && share <= 1024;
+  }
+  if (!valid) src.fail(e.line, "'cpu' must be a fraction of one core in [0.01, 1024] (0.25 is a quarter core), got " + kind_of(e.value));
+  return share;
+}
+
+// `emulate:` of a node: a preset fills in what the explicit keys leave out.
+emulation read_emulation(const source& src, const entry& e) {
+  section s(src, e.value, "'emulate'", e.line, {"device", "cpu", "memory", "bandwidth", "egress", "ingress"});
+  emulation out;
+  if (const entry* device = s.find("device")) out = emulation_preset(src, *device);
+  if (const entry* cpu = s.find("cpu")) out.cpu_share = cpu_share_of(src, *cpu);
+  if (const entry* memory = s.find("memory")) out.memory_bytes = memory_budget(src, *memory);
+  if (const entry* both = s.find("bandwidth")) out.egress_bits_per_s = out.ingress_bits_per_s = rate_of(src, *both);
+  if (const entry* egress = s.find("egress")) out.egress_bits_per_s = rate_of(src, *egress);
+  if (const entry* ingress = s.find("ingress")) out.ingress_bits_per_s = rate_of(src, *ingress);
+  return out;
+}
+
 parsed_node read_node(const source& src, const YAML::Node& item, std::size_t index) {
   section s(src, item, "node " + std::to_string(index + 1), line_of(item), node_keys);
   parsed_node node;
@@ -278,6 +361,7 @@ parsed_node read_node(const source& src, const YAML::Node& item, std::size_t ind
   }
   if (const entry* e = s.find("threads"))
     node.spec.threads = static_cast<int>(integer_in(src, *e, 1, std::numeric_limits<int>::max()));
+  if (const entry* e = s.find("emulate")) node.spec.emulate = read_emulation(src, *e);
   return node;
 }
 
@@ -414,7 +498,7 @@ void place(const source& src, const entry* e, int nodes_line, int num_layers, st
   if (!e) return place_even(src, nodes_line, num_layers, nodes);
   if (e->value.IsScalar() && e->value.Scalar() == "even") return place_even(src, e->line, num_layers, nodes);
   if (!e->value.IsMap())
-    src.fail(e->line, "placement must be 'even' or a map of node name to layer range, got " + kind_of(e->value));
+    src.fail(e->line, "placement must be 'even', 'auto' or a map of node name to layer range, got " + kind_of(e->value));
   place_explicit(src, *e, num_layers, nodes);
 }
 
@@ -435,6 +519,80 @@ void check_memory(const source& src, const compute::llama_config& config, std::v
                                      std::to_string(*spec.memory_bytes) + " bytes (" +
                                      human_bytes(*spec.memory_bytes) + ")");
   }
+}
+
+// -- testbed ---------------------------------------------------------------------
+
+std::optional<std::uint32_t> ipv4(const std::string& text) {
+  in_addr address{};
+  if (::inet_pton(AF_INET, text.c_str(), &address) != 1) return std::nullopt;
+  return ntohl(address.s_addr);
+}
+
+std::string ipv4_text(std::uint32_t host_order) {
+  in_addr address{htonl(host_order)};
+  char text[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &address, text, sizeof text);
+  return text;
+}
+
+void read_subnet(const source& src, const entry& e, testbed_spec& tb) {
+  tb.subnet = text(src, e);
+  auto slash = tb.subnet.find('/');
+  auto network = ipv4(tb.subnet.substr(0, slash));
+  auto prefix = slash == std::string::npos ? std::nullopt : integer(tb.subnet.substr(slash + 1));
+  if (!network || !prefix || *prefix < 8 || *prefix > 30)
+    src.fail(e.line, "subnet '" + tb.subnet + "' must be an IPv4 network with a prefix length of 8..30, e.g. 10.213.0.0/24");
+  tb.prefix_length = static_cast<int>(*prefix);
+  std::uint32_t mask = ~std::uint32_t{0} << (32 - tb.prefix_length);
+  if ((*network & ~mask) != 0)
+    src.fail(e.line, "subnet '" + tb.subnet + "' has host bits set (the network is " + ipv4_text(*network & mask) + "/" +
+                         std::to_string(tb.prefix_length) + ")");
+  tb.network = *network;
+}
+
+// An address the testbed can hand out: inside the subnet, neither its
+// network nor its broadcast address.
+bool usable_in(const testbed_spec& tb, std::uint32_t address) {
+  std::uint32_t mask = ~std::uint32_t{0} << (32 - tb.prefix_length);
+  return (address & mask) == tb.network && address != tb.network && address != (tb.network | ~mask);
+}
+
+// A testbed gives every node, and the client, its own address in its own
+// network namespace, so each node's host must be a distinct address of the
+// subnet.
+void read_testbed(const source& src, const entry* e, int nodes_line, const std::vector<parsed_node>& nodes, topology& t) {
+  bool emulated = std::any_of(nodes.begin(), nodes.end(), [](const parsed_node& n) { return n.spec.emulate.has_value(); });
+  if (!e && !emulated) return;
+  testbed_spec tb;
+  tb.line = e ? e->line : nodes_line;
+  tb.network = *ipv4("10.213.0.0");
+  std::optional<entry> client;
+  if (e) {
+    section s(src, e->value, "'testbed'", e->line, {"subnet", "client"});
+    if (const entry* subnet = s.find("subnet")) read_subnet(src, *subnet, tb);
+    if (const entry* c = s.find("client")) client = *c;
+  }
+  std::uint32_t client_address = tb.network + 1;
+  if (client) {
+    auto written = ipv4(text(src, *client));
+    if (!written || !usable_in(tb, *written))
+      src.fail(client->line, "testbed client '" + client->value.Scalar() + "' is not a host address of the subnet " + tb.subnet);
+    client_address = *written;
+  }
+  tb.client = ipv4_text(client_address);
+  std::map<std::uint32_t, std::string> owners = {{client_address, "the testbed client"}};
+  for (const auto& node : nodes) {
+    auto address = ipv4(node.spec.host);
+    if (!address || !usable_in(tb, *address))
+      src.fail(node.address_line, "node '" + node.spec.name + "' host " + node.spec.host + " is not a host address of the testbed subnet " +
+                                      tb.subnet + ": in a testbed each node runs in its own network namespace with its own address there");
+    auto [it, fresh] = owners.emplace(*address, "node '" + node.spec.name + "'");
+    if (!fresh)
+      src.fail(node.address_line, "node '" + node.spec.name + "' host " + node.spec.host + " is already " + it->second +
+                                      "'s: in a testbed every node needs its own address");
+  }
+  t.testbed = tb;
 }
 
 // -- timeouts --------------------------------------------------------------------
@@ -462,6 +620,25 @@ bool read_rebalance(const source& src, const entry& e) {
   if (value == "on_join") return true;
   if (value == "never") return false;
   src.fail(e.line, "rebalance must be 'on_join' or 'never', got '" + value + "'");
+}
+
+// `placement: auto` with its `objective:` and `profile:`; those two mean
+// nothing for any other placement, so they are errors there.
+void read_automatic_placement(const source& src, const section& top, const fs::path& file, topology& t) {
+  const entry* placement = top.find("placement");
+  t.auto_placement = placement && placement->value.IsScalar() && placement->value.Scalar() == "auto";
+  for (const char* key : {"objective", "profile"})
+    if (const entry* e = top.find(key); e && !t.auto_placement)
+      src.fail(e->line, std::string("'") + key + "' only applies to 'placement: auto'");
+  if (const entry* e = top.find("objective")) {
+    t.objective = text(src, *e);
+    if (t.objective != "latency" && t.objective != "throughput")
+      src.fail(e->line, "objective must be 'latency' or 'throughput', got '" + t.objective + "'");
+  }
+  if (const entry* e = top.find("profile")) {
+    fs::path written = text(src, *e);
+    t.profile = (written.is_relative() ? file.parent_path() / written : written).lexically_normal();
+  }
 }
 
 YAML::Node load_yaml(const source& src, const std::string& yaml_text) {
@@ -496,7 +673,7 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   const source src{file_for_messages.string()};
   YAML::Node root = load_yaml(src, yaml_text);
   section top(src, root, "the topology", line_of(root),
-              {"cluster", "model", "nodes", "placement", "timeouts", "rebalance"});
+              {"cluster", "model", "nodes", "placement", "objective", "profile", "timeouts", "rebalance", "testbed"});
   topology t;
   t.file = file_for_messages;
   t.cluster = text(src, top.require("cluster"));
@@ -510,8 +687,12 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   t.model = resolve_model(src, model, file_for_messages);
   t.model_config = read_model_config(src, model, t.model);
   t.num_layers = t.model_config.num_layers;
-  place(src, top.find("placement"), nodes_entry.line, t.num_layers, nodes);
-  check_memory(src, t.model_config, nodes);
+  read_testbed(src, top.find("testbed"), nodes_entry.line, nodes, t);
+  read_automatic_placement(src, top, file_for_messages, t);
+  if (!t.auto_placement) {
+    place(src, top.find("placement"), nodes_entry.line, t.num_layers, nodes);
+    check_memory(src, t.model_config, nodes);
+  }
   std::stable_sort(nodes.begin(), nodes.end(), [](const parsed_node& a, const parsed_node& b) {
     return a.spec.first_layer < b.spec.first_layer;
   });
@@ -544,13 +725,13 @@ std::string describe_placement(const topology& t) {
   }
   std::ostringstream out;
   out << "cluster " << t.cluster << ": " << t.model.string() << ", " << count_of(t.num_layers, "layer") << " over "
-      << count_of(t.nodes.size(), "node") << "\n";
+      << count_of(t.nodes.size(), "node") << (t.auto_placement ? ", placement auto (" + t.objective + ")" : "") << "\n";
   out << std::left << "  " << std::setw(name_width) << "node" << "  " << std::setw(address_width) << "address"
       << "  data   device  layers     weights     budget\n";
   for (const auto& node : t.nodes) {
     out << "  " << std::setw(name_width) << node.name << "  " << std::setw(address_width) << node.address() << "  "
         << std::setw(5) << node.data_port << "  " << std::setw(6) << node.device << "  " << std::setw(9)
-        << range_text(node.first_layer, node.last_layer) << "  " << std::setw(10) << human_bytes(node.weight_bytes)
+        << (node.first_layer < node.last_layer ? range_text(node.first_layer, node.last_layer) : "-") << "  " << std::setw(10) << human_bytes(node.weight_bytes)
         << "  " << (node.memory_bytes ? human_bytes(*node.memory_bytes) : "unlimited") << "\n";
   }
   return out.str();

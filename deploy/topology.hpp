@@ -25,6 +25,35 @@ class topology_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// How `orrery testbed` makes one node behave like a weaker device on this
+/// machine: its own network namespace with shaped links, a CPU quota and a
+/// memory cap (deploy/testbed.hpp). Unset fields are not limited.
+struct emulation {
+  /// The catalog device (`rpi5`, `jetson-nano`, …) that filled in the
+  /// fields not written out, or empty.
+  std::string preset;
+  /// Fractions of one core (cgroup v1 `cpu.cfs_quota_us`), > 0.
+  std::optional<double> cpu_share;
+  /// cgroup v1 `memory.limit_in_bytes`.
+  std::optional<std::uint64_t> memory_bytes;
+  /// Link rates in bits per second (`tc qdisc tbf`), out of and into the node.
+  std::optional<std::uint64_t> egress_bits_per_s;
+  std::optional<std::uint64_t> ingress_bits_per_s;
+};
+
+/// The private IPv4 subnet an emulated cluster lives in; its addresses exist
+/// only inside the testbed's network namespaces.
+struct testbed_spec {
+  std::string subnet = "10.213.0.0/24";
+  std::uint32_t network = 0;  ///< host byte order
+  int prefix_length = 24;
+  /// The client namespace's address (`orrery testbed exec`): the subnet's
+  /// first host address unless set.
+  std::string client;
+  /// The line of the `testbed:` key (of `nodes:` when the section is implied).
+  int line = 0;
+};
+
 /// One node (= one process, one device) of the cluster and the layers it holds.
 struct node_spec {
   std::string name;
@@ -38,7 +67,11 @@ struct node_spec {
   /// The memory budget; empty means unlimited.
   std::optional<std::uint64_t> memory_bytes;
   int threads = 1;
-  /// The layer range `[first_layer, last_layer)` this node holds.
+  /// Set when the node runs emulated in `orrery testbed`.
+  std::optional<emulation> emulate;
+  /// The layer range `[first_layer, last_layer)` this node holds; empty
+  /// until `placement: auto` is resolved (deploy/auto_placement.hpp), and
+  /// empty for a node the automatic plan leaves out.
   int first_layer = 0;
   int last_layer = 0;
   /// Bytes of fp32 weights the node's layers take (what is checked against
@@ -61,8 +94,18 @@ struct topology {
   std::filesystem::path model;
   /// The model's config.json, as read while validating.
   compute::llama_config model_config;
-  /// In pipeline order: sorted by `first_layer`.
+  /// In pipeline order (sorted by `first_layer`); in file order while the
+  /// placement is `auto` and unresolved.
   std::vector<node_spec> nodes;
+  /// `placement: auto`: the planner places the layers from a profile.
+  bool auto_placement = false;
+  /// `objective:` of an automatic placement: `latency` or `throughput`.
+  std::string objective = "latency";
+  /// `profile:` an automatic placement plans from, resolved against the
+  /// topology's directory; empty: the profiler's cache (or a fresh profile).
+  std::filesystem::path profile;
+  /// Present when the topology has a `testbed:` section or an emulated node.
+  std::optional<testbed_spec> testbed;
   std::chrono::milliseconds connect_timeout{3000};
   std::chrono::milliseconds request_timeout{30000};
   /// Node heartbeats: how often, and how much silence is a death verdict.
