@@ -52,7 +52,7 @@ double cost_model::request_return(std::size_t d) const {
 }
 
 double cost_model::step_return(std::size_t d) const {
-  return profile_->links.transfer_seconds(d, profile_->source, token_bytes);
+  return profile_->links.transfer_seconds(d, profile_->source, profile_->work.return_bytes);
 }
 
 double cost_model::memory_bytes(std::size_t l, int requests) const {

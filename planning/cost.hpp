@@ -21,9 +21,6 @@
 
 namespace orrery::planning {
 
-/// Bytes of the token id that returns from the last stage to the source.
-inline constexpr double token_bytes = 4;
-
 /// Per-layer, per-device costs of the profile's workload, precomputed.
 class cost_model {
  public:
@@ -53,7 +50,8 @@ class cost_model {
   /// Seconds to move one token's output of layer `l` from `a` to `b`.
   double step_transfer(std::size_t l, std::size_t a, std::size_t b) const;
 
-  /// Seconds over one request to return each generated token from `d` to the source.
+  /// Seconds over one request to return each generated token (the
+  /// workload's return_bytes) from `d` to the source.
   double request_return(std::size_t d) const;
 
   /// Seconds to return one generated token from `d` to the source.

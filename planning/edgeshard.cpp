@@ -320,21 +320,26 @@ pipeline_plan edgeshard_latency(const cost_model& costs) {
   return exact.stages.empty() ? incumbent : exact;
 }
 
-// -- throughput -------------------------------------------------------------
+// -- one stage per device: throughput, and latency without reuse ------------
 
 namespace {
 
-class throughput_search {
+// The DP over (layers done, devices used, last device) for pipelines that use
+// each device at most once. The throughput objective combines a stage's step
+// with what came before by max (the bottleneck); the latency objective by
+// sum (a request's time end to end). Both only grow along a path, so the same
+// pruning against the best complete plan holds for both.
+class distinct_stage_search {
  public:
-  explicit throughput_search(const cost_model& costs)
-      : costs_(costs), n_(costs.layers()), m_(costs.devices()), subsets_(std::size_t{1} << m_) {
-    int batch = costs.source_profile().work.batch;
+  distinct_stage_search(const cost_model& costs, bool latency)
+      : costs_(costs), latency_(latency), n_(costs.layers()), m_(costs.devices()), subsets_(std::size_t{1} << m_) {
+    int requests = latency ? 1 : costs.source_profile().work.batch;
     step_prefix_.assign(m_, std::vector<double>(n_ + 1, 0.0));
     memory_prefix_.assign(n_ + 1, 0.0);
     for (std::size_t l = 0; l < n_; ++l) {
-      memory_prefix_[l + 1] = memory_prefix_[l] + costs.memory_bytes(l, batch);
+      memory_prefix_[l + 1] = memory_prefix_[l] + costs.memory_bytes(l, requests);
       for (std::size_t d = 0; d < m_; ++d)
-        step_prefix_[d][l + 1] = step_prefix_[d][l] + costs.step_seconds(l, d);
+        step_prefix_[d][l + 1] = step_prefix_[d][l] + (latency ? costs.request_seconds(l, d) : costs.step_seconds(l, d));
     }
     set_memory_.assign(subsets_, 0.0);
     for (std::size_t s = 1; s < subsets_; ++s) {
@@ -359,6 +364,11 @@ class throughput_search {
 
  private:
   std::size_t set_complement(std::size_t set) const { return (subsets_ - 1) & ~set; }
+  double combine(double before, double stage) const { return latency_ ? before + stage : std::max(before, stage); }
+  double transfer(std::size_t layer, std::size_t a, std::size_t b) const {
+    return latency_ ? costs_.request_transfer(layer, a, b) : costs_.step_transfer(layer, a, b);
+  }
+  double return_seconds(std::size_t d) const { return latency_ ? costs_.request_return(d) : costs_.step_return(d); }
   std::size_t index(std::size_t done, std::size_t set, std::size_t k) const {
     return (done * subsets_ + set) * m_ + k;
   }
@@ -369,7 +379,7 @@ class throughput_search {
       return;
     for (std::size_t j = 0; j < m_; ++j)
       if (!(set >> j & 1))
-        relax(done, set, k, j, std::max(g, costs_.step_transfer(done - 1, k, j)));
+        relax(done, set, k, j, combine(g, transfer(done - 1, k, j)));
   }
 
   // Places a stage on device j starting at layer `done`, for every end that fits.
@@ -381,7 +391,7 @@ class throughput_search {
     for (std::size_t end = done + 1; end <= n_; ++end) {
       if (memory_prefix_[end] - memory_prefix_[done] > budget(costs_, j))
         break;
-      double value = std::max(before, step_prefix_[j][end] - step_prefix_[j][done]);
+      double value = combine(before, step_prefix_[j][end] - step_prefix_[j][done]);
       if (!worse_than(best_, value))
         break;
       double& slot = g_[index(end, next_set, j)];
@@ -390,7 +400,7 @@ class throughput_search {
         parent_[index(end, next_set, j)] = from;
       }
       if (end == n_)
-        best_ = std::min(best_, std::max(value, costs_.step_return(j)));
+        best_ = std::min(best_, combine(value, return_seconds(j)));
     }
   }
 
@@ -399,7 +409,7 @@ class throughput_search {
     std::size_t best_set = 0, best_k = 0;
     for (std::size_t set = 1; set < subsets_; ++set)
       for (std::size_t k = 0; k < m_; ++k) {
-        double value = std::max(g_[index(n_, set, k)], costs_.step_return(k));
+        double value = combine(g_[index(n_, set, k)], return_seconds(k));
         if (value < plan.seconds) {
           plan.seconds = value;
           best_set = set;
@@ -422,6 +432,7 @@ class throughput_search {
   }
 
   const cost_model& costs_;
+  bool latency_;
   std::size_t n_, m_, subsets_;
   std::vector<std::vector<double>> step_prefix_;
   std::vector<double> memory_prefix_;
@@ -433,14 +444,31 @@ class throughput_search {
 
 }  // namespace
 
-pipeline_plan edgeshard_throughput(const cost_model& costs) {
+namespace {
+
+void require_distinct_dp_size(const cost_model& costs) {
   if (costs.devices() > throughput_max_devices)
-    throw infeasible_error("the throughput DP takes at most " +
-                           std::to_string(throughput_max_devices) + " devices, the profile has " +
-                           std::to_string(costs.devices()));
+    throw infeasible_error("the one-stage-per-device DP takes at most " + std::to_string(throughput_max_devices) +
+                           " devices, the profile has " + std::to_string(costs.devices()));
+}
+
+}  // namespace
+
+pipeline_plan edgeshard_latency_one_stage_per_device(const cost_model& costs) {
+  require_distinct_dp_size(costs);
+  require_total_memory(costs, 1);
+  pipeline_plan plan = distinct_stage_search(costs, /*latency=*/true).run();
+  if (plan.stages.empty())
+    throw infeasible_error("no pipeline of " + costs.source_profile().model +
+                           " fits with each device holding at most one layer range and layer 0 on the source device");
+  return plan;
+}
+
+pipeline_plan edgeshard_throughput(const cost_model& costs) {
+  require_distinct_dp_size(costs);
   int batch = costs.source_profile().work.batch;
   require_total_memory(costs, batch);
-  pipeline_plan plan = throughput_search(costs).run();
+  pipeline_plan plan = distinct_stage_search(costs, /*latency=*/false).run();
   if (plan.stages.empty())
     throw infeasible_error("no pipeline of " + costs.source_profile().model +
                            " fits with each device holding one stage (weights + KV for a batch of " +

@@ -40,6 +40,12 @@ pipeline_plan edgeshard_latency_heuristic(const cost_model& costs);
 /// edgeshard_latency_heuristic. Throws infeasible_error when no placement fits.
 pipeline_plan edgeshard_latency(const cost_model& costs);
 
+/// The minimum-latency plan for one request when each device may hold at
+/// most one contiguous layer range (how orrery's runtime deploys: one stage
+/// per node). The throughput DP below with stage costs summed instead of
+/// maxed; exact. Throws infeasible_error.
+pipeline_plan edgeshard_latency_one_stage_per_device(const cost_model& costs);
+
 /// The maximum-throughput pipeline for the workload's batch: layer 0 on the
 /// source, each device at most one stage holding its layers' weights and KV for
 /// the batch. `seconds` is the bottleneck step. Throws infeasible_error.

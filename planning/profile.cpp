@@ -138,6 +138,7 @@ void profile::validate() const {
   require(work.micro_batch_size >= 1, "profile.workload.micro_batch_size", "must be >= 1");
   require(work.train_tokens >= 1, "profile.workload.train_tokens", "must be >= 1");
   require(work.optimizer_states >= 0, "profile.workload.optimizer_states", "must be >= 0");
+  require(work.return_bytes >= 0, "profile.workload.return_bytes", "must be >= 0");
 }
 
 // -- JSON -------------------------------------------------------------------
@@ -290,6 +291,7 @@ workload workload_from_json(const json& j, const std::string& path) {
   w.micro_batch_size = integer_or(j, path, "micro_batch_size", w.micro_batch_size);
   w.train_tokens = integer_or(j, path, "train_tokens", w.train_tokens);
   w.optimizer_states = integer_or(j, path, "optimizer_states", w.optimizer_states);
+  w.return_bytes = number_or(j, path, "return_bytes", w.return_bytes);
   return w;
 }
 
@@ -380,7 +382,8 @@ json to_json(const profile& p) {
                         {"batch", w.batch}, {"micro_batches", w.micro_batches},
                         {"micro_batch_size", w.micro_batch_size},
                         {"train_tokens", w.train_tokens},
-                        {"optimizer_states", w.optimizer_states}}}};
+                        {"optimizer_states", w.optimizer_states},
+                        {"return_bytes", w.return_bytes}}}};
 }
 
 // -- files ------------------------------------------------------------------

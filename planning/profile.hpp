@@ -141,6 +141,10 @@ struct workload {
   int micro_batch_size = 4;    ///< B, samples per micro-batch (Asteroid)
   int train_tokens = 128;      ///< tokens per training sample
   int optimizer_states = 2;    ///< Adam keeps two moments per weight
+  /// Bytes per generated token that return from the last stage to the
+  /// source: a token id (4) when the last stage samples, as in EdgeShard; the
+  /// logits row (vocab x 4) when the source samples, as orrery's driver does.
+  double return_bytes = 4;
 };
 
 /// Everything the planners know about a cluster and a model.

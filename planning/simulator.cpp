@@ -71,7 +71,7 @@ class inference_graph {
       if (per_stage)
         (*per_stage)[s] = previous;
     }
-    return returns ? send(stages_.back().device, p_.source, token_bytes, previous, group) : previous;
+    return returns ? send(stages_.back().device, p_.source, p_.work.return_bytes, previous, group) : previous;
   }
 
   std::size_t prefill(std::size_t r, const std::vector<std::size_t>& after) {

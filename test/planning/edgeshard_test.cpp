@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <limits>
 #include <random>
 
 #include "planning/edgeshard.hpp"
@@ -118,6 +119,50 @@ TEST_CASE("edgeshard throughput DP equals the exhaustive optimum on random insta
     }
   }
   MESSAGE("throughput: ", feasible, " feasible instances");
+  CHECK(feasible > instances / 3);
+}
+
+// Every placement with layer 0 on the source and each device holding at most
+// one contiguous range, by brute force over device-per-layer assignments.
+double exhaustive_one_stage_per_device_latency(const cost_model& costs) {
+  const profile& p = costs.source_profile();
+  std::size_t n = p.layers.size(), m = p.devices.size();
+  std::vector<std::size_t> device_of(n, 0);
+  device_of[0] = p.source;
+  double best = std::numeric_limits<double>::infinity();
+  for (;;) {
+    auto stages = stages_from_assignment(device_of);
+    std::vector<int> stages_on(m, 0);
+    bool distinct = true;
+    for (const stage& s : stages) distinct = distinct && ++stages_on[s.device] == 1;
+    if (distinct && fits_memory(costs, stages, 1)) best = std::min(best, request_latency(costs, stages));
+    std::size_t l = 1;
+    for (; l < n && ++device_of[l] == m; ++l) device_of[l] = 0;
+    if (l == n) return best;
+  }
+}
+
+TEST_CASE("edgeshard latency with one stage per device equals the exhaustive optimum on random instances") {
+  std::mt19937_64 rng(11);
+  int feasible = 0;
+  for (int i = 0; i < instances; ++i) {
+    profile p = random_profile(rng, small_instance(rng));
+    cost_model costs(p);
+    double best = exhaustive_one_stage_per_device_latency(costs);
+    if (best == std::numeric_limits<double>::infinity()) {
+      CHECK_THROWS_AS(edgeshard_latency_one_stage_per_device(costs), infeasible_error);
+      continue;
+    }
+    ++feasible;
+    pipeline_plan plan = edgeshard_latency_one_stage_per_device(costs);
+    CHECK(plan.seconds == doctest::Approx(best).epsilon(1e-9));
+    CHECK(request_latency(costs, plan.stages) == doctest::Approx(plan.seconds).epsilon(1e-9));
+    CHECK(fits_memory(costs, plan.stages, 1));
+    CHECK(plan.stages.front().device == p.source);
+    // Reuse can only help, never hurt.
+    CHECK(edgeshard_latency(costs).seconds <= plan.seconds * (1 + 1e-9));
+  }
+  MESSAGE("latency, one stage per device: ", feasible, " feasible instances");
   CHECK(feasible > instances / 3);
 }
 
