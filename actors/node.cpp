@@ -7,6 +7,7 @@
 #include <mutex>
 #include <random>
 
+#include "actors/profiling.hpp"
 #include "actors/stage.hpp"
 #include "actors/tensor_frame.hpp"
 #include "messages/data_plane.hpp"
@@ -55,6 +56,7 @@ struct node_state {
   std::map<caf::actor, std::chrono::milliseconds> watchers;
   std::uint64_t heartbeats_sent = 0;
   bool beating = false;
+  probe_sink probes;
   static inline const char* name = "orrery.node";
 };
 
@@ -94,6 +96,7 @@ void start_over(node_ptr self) {
   }
   s.stages.clear();
   s.routes->clear();
+  s.routes->set(probe_stage, caf::actor_cast<caf::actor>(self));
   s.incarnation = fresh_incarnation();
   std::cerr << "node " << s.config.name << ": fenced by a supervisor; dropped its stages, now incarnation "
             << s.incarnation << std::endl;
@@ -136,6 +139,24 @@ caf::behavior node_actor(node_ptr self, node_config config,
         }
         return self->delegate(slot, load_stage_atom_v, std::move(assignment));
       },
+      // `orrery profile`: the slow parts run in workers, so heartbeats go on.
+      [self](layer_timing_request& request) {
+        const auto& c = self->state.config;
+        auto timer = spawn_layer_timer(self->system(), c.name, c.device, c.threads, c.memory_bytes);
+        return self->delegate(timer, std::move(request));
+      },
+      [self](link_probe& probe) {
+        return self->delegate(spawn_link_prober(self->system(), self->state.data_plane), std::move(probe));
+      },
+      [self](probe_expect_atom, std::uint64_t id, std::uint64_t bytes) {
+        auto promise = self->make_response_promise();
+        self->state.probes.expect(id, bytes, promise);
+        return promise;
+      },
+      [self](tensor_frame& frame) {
+        if (frame.descriptor.destination_stage == probe_stage)
+          self->state.probes.received(frame.descriptor.request_id, frame.descriptor.byte_length);
+      },
   };
 }
 
@@ -161,7 +182,9 @@ caf::actor spawn_node(caf::actor_system& system, node_config config) {
       [name](const std::string& peer, const std::string& problem) {
         std::cerr << "node " << name << ": data plane link from " << peer << " closed: " << problem << "\n";
       });
-  return system.spawn(node_actor, std::move(config), routes, plane);
+  auto node = system.spawn(node_actor, std::move(config), routes, plane);
+  routes->set(probe_stage, node);  // the node actor is its own probe sink
+  return node;
 }
 
 }  // namespace orrery::actors

@@ -61,12 +61,6 @@ caf::error stage_error(const std::string& text) {
   return caf::make_error(caf::sec::runtime_error, text);
 }
 
-at::Device parse_device(const std::string& device) {
-  at::Device parsed(device);  // throws c10::Error on malformed strings
-  if (parsed.is_cuda() && !at::hasCUDA()) throw std::runtime_error("device '" + device + "' requested but this build has no CUDA");
-  return parsed;
-}
-
 // Gives the stage exactly the layers of `assignment`: its shards that lie
 // inside the new range stay, the rest go, and the gaps between them are
 // loaded from the model directory (a shard that only overlaps the new range
@@ -87,7 +81,7 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     if (s.context.memory_bytes > 0 && needed > s.context.memory_bytes)
       throw std::runtime_error("they need " + std::to_string(needed) + " bytes, the memory budget is " +
                                std::to_string(s.context.memory_bytes));
-    compute::shard_options options{parse_device(s.context.device), at::kFloat,
+    compute::shard_options options{compute::device_from_name(s.context.device), at::kFloat,
                                    compute::configure_cpu_threads(std::max(1, assignment.threads))};
     std::vector<std::pair<int, int>> held;
     for (const auto& shard : s.shards)

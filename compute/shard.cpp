@@ -14,6 +14,17 @@
 
 namespace orrery::compute {
 
+at::Device device_from_name(const std::string& name) {
+  try {
+    at::Device parsed(name);
+    if (parsed.is_cuda() && !at::hasCUDA())
+      throw std::runtime_error("device '" + name + "' requested but this build has no CUDA");
+    return parsed;
+  } catch (const c10::Error&) {
+    throw std::runtime_error("device '" + name + "' is neither cpu nor cuda:N");
+  }
+}
+
 namespace {
 
 at::ScalarType scalar_type_of(dtype t) {

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "compute/kv_cache.hpp"
@@ -22,6 +23,10 @@ namespace orrery::compute {
 
 class model_dir;
 class thread_pool;
+
+/// `cpu` or `cuda:N` as a device; throws std::runtime_error when malformed
+/// or when this build of libtorch has no CUDA.
+at::Device device_from_name(const std::string& name);
 
 struct shard_options {
   at::Device device = at::kCPU;

@@ -19,6 +19,7 @@ void add_bench_command(CLI::App& app) {
   add_dataplane_bench(*bench);
   add_pipeline_bench(*bench);
   add_recovery_bench(*bench);
+  add_placement_bench(*bench);
 }
 
 void add_compute_bench(CLI::App& bench) {

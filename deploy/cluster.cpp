@@ -96,7 +96,7 @@ pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
   dc.model = t.model;
   dc.stages = connect_nodes(*system_, t);
   dc.request_timeout = t.request_timeout;
-  dc.advertise_host = std::move(advertise_host);
+  dc.advertise_host = !advertise_host.empty() ? std::move(advertise_host) : t.testbed ? t.testbed->client : "127.0.0.1";
   dc.connect_timeout = t.connect_timeout;
   dc.heartbeat_interval = t.heartbeat_interval;
   dc.heartbeat_deadline = t.heartbeat_deadline;

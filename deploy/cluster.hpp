@@ -38,7 +38,9 @@ std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, co
 class pipeline_client {
  public:
   /// Throws std::runtime_error naming the unreachable node or failed stage.
-  explicit pipeline_client(const topology& t, std::string advertise_host = "127.0.0.1");
+  /// `advertise_host` is where the last stage reaches this process; empty:
+  /// the testbed's client address for a testbed topology, else 127.0.0.1.
+  explicit pipeline_client(const topology& t, std::string advertise_host = {});
   ~pipeline_client();
 
   std::vector<generation_summary> generate(const std::vector<generate_request>& requests,

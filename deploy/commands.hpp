@@ -26,6 +26,9 @@ void add_generate_command(CLI::App& app);
 /// `orrery demo`: the quick start's main job.
 void add_demo_command(CLI::App& app);
 
+/// `orrery profile`: measure a running cluster's nodes and links for the planners.
+void add_profile_command(CLI::App& app);
+
 /// `orrery plan`: run the planners on a profile or a preset cluster.
 void add_plan_command(CLI::App& app);
 
@@ -44,5 +47,8 @@ void add_dataplane_bench(CLI::App& bench);
 /// `orrery bench pipeline` (registered on the `bench` subcommand).
 void add_pipeline_bench(CLI::App& bench);
 void add_recovery_bench(CLI::App& bench);
+
+/// `orrery bench placement` (registered on the `bench` subcommand).
+void add_placement_bench(CLI::App& bench);
 
 }  // namespace orrery::deploy

@@ -6,6 +6,8 @@
 #include <memory>
 
 #include "compute/cpu_threads.hpp"
+#include "compute/tokenizer.hpp"
+#include "deploy/auto_placement.hpp"
 #include "deploy/cluster.hpp"
 #include "deploy/commands.hpp"
 #include "deploy/local_model.hpp"
@@ -18,7 +20,7 @@ namespace {
 struct generate_options {
   std::string model;
   std::string topology;
-  std::string advertise_host = "127.0.0.1";
+  std::string advertise_host;
   compute::generation_request request;
   int threads = compute::default_thread_count();
   bool ignore_eos = false;
@@ -45,15 +47,22 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", opts->threads, "CPU threads (with --model)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--advertise-host", opts->advertise_host,
-                  "Address the last stage reaches this process at (with --topology)")
-      ->capture_default_str();
+                  "Address the last stage reaches this process at (with --topology; default: the testbed's client "
+                  "address for a testbed topology, else 127.0.0.1)");
   cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after the end-of-sequence token");
   add_sampling_flags(*cmd, opts->request.sampling);
   cmd->callback([opts] {
     opts->request.stop_at_eos = !opts->ignore_eos;
     if (!opts->topology.empty()) {
-      pipeline_client client(load_topology(opts->topology), opts->advertise_host);
-      generate_over(client, to_message(opts->request), std::cout);
+      auto t = load_topology(opts->topology);
+      placement_prediction predicted;
+      const int prompt_tokens = static_cast<int>(compute::load_tokenizer(t.model)->encode(opts->request.prompt).size()) + 1;
+      auto placed = resolve_placement(t, 1, prompt_tokens, opts->request.max_new_tokens, std::cerr, &predicted);
+      pipeline_client client(placed, opts->advertise_host);
+      auto summary = generate_over(client, to_message(opts->request), std::cout);
+      if (t.auto_placement)
+        std::cout << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
+                  << decode_ms_per_token(summary) << " ms/token\n";
     } else if (!opts->model.empty()) {
       generate_locally(opts->model, opts->request, opts->threads, std::cout);
     } else {

@@ -13,6 +13,7 @@
 #include <limits>
 #include <map>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include "compute/model_error.hpp"
@@ -427,12 +428,10 @@ void place_even(const source& src, int line, int num_layers, std::vector<parsed_
   if (count > num_layers)
     src.fail(line, "placement 'even' needs at least one layer per node, but the model has " +
                        count_of(num_layers, "layer") + " and the topology " + count_of(count, "node"));
-  int first = 0;
+  auto ranges = even_ranges(num_layers, count);
   for (int i = 0; i < count; ++i) {
-    int last = first + num_layers / count + (i < num_layers % count ? 1 : 0);
-    nodes[i].spec.first_layer = first, nodes[i].spec.last_layer = last;
+    std::tie(nodes[i].spec.first_layer, nodes[i].spec.last_layer) = ranges[i];
     nodes[i].range_line = line;
-    first = last;
   }
 }
 
@@ -650,6 +649,17 @@ YAML::Node load_yaml(const source& src, const std::string& yaml_text) {
 }
 
 }  // namespace
+
+std::vector<std::pair<int, int>> even_ranges(int layers, int nodes) {
+  std::vector<std::pair<int, int>> ranges;
+  int first = 0;
+  for (int i = 0; i < nodes; ++i) {
+    int last = first + layers / nodes + (i < layers % nodes ? 1 : 0);
+    ranges.emplace_back(first, last);
+    first = last;
+  }
+  return ranges;
+}
 
 std::string node_spec::address() const {
   bool ipv6 = host.find(':') != std::string::npos;

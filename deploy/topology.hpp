@@ -13,6 +13,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "compute/llama_config.hpp"
@@ -131,6 +132,11 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
 /// placement is resolved for that model, so a memory budget it does not fit
 /// is still an error). For benchmarks that take --model.
 topology load_topology_for_model(const std::filesystem::path& file, const std::string& model);
+
+/// `placement: even` over `nodes` nodes: `[first, last)` per node, earlier
+/// nodes taking the remainder (7 layers over 3 nodes: [0,3), [3,5), [5,7)).
+/// Needs 1 <= nodes <= layers.
+std::vector<std::pair<int, int>> even_ranges(int layers, int nodes);
 
 /// A multi-line human summary: one line per node with its address, data
 /// port, device, layer range, weight bytes and memory budget.

@@ -229,6 +229,80 @@ typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
            x.decode_ms, x.stopped_at_eos, x.final_logits);
 }
 
+// -- profiling (`orrery profile`) ----------------------------------------------
+
+/// Asks a node to time the model's first, a middle and its last layer on its
+/// own device (compute/layer_timing.hpp); answered with layer_timing_report.
+struct layer_timing_request {
+  std::string model_dir;
+  std::vector<std::int32_t> prefill_lengths;
+  std::vector<std::int32_t> decode_contexts;
+  /// Wall time each measured point's repeats add up to.
+  double min_seconds = 0.3;
+};
+
+/// Seconds per token of one layer kind in one phase, at each length.
+struct measured_curve {
+  std::string layer;  ///< "first", "middle" or "last"
+  std::string phase;  ///< "prefill" or "decode"
+  std::vector<std::int32_t> lengths;
+  std::vector<double> seconds;
+};
+
+/// A node's measured layer times and the memory it can give a model.
+struct layer_timing_report {
+  std::string node;
+  std::vector<measured_curve> curves;
+  std::uint64_t usable_memory_bytes = 0;
+  /// What set usable_memory_bytes: "memory budget", "cgroup limit" or "available memory".
+  std::string memory_limited_by;
+};
+
+/// Asks a node to measure its data-plane link to the node `peer` (whose data
+/// plane is at host:data_port); answered with link_measurement.
+struct link_probe {
+  caf::actor peer;
+  std::string host;
+  std::uint16_t data_port = 0;
+};
+
+/// One direction of a link, measured over the data plane.
+struct link_measurement {
+  double bandwidth_bytes_per_s = 0;
+  double latency_s = 0;
+  std::uint64_t bytes_sent = 0;
+};
+
+/// The data-plane stage id a node's own probe sink listens on: never a
+/// pipeline stage's (those are placement indices).
+inline constexpr std::uint16_t probe_stage = 0xFFFF;
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, layer_timing_request& x) {
+  return f(caf::meta::type_name("layer_timing_request"), x.model_dir, x.prefill_lengths, x.decode_contexts,
+           x.min_seconds);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, measured_curve& x) {
+  return f(caf::meta::type_name("measured_curve"), x.layer, x.phase, x.lengths, x.seconds);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, layer_timing_report& x) {
+  return f(caf::meta::type_name("layer_timing_report"), x.node, x.curves, x.usable_memory_bytes, x.memory_limited_by);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, link_probe& x) {
+  return f(caf::meta::type_name("link_probe"), x.peer, x.host, x.data_port);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, link_measurement& x) {
+  return f(caf::meta::type_name("link_measurement"), x.bandwidth_bytes_per_s, x.latency_s, x.bytes_sent);
+}
+
 /// Registers every type of the block below with `cfg` (and loads nothing
 /// else: the host decides whether to load the middleman).
 void register_types(caf::actor_system_config& cfg);
@@ -250,6 +324,12 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::node_verdict))
   CAF_ADD_TYPE_ID(orrery, (orrery::recovery_event))
   CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::recovery_event>))
+  CAF_ADD_TYPE_ID(orrery, (orrery::layer_timing_request))
+  CAF_ADD_TYPE_ID(orrery, (orrery::measured_curve))
+  CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::measured_curve>))
+  CAF_ADD_TYPE_ID(orrery, (orrery::layer_timing_report))
+  CAF_ADD_TYPE_ID(orrery, (orrery::link_probe))
+  CAF_ADD_TYPE_ID(orrery, (orrery::link_measurement))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".
@@ -265,3 +345,4 @@ CAF_ADD_ATOM(orrery, orrery, fence_atom, "fence")
 CAF_ADD_ATOM(orrery, orrery, tick_atom, "tick")
 CAF_ADD_ATOM(orrery, orrery, recoveries_atom, "recoveries")
 CAF_ADD_ATOM(orrery, orrery, retry_atom, "retry")
+CAF_ADD_ATOM(orrery, orrery, probe_expect_atom, "probe_exp")

@@ -1,0 +1,115 @@
+#include "compute/layer_timing.hpp"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+
+#include "compute/cpu_threads.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/model_error.hpp"
+#include "compute/shard.hpp"
+
+namespace orrery::compute {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point start) {
+  return std::chrono::duration<double>(clock_type::now() - start).count();
+}
+
+// What the shard takes for `tokens` new tokens: ids where it holds the
+// embedding, hidden states otherwise (their values do not change the time).
+at::Tensor input_for(const shard& s, int tokens) {
+  const auto& c = s.config();
+  auto device = s.options().device;
+  if (s.has_embedding()) return at::randint(c.vocab_size, {tokens}, at::TensorOptions(at::kLong).device(device));
+  return at::randn({tokens, c.hidden_size}, at::TensorOptions(s.options().dtype).device(device)) * 0.1;
+}
+
+// Runs `repeat` until the repeats add up to `min_seconds` (at least twice,
+// the first also warming caches) and returns the mean of the timed ones.
+template <class Repeat>
+double mean_seconds(double min_seconds, Repeat repeat) {
+  repeat();
+  double total = 0;
+  int count = 0;
+  while (count < 2 || total < min_seconds) {
+    total += repeat();
+    ++count;
+  }
+  return total / count;
+}
+
+double prefill_seconds_per_token(shard& s, int length, double min_seconds) {
+  auto input = input_for(s, length);
+  return mean_seconds(min_seconds, [&] {
+           kv_cache cache = s.new_cache(length);
+           auto start = clock_type::now();
+           auto out = s.forward(input, {{&cache, length}});
+           out.cpu();  // waits for the device
+           return seconds_since(start);
+         }) /
+         length;
+}
+
+// Decode steps are timed from context `context` on; the point is reported at
+// the middle of the steps taken.
+constexpr int decode_steps = 8;
+
+double decode_seconds_per_token(shard& s, int context, double min_seconds) {
+  auto prompt = input_for(s, context);
+  auto step = input_for(s, 1);
+  return mean_seconds(min_seconds, [&] {
+           kv_cache cache = s.new_cache(context + decode_steps);
+           s.forward(prompt, {{&cache, context}});
+           auto start = clock_type::now();
+           for (int i = 0; i < decode_steps; ++i) s.forward(step, {{&cache, 1}}).cpu();
+           return seconds_since(start);
+         }) /
+         decode_steps;
+}
+
+}  // namespace
+
+std::vector<layer_kind_timing> measure_layer_times(const std::string& model_dir, const layer_timing_options& options,
+                                                   const std::function<void(int, int)>& progress) {
+  compute::model_dir model(model_dir);
+  const int layers = model.config().num_layers;
+  if (layers < 3)
+    throw model_error(model_dir + ": the profiler measures a first, a middle and a last layer, so it needs at least 3 layers; the model has " +
+                      std::to_string(layers));
+  for (int context : options.decode_contexts)
+    if (context < 1 || context + decode_steps > model.config().max_position_embeddings)
+      throw model_error(model_dir + ": decode context " + std::to_string(context) + " is outside the model's context of " +
+                        std::to_string(model.config().max_position_embeddings) + " tokens");
+  shard_options shard_options{device_from_name(options.device), at::kFloat, configure_cpu_threads(options.threads)};
+  struct kind {
+    const char* name;
+    int first;
+  };
+  const kind kinds[] = {{"first", 0}, {"middle", layers / 2}, {"last", layers - 1}};
+  const int total = 3 * static_cast<int>(options.prefill_lengths.size() + options.decode_contexts.size());
+  int done = 0;
+  auto advance = [&] {
+    if (progress) progress(++done, total);
+  };
+  std::vector<layer_kind_timing> out;
+  for (const kind& k : kinds) {
+    shard s(model, k.first, k.first + 1, shard_options);
+    layer_kind_timing timing{k.name, {}, {}};
+    for (int length : options.prefill_lengths) {
+      timing.prefill.push_back({length, prefill_seconds_per_token(s, length, options.min_seconds)});
+      advance();
+    }
+    for (int context : options.decode_contexts) {
+      timing.decode.push_back({context + decode_steps / 2, decode_seconds_per_token(s, context, options.min_seconds)});
+      advance();
+    }
+    out.push_back(std::move(timing));
+  }
+  return out;
+}
+
+}  // namespace orrery::compute

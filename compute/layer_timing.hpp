@@ -1,0 +1,49 @@
+#pragma once
+// What the profiler measures on a node's own device: seconds per token of a
+// model's layers, for prefill at several prompt lengths and for decode at
+// several context lengths (ARCHITECTURE.md, "Planning data model").
+//
+// Every decoder layer of a model has the same shape, so one middle layer
+// stands for all of them; the first and the last layer are measured as the
+// shards [0, 1) and [N-1, N) because orrery's runtime runs the embedding with
+// layer 0 and the final norm and LM head with layer N-1. A time is the mean
+// over repeats that together last at least `min_seconds` of wall time, so a
+// node held to a fraction of a core by a CPU quota is measured at its
+// throttled speed rather than during one lucky unthrottled burst.
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace orrery::compute {
+
+/// Seconds per token at a sequence length (prefill) or context length (decode).
+struct timing_point {
+  int length = 0;
+  double seconds = 0;
+};
+
+/// One measured layer kind.
+struct layer_kind_timing {
+  std::string kind;  ///< "first", "middle" or "last"
+  std::vector<timing_point> prefill;
+  std::vector<timing_point> decode;
+};
+
+struct layer_timing_options {
+  std::vector<int> prefill_lengths = {8, 32, 128};
+  std::vector<int> decode_contexts = {16, 128, 512};
+  /// Wall time each point's repeats must add up to.
+  double min_seconds = 0.3;
+  int threads = 1;
+  /// `cpu` (or `cuda:N` where libtorch has CUDA).
+  std::string device = "cpu";
+};
+
+/// Measures the first, a middle and the last layer of the model in `model_dir`
+/// (which needs at least 3 layers); `progress(done, total)` after each point.
+/// Throws model_error naming the model directory on a bad model.
+std::vector<layer_kind_timing> measure_layer_times(const std::string& model_dir, const layer_timing_options& options,
+                                                   const std::function<void(int done, int total)>& progress = {});
+
+}  // namespace orrery::compute
