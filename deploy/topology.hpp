@@ -138,6 +138,10 @@ topology load_topology_for_model(const std::filesystem::path& file, const std::s
 /// Needs 1 <= nodes <= layers.
 std::vector<std::pair<int, int>> even_ranges(int layers, int nodes);
 
+/// `512.0 MiB`, `3 B`: a byte count in powers of 1024, as describe_placement
+/// writes memory budgets.
+std::string human_bytes(std::uint64_t bytes);
+
 /// A multi-line human summary: one line per node with its address, data
 /// port, device, layer range, weight bytes and memory budget.
 std::string describe_placement(const topology& t);
