@@ -1,5 +1,6 @@
 #include "deploy/chaos.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -18,6 +19,7 @@
 #include <random>
 
 #include "deploy/cluster.hpp"
+#include "deploy/testbed.hpp"
 
 namespace orrery::deploy {
 
@@ -61,31 +63,24 @@ std::vector<std::string> command_line(pid_t pid) {
 nlohmann::json to_json(const run_record& r) {
   auto nodes = nlohmann::json::array();
   for (const auto& n : r.nodes) nodes.push_back({{"name", n.name}, {"pid", n.pid}, {"address", n.address}});
-  return {{"cluster", r.cluster}, {"topology", r.topology.string()}, {"launcher_pid", r.launcher}, {"nodes", nodes}};
+  return {{"cluster", r.cluster}, {"topology", r.topology.string()}, {"launcher_pid", r.launcher},
+          {"testbed", r.testbed}, {"nodes", nodes}};
 }
 
 run_record from_json(const nlohmann::json& j) {
-  run_record r{j.at("cluster").get<std::string>(), j.at("topology").get<std::string>(), j.at("launcher_pid").get<pid_t>(), {}};
+  run_record r{j.at("cluster").get<std::string>(), j.at("topology").get<std::string>(), j.at("launcher_pid").get<pid_t>(),
+               {}, j.value("testbed", false)};
   for (const auto& n : j.at("nodes"))
     r.nodes.push_back({n.at("name").get<std::string>(), n.at("pid").get<pid_t>(), n.at("address").get<std::string>()});
   return r;
 }
 
-/// Creates the registry directory readable by this user only, and refuses
-/// one that someone else owns: in a shared /tmp anyone could have made it.
-void make_private_directory(const std::filesystem::path& dir) {
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-    throw std::runtime_error(system_error("cannot create the run registry directory " + dir.string()));
-  struct stat info {};
-  if (::lstat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != ::getuid())
-    throw std::runtime_error(dir.string() + " is not a directory owned by this user (uid " + std::to_string(::getuid()) +
-                             "): refusing to keep the run registry there");
+std::string partition_unavailable(const std::string& topology_file) {
+  return "--action partition takes a node's network link down, which needs nodes started by `orrery testbed up` (each "
+         "behind its own link); the nodes of `orrery up` share this machine's loopback, and " + topology_file +
+         " describes no testbed (add a `testbed:` section, see deploy/topologies/README.md). Use --action kill or "
+         "--action freeze";
 }
-
-const char* const partition_unavailable =
-    "--action partition takes a node's network links down, which needs nodes started by `orrery testbed up` (each "
-    "behind its own link); `orrery testbed` is not available in this build yet, and the nodes of `orrery up` share "
-    "this machine's loopback. Use --action kill or --action freeze";
 
 /// The processes chaos may act on now: node `name`'s, or every registered
 /// node's when `name` is empty. A registered node that is not running gets a
@@ -121,17 +116,31 @@ int freeze(const node_process& target, double freeze_for_s, std::ostream& log) {
   return signal;
 }
 
-/// One action on node `o.node` or a random live node of `cluster`; returns
-/// the stop signal that cut a freeze short, or 0.
-int act_once(const chaos_options& o, const std::string& cluster, std::mt19937_64& random, std::ostream& log) {
+/// The node's testbed link down, the partition, the link up again — also when
+/// a stop signal cuts the partition short. Returns that signal, or 0.
+int partition(const topology& t, const node_process& target, double partition_for_s, std::ostream& log) {
+  const testbed_link link(t, target.name());
+  link.cut();
+  log << utc_timestamp() << " partition " << target.label() << " for " << partition_for_s << " s (" << link.describe()
+      << " down)" << std::endl;
+  int signal = sleep_until(steady_clock::now() + seconds(partition_for_s));
+  link.restore();
+  log << utc_timestamp() << " restore " << target.label() << " (" << link.describe() << " up)" << std::endl;
+  return signal;
+}
+
+/// One action on node `o.node` or a random live node of `t`; returns the stop
+/// signal that cut a freeze or partition short, or 0.
+int act_once(const chaos_options& o, const topology& t, std::mt19937_64& random, std::ostream& log) {
   // Re-read every time: `up --restart-after` gives restarted nodes new pids.
-  auto live = live_nodes(read_registry(cluster, o.topology), o.node, log);
+  auto live = live_nodes(read_registry(t.cluster, o.topology), o.node, log);
   if (live.empty()) {
-    if (o.node.empty()) log << utc_timestamp() << " skip: no node of cluster '" << cluster << "' is running" << std::endl;
+    if (o.node.empty()) log << utc_timestamp() << " skip: no node of cluster '" << t.cluster << "' is running" << std::endl;
     return 0;
   }
   const auto& target = live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(random)];
   if (o.action == "freeze") return freeze(target, o.freeze_for_s, log);
+  if (o.action == "partition") return partition(t, target, o.partition_for_s, log);
   log << utc_timestamp() << (target.send(SIGKILL) ? " kill " : " skip (exited before SIGKILL) ") << target.label()
       << std::endl;
   return 0;
@@ -153,18 +162,48 @@ std::string utc_timestamp() {
 
 // -- the run registry ----------------------------------------------------------
 
-std::filesystem::path registry_path(const std::string& cluster) {
+std::filesystem::path runtime_directory() {
   const char* runtime = std::getenv("XDG_RUNTIME_DIR");
   const std::filesystem::path base = runtime != nullptr && *runtime != '\0' ? runtime : "/tmp";
+  return base / ("orrery-" + std::to_string(::getuid()));
+}
+
+void make_runtime_directory() {
+  const auto dir = runtime_directory();
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    throw std::runtime_error(system_error("cannot create the run registry directory " + dir.string()));
+  struct stat info {};
+  if (::lstat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != ::getuid())
+    throw std::runtime_error(dir.string() + " is not a directory owned by this user (uid " + std::to_string(::getuid()) +
+                             "): refusing to keep the run registry there");
+}
+
+std::filesystem::path registry_path(const std::string& cluster) {
   std::string file = cluster;
   for (auto& c : file)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
-  return base / ("orrery-" + std::to_string(::getuid())) / (file + ".json");
+  return runtime_directory() / (file + ".json");
+}
+
+void write_atomically(const std::filesystem::path& file, const std::string& text) {
+  auto temporary = file;
+  temporary += ".tmp";
+  std::ofstream out(temporary);
+  out << text;
+  out.close();
+  if (!out) throw std::runtime_error("cannot write " + temporary.string());
+  std::filesystem::rename(temporary, file);
+}
+
+void write_registry(const run_record& r) {
+  make_runtime_directory();
+  write_atomically(registry_path(r.cluster), to_json(r).dump(2) + '\n');
 }
 
 run_record read_registry(const std::string& cluster, const std::filesystem::path& topology_file) {
   const auto path = registry_path(cluster);
-  const auto start_it = "start the cluster with `orrery up " + topology_file.string() + "`";
+  const auto start_it = "start the cluster with `orrery up " + topology_file.string() + "` or `orrery testbed up " +
+                        topology_file.string() + "`";
   std::ifstream in(path);
   if (!in)
     throw std::runtime_error("no run registry of cluster '" + cluster + "' at " + path.string() + ": " + start_it +
@@ -175,6 +214,9 @@ run_record read_registry(const std::string& cluster, const std::filesystem::path
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path.string() + " is not a run registry: " + e.what());
   }
+  // A testbed's nodes run on after `testbed up` exits; node_process::open
+  // still checks each one before it is signalled.
+  if (r.testbed) return r;
   const auto launcher = command_line(r.launcher);
   if (launcher.size() < 2 || launcher[1] != "up")
     throw std::runtime_error(path.string() + " is stale: the `orrery up` that wrote it (pid " + std::to_string(r.launcher) +
@@ -183,10 +225,9 @@ run_record read_registry(const std::string& cluster, const std::filesystem::path
 }
 
 run_registry::run_registry(const topology& t, const local_cluster& cluster)
-    : path_(registry_path(t.cluster)), record_{t.cluster, t.file, ::getpid(), {}} {
+    : path_(registry_path(t.cluster)), record_{t.cluster, t.file, ::getpid(), {}, false} {
   for (const auto& n : t.nodes) record_.nodes.push_back({n.name, cluster.pid(n.name), n.address()});
-  make_private_directory(path_.parent_path());
-  write();
+  write_registry(record_);
 }
 
 run_registry::~run_registry() {
@@ -198,17 +239,7 @@ void run_registry::record(const std::string& name, pid_t pid) {
   auto it = std::find_if(record_.nodes.begin(), record_.nodes.end(), [&](const registered_node& n) { return n.name == name; });
   if (it == record_.nodes.end()) throw std::logic_error("the run registry has no node '" + name + "'");
   it->pid = pid;
-  write();
-}
-
-void run_registry::write() const {
-  auto temporary = path_;
-  temporary += ".tmp";
-  std::ofstream out(temporary);
-  out << to_json(record_).dump(2) << '\n';
-  out.close();
-  if (!out) throw std::runtime_error("cannot write the run registry " + temporary.string());
-  std::filesystem::rename(temporary, path_);
+  write_registry(record_);
 }
 
 // -- node processes --------------------------------------------------------------
@@ -244,6 +275,12 @@ bool node_process::send(int signal) const {
   throw std::runtime_error(system_error("cannot send signal " + std::to_string(signal) + " to " + label()));
 }
 
+bool node_process::exited_within(std::chrono::milliseconds timeout) const {
+  // A pidfd turns readable once its process has exited (zombie or reaped).
+  pollfd exited{pidfd_, POLLIN, 0};
+  return ::poll(&exited, 1, static_cast<int>(timeout.count())) == 1;
+}
+
 std::string node_process::label() const {
   return "node '" + node_.name + "' pid " + std::to_string(node_.pid);
 }
@@ -251,10 +288,10 @@ std::string node_process::label() const {
 // -- orrery chaos ------------------------------------------------------------------
 
 void run_chaos(const chaos_options& o, std::ostream& log) {
-  if (o.action == "partition") throw std::runtime_error(partition_unavailable);
   if (o.times > 1 && o.every_s <= 0)
     throw std::runtime_error("--times " + std::to_string(o.times) + " needs --every SECONDS, the interval between actions");
   const auto t = load_topology(o.topology);
+  if (o.action == "partition" && !t.testbed) throw std::runtime_error(partition_unavailable(o.topology));
   if (!o.node.empty()) t.node(o.node);  // throws naming the topology's nodes
   read_registry(t.cluster, o.topology);  // fails now rather than after --delay
   block_stop_signals();
@@ -269,7 +306,7 @@ void run_chaos(const chaos_options& o, std::ostream& log) {
   const auto first = steady_clock::now() + seconds(o.delay_s);
   for (int i = 0; i < o.times; ++i) {
     int signal = sleep_until(first + i * seconds(o.every_s));
-    if (signal == 0) signal = act_once(o, t.cluster, random, log);
+    if (signal == 0) signal = act_once(o, t, random, log);
     if (signal != 0) {
       log << utc_timestamp() << " chaos stopped by signal " << signal << std::endl;
       return;

@@ -1,4 +1,5 @@
-// `orrery chaos`: kill or freeze nodes that `orrery up` started (deploy/chaos.hpp).
+// `orrery chaos`: kill or freeze nodes that `orrery up` or `orrery testbed up`
+// started, or cut a testbed node's link (deploy/chaos.hpp).
 
 #include <CLI/CLI.hpp>
 #include <iostream>
@@ -14,8 +15,9 @@ namespace {
 const char* const chaos_footer = R"(Finding the nodes: `orrery up F` writes the pid and control address of each node it started
 to a run registry, ${XDG_RUNTIME_DIR:-/tmp}/orrery-UID/CLUSTER.json (CLUSTER: the topology's
 `cluster:` name), rewrites it when a node is restarted (`orrery up --restart-after`) and
-removes it when it stops. chaos re-reads it before every action. Without one it fails,
-naming the path: start the cluster with `orrery up F` first.
+removes it when it stops; `orrery testbed up F` writes one that `orrery testbed down F`
+removes. chaos re-reads it before every action. Without one it fails, naming the path:
+start the cluster with `orrery up F` or `orrery testbed up F` first.
 
 Safety: a node is signalled only if its pid is alive and its /proc/PID/cmdline is exactly
 `orrery node --topology F --name NAME`; the signal goes through a pidfd, so a pid the node
@@ -26,26 +28,33 @@ Output: one line per action, e.g.
   2024-05-01T12:00:00.123Z kill node 'b' pid 4242
   2024-05-01T12:00:02.123Z freeze node 'a' pid 4240 for 5 s
   2024-05-01T12:00:07.124Z continue node 'a' pid 4240
+  2024-05-01T12:00:09.000Z partition node 'c' pid 4241 for 3 s (veth v-c in netns orrery-lab-bridge down)
+  2024-05-01T12:00:12.001Z restore node 'c' pid 4241 (veth v-c in netns orrery-lab-bridge up)
 (ISO-8601 UTC with milliseconds, as `orrery up` stamps its `node 'b' exited` lines).
 
-Ctrl-C or SIGTERM during a freeze sends SIGCONT before chaos exits. A chaos process killed
-with SIGKILL leaves its node frozen: `kill -CONT PID` continues it.
+partition needs nodes started by `orrery testbed up` (and root): it sets the bridge-side end
+of the node's veth pair down, so nothing reaches the node or leaves it, and up again after
+--partition-for; the link's tbf shaping stays attached meanwhile. With `orrery up`, whose
+nodes share this machine's loopback, it is an error.
 
-partition (taking a node's links down) needs nodes started by `orrery testbed up`, which
-this build does not have yet; with `orrery up` it is an error.)";
+Ctrl-C or SIGTERM during a freeze sends SIGCONT, during a partition brings the link up,
+before chaos exits. A chaos process killed with SIGKILL leaves its node frozen (`kill -CONT
+PID`) or cut off (`ip -n orrery-CLUSTER-bridge link set v-NODE up`).)";
 
 }  // namespace
 
 void add_chaos_command(CLI::App& app) {
   auto opts = std::make_shared<chaos_options>();
   auto seed = std::make_shared<std::uint64_t>();
-  auto* cmd = app.add_subcommand("chaos", "Kill or freeze nodes started by `orrery up`: a named or random one, N times");
+  auto* cmd = app.add_subcommand(
+      "chaos", "Kill, freeze or cut off nodes started by `orrery up` or `orrery testbed up`: a named or random one, N times");
   cmd->footer(chaos_footer);
-  cmd->add_option("--topology", opts->topology, "Topology file the cluster was started from with `orrery up`")
+  cmd->add_option("--topology", opts->topology, "Topology file the cluster was started from (`orrery up` or `orrery testbed up`)")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--action", opts->action,
-                  "kill: SIGKILL; freeze: SIGSTOP, then SIGCONT after --freeze-for; partition: links down (testbed only)")
+                  "kill: SIGKILL; freeze: SIGSTOP, then SIGCONT after --freeze-for; partition: the node's link down for "
+                  "--partition-for (testbed only)")
       ->capture_default_str()
       ->check(CLI::IsMember({"kill", "freeze", "partition"}));
   cmd->add_option("--node", opts->node, "The node to act on (default: a random running node each time)");
@@ -56,6 +65,9 @@ void add_chaos_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--freeze-for", opts->freeze_for_s, "Seconds a frozen node stays stopped before SIGCONT")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--partition-for", opts->partition_for_s, "Seconds a partitioned node stays cut off before its link is restored")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--delay", opts->delay_s, "Seconds to wait before the first action")

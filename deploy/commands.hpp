@@ -20,6 +20,9 @@ void add_up_command(CLI::App& app);
 /// `orrery chaos`: kill or freeze nodes started by `orrery up`.
 void add_chaos_command(CLI::App& app);
 
+/// `orrery testbed up|down|exec|status`: an emulated edge cluster on this machine.
+void add_testbed_command(CLI::App& app);
+
 /// `orrery generate`: on one device (--model) or over a topology (--topology).
 void add_generate_command(CLI::App& app);
 
