@@ -1,7 +1,7 @@
 #pragma once
-// One thread count per node process, applied to both of compute/'s thread
-// users: orrery's decode gemv pool and libtorch's intra-op threads (GEMMs,
-// element-wise ops). Benchmarks compare paths at the same count.
+// One thread count per node process, applied to every thread user of
+// compute/: orrery's decode gemv pool, libtorch's intra-op threads (GEMMs,
+// element-wise ops) and OpenBLAS's own threads. Benchmarks compare paths at the same count.
 
 #include <memory>
 

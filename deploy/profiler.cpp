@@ -112,6 +112,16 @@ Result ask(caf::scoped_actor& self, const caf::actor& to, Request request, std::
   return result;
 }
 
+// The lengths that fit the model's context; the limit itself when none does
+// (a small test model), so every curve has a point.
+std::vector<std::int32_t> fitting(const std::vector<int>& lengths, int limit) {
+  std::vector<std::int32_t> out;
+  for (int length : lengths)
+    if (length <= limit) out.push_back(length);
+  if (out.empty()) out.push_back(limit);
+  return out;
+}
+
 // Timing a 0.2-core node's layers at long contexts takes a while.
 constexpr std::chrono::seconds timing_timeout{900};
 constexpr std::chrono::seconds probe_timeout{120};
@@ -181,6 +191,7 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   caf::scoped_actor self{system};
 
   const fs::path model_dir = cache / model_key(t.model);
+  const int max_context = t.model_config.max_position_embeddings;
   std::vector<json> measured;
   for (std::size_t i = 0; i < count; ++i) {
     const auto& n = t.nodes[i];
@@ -188,10 +199,8 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
     auto cached = options.refresh ? std::nullopt : read_cache(file);
     if (!cached) {
       if (progress) progress(done, total, "timing the layers on node '" + n.name + "'");
-      layer_timing_request request{t.model.string(),
-                                   {options.prefill_lengths.begin(), options.prefill_lengths.end()},
-                                   {options.decode_contexts.begin(), options.decode_contexts.end()},
-                                   options.min_seconds};
+      layer_timing_request request{t.model.string(), fitting(options.prefill_lengths, max_context),
+                                   fitting(options.decode_contexts, max_context / 2), options.min_seconds};
       cached = curves_to_json(ask<layer_timing_report>(self, nodes[i].node, request, timing_timeout, n.label()));
       write_cache(file, *cached);
     }

@@ -101,7 +101,7 @@ TEST_CASE("an unknown key is named, with the closest known key, at every level")
   cluster_dir c;
   c.check_error(edit(base_yaml, "placement:", "placment:"), 8,
                 "unknown key 'placment' in the topology (did you mean 'placement'? known: cluster, model, nodes, "
-                "placement, timeouts, rebalance)");
+                "placement, objective, profile, timeouts, rebalance, testbed)");
   c.check_error(edit(base_yaml, "    address: 127.0.0.1:7412", "    address: 127.0.0.1:7412\n    thread: 2"), 8,
                 "unknown key 'thread' in node 2 (did you mean 'threads'?");
   c.check_error(base_yaml + "timeouts:\n  connect_ms: 10\n  deadline_ms: 5\n", 11,
@@ -396,4 +396,86 @@ TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
     CHECK(t.nodes[i].device == "cpu");
     CHECK(!t.nodes[i].memory_bytes);
   }
+}
+
+// -- emulated nodes, the testbed subnet, automatic placement -----------------------
+
+namespace {
+
+// Two emulated nodes in the default testbed subnet.
+const std::string testbed_yaml = R"(cluster: edge
+model: model
+nodes:
+  - name: a
+    address: 10.213.0.11:7411
+    emulate: {device: rpi5, cpu: 0.3}
+  - name: b
+    address: 10.213.0.12:7411
+    emulate: {cpu: 0.25, memory: 512MiB, egress: 100mbit, ingress: 1.5 Gbit/s}
+)";
+
+}  // namespace
+
+TEST_CASE("emulate blocks: a preset fills in what explicit keys leave out") {
+  cluster_dir c;
+  auto t = c.parse(testbed_yaml);
+  REQUIRE(t.testbed);
+  CHECK(t.testbed->subnet == "10.213.0.0/24");
+  CHECK(t.testbed->client == "10.213.0.1");
+  const auto& a = *t.node("a").emulate;
+  CHECK(a.preset == "rpi5");
+  CHECK(*a.cpu_share == doctest::Approx(0.3));  // written out: the preset's share is overridden
+  CHECK(*a.memory_bytes == 7'000'000'000ull);   // the catalog's usable memory of a Pi 5
+  CHECK(*a.egress_bits_per_s == 1'000'000'000ull);
+  const auto& b = *t.node("b").emulate;
+  CHECK(b.preset.empty());
+  CHECK(*b.cpu_share == doctest::Approx(0.25));
+  CHECK(*b.memory_bytes == 512ull << 20);
+  CHECK(*b.egress_bits_per_s == 100'000'000ull);
+  CHECK(*b.ingress_bits_per_s == 1'500'000'000ull);
+  // A Jetson by its full name; a Pi 5 streams weights at about half this machine's core.
+  auto nano = c.parse(edit(testbed_yaml, "{device: rpi5, cpu: 0.3}", "{device: jetson-nano}"));
+  CHECK(*nano.node("a").emulate->cpu_share == doctest::Approx(1.0));
+  auto pi = c.parse(edit(testbed_yaml, "{device: rpi5, cpu: 0.3}", "{device: rpi5}"));
+  CHECK(*pi.node("a").emulate->cpu_share == doctest::Approx(17.1e9 * 0.37 / 13e9));
+}
+
+TEST_CASE("bad emulate values and testbed addresses are named") {
+  cluster_dir c;
+  c.check_error(edit(testbed_yaml, "device: rpi5", "device: rpi9"), 6, "unknown device preset 'rpi9' (did you mean 'rpi5'?");
+  c.check_error(edit(testbed_yaml, "cpu: 0.25", "cpu: fast"), 9, "'cpu' must be a fraction of one core");
+  c.check_error(edit(testbed_yaml, "cpu: 0.25", "cpu: 0"), 9, "'cpu' must be a fraction of one core");
+  c.check_error(edit(testbed_yaml, "egress: 100mbit", "egress: 100 furlongs"), 9,
+                "'egress' '100 furlongs' is not a link rate");
+  c.check_error(edit(testbed_yaml, "emulate: {cpu: 0.25", "emulate: {cores: 1, cpu: 0.25"), 9,
+                "unknown key 'cores' in 'emulate'");
+  c.check_error(edit(testbed_yaml, "10.213.0.12", "127.0.0.1"), 8,
+                "node 'b' host 127.0.0.1 is not a host address of the testbed subnet 10.213.0.0/24");
+  c.check_error(edit(testbed_yaml, "10.213.0.12:7411", "10.213.0.11:7412"), 8,
+                "node 'b' host 10.213.0.11 is already node 'a''s");
+  c.check_error(edit(testbed_yaml, "10.213.0.12", "10.213.0.1"), 8, "is already the testbed client's");
+  c.check_error(edit(testbed_yaml, "10.213.0.12", "10.213.0.255"), 8, "is not a host address of the testbed subnet");
+  c.check_error(testbed_yaml + "testbed: {subnet: 10.9.0.0/33}\n", 10, "subnet '10.9.0.0/33' must be an IPv4 network");
+  c.check_error(testbed_yaml + "testbed: {subnet: 10.213.0.1/24}\n", 10, "has host bits set (the network is 10.213.0.0/24)");
+  c.check_error(testbed_yaml + "testbed: {client: 10.99.0.1}\n", 10, "testbed client '10.99.0.1' is not a host address");
+  auto custom = c.parse(testbed_yaml + "testbed: {subnet: 10.213.0.0/16, client: 10.213.9.9}\n");
+  CHECK(custom.testbed->client == "10.213.9.9");
+  CHECK(custom.testbed->prefix_length == 16);
+  // Without emulate blocks and a testbed section there is no testbed.
+  CHECK_FALSE(c.parse(base_yaml).testbed);
+}
+
+TEST_CASE("placement auto leaves the layers to the planner; objective and profile belong to it") {
+  cluster_dir c;
+  auto t = c.parse(edit(base_yaml, "placement: even", "placement: auto\nobjective: throughput\nprofile: p.json"));
+  CHECK(t.auto_placement);
+  CHECK(t.objective == "throughput");
+  CHECK(t.profile == c.dir / "p.json");
+  for (const auto& n : t.nodes) CHECK(n.first_layer == n.last_layer);
+  CHECK(t.nodes.front().name == "a");  // file order: the first node is the source
+  CHECK(c.parse(edit(base_yaml, "placement: even", "placement: auto")).objective == "latency");
+  c.check_error(edit(base_yaml, "placement: even", "placement: auto\nobjective: speed"), 9,
+                "objective must be 'latency' or 'throughput', got 'speed'");
+  c.check_error(base_yaml + "objective: latency\n", 9, "'objective' only applies to 'placement: auto'");
+  c.check_error(base_yaml + "profile: p.json\n", 9, "'profile' only applies to 'placement: auto'");
 }

@@ -1,0 +1,223 @@
+// `orrery profile` and `placement: auto`: measuring real node processes
+// (their layers and their data-plane links), caching what was measured, and
+// the planner's layouts against the even one — on loopback everywhere, and on
+// an emulated testbed (CPU quotas, shaped links, memory caps) where this
+// machine has one.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "deploy/auto_placement.hpp"
+#include "deploy/local_cluster.hpp"
+#include "deploy/profiler.hpp"
+#include "deploy/testbed.hpp"
+#include "planning/profile.hpp"
+#include "test/loopback_cluster.hpp"
+#include "test/run_process.hpp"
+
+using namespace orrery;
+using namespace std::chrono_literals;
+using test::model_fixture;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Quick measurements: a test checks what is measured, not how precisely.
+deploy::profiler_options quick(const fs::path& cache) {
+  deploy::profiler_options o;
+  o.prefill_lengths = {4, 16};
+  o.decode_contexts = {8, 32};
+  o.min_seconds = 0.05;
+  o.cache_dir = cache;
+  return o;
+}
+
+void check_complete(const planning::profile& p, const deploy::topology& t) {
+  REQUIRE(p.devices.size() == t.nodes.size());
+  CHECK(p.layers.size() == static_cast<std::size_t>(t.num_layers));
+  CHECK(p.work.return_bytes == t.model_config.vocab_size * 4.0);
+  for (std::size_t d = 0; d < p.devices.size(); ++d) {
+    const auto& device = p.devices[d];
+    CHECK(device.name == t.nodes[d].name);
+    CHECK(device.memory_bytes > 0);
+    REQUIRE(device.layers.size() == p.layers.size());
+    for (const auto& layer : device.layers) {
+      CHECK(layer.prefill.points().size() == 2);
+      CHECK(layer.decode.points().size() == 2);
+      for (const auto& point : layer.prefill.points()) CHECK(point.seconds > 0);
+      for (const auto& point : layer.decode.points()) CHECK(point.seconds > 0);
+    }
+  }
+  CHECK(p.links.overrides().size() == t.nodes.size() * (t.nodes.size() - 1) / 2);
+}
+
+// A profile of `speeds.size()` devices over `layers` equal layers of 1 MB:
+// device d takes 1 ms / speeds[d] per layer and token.
+planning::profile synthetic(const std::vector<double>& speeds, const std::vector<double>& memory, int layers) {
+  planning::profile p;
+  p.model = "synthetic";
+  for (int l = 0; l < layers; ++l) p.layers.push_back({"layer " + std::to_string(l), 1e6, 4096, 1024, 0});
+  for (std::size_t d = 0; d < speeds.size(); ++d) {
+    planning::device_profile device{"n" + std::to_string(d), memory[d], {}, {}};
+    for (int l = 0; l < layers; ++l)
+      device.layers.push_back({planning::time_curve::constant(1e-3 / speeds[d]), planning::time_curve::constant(1e-3 / speeds[d]), 0, 0});
+    p.devices.push_back(device);
+  }
+  p.links = planning::link_matrix({12.5e6, 0.2e-3});
+  p.work.batch = 4;
+  p.work.return_bytes = 2048;
+  p.validate();
+  return p;
+}
+
+// A topology of loopback nodes n0.. with `placement: auto` over the tiny model.
+fs::path auto_topology(const model_fixture& f, const std::string& name, const std::string& objective, int nodes,
+                       const std::string& node_extra = "") {
+  auto file = test::write_topology(f.dir, name, std::vector<std::pair<int, int>>(nodes, {0, 1}));
+  std::ifstream in(file);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string yaml = text.str();
+  auto placement = yaml.find("placement:");
+  auto timeouts = yaml.find("timeouts:");
+  yaml = yaml.substr(0, placement) + "placement: auto\nobjective: " + objective + "\n" + yaml.substr(timeouts);
+  if (!node_extra.empty()) {
+    auto first_threads = yaml.find("    threads: 1\n");
+    yaml.insert(first_threads + 15, node_extra);
+  }
+  std::ofstream(file) << yaml;
+  return file;
+}
+
+int layers_of(const deploy::placement_plan& plan, const std::string& node) {
+  for (const auto& n : plan.placed.nodes)
+    if (n.name == node) return n.last_layer - n.first_layer;
+  return 0;
+}
+
+// The printed text of `orrery generate` (the prompt and the tokens, before
+// the figures).
+std::string generated_text(const std::string& out) { return out.substr(0, out.find("\n-- ")); }
+
+}  // namespace
+
+TEST_CASE("orrery profile measures every node and link of a running cluster, and caches what it measured") {
+  model_fixture f;
+  auto t = deploy::load_topology(test::write_topology(f.dir, "profile", {{0, 2}, {2, 3}, {3, 4}}));
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(20s);
+  auto cache = f.dir / "cache";
+  std::vector<std::string> steps;
+  auto start = std::chrono::steady_clock::now();
+  auto measured = deploy::profile_cluster(t, quick(cache), [&](int done, int total, const std::string& what) {
+    CHECK(done <= total);
+    steps.push_back(what);
+  });
+  auto first_run = std::chrono::steady_clock::now() - start;
+  check_complete(measured, t);
+  for (const auto& [pair, link] : measured.links.overrides()) {
+    CHECK(link.bandwidth > 50e6);  // loopback moves far more than 50 MB/s
+    CHECK(link.latency < 0.05);
+  }
+  CHECK(contains(steps.front(), "timing the layers on node 'n0'"));
+  CHECK(contains(steps.back(), "link n2 -> n1"));
+
+  // The cache answers the second time: the same figures, without measuring.
+  start = std::chrono::steady_clock::now();
+  auto cached = deploy::profile_cluster(t, quick(cache));
+  CHECK(std::chrono::steady_clock::now() - start < first_run / 2);
+  CHECK(planning::to_json(cached) == planning::to_json(measured));
+  // A node that changes (its thread count here) is measured afresh, the others not.
+  auto changed = t;
+  changed.nodes[1].threads = 2;
+  auto entries = [&] {
+    std::size_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(cache)) n += e.is_regular_file();
+    return n;
+  };
+  auto before = entries();
+  deploy::profile_cluster(changed, quick(cache));
+  CHECK(entries() == before + 1 + 4);  // n1's layers and its 4 links
+}
+
+TEST_CASE("orrery profile on the command line writes a profile the planners read") {
+  model_fixture f;
+  auto file = test::write_topology(f.dir, "profilecli", {{0, 2}, {2, 4}});
+  auto t = deploy::load_topology(file);
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(20s);
+  ::setenv("XDG_CACHE_HOME", (f.dir / "cache").c_str(), 1);
+  auto result = test::run_orrery({"profile", "--topology", file.string(), "--out", "p.yaml", "--min-seconds", "0.05"}, f.dir.path());
+  INFO(result.out << result.err);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.out, "written to p.yaml"));
+  CHECK(contains(result.out, "link n0 <-> n1"));
+  CHECK(contains(result.err, "profile ["));
+  check_complete(planning::load_profile((f.dir / "p.yaml").string()), t);
+  CHECK(fs::exists(f.dir / "cache" / "orrery" / "profiles"));
+  ::unsetenv("XDG_CACHE_HOME");
+}
+
+TEST_CASE("automatic placement gives a slow device fewer layers than even, and fits a small memory budget") {
+  // n2 is 4x slower than n0; n3 has room for 2 layers where even gives it 3.
+  auto p = synthetic({1.0, 1.0, 0.25, 1.0}, {1e9, 1e9, 1e9, 2.5e6}, 12);
+  model_fixture f;
+  auto t = deploy::load_topology(auto_topology(f, "synthetic", "throughput", 4));
+  t.num_layers = 12;  // the synthetic profile's model, not the tiny one: the plans only read the layer count
+  auto even = deploy::plan_even(t, p);
+  auto automatic = deploy::plan_automatic(t, p);
+  CHECK(layers_of(even, "n2") == 3);
+  CHECK(layers_of(automatic, "n2") < 3);
+  CHECK(layers_of(even, "n3") * 1e6 > 2.5e6);
+  CHECK(layers_of(automatic, "n3") * 1e6 <= 2.5e6);
+  CHECK(automatic.predicted.tokens_per_s > 1.3 * even.predicted.tokens_per_s);
+  // Contiguous ranges covering every layer once, layer 0 on the source (n0).
+  CHECK(automatic.placed.nodes.front().name == "n0");
+  int covered = 0;
+  for (const auto& n : automatic.placed.nodes) {
+    CHECK(n.first_layer == covered);
+    covered = n.last_layer;
+  }
+  CHECK(covered == 12);
+  // Latency: one request end to end; the slow device is left out altogether.
+  t.objective = "latency";
+  CHECK(layers_of(deploy::plan_automatic(t, p), "n2") == 0);
+}
+
+TEST_CASE("a profile file that does not describe the topology is refused by name") {
+  model_fixture f;
+  auto file = auto_topology(f, "wrongprofile", "latency", 2);
+  std::ofstream(file, std::ios::app) << "profile: p.json\n";
+  auto p = synthetic({1.0, 1.0, 1.0}, {1e9, 1e9, 1e9}, 4);
+  planning::save_profile(p, (f.dir / "p.json").string());
+  auto t = deploy::load_topology(file);
+  CHECK_THROWS_WITH_AS(deploy::obtain_profile(t, {}, {}), doctest::Contains("the profile has 3 devices but the topology 2 nodes"),
+                       planning::profile_error);
+}
+
+TEST_CASE("orrery generate over placement: auto prints the plan and the same text as one device") {
+  model_fixture f;
+  // n1's budget holds no more than one of the tiny model's layers.
+  auto file = auto_topology(f, "autogen", "latency", 3, "    memory: 300KB\n");
+  auto t = deploy::load_topology(file);
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(20s);
+  ::setenv("XDG_CACHE_HOME", (f.dir / "cache").c_str(), 1);
+  auto remote = test::run_orrery({"generate", "--topology", file.string(), "--prompt", "Orreries", "--max-tokens", "12"}, f.dir.path());
+  ::unsetenv("XDG_CACHE_HOME");
+  auto local = test::run_orrery({"generate", "--model", "m", "--prompt", "Orreries", "--max-tokens", "12"}, f.dir.path());
+  INFO(remote.out << remote.err);
+  REQUIRE(remote.exit_code == 0);
+  REQUIRE(local.exit_code == 0);
+  CHECK(contains(remote.err, "placement auto (latency):"));
+  CHECK(contains(remote.err, "predicted for 1 concurrent request(s)"));
+  CHECK(contains(remote.out, "predicted decode"));
+  CHECK(generated_text(remote.out) == generated_text(local.out));
+}
