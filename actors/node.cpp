@@ -57,6 +57,7 @@ struct node_state {
   std::uint64_t heartbeats_sent = 0;
   bool beating = false;
   probe_sink probes;
+  std::unique_ptr<probe_responder> responder;
   static inline const char* name = "orrery.node";
 };
 
@@ -146,16 +147,24 @@ caf::behavior node_actor(node_ptr self, node_config config,
         return self->delegate(timer, std::move(request));
       },
       [self](link_probe& probe) {
-        return self->delegate(spawn_link_prober(self->system(), self->state.data_plane), std::move(probe));
+        auto prober = spawn_link_prober(self->system(), self->state.data_plane, caf::actor_cast<caf::actor>(self));
+        return self->delegate(prober, std::move(probe));
       },
-      [self](probe_expect_atom, std::uint64_t id, std::uint64_t bytes) {
+      [self](probe_expect_atom, std::uint64_t id, std::uint64_t answers) {
         auto promise = self->make_response_promise();
-        self->state.probes.expect(id, bytes, promise);
+        self->state.probes.expect(id, answers, promise);
         return promise;
       },
-      [self](tensor_frame& frame) {
-        if (frame.descriptor.destination_stage == probe_stage)
-          self->state.probes.received(frame.descriptor.request_id, frame.descriptor.byte_length);
+      // A probe frame from another node (answered), or an answer to one of ours.
+      [self](probe_frame_atom, std::uint64_t id, std::uint16_t reply_port, const std::string& host) {
+        auto& s = self->state;
+        if (reply_port == 0) return s.probes.received(id);
+        if (!s.responder) s.responder = std::make_unique<probe_responder>(s.data_plane);
+        try {
+          s.responder->answer(id, host, reply_port);
+        } catch (const std::exception& e) {
+          std::cerr << "node " << s.config.name << ": cannot answer a link probe from " << host << ": " << e.what() << "\n";
+        }
       },
   };
 }
@@ -172,6 +181,11 @@ caf::actor spawn_node(caf::actor_system& system, node_config config) {
       options, tensor_allocator(),
       [routes, name](messages::received_frame frame) {
         auto stage = routes->find(frame.descriptor.destination_stage);
+        if (stage && frame.descriptor.destination_stage == probe_stage) {
+          auto host = frame.peer.substr(0, frame.peer.rfind(':'));
+          if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+          return caf::anon_send(stage, probe_frame_atom_v, frame.descriptor.request_id, frame.descriptor.reply_port, host);
+        }
         if (!stage) {
           std::cerr << "node " << name << ": dropped a frame for unknown stage " << frame.descriptor.destination_stage
                     << " from " << frame.peer << "\n";

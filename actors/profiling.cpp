@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <fstream>
 #include <limits>
@@ -100,8 +101,8 @@ constexpr int latency_rounds = 15;
 
 class link_prober {
  public:
-  link_prober(caf::actor_system& system, std::shared_ptr<messages::link> link, caf::actor peer)
-      : self_(system), link_(std::move(link)), peer_(std::move(peer)),
+  link_prober(caf::actor_system& system, std::shared_ptr<messages::link> link, caf::actor node, std::uint16_t reply_port)
+      : self_(system), link_(std::move(link)), node_(std::move(node)), reply_port_(reply_port),
         buffer_(std::make_shared<std::vector<std::byte>>(bulk_frame_bytes)) {
     std::random_device entropy;
     next_id_ = (std::uint64_t{entropy()} << 32) | entropy();
@@ -125,28 +126,32 @@ class link_prober {
   }
 
  private:
-  // Seconds from the first frame of a probe until the peer says all of it arrived.
+  // Seconds from the first frame of a probe until the peer's answer to the
+  // last one is back.
   double exchange(std::uint64_t frame_bytes, std::uint64_t frames) {
     const std::uint64_t id = next_id_++;
+    // Asked before the first frame leaves, so no answer can come too early.
+    auto answered = self_->request(node_, std::chrono::seconds(60), probe_expect_atom_v, id, frames);
     auto start = clock_type::now();
-    auto reply = self_->request(peer_, std::chrono::seconds(60), probe_expect_atom_v, id, frame_bytes * frames);
     for (std::uint64_t i = 0; i < frames; ++i) {
       messages::frame_descriptor d;
       d.request_id = id;
       d.destination_stage = probe_stage;
+      d.reply_port = reply_port_;
       d.type = messages::element_type::f32;
       d.shape = {static_cast<std::int64_t>(frame_bytes / 4)};
       link_->send(std::move(d), buffer_->data(), buffer_, {});
     }
     std::string failure;
-    reply.receive([](std::uint64_t) {}, [&](caf::error& e) { failure = to_string(e); });
-    if (!failure.empty()) throw std::runtime_error("the peer did not confirm a probe: " + failure);
+    answered.receive([](std::uint64_t) {}, [&](caf::error& e) { failure = to_string(e); });
+    if (!failure.empty()) throw std::runtime_error("the peer did not answer every probe frame: " + failure);
     return std::chrono::duration<double>(clock_type::now() - start).count();
   }
 
   caf::scoped_actor self_;
   std::shared_ptr<messages::link> link_;
-  caf::actor peer_;
+  caf::actor node_;
+  std::uint16_t reply_port_;
   std::shared_ptr<std::vector<std::byte>> buffer_;
   std::uint64_t next_id_ = 0;
 };
@@ -182,15 +187,15 @@ caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::s
   });
 }
 
-caf::actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages::data_plane> plane) {
-  return system.spawn<caf::detached>([plane](caf::event_based_actor* self) -> caf::behavior {
+caf::actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages::data_plane> plane, caf::actor node) {
+  return system.spawn<caf::detached>([plane, node](caf::event_based_actor* self) -> caf::behavior {
     return {
         [=](link_probe& probe) -> caf::result<link_measurement> {
           self->quit();
           std::string where = probe.host + ":" + std::to_string(probe.data_port);
           try {
             auto link = plane->connect(probe.host, probe.data_port, std::chrono::seconds(5));
-            auto measured = link_prober(self->system(), link, probe.peer).measure();
+            auto measured = link_prober(self->system(), link, node, plane->port()).measure();
             link->close();
             return measured;
           } catch (const std::exception& e) {
@@ -201,14 +206,27 @@ caf::actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages
   });
 }
 
-void probe_sink::received(std::uint64_t id, std::uint64_t bytes) {
-  probes_[id].received += bytes;
+void probe_responder::answer(std::uint64_t id, const std::string& host, std::uint16_t port) {
+  static const auto answer_bytes = std::make_shared<std::array<std::byte, 4>>();
+  const std::string address = host + ":" + std::to_string(port);
+  auto& link = links_[address];
+  if (!link || !link->is_open()) link = plane_->connect(host, port, std::chrono::seconds(5));
+  messages::frame_descriptor d;
+  d.request_id = id;
+  d.destination_stage = probe_stage;
+  d.type = messages::element_type::f32;
+  d.shape = {1};
+  link->send(std::move(d), answer_bytes->data(), answer_bytes, {});
+}
+
+void probe_sink::received(std::uint64_t id) {
+  probes_[id].received += 1;
   complete_if_done(id);
 }
 
-void probe_sink::expect(std::uint64_t id, std::uint64_t bytes, caf::response_promise promise) {
+void probe_sink::expect(std::uint64_t id, std::uint64_t answers, caf::response_promise promise) {
   auto& p = probes_[id];
-  p.expected = bytes;
+  p.expected = answers;
   p.promise = std::move(promise);
   p.waiting = true;
   complete_if_done(id);

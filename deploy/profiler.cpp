@@ -228,7 +228,7 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
       auto cached = options.refresh ? std::nullopt : read_cache(file);
       if (!cached) {
         if (progress) progress(done, total, "link " + from.name + " -> " + to.name);
-        auto m = ask<link_measurement>(self, nodes[a].node, link_probe{nodes[b].node, to.host, to.data_port},
+        auto m = ask<link_measurement>(self, nodes[a].node, link_probe{to.host, to.data_port},
                                        probe_timeout, "the link from " + from.label() + " to " + to.label());
         cached = json{{"from", from.name}, {"to", to.name}, {"bandwidth_bytes_per_s", m.bandwidth_bytes_per_s},
                       {"latency_s", m.latency_s}, {"bytes_sent", m.bytes_sent}};

@@ -30,4 +30,7 @@ struct FrameDescriptor {
   # pipeline, frames of the old layout (from a node that was frozen, say) are
   # recognised and dropped.
   deployment @8 :UInt64;
+  # Where the receiver answers a link probe (`orrery profile`): the sender's
+  # data port, on the address the frame came from; 0 asks for no answer.
+  replyPort @9 :UInt16;
 }

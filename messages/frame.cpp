@@ -143,6 +143,7 @@ std::vector<std::byte> encode_descriptor(const frame_descriptor& d) {
   auto root = message.initRoot<wire::FrameDescriptor>();
   root.setRequestId(d.request_id);
   root.setDeployment(d.deployment);
+  root.setReplyPort(d.reply_port);
   root.setStep(d.step);
   root.setSourceStage(d.source_stage);
   root.setDestinationStage(d.destination_stage);
@@ -182,6 +183,7 @@ std::string decode_descriptor(const std::byte* data, std::size_t size, std::uint
     frame_descriptor d;
     d.request_id = root.getRequestId();
     d.deployment = root.getDeployment();
+    d.reply_port = root.getReplyPort();
     d.step = root.getStep();
     d.source_stage = root.getSourceStage();
     d.destination_stage = root.getDestinationStage();

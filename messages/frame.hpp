@@ -49,6 +49,8 @@ struct frame_descriptor {
   std::uint16_t destination_stage = 0;
   element_type type = element_type::f32;
   std::vector<std::int64_t> shape;
+  /// For link probes: the data port the receiver answers on (see frame.capnp).
+  std::uint16_t reply_port = 0;
   /// Filled by link::send from shape and type.
   std::uint64_t byte_length = 0;
   /// frame_checksum of the payload; filled by link::send, verified on receipt.

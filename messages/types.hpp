@@ -258,10 +258,9 @@ struct layer_timing_report {
   std::string memory_limited_by;
 };
 
-/// Asks a node to measure its data-plane link to the node `peer` (whose data
-/// plane is at host:data_port); answered with link_measurement.
+/// Asks a node to measure its data-plane link to the node whose data plane
+/// is at host:data_port; answered with link_measurement.
 struct link_probe {
-  caf::actor peer;
   std::string host;
   std::uint16_t data_port = 0;
 };
@@ -273,8 +272,9 @@ struct link_measurement {
   std::uint64_t bytes_sent = 0;
 };
 
-/// The data-plane stage id a node's own probe sink listens on: never a
-/// pipeline stage's (those are placement indices).
+/// The data-plane stage id of a node's link probes: never a pipeline stage's
+/// (those are placement indices). A node answers a probe frame that carries
+/// a reply port with a 4-byte frame to that port; the prober counts those.
 inline constexpr std::uint16_t probe_stage = 0xFFFF;
 
 template <class Inspector>
@@ -295,7 +295,7 @@ typename Inspector::result_type inspect(Inspector& f, layer_timing_report& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, link_probe& x) {
-  return f(caf::meta::type_name("link_probe"), x.peer, x.host, x.data_port);
+  return f(caf::meta::type_name("link_probe"), x.host, x.data_port);
 }
 
 template <class Inspector>
@@ -346,3 +346,4 @@ CAF_ADD_ATOM(orrery, orrery, tick_atom, "tick")
 CAF_ADD_ATOM(orrery, orrery, recoveries_atom, "recoveries")
 CAF_ADD_ATOM(orrery, orrery, retry_atom, "retry")
 CAF_ADD_ATOM(orrery, orrery, probe_expect_atom, "probe_exp")
+CAF_ADD_ATOM(orrery, orrery, probe_frame_atom, "probe_frm")

@@ -39,7 +39,8 @@ deploy::profiler_options quick(const fs::path& cache) {
   return o;
 }
 
-void check_complete(const planning::profile& p, const deploy::topology& t) {
+// Every node and link measured; `points` lengths per curve.
+void check_complete(const planning::profile& p, const deploy::topology& t, std::size_t points = 2) {
   REQUIRE(p.devices.size() == t.nodes.size());
   CHECK(p.layers.size() == static_cast<std::size_t>(t.num_layers));
   CHECK(p.work.return_bytes == t.model_config.vocab_size * 4.0);
@@ -49,8 +50,8 @@ void check_complete(const planning::profile& p, const deploy::topology& t) {
     CHECK(device.memory_bytes > 0);
     REQUIRE(device.layers.size() == p.layers.size());
     for (const auto& layer : device.layers) {
-      CHECK(layer.prefill.points().size() == 2);
-      CHECK(layer.decode.points().size() == 2);
+      CHECK(layer.prefill.points().size() == points);
+      CHECK(layer.decode.points().size() == points);
       for (const auto& point : layer.prefill.points()) CHECK(point.seconds > 0);
       for (const auto& point : layer.decode.points()) CHECK(point.seconds > 0);
     }
@@ -77,7 +78,8 @@ planning::profile synthetic(const std::vector<double>& speeds, const std::vector
   return p;
 }
 
-// A topology of loopback nodes n0.. with `placement: auto` over the tiny model.
+// A topology of loopback nodes n0.. with `placement: auto` over the tiny
+// model; `node_extra` goes into n1's entry.
 fs::path auto_topology(const model_fixture& f, const std::string& name, const std::string& objective, int nodes,
                        const std::string& node_extra = "") {
   auto file = test::write_topology(f.dir, name, std::vector<std::pair<int, int>>(nodes, {0, 1}));
@@ -88,9 +90,9 @@ fs::path auto_topology(const model_fixture& f, const std::string& name, const st
   auto placement = yaml.find("placement:");
   auto timeouts = yaml.find("timeouts:");
   yaml = yaml.substr(0, placement) + "placement: auto\nobjective: " + objective + "\n" + yaml.substr(timeouts);
-  if (!node_extra.empty()) {
-    auto first_threads = yaml.find("    threads: 1\n");
-    yaml.insert(first_threads + 15, node_extra);
+  if (!node_extra.empty()) {  // n1's entry: n0 is the source and must hold layer 0
+    auto second_threads = yaml.find("    threads: 1\n", yaml.find("    threads: 1\n") + 1);
+    yaml.insert(second_threads + 15, node_extra);
   }
   std::ofstream(file) << yaml;
   return file;
@@ -160,7 +162,7 @@ TEST_CASE("orrery profile on the command line writes a profile the planners read
   CHECK(contains(result.out, "written to p.yaml"));
   CHECK(contains(result.out, "link n0 <-> n1"));
   CHECK(contains(result.err, "profile ["));
-  check_complete(planning::load_profile((f.dir / "p.yaml").string()), t);
+  check_complete(planning::load_profile((f.dir / "p.yaml").string()), t, 3);  // the default lengths
   CHECK(fs::exists(f.dir / "cache" / "orrery" / "profiles"));
   ::unsetenv("XDG_CACHE_HOME");
 }
@@ -189,6 +191,10 @@ TEST_CASE("automatic placement gives a slow device fewer layers than even, and f
   // Latency: one request end to end; the slow device is left out altogether.
   t.objective = "latency";
   CHECK(layers_of(deploy::plan_automatic(t, p), "n2") == 0);
+  auto tight = synthetic({1.0, 1.0, 1.0}, {1e9, 3e5, 1e9}, 4);
+  t.num_layers = 4;
+  t.nodes.resize(3);
+  CHECK(layers_of(deploy::plan_automatic(t, tight), "n1") == 0);
 }
 
 TEST_CASE("a profile file that does not describe the topology is refused by name") {
@@ -219,5 +225,124 @@ TEST_CASE("orrery generate over placement: auto prints the plan and the same tex
   CHECK(contains(remote.err, "placement auto (latency):"));
   CHECK(contains(remote.err, "predicted for 1 concurrent request(s)"));
   CHECK(contains(remote.out, "predicted decode"));
+  CHECK(generated_text(remote.out) == generated_text(local.out));
+}
+
+// -- on an emulated testbed (root, network namespaces, tbf, cgroup v1) -------------
+
+namespace {
+
+// `orrery testbed up` for the test's lifetime, down again whatever happens.
+struct running_testbed {
+  fs::path file;
+  deploy::topology t;
+  std::string client_netns;
+
+  explicit running_testbed(fs::path topology_file) : file(std::move(topology_file)), t(deploy::load_topology(file)) {
+    auto up = test::run_orrery({"testbed", "up", file.string()}, file.parent_path());
+    INFO(up.out << up.err);
+    REQUIRE(up.exit_code == 0);
+    client_netns = deploy::read_testbed_state(t.cluster)->client_netns;
+  }
+  ~running_testbed() {
+    auto down = test::run_orrery({"testbed", "down", file.string()}, file.parent_path());
+    if (down.exit_code != 0) MESSAGE("testbed down: ", down.out, down.err);
+  }
+
+  planning::profile profile(const deploy::profiler_options& options) const {
+    planning::profile p;
+    deploy::in_network_namespace(client_netns, [&] { p = deploy::profile_cluster(t, options); });
+    return p;
+  }
+};
+
+fs::path write_file(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path;
+}
+
+double whole_model(const planning::device_profile& d, bool decode) {
+  double total = 0;
+  for (const auto& layer : d.layers)
+    for (const auto& point : (decode ? layer.decode : layer.prefill).points()) total += point.seconds;
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("testbed: links measure within 15% of their rate at 100 Mbit/s and 1 Gbit/s; a quarter core times layers 3-5x a full core") {
+  if (auto missing = deploy::testbed_unavailable(); !missing.empty()) {
+    MESSAGE("skipped: ", missing);
+    return;
+  }
+  model_fixture f;
+  running_testbed bed(write_file(f.dir / "rates.yaml", R"(cluster: tbrates
+model: m
+testbed: {subnet: 10.213.7.0/24}
+nodes:
+  - {name: a, address: 10.213.7.11:7411, emulate: {cpu: 1.0, bandwidth: 100mbit}}
+  - {name: b, address: 10.213.7.12:7411, emulate: {cpu: 0.25, bandwidth: 100mbit}}
+  - {name: c, address: 10.213.7.13:7411, emulate: {bandwidth: 1gbit}}
+  - {name: d, address: 10.213.7.14:7411, emulate: {bandwidth: 1gbit}}
+placement: even
+)"));
+  auto options = quick(f.dir / "cache");
+  options.min_seconds = 0.5;  // 50 periods of the 10 ms CPU quota per point
+  auto p = bed.profile(options);
+  auto rate = [&](std::size_t x, std::size_t y) { return p.links.between(x, y).bandwidth * 8; };
+  CHECK(rate(0, 1) == doctest::Approx(100e6).epsilon(0.15));
+  CHECK(rate(2, 3) == doctest::Approx(1e9).epsilon(0.15));
+  CHECK(rate(0, 2) == doctest::Approx(100e6).epsilon(0.15));  // the slower end sets a link's rate
+  for (bool decode : {false, true}) {
+    double ratio = whole_model(p.devices[1], decode) / whole_model(p.devices[0], decode);
+    INFO((decode ? "decode" : "prefill") << ": a quarter core over a full core = " << ratio);
+    CHECK(ratio >= 3.0);
+    CHECK(ratio <= 5.0);
+  }
+}
+
+TEST_CASE("testbed: auto gives the slow node fewer layers than even, and a node capped below its even share a feasible plan") {
+  if (auto missing = deploy::testbed_unavailable(); !missing.empty()) {
+    MESSAGE("skipped: ", missing);
+    return;
+  }
+  model_fixture f;
+  // `capped` may hold 300 KB of weights; every layer of the tiny model is larger.
+  auto file = write_file(f.dir / "unequal.yaml", R"(cluster: tbauto
+model: m
+testbed: {subnet: 10.213.8.0/24}
+nodes:
+  - {name: fast, address: 10.213.8.11:7411, emulate: {cpu: 0.8, bandwidth: 100mbit}}
+  - {name: mid, address: 10.213.8.12:7411, emulate: {cpu: 0.4, bandwidth: 100mbit}}
+  - {name: slow, address: 10.213.8.13:7411, emulate: {cpu: 0.1, bandwidth: 100mbit}}
+  - {name: capped, address: 10.213.8.14:7411, memory: 300KB, emulate: {cpu: 0.4, memory: 1GiB, bandwidth: 100mbit}}
+placement: auto
+objective: throughput
+)");
+  running_testbed bed(file);
+  auto options = quick(f.dir / "cache");
+  options.work.batch = 4;
+  auto p = bed.profile(options);
+  CHECK(p.devices[3].memory_bytes == 300e3);  // the budget is below the cgroup's headroom
+  auto even = deploy::plan_even(bed.t, p);
+  auto automatic = deploy::plan_automatic(bed.t, p);
+  INFO(deploy::describe(even) << "\n" << deploy::describe(automatic));
+  CHECK(layers_of(automatic, "slow") < layers_of(even, "slow"));
+  const double layer_bytes = bed.t.model_config.parameter_count(1, 2) * 4.0;
+  CHECK(layers_of(even, "capped") * layer_bytes > 300e3);
+  for (const auto& n : automatic.placed.nodes)
+    if (n.name == "capped") CHECK(n.weight_bytes <= 300e3);
+  CHECK(automatic.predicted.tokens_per_s > even.predicted.tokens_per_s);
+
+  // Deployed from the testbed's client namespace, it generates what one device does.
+  ::setenv("XDG_CACHE_HOME", (f.dir / "cache-cli").c_str(), 1);
+  auto remote = test::run_orrery({"testbed", "exec", file.string(), "--", test::orrery_binary(), "generate", "--topology",
+                                  file.string(), "--prompt", "Orreries", "--max-tokens", "8"},
+                                 f.dir.path());
+  ::unsetenv("XDG_CACHE_HOME");
+  auto local = test::run_orrery({"generate", "--model", "m", "--prompt", "Orreries", "--max-tokens", "8"}, f.dir.path());
+  INFO(remote.out << remote.err);
+  REQUIRE(remote.exit_code == 0);
+  CHECK(contains(remote.err, "placement auto (throughput):"));
   CHECK(generated_text(remote.out) == generated_text(local.out));
 }
