@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -97,17 +98,16 @@ json curves_to_json(const layer_timing_report& report) {
           {"memory_limited_by", report.memory_limited_by}};
 }
 
-template <class Result, class Request>
-Result ask(caf::scoped_actor& self, const caf::actor& to, Request request, std::chrono::seconds timeout,
-           const std::string& what) {
+// The answer to a request sent earlier; throws naming `what` on an error.
+template <class Result, class Pending>
+Result await(caf::scoped_actor& self, Pending& pending, std::chrono::seconds timeout, const std::string& what) {
   Result result;
   std::string failure;
-  self->request(to, timeout, std::move(request))
-      .receive([&](Result& r) { result = std::move(r); },
-               [&](caf::error& e) {
-                 failure = e == caf::sec::request_timeout ? "no answer within " + std::to_string(timeout.count()) + " s"
-                                                          : self->system().render(e);
-               });
+  pending.receive([&](Result& r) { result = std::move(r); },
+                  [&](caf::error& e) {
+                    failure = e == caf::sec::request_timeout ? "no answer within " + std::to_string(timeout.count()) + " s"
+                                                             : self->system().render(e);
+                  });
   if (!failure.empty()) throw std::runtime_error(what + ": " + failure);
   return result;
 }
@@ -192,26 +192,34 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
 
   const fs::path model_dir = cache / model_key(t.model);
   const int max_context = t.model_config.max_position_embeddings;
-  std::vector<json> measured;
+  // Every node not in the cache times its layers at once, as they will run:
+  // nodes that share a machine (a testbed, a loopback cluster) then measure
+  // what they get of it while the others compute too.
+  const layer_timing_request request{t.model.string(), fitting(options.prefill_lengths, max_context),
+                                     fitting(options.decode_contexts, max_context / 2), options.min_seconds};
+  using pending_timing = decltype(self->request(caf::actor{}, timing_timeout, request));
+  std::vector<std::optional<json>> measured(count);
+  std::vector<std::optional<pending_timing>> pending(count);
+  std::string timing;
   for (std::size_t i = 0; i < count; ++i) {
-    const auto& n = t.nodes[i];
-    fs::path file = model_dir / (node_key(n) + ".json");
-    auto cached = options.refresh ? std::nullopt : read_cache(file);
-    if (!cached) {
-      if (progress) progress(done, total, "timing the layers on node '" + n.name + "'");
-      layer_timing_request request{t.model.string(), fitting(options.prefill_lengths, max_context),
-                                   fitting(options.decode_contexts, max_context / 2), options.min_seconds};
-      cached = curves_to_json(ask<layer_timing_report>(self, nodes[i].node, request, timing_timeout, n.label()));
-      write_cache(file, *cached);
+    if (!options.refresh) measured[i] = read_cache(model_dir / (node_key(t.nodes[i]) + ".json"));
+    if (measured[i]) continue;
+    pending[i] = self->request(nodes[i].node, timing_timeout, request);
+    timing += (timing.empty() ? "'" : ", '") + t.nodes[i].name + "'";
+  }
+  if (progress && !timing.empty()) progress(done, total, "timing the layers on " + timing);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (pending[i]) {
+      measured[i] = curves_to_json(await<layer_timing_report>(self, *pending[i], timing_timeout, t.nodes[i].label()));
+      write_cache(model_dir / (node_key(t.nodes[i]) + ".json"), *measured[i]);
     }
-    measured.push_back(*cached);
-    step("layers of node '" + n.name + "'");
+    step("layers of node '" + t.nodes[i].name + "'");
   }
 
   planning::profile p;
   p.model = t.model.filename().string();
   p.layers = model_layers(t);
-  for (const auto& node : measured) p.devices.push_back(device_from(node, t.num_layers));
+  for (const auto& node : measured) p.devices.push_back(device_from(*node, t.num_layers));
   p.source = 0;
   p.work = options.work;
   p.work.return_bytes = t.model_config.vocab_size * fp32_bytes;
@@ -228,8 +236,8 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
       auto cached = options.refresh ? std::nullopt : read_cache(file);
       if (!cached) {
         if (progress) progress(done, total, "link " + from.name + " -> " + to.name);
-        auto m = ask<link_measurement>(self, nodes[a].node, link_probe{to.host, to.data_port},
-                                       probe_timeout, "the link from " + from.label() + " to " + to.label());
+        auto probe = self->request(nodes[a].node, probe_timeout, link_probe{to.host, to.data_port});
+        auto m = await<link_measurement>(self, probe, probe_timeout, "the link from " + from.label() + " to " + to.label());
         cached = json{{"from", from.name}, {"to", to.name}, {"bandwidth_bytes_per_s", m.bandwidth_bytes_per_s},
                       {"latency_s", m.latency_s}, {"bytes_sent", m.bytes_sent}};
         write_cache(file, *cached);
