@@ -139,7 +139,7 @@ TEST_CASE("a value of the wrong type is named with what was found") {
   c.check_error(base_yaml + "timeouts:\n  request_ms: soon\n", 10,
                 "'request_ms' must be an integer in [1, 2147483647], got 'soon'");
   c.check_error(edit(base_yaml, "placement: even", "placement: [0, 4]"), 8,
-                "placement must be 'even' or a map of node name to layer range, got a list");
+                "placement must be 'even', 'auto' or a map of node name to layer range, got a list");
   c.check_error("- a\n- b\n", 1, "the topology must be a map, got a list");
   c.check_error("", 1, "the topology must be a map, got nothing");
 }
