@@ -562,6 +562,18 @@ void stop_nodes(const testbed_state& s, std::ostream& out, std::vector<std::stri
     if (n.pid != 0) ::waitpid(n.pid, nullptr, WNOHANG);
 }
 
+/// rmdir of a cgroup directory; a process that has just exited can keep its
+/// cgroup busy (EBUSY) for a moment after it was reaped, so that is retried
+/// for up to 2 s. False with errno set otherwise.
+bool remove_cgroup(const fs::path& cgroup) {
+  const auto deadline = steady_clock::now() + 2s;
+  while (::rmdir(cgroup.c_str()) != 0) {
+    if (errno != EBUSY || steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(50ms);
+  }
+  return true;
+}
+
 /// Removes what `s` records, the most dependent first: processes (they keep
 /// cgroups busy and namespaces alive), cgroups, namespaces (their veths go
 /// with them), the run registry, logs, the state file. What is already gone is
@@ -570,7 +582,7 @@ void remove_testbed(const testbed_state& s, std::ostream& out) {
   std::vector<std::string> problems;
   stop_nodes(s, out, problems);
   for (auto it = s.cgroups.rbegin(); it != s.cgroups.rend(); ++it) {
-    if (::rmdir(it->c_str()) == 0)
+    if (remove_cgroup(*it))
       out << "removed cgroup " << it->string() << "\n";
     else if (errno != ENOENT)
       problems.push_back(os_error("cannot remove cgroup " + it->string()).what());
