@@ -681,7 +681,7 @@ void print_summary(const testbed_state& s, const topology& t, const std::string&
   out << std::right << "Node logs and the state file: " << testbed_state_path(t.cluster).parent_path().string() << "\n"
       << "Only the client namespace reaches the nodes; run commands there:\n"
       << "  orrery testbed exec " << topology_file << " -- orrery generate --topology " << topology_file
-      << " --advertise-host " << tb.client << " --prompt 'Hello'\n"
+      << " --prompt 'Hello'\n"
       << "Kill, freeze or cut off a node: orrery chaos --topology " << topology_file
       << " --action kill|freeze|partition --node NAME\n"
       << "Tear it down: orrery testbed down " << topology_file << std::endl;

@@ -67,7 +67,7 @@ void add_testbed_command(CLI::App& app) {
       "exec", "Run a command in the testbed's client namespace, the one place that reaches the nodes; exits with "
               "its status (needs root; creates nothing)");
   exec_cmd->footer(
-      "Example: orrery testbed exec F -- orrery generate --topology F --advertise-host CLIENT --prompt 'Hello'\n"
+      "Example: orrery testbed exec F -- orrery generate --topology F --prompt 'Hello'\n"
       "(CLIENT: the testbed's client address, which the last stage sends tokens back to).");
   exec_cmd->add_option("topology", *exec_topology, "Topology file the testbed was started from")
       ->required()
