@@ -52,10 +52,12 @@ placement_plan make_plan(std::string name, const topology& t, const planning::pr
 
 }  // namespace
 
-planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress) {
+planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress,
+                                 bool refresh) {
   if (t.profile.empty()) {
     profiler_options options;
     options.work = work;
+    options.refresh = refresh;
     return profile_cluster(t, options, progress);
   }
   planning::profile p = planning::load_profile(t.profile.string());

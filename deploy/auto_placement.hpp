@@ -40,8 +40,9 @@ struct placement_plan {
 };
 
 /// The profile `t` plans from: its `profile:` file if set, else measured on
-/// the running nodes (or taken from the cache), for `work`.
-planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress);
+/// the running nodes (or taken from the cache unless `refresh`), for `work`.
+planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress,
+                                 bool refresh = false);
 
 /// The planner's layout for `t.objective`; throws planning::infeasible_error
 /// naming what does not fit.

@@ -82,10 +82,7 @@ nlohmann::json run(const placement_bench_options& o) {
   work.batch = o.requests;
   work.prompt_tokens = o.prompt_tokens + 1;  // bench_prompt's tokens and BOS
   work.output_tokens = o.new_tokens;
-  profiler_options profiling;
-  profiling.work = work;
-  profiling.refresh = o.refresh;
-  auto profile = t.profile.empty() ? profile_cluster(t, profiling, progress_bar("profile")) : obtain_profile(t, work, {});
+  auto profile = obtain_profile(t, work, progress_bar("profile"), o.refresh);
   std::vector<placement_plan> plans = {plan_even(t, profile), plan_automatic(t, profile)};
   for (const auto& plan : plans) std::cerr << "bench: " << describe(plan) << "\n";
   std::vector<std::vector<measurement>> runs(plans.size());

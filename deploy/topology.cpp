@@ -169,21 +169,27 @@ std::optional<std::uint16_t> port_number(const std::string& digits) {
   return static_cast<std::uint16_t>(*value);
 }
 
-// `1073741824`, `2GiB`, `1.5 GB`: decimal (KB = 1000) and binary (KiB = 1024)
-// units both occur in device data sheets, so both are accepted.
-std::optional<std::uint64_t> byte_count(const std::string& spec) {
-  static const std::map<std::string, double> units = {
-      {"", 1},        {"B", 1},          {"KB", 1e3},       {"MB", 1e6},      {"GB", 1e9},
-      {"TB", 1e12},   {"KiB", 0x1p10},   {"MiB", 0x1p20},   {"GiB", 0x1p30},  {"TiB", 0x1p40}};
+// A decimal number, an optional space and one of `units` (by which the
+// number is multiplied); nothing when the text is anything else.
+std::optional<double> quantity(const std::string& spec, const std::map<std::string, double>& units) {
   auto number_end = std::min(spec.find_first_not_of("0123456789."), spec.size());
   auto unit_start = std::min(spec.find_first_not_of(' ', number_end), spec.size());
   auto unit = units.find(spec.substr(unit_start));
   double number = 0;
   auto [end, error] = std::from_chars(spec.data(), spec.data() + number_end, number, std::chars_format::fixed);
   if (unit == units.end() || error != std::errc() || end != spec.data() + number_end) return std::nullopt;
-  double bytes = number * unit->second;
-  if (bytes < 1 || bytes >= 0x1p64) return std::nullopt;
-  return static_cast<std::uint64_t>(bytes);
+  return number * unit->second;
+}
+
+// `1073741824`, `2GiB`, `1.5 GB`: decimal (KB = 1000) and binary (KiB = 1024)
+// units both occur in device data sheets, so both are accepted.
+std::optional<std::uint64_t> byte_count(const std::string& spec) {
+  static const std::map<std::string, double> units = {
+      {"", 1},        {"B", 1},          {"KB", 1e3},       {"MB", 1e6},      {"GB", 1e9},
+      {"TB", 1e12},   {"KiB", 0x1p10},   {"MiB", 0x1p20},   {"GiB", 0x1p30},  {"TiB", 0x1p40}};
+  auto bytes = quantity(spec, units);
+  if (!bytes || *bytes < 1 || *bytes >= 0x1p64) return std::nullopt;
+  return static_cast<std::uint64_t>(*bytes);
 }
 
 // -- nodes ---------------------------------------------------------------------
@@ -261,16 +267,10 @@ std::optional<std::uint64_t> bit_rate(std::string spec) {
   if (spec.size() > 2 && spec.compare(spec.size() - 2, 2, "/s") == 0) spec.resize(spec.size() - 2);
   for (auto& c : spec) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   static const std::map<std::string, double> units = {{"", 1}, {"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9}};
-  auto number_end = std::min(spec.find_first_not_of("0123456789."), spec.size());
-  auto unit_start = std::min(spec.find_first_not_of(' ', number_end), spec.size());
-  auto unit = units.find(spec.substr(unit_start));
-  double number = 0;
-  auto [end, error] = std::from_chars(spec.data(), spec.data() + number_end, number, std::chars_format::fixed);
-  if (unit == units.end() || error != std::errc() || end != spec.data() + number_end) return std::nullopt;
-  double bits = number * unit->second;
-  // tc's tbf takes rates from 8 bit/s up to what a 64-bit byte rate holds.
-  if (bits < 8 || bits > 1e15) return std::nullopt;
-  return static_cast<std::uint64_t>(bits);
+  auto bits = quantity(spec, units);
+  // tc's tbf takes rates from 8 bit/s; 1 Pbit/s is beyond any link here.
+  if (!bits || *bits < 8 || *bits > 1e15) return std::nullopt;
+  return static_cast<std::uint64_t>(*bits);
 }
 
 std::uint64_t rate_of(const source& src, const entry& e) {

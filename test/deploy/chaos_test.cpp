@@ -26,6 +26,8 @@ using orrery::test::accepts_connections;
 using orrery::test::model_fixture;
 using orrery::test::process_result;
 using orrery::test::run_orrery;
+using orrery::test::eventually;
+using orrery::test::slurp;
 using orrery::test::temp_dir;
 using orrery::test::write_topology;
 
@@ -35,23 +37,7 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-std::string slurp(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes.
-template <class Condition>
-bool eventually(Condition condition, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
-}
 
 /// The state letter of /proc/PID/stat (`R`, `S`, `T` for stopped, …); 0 if
 /// the process is gone.

@@ -28,6 +28,8 @@ using orrery::deploy::in_network_namespace;
 using orrery::test::model_fixture;
 using orrery::test::process_result;
 using orrery::test::run_orrery;
+using orrery::test::eventually;
+using orrery::test::slurp;
 using orrery::test::run_process;
 namespace fs = std::filesystem;
 
@@ -37,23 +39,7 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-std::string slurp(const fs::path& file) {
-  std::ifstream in(file);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
-/// Polls `condition` every 50 ms until it holds or `timeout` passes.
-template <class Condition>
-bool eventually(Condition condition, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(50ms);
-  }
-  return true;
-}
 
 /// Whether this machine can run a testbed; if not, says why (once per test).
 bool testbed_available() {
