@@ -317,7 +317,7 @@ model: m
 testbed: {subnet: 10.213.8.0/24}
 nodes:
   - {name: fast, address: 10.213.8.11:7411, emulate: {cpu: 0.8, bandwidth: 100mbit}}
-  - {name: mid, address: 10.213.8.12:7411, emulate: {cpu: 0.4, bandwidth: 100mbit}}
+  - {name: mid, address: 10.213.8.12:7411, emulate: {cpu: 0.4, memory: 1GiB, bandwidth: 100mbit}}
   - {name: slow, address: 10.213.8.13:7411, emulate: {cpu: 0.1, bandwidth: 100mbit}}
   - {name: capped, address: 10.213.8.14:7411, memory: 300KB, emulate: {cpu: 0.4, memory: 1GiB, bandwidth: 100mbit}}
 placement: auto
@@ -328,6 +328,10 @@ objective: throughput
   options.work.batch = 4;
   auto p = bed.profile(options);
   CHECK(p.devices[3].memory_bytes == 300e3);  // the budget is below the cgroup's headroom
+  // mid's usable memory is what its cgroup limit leaves beside the process itself.
+  CHECK(p.devices[1].memory_bytes < 1024.0 * 1024 * 1024);
+  CHECK(p.devices[1].memory_bytes > 256.0 * 1024 * 1024);
+  CHECK(p.devices[0].memory_bytes > 1024.0 * 1024 * 1024);  // fast has no cap: the machine's available memory
   auto even = deploy::plan_even(bed.t, p);
   auto automatic = deploy::plan_automatic(bed.t, p);
   INFO(deploy::describe(even) << "\n" << deploy::describe(automatic));
