@@ -20,12 +20,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${ORRERY_BUILD_DIR:-$root/build}"
 
 # libopenblas0-pthread: without it libtorch's matmuls fall back to reference
-# BLAS, ~10x slower (ARCHITECTURE.md, build facts).
+# BLAS, ~10x slower (ARCHITECTURE.md, build facts). iproute2: `ip` and `tc`
+# for `orrery testbed` and its tests.
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libcaf-dev libcapnp-dev capnproto libboost-dev
   doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
+  iproute2
 )
 
 missing=()
