@@ -1,6 +1,8 @@
 // `orrery bench pipeline`: one model on one device against the same model
 // split over a topology's node processes, measured side by side in one run.
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
