@@ -228,13 +228,12 @@ void probe_sink::expect(std::uint64_t id, std::uint64_t answers, caf::response_p
   auto& p = probes_[id];
   p.expected = answers;
   p.promise = std::move(promise);
-  p.waiting = true;
   complete_if_done(id);
 }
 
 void probe_sink::complete_if_done(std::uint64_t id) {
   auto it = probes_.find(id);
-  if (it == probes_.end() || !it->second.waiting || it->second.received < it->second.expected) return;
+  if (it == probes_.end() || !it->second.promise.pending() || it->second.received < it->second.expected) return;
   it->second.promise.deliver(it->second.received);
   probes_.erase(it);
 }

@@ -1,7 +1,7 @@
 #pragma once
 // The node's side of `orrery profile`: timing the model's layers on the
-// node's device, measuring its data-plane links to other nodes, and counting
-// the probe bytes other nodes send it. Timing and probing take seconds, so
+// node's device, measuring its data-plane links to other nodes, and answering
+// the link probes of other nodes. Timing and probing take seconds, so
 // each runs in a detached worker actor the node delegates the request to: the
 // node actor itself keeps answering and heartbeating meanwhile.
 //
@@ -65,8 +65,7 @@ class probe_sink {
   struct probe {
     std::uint64_t received = 0;
     std::uint64_t expected = 0;
-    caf::response_promise promise;
-    bool waiting = false;
+    caf::response_promise promise;  ///< pending once a prober waits
   };
   void complete_if_done(std::uint64_t id);
   std::map<std::uint64_t, probe> probes_;

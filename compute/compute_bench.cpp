@@ -19,11 +19,6 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // The reference loop: the shard's own weights and the same llama_ops, called
 // directly for one sequence with plain preallocated cache tensors and argmax
 // — no batch bookkeeping, no input checks, no sampler, no tokenizer.
@@ -60,6 +55,11 @@ double raw_decode_ms_per_token(const shard& s, int prompt_tokens, int steps, thr
 }
 
 }  // namespace
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
 
 std::string bench_prompt(int tokens) {
   std::string prompt;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -24,6 +25,9 @@ struct compute_bench_options {
 
 /// A prompt of `tokens` tokens with BOS (letters, so any tokenizer maps it).
 std::string bench_prompt(int tokens);
+
+/// The median of repeated measurements (the upper one of an even count).
+double median(std::vector<double> values);
 
 /// Runs the benchmark; `progress` receives one line per phase.
 nlohmann::json run_compute_bench(const compute_bench_options& options,

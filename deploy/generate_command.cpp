@@ -56,11 +56,15 @@ void add_generate_command(CLI::App& app) {
     if (!opts->topology.empty()) {
       auto t = load_topology(opts->topology);
       placement_prediction predicted;
-      const int prompt_tokens = static_cast<int>(compute::load_tokenizer(t.model)->encode(opts->request.prompt).size()) + 1;
-      auto placed = resolve_placement(t, 1, prompt_tokens, opts->request.max_new_tokens, std::cerr, &predicted);
-      pipeline_client client(placed, opts->advertise_host);
+      const bool automatic = t.auto_placement;
+      if (automatic) {
+        // The plan is predicted for this prompt: its tokens and BOS.
+        const auto prompt_tokens = compute::load_tokenizer(t.model)->encode(opts->request.prompt).size() + 1;
+        t = resolve_placement(t, 1, static_cast<int>(prompt_tokens), opts->request.max_new_tokens, std::cerr, &predicted);
+      }
+      pipeline_client client(t, opts->advertise_host);
       auto summary = generate_over(client, to_message(opts->request), std::cout);
-      if (t.auto_placement)
+      if (automatic)
         std::cout << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
                   << decode_ms_per_token(summary) << " ms/token\n";
     } else if (!opts->model.empty()) {

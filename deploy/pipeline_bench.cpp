@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -48,11 +47,6 @@ nlohmann::json per_stage(const std::vector<stage_stats>& before, const std::vect
   return stages;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 nlohmann::json run(const pipeline_bench_options& o) {
   auto t = load_topology_for_model(o.topology, o.model);
   compute::generation_request local;
@@ -86,7 +80,7 @@ nlohmann::json run(const pipeline_bench_options& o) {
     after_one = client.stats();
     pipeline.push_back(decode_ms_per_token(one));
   }
-  const double single_ms = median(single), pipeline_ms = median(pipeline);
+  const double single_ms = compute::median(single), pipeline_ms = compute::median(pipeline);
 
   std::cerr << "bench: " << o.concurrent << " concurrent requests\n";
   auto start = clock_type::now();

@@ -4,7 +4,6 @@
 // alternating rounds so both see the same machine state.
 
 #include <CLI/CLI.hpp>
-#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -52,11 +51,6 @@ measurement measure(const placement_plan& plan, const placement_bench_options& o
   return m;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 nlohmann::json layers_of(const placement_plan& plan) {
   nlohmann::json layers = nlohmann::json::object();
   for (const auto& n : plan.placed.nodes) layers[n.name] = {n.first_layer, n.last_layer};
@@ -66,7 +60,7 @@ nlohmann::json layers_of(const placement_plan& plan) {
 nlohmann::json report(const placement_plan& plan, const std::vector<measurement>& runs) {
   std::vector<double> ms, tps;
   for (const auto& m : runs) ms.push_back(m.decode_ms_per_token), tps.push_back(m.tokens_per_s);
-  const double measured_ms = median(ms), measured_tps = median(tps);
+  const double measured_ms = compute::median(ms), measured_tps = compute::median(tps);
   const auto& p = plan.predicted;
   return {{"layers", layers_of(plan)},
           {"predicted", {{"decode_ms_per_token", p.decode_ms_per_token}, {"tokens_per_s", p.tokens_per_s}, {"prefill_ms", p.prefill_ms}}},

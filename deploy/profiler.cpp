@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "deploy/chaos.hpp"
 #include "deploy/cluster.hpp"
 #include "messages/types.hpp"
 
@@ -80,10 +81,7 @@ std::optional<json> read_cache(const fs::path& file) {
 
 void write_cache(const fs::path& file, const json& value) {
   fs::create_directories(file.parent_path());
-  fs::path temporary = file;
-  temporary += ".tmp" + std::to_string(::getpid());
-  std::ofstream(temporary) << value.dump(2) << "\n";
-  fs::rename(temporary, file);
+  write_atomically(file, value.dump(2) + "\n");
 }
 
 // -- measuring ------------------------------------------------------------------
