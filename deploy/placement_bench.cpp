@@ -74,7 +74,7 @@ nlohmann::json run(const placement_bench_options& o) {
   auto t = load_topology(o.topology);
   planning::workload work;
   work.batch = o.requests;
-  work.prompt_tokens = o.prompt_tokens + 1;  // bench_prompt's tokens and BOS
+  work.prompt_tokens = o.prompt_tokens;  // bench_prompt(n) is n tokens with BOS
   work.output_tokens = o.new_tokens;
   auto profile = obtain_profile(t, work, progress_bar("profile"), o.refresh);
   std::vector<placement_plan> plans = {plan_even(t, profile), plan_automatic(t, profile)};
