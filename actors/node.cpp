@@ -133,7 +133,7 @@ caf::behavior node_actor(node_ptr self, node_config config,
         const auto& c = self->state.config;
         auto& slot = self->state.stages[assignment.stage];
         if (!slot) {
-          slot = spawn_stage(self->system(), {c.name, c.device, c.memory_bytes, c.data_host,
+          slot = spawn_stage(self->system(), {c.name, c.device, c.dtype, c.memory_bytes, c.data_host,
                                               self->state.data_plane->port(), self->state.data_plane});
           self->link_to(slot);  // a stage lives and dies with its node
           self->state.routes->set(assignment.stage, slot);
@@ -143,7 +143,7 @@ caf::behavior node_actor(node_ptr self, node_config config,
       // `orrery profile`: the slow parts run in workers, so heartbeats go on.
       [self](layer_timing_request& request) {
         const auto& c = self->state.config;
-        auto timer = spawn_layer_timer(self->system(), c.name, c.device, c.threads, c.memory_bytes);
+        auto timer = spawn_layer_timer(self->system(), c.name, c.device, c.dtype, c.threads, c.memory_bytes);
         return self->delegate(timer, std::move(request));
       },
       [self](link_probe& probe) {
@@ -178,7 +178,7 @@ caf::actor spawn_node(caf::actor_system& system, node_config config) {
   options.bind_address = config.data_host;
   options.port = config.data_port;
   auto plane = std::make_shared<messages::data_plane>(
-      options, tensor_allocator(),
+      options, tensor_allocator(/*pinned=*/config.device != "cpu"),
       [routes, name](messages::received_frame frame) {
         auto stage = routes->find(frame.descriptor.destination_stage);
         if (stage && frame.descriptor.destination_stage == probe_stage) {

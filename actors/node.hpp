@@ -15,6 +15,8 @@ namespace orrery::actors {
 struct node_config {
   std::string name;
   std::string device = "cpu";
+  /// The weights' dtype: `fp32`, `fp16` or `bf16`.
+  std::string dtype = "fp32";
   std::uint64_t memory_bytes = 0;  ///< 0: no budget
   int threads = 1;
   /// Where the data plane listens (and what stages tell their neighbours).

@@ -158,7 +158,7 @@ class link_prober {
 
 }  // namespace
 
-caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, int threads,
+caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype, int threads,
                              std::uint64_t memory_budget) {
   return system.spawn<caf::detached>([=](caf::event_based_actor* self) -> caf::behavior {
     return {
@@ -173,6 +173,7 @@ caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::s
             options.min_seconds = request.min_seconds;
             options.threads = threads;
             options.device = device;
+            options.dtype = dtype;
             for (const auto& kind : compute::measure_layer_times(request.model_dir, options)) {
               report.curves.push_back(curve_of(kind.kind, "prefill", kind.prefill));
               report.curves.push_back(curve_of(kind.kind, "decode", kind.decode));

@@ -46,7 +46,7 @@ class probe_responder {
 /// Spawns a worker that answers one layer_timing_request with a
 /// layer_timing_report (compute/layer_timing.hpp) and exits.
 /// `memory_budget` 0 means none.
-caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, int threads,
+caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype, int threads,
                              std::uint64_t memory_budget);
 
 /// Spawns a worker that answers one link_probe with a link_measurement and

@@ -76,12 +76,12 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
   std::uint64_t loaded_bytes = 0;
   try {
     compute::model_dir model(assignment.model_dir);
-    // Weights are held as fp32 on the CPU: 4 bytes a parameter.
-    auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) * 4;
+    auto dtype = compute::scalar_type_from_name(s.context.dtype);
+    auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) * c10::elementSize(dtype);
     if (s.context.memory_bytes > 0 && needed > s.context.memory_bytes)
       throw std::runtime_error("they need " + std::to_string(needed) + " bytes, the memory budget is " +
                                std::to_string(s.context.memory_bytes));
-    compute::shard_options options{compute::device_from_name(s.context.device), at::kFloat,
+    compute::shard_options options{compute::device_from_name(s.context.device), dtype,
                                    compute::configure_cpu_threads(std::max(1, assignment.threads))};
     std::vector<std::pair<int, int>> held;
     for (const auto& shard : s.shards)

@@ -19,6 +19,7 @@ namespace orrery::actors {
 struct stage_context {
   std::string node;
   std::string device;
+  std::string dtype;
   std::uint64_t memory_bytes = 0;
   std::string data_host;
   std::uint16_t data_port = 0;

@@ -5,8 +5,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <sstream>
 
 #include "compute/cpu_threads.hpp"
+#include "compute/decode_graph.hpp"
 #include "compute/gemv.hpp"
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
@@ -34,14 +39,15 @@ double raw_decode_ms_per_token(const shard& s, int prompt_tokens, int steps, thr
   }
   auto step = [&](std::int64_t token, int pos) {
     at::Tensor x = s.embedding().narrow(0, token, 1);
+    auto at = llama_ops::token_positions::consecutive(pos, 1, x.device());
     for (std::size_t l = 0; l < s.layers().size(); ++l) {
       const auto& w = s.layers()[l];
       auto h = llama_ops::rms_norm(x, w.input_norm, c.rms_norm_eps);
-      auto q = llama_ops::apply_rotary(llama_ops::linear(h, w.q, pool).view({1, c.num_heads, c.head_dim}), s.rotary(), pos);
-      auto k = llama_ops::apply_rotary(llama_ops::linear(h, w.k, pool).view({1, c.num_kv_heads, c.head_dim}), s.rotary(), pos);
-      keys[l].narrow(1, pos, 1).copy_(k.transpose(0, 1));
-      values[l].narrow(1, pos, 1).copy_(llama_ops::linear(h, w.v, pool).view({1, c.num_kv_heads, c.head_dim}).transpose(0, 1));
-      x = x + llama_ops::linear(llama_ops::attention(q, keys[l], values[l], pos), w.o, pool);
+      auto q = llama_ops::apply_rotary(llama_ops::linear(h, w.q, pool).view({1, c.num_heads, c.head_dim}), s.rotary(), at.index);
+      auto k = llama_ops::apply_rotary(llama_ops::linear(h, w.k, pool).view({1, c.num_kv_heads, c.head_dim}), s.rotary(), at.index);
+      llama_ops::store_at_positions(keys[l], k, at.index);
+      llama_ops::store_at_positions(values[l], llama_ops::linear(h, w.v, pool).view({1, c.num_kv_heads, c.head_dim}), at.index);
+      x = x + llama_ops::linear(llama_ops::attention(q, keys[l], values[l], at), w.o, pool);
       h = llama_ops::rms_norm(x, w.post_norm, c.rms_norm_eps);
       x = x + llama_ops::linear(at::silu(llama_ops::linear(h, w.gate, pool)) * llama_ops::linear(h, w.up, pool), w.down, pool);
     }
@@ -67,12 +73,62 @@ std::string bench_prompt(int tokens) {
   return prompt;
 }
 
+namespace {
+
+// Copy bandwidth of the device's memory: bytes read plus bytes written per
+// second by device-to-device copies of 512 MiB, the best of `repeats`.
+double measure_device_copy_bandwidth(at::Device device, int repeats = 10) {
+  const std::int64_t bytes = std::int64_t{512} << 20;
+  auto from = at::ones({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  auto to = at::empty_like(from);
+  auto wait = [&] { to[0].item<std::uint8_t>(); };  // a one-byte read-back waits for the stream
+  to.copy_(from);
+  wait();
+  double best = 0;
+  for (int i = 0; i < repeats; ++i) {
+    auto start = clock_type::now();
+    to.copy_(from);
+    wait();
+    double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    best = std::max(best, 2.0 * static_cast<double>(bytes) / seconds);
+  }
+  return best;
+}
+
+// Runs the HF reference script and returns the JSON of its last line.
+nlohmann::json run_hf_reference(const compute_bench_options& o, const std::string& dtype,
+                                const std::vector<token_id>& prompt) {
+  std::string ids;
+  for (auto id : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  std::string command = "python3 '" + o.hf_script + "' bench --model '" + o.model.string() + "' --device " + o.device +
+                        " --dtype " + dtype + " --ids " + ids + " --new-tokens " + std::to_string(o.new_tokens) +
+                        " --repeats " + std::to_string(o.repeats);
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(command.c_str(), "r"), ::pclose);
+  if (!pipe) throw std::runtime_error("cannot run " + o.hf_script);
+  std::string output, last_line;
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof buffer, pipe.get())) output += buffer;
+  int status = ::pclose(pipe.release());
+  std::istringstream lines(output);
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) last_line = line;
+  if (status != 0 || last_line.empty())
+    throw std::runtime_error(o.hf_script + " failed (status " + std::to_string(status) + "): " + output);
+  return nlohmann::json::parse(last_line);
+}
+
+}  // namespace
+
 nlohmann::json run_compute_bench(const compute_bench_options& o, const std::function<void(const std::string&)>& progress) {
   auto pool = configure_cpu_threads(o.threads);
+  const auto device = device_from_name(o.device);
+  const std::string dtype = !o.dtype.empty() ? o.dtype : device.is_cpu() ? "fp32" : "bf16";
   model_dir dir(o.model);
   auto tok = load_tokenizer(o.model);
-  progress("loading " + o.model.string());
-  shard whole(dir, 0, dir.config().num_layers, {at::kCPU, at::kFloat, pool});
+  progress("loading " + o.model.string() + " onto " + o.device + " as " + dtype);
+  shard_options options{device, scalar_type_from_name(dtype), pool};
+  std::optional<shard> whole;
+  whole.emplace(dir, 0, dir.config().num_layers, options);
 
   generation_request request;
   request.prompt = bench_prompt(o.prompt_tokens);
@@ -81,23 +137,24 @@ nlohmann::json run_compute_bench(const compute_bench_options& o, const std::func
 
   std::vector<double> prefill, decode, raw;
   for (int r = 0; r < o.repeats; ++r) {
-    progress("run " + std::to_string(r + 1) + "/" + std::to_string(o.repeats) + ": orrery generate");
-    auto result = generate(whole, *tok, request);
+    const std::string run = "run " + std::to_string(r + 1) + "/" + std::to_string(o.repeats);
+    progress(run + ": orrery generate");
+    auto result = generate(*whole, *tok, request);
     prefill.push_back(result.prefill_ms);
     decode.push_back(result.decode_ms_per_token());
-    progress("run " + std::to_string(r + 1) + "/" + std::to_string(o.repeats) + ": raw loop");
-    raw.push_back(raw_decode_ms_per_token(whole, o.prompt_tokens, o.new_tokens, pool.get()));
+    progress(run + ": raw loop");
+    raw.push_back(raw_decode_ms_per_token(*whole, o.prompt_tokens, o.new_tokens, pool.get()));
   }
-  progress("measuring memory read bandwidth");
-  double bandwidth = measure_read_bandwidth(*pool);
-  const double bytes_per_token = static_cast<double>(whole.weight_bytes_read_per_token());
+  progress(device.is_cpu() ? "measuring memory read bandwidth" : "measuring device copy bandwidth");
+  const double bandwidth = device.is_cpu() ? measure_read_bandwidth(*pool) : measure_device_copy_bandwidth(device);
+  const double bytes_per_token = static_cast<double>(whole->weight_bytes_read_per_token());
   const double decode_ms = median(decode), raw_ms = median(raw);
   const double bound_ms = bytes_per_token / bandwidth * 1000.0;
 
   nlohmann::json out = {
       {"model", o.model.string()},
-      {"device", "cpu"},
-      {"dtype", "fp32"},
+      {"device", o.device},
+      {"dtype", dtype},
       {"threads", o.threads},
       {"prompt_tokens", o.prompt_tokens},
       {"new_tokens", o.new_tokens},
@@ -109,18 +166,37 @@ nlohmann::json run_compute_bench(const compute_bench_options& o, const std::func
       {"raw_decode_ms_per_token", raw_ms},
       {"overhead_ratio", decode_ms / raw_ms},
       {"weight_bytes_per_token", bytes_per_token},
-      {"read_bandwidth_gb_per_s", bandwidth / 1e9},
+      {device.is_cpu() ? "read_bandwidth_gb_per_s" : "copy_bandwidth_gb_per_s", bandwidth / 1e9},
       {"bound_ms_per_token", bound_ms},
       {"fraction_of_bound", bound_ms / decode_ms},
       {"decode_runs_ms_per_token", decode},
       {"raw_runs_ms_per_token", raw},
   };
-  if (o.include_stock) {
+  if (o.include_stock && device.is_cpu()) {
     progress("stock path: every product through libtorch's GEMM");
     shard stock(dir, 0, dir.config().num_layers, {at::kCPU, at::kFloat, nullptr});
     double stock_ms = generate(stock, *tok, request).decode_ms_per_token();
     out["stock_libtorch_decode_ms_per_token"] = stock_ms;
     out["speedup_over_stock"] = stock_ms / decode_ms;
+  }
+  if (device.is_cuda()) {
+    progress("the same decode without CUDA graphs");
+    options.cuda_graphs = false;
+    whole.reset();
+    whole.emplace(dir, 0, dir.config().num_layers, options);
+    std::vector<double> eager;
+    for (int r = 0; r < o.repeats; ++r) eager.push_back(generate(*whole, *tok, request).decode_ms_per_token());
+    out["cuda_graphs"] = cuda_graphs_built();
+    out["eager_decode_ms_per_token"] = median(eager);
+    out["speedup_from_cuda_graphs"] = median(eager) / decode_ms;
+  }
+  if (!o.hf_script.empty()) {
+    whole.reset();  // the reference runs in another process on the same device
+    progress("HF transformers generate on the same model (" + o.hf_script + ")");
+    auto hf = run_hf_reference(o, dtype, prompt_tokens(*tok, request.prompt));
+    out["hf"] = hf;
+    out["hf_decode_ms_per_token"] = hf.at("decode_ms_per_token");
+    out["speedup_over_hf"] = hf.at("decode_ms_per_token").get<double>() / decode_ms;
   }
   return out;
 }

@@ -1,8 +1,10 @@
 #pragma once
-// `orrery bench compute`: decode speed of one device against two references
+// `orrery bench compute`: decode speed of one device against references
 // measured in the same run — a plain loop over the same modules and weights
-// without orrery's generation machinery (the overhead it adds), and the
-// memory-bandwidth bound (weight bytes per token / measured read bandwidth).
+// without orrery's generation machinery (the overhead it adds), the
+// memory-bandwidth bound (weight bytes per token / measured read bandwidth on
+// a CPU, copy bandwidth on a GPU), on a GPU the same decode without CUDA
+// graphs, and optionally HF transformers' generate on the same model.
 
 #include <filesystem>
 #include <functional>
@@ -19,8 +21,15 @@ struct compute_bench_options {
   int prompt_tokens = 32;  ///< with BOS; EdgeShard's setting (PAPERS.md)
   int new_tokens = 128;
   int repeats = 3;         ///< runs per side, interleaved; the median is reported
-  /// Also time the stock path (every product through libtorch's GEMM).
+  /// Also time the stock path (every product through libtorch's GEMM; CPU).
   bool include_stock = true;
+  /// `cpu` or `cuda:N`.
+  std::string device = "cpu";
+  /// fp32, fp16, bf16; empty: fp32 on a CPU, bf16 on a GPU.
+  std::string dtype;
+  /// A script that times HF transformers' generate on the same model,
+  /// device and prompt (deploy/gpu/hf_reference.py); empty: not compared.
+  std::string hf_script;
 };
 
 /// A prompt of `tokens` tokens with BOS (letters, so any tokenizer maps it).

@@ -32,6 +32,15 @@ std::optional<dtype> dtype_from_name(std::string_view name) {
   return std::nullopt;
 }
 
+std::string_view dtype_name(dtype t) {
+  switch (t) {
+    case dtype::f32: return "fp32";
+    case dtype::f16: return "fp16";
+    case dtype::bf16: return "bf16";
+  }
+  return "?";
+}
+
 std::string_view torch_dtype_name(dtype t) {
   switch (t) {
     case dtype::f32: return "float32";

@@ -24,6 +24,9 @@ std::optional<dtype> dtype_from_safetensors(std::string_view name);
 /// Parses a user-facing name: "fp32"/"float32", "fp16"/"float16", "bf16"/"bfloat16".
 std::optional<dtype> dtype_from_name(std::string_view name);
 
+/// The user-facing spelling: "fp32", "fp16", "bf16".
+std::string_view dtype_name(dtype t);
+
 /// The HF config spelling (`torch_dtype`): "float32", "float16", "bfloat16".
 std::string_view torch_dtype_name(dtype t);
 

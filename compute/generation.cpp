@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "compute/model_error.hpp"
@@ -65,8 +66,15 @@ generation_result generate(shard& model, const tokenizer& tok, const generation_
   result.kv_cache_bytes = cache.bytes();
   std::vector<token_id> history = result.prompt_tokens;
   auto emit = [&](const at::Tensor& logits) {
-    auto row = logits.contiguous();
-    token_id next = choose.next(row.data_ptr<float>(), static_cast<int>(row.size(-1)), history);
+    token_id next;
+    if (choose.plain_argmax()) {
+      // Ties go to the lowest id on every device, as in sampler::next.
+      const auto ids = std::min<std::int64_t>(logits.size(-1), choose.vocab_limit());
+      next = static_cast<token_id>(logits.narrow(-1, 0, ids).argmax(-1).item<std::int64_t>());
+    } else {
+      auto row = logits.to(at::kCPU).contiguous();
+      next = choose.next(row.data_ptr<float>(), static_cast<int>(row.size(-1)), history);
+    }
     history.push_back(next);
     result.tokens.push_back(next);
     if (on_token) on_token(next, tok.decode(next));

@@ -6,8 +6,11 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstddef>
+#include <memory>
 
 namespace orrery::compute {
+
+class decode_graphs;
 
 class kv_cache {
  public:
@@ -32,10 +35,15 @@ class kv_cache {
   /// Forgets everything from position `length` on (replay, speculation).
   void truncate(int length);
 
+  /// Decode steps captured as CUDA graphs against this cache's storage
+  /// (compute/decode_graph.hpp); empty until a step is replayed.
+  std::shared_ptr<decode_graphs>& graphs() { return graphs_; }
+
  private:
   at::Tensor storage_;  // [layers, 2, kv_heads, capacity, head_dim]
   int capacity_;
   int length_ = 0;
+  std::shared_ptr<decode_graphs> graphs_;
 };
 
 }  // namespace orrery::compute

@@ -84,7 +84,8 @@ std::vector<layer_kind_timing> measure_layer_times(const std::string& model_dir,
     if (context < 1 || context + decode_steps > model.config().max_position_embeddings)
       throw model_error(model_dir + ": decode context " + std::to_string(context) + " is outside the model's context of " +
                         std::to_string(model.config().max_position_embeddings) + " tokens");
-  shard_options shard_options{device_from_name(options.device), at::kFloat, configure_cpu_threads(options.threads)};
+  shard_options shard_options{device_from_name(options.device), scalar_type_from_name(options.dtype),
+                              configure_cpu_threads(options.threads)};
   struct kind {
     const char* name;
     int first;

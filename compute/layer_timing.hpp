@@ -38,6 +38,8 @@ struct layer_timing_options {
   int threads = 1;
   /// `cpu` (or `cuda:N` where libtorch has CUDA).
   std::string device = "cpu";
+  /// `fp32`, `fp16` or `bf16`: what the node computes in.
+  std::string dtype = "fp32";
 };
 
 /// Measures the first, a middle and the last layer of the model in `model_dir`

@@ -38,31 +38,39 @@ rotary_table rotary_table::build(int head_dim, double theta, int max_positions, 
   return {angles.cos().to(options), angles.sin().to(options)};
 }
 
-at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, int position) {
-  const auto tokens = x.size(0), half = x.size(2) / 2;
-  auto cos = table.cos.narrow(0, position, tokens).unsqueeze(1);
-  auto sin = table.sin.narrow(0, position, tokens).unsqueeze(1);
+token_positions token_positions::consecutive(int first, int tokens, at::Device device) {
+  return {at::arange(first, first + tokens, at::TensorOptions().dtype(at::kLong).device(device)), first + tokens};
+}
+
+at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, const at::Tensor& positions) {
+  const auto half = x.size(2) / 2;
+  auto cos = table.cos.index_select(0, positions).unsqueeze(1);
+  auto sin = table.sin.index_select(0, positions).unsqueeze(1);
   auto rotated = at::cat({-x.narrow(2, half, half), x.narrow(2, 0, half)}, -1);
   return x * cos + rotated * sin;
 }
 
-at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int position) {
+void store_at_positions(const at::Tensor& cache, const at::Tensor& rows, const at::Tensor& positions) {
+  cache.index_copy_(1, positions, rows.transpose(0, 1));
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                     const token_positions& positions) {
   const auto tokens = q.size(0), heads = q.size(1), head_dim = q.size(2), kv_heads = keys.size(0);
-  const auto group = heads / kv_heads, context = position + tokens;
+  const std::int64_t group = heads / kv_heads, window = positions.window;
   // [tokens, kv_heads * group, d] -> [kv_heads, group * tokens, d]: each kv
   // head multiplies the queries of its whole group in one batched product.
   auto grouped = q.reshape({tokens, kv_heads, group, head_dim}).permute({1, 2, 0, 3}).reshape(
       {kv_heads, group * tokens, head_dim});
-  auto k = keys.narrow(1, 0, context), v = values.narrow(1, 0, context);
+  auto k = keys.narrow(1, 0, window), v = values.narrow(1, 0, window);
   auto scores = at::bmm(grouped, k.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  if (tokens > 1) {
-    // Query i (at position + i) must not see keys beyond position + i.
-    auto mask = at::ones({tokens, context}, at::TensorOptions().dtype(at::kBool).device(q.device()))
-                    .triu(position + 1);
-    scores = scores.view({kv_heads, group, tokens, context})
-                 .masked_fill(mask, -std::numeric_limits<float>::infinity())
-                 .view({kv_heads, group * tokens, context});
-  }
+  // Query i must not see keys past its own position: later tokens of a
+  // prefill, or rows of a replayed step's window not filled yet. A masked
+  // score adds an exact zero to the softmax.
+  auto future = at::arange(window, positions.index.options()).unsqueeze(0) > positions.index.unsqueeze(1);
+  scores = scores.view({kv_heads, group, tokens, window})
+               .masked_fill(future, -std::numeric_limits<float>::infinity())
+               .view({kv_heads, group * tokens, window});
   auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   auto out = at::bmm(probs, v);  // [kv_heads, group * tokens, d]
   return out.view({kv_heads, group, tokens, head_dim}).permute({2, 0, 1, 3}).reshape({tokens, heads * head_dim});

@@ -31,14 +31,33 @@ struct rotary_table {
   static rotary_table build(int head_dim, double theta, int max_positions, at::TensorOptions options);
 };
 
-/// Rotates x [tokens, heads, head_dim] whose first token sits at `position`.
-at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, int position);
+/// Where one sequence's new tokens sit. Positions live in a device tensor
+/// rather than in host integers so that a decode step has the same kernels
+/// and shapes at every position and can be replayed as a CUDA graph.
+struct token_positions {
+  /// Each new token's position: int64, [tokens], on the compute device.
+  at::Tensor index;
+  /// Attention reads the key rows [0, window): exactly the context in eager
+  /// steps, a fixed bucket past it in replayed ones (the extra rows masked).
+  int window = 0;
 
-/// Causal attention of q [tokens, heads, head_dim] (first token at
-/// `position`) over the first position + tokens rows of keys / values
-/// [kv_heads, capacity, head_dim]; query head h reads kv head
-/// h / (heads / kv_heads). Returns [tokens, heads * head_dim].
-at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int position);
+  /// The positions [first, first + tokens) with the exact window.
+  static token_positions consecutive(int first, int tokens, at::Device device);
+};
+
+/// Rotates x [tokens, heads, head_dim] whose tokens sit at `positions`.
+at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, const at::Tensor& positions);
+
+/// Writes the new tokens' keys or values [tokens, kv_heads, head_dim] into
+/// a cache [kv_heads, capacity, head_dim] at their positions.
+void store_at_positions(const at::Tensor& cache, const at::Tensor& rows, const at::Tensor& positions);
+
+/// Causal attention of q [tokens, heads, head_dim] over the rows [0,
+/// window) of keys / values [kv_heads, capacity, head_dim]: a query sees the
+/// keys up to its own position. Query head h reads kv head h / (heads /
+/// kv_heads). Returns [tokens, heads * head_dim].
+at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                     const token_positions& positions);
 
 }  // namespace llama_ops
 }  // namespace orrery::compute

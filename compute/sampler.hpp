@@ -36,6 +36,12 @@ class sampler {
   /// sequence so far (prompt and generated tokens).
   token_id next(const float* logits, int vocab_size, const std::vector<token_id>& history);
 
+  /// Whether next() is a plain argmax over the ids below vocab_limit()
+  /// (greedy, no penalty), which the caller may compute where the logits
+  /// are (on the GPU, bringing back one id instead of a row).
+  bool plain_argmax() const { return params_.temperature == 0.0f && params_.repetition_penalty == 1.0f; }
+  int vocab_limit() const { return vocab_limit_; }
+
  private:
   sampling_params params_;
   int vocab_limit_;

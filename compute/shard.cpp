@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "compute/decode_graph.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
 #include "compute/thread_pool.hpp"
@@ -25,8 +26,6 @@ at::Device device_from_name(const std::string& name) {
   }
 }
 
-namespace {
-
 at::ScalarType scalar_type_of(dtype t) {
   switch (t) {
     case dtype::f32: return at::kFloat;
@@ -35,6 +34,14 @@ at::ScalarType scalar_type_of(dtype t) {
   }
   return at::kFloat;
 }
+
+at::ScalarType scalar_type_from_name(const std::string& name) {
+  auto parsed = dtype_from_name(name);
+  if (!parsed) throw std::runtime_error("dtype '" + name + "' is not one of fp32, fp16, bf16");
+  return scalar_type_of(*parsed);
+}
+
+namespace {
 
 constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
 
@@ -46,7 +53,7 @@ constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
 at::Tensor empty_weight(at::IntArrayRef shape, const at::TensorOptions& options) {
   std::size_t bytes = options.dtype().itemsize();
   for (auto extent : shape) bytes *= static_cast<std::size_t>(extent);
-  if (!options.device().is_cpu() || bytes < huge_page_bytes) return at::empty(shape, options);
+  if (bytes < huge_page_bytes) return at::empty(shape, options);
   const std::size_t length = bytes + huge_page_bytes;
   void* map = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (map == MAP_FAILED) throw model_error("cannot map " + std::to_string(bytes) + " bytes for a weight");
@@ -56,13 +63,15 @@ at::Tensor empty_weight(at::IntArrayRef shape, const at::TensorOptions& options)
   return at::from_blob(aligned, shape, [map, length](void*) { ::munmap(map, length); }, options);
 }
 
-// Wraps the mapped bytes without copying, then converts / copies once into
-// memory the shard owns, on its device.
+// Wraps the mapped bytes without copying, then copies once into memory the
+// shard owns. A GPU receives the file's bytes as they are, straight from the
+// page cache, and converts there: no converted host copy of any tensor.
 at::Tensor load(const model_dir& model, const std::string& name, const shard_options& options) {
   tensor_view view = model.tensor(name);
   auto mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape,
                               at::TensorOptions().dtype(scalar_type_of(view.type)));
-  auto owned = empty_weight(view.shape, at::TensorOptions().device(options.device).dtype(options.dtype));
+  if (!options.device.is_cpu()) return mapped.to(options.device).to(options.dtype);
+  auto owned = empty_weight(view.shape, at::TensorOptions().dtype(options.dtype));
   owned.copy_(mapped);
   return owned;
 }
@@ -149,14 +158,41 @@ void shard::check_batch(const at::Tensor& input, const std::vector<sequence_step
 at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_step>& batch, logits_rows rows) {
   check_batch(input, batch);
   c10::InferenceMode guard;
-  at::Tensor x = has_embedding() ? at::embedding(embedding_, input.to(options_.device))
-                                 : input.to(at::TensorOptions().device(options_.device).dtype(options_.dtype));
-  for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch);
+  at::Tensor out;
+  if (replays_graph(batch)) {
+    out = replay_decode_step(*batch.front().cache, this, input.to(options_.device, /*non_blocking=*/true),
+                             [&](const at::Tensor& in, const llama_ops::token_positions& at) {
+                               return run(in, batch, {at}, rows);
+                             });
+  } else {
+    std::vector<llama_ops::token_positions> positions;
+    for (const auto& step : batch)
+      positions.push_back(llama_ops::token_positions::consecutive(step.cache->length(), step.tokens, options_.device));
+    out = run(input, batch, positions, rows);
+  }
   for (const auto& step : batch) step.cache->advance(step.tokens);
+  return out;
+}
+
+bool shard::replays_graph(const std::vector<sequence_step>& batch) const {
+  return options_.cuda_graphs && options_.device.is_cuda() && cuda_graphs_built() && batch.size() == 1 &&
+         batch.front().tokens == 1;
+}
+
+at::Tensor shard::run(const at::Tensor& input, const std::vector<sequence_step>& batch,
+                      const std::vector<llama_ops::token_positions>& positions, logits_rows rows) const {
+  // Uploads are queued, not waited for: from a pinned frame (actors/
+  // tensor_frame.hpp) the copy overlaps the host's work; from pageable
+  // memory libtorch copies synchronously anyway.
+  at::Tensor x = has_embedding()
+                     ? at::embedding(embedding_, input.to(options_.device, /*non_blocking=*/true))
+                     : input.to(at::TensorOptions().device(options_.device).dtype(options_.dtype), /*non_blocking=*/true);
+  for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch, positions);
   return has_head() ? logits(x, batch, rows) : x;
 }
 
-at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch) const {
+at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
+                                const std::vector<llama_ops::token_positions>& positions) const {
   const auto& w = layers_[static_cast<std::size_t>(index)];
   thread_pool* pool = options_.pool.get();
   const auto heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
@@ -164,14 +200,15 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
   auto q = llama_ops::linear(h, w.q, pool), k = llama_ops::linear(h, w.k, pool), v = llama_ops::linear(h, w.v, pool);
   std::vector<at::Tensor> attended;
   std::int64_t row = 0;
-  for (const auto& step : batch) {
-    const int position = step.cache->length(), n = step.tokens;
-    auto qs = llama_ops::apply_rotary(q.narrow(0, row, n).view({n, heads, d}), rotary_, position);
-    auto ks = llama_ops::apply_rotary(k.narrow(0, row, n).view({n, kv_heads, d}), rotary_, position);
-    auto keys = step.cache->keys(index), values = step.cache->values(index);
-    keys.narrow(1, position, n).copy_(ks.transpose(0, 1));
-    values.narrow(1, position, n).copy_(v.narrow(0, row, n).view({n, kv_heads, d}).transpose(0, 1));
-    attended.push_back(llama_ops::attention(qs, keys, values, position));
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const int n = batch[i].tokens;
+    const auto& at = positions[i];
+    auto qs = llama_ops::apply_rotary(q.narrow(0, row, n).view({n, heads, d}), rotary_, at.index);
+    auto ks = llama_ops::apply_rotary(k.narrow(0, row, n).view({n, kv_heads, d}), rotary_, at.index);
+    auto keys = batch[i].cache->keys(index), values = batch[i].cache->values(index);
+    llama_ops::store_at_positions(keys, ks, at.index);
+    llama_ops::store_at_positions(values, v.narrow(0, row, n).view({n, kv_heads, d}), at.index);
+    attended.push_back(llama_ops::attention(qs, keys, values, at));
     row += n;
   }
   auto y = x + llama_ops::linear(attended.size() == 1 ? attended[0] : at::cat(attended), w.o, pool);
@@ -182,7 +219,9 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
 
 at::Tensor shard::logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const {
   at::Tensor selected = hidden;
-  if (rows == logits_rows::last) {
+  // With one token per sequence every row is a last row (and a replayed
+  // decode step must not copy an index list from the host).
+  if (rows == logits_rows::last && hidden.size(0) != static_cast<std::int64_t>(batch.size())) {
     std::vector<std::int64_t> last_rows;
     std::int64_t row = 0;
     for (const auto& step : batch) {

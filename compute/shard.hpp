@@ -28,6 +28,13 @@ class thread_pool;
 /// or when this build of libtorch has no CUDA.
 at::Device device_from_name(const std::string& name);
 
+/// The libtorch element type of a model dtype.
+at::ScalarType scalar_type_of(dtype t);
+
+/// `fp32`, `fp16` or `bf16` (compute/dtype.hpp spellings) as an element type;
+/// throws std::runtime_error naming the accepted spellings otherwise.
+at::ScalarType scalar_type_from_name(const std::string& name);
+
 struct shard_options {
   at::Device device = at::kCPU;
   /// The dtype weights are converted to and computed in.
@@ -35,6 +42,9 @@ struct shard_options {
   /// Threads for the decode gemv; nullptr computes every product with
   /// libtorch's own GEMM (the stock path, kept for comparison).
   std::shared_ptr<thread_pool> pool;
+  /// On CUDA, replay the decode step of a single sequence as a CUDA graph
+  /// (compute/decode_graph.hpp); false runs it eagerly (for comparison).
+  bool cuda_graphs = true;
 };
 
 /// One sequence's part of a packed batch.
@@ -95,7 +105,12 @@ class shard {
   const llama_ops::rotary_table& rotary() const { return rotary_; }
 
  private:
-  at::Tensor decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch) const;
+  /// The forward pass proper, for tokens at `positions` (one per sequence).
+  at::Tensor run(const at::Tensor& input, const std::vector<sequence_step>& batch,
+                 const std::vector<llama_ops::token_positions>& positions, logits_rows rows) const;
+  bool replays_graph(const std::vector<sequence_step>& batch) const;
+  at::Tensor decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
+                           const std::vector<llama_ops::token_positions>& positions) const;
   at::Tensor logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const;
   void check_batch(const at::Tensor& input, const std::vector<sequence_step>& batch) const;
 

@@ -38,7 +38,7 @@ topology with_layout(const topology& t, const std::vector<planning::stage>& stag
     node_spec n = t.nodes.at(s.device);
     n.first_layer = static_cast<int>(s.begin);
     n.last_layer = static_cast<int>(s.end);
-    n.weight_bytes = static_cast<std::uint64_t>(t.model_config.parameter_count(n.first_layer, n.last_layer)) * 4;
+    n.weight_bytes = n.weight_bytes_of(t.model_config, n.first_layer, n.last_layer);
     placed.nodes.push_back(std::move(n));
   }
   return placed;

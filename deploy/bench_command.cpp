@@ -41,6 +41,12 @@ void add_compute_bench(CLI::App& bench) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_flag("!--no-stock", opts->include_stock, "Skip timing the stock libtorch-GEMM path");
+  cmd->add_option("--device", opts->device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--dtype", opts->dtype, "fp32, fp16, bf16 (default: fp32 on cpu, bf16 on cuda)");
+  cmd->add_option("--hf-script", opts->hf_script,
+                  "Also time HF transformers' generate on the same model and device with this script "
+                  "(deploy/gpu/hf_reference.py; needs python3 with torch and transformers)")
+      ->check(CLI::ExistingFile);
   cmd->callback([opts] {
     auto result = compute::run_compute_bench(*opts, [](const std::string& line) { std::cerr << "bench: " << line << "\n"; });
     std::cout << result.dump(2) << std::endl;

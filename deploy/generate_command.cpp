@@ -22,7 +22,7 @@ struct generate_options {
   std::string topology;
   std::string advertise_host;
   compute::generation_request request;
-  int threads = compute::default_thread_count();
+  local_device where{"cpu", "", compute::default_thread_count()};
   bool ignore_eos = false;
 };
 
@@ -45,7 +45,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--max-tokens", opts->request.max_new_tokens, "Tokens to generate")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", opts->threads, "CPU threads (with --model)")->capture_default_str()->check(CLI::PositiveNumber);
+  add_device_flags(*cmd, opts->where);
   cmd->add_option("--advertise-host", opts->advertise_host,
                   "Address the last stage reaches this process at (with --topology; default: the testbed's client "
                   "address for a testbed topology, else 127.0.0.1)");
@@ -68,7 +68,7 @@ void add_generate_command(CLI::App& app) {
         std::cout << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
                   << decode_ms_per_token(summary) << " ms/token\n";
     } else if (!opts->model.empty()) {
-      generate_locally(opts->model, opts->request, opts->threads, std::cout);
+      generate_locally(opts->model, opts->request, opts->where, std::cout);
     } else {
       throw std::invalid_argument("generate needs --model DIR (this machine) or --topology FILE (a cluster)");
     }

@@ -2,9 +2,14 @@
 
 #include <unistd.h>
 
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+#include <c10/core/InferenceMode.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "compute/cpu_threads.hpp"
@@ -14,18 +19,41 @@
 
 namespace orrery::deploy {
 
+std::string local_device::resolved_dtype() const {
+  if (!dtype.empty()) return dtype;
+  return device == "cpu" ? "fp32" : "bf16";
+}
+
+void add_device_flags(CLI::App& command, local_device& where) {
+  command.add_option("--device", where.device, "cpu or cuda:N")->capture_default_str();
+  command.add_option("--dtype", where.dtype, "Weights and compute: fp32, fp16, bf16 (default: fp32 on cpu, bf16 on cuda)");
+  command.add_option("--threads", where.threads, "CPU threads")->capture_default_str()->check(CLI::PositiveNumber);
+}
+
+namespace {
+
+compute::shard load_whole(const compute::model_dir& dir, const local_device& where) {
+  auto start = std::chrono::steady_clock::now();
+  compute::shard whole(dir, 0, dir.config().num_layers,
+                       {compute::device_from_name(where.device), compute::scalar_type_from_name(where.resolved_dtype()),
+                        compute::configure_cpu_threads(where.threads)});
+  double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  char loaded[512];
+  std::snprintf(loaded, sizeof loaded, "loaded %s (%d layers, %.1f MB %s) in %.0f ms on %s, %d thread(s)\n",
+                dir.path().c_str(), dir.config().num_layers, whole.weight_bytes() / 1e6,
+                where.resolved_dtype().c_str(), load_ms, where.device.c_str(), where.threads);
+  std::cerr << loaded;
+  return whole;
+}
+
+}  // namespace
+
 compute::generation_result generate_locally(const std::filesystem::path& model, const compute::generation_request& request,
-                                            int threads, std::ostream& out) {
+                                            const local_device& where, std::ostream& out) {
   request.sampling.validate();
   compute::model_dir dir(model);
   auto tok = compute::load_tokenizer(model);
-  auto start = std::chrono::steady_clock::now();
-  compute::shard whole(dir, 0, dir.config().num_layers, {at::kCPU, at::kFloat, compute::configure_cpu_threads(threads)});
-  double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  char loaded[512];
-  std::snprintf(loaded, sizeof loaded, "loaded %s (%d layers, %.1f MB fp32) in %.0f ms on %d thread(s)\n",
-                model.c_str(), dir.config().num_layers, whole.weight_bytes() / 1e6, load_ms, threads);
-  std::cerr << loaded;
+  auto whole = load_whole(dir, where);
   out << request.prompt << std::flush;
   auto result = compute::generate(whole, *tok, request, [&](compute::token_id, const std::string& piece) {
     out << compute::printable(piece) << std::flush;
@@ -38,6 +66,43 @@ compute::generation_result generate_locally(const std::filesystem::path& model, 
                 result.tokens_per_s(), result.kv_cache_bytes / 1024.0, result.stopped_at_eos ? " | stopped at EOS" : "");
   out << figures;
   return result;
+}
+
+nlohmann::json score_locally(const std::filesystem::path& model, const local_device& where,
+                             const std::vector<std::int64_t>& ids, int greedy_steps,
+                             const std::filesystem::path& logits_file) {
+  compute::model_dir dir(model);
+  const auto& config = dir.config();
+  if (ids.empty()) throw std::invalid_argument("--ids is empty: give at least one token id");
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= config.vocab_size)
+      throw std::invalid_argument("--ids: id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
+                                  " is outside the vocabulary [0, " + std::to_string(config.vocab_size) + ")");
+  if (greedy_steps < 0) throw std::invalid_argument("--greedy must be >= 0");
+  const int length = static_cast<int>(ids.size());
+  compute::check_fits_context(length, std::max(greedy_steps, 1), config.max_position_embeddings);
+  auto whole = load_whole(dir, where);
+  c10::InferenceMode guard;
+  auto cache = whole.new_cache(length + std::max(greedy_steps - 1, 0));
+  auto logits = whole.forward(at::tensor(ids, at::TensorOptions().dtype(at::kLong)), {{&cache, length}},
+                              compute::logits_rows::all)
+                    .to(at::kCPU)
+                    .contiguous();
+  if (!logits_file.empty()) {
+    std::ofstream out(logits_file, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(logits.data_ptr<float>()), static_cast<std::streamsize>(logits.nbytes()));
+    if (!out) throw std::runtime_error(logits_file.string() + ": cannot write the logits");
+  }
+  std::vector<std::int64_t> greedy;
+  auto last = logits.narrow(0, length - 1, 1);
+  for (int step = 0; step < greedy_steps; ++step) {
+    greedy.push_back(last.argmax(-1).item<std::int64_t>());
+    if (step + 1 < greedy_steps)
+      last = whole.forward(at::tensor({greedy.back()}, at::TensorOptions().dtype(at::kLong)), {{&cache, 1}});
+  }
+  return {{"model", model.string()},      {"device", where.device}, {"dtype", where.resolved_dtype()},
+          {"ids", ids},                   {"rows", length},         {"vocab", config.vocab_size},
+          {"logits_file", logits_file.string()}, {"greedy", greedy}};
 }
 
 void create_model(const std::filesystem::path& dir, const compute::llama_config& config, std::uint64_t seed,

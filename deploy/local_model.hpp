@@ -5,16 +5,47 @@
 
 #include <filesystem>
 #include <iosfwd>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 
+namespace CLI {
+class App;
+}
+
 namespace orrery::deploy {
+
+/// Where and in what a model runs on this machine (`--device`, `--dtype`,
+/// `--threads`).
+struct local_device {
+  std::string device = "cpu";
+  /// Empty: fp32 on a CPU, bf16 on a GPU.
+  std::string dtype;
+  int threads = 1;
+
+  /// `dtype`, or the device's default when empty.
+  std::string resolved_dtype() const;
+};
+
+/// Adds --device, --dtype and --threads to a command that runs a model here.
+void add_device_flags(CLI::App& command, local_device& where);
 
 /// Streams the generated text to `out` and finishes with one line of
 /// figures: prefill ms, decode ms/token, tokens/s, KV cache bytes.
 compute::generation_result generate_locally(const std::filesystem::path& model, const compute::generation_request& request,
-                                            int threads, std::ostream& out);
+                                            const local_device& where, std::ostream& out);
+
+/// `orrery model score`: the logits of every position of `ids` (float32,
+/// [ids, vocab], written raw to `logits_file` unless it is empty) and then
+/// `greedy_steps` greedily decoded tokens, for comparisons with other
+/// implementations. Returns what was computed as JSON.
+nlohmann::json score_locally(const std::filesystem::path& model, const local_device& where,
+                             const std::vector<std::int64_t>& ids, int greedy_steps,
+                             const std::filesystem::path& logits_file);
 
 /// Writes a random-initialised model into `dir`, showing progress on stderr.
 void create_model(const std::filesystem::path& dir, const compute::llama_config& config, std::uint64_t seed,

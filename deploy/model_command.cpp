@@ -35,6 +35,18 @@ void run_init(const init_options& o) {
   std::cout << o.out << "\n";
 }
 
+struct score_options {
+  std::string model;
+  local_device where;
+  std::vector<std::int64_t> ids;
+  int greedy = 0;
+  std::string logits;
+};
+
+void run_score(const score_options& o) {
+  std::cout << score_locally(o.model, o.where, o.ids, o.greedy, o.logits).dump() << std::endl;
+}
+
 void run_info(const std::string& path) {
   compute::model_dir dir(path);
   const auto& c = dir.config();
@@ -62,6 +74,17 @@ void add_model_command(CLI::App& app) {
                    "Split weights into model-0000k-of-0000n.safetensors files of at most this many MB; 0 writes one file")
       ->capture_default_str();
   init->callback([opts] { run_init(*opts); });
+
+  auto score = std::make_shared<score_options>();
+  auto* score_cmd = model->add_subcommand(
+      "score", "Logits of every position of a token-id sequence and a greedy continuation, for comparing orrery with "
+               "other implementations (JSON on stdout; logits as raw float32 [ids, vocab])");
+  score_cmd->add_option("dir", score->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  score_cmd->add_option("--ids", score->ids, "Token ids, comma separated")->required()->delimiter(',');
+  score_cmd->add_option("--greedy", score->greedy, "Greedy decode steps after the ids")->capture_default_str();
+  score_cmd->add_option("--logits", score->logits, "File to write the logits to");
+  add_device_flags(*score_cmd, score->where);
+  score_cmd->callback([score] { run_score(*score); });
 
   auto path = std::make_shared<std::string>();
   auto* info = model->add_subcommand("info", "Print a model directory's shape");

@@ -203,7 +203,8 @@ struct parsed_node {
   int range_line = 0;
 };
 
-const std::vector<std::string> node_keys = {"name", "address", "data_port", "device", "memory", "threads", "emulate"};
+const std::vector<std::string> node_keys = {"name",   "address", "data_port", "device",
+                                            "dtype",  "memory",  "threads",   "emulate"};
 
 std::string node_name(const source& src, const entry& e) {
   auto name = text(src, e);
@@ -346,6 +347,12 @@ parsed_node read_node(const source& src, const YAML::Node& item, std::size_t ind
   node.address_line = address.line;
   read_data_port(src, s, node);
   if (const entry* e = s.find("device")) node.spec.device = device_name(src, *e);
+  node.spec.dtype = node.spec.device == "cpu" ? compute::dtype::f32 : compute::dtype::bf16;
+  if (const entry* e = s.find("dtype")) {
+    auto dtype = compute::dtype_from_name(text(src, *e));
+    if (!dtype) src.fail(e->line, "dtype '" + text(src, *e) + "' is not one of fp32, fp16, bf16");
+    node.spec.dtype = *dtype;
+  }
   if (const entry* e = s.find("memory")) {
     node.spec.memory_bytes = memory_budget(src, *e);
     node.memory_line = e->line;
@@ -491,19 +498,14 @@ void place(const source& src, const entry* e, int nodes_line, int num_layers, st
   place_explicit(src, *e, num_layers, nodes);
 }
 
-// Weights are held as fp32 on the CPU whatever the checkpoint's storage dtype
-// (compute/ widens fp16/bf16 when loading), so a shard costs 4 bytes per
-// parameter. Activations and KV caches come on top and are not counted.
-constexpr std::uint64_t bytes_per_parameter = 4;
-
 void check_memory(const source& src, const compute::llama_config& config, std::vector<parsed_node>& nodes) {
   for (auto& node : nodes) {
     auto& spec = node.spec;
-    spec.weight_bytes =
-        static_cast<std::uint64_t>(config.parameter_count(spec.first_layer, spec.last_layer)) * bytes_per_parameter;
+    // Activations and KV caches come on top and are not counted.
+    spec.weight_bytes = spec.weight_bytes_of(config, spec.first_layer, spec.last_layer);
     if (spec.memory_bytes && spec.weight_bytes > *spec.memory_bytes)
       src.fail(node.memory_line, "node '" + spec.name + "' needs " + std::to_string(spec.weight_bytes) + " bytes (" +
-                                     human_bytes(spec.weight_bytes) + ") of fp32 weights for layers " +
+                                     human_bytes(spec.weight_bytes) + ") of " + std::string(compute::torch_dtype_name(spec.dtype)) + " weights for layers " +
                                      range_text(spec.first_layer, spec.last_layer) + " but its memory budget is " +
                                      std::to_string(*spec.memory_bytes) + " bytes (" +
                                      human_bytes(*spec.memory_bytes) + ")");
@@ -659,6 +661,10 @@ std::string human_bytes(std::uint64_t bytes) {
   char text[32];
   std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
   return text;
+}
+
+std::uint64_t node_spec::weight_bytes_of(const compute::llama_config& model, int first, int last) const {
+  return static_cast<std::uint64_t>(model.parameter_count(first, last)) * compute::dtype_size(dtype);
 }
 
 std::string node_spec::address() const {

@@ -65,6 +65,9 @@ struct node_spec {
   std::uint16_t data_port = 0;
   /// `cpu` or `cuda:N`.
   std::string device = "cpu";
+  /// What the node holds and computes its weights in: `dtype:`, by default
+  /// fp32 on a CPU and bf16 on a GPU.
+  compute::dtype dtype = compute::dtype::f32;
   /// The memory budget; empty means unlimited.
   std::optional<std::uint64_t> memory_bytes;
   int threads = 1;
@@ -75,12 +78,14 @@ struct node_spec {
   /// empty for a node the automatic plan leaves out.
   int first_layer = 0;
   int last_layer = 0;
-  /// Bytes of fp32 weights the node's layers take (what is checked against
-  /// `memory_bytes`).
+  /// Bytes of weights (in `dtype`) the node's layers take (what is checked
+  /// against `memory_bytes`).
   std::uint64_t weight_bytes = 0;
   /// The line of the node's entry in the topology file, for later messages.
   int line = 0;
 
+  /// The bytes of weights of layers [first, last) of `model` in `dtype`.
+  std::uint64_t weight_bytes_of(const compute::llama_config& model, int first, int last) const;
   /// `host:port`, the control address.
   std::string address() const;
   /// `node 'NAME' (host:port)`, for messages.

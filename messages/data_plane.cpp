@@ -1,5 +1,6 @@
 #include "messages/data_plane.hpp"
 
+#include <algorithm>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -525,14 +526,35 @@ void accept(const std::shared_ptr<plane_core>& core) {
 
 link::link(std::shared_ptr<detail::connection> connection) : connection_(std::move(connection)) {}
 
+namespace {
+
+std::uint32_t checksum_as_it_arrives(const std::byte* data, std::size_t length, const link::arriving_payload& arriving) {
+  frame_checksum sum;
+  const std::size_t piece = std::max<std::size_t>(arriving.piece_bytes, 1);
+  for (std::size_t at = 0; at < length;) {
+    const std::size_t end = std::min(length, at + piece);
+    arriving.wait(end);
+    sum.update(data + at, end - at);
+    at = end;
+  }
+  return sum.value();
+}
+
+}  // namespace
+
 void link::send(frame_descriptor d, const std::byte* data, std::shared_ptr<void> keepalive, completion done) {
+  send(std::move(d), data, std::move(keepalive), std::move(done), arriving_payload{});
+}
+
+void link::send(frame_descriptor d, const std::byte* data, std::shared_ptr<void> keepalive, completion done,
+                const arriving_payload& arriving) {
   auto& core = connection_->core();
   detail::outgoing_frame frame;
   frame.keepalive = std::move(keepalive);
   frame.done = std::move(done);
   auto problem = payload_length(d.type, d.shape, core.options.max_frame_bytes, d.byte_length);
   if (problem.empty()) {
-    d.checksum = checksum_of(data, d.byte_length);
+    d.checksum = arriving.wait ? checksum_as_it_arrives(data, d.byte_length, arriving) : checksum_of(data, d.byte_length);
     frame.descriptor = encode_descriptor(d);
     frame.header = encode_header({frame_kind::tensor, std::uint32_t(frame.descriptor.size()), d.byte_length});
     frame.data = data;

@@ -96,6 +96,19 @@ class link {
   /// written or the frame failed (invalid shape, link closed); it is never dropped.
   void send(frame_descriptor d, const std::byte* data, std::shared_ptr<void> keepalive, completion done = {});
 
+  /// A payload that is still arriving in `data` (a device-to-host copy in
+  /// flight): wait(end) returns once bytes [0, end) are in place.
+  struct arriving_payload {
+    std::size_t piece_bytes = 0;
+    std::function<void(std::size_t end)> wait;
+  };
+
+  /// send() for an arriving payload: the checksum is computed a piece at a
+  /// time as each piece lands, so producing the payload overlaps
+  /// checksumming it, and the frame is queued as soon as the last piece is in.
+  void send(frame_descriptor d, const std::byte* data, std::shared_ptr<void> keepalive, completion done,
+            const arriving_payload& arriving);
+
   /// host:port as passed to data_plane::connect.
   const std::string& peer() const;
 

@@ -50,14 +50,16 @@ inline bool accepts_connections(std::uint16_t port) {
 
 /// A topology of `ranges.size()` loopback nodes `n0`, `n1`, … on free ports,
 /// in cluster `name`, serving the model `m` beside it.
+/// `node_keys` (indented YAML lines, e.g. "    device: cuda:0\n") go into every node.
 inline std::filesystem::path write_topology(const temp_dir& dir, const std::string& name,
-                                            const std::vector<std::pair<int, int>>& ranges, int connect_ms = 3000) {
+                                            const std::vector<std::pair<int, int>>& ranges, int connect_ms = 3000,
+                                            const std::string& node_keys = "") {
   auto path = dir / (name + ".yaml");
   std::ofstream out(path);
   out << "cluster: " << name << "\nmodel: m\nnodes:\n";
   for (std::size_t i = 0; i < ranges.size(); ++i)
     out << "  - name: n" << i << "\n    address: 127.0.0.1:" << free_port() << "\n    data_port: " << free_port()
-        << "\n    threads: 1\n";
+        << "\n    threads: 1\n" << node_keys;
   out << "placement:\n";
   for (std::size_t i = 0; i < ranges.size(); ++i)
     out << "  n" << i << ": [" << ranges[i].first << ", " << ranges[i].second << "]\n";

@@ -38,7 +38,7 @@ struct in_process_pipeline {
     dc.request_timeout = std::chrono::seconds(20);
     for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
       auto name = "n" + std::to_string(i);
-      nodes.push_back(actors::spawn_node(system, {name, "cpu", 0, 1, "127.0.0.1", 0}));
+      nodes.push_back(actors::spawn_node(system, {name, "cpu", "fp32", 0, 1, "127.0.0.1", 0}));
       dc.stages.push_back({name, "", 0, nodes.back(), cuts[i], cuts[i + 1], 1});
     }
     driver = actors::spawn_driver(system, dc);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <doctest/doctest.h>
 
+#include "compute/decode_graph.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
 #include "compute/model_init.hpp"
@@ -152,4 +153,21 @@ TEST_CASE("the KV cache reports its size and refuses to overflow") {
   CHECK(cache.length() == 0);
   CHECK_THROWS_WITH_AS(back.forward(at::randn({3, 64}), {{&cache, 3}}), doctest::Contains("hidden states"), model_error);
   CHECK_THROWS_AS(shard(model, 3, 5), model_error);
+}
+
+TEST_CASE("attention over a wider window, the rows past each query masked, equals the exact window (graph replays)") {
+  at::manual_seed(3);
+  const int position = 37, tokens = 1, window = 64;
+  auto q = at::randn({tokens, 4, 16});
+  auto keys = at::randn({2, 80, 16}), values = at::randn({2, 80, 16});
+  auto exact = llama_ops::attention(q, keys, values, llama_ops::token_positions::consecutive(position, tokens, at::kCPU));
+  llama_ops::token_positions wide{at::full({1}, position, at::TensorOptions().dtype(at::kLong)), window};
+  keys.narrow(1, position + 1, window - position - 1).fill_(1e4);  // what a later step would overwrite
+  auto widened = llama_ops::attention(q, keys, values, wide);
+  CHECK(at::allclose(widened, exact, 1e-6, 1e-6));
+  CHECK(graph_window(0, 1000) == 64);
+  CHECK(graph_window(63, 1000) == 64);
+  CHECK(graph_window(64, 1000) == 128);
+  CHECK(graph_window(700, 1000) == 1000);
+  CHECK(graph_window(10, 20) == 20);
 }

@@ -1,6 +1,7 @@
 // The `orrery` command line as a user runs it: real processes, real files.
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
 
@@ -90,6 +91,46 @@ TEST_CASE("bad input gets one clear error and exit code 1, never a crash") {
     CHECK(r.exit_code == 1);
     CHECK(contains(r.err, "unknown model_type 'bert'"));
   }
+}
+
+TEST_CASE("model score writes every position's logits and a greedy continuation that generate agrees with") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+  // BOS then the bytes of "Hi": what generate feeds for the prompt "Hi".
+  auto r = run_orrery({"model", "score", "m", "--ids", "256,72,105", "--greedy", "6", "--logits", "l.f32"}, dir.path());
+  REQUIRE(r.exit_code == 0);
+  auto result = nlohmann::json::parse(r.out);
+  CHECK(result.at("rows") == 3);
+  CHECK(result.at("vocab") == 512);
+  CHECK(std::filesystem::file_size(dir / "l.f32") == 3u * 512u * 4u);
+  auto greedy = result.at("greedy").get<std::vector<int>>();
+  REQUIRE(greedy.size() == 6);
+  // generate --temperature 0 picks the same tokens among the tokenizer's ids;
+  // compare where they are printable ASCII, which generate prints unescaped.
+  auto text = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "6", "--ignore-eos", "--temperature", "0"},
+                         dir.path());
+  REQUIRE(text.exit_code == 0);
+  bool all_bytes = true;
+  std::string expected = "Hi";
+  for (int id : greedy) {
+    all_bytes = all_bytes && id >= 32 && id < 127;  // printed as themselves
+    expected += static_cast<char>(id);
+  }
+  if (all_bytes) CHECK(text.out.substr(0, expected.size()) == expected);
+  auto bad = run_orrery({"model", "score", "m", "--ids", "256,9999"}, dir.path());
+  CHECK(bad.exit_code == 1);
+  CHECK(contains(bad.err, "id 9999 at index 1 is outside the vocabulary [0, 512)"));
+}
+
+TEST_CASE("--device names what is wrong with it") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+  auto r = run_orrery({"generate", "--model", "m", "--prompt", "x", "--device", "tpu"}, dir.path());
+  CHECK(r.exit_code == 1);
+  CHECK(contains(r.err, "device 'tpu' is neither cpu nor cuda:N"));
+  auto t = run_orrery({"generate", "--model", "m", "--prompt", "x", "--dtype", "int3"}, dir.path());
+  CHECK(t.exit_code == 1);
+  CHECK(contains(t.err, "dtype 'int3' is not one of fp32, fp16, bf16"));
 }
 
 TEST_CASE("--help answers for every command") {
