@@ -39,17 +39,23 @@ double raw_decode_ms_per_token(const shard& s, int prompt_tokens, int steps, thr
   }
   auto step = [&](std::int64_t token, int pos) {
     at::Tensor x = s.embedding().narrow(0, token, 1);
-    auto at = llama_ops::token_positions::consecutive(pos, 1, x.device());
+    auto where = llama_ops::token_positions::consecutive(pos, 1, x.device());
     for (std::size_t l = 0; l < s.layers().size(); ++l) {
       const auto& w = s.layers()[l];
       auto h = llama_ops::rms_norm(x, w.input_norm, c.rms_norm_eps);
-      auto q = llama_ops::apply_rotary(llama_ops::linear(h, w.q, pool).view({1, c.num_heads, c.head_dim}), s.rotary(), at.index);
-      auto k = llama_ops::apply_rotary(llama_ops::linear(h, w.k, pool).view({1, c.num_kv_heads, c.head_dim}), s.rotary(), at.index);
-      llama_ops::store_at_positions(keys[l], k, at.index);
-      llama_ops::store_at_positions(values[l], llama_ops::linear(h, w.v, pool).view({1, c.num_kv_heads, c.head_dim}), at.index);
-      x = x + llama_ops::linear(llama_ops::attention(q, keys[l], values[l], at), w.o, pool);
+      const std::int64_t qk_width = (c.num_heads + c.num_kv_heads) * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+      auto qkv = llama_ops::linear(h, w.qkv, pool);
+      auto qk = llama_ops::apply_rotary(qkv.narrow(1, 0, qk_width).view({1, c.num_heads + c.num_kv_heads, c.head_dim}),
+                                        s.rotary(), where.index);
+      llama_ops::store_at_positions(keys[l], qk.narrow(1, c.num_heads, c.num_kv_heads), where.index);
+      llama_ops::store_at_positions(values[l], qkv.narrow(1, qk_width, kv_width).view({1, c.num_kv_heads, c.head_dim}),
+                                    where.index);
+      x = x + llama_ops::linear(llama_ops::attention(qk.narrow(1, 0, c.num_heads), keys[l], values[l], where), w.o, pool);
       h = llama_ops::rms_norm(x, w.post_norm, c.rms_norm_eps);
-      x = x + llama_ops::linear(at::silu(llama_ops::linear(h, w.gate, pool)) * llama_ops::linear(h, w.up, pool), w.down, pool);
+      auto gate_up = llama_ops::linear(h, w.gate_up, pool);
+      x = x + llama_ops::linear(at::silu(gate_up.narrow(1, 0, c.intermediate_size)) *
+                                    gate_up.narrow(1, c.intermediate_size, c.intermediate_size),
+                                w.down, pool);
     }
     return llama_ops::linear(llama_ops::rms_norm(x, s.final_norm(), c.rms_norm_eps), s.head(), pool);
   };

@@ -38,8 +38,13 @@ rotary_table rotary_table::build(int head_dim, double theta, int max_positions, 
   return {angles.cos().to(options), angles.sin().to(options)};
 }
 
+token_positions token_positions::of(at::Tensor index, int window) {
+  auto future = at::arange(window, index.options()).unsqueeze(0) > index.unsqueeze(1);
+  return {std::move(index), window, std::move(future)};
+}
+
 token_positions token_positions::consecutive(int first, int tokens, at::Device device) {
-  return {at::arange(first, first + tokens, at::TensorOptions().dtype(at::kLong).device(device)), first + tokens};
+  return of(at::arange(first, first + tokens, at::TensorOptions().dtype(at::kLong).device(device)), first + tokens);
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, const at::Tensor& positions) {
@@ -64,12 +69,9 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tens
       {kv_heads, group * tokens, head_dim});
   auto k = keys.narrow(1, 0, window), v = values.narrow(1, 0, window);
   auto scores = at::bmm(grouped, k.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  // Query i must not see keys past its own position: later tokens of a
-  // prefill, or rows of a replayed step's window not filled yet. A masked
-  // score adds an exact zero to the softmax.
-  auto future = at::arange(window, positions.index.options()).unsqueeze(0) > positions.index.unsqueeze(1);
+  // A masked score adds an exact zero to the softmax.
   scores = scores.view({kv_heads, group, tokens, window})
-               .masked_fill(future, -std::numeric_limits<float>::infinity())
+               .masked_fill(positions.future, -std::numeric_limits<float>::infinity())
                .view({kv_heads, group * tokens, window});
   auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   auto out = at::bmm(probs, v);  // [kv_heads, group * tokens, d]

@@ -40,7 +40,13 @@ struct token_positions {
   /// Attention reads the key rows [0, window): exactly the context in eager
   /// steps, a fixed bucket past it in replayed ones (the extra rows masked).
   int window = 0;
+  /// bool [tokens, window]: the keys past each token's own position (later
+  /// tokens of a prefill, rows of a replayed window not filled yet). Made
+  /// once per sequence and forward pass, read by every layer.
+  at::Tensor future;
 
+  /// `index` with its window and mask.
+  static token_positions of(at::Tensor index, int window);
   /// The positions [first, first + tokens) with the exact window.
   static token_positions consecutive(int first, int tokens, at::Device device);
 };

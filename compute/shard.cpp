@@ -6,7 +6,9 @@
 #include <sys/mman.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "compute/decode_graph.hpp"
 #include "compute/model_dir.hpp"
@@ -63,17 +65,32 @@ at::Tensor empty_weight(at::IntArrayRef shape, const at::TensorOptions& options)
   return at::from_blob(aligned, shape, [map, length](void*) { ::munmap(map, length); }, options);
 }
 
-// Wraps the mapped bytes without copying, then copies once into memory the
-// shard owns. A GPU receives the file's bytes as they are, straight from the
-// page cache, and converts there: no converted host copy of any tensor.
-at::Tensor load(const model_dir& model, const std::string& name, const shard_options& options) {
+at::Tensor mapped_tensor(const model_dir& model, const std::string& name) {
   tensor_view view = model.tensor(name);
-  auto mapped = at::from_blob(const_cast<std::byte*>(view.data), view.shape,
-                              at::TensorOptions().dtype(scalar_type_of(view.type)));
-  if (!options.device.is_cpu()) return mapped.to(options.device).to(options.dtype);
-  auto owned = empty_weight(view.shape, at::TensorOptions().dtype(options.dtype));
-  owned.copy_(mapped);
+  return at::from_blob(const_cast<std::byte*>(view.data), view.shape,
+                       at::TensorOptions().dtype(scalar_type_of(view.type)));
+}
+
+// Copies the mapped tensors `names`, stacked row-wise, into one tensor the
+// shard owns. A GPU receives each file's bytes as they are, straight from the
+// page cache, and converts there: no converted host copy of any tensor.
+at::Tensor load_stacked(const model_dir& model, const std::vector<std::string>& names, const shard_options& options) {
+  std::vector<at::Tensor> mapped;
+  for (const auto& name : names) mapped.push_back(mapped_tensor(model, name));
+  std::vector<std::int64_t> shape = mapped.front().sizes().vec();
+  for (std::size_t i = 1; i < mapped.size(); ++i) shape[0] += mapped[i].size(0);
+  const auto owned_options = at::TensorOptions().device(options.device).dtype(options.dtype);
+  auto owned = options.device.is_cpu() ? empty_weight(shape, owned_options) : at::empty(shape, owned_options);
+  std::int64_t row = 0;
+  for (const auto& part : mapped) {
+    owned.narrow(0, row, part.size(0)).copy_(options.device.is_cpu() ? part : part.to(options.device));
+    row += part.size(0);
+  }
   return owned;
+}
+
+at::Tensor load(const model_dir& model, const std::string& name, const shard_options& options) {
+  return load_stacked(model, {name}, options);
 }
 
 std::string layer_name(int layer, const char* suffix) {
@@ -90,11 +107,15 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
   c10::InferenceMode guard;
   if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
   for (int layer = first; layer < last; ++layer) {
-    auto get = [&](const char* suffix) { return load(model, layer_name(layer, suffix), options_); };
-    layers_.push_back({get("input_layernorm.weight"), get("self_attn.q_proj.weight"), get("self_attn.k_proj.weight"),
-                       get("self_attn.v_proj.weight"), get("self_attn.o_proj.weight"),
-                       get("post_attention_layernorm.weight"), get("mlp.gate_proj.weight"), get("mlp.up_proj.weight"),
-                       get("mlp.down_proj.weight")});
+    auto get = [&](std::initializer_list<const char*> suffixes) {
+      std::vector<std::string> names;
+      for (const char* suffix : suffixes) names.push_back(layer_name(layer, suffix));
+      return load_stacked(model, names, options_);
+    };
+    layers_.push_back({get({"input_layernorm.weight"}),
+                       get({"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}),
+                       get({"self_attn.o_proj.weight"}), get({"post_attention_layernorm.weight"}),
+                       get({"mlp.gate_proj.weight", "mlp.up_proj.weight"}), get({"mlp.down_proj.weight"})});
   }
   if (has_head()) {
     final_norm_ = load(model, "model.norm.weight", options_);
@@ -122,7 +143,7 @@ std::size_t shard::weight_bytes() const {
   std::size_t total = bytes(embedding_) + bytes(final_norm_);
   if (!(config_.tie_word_embeddings && has_embedding())) total += bytes(head_);
   for (const auto& l : layers_)
-    for (const auto* t : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.post_norm, &l.gate, &l.up, &l.down})
+    for (const auto* t : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
       total += bytes(*t);
   return total;
 }
@@ -161,8 +182,8 @@ at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_st
   at::Tensor out;
   if (replays_graph(batch)) {
     out = replay_decode_step(*batch.front().cache, this, input.to(options_.device, /*non_blocking=*/true),
-                             [&](const at::Tensor& in, const llama_ops::token_positions& at) {
-                               return run(in, batch, {at}, rows);
+                             [&](const at::Tensor& in, const llama_ops::token_positions& where) {
+                               return run(in, batch, {where}, rows);
                              });
   } else {
     std::vector<llama_ops::token_positions> positions;
@@ -195,25 +216,30 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
                                 const std::vector<llama_ops::token_positions>& positions) const {
   const auto& w = layers_[static_cast<std::size_t>(index)];
   thread_pool* pool = options_.pool.get();
-  const auto heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
+  const std::int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
   auto h = llama_ops::rms_norm(x, w.input_norm, config_.rms_norm_eps);
-  auto q = llama_ops::linear(h, w.q, pool), k = llama_ops::linear(h, w.k, pool), v = llama_ops::linear(h, w.v, pool);
+  auto qkv = llama_ops::linear(h, w.qkv, pool);  // [tokens, (heads + 2 kv_heads) * d]
   std::vector<at::Tensor> attended;
   std::int64_t row = 0;
   for (std::size_t i = 0; i < batch.size(); ++i) {
     const int n = batch[i].tokens;
-    const auto& at = positions[i];
-    auto qs = llama_ops::apply_rotary(q.narrow(0, row, n).view({n, heads, d}), rotary_, at.index);
-    auto ks = llama_ops::apply_rotary(k.narrow(0, row, n).view({n, kv_heads, d}), rotary_, at.index);
+    const auto& where = positions[i];
+    auto rows = qkv.narrow(0, row, n);
+    // Queries and keys rotate by the same angles: one rotation for both.
+    auto qk = llama_ops::apply_rotary(rows.narrow(1, 0, (heads + kv_heads) * d).view({n, heads + kv_heads, d}),
+                                      rotary_, where.index);
+    auto v = rows.narrow(1, (heads + kv_heads) * d, kv_heads * d).view({n, kv_heads, d});
     auto keys = batch[i].cache->keys(index), values = batch[i].cache->values(index);
-    llama_ops::store_at_positions(keys, ks, at.index);
-    llama_ops::store_at_positions(values, v.narrow(0, row, n).view({n, kv_heads, d}), at.index);
-    attended.push_back(llama_ops::attention(qs, keys, values, at));
+    llama_ops::store_at_positions(keys, qk.narrow(1, heads, kv_heads), where.index);
+    llama_ops::store_at_positions(values, v, where.index);
+    attended.push_back(llama_ops::attention(qk.narrow(1, 0, heads), keys, values, where));
     row += n;
   }
   auto y = x + llama_ops::linear(attended.size() == 1 ? attended[0] : at::cat(attended), w.o, pool);
   h = llama_ops::rms_norm(y, w.post_norm, config_.rms_norm_eps);
-  auto gated = at::silu(llama_ops::linear(h, w.gate, pool)) * llama_ops::linear(h, w.up, pool);
+  auto gate_up = llama_ops::linear(h, w.gate_up, pool);
+  const auto intermediate = gate_up.size(1) / 2;
+  auto gated = at::silu(gate_up.narrow(1, 0, intermediate)) * gate_up.narrow(1, intermediate, intermediate);
   return y + llama_ops::linear(gated, w.down, pool);
 }
 

@@ -161,7 +161,7 @@ TEST_CASE("attention over a wider window, the rows past each query masked, equal
   auto q = at::randn({tokens, 4, 16});
   auto keys = at::randn({2, 80, 16}), values = at::randn({2, 80, 16});
   auto exact = llama_ops::attention(q, keys, values, llama_ops::token_positions::consecutive(position, tokens, at::kCPU));
-  llama_ops::token_positions wide{at::full({1}, position, at::TensorOptions().dtype(at::kLong)), window};
+  auto wide = llama_ops::token_positions::of(at::full({1}, position, at::TensorOptions().dtype(at::kLong)), window);
   keys.narrow(1, position + 1, window - position - 1).fill_(1e4);  // what a later step would overwrite
   auto widened = llama_ops::attention(q, keys, values, wide);
   CHECK(at::allclose(widened, exact, 1e-6, 1e-6));

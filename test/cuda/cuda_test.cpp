@@ -90,7 +90,7 @@ TEST_CASE("small on cuda:0: fp32 within 1e-4 of the CPU with the same greedy tok
     const double tolerance = type == at::kFloat ? 1e-4 : 1e-2;
     shard gpu_shard(m.model, 0, m.model.config().num_layers, on("cuda:0", type));
     CHECK(gpu_shard.embedding().is_cuda());
-    CHECK((gpu_shard.layers()[0].q.scalar_type() == type));
+    CHECK((gpu_shard.layers()[0].qkv.scalar_type() == type));
     auto out = prefill_and_decode(gpu_shard, prompt, steps);
     CHECK(relative_error(out[0], reference[0]) <= tolerance);
     if (type != at::kFloat) continue;  // bf16 may pick another token and then leave the reference's path
