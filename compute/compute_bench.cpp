@@ -39,14 +39,14 @@ double raw_decode_ms_per_token(const shard& s, int prompt_tokens, int steps, thr
   }
   auto step = [&](std::int64_t token, int pos) {
     at::Tensor x = s.embedding().narrow(0, token, 1);
-    auto where = llama_ops::token_positions::consecutive(pos, 1, x.device());
+    auto where = llama_ops::token_positions::consecutive(pos, 1, s.rotary());
     for (std::size_t l = 0; l < s.layers().size(); ++l) {
       const auto& w = s.layers()[l];
       auto h = llama_ops::rms_norm(x, w.input_norm, c.rms_norm_eps);
       const std::int64_t qk_width = (c.num_heads + c.num_kv_heads) * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
       auto qkv = llama_ops::linear(h, w.qkv, pool);
       auto qk = llama_ops::apply_rotary(qkv.narrow(1, 0, qk_width).view({1, c.num_heads + c.num_kv_heads, c.head_dim}),
-                                        s.rotary(), where.index);
+                                        where);
       llama_ops::store_at_positions(keys[l], qk.narrow(1, c.num_heads, c.num_kv_heads), where.index);
       llama_ops::store_at_positions(values[l], qkv.narrow(1, qk_width, kv_width).view({1, c.num_kv_heads, c.head_dim}),
                                     where.index);

@@ -62,11 +62,11 @@ std::unique_ptr<captured_step> capture(const at::Tensor& input, int position, in
   ready.block(side);
   {
     c10::cuda::CUDAStreamGuard stream_guard(side);
-    step(captured->input, llama_ops::token_positions::of(captured->position, window));
+    step(captured->input, captured->position, window);
     // Thread-local capture: other stages of this process may use the GPU
     // from their own threads meanwhile.
     captured->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-    captured->output = step(captured->input, llama_ops::token_positions::of(captured->position, window));
+    captured->output = step(captured->input, captured->position, window);
     captured->graph.capture_end();
   }
   at::cuda::CUDAEvent done;

@@ -11,8 +11,6 @@
 
 #include <functional>
 
-#include "compute/llama_ops.hpp"
-
 namespace orrery::compute {
 
 class kv_cache;
@@ -20,9 +18,10 @@ class kv_cache;
 /// Whether this build can capture CUDA graphs (libtorch with CUDA).
 bool cuda_graphs_built();
 
-/// The graphed computation: from the input of one token at `positions`
-/// to the shard's output.
-using graphable_step = std::function<at::Tensor(const at::Tensor& input, const llama_ops::token_positions& positions)>;
+/// The graphed computation: from the input of one token at `position`
+/// (int64 [1] on the device), attending over `window` key rows, to the
+/// shard's output.
+using graphable_step = std::function<at::Tensor(const at::Tensor& input, const at::Tensor& position, int window)>;
 
 /// Runs `step` for the next token of `cache` (at position cache.length(),
 /// which the caller advances afterwards) by replaying the graph captured for

@@ -38,21 +38,26 @@ rotary_table rotary_table::build(int head_dim, double theta, int max_positions, 
   return {angles.cos().to(options), angles.sin().to(options)};
 }
 
-token_positions token_positions::of(at::Tensor index, int window) {
-  auto future = at::arange(window, index.options()).unsqueeze(0) > index.unsqueeze(1);
-  return {std::move(index), window, std::move(future)};
+token_positions token_positions::of(at::Tensor index, int window, const rotary_table& table) {
+  token_positions p;
+  p.future = at::arange(window, index.options()).unsqueeze(0) > index.unsqueeze(1);
+  if (index.is_cuda()) p.visible = p.future.logical_not();
+  p.cos = table.cos.index_select(0, index).unsqueeze(1);
+  p.sin = table.sin.index_select(0, index).unsqueeze(1);
+  p.index = std::move(index);
+  p.window = window;
+  return p;
 }
 
-token_positions token_positions::consecutive(int first, int tokens, at::Device device) {
-  return of(at::arange(first, first + tokens, at::TensorOptions().dtype(at::kLong).device(device)), first + tokens);
+token_positions token_positions::consecutive(int first, int tokens, const rotary_table& table) {
+  auto index = at::arange(first, first + tokens, at::TensorOptions().dtype(at::kLong).device(table.cos.device()));
+  return of(std::move(index), first + tokens, table);
 }
 
-at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, const at::Tensor& positions) {
+at::Tensor apply_rotary(const at::Tensor& x, const token_positions& positions) {
   const auto half = x.size(2) / 2;
-  auto cos = table.cos.index_select(0, positions).unsqueeze(1);
-  auto sin = table.sin.index_select(0, positions).unsqueeze(1);
   auto rotated = at::cat({-x.narrow(2, half, half), x.narrow(2, 0, half)}, -1);
-  return x * cos + rotated * sin;
+  return x * positions.cos + rotated * positions.sin;
 }
 
 void store_at_positions(const at::Tensor& cache, const at::Tensor& rows, const at::Tensor& positions) {
@@ -63,6 +68,15 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tens
                      const token_positions& positions) {
   const auto tokens = q.size(0), heads = q.size(1), head_dim = q.size(2), kv_heads = keys.size(0);
   const std::int64_t group = heads / kv_heads, window = positions.window;
+#ifdef ORRERY_WITH_CUDA
+  if (q.is_cuda()) {
+    auto out = at::scaled_dot_product_attention(q.permute({1, 0, 2}).unsqueeze(0),
+                                                keys.narrow(1, 0, window).unsqueeze(0),
+                                                values.narrow(1, 0, window).unsqueeze(0), positions.visible, 0.0,
+                                                /*is_causal=*/false, std::nullopt, /*enable_gqa=*/group > 1);
+    return out.squeeze(0).permute({1, 0, 2}).reshape({tokens, heads * head_dim});
+  }
+#endif
   // [tokens, kv_heads * group, d] -> [kv_heads, group * tokens, d]: each kv
   // head multiplies the queries of its whole group in one batched product.
   auto grouped = q.reshape({tokens, kv_heads, group, head_dim}).permute({1, 2, 0, 3}).reshape(

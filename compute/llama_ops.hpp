@@ -31,9 +31,10 @@ struct rotary_table {
   static rotary_table build(int head_dim, double theta, int max_positions, at::TensorOptions options);
 };
 
-/// Where one sequence's new tokens sit. Positions live in a device tensor
-/// rather than in host integers so that a decode step has the same kernels
-/// and shapes at every position and can be replayed as a CUDA graph.
+/// Where one sequence's new tokens sit, and what follows from it for every
+/// layer alike, computed once per forward pass. Positions live in a device
+/// tensor rather than in host integers so that a decode step has the same
+/// kernels and shapes at every position and can be replayed as a CUDA graph.
 struct token_positions {
   /// Each new token's position: int64, [tokens], on the compute device.
   at::Tensor index;
@@ -41,18 +42,20 @@ struct token_positions {
   /// steps, a fixed bucket past it in replayed ones (the extra rows masked).
   int window = 0;
   /// bool [tokens, window]: the keys past each token's own position (later
-  /// tokens of a prefill, rows of a replayed window not filled yet). Made
-  /// once per sequence and forward pass, read by every layer.
+  /// tokens of a prefill, rows of a replayed window not filled yet).
   at::Tensor future;
+  /// Its complement, the form fused GPU attention takes; on CUDA only.
+  at::Tensor visible;
+  /// The rotary table's rows at `index`: [tokens, 1, head_dim].
+  at::Tensor cos, sin;
 
-  /// `index` with its window and mask.
-  static token_positions of(at::Tensor index, int window);
+  static token_positions of(at::Tensor index, int window, const rotary_table& table);
   /// The positions [first, first + tokens) with the exact window.
-  static token_positions consecutive(int first, int tokens, at::Device device);
+  static token_positions consecutive(int first, int tokens, const rotary_table& table);
 };
 
-/// Rotates x [tokens, heads, head_dim] whose tokens sit at `positions`.
-at::Tensor apply_rotary(const at::Tensor& x, const rotary_table& table, const at::Tensor& positions);
+/// Rotates x [tokens, heads, head_dim] by its tokens' positions.
+at::Tensor apply_rotary(const at::Tensor& x, const token_positions& positions);
 
 /// Writes the new tokens' keys or values [tokens, kv_heads, head_dim] into
 /// a cache [kv_heads, capacity, head_dim] at their positions.
@@ -61,7 +64,9 @@ void store_at_positions(const at::Tensor& cache, const at::Tensor& rows, const a
 /// Causal attention of q [tokens, heads, head_dim] over the rows [0,
 /// window) of keys / values [kv_heads, capacity, head_dim]: a query sees the
 /// keys up to its own position. Query head h reads kv head h / (heads /
-/// kv_heads). Returns [tokens, heads * head_dim].
+/// kv_heads). Returns [tokens, heads * head_dim]. On CUDA one fused kernel
+/// (scaled_dot_product_attention, as HF's default); on the CPU explicit
+/// products and softmax, in float32 as HF's eager attention.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                      const token_positions& positions);
 

@@ -182,13 +182,13 @@ at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_st
   at::Tensor out;
   if (replays_graph(batch)) {
     out = replay_decode_step(*batch.front().cache, this, input.to(options_.device, /*non_blocking=*/true),
-                             [&](const at::Tensor& in, const llama_ops::token_positions& where) {
-                               return run(in, batch, {where}, rows);
+                             [&](const at::Tensor& in, const at::Tensor& position, int window) {
+                               return run(in, batch, {llama_ops::token_positions::of(position, window, rotary_)}, rows);
                              });
   } else {
     std::vector<llama_ops::token_positions> positions;
     for (const auto& step : batch)
-      positions.push_back(llama_ops::token_positions::consecutive(step.cache->length(), step.tokens, options_.device));
+      positions.push_back(llama_ops::token_positions::consecutive(step.cache->length(), step.tokens, rotary_));
     out = run(input, batch, positions, rows);
   }
   for (const auto& step : batch) step.cache->advance(step.tokens);
@@ -227,7 +227,7 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
     auto rows = qkv.narrow(0, row, n);
     // Queries and keys rotate by the same angles: one rotation for both.
     auto qk = llama_ops::apply_rotary(rows.narrow(1, 0, (heads + kv_heads) * d).view({n, heads + kv_heads, d}),
-                                      rotary_, where.index);
+                                      where);
     auto v = rows.narrow(1, (heads + kv_heads) * d, kv_heads * d).view({n, kv_heads, d});
     auto keys = batch[i].cache->keys(index), values = batch[i].cache->values(index);
     llama_ops::store_at_positions(keys, qk.narrow(1, heads, kv_heads), where.index);

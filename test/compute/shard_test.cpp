@@ -158,10 +158,11 @@ TEST_CASE("the KV cache reports its size and refuses to overflow") {
 TEST_CASE("attention over a wider window, the rows past each query masked, equals the exact window (graph replays)") {
   at::manual_seed(3);
   const int position = 37, tokens = 1, window = 64;
+  auto table = llama_ops::rotary_table::build(16, 10000.0, 128, at::TensorOptions());
   auto q = at::randn({tokens, 4, 16});
   auto keys = at::randn({2, 80, 16}), values = at::randn({2, 80, 16});
-  auto exact = llama_ops::attention(q, keys, values, llama_ops::token_positions::consecutive(position, tokens, at::kCPU));
-  auto wide = llama_ops::token_positions::of(at::full({1}, position, at::TensorOptions().dtype(at::kLong)), window);
+  auto exact = llama_ops::attention(q, keys, values, llama_ops::token_positions::consecutive(position, tokens, table));
+  auto wide = llama_ops::token_positions::of(at::full({1}, position, at::TensorOptions().dtype(at::kLong)), window, table);
   keys.narrow(1, position + 1, window - position - 1).fill_(1e4);  // what a later step would overwrite
   auto widened = llama_ops::attention(q, keys, values, wide);
   CHECK(at::allclose(widened, exact, 1e-6, 1e-6));
