@@ -128,13 +128,12 @@ nlohmann::json run_hf_reference(const compute_bench_options& o, const std::strin
 nlohmann::json run_compute_bench(const compute_bench_options& o, const std::function<void(const std::string&)>& progress) {
   auto pool = configure_cpu_threads(o.threads);
   const auto device = device_from_name(o.device);
-  const std::string dtype = !o.dtype.empty() ? o.dtype : device.is_cpu() ? "fp32" : "bf16";
+  const std::string dtype = !o.dtype.empty() ? o.dtype : std::string(dtype_name(default_dtype(o.device)));
   model_dir dir(o.model);
   auto tok = load_tokenizer(o.model);
   progress("loading " + o.model.string() + " onto " + o.device + " as " + dtype);
-  shard_options options{device, scalar_type_from_name(dtype), pool};
   std::optional<shard> whole;
-  whole.emplace(dir, 0, dir.config().num_layers, options);
+  whole.emplace(dir, 0, dir.config().num_layers, shard_options{device, scalar_type_from_name(dtype), pool});
 
   generation_request request;
   request.prompt = bench_prompt(o.prompt_tokens);
@@ -187,9 +186,7 @@ nlohmann::json run_compute_bench(const compute_bench_options& o, const std::func
   }
   if (device.is_cuda()) {
     progress("the same decode without CUDA graphs");
-    options.cuda_graphs = false;
-    whole.reset();
-    whole.emplace(dir, 0, dir.config().num_layers, options);
+    whole->use_cuda_graphs(false);
     std::vector<double> eager;
     for (int r = 0; r < o.repeats; ++r) eager.push_back(generate(*whole, *tok, request).decode_ms_per_token());
     out["cuda_graphs"] = cuda_graphs_built();

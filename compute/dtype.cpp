@@ -32,6 +32,10 @@ std::optional<dtype> dtype_from_name(std::string_view name) {
   return std::nullopt;
 }
 
+dtype default_dtype(std::string_view device) {
+  return device == "cpu" ? dtype::f32 : dtype::bf16;
+}
+
 std::string_view dtype_name(dtype t) {
   switch (t) {
     case dtype::f32: return "fp32";

@@ -24,6 +24,10 @@ std::optional<dtype> dtype_from_safetensors(std::string_view name);
 /// Parses a user-facing name: "fp32"/"float32", "fp16"/"float16", "bf16"/"bfloat16".
 std::optional<dtype> dtype_from_name(std::string_view name);
 
+/// What a device computes in unless told otherwise: fp32 on `cpu` (orrery's
+/// CPU kernels are fp32), bf16 on a GPU.
+dtype default_dtype(std::string_view device);
+
 /// The user-facing spelling: "fp32", "fp16", "bf16".
 std::string_view dtype_name(dtype t);
 

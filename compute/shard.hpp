@@ -81,6 +81,8 @@ class shard {
   bool has_embedding() const { return first_ == 0; }
   bool has_head() const { return last_ == config_.num_layers; }
   const shard_options& options() const { return options_; }
+  /// Turns CUDA graph replays of decode steps on or off (for comparison).
+  void use_cuda_graphs(bool on) { options_.cuda_graphs = on; }
 
   /// A KV cache for one sequence of at most `capacity` tokens.
   kv_cache new_cache(int capacity) const;

@@ -20,8 +20,7 @@
 namespace orrery::deploy {
 
 std::string local_device::resolved_dtype() const {
-  if (!dtype.empty()) return dtype;
-  return device == "cpu" ? "fp32" : "bf16";
+  return !dtype.empty() ? dtype : std::string(compute::dtype_name(compute::default_dtype(device)));
 }
 
 void add_device_flags(CLI::App& command, local_device& where) {
