@@ -20,6 +20,7 @@ void add_bench_command(CLI::App& app) {
   add_pipeline_bench(*bench);
   add_recovery_bench(*bench);
   add_placement_bench(*bench);
+  add_testbed_bench(*bench);
 }
 
 void add_compute_bench(CLI::App& bench) {

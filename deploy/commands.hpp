@@ -54,4 +54,7 @@ void add_recovery_bench(CLI::App& bench);
 /// `orrery bench placement` (registered on the `bench` subcommand).
 void add_placement_bench(CLI::App& bench);
 
+/// `orrery bench testbed` (registered on the `bench` subcommand).
+void add_testbed_bench(CLI::App& bench);
+
 }  // namespace orrery::deploy
