@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "compute/dtype.hpp"
 #include "deploy/chaos.hpp"
 #include "deploy/cluster.hpp"
 #include "messages/types.hpp"
@@ -60,7 +61,7 @@ std::string optional_text(const std::optional<std::uint64_t>& value) {
 // Everything a node's measurements depend on besides the model.
 std::string node_key(const node_spec& n) {
   std::ostringstream identity;
-  identity << n.address() << ' ' << n.data_port << ' ' << n.device << ' ' << n.threads << ' '
+  identity << n.address() << ' ' << n.data_port << ' ' << n.device << ' ' << compute::dtype_name(n.dtype) << ' ' << n.threads << ' '
            << optional_text(n.memory_bytes);
   if (const auto& e = n.emulate)
     identity << " cpu " << (e->cpu_share ? std::to_string(*e->cpu_share) : "-") << " mem "
@@ -139,10 +140,19 @@ planning::time_curve curve_from(const json& node, const std::string& layer, cons
                            " " + phase + " curve");
 }
 
-planning::device_profile device_from(const json& node, int layers) {
+// The layer profiles count a value as the source node (the one holding the
+// embedding) stores it: in a cluster of one dtype every node's state then
+// counts at its own size, and a node of another dtype gets a state_scale.
+double layer_value_bytes(const topology& t) {
+  return static_cast<double>(compute::dtype_size(t.nodes.front().dtype));
+}
+
+planning::device_profile device_from(const json& node, const topology& t, const node_spec& spec) {
   planning::device_profile d;
   d.name = node.at("node").get<std::string>();
   d.memory_bytes = node.at("usable_memory_bytes").get<double>();
+  d.state_scale = static_cast<double>(compute::dtype_size(spec.dtype)) / layer_value_bytes(t);
+  const int layers = t.num_layers;
   for (int l = 0; l < layers; ++l) {
     std::string kind = l == 0 ? "first" : l == layers - 1 ? "last" : "middle";
     d.layers.push_back({curve_from(node, kind, "prefill"), curve_from(node, kind, "decode"), 0, 0});
@@ -150,18 +160,16 @@ planning::device_profile device_from(const json& node, int layers) {
   return d;
 }
 
-// Tensors travel as fp32 (activations, the KV cache) in orrery's CPU runtime.
-constexpr double fp32_bytes = 4;
-
 std::vector<planning::layer_profile> model_layers(const topology& t) {
   const auto& c = t.model_config;
+  const double value_bytes = layer_value_bytes(t);
   std::vector<planning::layer_profile> layers;
   for (int l = 0; l < c.num_layers; ++l) {
     std::string name = "layer " + std::to_string(l);
     if (l == 0) name += " + embedding";
     if (l == c.num_layers - 1) name += " + norm + head";
-    layers.push_back({name, double(c.parameter_count(l, l + 1)) * fp32_bytes, c.hidden_size * fp32_bytes,
-                      2.0 * c.num_kv_heads * c.head_dim * fp32_bytes, 0});
+    layers.push_back({name, double(c.parameter_count(l, l + 1)) * value_bytes, c.hidden_size * value_bytes,
+                      2.0 * c.num_kv_heads * c.head_dim * value_bytes, 0});
   }
   return layers;
 }
@@ -217,10 +225,10 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   planning::profile p;
   p.model = t.model.filename().string();
   p.layers = model_layers(t);
-  for (const auto& node : measured) p.devices.push_back(device_from(*node, t.num_layers));
+  for (std::size_t i = 0; i < count; ++i) p.devices.push_back(device_from(*measured[i], t, t.nodes[i]));
   p.source = 0;
   p.work = options.work;
-  p.work.return_bytes = t.model_config.vocab_size * fp32_bytes;
+  p.work.return_bytes = t.model_config.vocab_size * 4.0;  // the last stage returns an fp32 logits row
 
   // Both directions of every pair; the planners' links are symmetric, so a
   // pair gets its slower direction (the one a pipeline may have to use).

@@ -130,7 +130,7 @@ std::optional<std::vector<int>> sample_caps(const profile& p, const stage_layout
   int k = in_flight(p, position, stage_count);
   std::vector<int> caps;
   for (std::size_t d : layout.devices) {
-    double room = p.devices[d].memory_bytes - b.fixed;
+    double room = state_budget(p.devices[d]) - b.fixed;
     if (room < 0)
       return std::nullopt;
     double fit = b.per_sample > 0 ? std::floor(room / (k * b.per_sample)) : p.work.micro_batch_size;
@@ -148,7 +148,7 @@ std::optional<hpp_stage> evaluate_stage(const profile& p, const stage_layout& la
   for (std::size_t i = 0; i < layout.devices.size(); ++i) {
     std::size_t d = layout.devices[i];
     double memory = b.fixed + k * samples[i] * b.per_sample;
-    if (memory > p.devices[d].memory_bytes)
+    if (memory > state_budget(p.devices[d]))
       return std::nullopt;
     out.memory.push_back(memory);
     out.step.forward = std::max(out.step.forward, samples[i] * layer_sum(p, d, layout, &layer_timing::forward));
@@ -275,7 +275,7 @@ std::vector<std::vector<std::size_t>> device_orders(const profile& p) {
                      [&](std::size_t a, std::size_t b) { return key(a) > key(b); });
     return order;
   };
-  auto memory = [&](std::size_t d) { return p.devices[d].memory_bytes; };
+  auto memory = [&](std::size_t d) { return state_budget(p.devices[d]); };
   auto speed = [&](std::size_t d) {
     double seconds = 0;
     for (const auto& l : p.devices[d].layers)
@@ -361,7 +361,7 @@ hpp_plan asteroid_plan(const profile& p, rounding rule) {
       needed += l.weight_bytes * (2 + p.work.optimizer_states) +
                 l.training_bytes_per_token * p.work.train_tokens * p.work.micro_batch_size;
     for (const auto& d : p.devices)
-      available += d.memory_bytes;
+      available += state_budget(d);
     throw infeasible_error(
         "no HPP plan fits: training " + p.model + " needs at least " + format_bytes(needed) +
         " (weights, gradients, optimizer state, one micro-batch of activations), the cluster has " +

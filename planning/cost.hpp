@@ -57,7 +57,8 @@ class cost_model {
   /// Seconds to return one generated token from `d` to the source.
   double step_return(std::size_t d) const;
 
-  /// Bytes layer `l` occupies when serving `requests` concurrent requests (weights + KV).
+  /// Bytes layer `l` occupies when serving `requests` concurrent requests
+  /// (weights + KV), as the layer profiles count them (see state_scale).
   double memory_bytes(std::size_t l, int requests) const;
 
   /// Tokens of context a request holds at its end (prompt + output).

@@ -16,7 +16,7 @@ bool worse_than(double value, double bound) {
 }
 
 double budget(const cost_model& costs, std::size_t d) {
-  return costs.source_profile().devices[d].memory_bytes;
+  return state_budget(costs.source_profile().devices[d]);
 }
 
 // -- latency ------------------------------------------------------------------

@@ -105,7 +105,7 @@ tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, i
   std::vector<int> head_caps, column_caps;
   double offered = 0;
   for (std::size_t i = 0; i < group.size(); ++i) {
-    double room = p.devices[group[i]].memory_bytes - (i == 0 ? edge_bytes(p) : 0.0);
+    double room = state_budget(p.devices[group[i]]) - (i == 0 ? edge_bytes(p) : 0.0);
     double share = std::max(0.0, room) / std::max(block_bytes, 1.0);
     offered += std::max(0.0, room);
     head_caps.push_back(static_cast<int>(std::floor(share * s.heads)));

@@ -57,7 +57,7 @@ std::vector<double> memory_per_device(const cost_model& costs, const std::vector
   std::vector<double> used(costs.devices(), 0.0);
   for (const stage& s : stages)
     for (std::size_t l = s.begin; l < s.end; ++l)
-      used[s.device] += costs.memory_bytes(l, requests);
+      used[s.device] += costs.memory_bytes(l, requests) * costs.source_profile().devices[s.device].state_scale;
   return used;
 }
 
@@ -86,7 +86,7 @@ void require_total_memory(const cost_model& costs, int requests) {
     needed += costs.memory_bytes(l, requests);
   double available = 0;
   for (const auto& d : costs.source_profile().devices)
-    available += d.memory_bytes;
+    available += state_budget(d);
   if (needed > available)
     throw infeasible_error("model " + costs.source_profile().model + " needs " +
                            format_bytes(needed) + " (weights + KV for " +

@@ -52,7 +52,8 @@ double request_latency(const cost_model& costs, const std::vector<stage>& stages
 /// stages or the token's return) for one decode token: 1 / throughput.
 double bottleneck_seconds(const cost_model& costs, const std::vector<stage>& stages);
 
-/// Bytes each device holds (weights + KV for `requests`), indexed by device.
+/// Bytes each device holds (weights + KV for `requests`) at its own
+/// state_scale, indexed by device.
 std::vector<double> memory_per_device(const cost_model& costs, const std::vector<stage>& stages,
                                       int requests);
 

@@ -40,6 +40,10 @@ double time_curve::at(double length) const {
   return std::max(0.0, a.seconds + slope * (length - a.length));
 }
 
+double state_budget(const device_profile& d) {
+  return d.memory_bytes / d.state_scale;
+}
+
 // -- link_matrix ------------------------------------------------------------
 
 void link_matrix::set(std::size_t a, std::size_t b, link_spec spec) {
@@ -95,6 +99,7 @@ void validate_curve(const time_curve& c, const std::string& path) {
 void validate_device(const device_profile& d, std::size_t layers, const std::string& path) {
   require(!d.name.empty(), path + ".name", "must not be empty");
   require_positive(d.memory_bytes, path + ".memory_bytes");
+  require_positive(d.state_scale, path + ".state_scale");
   require(d.layers.size() == layers, path + ".layers",
           "has " + std::to_string(d.layers.size()) + " entries, the model has " +
               std::to_string(layers) + " layers");
@@ -229,6 +234,7 @@ device_profile device_from_json(const json& j, std::size_t layers, const std::st
   device_profile d;
   d.name = text(j, path, "name");
   d.memory_bytes = number(j, path, "memory_bytes");
+  d.state_scale = number_or(j, path, "state_scale", 1);
   d.layers = timings_from_json(field(j, path, "layers"), layers, path + ".layers");
   if (j.contains("tp")) {
     const json& tp = j.at("tp");
@@ -333,6 +339,8 @@ json device_to_json(const device_profile& d) {
   for (const auto& t : d.layers)
     layers.push_back(timing_to_json(t));
   json out = {{"name", d.name}, {"memory_bytes", d.memory_bytes}, {"layers", layers}};
+  if (d.state_scale != 1)
+    out["state_scale"] = d.state_scale;
   if (d.tp)
     out["tp"] = {{"per_head", d.tp->per_head},
                  {"per_column", d.tp->per_column},

@@ -73,7 +73,15 @@ struct device_profile {
   double memory_bytes = 0;            ///< budget for model state (weights, KV, activations)
   std::vector<layer_timing> layers;   ///< one entry per model layer
   std::optional<tp_costs> tp;         ///< present when TP/SP costs were profiled
+  /// Bytes a layer's state (weights, KV cache) takes on this device per byte
+  /// the layer profiles count: 0.5 for a bf16 device in a cluster whose
+  /// layers are counted in fp32. Planners compare the layers' bytes with
+  /// state_budget(), which divides the memory by it.
+  double state_scale = 1;
 };
+
+/// What `d` can hold, in the bytes the layer profiles count.
+double state_budget(const device_profile& d);
 
 /// A network path between two devices.
 struct link_spec {

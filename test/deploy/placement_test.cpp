@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "compute/dtype.hpp"
 #include "deploy/auto_placement.hpp"
 #include "deploy/local_cluster.hpp"
 #include "deploy/profiler.hpp"
@@ -149,6 +150,15 @@ TEST_CASE("orrery profile measures every node and link of a running cluster, and
   auto before = entries();
   deploy::profile_cluster(changed, quick(cache));
   CHECK(entries() == before + 1 + 4);  // n1's layers and its 4 links
+  // So is a node of another dtype, and it holds its layers at its own size:
+  // the profile counts values as the source node n0 stores them (fp32).
+  changed.nodes[1].dtype = compute::dtype::bf16;
+  before = entries();
+  auto mixed = deploy::profile_cluster(changed, quick(cache));
+  CHECK(entries() == before + 1 + 4);
+  CHECK(mixed.devices[0].state_scale == 1);
+  CHECK(mixed.devices[1].state_scale == 0.5);
+  CHECK(mixed.layers[1].weight_bytes == 4.0 * static_cast<double>(t.model_config.parameter_count(1, 2)));
 }
 
 TEST_CASE("orrery profile on the command line writes a profile the planners read") {

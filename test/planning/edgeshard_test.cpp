@@ -64,11 +64,32 @@ TEST_CASE("edgeshard latency: memory forces a device to be reused or a slower on
   CHECK(plan.seconds == doctest::Approx(exhaustive_latency(costs).seconds));
 }
 
+TEST_CASE("a device storing values at half the size the profile counts holds twice the layers, and reports its own bytes") {
+  profile p = two_device_profile();
+  p.devices[1].memory_bytes = 150;  // one 100 B layer as the profile counts it
+  cost_model narrow(p);
+  CHECK_FALSE(edgeshard_latency(narrow).stages.back() == stage{1, 1, 3});
+  profile half = p;  // cost models keep a pointer to their profile
+  half.devices[1].state_scale = 0.5;  // bf16 where the layers count fp32: two fit
+  cost_model costs(half);
+  pipeline_plan plan = edgeshard_latency(costs);
+  REQUIRE(plan.stages.size() == 2);
+  CHECK(plan.stages[1] == stage{1, 1, 3});
+  auto used = memory_per_device(costs, plan.stages, 1);
+  CHECK(used[0] == 100);
+  CHECK(used[1] == 100);
+  CHECK(fits_memory(costs, plan.stages, 1));
+  CHECK(fits_memory(costs, {{1, 0, 3}}, 1));  // all three layers take 150 B there
+  CHECK_FALSE(fits_memory(narrow, {{1, 0, 3}}, 1));
+}
+
 TEST_CASE("edgeshard latency DP equals the exhaustive optimum on random instances") {
   std::mt19937_64 rng(4);
   int feasible = 0, heuristic_suboptimal = 0, heuristic_failed = 0;
   for (int i = 0; i < instances; ++i) {
     profile p = random_profile(rng, small_instance(rng));
+    // Devices of other dtypes than the one the layers are counted in.
+    for (auto& d : p.devices) d.state_scale = std::uniform_real_distribution<double>(0.5, 1.5)(rng);
     cost_model costs(p);
     pipeline_plan best = exhaustive_latency(costs);
     if (best.stages.empty()) {

@@ -55,7 +55,10 @@ TEST_CASE("links are symmetric, with a default, and free to the same device") {
 
 TEST_CASE("a profile survives JSON and YAML round trips") {
   profile p = sample_profile();
+  p.devices[1].state_scale = 0.5;
   json j = to_json(p);
+  CHECK(j["devices"][1]["state_scale"] == 0.5);
+  CHECK_FALSE(j["devices"][0].contains("state_scale"));  // 1, the default, is left out
   CHECK(to_json(profile_from_json(j)) == j);
   for (const std::string name : {"p.json", "p.yaml"}) {
     save_profile(p, temp_path(name));
@@ -86,6 +89,9 @@ TEST_CASE("bad profiles get errors naming the field") {
   j = good;
   j["devices"][0]["layers"].erase(0);
   CHECK(error_of(j) == "profile.devices[0].layers: has 4 entries, the model has 5 layers");
+  j = good;
+  j["devices"][1]["state_scale"] = 0;
+  CHECK(error_of(j).find("profile.devices[1].state_scale: must be > 0") == 0);
   j = good;
   j["source"] = 7;
   CHECK(error_of(j).find("profile.source: device index 7 out of range") == 0);
