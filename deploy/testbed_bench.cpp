@@ -5,7 +5,7 @@
 //
 // Background: a cgroup quota gives a node its share of a core's time, but
 // not necessarily its share of a core's work: libtorch layers measured
-// 4.1-7.6x slower at a quarter core on a 2-core VM where a pure CPU loop
+// 4.1-7.8x slower at a quarter core on a 2-core VM where a pure CPU loop
 // measured 3.7-4.1x. This benchmark, not a test, is where that figure is
 // held to its target.
 
