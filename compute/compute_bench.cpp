@@ -128,7 +128,7 @@ nlohmann::json run_hf_reference(const compute_bench_options& o, const std::strin
 nlohmann::json run_compute_bench(const compute_bench_options& o, const std::function<void(const std::string&)>& progress) {
   auto pool = configure_cpu_threads(o.threads);
   const auto device = device_from_name(o.device);
-  const std::string dtype = !o.dtype.empty() ? o.dtype : std::string(dtype_name(default_dtype(o.device)));
+  const std::string dtype = dtype_name_or_default(o.dtype, o.device);
   model_dir dir(o.model);
   auto tok = load_tokenizer(o.model);
   progress("loading " + o.model.string() + " onto " + o.device + " as " + dtype);

@@ -36,6 +36,10 @@ dtype default_dtype(std::string_view device) {
   return device == "cpu" ? dtype::f32 : dtype::bf16;
 }
 
+std::string dtype_name_or_default(std::string_view given, std::string_view device) {
+  return std::string(!given.empty() ? given : dtype_name(default_dtype(device)));
+}
+
 std::string_view dtype_name(dtype t) {
   switch (t) {
     case dtype::f32: return "fp32";

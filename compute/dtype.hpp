@@ -28,6 +28,9 @@ std::optional<dtype> dtype_from_name(std::string_view name);
 /// CPU kernels are fp32), bf16 on a GPU.
 dtype default_dtype(std::string_view device);
 
+/// A `--dtype` as given, or when empty the name of `device`'s default_dtype.
+std::string dtype_name_or_default(std::string_view given, std::string_view device);
+
 /// The user-facing spelling: "fp32", "fp16", "bf16".
 std::string_view dtype_name(dtype t);
 

@@ -20,7 +20,7 @@
 namespace orrery::deploy {
 
 std::string local_device::resolved_dtype() const {
-  return !dtype.empty() ? dtype : std::string(compute::dtype_name(compute::default_dtype(device)));
+  return compute::dtype_name_or_default(dtype, device);
 }
 
 void add_device_flags(CLI::App& command, local_device& where) {
