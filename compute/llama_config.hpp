@@ -29,8 +29,10 @@ struct llama_config {
   /// The dtype the weights are stored in (`torch_dtype`).
   dtype storage = dtype::f32;
 
-  /// Reads `config.json`; throws model_error naming the file and the missing
-  /// or invalid key, or an unknown `model_type`.
+  /// Reads `config.json` (refused above 16 MiB or when not a regular file);
+  /// throws model_error naming the file and the missing key, the key of the
+  /// wrong type or out of range (with its value and the accepted range), or
+  /// an unknown `model_type`.
   static llama_config load(const std::filesystem::path& config_json);
 
   /// Writes `config.json` in HF's layout.
@@ -46,7 +48,9 @@ struct llama_config {
   std::int64_t parameter_count(int first, int last) const;
   std::int64_t parameter_count() const { return parameter_count(0, num_layers); }
 
-  /// Throws model_error (prefixed by `where`) if the shape is inconsistent.
+  /// Throws model_error (prefixed by `where`) naming the key when a size or
+  /// token id is out of range, eps or theta is not finite and positive, or
+  /// the shape is inconsistent.
   void validate(const std::string& where) const;
 };
 

@@ -1,8 +1,8 @@
 #include "compute/model_dir.hpp"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "compute/bounded_file.hpp"
 #include "compute/model_error.hpp"
 
 namespace orrery::compute {
@@ -23,15 +23,8 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 }
 
 std::map<std::string, std::string> read_weight_map(const std::filesystem::path& index) {
-  std::ifstream in(index);
-  if (!in) throw model_error(index.string() + ": cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw model_error(index.string() + ": not valid JSON: " + e.what());
-  }
-  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+  const auto j = read_json_object(index, max_model_json_bytes);
+  if (!j.contains("weight_map") || !j["weight_map"].is_object())
     throw model_error(index.string() + ": missing object 'weight_map'");
   std::map<std::string, std::string> map;
   for (const auto& [name, file] : j["weight_map"].items()) {

@@ -1,9 +1,6 @@
 #include "compute/safetensors.hpp"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -11,7 +8,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <utility>
 
+#include "compute/bounded_file.hpp"
 #include "compute/model_error.hpp"
 
 namespace orrery::compute {
@@ -74,21 +73,51 @@ tensor_view parse_entry(const std::filesystem::path& path, const std::string& na
   if (expected != end - begin)
     fail(path, "tensor '" + name + "' shape and dtype need " + std::to_string(expected) +
                    " bytes but data_offsets span " + std::to_string(end - begin));
+  // from_blob reads the mapped bytes as elements, and an element that starts
+  // mid-word is a header that disagrees with what was written (an empty
+  // tensor has no element to misplace).
+  if (end > begin && begin % dtype_size(view.type) != 0)
+    fail(path, "tensor '" + name + "' data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                   ") start at byte " + std::to_string(begin) + ", not a multiple of its " +
+                   std::to_string(dtype_size(view.type)) + "-byte " + std::string(safetensors_name(view.type)) +
+                   " elements (unaligned)");
   view.data = data + begin;
   view.nbytes = end - begin;
   return view;
 }
 
-void check_no_overlap(const std::filesystem::path& path,
-                      const std::map<std::string, tensor_view>& tensors) {
+std::string span_text(std::uint64_t begin, std::uint64_t end) {
+  return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
+}
+
+// HF's reader accepts only tensors that tile the data section exactly (its
+// "metadata incomplete buffer"): a gap, leading or trailing bytes mean the
+// header and the data disagree, and the bytes read would not be the ones
+// written (before this check such a file loaded and gave all-zero output).
+void check_tiling(const std::filesystem::path& path, const std::map<std::string, tensor_view>& tensors,
+                  const std::byte* data, std::uint64_t data_size) {
   std::vector<const tensor_view*> by_offset;
   for (const auto& [name, view] : tensors) by_offset.push_back(&view);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](auto* a, auto* b) { return a->data < b->data; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i)
-    if (by_offset[i - 1]->data + by_offset[i - 1]->nbytes > by_offset[i]->data)
-      fail(path, "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
-                     "' overlap");
+  std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) {
+    return std::pair(a->data, a->nbytes) < std::pair(b->data, b->nbytes);
+  });
+  std::uint64_t covered = 0;
+  const tensor_view* previous = nullptr;
+  for (const auto* view : by_offset) {
+    const auto begin = static_cast<std::uint64_t>(view->data - data);
+    if (begin < covered)
+      fail(path, "tensors '" + previous->name + "' and '" + view->name + "' overlap (the second starts at " +
+                     std::to_string(begin) + ", before the first ends at " + std::to_string(covered) + ")");
+    if (begin > covered)
+      fail(path, "bytes " + span_text(covered, begin) + " of the data section belong to no tensor (" +
+                     (previous ? "after '" + previous->name + "', " : "") + "before '" + view->name +
+                     "' at data_offsets " + span_text(begin, begin + view->nbytes) + ")");
+    covered = begin + view->nbytes;
+    previous = view;
+  }
+  if (covered != data_size)
+    fail(path, "bytes " + span_text(covered, data_size) + " of the " + std::to_string(data_size) +
+                   "-byte data section belong to no tensor" + (previous ? " (after '" + previous->name + "')" : ""));
 }
 
 }  // namespace
@@ -106,20 +135,10 @@ std::size_t tensor_source::nbytes() const {
 std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesystem::path& path) {
   std::shared_ptr<safetensors_file> file(new safetensors_file());
   file->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    fail(path, std::string("cannot stat: ") + std::strerror(errno));
-  }
-  auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    fail(path, "truncated: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
-  }
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
+  const regular_file source(path);
+  const auto size = source.size();
+  if (size < 8) fail(path, "truncated: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, source.descriptor(), 0);
   if (map == MAP_FAILED) fail(path, std::string("cannot map: ") + std::strerror(errno));
   file->map_ = map;
   file->map_size_ = size;
@@ -128,9 +147,12 @@ std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesy
   std::uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i)
     header_size = (header_size << 8) | static_cast<std::uint64_t>(bytes[i]);
-  if (header_size > max_header_bytes || header_size > size - 8)
-    fail(path, "header length " + std::to_string(header_size) + " runs beyond the file (" +
-                   std::to_string(size) + " bytes)");
+  if (header_size > max_header_bytes)
+    fail(path, "header length " + std::to_string(header_size) + " exceeds the " + std::to_string(max_header_bytes) +
+                   "-byte limit (a corrupt length field?)");
+  if (header_size > size - 8)
+    fail(path, "header length " + std::to_string(header_size) + " runs beyond the file (" + std::to_string(size) +
+                   " bytes)");
   json header;
   try {
     header = json::parse(reinterpret_cast<const char*>(bytes + 8),
@@ -150,7 +172,7 @@ std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesy
     }
     file->tensors_.emplace(name, parse_entry(path, name, entry, data, data_size));
   }
-  check_no_overlap(path, file->tensors_);
+  check_tiling(path, file->tensors_, data, data_size);
   return file;
 }
 
@@ -165,14 +187,20 @@ const tensor_view* safetensors_file::find(const std::string& name) const {
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<tensor_source>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  // Largest elements first, as HF's writer orders them: every tensor then
+  // starts at a multiple of its element size, which the reader requires.
+  std::vector<const tensor_source*> ordered;
+  for (const auto& t : tensors) ordered.push_back(&t);
+  std::stable_sort(ordered.begin(), ordered.end(),
+                   [](auto* a, auto* b) { return dtype_size(a->type) > dtype_size(b->type); });
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    header[t.name] = {{"dtype", safetensors_name(t.type)},
-                      {"shape", t.shape},
-                      {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
+  for (const auto* t : ordered) {
+    header[t->name] = {{"dtype", safetensors_name(t->type)},
+                       {"shape", t->shape},
+                       {"data_offsets", {offset, offset + t->nbytes()}}};
+    offset += t->nbytes();
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -184,9 +212,9 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<tens
   out.write(length, 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   std::vector<std::byte> buffer;
-  for (const auto& t : tensors) {
-    buffer.resize(t.nbytes());
-    t.fill(buffer.data());
+  for (const auto* t : ordered) {
+    buffer.resize(t->nbytes());
+    t->fill(buffer.data());
     out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(buffer.size()));
   }
   out.flush();

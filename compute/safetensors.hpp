@@ -34,8 +34,10 @@ struct tensor_view {
 class safetensors_file {
  public:
   /// Maps and validates `path`; throws model_error naming the file and the
-  /// problem (truncated, header beyond the file, bad JSON, dtype/shape/length
-  /// disagreement, overlapping or out-of-range offsets).
+  /// problem (not a regular file, truncated, header over the 100 MB limit or
+  /// beyond the file, bad JSON, dtype/shape/length disagreement, offsets out
+  /// of range, unaligned for their dtype, or not tiling the data section
+  /// exactly: overlaps, gaps, bytes before the first or after the last).
   static std::shared_ptr<const safetensors_file> open(const std::filesystem::path& path);
 
   ~safetensors_file();
@@ -70,8 +72,9 @@ struct tensor_source {
   std::size_t nbytes() const;
 };
 
-/// Writes `tensors` in the given order to `path` (header padded to 8 bytes,
-/// as HF's writer does). Throws model_error when the file cannot be written.
+/// Writes `tensors` to `path` in the given order, stably sorted by element
+/// size largest first so each starts aligned (header padded to 8 bytes and
+/// tensors so ordered, as HF's writer does). Throws model_error when the file cannot be written.
 void write_safetensors(const std::filesystem::path& path,
                        const std::vector<tensor_source>& tensors,
                        const std::map<std::string, std::string>& metadata = {});

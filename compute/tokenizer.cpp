@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "compute/bounded_file.hpp"
 #include "compute/model_error.hpp"
 
 namespace orrery::compute {
@@ -30,16 +31,11 @@ void save_byte_tokenizer(const std::filesystem::path& model_dir) {
 
 std::unique_ptr<tokenizer> load_tokenizer(const std::filesystem::path& model_dir) {
   auto path = model_dir / tokenizer_file_name;
-  std::ifstream in(path);
-  if (!in) throw model_error(path.string() + ": cannot open (no tokenizer beside the model)");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw model_error(path.string() + ": not valid JSON: " + e.what());
-  }
-  auto kind = j.value("kind", std::string{});
-  if (kind != "byte_level") throw model_error(path.string() + ": unknown tokenizer kind '" + kind + "'");
+  const auto j = read_json_object(path, max_tokenizer_json_bytes);
+  const auto kind = j.value("kind", nlohmann::json());
+  if (kind != "byte_level")
+    throw model_error(path.string() + ": unknown tokenizer kind " +
+                      (kind.is_string() ? "'" + kind.get<std::string>() + "'" : kind.dump()));
   return std::make_unique<byte_tokenizer>();
 }
 

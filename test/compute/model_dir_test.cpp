@@ -2,8 +2,14 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
+#include <chrono>
 #include <fstream>
+#include <future>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "compute/model_error.hpp"
 #include "compute/model_init.hpp"
@@ -22,6 +28,17 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+// The error of `load`, run on a thread of its own so that a loader blocked
+// on a FIFO fails the test rather than hanging the suite (the thread is then
+// left behind, blocked in open()).
+std::string error_within_10s(std::function<void()> load) {
+  auto error = std::make_shared<std::promise<std::string>>();
+  auto result = error->get_future();
+  std::thread([load = std::move(load), error] { error->set_value(error_of(load)); }).detach();
+  if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) return "still blocked after 10 s";
+  return result.get();
 }
 
 nlohmann::json read_json(const std::filesystem::path& path) {
@@ -158,4 +175,45 @@ TEST_CASE("bad model directories get one clear error naming the file and the pro
   SUBCASE("init over an existing model") {
     CHECK(error_of([&] { init_model(dir / "m", config, {}); }).find("already holds a model") != std::string::npos);
   }
+}
+
+TEST_CASE("a FIFO in place of any model file is refused at once, never waited on") {
+  temp_dir dir;
+  model_init_options sharded;
+  sharded.max_file_bytes = 800'000;
+  init_model(dir / "m", llama_config::preset("tiny"), sharded);
+  const auto m = dir / "m";
+  auto replace_by_fifo = [&](const std::string& name) {
+    std::filesystem::remove(m / name);
+    REQUIRE(::mkfifo((m / name).c_str(), 0600) == 0);
+    return (m / name).string() + ": is a FIFO, not a regular file";
+  };
+  SUBCASE("config.json") {
+    auto expected = replace_by_fifo("config.json");
+    CHECK(error_within_10s([m] { model_dir model(m); }) == expected);
+  }
+  SUBCASE("the weight index") {
+    auto expected = replace_by_fifo("model.safetensors.index.json");
+    CHECK(error_within_10s([m] { model_dir model(m); }) == expected);
+  }
+  SUBCASE("a weights file") {
+    auto holder = read_json(m / "model.safetensors.index.json")["weight_map"]["model.embed_tokens.weight"];
+    auto expected = replace_by_fifo(holder.get<std::string>());
+    CHECK(error_within_10s([m] { model_dir(m).tensor("model.embed_tokens.weight"); }) == expected);
+  }
+  SUBCASE("the tokenizer") {
+    auto expected = replace_by_fifo(tokenizer_file_name);
+    CHECK(error_within_10s([m] { load_tokenizer(m); }) == expected);
+  }
+}
+
+TEST_CASE("a weight index over 16 MiB is refused before it is read") {
+  temp_dir dir;
+  model_init_options sharded;
+  sharded.max_file_bytes = 800'000;
+  init_model(dir / "m", llama_config::preset("tiny"), sharded);
+  auto index = dir / "m" / "model.safetensors.index.json";
+  std::filesystem::resize_file(index, (std::uint64_t{16} << 20) + 1);
+  CHECK(error_of([&] { model_dir m(dir / "m"); }) ==
+        index.string() + ": 16777217 bytes, more than the 16777216-byte limit for this file");
 }

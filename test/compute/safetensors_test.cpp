@@ -1,6 +1,9 @@
 #include "compute/safetensors.hpp"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <fstream>
@@ -66,6 +69,15 @@ TEST_CASE("writer -> reader round trip keeps every dtype's bytes, shapes and met
   CHECK(file->find("missing") == nullptr);
 }
 
+TEST_CASE("the writer puts larger elements first, so a mixed-dtype file stays aligned") {
+  temp_dir dir;
+  write_safetensors(dir / "x.safetensors",
+                    {counting_tensor("odd.f16", dtype::f16, {3}), counting_tensor("one.f32", dtype::f32, {1})});
+  auto file = safetensors_file::open(dir / "x.safetensors");
+  CHECK(file->find("one.f32")->data < file->find("odd.f16")->data);
+  CHECK(file->find("odd.f16")->nbytes == 6);
+}
+
 TEST_CASE("the header is padded to 8 bytes so tensor data starts aligned") {
   temp_dir dir;
   write_safetensors(dir / "x.safetensors", {counting_tensor("odd_name_x", dtype::f32, {1})});
@@ -89,7 +101,16 @@ TEST_CASE("malformed safetensors files get one error naming the file and the pro
   SUBCASE("header length beyond the file") {
     auto error = open_error(raw_file(dir, 1000, good, 8));
     CHECK(error.find("raw.safetensors") != std::string::npos);
-    CHECK(error.find("header length 1000 runs beyond the file") != std::string::npos);
+    CHECK(error.find("header length 1000 runs beyond the file (" + std::to_string(8 + good.size() + 8) + " bytes)") !=
+          std::string::npos);
+  }
+  SUBCASE("header length over HF's 100 MB limit, in a file that large") {
+    auto path = raw_file(dir, 100'000'001, good, 8);
+    std::filesystem::resize_file(path, 100'000'100);  // sparse: costs no disk
+    auto error = open_error(path);
+    CHECK(error.find("raw.safetensors: header length 100000001 exceeds the 100000000-byte limit") !=
+          std::string::npos);
+    CHECK(error.find("runs beyond") == std::string::npos);
   }
   SUBCASE("header is not JSON") {
     std::string junk = "{not json at all";
@@ -111,6 +132,44 @@ TEST_CASE("malformed safetensors files get one error naming the file and the pro
     std::string header =
         R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})";
     CHECK(open_error(raw_file(dir, header.size(), header, 12)).find("overlap") != std::string::npos);
+  }
+  SUBCASE("a tensor starting mid-element") {
+    std::string header =
+        R"({"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"b":{"dtype":"F32","shape":[2],"data_offsets":[2,10]}})";
+    auto error = open_error(raw_file(dir, header.size(), header, 10));
+    CHECK(error.find("raw.safetensors: tensor 'b' data_offsets [2, 10) start at byte 2, not a multiple of its 4-byte F32 "
+                     "elements (unaligned)") != std::string::npos);
+  }
+  SUBCASE("a gap between tensors") {
+    std::string header =
+        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}})";
+    CHECK(open_error(raw_file(dir, header.size(), header, 24))
+              .find("raw.safetensors: bytes [8, 16) of the data section belong to no tensor (after 'a', before 'b' at "
+                    "data_offsets [16, 24))") != std::string::npos);
+  }
+  SUBCASE("data before the first tensor") {
+    std::string header = R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})";
+    CHECK(open_error(raw_file(dir, header.size(), header, 16))
+              .find("bytes [0, 8) of the data section belong to no tensor (before 't' at data_offsets [8, 16))") !=
+          std::string::npos);
+  }
+  SUBCASE("bytes left after the last tensor") {
+    CHECK(open_error(raw_file(dir, good.size(), good, 12))
+              .find("raw.safetensors: bytes [8, 12) of the 12-byte data section belong to no tensor (after 't')") !=
+          std::string::npos);
+  }
+  SUBCASE("a FIFO or a directory in place of the file") {
+    auto fifo = dir / "fifo.safetensors";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    // Held open for writing, so that a loader without the check does not
+    // block in open() but reads an empty file instead.
+    int writer = ::open(fifo.c_str(), O_RDWR | O_NONBLOCK);
+    REQUIRE(writer >= 0);
+    CHECK(open_error(fifo).find("fifo.safetensors: is a FIFO, not a regular file") != std::string::npos);
+    ::close(writer);
+    std::filesystem::create_directory(dir / "dir.safetensors");
+    CHECK(open_error(dir / "dir.safetensors").find("dir.safetensors: is a directory, not a regular file") !=
+          std::string::npos);
   }
   SUBCASE("missing fields") {
     std::string header = R"({"t":{"dtype":"F32","shape":[2]}})";

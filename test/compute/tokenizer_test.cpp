@@ -39,3 +39,18 @@ TEST_CASE("the tokenizer file is saved beside the model and checked on load") {
   std::filesystem::remove(dir / tokenizer_file_name);
   CHECK_THROWS_WITH_AS(load_tokenizer(dir.path()), doctest::Contains("orrery_tokenizer.json"), model_error);
 }
+
+TEST_CASE("the tokenizer file is refused above 64 MiB before it is read, and must be a JSON object") {
+  orrery::test::temp_dir dir;
+  save_byte_tokenizer(dir.path());
+  const auto path = dir / tokenizer_file_name;
+  std::filesystem::resize_file(path, (std::uint64_t{64} << 20) + 1);
+  CHECK_THROWS_WITH_AS(load_tokenizer(dir.path()),
+                       doctest::Contains((path.string() + ": 67108865 bytes, more than the 67108864-byte limit").c_str()),
+                       model_error);
+  std::ofstream(path, std::ios::trunc) << R"(["byte_level"])";
+  CHECK_THROWS_WITH_AS(load_tokenizer(dir.path()), doctest::Contains((path.string() + ": not a JSON object").c_str()),
+                       model_error);
+  std::ofstream(path, std::ios::trunc) << R"({"kind": 7})";
+  CHECK_THROWS_WITH_AS(load_tokenizer(dir.path()), doctest::Contains("unknown tokenizer kind 7"), model_error);
+}
