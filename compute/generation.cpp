@@ -31,7 +31,7 @@ std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& pro
   return ids;
 }
 
-void check_fits_context(int prompt_length, int new_tokens, int context) {
+void check_fits_context(std::int64_t prompt_length, std::int64_t new_tokens, std::int64_t context) {
   // The last generated token is sampled, never fed back: it needs no position.
   if (prompt_length + new_tokens - 1 > context)
     throw model_error("prompt of " + std::to_string(prompt_length) + " tokens (with BOS) plus " +
@@ -39,6 +39,13 @@ void check_fits_context(int prompt_length, int new_tokens, int context) {
                       std::to_string(context) + " positions" +
                       (prompt_length < context ? "; use at most --max-tokens " + std::to_string(context - prompt_length + 1)
                                                : ""));
+}
+
+void check_request(const generation_request& request, std::int64_t prompt_length, int context) {
+  if (request.max_new_tokens < 1)
+    throw std::invalid_argument("max-tokens must be at least 1, got " + std::to_string(request.max_new_tokens));
+  request.sampling.validate();
+  check_fits_context(prompt_length, request.max_new_tokens, context);
 }
 
 double generation_result::decode_ms_per_token() const {
@@ -54,12 +61,10 @@ generation_result generate(shard& model, const tokenizer& tok, const generation_
   if (!model.has_embedding() || !model.has_head())
     throw model_error("local generation needs the whole model, not the shard [" + std::to_string(model.first_layer()) +
                       ", " + std::to_string(model.last_layer()) + ")");
-  if (request.max_new_tokens < 1)
-    throw std::invalid_argument("max-tokens must be at least 1, got " + std::to_string(request.max_new_tokens));
   generation_result result;
   result.prompt_tokens = prompt_tokens(tok, request.prompt);
   const int prompt = static_cast<int>(result.prompt_tokens.size());
-  check_fits_context(prompt, request.max_new_tokens, model.config().max_position_embeddings);
+  check_request(request, prompt, model.config().max_position_embeddings);
 
   sampler choose(request.sampling, tok.vocab_size());
   kv_cache cache = model.new_cache(prompt + request.max_new_tokens - 1);

@@ -2,6 +2,7 @@
 // Local generation on one shard holding the whole model: tokenise, prefill,
 // then sample and decode one token at a time, streaming each token out.
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -39,7 +40,14 @@ std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& pro
 
 /// Throws model_error naming both figures when `prompt_length` tokens (BOS
 /// included) and `new_tokens` generated ones do not fit `context` positions.
-void check_fits_context(int prompt_length, int new_tokens, int context);
+/// 64-bit, so that no --max-tokens up to INT_MAX wraps the sum past the check.
+void check_fits_context(std::int64_t prompt_length, std::int64_t new_tokens, std::int64_t context);
+
+/// Everything generate() checks before its first step, for a caller that must
+/// refuse a request before it prints anything: at least one new token, the
+/// sampling parameters, and the prompt (`prompt_length` tokens, BOS included)
+/// with max_new_tokens inside `context`. Throws as generate() does.
+void check_request(const generation_request& request, std::int64_t prompt_length, int context);
 
 /// Called with each generated token and its text as soon as it is sampled.
 using token_callback = std::function<void(token_id, const std::string&)>;

@@ -8,6 +8,8 @@
 #include "compute/compute_bench.hpp"
 #include "compute/cpu_threads.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
+#include "deploy/local_model.hpp"
 
 namespace orrery::deploy {
 
@@ -33,14 +35,14 @@ void add_compute_bench(CLI::App& bench) {
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--threads", opts->threads, "CPU threads, the same for every side")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length, BOS included")
       ->capture_default_str()
-      ->check(CLI::Range(2, 100000));
-  cmd->add_option("--new-tokens", opts->new_tokens, "Decode steps timed")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(between(2, 100000));
+  cmd->add_option("--new-tokens", opts->new_tokens, "Decode steps timed")->capture_default_str()->check(at_least(1));
   cmd->add_option("--repeats", opts->repeats, "Interleaved runs per side; medians are reported")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_flag("!--no-stock", opts->include_stock, "Skip timing the stock libtorch-GEMM path");
   cmd->add_option("--device", opts->device, "cpu or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", opts->dtype, "fp32, fp16, bf16 (default: fp32 on cpu, bf16 on cuda)");
@@ -49,6 +51,7 @@ void add_compute_bench(CLI::App& bench) {
                   "(deploy/gpu/hf_reference.py; needs python3 with torch and transformers)")
       ->check(CLI::ExistingFile);
   cmd->callback([opts] {
+    check_runs_here({opts->device, opts->dtype, opts->threads});
     auto result = compute::run_compute_bench(*opts, [](const std::string& line) { std::cerr << "bench: " << line << "\n"; });
     std::cout << result.dump(2) << std::endl;
   });

@@ -7,6 +7,7 @@
 
 #include "deploy/chaos.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 
 namespace orrery::deploy {
 
@@ -59,20 +60,21 @@ void add_chaos_command(CLI::App& app) {
       ->check(CLI::IsMember({"kill", "freeze", "partition"}));
   cmd->add_option("--node", opts->node, "The node to act on (default: a random running node each time)");
   auto* seed_option =
-      cmd->add_option("--seed", *seed, "Seed of the random choice of node (default: a fresh seed, printed)");
-  cmd->add_option("--times", opts->times, "How many actions")->capture_default_str()->check(CLI::PositiveNumber);
+      cmd->add_option("--seed", *seed, "Seed of the random choice of node (default: a fresh seed, printed)")
+          ->check(at_least<std::uint64_t>(0));
+  cmd->add_option("--times", opts->times, "How many actions")->capture_default_str()->check(at_least(1));
   cmd->add_option("--every", opts->every_s, "Seconds between the starts of successive actions (needed with --times > 1)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0.0));
   cmd->add_option("--freeze-for", opts->freeze_for_s, "Seconds a frozen node stays stopped before SIGCONT")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(above(0.0));
   cmd->add_option("--partition-for", opts->partition_for_s, "Seconds a partitioned node stays cut off before its link is restored")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(above(0.0));
   cmd->add_option("--delay", opts->delay_s, "Seconds to wait before the first action")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0.0));
   cmd->callback([opts, seed, seed_option] {
     if (seed_option->count() > 0) opts->seed = *seed;
     run_chaos(*opts, std::cout);

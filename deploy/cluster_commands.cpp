@@ -11,6 +11,7 @@
 #include "deploy/cluster.hpp"
 #include "deploy/local_cluster.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 
 namespace orrery::deploy {
 
@@ -107,7 +108,7 @@ void add_up_command(CLI::App& app) {
   auto* restart = cmd->add_option("--restart-after", *restart_after_s,
                                   "Start a node that exited again after this many seconds: same name and arguments, "
                                   "a new process (default: never)")
-                      ->check(CLI::NonNegativeNumber);
+                      ->check(at_least(0.0));
   cmd->callback([opts, restart_after_s, restart] {
     if (restart->count() > 0) opts->restart_after_s = *restart_after_s;
     run_up(*opts);

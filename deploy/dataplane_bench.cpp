@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "messages/dataplane_bench.hpp"
 
 namespace orrery::deploy {
@@ -74,13 +75,13 @@ void add_dataplane_bench(CLI::App& bench) {
   cmd->add_option("--sizes", opts->sizes, "Tensor sizes in bytes (multiples of 4)")->capture_default_str();
   cmd->add_option("--bytes-per-run", opts->bytes_per_run, "Bytes streamed per throughput run")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least<std::uint64_t>(1));
   cmd->add_option("--repeats", opts->repeats, "Runs per size and side; medians are reported")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--credit-bytes", opts->credit_bytes, "The data plane's credit window")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least<std::uint64_t>(1));
   cmd->callback([opts] {
     auto result =
         messages::run_dataplane_bench(*opts, [](const std::string& line) { std::cerr << "bench: " << line << "\n"; });

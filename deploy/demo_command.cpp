@@ -11,6 +11,7 @@
 #include "deploy/cluster.hpp"
 #include "deploy/local_cluster.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "deploy/local_model.hpp"
 
 namespace orrery::deploy {
@@ -41,7 +42,7 @@ void run_demo(const demo_options& o) {
     request.prompt = o.prompt;
     request.max_new_tokens = o.max_tokens;
     request.stop_at_eos = false;
-    generate_over(client, request, std::cout);
+    generate_over(client, request, std::cout, std::cerr);
   }
   cluster.stop();
   std::cout << "stopped all " << t.nodes.size() << " nodes" << std::endl;
@@ -56,7 +57,7 @@ void add_demo_command(CLI::App& app) {
   cmd->add_option("--model", opts->model, "Where the tiny model is created if absent (the topology must name it)")
       ->capture_default_str();
   cmd->add_option("--prompt", opts->prompt, "Prompt text")->capture_default_str();
-  cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str()->check(at_least(1));
   cmd->callback([opts] { run_demo(*opts); });
 }
 

@@ -6,10 +6,12 @@
 #include <memory>
 
 #include "compute/cpu_threads.hpp"
+#include "compute/generation.hpp"
 #include "compute/tokenizer.hpp"
 #include "deploy/auto_placement.hpp"
 #include "deploy/cluster.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "deploy/local_model.hpp"
 #include "deploy/sampling_flags.hpp"
 
@@ -31,6 +33,24 @@ generate_request to_message(const compute::generation_request& r) {
   return {r.prompt, r.max_new_tokens, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed, r.stop_at_eos, 0};
 }
 
+// The text goes to stdout, the plan and the figures to stderr. The request is
+// checked against the topology's model before any node is contacted, so a
+// prompt that does not fit is refused before it is echoed.
+void generate_over_topology(const generate_options& o) {
+  auto t = load_topology(o.topology);
+  const auto prompt_tokens = compute::prompt_tokens(*compute::load_tokenizer(t.model), o.request.prompt).size();
+  compute::check_request(o.request, static_cast<std::int64_t>(prompt_tokens), t.model_config.max_position_embeddings);
+  placement_prediction predicted;
+  const bool automatic = t.auto_placement;
+  if (automatic)
+    t = resolve_placement(t, 1, static_cast<int>(prompt_tokens), o.request.max_new_tokens, std::cerr, &predicted);
+  pipeline_client client(t, o.advertise_host);
+  auto summary = generate_over(client, to_message(o.request), std::cout, std::cerr);
+  if (automatic)
+    std::cerr << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
+              << decode_ms_per_token(summary) << " ms/token\n";
+}
+
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
@@ -42,9 +62,9 @@ void add_generate_command(CLI::App& app) {
                        ->check(CLI::ExistingFile);
   model->excludes(topology);
   cmd->add_option("--prompt", opts->request.prompt, "Prompt text")->required();
-  cmd->add_option("--max-tokens", opts->request.max_new_tokens, "Tokens to generate")
+  cmd->add_option("--max-tokens", opts->request.max_new_tokens, "Tokens to generate (with the prompt, at most the model's context)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   add_device_flags(*cmd, opts->where);
   cmd->add_option("--advertise-host", opts->advertise_host,
                   "Address the last stage reaches this process at (with --topology; default: the testbed's client "
@@ -54,21 +74,9 @@ void add_generate_command(CLI::App& app) {
   cmd->callback([opts] {
     opts->request.stop_at_eos = !opts->ignore_eos;
     if (!opts->topology.empty()) {
-      auto t = load_topology(opts->topology);
-      placement_prediction predicted;
-      const bool automatic = t.auto_placement;
-      if (automatic) {
-        // The plan is predicted for this prompt: its tokens and BOS.
-        const auto prompt_tokens = compute::load_tokenizer(t.model)->encode(opts->request.prompt).size() + 1;
-        t = resolve_placement(t, 1, static_cast<int>(prompt_tokens), opts->request.max_new_tokens, std::cerr, &predicted);
-      }
-      pipeline_client client(t, opts->advertise_host);
-      auto summary = generate_over(client, to_message(opts->request), std::cout);
-      if (automatic)
-        std::cout << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
-                  << decode_ms_per_token(summary) << " ms/token\n";
+      generate_over_topology(*opts);
     } else if (!opts->model.empty()) {
-      generate_locally(opts->model, opts->request, opts->where, std::cout);
+      generate_locally(opts->model, opts->request, opts->where, std::cout, std::cerr);
     } else {
       throw std::invalid_argument("generate needs --model DIR (this machine) or --topology FILE (a cluster)");
     }

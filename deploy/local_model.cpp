@@ -16,6 +16,7 @@
 #include "compute/model_dir.hpp"
 #include "compute/model_init.hpp"
 #include "compute/shard.hpp"
+#include "deploy/flag_checks.hpp"
 
 namespace orrery::deploy {
 
@@ -26,7 +27,25 @@ std::string local_device::resolved_dtype() const {
 void add_device_flags(CLI::App& command, local_device& where) {
   command.add_option("--device", where.device, "cpu or cuda:N")->capture_default_str();
   command.add_option("--dtype", where.dtype, "Weights and compute: fp32, fp16, bf16 (default: fp32 on cpu, bf16 on cuda)");
-  command.add_option("--threads", where.threads, "CPU threads")->capture_default_str()->check(CLI::PositiveNumber);
+  command.add_option("--threads", where.threads, "CPU threads")->capture_default_str()->check(at_least(1));
+}
+
+void check_runs_here(const local_device& where) {
+  compute::device_from_name(where.device);
+  const auto dtype = where.resolved_dtype();
+  if (!compute::dtype_from_name(dtype)) throw bad_flag("--dtype", dtype, "is not one of fp32, fp16, bf16");
+  if (where.device != "cpu") return;
+  // Debian's libtorch 1.13 has no fp16 matrix multiply on the CPU, and a
+  // model loaded in fp16 there failed at its first step with libtorch's stack
+  // trace. libtorch itself is asked, since later versions may have one.
+  try {
+    auto one = at::ones({1, 1}, at::TensorOptions().dtype(compute::scalar_type_from_name(dtype)));
+    at::linear(one, one);
+  } catch (const c10::Error& e) {
+    throw bad_flag("--dtype", dtype,
+                   "is not supported on cpu by this libtorch (" + std::string(e.what_without_backtrace()) +
+                       "); use fp32 or bf16");
+  }
 }
 
 namespace {
@@ -48,35 +67,41 @@ compute::shard load_whole(const compute::model_dir& dir, const local_device& whe
 }  // namespace
 
 compute::generation_result generate_locally(const std::filesystem::path& model, const compute::generation_request& request,
-                                            const local_device& where, std::ostream& out) {
-  request.sampling.validate();
+                                            const local_device& where, std::ostream& text, std::ostream& figures) {
+  check_runs_here(where);
   compute::model_dir dir(model);
   auto tok = compute::load_tokenizer(model);
+  // Refused before the prompt is echoed, so an error is all a user sees.
+  compute::check_request(request, static_cast<std::int64_t>(compute::prompt_tokens(*tok, request.prompt).size()),
+                         dir.config().max_position_embeddings);
   auto whole = load_whole(dir, where);
-  out << request.prompt << std::flush;
+  text << request.prompt << std::flush;
   auto result = compute::generate(whole, *tok, request, [&](compute::token_id, const std::string& piece) {
-    out << compute::printable(piece) << std::flush;
+    text << compute::printable(piece) << std::flush;
   });
-  char figures[256];
-  std::snprintf(figures, sizeof figures,
-                "\n-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s | "
+  text << std::endl;
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s | "
                 "KV cache %.1f KiB%s\n",
                 result.tokens.size(), result.prefill_ms, result.prompt_tokens.size(), result.decode_ms_per_token(),
                 result.tokens_per_s(), result.kv_cache_bytes / 1024.0, result.stopped_at_eos ? " | stopped at EOS" : "");
-  out << figures;
+  figures << line;
   return result;
 }
 
 nlohmann::json score_locally(const std::filesystem::path& model, const local_device& where,
                              const std::vector<std::int64_t>& ids, int greedy_steps,
                              const std::filesystem::path& logits_file) {
+  check_runs_here(where);
   compute::model_dir dir(model);
   const auto& config = dir.config();
   if (ids.empty()) throw std::invalid_argument("--ids is empty: give at least one token id");
   for (std::size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= config.vocab_size)
-      throw std::invalid_argument("--ids: id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
-                                  " is outside the vocabulary [0, " + std::to_string(config.vocab_size) + ")");
+      throw bad_flag("--ids", std::to_string(ids[i]),
+                     "at index " + std::to_string(i) + " is outside the vocabulary [0, " +
+                         std::to_string(config.vocab_size) + ")");
   if (greedy_steps < 0) throw std::invalid_argument("--greedy must be >= 0");
   const int length = static_cast<int>(ids.size());
   compute::check_fits_context(length, std::max(greedy_steps, 1), config.max_position_embeddings);

@@ -34,10 +34,17 @@ struct local_device {
 /// Adds --device, --dtype and --threads to a command that runs a model here.
 void add_device_flags(CLI::App& command, local_device& where);
 
-/// Streams the generated text to `out` and finishes with one line of
-/// figures: prefill ms, decode ms/token, tokens/s, KV cache bytes.
+/// Throws naming --device or --dtype when this machine cannot run a model
+/// there in that dtype (fp16 on a CPU whose libtorch has no fp16 matmul).
+void check_runs_here(const local_device& where);
+
+/// Checks the request against the model before anything is printed, then
+/// streams the prompt and the generated text to `text` (ending it with a
+/// newline) and writes one line of figures to `figures`: prefill ms, decode
+/// ms/token, tokens/s, KV cache bytes. Apart, so that `orrery generate … >
+/// out.txt` holds the text alone.
 compute::generation_result generate_locally(const std::filesystem::path& model, const compute::generation_request& request,
-                                            const local_device& where, std::ostream& out);
+                                            const local_device& where, std::ostream& text, std::ostream& figures);
 
 /// `orrery model score`: the logits of every position of `ids` (float32,
 /// [ids, vocab], written raw to `logits_file` unless it is empty) and then

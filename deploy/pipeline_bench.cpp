@@ -18,6 +18,7 @@
 #include "deploy/cluster.hpp"
 #include "deploy/local_cluster.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 
 namespace orrery::deploy {
 
@@ -121,14 +122,14 @@ void add_pipeline_bench(CLI::App& bench) {
   cmd->add_option("--model", opts->model, "Model directory (overrides the topology's)")->check(CLI::ExistingDirectory);
   cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length, BOS included")
       ->capture_default_str()
-      ->check(CLI::Range(2, 100000));
-  cmd->add_option("--new-tokens", opts->new_tokens, "Decode steps timed")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(between(2, 100000));
+  cmd->add_option("--new-tokens", opts->new_tokens, "Decode steps timed")->capture_default_str()->check(at_least(1));
   cmd->add_option("--concurrent", opts->concurrent, "Requests in flight for the throughput figure")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--repeats", opts->repeats, "Alternating single-device / pipeline rounds; medians are reported")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
 }
 

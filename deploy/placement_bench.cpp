@@ -13,6 +13,7 @@
 #include "deploy/auto_placement.hpp"
 #include "deploy/cluster.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 
 namespace orrery::deploy {
 
@@ -118,14 +119,14 @@ void add_placement_bench(CLI::App& bench) {
       "--topology F`): predicted and measured decode ms/token and tokens/s with concurrent requests, and the "
       "prediction error, for the topology's objective");
   cmd->add_option("--topology", opts->topology, "Topology file of the running cluster")->required()->check(CLI::ExistingFile);
-  cmd->add_option("--requests", opts->requests, "Concurrent requests")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--requests", opts->requests, "Concurrent requests")->capture_default_str()->check(at_least(1));
+  cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length")->capture_default_str()->check(at_least(1));
   cmd->add_option("--new-tokens", opts->new_tokens, "Tokens generated per request")
       ->capture_default_str()
-      ->check(CLI::Range(2, 100000));
+      ->check(between(2, 100000));
   cmd->add_option("--repeats", opts->repeats, "Alternating rounds; medians are reported")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_flag("--refresh", opts->refresh, "Profile again instead of using cached measurements");
   cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
 }

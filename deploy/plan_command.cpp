@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "planning/asteroid.hpp"
 #include "planning/auto_plan.hpp"
 #include "planning/catalog.hpp"
@@ -111,8 +112,21 @@ void print_devices(const planning::style_result& s, const planning::profile& p) 
   }
 }
 
+// The catalog's models plan the embedding and the head as layers of their
+// own, so llama2-7b's 32 transformer blocks are 34 planning layers (and the
+// ranges below count those); a measured profile folds them into its first
+// and last block.
+std::string layer_count(const planning::profile& p) {
+  auto separate = [&](const char* name) {
+    return std::any_of(p.layers.begin(), p.layers.end(), [&](const planning::layer_profile& l) { return l.name == name; });
+  };
+  const std::string total = std::to_string(p.layers.size());
+  if (!separate("embedding") || !separate("head")) return total + " layers";
+  return total + " planning layers: " + std::to_string(p.layers.size() - 2) + " transformer blocks + embedding + head";
+}
+
 void print_text(const planning::ranked_plans& ranked, const planning::profile& p) {
-  std::cout << "model " << p.model << " (" << p.layers.size() << " layers) on " << p.devices.size()
+  std::cout << "model " << p.model << " (" << layer_count(p) << ") on " << p.devices.size()
             << " devices, source " << p.devices[p.source].name << "; objective "
             << planning::to_string(ranked.goal) << "\n";
   const planning::style_result& best = ranked.styles.front();
@@ -232,13 +246,15 @@ void add_plan_command(CLI::App& app) {
   sub->add_option("--objective", o->goal, "latency, throughput or training")
       ->check(CLI::IsMember({"latency", "throughput", "training"}))
       ->capture_default_str();
-  sub->add_option("--prompt", o->work.prompt_tokens, "Prompt tokens (presets)")->capture_default_str();
-  sub->add_option("--output", o->work.output_tokens, "Generated tokens (presets)")->capture_default_str();
-  sub->add_option("--batch", o->work.batch, "Concurrent requests (presets)")->capture_default_str();
+  sub->add_option("--prompt", o->work.prompt_tokens, "Prompt tokens (presets)")->capture_default_str()->check(at_least(1));
+  sub->add_option("--output", o->work.output_tokens, "Generated tokens (presets)")->capture_default_str()->check(at_least(1));
+  sub->add_option("--batch", o->work.batch, "Concurrent requests (presets)")->capture_default_str()->check(at_least(1));
   sub->add_option("--micro-batches", o->work.micro_batches, "Training micro-batches per round (presets)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
   sub->add_option("--micro-batch-size", o->work.micro_batch_size, "Samples per micro-batch (presets)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
   sub->add_option("--timeline", o->timeline_path, "Write the chosen plan's simulated timeline (SVG)");
   sub->add_option("--save-profile", o->save_profile_path, "Write the profile used (.json or .yaml)");
   sub->add_flag("--json", o->json, "Print JSON instead of text");
@@ -249,9 +265,11 @@ void add_planner_bench(CLI::App& bench) {
   auto o = std::make_shared<bench_options>();
   CLI::App* sub = bench.add_subcommand("planner", "Planning time of the EdgeShard and Asteroid "
                                                   "planners at full size (JSON)");
-  sub->add_option("--seed", o->seed, "Seed of the random profiles")->capture_default_str();
+  sub->add_option("--seed", o->seed, "Seed of the random profiles")
+      ->capture_default_str()
+      ->check(at_least<std::uint64_t>(0));
   sub->add_option("--repeat", o->repeat, "Runs per planner (the median is reported)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   sub->callback([o] { run_bench(*o); });
 }

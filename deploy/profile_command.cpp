@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "deploy/profiler.hpp"
 #include "planning/pipeline.hpp"
 
@@ -58,16 +59,16 @@ void add_profile_command(CLI::App& app) {
   cmd->add_flag("--refresh", opts->profiler.refresh, "Measure again what the cache holds");
   cmd->add_option("--min-seconds", opts->profiler.min_seconds, "Wall time the repeats of each timed point add up to")
       ->capture_default_str()
-      ->check(CLI::Range(0.01, 60.0));
+      ->check(between(0.01, 60.0));
   cmd->add_option("--requests", opts->profiler.work.batch, "Concurrent requests of the workload the profile describes")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--prompt-tokens", opts->profiler.work.prompt_tokens, "Prompt length of that workload")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--new-tokens", opts->profiler.work.output_tokens, "Generated tokens of that workload")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->callback([opts] {
     auto t = load_topology(opts->topology);
     auto profile = profile_cluster(t, opts->profiler, progress_bar("profile"));

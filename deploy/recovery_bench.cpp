@@ -16,6 +16,7 @@
 #include "compute/compute_bench.hpp"
 #include "deploy/cluster.hpp"
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "deploy/local_cluster.hpp"
 
 namespace orrery::deploy {
@@ -128,12 +129,12 @@ void add_recovery_bench(CLI::App& bench) {
       ->check(CLI::IsMember({"kill", "freeze"}));
   cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length, BOS included")
       ->capture_default_str()
-      ->check(CLI::Range(2, 100000));
-  cmd->add_option("--new-tokens", opts->new_tokens, "Tokens per request")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--concurrent", opts->concurrent, "Requests in flight")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(between(2, 100000));
+  cmd->add_option("--new-tokens", opts->new_tokens, "Tokens per request")->capture_default_str()->check(at_least(1));
+  cmd->add_option("--concurrent", opts->concurrent, "Requests in flight")->capture_default_str()->check(at_least(1));
   cmd->add_option("--after-tokens", opts->act_after, "Tokens streamed (all requests together) before the failure; "
                                                       "default: a quarter of them")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
 }
 

@@ -4,7 +4,8 @@
 #   bash deploy/setup.sh test   install, build, run the whole test suite
 #   bash deploy/setup.sh build  install and build only
 # Idempotent: packages already present are not reinstalled, and the build is
-# incremental (ccache keeps rebuilds of a fresh clone fast).
+# incremental (ccache keeps rebuilds of a fresh clone fast). As root it links
+# /usr/local/bin/orrery to the build; otherwise it prints the PATH to set.
 # Environment: ORRERY_WERROR=ON turns warnings into errors (CI sets it);
 # ORRERY_BUILD_DIR (default: build) names the build folder.
 set -euo pipefail
@@ -52,6 +53,17 @@ export CCACHE_BASEDIR="$root"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORRERY_WERROR="${ORRERY_WERROR:-OFF}" >/dev/null
 echo "setup: building in $build with $jobs job(s)"
 cmake --build "$build" -j "$jobs"
+
+# The README's tour types `orrery`: as root, link it into /usr/local/bin (on
+# sudo's secure_path too, for the testbed's root-only commands), replacing
+# only a link, never an orrery installed some other way.
+link=/usr/local/bin/orrery
+if [[ $EUID -eq 0 && -d /usr/local/bin && ( ! -e "$link" || -L "$link" ) ]]; then
+  ln -sfn "$build/deploy/orrery" "$link"
+  echo "setup: $link -> $build/deploy/orrery"
+else
+  echo "setup: to type \`orrery\`: export PATH=\"$build/deploy:\$PATH\""
+fi
 
 case "$job" in
   demo) cd "$root" && exec "$build/deploy/orrery" demo ;;

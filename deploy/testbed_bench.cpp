@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "deploy/profiler.hpp"
 
 namespace orrery::deploy {
@@ -118,7 +119,7 @@ void add_testbed_bench(CLI::App& bench) {
   cmd->add_option("--topology", opts->topology, "Topology file of the running testbed")->required()->check(CLI::ExistingFile);
   cmd->add_option("--min-seconds", opts->min_seconds, "Wall time the repeats of each timed point add up to")
       ->capture_default_str()
-      ->check(CLI::Range(0.01, 60.0));
+      ->check(between(0.01, 60.0));
   cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
 }
 

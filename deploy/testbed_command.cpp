@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "deploy/commands.hpp"
+#include "deploy/flag_checks.hpp"
 #include "deploy/testbed.hpp"
 
 namespace orrery::deploy {
@@ -51,7 +52,7 @@ void add_testbed_command(CLI::App& app) {
   up_cmd->add_option("--ready-timeout", up->ready_timeout_s,
                      "Seconds every node has to accept connections from the client namespace")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(above(0.0));
   up_cmd->callback([up] { testbed_up(*up, std::cout); });
 
   auto down = std::make_shared<std::string>();

@@ -1,6 +1,8 @@
 #include "deploy/topology.hpp"
 
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -230,6 +232,19 @@ void read_address(const source& src, const entry& e, node_spec& node) {
   node.port = *port;
 }
 
+// A host that does not resolve otherwise surfaces only when a node listens or
+// a client connects, as CAF's bare "Invalid argument" with no line to fix.
+void check_resolvable(const source& src, const parsed_node& node) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const int status = ::getaddrinfo(node.spec.host.c_str(), nullptr, &hints, &found);
+  if (found != nullptr) ::freeaddrinfo(found);
+  if (status != 0)
+    src.fail(node.address_line, "node '" + node.spec.name + "': cannot resolve host '" + node.spec.host +
+                                    "': " + ::gai_strerror(status));
+}
+
 std::string device_name(const source& src, const entry& e) {
   auto device = text(src, e);
   auto digit = [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; };
@@ -401,13 +416,24 @@ void check_ports(const source& src, const std::vector<parsed_node>& nodes) {
 
 // -- model and placement ---------------------------------------------------------
 
+// What is at `model` when it is not a model directory, or nothing.
+std::optional<std::string> not_a_model(const fs::path& model) {
+  std::error_code error;
+  const auto status = fs::status(model, error);
+  if (!fs::exists(status))
+    return "does not exist (`orrery model init --preset tiny|small|llama2-7b --out " + model.string() +
+           "` creates one)";
+  if (!fs::is_directory(status)) return "is a file, not a model directory (one holding config.json and the weights)";
+  if (!fs::exists(model / "config.json", error)) return "has no config.json: it is not a model directory";
+  return std::nullopt;
+}
+
 fs::path resolve_model(const source& src, const entry& e, const fs::path& file) {
   fs::path written = text(src, e);
   fs::path model = (written.is_relative() ? file.parent_path() / written : written).lexically_normal();
-  std::error_code ignored;
-  if (!fs::is_directory(model, ignored))
-    src.fail(e.line, "model directory '" + written.string() + "' (resolved to '" + model.string() +
-                         "') does not exist");
+  if (auto problem = not_a_model(model))
+    src.fail(e.line, "model '" + written.string() + "'" +
+                         (model == written ? "" : " (resolved to '" + model.string() + "')") + " " + *problem);
   return model;
 }
 
@@ -640,6 +666,40 @@ YAML::Node load_yaml(const source& src, const std::string& yaml_text) {
   }
 }
 
+std::string file_kind(const fs::file_status& status) {
+  switch (status.type()) {
+    case fs::file_type::directory: return "a directory";
+    case fs::file_type::fifo: return "a FIFO";
+    case fs::file_type::socket: return "a socket";
+    case fs::file_type::block:
+    case fs::file_type::character: return "a device";
+    default: return "something else";
+  }
+}
+
+[[noreturn]] void fail_file(const fs::path& file, const std::string& problem) {
+  throw topology_error(file.string() + ": " + problem);
+}
+
+// The whole file, once it is known to be a regular file of at most
+// max_topology_file_bytes: its status is read before it is opened, so a FIFO
+// is refused instead of blocking the open.
+std::string read_topology_file(const fs::path& file) {
+  std::error_code error;
+  const auto status = fs::status(file, error);
+  if (error) fail_file(file, "cannot open the topology file: " + error.message());
+  if (!fs::is_regular_file(status)) fail_file(file, "is " + file_kind(status) + ", not a regular file");
+  const auto size = fs::file_size(file, error);
+  if (error) fail_file(file, "cannot open the topology file: " + error.message());
+  if (size > max_topology_file_bytes)
+    fail_file(file, "the topology file has " + std::to_string(size) + " bytes (" + human_bytes(size) +
+                        "), more than the " + human_bytes(max_topology_file_bytes) + " a topology file may have");
+  std::ifstream in(file, std::ios::binary);
+  std::string text(size, '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(size))) fail_file(file, "cannot read the topology file");
+  return text;
+}
+
 }  // namespace
 
 std::vector<std::pair<int, int>> even_ranges(int layers, int nodes) {
@@ -697,6 +757,7 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   const entry& nodes_entry = top.require("nodes");
   auto nodes = read_nodes(src, nodes_entry);
   check_ports(src, nodes);
+  for (const auto& node : nodes) check_resolvable(src, node);
   if (const entry* e = top.find("timeouts")) read_timeouts(src, *e, t);
   if (const entry* e = top.find("rebalance")) t.rebalance_on_join = read_rebalance(src, *e);
   // The model is opened only once the file itself is known to be well formed.
@@ -717,16 +778,12 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
 }
 
 topology load_topology(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) throw topology_error(file.string() + ": cannot open the topology file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_topology(text.str(), file);
+  return parse_topology(read_topology_file(file), file);
 }
 
 topology load_topology_for_model(const std::filesystem::path& file, const std::string& model) {
   if (model.empty()) return load_topology(file);
-  YAML::Node root = YAML::LoadFile(file.string());
+  YAML::Node root = load_yaml({file.string()}, read_topology_file(file));
   root["model"] = std::filesystem::absolute(model).string();
   std::stringstream text;
   text << root;

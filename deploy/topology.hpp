@@ -125,8 +125,16 @@ struct topology {
   const node_spec& node(const std::string& name) const;
 };
 
+/// The largest topology file load_topology reads. A node takes about 100
+/// bytes of YAML, so 1 MiB holds some 10000 nodes; yaml-cpp's tree takes
+/// about 70 times the file's bytes (a 50 MB file took 3.5 GB and 30 s before
+/// its first error was reported), so this bounds a load to ~70 MB.
+inline constexpr std::uint64_t max_topology_file_bytes = std::uint64_t{1} << 20;
+
 /// Reads, parses and validates `file` and resolves its placement; throws
-/// topology_error (`FILE:LINE: problem`) on the first problem found.
+/// topology_error (`FILE:LINE: problem`) on the first problem found, and
+/// `FILE: problem` for a file that is missing, not a regular file (a FIFO is
+/// refused, never opened) or larger than max_topology_file_bytes.
 topology load_topology(const std::filesystem::path& file);
 
 /// As load_topology, from text: `file_for_messages` prefixes messages and is

@@ -3,7 +3,12 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <fstream>
+#include <set>
+#include <sstream>
 
 #include "test/run_process.hpp"
 
@@ -30,14 +35,20 @@ TEST_CASE("model init writes a model that generate streams text from, with its f
 
   auto gen = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "8", "--threads", "1"}, dir.path());
   REQUIRE(gen.exit_code == 0);
-  CHECK(gen.out.rfind("Hi", 0) == 0);  // the prompt first, then the stream
-  CHECK(contains(gen.out, "-- 8 tokens | prefill"));
-  CHECK(contains(gen.out, "ms/token"));
-  CHECK(contains(gen.out, "tokens/s"));
+  // stdout holds the text alone, so `generate … > out.txt` keeps just that:
+  // the prompt, then the stream, then a newline; the figures go to stderr.
+  CHECK(gen.out.rfind("Hi", 0) == 0);
+  CHECK(gen.out.back() == '\n');
+  CHECK(gen.out.find('\n') == gen.out.size() - 1);  // the tiny model prints escapes, never a newline
+  CHECK(!contains(gen.out, "-- "));
+  CHECK(!contains(gen.out, "loaded"));
+  CHECK(contains(gen.err, "loaded m (4 layers"));
+  CHECK(contains(gen.err, "-- 8 tokens | prefill"));
+  CHECK(contains(gen.err, "ms/token"));
+  CHECK(contains(gen.err, "tokens/s"));
 
   auto again = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "8", "--threads", "2"}, dir.path());
-  auto text = [](const std::string& out) { return out.substr(0, out.find("\n-- ")); };
-  CHECK(text(again.out) == text(gen.out));  // greedy output does not depend on the thread count
+  CHECK(again.out == gen.out);  // greedy output does not depend on the thread count
 }
 
 TEST_CASE("a sharded fp16 and a bf16 checkpoint generate") {
@@ -50,7 +61,7 @@ TEST_CASE("a sharded fp16 and a bf16 checkpoint generate") {
     CHECK(std::filesystem::exists(dir / type / "model.safetensors.index.json"));
     auto gen = run_orrery({"generate", "--model", type, "--prompt", "x", "--max-tokens", "4"}, dir.path());
     CHECK(gen.exit_code == 0);
-    CHECK(contains(gen.out, "-- 4 tokens"));
+    CHECK(contains(gen.err, "-- 4 tokens"));
   }
 }
 
@@ -78,7 +89,9 @@ TEST_CASE("bad input gets one clear error and exit code 1, never a crash") {
   SUBCASE("prompt longer than the context") {
     auto r = run_orrery({"generate", "--model", "m", "--prompt", std::string(400, 'a')}, dir.path());
     CHECK(r.exit_code == 1);
-    CHECK(contains(r.err, "exceeds the model's context of 256 positions"));
+    CHECK(r.out.empty());  // refused before the prompt is echoed
+    CHECK(r.err == "orrery: error: prompt of 401 tokens (with BOS) plus 64 new tokens exceeds the model's context of "
+                   "256 positions\n");
   }
   SUBCASE("out-of-range flag") {
     auto r = run_orrery({"generate", "--model", "m", "--prompt", "x", "--top-p", "1.5"}, dir.path());
@@ -119,7 +132,26 @@ TEST_CASE("model score writes every position's logits and a greedy continuation 
   if (all_bytes) CHECK(text.out.substr(0, expected.size()) == expected);
   auto bad = run_orrery({"model", "score", "m", "--ids", "256,9999"}, dir.path());
   CHECK(bad.exit_code == 1);
-  CHECK(contains(bad.err, "id 9999 at index 1 is outside the vocabulary [0, 512)"));
+  CHECK(bad.err == "orrery: error: --ids: '9999' at index 1 is outside the vocabulary [0, 512)\n");
+}
+
+TEST_CASE("model score refuses an empty --ids or an empty item instead of scoring token 0") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+  for (const auto& [ids, message] : std::vector<std::pair<std::string, std::string>>{
+           {"", "--ids: '' is empty: give token ids, comma separated (e.g. 256,72,105)"},
+           {"1,,3", "--ids: '1,,3' holds '' at index 1, which is not a token id"},
+           {"256,", "--ids: '256,' holds '' at index 1, which is not a token id"},
+           {"256,x7", "--ids: '256,x7' holds 'x7' at index 1, which is not a token id"},
+           {"-1", "--ids: '-1' at index 0 is outside the vocabulary [0, 512)"}}) {
+    CAPTURE(ids);
+    auto r = run_orrery({"model", "score", "m", "--ids", ids}, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(r.out.empty());
+    CHECK(r.err == "orrery: error: " + message + "\n");
+  }
+  auto greedy = run_orrery({"model", "score", "m", "--ids", "256", "--greedy", "-1"}, dir.path());
+  CHECK(greedy.err == "orrery: error: --greedy: '-1' is not an integer >= 0\n");
 }
 
 TEST_CASE("--device names what is wrong with it") {
@@ -130,7 +162,161 @@ TEST_CASE("--device names what is wrong with it") {
   CHECK(contains(r.err, "device 'tpu' is neither cpu nor cuda:N"));
   auto t = run_orrery({"generate", "--model", "m", "--prompt", "x", "--dtype", "int3"}, dir.path());
   CHECK(t.exit_code == 1);
-  CHECK(contains(t.err, "dtype 'int3' is not one of fp32, fp16, bf16"));
+  CHECK(t.err == "orrery: error: --dtype: 'int3' is not one of fp32, fp16, bf16\n");
+}
+
+TEST_CASE("--dtype fp16 on a cpu without fp16 matmul and --max-tokens past the context get one line, no libtorch trace") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+  // Debian's libtorch 1.13 has no fp16 matmul on the CPU; a later one may,
+  // and then fp16 simply runs.
+  for (const char* command : {"generate", "score"}) {
+    CAPTURE(command);
+    auto r = std::string(command) == "generate"
+                 ? run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "2", "--dtype", "fp16"}, dir.path())
+                 : run_orrery({"model", "score", "m", "--ids", "256", "--dtype", "fp16"}, dir.path());
+    if (r.exit_code == 0) continue;
+    CHECK(r.exit_code == 1);
+    CHECK(r.out.empty());
+    CHECK(r.err.rfind("orrery: error: --dtype: 'fp16' is not supported on cpu by this libtorch (", 0) == 0);
+    CHECK(contains(r.err, "); use fp32 or bf16\n"));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  }
+  auto bf16 = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "2", "--dtype", "bf16"}, dir.path());
+  CHECK(bf16.exit_code == 0);
+
+  // 3 prompt tokens + 2147483646 overflowed an int past the context check,
+  // and libtorch refused a cache of -2147483648 positions with its trace.
+  auto huge = run_orrery({"generate", "--model", "m", "--prompt", "Hi", "--max-tokens", "2147483646"}, dir.path());
+  CHECK(huge.exit_code == 1);
+  CHECK(huge.out.empty());
+  CHECK(huge.err == "orrery: error: prompt of 3 tokens (with BOS) plus 2147483646 new tokens exceeds the model's "
+                    "context of 256 positions; use at most --max-tokens 254\n");
+}
+
+TEST_CASE("a numeric flag out of range is named with its value and the range it accepts") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+  const std::vector<std::string> generate = {"generate", "--model", "m", "--prompt", "x"};
+  auto with = [](std::vector<std::string> args, std::initializer_list<std::string> more) {
+    args.insert(args.end(), more);
+    return args;
+  };
+  for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {with(generate, {"--max-tokens", "0"}), "--max-tokens: '0' is not an integer >= 1"},
+           {with(generate, {"--max-tokens", "1.5"}), "--max-tokens: '1.5' is not an integer >= 1"},
+           {with(generate, {"--threads", "0"}), "--threads: '0' is not an integer >= 1"},
+           {with(generate, {"--temperature", "-1"}), "--temperature: '-1' is not a number >= 0"},
+           {with(generate, {"--top-k", "-1"}), "--top-k: '-1' is not an integer >= 0"},
+           {with(generate, {"--top-p", "0"}), "--top-p: '0' is not a number in (0, 1]"},
+           {with(generate, {"--top-p", "1.5"}), "--top-p: '1.5' is not a number in (0, 1]"},
+           {with(generate, {"--repetition-penalty", "0"}), "--repetition-penalty: '0' is not a number > 0"},
+           // CLI11 wraps a negative number into an unsigned one: seed 18446744073709551615.
+           {with(generate, {"--seed", "-1"}), "--seed: '-1' is not an integer >= 0"},
+           {{"model", "init", "--preset", "tiny", "--out", "x", "--seed", "-1"}, "--seed: '-1' is not an integer >= 0"},
+           {{"model", "init", "--preset", "tiny", "--out", "x", "--max-file-mb", "-1"}, "--max-file-mb: '-1' is not an integer >= 0"},
+           {{"demo", "--max-tokens", "0"}, "--max-tokens: '0' is not an integer >= 1"},
+           {{"bench", "compute", "--model", "m", "--prompt-tokens", "1"}, "--prompt-tokens: '1' is not an integer in [2, 100000]"},
+           {{"bench", "compute", "--model", "m", "--threads", "0"}, "--threads: '0' is not an integer >= 1"},
+           {{"bench", "dataplane", "--credit-bytes", "0"}, "--credit-bytes: '0' is not an integer >= 1"},
+           {{"plan", "--cluster", "nx,nx", "--model", "small", "--batch", "0"}, "--batch: '0' is not an integer >= 1"},
+           {{"plan", "--cluster", "nx,nx", "--model", "small", "--output", "0"}, "--output: '0' is not an integer >= 1"},
+           {{"profile", "--topology", "m/config.json", "--min-seconds", "0"}, "--min-seconds: '0' is not a number in [0.01, 60]"},
+           {{"chaos", "--topology", "m/config.json", "--times", "0"}, "--times: '0' is not an integer >= 1"},
+           {{"chaos", "--topology", "m/config.json", "--freeze-for", "0"}, "--freeze-for: '0' is not a number > 0"},
+           {{"chaos", "--topology", "m/config.json", "--every", "-1"}, "--every: '-1' is not a number >= 0"},
+           {{"up", "m/config.json", "--restart-after", "-1"}, "--restart-after: '-1' is not a number >= 0"},
+           {{"testbed", "up", "m/config.json", "--ready-timeout", "0"}, "--ready-timeout: '0' is not a number > 0"}}) {
+    CAPTURE(args);
+    auto r = run_orrery(args, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(r.err == "orrery: error: " + message + "\n");
+  }
+}
+
+TEST_CASE("an unknown or missing command is named, with the commands there are") {
+  temp_dir dir;
+  const std::string top = "demo, model, node, up, chaos, testbed, generate, profile, plan, bench";
+  for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"frobnicate"}, "unknown command 'frobnicate' (commands: " + top + ")"},
+           {{"frobnicate", "--x"}, "unknown command 'frobnicate' (commands: " + top + ")"},
+           {{"model", "frob"}, "unknown command 'model frob' (commands: init, score, info)"},
+           {{}, "'orrery' needs a command (commands: " + top + ")"},
+           {{"model"}, "'orrery model' needs a command (commands: init, score, info)"}}) {
+    CAPTURE(args);
+    auto r = run_orrery(args, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(r.err == "orrery: error: " + message + "\n");
+  }
+}
+
+TEST_CASE("a topology's host, model and file size are checked as it is loaded, naming FILE:LINE") {
+  temp_dir dir;
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--out", "m"}, dir.path()).exit_code == 0);
+  auto topology = [&](const std::string& model, const std::string& host) {
+    std::ofstream(dir / "t.yaml") << "cluster: t\nmodel: " << model << "\nnodes:\n  - name: a\n    address: " << host
+                                  << ":7411\n";
+    return run_orrery({"generate", "--topology", "t.yaml", "--prompt", "x"}, dir.path());
+  };
+  // Before: CAF's bare "Invalid argument" once a node or the client used it.
+  auto host = topology("m", "foo.invalid");
+  CHECK(host.exit_code == 1);
+  CHECK(host.err.rfind("orrery: error: t.yaml:5: node 'a': cannot resolve host 'foo.invalid': ", 0) == 0);
+  // Before: "does not exist".
+  auto file = topology("/etc/passwd", "127.0.0.1");
+  CHECK(file.exit_code == 1);
+  CHECK(file.err == "orrery: error: t.yaml:2: model '/etc/passwd' is a file, not a model directory (one holding "
+                    "config.json and the weights)\n");
+  std::filesystem::create_directories(dir / "empty");
+  auto empty = topology("empty", "127.0.0.1");
+  CHECK(empty.err == "orrery: error: t.yaml:2: model 'empty' has no config.json: it is not a model directory\n");
+
+  // Before: a 50 MB file took 3.5 GB and 30 s to parse before its error.
+  std::ofstream(dir / "big.yaml") << std::string((2u << 20) + 1, '#');
+  auto big = run_orrery({"generate", "--topology", "big.yaml", "--prompt", "x"}, dir.path());
+  CHECK(big.exit_code == 1);
+  CHECK(big.err == "orrery: error: big.yaml: the topology file has 2097153 bytes (2.0 MiB), more than the 1.0 MiB a "
+                   "topology file may have\n");
+  // Before: the open of a FIFO without a writer blocked forever (bounded here by timeout).
+  REQUIRE(::mkfifo((dir / "fifo.yaml").c_str(), 0600) == 0);
+  auto fifo = orrery::test::run_process(
+      {"/usr/bin/timeout", "20", orrery::test::orrery_binary(), "generate", "--topology", "fifo.yaml", "--prompt", "x"},
+      dir.path());
+  CHECK(fifo.exit_code == 1);
+  CHECK(fifo.err == "orrery: error: fifo.yaml: is a FIFO, not a regular file\n");
+}
+
+TEST_CASE("the README's tour names files that exist, and testbed4.yaml says how to create its model") {
+  const std::filesystem::path source = std::getenv("ORRERY_SOURCE_DIR")
+                                           ? std::filesystem::path(std::getenv("ORRERY_SOURCE_DIR"))
+                                           : std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+  std::ifstream readme(source / "README.md");
+  REQUIRE(readme);
+  std::string text((std::istreambuf_iterator<char>(readme)), std::istreambuf_iterator<char>());
+  const auto tour = text.substr(text.find("## A short tour"));
+  const auto block = tour.substr(0, tour.find("```\n", tour.find("```sh") + 5));
+  std::set<std::string> files;
+  std::istringstream words(block);
+  for (std::string word; words >> word;)
+    if (word.size() > 5 && word.compare(word.size() - 5, 5, ".yaml") == 0) files.insert(word);
+  CHECK(files.count("deploy/topologies/cluster.yaml") == 1);
+  for (const auto& file : files) {
+    CAPTURE(file);
+    CHECK(std::filesystem::is_regular_file(source / file));
+  }
+
+  // The repository's layout without models: run from elsewhere, the error
+  // names where the model is looked for and how to create it.
+  temp_dir repo, elsewhere;
+  std::filesystem::create_directories(repo / "deploy" / "topologies");
+  std::filesystem::copy_file(source / "deploy" / "topologies" / "testbed4.yaml", repo / "deploy" / "topologies" / "testbed4.yaml");
+  const auto topology = (repo / "deploy" / "topologies" / "testbed4.yaml").string();
+  auto r = run_orrery({"generate", "--topology", topology, "--prompt", "x"}, elsewhere.path());
+  CHECK(r.exit_code == 1);
+  const auto model = (repo / "models" / "small").string();
+  CHECK(r.err == "orrery: error: " + topology + ":10: model '../../models/small' (resolved to '" + model +
+                     "') does not exist (`orrery model init --preset tiny|small|llama2-7b --out " + model +
+                     "` creates one)\n");
 }
 
 TEST_CASE("--help answers for every command") {
@@ -148,8 +334,8 @@ TEST_CASE("demo runs the bundled 4-node topology and shuts it down") {
   auto r = run_orrery({"demo", "--max-tokens", "6"}, dir.path());
   REQUIRE(r.exit_code == 0);
   CHECK(contains(r.out, "4 node processes"));
-  CHECK(contains(r.out, "-- 6 tokens"));
-  CHECK(contains(r.out, "stage 3 on d"));
+  CHECK(contains(r.err, "-- 6 tokens"));  // figures on stderr, as generate's
+  CHECK(contains(r.err, "stage 3 on d"));
   CHECK(contains(r.out, "stopped all 4 nodes"));
 }
 
@@ -157,6 +343,8 @@ TEST_CASE("plan works from catalog presets alone and names bad input") {
   temp_dir dir;
   auto r = run_orrery({"plan", "--cluster", "nano,nano,nx,tx2", "--link", "100mbit", "--model", "llama2-7b"}, dir.path());
   REQUIRE(r.exit_code == 0);
+  // The planners count the embedding and the head as layers of their own.
+  CHECK(contains(r.out, "model llama2-7b (34 planning layers: 32 transformer blocks + embedding + head) on 4 devices"));
   CHECK(contains(r.out, "chosen:"));
   CHECK(contains(r.out, "layers [0, "));
   CHECK(contains(r.out, "runner-ups:"));

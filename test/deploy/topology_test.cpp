@@ -45,6 +45,12 @@ void write_model_config(const fs::path& dir, int num_layers) {
   config.save(dir / "config.json");
 }
 
+// A preset's config.json alone, which is all a topology reads of its model.
+void write_model_config_of(const fs::path& dir, const std::string& preset) {
+  fs::create_directories(dir);
+  orrery::compute::llama_config::preset(preset).save(dir / "config.json");
+}
+
 std::uint64_t weight_bytes(int num_layers, int first, int last) {
   auto config = orrery::compute::llama_config::preset("tiny");
   config.num_layers = num_layers;
@@ -229,13 +235,17 @@ TEST_CASE("a YAML syntax error carries yaml-cpp's line") {
   c.check_error(edit(base_yaml, "  - name: b", "  - name: b\n   oops: ["), 7, "YAML syntax error: ");
 }
 
-TEST_CASE("a missing model directory or an unreadable config.json is named at `model`") {
+TEST_CASE("a missing model directory, a file, a directory without config.json or an unreadable config.json is named at `model`") {
   cluster_dir c;
+  const auto nowhere = (c.dir / "nowhere").string();
   c.check_error(edit(base_yaml, "model: model", "model: nowhere"), 2,
-                "model directory 'nowhere' (resolved to '" + (c.dir / "nowhere").string() + "') does not exist");
+                "model 'nowhere' (resolved to '" + nowhere + "') does not exist (`orrery model init --preset "
+                "tiny|small|llama2-7b --out " + nowhere + "` creates one)");
+  c.check_error(edit(base_yaml, "model: model", "model: /etc/passwd"), 2,
+                "model '/etc/passwd' is a file, not a model directory (one holding config.json and the weights)");
   fs::create_directories(c.dir / "empty");
   c.check_error(edit(base_yaml, "model: model", "model: empty"), 2,
-                "cannot read the model's config.json: " + (c.dir / "empty" / "config.json").string() + ": cannot open");
+                "model 'empty' (resolved to '" + (c.dir / "empty").string() + "') has no config.json: it is not a model directory");
   write_file(c.dir / "broken" / "config.json", "{ not json");
   c.check_error(edit(base_yaml, "model: model", "model: broken"), 2, "config.json: not valid JSON");
 }
@@ -351,8 +361,40 @@ TEST_CASE("a relative model path resolves against the topology file's directory"
   CHECK(absolute.model == c.dir / "model");
 
   std::string missing = (c.dir / "none.yaml").string();
-  std::string message = missing + ": cannot open the topology file";
+  std::string message = missing + ": cannot open the topology file: No such file or directory";
   CHECK_THROWS_WITH_AS(orrery::deploy::load_topology(missing), message.c_str(), topology_error);
+}
+
+TEST_CASE("a topology file that is not a regular file or is over 1 MiB is refused before it is read") {
+  cluster_dir c;
+  auto error_of = [](const fs::path& file) -> std::string {
+    try {
+      orrery::deploy::load_topology(file);
+    } catch (const topology_error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  CHECK(error_of(c.dir.path()) == c.dir.path().string() + ": is a directory, not a regular file");
+  // Exactly the limit is read (and parsed: a comment is no topology).
+  write_file(c.dir / "limit.yaml", std::string(orrery::deploy::max_topology_file_bytes, '#'));
+  CHECK(contains(error_of(c.dir / "limit.yaml"), "the topology must be a map"));
+  write_file(c.dir / "big.yaml", std::string(orrery::deploy::max_topology_file_bytes + 1, '#'));
+  CHECK(error_of(c.dir / "big.yaml") == (c.dir / "big.yaml").string() +
+                                            ": the topology file has 1048577 bytes (1.0 MiB), more than the 1.0 MiB a "
+                                            "topology file may have");
+  // load_topology_for_model (the benchmarks' --model) reads through the same check.
+  CHECK_THROWS_WITH_AS(orrery::deploy::load_topology_for_model(c.dir / "big.yaml", (c.dir / "model").string()),
+                       error_of(c.dir / "big.yaml").c_str(), topology_error);
+}
+
+TEST_CASE("a host that does not resolve is named with its node and line") {
+  cluster_dir c;
+  auto message = c.error(edit(base_yaml, "127.0.0.1:7412", "foo.invalid:7412"));
+  CHECK(message.rfind(c.file.string() + ":7: node 'b': cannot resolve host 'foo.invalid': ", 0) == 0);
+  // Names and addresses that resolve are accepted.
+  CHECK(c.parse(edit(base_yaml, "127.0.0.1:7412", "localhost:7412")).node("b").host == "localhost");
+  CHECK(c.parse(edit(base_yaml, "127.0.0.1:7412", "'[::1]:7412'")).node("b").host == "::1");
 }
 
 TEST_CASE("node() finds a node by name or names the known ones") {
@@ -396,6 +438,28 @@ TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
     CHECK(t.nodes[i].device == "cpu");
     CHECK(!t.nodes[i].memory_bytes);
   }
+}
+
+TEST_CASE("every bundled topology parses wherever the working directory is, its model beside the repository's") {
+  temp_dir repo, elsewhere;
+  for (const char* preset : {"tiny", "small"}) write_model_config_of(repo / "models" / preset, preset);
+  fs::create_directories(repo / "deploy" / "topologies");
+  {
+    // Back where it was even when a load throws.
+    struct working_directory {
+      fs::path previous = fs::current_path();
+      explicit working_directory(const fs::path& dir) { fs::current_path(dir); }
+      ~working_directory() { fs::current_path(previous); }
+    } in_elsewhere(elsewhere.path());
+    for (const char* name : {"demo4.yaml", "testbed4.yaml", "cluster.yaml"}) {
+      CAPTURE(name);
+      fs::copy_file(source_dir() / "deploy" / "topologies" / name, repo / "deploy" / "topologies" / name);
+      auto t = orrery::deploy::load_topology(repo / "deploy" / "topologies" / name);
+      CHECK(t.model.parent_path() == repo / "models");
+    }
+  }
+  auto cluster = orrery::deploy::load_topology(repo / "deploy" / "topologies" / "cluster.yaml");
+  CHECK(cluster.node("gpu-box").device == "cuda:0");
 }
 
 // -- emulated nodes, the testbed subnet, automatic placement -----------------------
