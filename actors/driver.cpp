@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <iostream>
 #include <map>
+#include <random>
 
+#include "actors/error_text.hpp"
+#include "actors/model_identity.hpp"
 #include "actors/supervisor.hpp"
 #include "actors/tensor_frame.hpp"
+#include "compute/dtype.hpp"
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/sampler.hpp"
@@ -56,10 +60,18 @@ struct cluster_node {
   placement_stage spec;
   bool alive = true;
   std::uint64_t memory_bytes = 0;
+  /// The dtype it holds weights in, as it reported (fp32 until it has).
+  std::string dtype = "fp32";
 };
 
 struct driver_state {
   driver_config config;
+  /// This client session's id on every node: its stages, frames and
+  /// incarnations are its own. Drawn at random, never 0 (link probes).
+  std::uint64_t session = 0;
+  /// The content of the model as this client holds it; every node checks its
+  /// own copy against it before loading a layer.
+  std::vector<model_file> model_files;
   compute::llama_config model;
   std::shared_ptr<compute::tokenizer> tok;
   std::shared_ptr<messages::data_plane> plane;
@@ -97,7 +109,7 @@ std::string describe(const placement_stage& s) {
 std::string explain(const caf::error& e, const placement_stage& s, std::chrono::milliseconds timeout) {
   if (e == caf::sec::request_timeout)
     return describe(s) + " did not answer within " + std::to_string(timeout.count()) + " ms";
-  return describe(s) + ": " + caf::to_string(e);
+  return describe(s) + ": " + error_text(e);
 }
 
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
@@ -146,6 +158,7 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
   messages::frame_descriptor d;
   d.request_id = id;
+  d.session = self->state.session;
   d.deployment = self->state.deployment;
   d.step = r.step;
   d.source_stage = driver_stage;
@@ -164,9 +177,9 @@ void on_logits(driver_ptr self, tensor_frame& frame) {
   auto& s = self->state;
   const auto id = frame.descriptor.request_id;
   auto it = s.requests.find(id);
-  if (it == s.requests.end() || s.switching || frame.descriptor.deployment != s.deployment ||
-      frame.descriptor.step != it->second.step)
-    return;  // finished, or from a layout that is gone
+  if (it == s.requests.end() || s.switching || frame.descriptor.session != s.session ||
+      frame.descriptor.deployment != s.deployment || frame.descriptor.step != it->second.step)
+    return;  // finished, from a layout that is gone, or not this session's
   auto& r = it->second;
   if (r.replayed_by >= 0) {
     auto& event = s.recoveries.at(static_cast<std::size_t>(r.replayed_by));
@@ -222,13 +235,19 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
 planning::cluster_state cluster_state_of(driver_ptr self) {
   const auto& s = self->state;
   planning::cluster_state state;
+  // Layer bytes are counted in the first node's dtype; a node of another
+  // dtype stores each of those bytes at the ratio of the element sizes.
+  auto element_size = [](const std::string& dtype) {
+    return static_cast<double>(compute::dtype_size(compute::dtype_from_name(dtype).value_or(compute::dtype::f32)));
+  };
+  const double source_size = element_size(s.nodes.front().dtype);
   for (const auto& n : s.nodes) {
     state.alive.push_back(n.alive);
     state.memory_bytes.push_back(n.memory_bytes);
+    state.state_scale.push_back(element_size(n.dtype) / source_size);
   }
-  // Weights are held as fp32: 4 bytes a parameter (as the stages check).
   for (int layer = 0; layer < s.model.num_layers; ++layer)
-    state.layer_bytes.push_back(static_cast<std::uint64_t>(s.model.parameter_count(layer, layer + 1)) * 4);
+    state.layer_bytes.push_back(static_cast<std::uint64_t>(static_cast<double>(s.model.parameter_count(layer, layer + 1)) * source_size));
   return state;
 }
 
@@ -297,11 +316,13 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
   auto loaded = std::make_shared<std::size_t>(0);
   for (std::size_t i = 0; i < n; ++i) {
     const auto& node = s.nodes[target[i].device].spec;
-    stage_assignment assignment{d,
+    stage_assignment assignment{s.session,
+                                d,
                                 static_cast<std::uint16_t>(target[i].device),
                                 static_cast<std::int32_t>(target[i].begin),
                                 static_cast<std::int32_t>(target[i].end),
                                 s.config.model.string(),
+                                s.model_files,
                                 "",
                                 node.threads};
     self->request(node.node, s.config.request_timeout, load_stage_atom_v, assignment)
@@ -322,6 +343,7 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
 void start_supervisor(driver_ptr self) {
   const auto& c = self->state.config;
   supervisor_config sc;
+  sc.session = self->state.session;
   for (const auto& n : self->state.nodes) sc.nodes.push_back({n.spec.node_name, n.spec.host, n.spec.port, n.spec.node});
   sc.heartbeat_interval = c.heartbeat_interval;
   sc.heartbeat_deadline = c.heartbeat_deadline;
@@ -330,32 +352,67 @@ void start_supervisor(driver_ptr self) {
   self->link_to(spawn_supervisor(self->system(), std::move(sc)));
 }
 
-// Asks every node for its memory budget, then loads and wires the placement.
+// The first layout: the placement's when every node is there, else the
+// placement with the missing nodes' layers moved as a recovery would move
+// them. Throws infeasible_error when the nodes there cannot hold the model.
+std::vector<planning::stage> first_layout(driver_ptr self) {
+  const auto& nodes = self->state.nodes;
+  if (std::all_of(nodes.begin(), nodes.end(), [](const auto& n) { return n.alive; })) return placed_layout(self);
+  auto plan = planning::plan_after_loss(placed_layout(self), cluster_state_of(self));
+  std::string missing, layout;
+  for (const auto& n : nodes)
+    if (!n.alive) missing += (missing.empty() ? "" : ", ") + n.spec.node_name;
+  for (const auto& st : plan.stages)
+    layout += " " + nodes[st.device].spec.node_name + " [" + std::to_string(st.begin) + ", " + std::to_string(st.end) + ")";
+  std::cerr << "driver: planned around " << missing << " (" << plan.how << "):" << layout << std::endl;
+  return plan.stages;
+}
+
+// Asks every node there for its memory budget and dtype, then loads and wires
+// the first layout. Nodes the client could not reach start dead: the
+// supervisor redials them, and they rejoin as a recovery would see them.
 void deploy(driver_ptr self, caf::response_promise promise) {
   auto& s = self->state;
-  auto remaining = std::make_shared<std::size_t>(s.nodes.size());
+  for (auto& n : s.nodes) n.alive = static_cast<bool>(n.spec.node);
+  auto remaining = std::make_shared<std::size_t>(
+      static_cast<std::size_t>(std::count_if(s.nodes.begin(), s.nodes.end(), [](const auto& n) { return n.alive; })));
   auto failed = std::make_shared<bool>(false);
-  for (std::size_t k = 0; k < s.nodes.size(); ++k)
+  auto start = [self, promise]() mutable {
+    std::vector<planning::stage> layout;
+    try {
+      layout = first_layout(self);
+    } catch (const planning::infeasible_error& e) {
+      std::string alive;
+      for (const auto& n : self->state.nodes)
+        if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
+      return promise.deliver(driver_error("the nodes there (" + alive + ") cannot hold the model: " + e.what()));
+    }
+    switch_layout(self, layout, [promise](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
+      if (!error.empty()) {
+        self->state.switching = false;
+        return promise.deliver(driver_error(error));
+      }
+      self->state.deployed = true;
+      start_supervisor(self);
+      promise.deliver(caf::unit);
+    });
+  };
+  if (*remaining == 0) return promise.deliver(driver_error("no node of the placement is there"));
+  for (std::size_t k = 0; k < s.nodes.size(); ++k) {
+    if (!s.nodes[k].alive) continue;
     self->request(s.nodes[k].spec.node, s.config.request_timeout, info_atom_v)
         .then(
-            [self, k, remaining, failed, promise](node_info& info) mutable {
+            [self, k, remaining, failed, start](node_info& info) mutable {
               auto& s = self->state;
               s.nodes[k].memory_bytes = info.memory_bytes;
-              if (--*remaining > 0 || *failed) return;
-              switch_layout(self, placed_layout(self), [promise](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
-                if (!error.empty()) {
-                  self->state.switching = false;
-                  return promise.deliver(driver_error(error));
-                }
-                self->state.deployed = true;
-                start_supervisor(self);
-                promise.deliver(caf::unit);
-              });
+              s.nodes[k].dtype = info.dtype;
+              if (--*remaining == 0 && !*failed) start();
             },
             [self, k, failed, promise](caf::error& e) mutable {
               if (std::exchange(*failed, true)) return;
               promise.deliver(driver_error(explain(e, self->state.nodes[k].spec, self->state.config.request_timeout)));
             });
+  }
 }
 
 void recover(driver_ptr self, bool grace_over);
@@ -476,9 +533,18 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
   switch_layout(self, target, after_switch(s.recoveries.size() - 1));
 }
 
+std::uint64_t fresh_session() {
+  static std::random_device entropy;
+  std::uint64_t id = 0;
+  while (id == 0) id = (std::uint64_t{entropy()} << 32) | entropy();
+  return id;
+}
+
 caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama_config model,
-                           std::shared_ptr<compute::tokenizer> tok) {
+                           std::shared_ptr<compute::tokenizer> tok, std::vector<model_file> files) {
   auto& s = self->state;
+  s.session = fresh_session();
+  s.model_files = std::move(files);
   s.config = std::move(config);
   s.model = std::move(model);
   s.tok = std::move(tok);
@@ -540,7 +606,7 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
 void deploy_blocking(caf::actor_system& system, const caf::actor& driver, std::chrono::milliseconds timeout) {
   caf::scoped_actor self{system};
   std::string failure;
-  self->request(driver, timeout, deploy_atom_v).receive([] {}, [&](caf::error& e) { failure = system.render(e); });
+  self->request(driver, timeout, deploy_atom_v).receive([] {}, [&](caf::error& e) { failure = error_text(e); });
   if (!failure.empty()) throw std::runtime_error("deploy failed: " + failure);
 }
 
@@ -567,7 +633,7 @@ std::vector<generation_summary> generate_blocking(caf::actor_system& system, con
           done.at(index) = std::move(s);
           ++finished;
         },
-        [&](caf::error& e) { failure = system.render(e); },
+        [&](caf::error& e) { failure = error_text(e); },
         caf::after(timeout) >> [&] {
           failure = "no answer from the driver within " + std::to_string(timeout.count()) + " ms";
         });
@@ -588,7 +654,7 @@ Answer ask_blocking(caf::actor_system& system, const caf::actor& driver, std::ch
   Answer answer;
   std::string failure;
   self->request(driver, timeout, atom)
-      .receive([&](Answer& a) { answer = std::move(a); }, [&](caf::error& e) { failure = system.render(e); });
+      .receive([&](Answer& a) { answer = std::move(a); }, [&](caf::error& e) { failure = error_text(e); });
   if (!failure.empty()) throw std::runtime_error(std::string(what) + " failed: " + failure);
   return answer;
 }
@@ -610,10 +676,11 @@ caf::actor spawn_driver(caf::actor_system& system, driver_config config) {
   // exception for the caller rather than a dead actor.
   auto model = compute::llama_config::load(config.model / "config.json");
   std::shared_ptr<compute::tokenizer> tok = compute::load_tokenizer(config.model);
+  auto files = identify_model(config.model);
   // Scheduled, not detached: the driver only samples and forwards (cheap),
   // and a detached actor's thread would hold up actor_system shutdown until
   // the last reference to it is gone.
-  return system.spawn(driver_actor, std::move(config), std::move(model), std::move(tok));
+  return system.spawn(driver_actor, std::move(config), std::move(model), std::move(tok), std::move(files));
 }
 
 }  // namespace orrery::actors

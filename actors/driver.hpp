@@ -15,6 +15,12 @@
 // the model, requests fail naming what is missing, and the driver waits for
 // nodes to return.
 //
+// Each driver is one client session: it draws a session id, and every node
+// gives the session stages, KV caches and incarnations of its own, so clients
+// sharing nodes never see each other's state. The model's content (its files'
+// sizes and hashes) goes with every stage assignment; a node whose copy
+// differs refuses to load it, naming the file.
+//
 // Protocol (all replies carry errors as caf::error naming the node):
 //   (deploy_atom)            -> void, once every stage is loaded and wired
 //   generate_request         -> generation_summary; token_event per token to the sender first
@@ -35,7 +41,8 @@
 namespace orrery::actors {
 
 /// One pipeline stage of a placement: a node (already connected and, for
-/// remote nodes, a proxy) and the layers it runs.
+/// remote nodes, a proxy; null when the client could not reach it, and the
+/// driver plans around it) and the layers it runs.
 struct placement_stage {
   std::string node_name;
   /// Where the node's control port is, to redial it after a failure; an

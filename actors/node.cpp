@@ -8,6 +8,7 @@
 #include <random>
 
 #include "actors/profiling.hpp"
+#include "actors/shard_cache.hpp"
 #include "actors/stage.hpp"
 #include "actors/tensor_frame.hpp"
 #include "messages/data_plane.hpp"
@@ -17,43 +18,58 @@ namespace orrery::actors {
 
 namespace {
 
-// Stage index -> stage actor, read on the data plane's io thread and
+// (session, stage) -> stage actor, read on the data plane's io thread and
 // written by the node actor. Weak addresses: a finished stage is not kept
 // alive by its routing entry.
 class routing_table {
  public:
-  void set(std::uint16_t stage, const caf::actor& actor) {
+  using route = std::pair<std::uint64_t, std::uint16_t>;
+  void set(route to, const caf::actor& actor) {
     std::lock_guard<std::mutex> lock(mutex_);
-    routes_[stage] = actor.address();
+    routes_[to] = actor.address();
   }
-  void clear() {
+  void erase(route to) {
     std::lock_guard<std::mutex> lock(mutex_);
-    routes_.clear();
+    routes_.erase(to);
   }
-  caf::actor find(std::uint16_t stage) const {
+  caf::actor find(route to) const {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = routes_.find(stage);
+    auto it = routes_.find(to);
     return it == routes_.end() ? caf::actor{} : caf::actor_cast<caf::actor>(it->second);
   }
 
  private:
   mutable std::mutex mutex_;
-  std::map<std::uint16_t, caf::actor_addr> routes_;
+  std::map<route, caf::actor_addr> routes_;
 };
+
+/// Link probes travel in session 0, which no client session draws.
+constexpr routing_table::route probe_route{0, probe_stage};
 
 std::uint64_t fresh_incarnation() {
   static std::random_device entropy;
   return (std::uint64_t{entropy()} << 32) | entropy();
 }
 
+/// What a node keeps for one client session: its stages, the driver that
+/// owns them (monitored: when it goes, so do they) and the supervisors
+/// watching the node for it. The incarnation is the session's own, so a
+/// fence from one session's supervisor never drops another session's stages.
+struct session_state {
+  std::uint64_t incarnation = fresh_incarnation();
+  std::map<std::uint16_t, caf::actor> stages;
+  caf::actor_addr driver;
+  std::map<caf::actor, std::chrono::milliseconds> watchers;
+};
+
 struct node_state {
   node_config config;
+  /// The process's incarnation, reported outside any session.
   std::uint64_t incarnation = fresh_incarnation();
   std::shared_ptr<routing_table> routes;
   std::shared_ptr<messages::data_plane> data_plane;
-  std::map<std::uint16_t, caf::actor> stages;
-  /// Supervisors watching this node, and the heartbeat interval each asked for.
-  std::map<caf::actor, std::chrono::milliseconds> watchers;
+  std::shared_ptr<shard_cache> weights;
+  std::map<std::uint64_t, session_state> sessions;
   std::uint64_t heartbeats_sent = 0;
   bool beating = false;
   probe_sink probes;
@@ -63,44 +79,82 @@ struct node_state {
 
 using node_ptr = caf::stateful_actor<node_state>*;
 
-node_info describe(node_ptr self) {
-  const auto& c = self->state.config;
-  return node_info{c.name,      c.device,   c.memory_bytes, c.threads, c.data_host, self->state.data_plane->port(),
-                   self->state.incarnation};
+node_info describe(node_ptr self, std::uint64_t session) {
+  const auto& s = self->state;
+  const auto& c = s.config;
+  auto it = s.sessions.find(session);
+  return node_info{c.name,      c.device, c.dtype, c.memory_bytes, c.threads, c.data_host, s.data_plane->port(),
+                   it == s.sessions.end() ? s.incarnation : it->second.incarnation};
 }
 
 // Heartbeats go out from the node actor on CAF's shared workers, never from a
 // stage's compute thread: a node busy computing is slow, not silent.
 void beat(node_ptr self) {
   auto& s = self->state;
-  if (s.watchers.empty()) {
-    s.beating = false;
-    return;
-  }
   auto interval = std::chrono::milliseconds::max();
-  for (const auto& [watcher, every] : s.watchers) {
-    self->send(watcher, heartbeat{s.config.name, s.incarnation, ++s.heartbeats_sent});
-    interval = std::min(interval, every);
-  }
-  s.beating = true;
-  self->delayed_send(self, interval, tick_atom_v);
+  for (const auto& [id, session] : s.sessions)
+    for (const auto& [watcher, every] : session.watchers) {
+      self->send(watcher, heartbeat{s.config.name, session.incarnation, ++s.heartbeats_sent});
+      interval = std::min(interval, every);
+    }
+  s.beating = interval != std::chrono::milliseconds::max();
+  if (s.beating) self->delayed_send(self, interval, tick_atom_v);
 }
 
-// A supervisor declared this incarnation dead and has moved its layers away:
-// whatever the stages still hold belongs to a pipeline that no longer exists.
-// The node starts over under a new incarnation and may be given layers again.
-void start_over(node_ptr self) {
-  auto& s = self->state;
-  for (auto& [index, stage] : s.stages) {
+void drop_stages(node_ptr self, std::uint64_t id, session_state& session) {
+  for (auto& [index, stage] : session.stages) {
     self->unlink_from(stage);
     self->send_exit(stage, caf::exit_reason::user_shutdown);
+    self->state.routes->erase({id, index});
   }
-  s.stages.clear();
-  s.routes->clear();
-  s.routes->set(probe_stage, caf::actor_cast<caf::actor>(self));
-  s.incarnation = fresh_incarnation();
-  std::cerr << "node " << s.config.name << ": fenced by a supervisor; dropped its stages, now incarnation "
-            << s.incarnation << std::endl;
+  session.stages.clear();
+}
+
+// A supervisor of session `id` declared this incarnation dead and has moved
+// the session's layers away: whatever its stages still hold belongs to a
+// pipeline that no longer exists. The session starts over under a new
+// incarnation and may be given layers again.
+void start_over(node_ptr self, std::uint64_t id, session_state& session) {
+  drop_stages(self, id, session);
+  session.incarnation = fresh_incarnation();
+  std::cerr << "node " << self->state.config.name << ": fenced by the supervisor of session " << id
+            << "; dropped its stages, now incarnation " << session.incarnation << std::endl;
+}
+
+// A driver or a supervisor went away: a driver's session ends with it (its
+// stages and their weights are released), a supervisor stops being watched.
+void on_down(node_ptr self, const caf::down_msg& msg) {
+  auto& sessions = self->state.sessions;
+  for (auto it = sessions.begin(); it != sessions.end();) {
+    auto& session = it->second;
+    if (session.driver == msg.source) {
+      drop_stages(self, it->first, session);
+      it = sessions.erase(it);
+      continue;
+    }
+    for (auto w = session.watchers.begin(); w != session.watchers.end();)
+      w = w->first.address() == msg.source ? session.watchers.erase(w) : std::next(w);
+    ++it;
+  }
+}
+
+caf::result<caf::message> assign(node_ptr self, stage_assignment& assignment) {
+  auto& s = self->state;
+  if (assignment.session == 0) return caf::make_error(caf::sec::runtime_error, "session 0 is reserved for link probes");
+  auto& session = s.sessions[assignment.session];
+  if (!session.driver) {
+    session.driver = self->current_sender() ? self->current_sender()->address() : caf::actor_addr{};
+    if (auto driver = caf::actor_cast<caf::actor>(session.driver)) self->monitor(driver);
+  }
+  auto& slot = session.stages[assignment.stage];
+  if (!slot) {
+    const auto& c = s.config;
+    slot = spawn_stage(self->system(),
+                       {c.name, c.device, c.dtype, c.memory_bytes, c.data_host, s.data_plane->port(), s.data_plane, s.weights});
+    self->link_to(slot);  // a stage lives and dies with its node
+    s.routes->set({assignment.session, assignment.stage}, slot);
+  }
+  return self->delegate(slot, load_stage_atom_v, std::move(assignment));
 }
 
 caf::behavior node_actor(node_ptr self, node_config config,
@@ -108,38 +162,28 @@ caf::behavior node_actor(node_ptr self, node_config config,
   self->state.config = std::move(config);
   self->state.routes = std::move(routes);
   self->state.data_plane = std::move(plane);
+  self->state.weights = std::make_shared<shard_cache>(self->state.config.memory_bytes);
   self->set_exit_handler([self](caf::exit_msg& msg) {
-    for (auto& [index, stage] : self->state.stages) self->send_exit(stage, msg.reason);
+    for (auto& [id, session] : self->state.sessions)
+      for (auto& [index, stage] : session.stages) self->send_exit(stage, msg.reason);
     self->quit(msg.reason);
   });
-  self->set_down_handler([self](caf::down_msg& msg) {
-    auto watcher = caf::actor_cast<caf::actor>(msg.source);
-    if (watcher) self->state.watchers.erase(watcher);
-  });
+  self->set_down_handler([self](caf::down_msg& msg) { on_down(self, msg); });
   return {
-      [self](info_atom) { return describe(self); },
-      [self](watch_atom, caf::actor& supervisor, std::int64_t interval_ms) {
+      [self](info_atom) { return describe(self, 0); },
+      [self](watch_atom, caf::actor& supervisor, std::int64_t interval_ms, std::uint64_t session) {
         self->monitor(supervisor);
-        self->state.watchers[supervisor] = std::chrono::milliseconds(std::max<std::int64_t>(interval_ms, 10));
+        self->state.sessions[session].watchers[supervisor] = std::chrono::milliseconds(std::max<std::int64_t>(interval_ms, 10));
         if (!self->state.beating) beat(self);
-        return describe(self);
+        return describe(self, session);
       },
       [self](tick_atom) { beat(self); },
-      [self](fence_atom, std::uint64_t incarnation) {
-        if (incarnation == self->state.incarnation) start_over(self);
-        return describe(self);
+      [self](fence_atom, std::uint64_t session, std::uint64_t incarnation) {
+        auto it = self->state.sessions.find(session);
+        if (it != self->state.sessions.end() && it->second.incarnation == incarnation) start_over(self, session, it->second);
+        return describe(self, session);
       },
-      [self](load_stage_atom, stage_assignment& assignment) {
-        const auto& c = self->state.config;
-        auto& slot = self->state.stages[assignment.stage];
-        if (!slot) {
-          slot = spawn_stage(self->system(), {c.name, c.device, c.dtype, c.memory_bytes, c.data_host,
-                                              self->state.data_plane->port(), self->state.data_plane});
-          self->link_to(slot);  // a stage lives and dies with its node
-          self->state.routes->set(assignment.stage, slot);
-        }
-        return self->delegate(slot, load_stage_atom_v, std::move(assignment));
-      },
+      [self](load_stage_atom, stage_assignment& assignment) { return assign(self, assignment); },
       // `orrery profile`: the slow parts run in workers, so heartbeats go on.
       [self](layer_timing_request& request) {
         const auto& c = self->state.config;
@@ -180,15 +224,16 @@ caf::actor spawn_node(caf::actor_system& system, node_config config) {
   auto plane = std::make_shared<messages::data_plane>(
       options, tensor_allocator(/*pinned=*/config.device != "cpu"),
       [routes, name](messages::received_frame frame) {
-        auto stage = routes->find(frame.descriptor.destination_stage);
-        if (stage && frame.descriptor.destination_stage == probe_stage) {
+        const routing_table::route to{frame.descriptor.session, frame.descriptor.destination_stage};
+        auto stage = routes->find(to);
+        if (stage && to == probe_route) {
           auto host = frame.peer.substr(0, frame.peer.rfind(':'));
           if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
           return caf::anon_send(stage, probe_frame_atom_v, frame.descriptor.request_id, frame.descriptor.reply_port, host);
         }
         if (!stage) {
-          std::cerr << "node " << name << ": dropped a frame for unknown stage " << frame.descriptor.destination_stage
-                    << " from " << frame.peer << "\n";
+          std::cerr << "node " << name << ": dropped a frame for unknown stage " << to.second << " of session "
+                    << to.first << " from " << frame.peer << "\n";
           return;
         }
         caf::anon_send(stage, tensor_frame{frame.descriptor, tensor_of(frame)});
@@ -197,7 +242,7 @@ caf::actor spawn_node(caf::actor_system& system, node_config config) {
         std::cerr << "node " << name << ": data plane link from " << peer << " closed: " << problem << "\n";
       });
   auto node = system.spawn(node_actor, std::move(config), routes, plane);
-  routes->set(probe_stage, node);  // the node actor is its own probe sink
+  routes->set(probe_route, node);  // the node actor is its own probe sink
   return node;
 }
 

@@ -10,8 +10,11 @@
 #include <map>
 #include <vector>
 
+#include "actors/model_identity.hpp"
+#include "actors/shard_cache.hpp"
 #include "actors/tensor_frame.hpp"
 #include "compute/cpu_threads.hpp"
+#include "compute/error_text.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/shard.hpp"
 #include "messages/data_plane.hpp"
@@ -34,7 +37,9 @@ struct stage_state {
   stage_assignment assignment;
   /// The stage's layers in order, as contiguous shards: a recovery extends a
   /// stage by loading only the layers it lacks, beside those it has.
-  std::vector<compute::shard> shards;
+  std::vector<std::shared_ptr<shared_shard>> shards;
+  /// model_fingerprint of the model the shards belong to.
+  std::string fingerprint;
   /// Per request, one KV cache per shard.
   std::map<std::uint64_t, std::vector<compute::kv_cache>> caches;
   std::shared_ptr<messages::link> next;
@@ -61,62 +66,70 @@ caf::error stage_error(const std::string& text) {
   return caf::make_error(caf::sec::runtime_error, text);
 }
 
-// Gives the stage exactly the layers of `assignment`: its shards that lie
-// inside the new range stay, the rest go, and the gaps between them are
-// loaded from the model directory (a shard that only overlaps the new range
-// is dropped and its part of the range reloaded). Nothing changes until every
-// gap has loaded; a failed load leaves the stage refusing frames until a load
-// succeeds.
+// Throws when the node's copy of the model is not the client's: a truncated,
+// corrupt or other-version copy would compute other text with exit code 0.
+void check_model_copy(const stage_assignment& assignment) {
+  if (assignment.model_files.empty()) throw std::runtime_error("the assignment names no model files to check the copy against");
+  const auto problem = model_difference(assignment.model_files, identify_model(assignment.model_dir));
+  if (!problem.empty())
+    throw std::runtime_error("its copy of the model at " + assignment.model_dir + " differs from the client's: " + problem);
+}
+
+// Gives the stage exactly the layers of `assignment`: its shards of the same
+// model that lie inside the new range stay, the rest go, and the gaps between
+// them come from the node's shard cache (shared with other sessions, or
+// loaded from the model directory; a shard that only overlaps the new range
+// is dropped and its part of the range loaded again). A failed load leaves
+// the stage refusing frames until a load succeeds.
 caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
   const int first = assignment.first_layer, last = assignment.last_layer;
-  auto kept = [&](const compute::shard& shard) { return shard.first_layer() >= first && shard.last_layer() <= last; };
-  std::vector<compute::shard> loaded;
-  int loaded_layers = 0;
-  std::uint64_t loaded_bytes = 0;
-  try {
-    compute::model_dir model(assignment.model_dir);
-    auto dtype = compute::scalar_type_from_name(s.context.dtype);
-    auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) * c10::elementSize(dtype);
-    if (s.context.memory_bytes > 0 && needed > s.context.memory_bytes)
-      throw std::runtime_error("they need " + std::to_string(needed) + " bytes, the memory budget is " +
-                               std::to_string(s.context.memory_bytes));
-    compute::shard_options options{compute::device_from_name(s.context.device), dtype,
-                                   compute::configure_cpu_threads(std::max(1, assignment.threads))};
-    std::vector<std::pair<int, int>> held;
-    for (const auto& shard : s.shards)
-      if (kept(shard)) held.emplace_back(shard.first_layer(), shard.last_layer());
-    std::sort(held.begin(), held.end());
-    int at = first;
-    held.emplace_back(last, last);
-    for (const auto& [begin, end] : held) {
-      if (at < begin) {
-        loaded.emplace_back(model, at, begin, options);
-        loaded_layers += begin - at;
-        loaded_bytes += loaded.back().weight_bytes();
-      }
-      at = end;
-    }
-  } catch (const std::exception& e) {
-    s.deployment = assignment.deployment;  // frames of the old layout meet the wrong caches now
-    s.caches.clear();
-    s.next.reset();
-    return stage_error("node '" + s.context.node + "': cannot load layers [" + std::to_string(first) + ", " +
-                       std::to_string(last) + "): " + e.what());
-  }
-  std::vector<compute::shard> shards = std::move(loaded);
-  for (auto& shard : s.shards)
-    if (kept(shard)) shards.push_back(std::move(shard));
-  std::sort(shards.begin(), shards.end(),
-            [](const compute::shard& a, const compute::shard& b) { return a.first_layer() < b.first_layer(); });
-  s.shards = std::move(shards);
-  s.assignment = assignment;
+  const auto fingerprint = model_fingerprint(assignment.model_files);
+  auto kept = [&](const std::shared_ptr<shared_shard>& held) {
+    return s.fingerprint == fingerprint && held->shard().first_layer() >= first && held->shard().last_layer() <= last;
+  };
+  // What goes is released first: its bytes count against the node's budget.
+  s.shards.erase(std::remove_if(s.shards.begin(), s.shards.end(), [&](const auto& held) { return !kept(held); }),
+                 s.shards.end());
+  s.fingerprint = fingerprint;
   // From here on frames of the old layout (say, the late output of a stage
   // that died) meet layers they were not computed for: drop them.
   s.deployment = assignment.deployment;
   s.caches.clear();  // requests are replayed into the new layout
+  s.assignment = assignment;
+  int loaded_layers = 0;
+  std::uint64_t loaded_bytes = 0;
+  try {
+    check_model_copy(assignment);
+    compute::model_dir model(assignment.model_dir);
+    compute::shard_options options{compute::device_from_name(s.context.device),
+                                   compute::scalar_type_from_name(s.context.dtype),
+                                   compute::configure_cpu_threads(std::max(1, assignment.threads))};
+    std::vector<std::pair<int, int>> held;
+    for (const auto& shard : s.shards) held.emplace_back(shard->shard().first_layer(), shard->shard().last_layer());
+    std::sort(held.begin(), held.end());
+    held.emplace_back(last, last);
+    int at = first;
+    for (const auto& [begin, end] : held) {
+      if (at < begin) {
+        s.shards.push_back(s.context.weights->acquire(fingerprint, model, at, begin, options));
+        loaded_layers += begin - at;
+        loaded_bytes += s.shards.back()->shard().weight_bytes();
+      }
+      at = end;
+    }
+  } catch (const std::exception& e) {
+    s.shards.clear();
+    s.next.reset();
+    const auto problem = "cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
+                         "): " + compute::first_line(e.what());
+    std::cerr << "node '" << s.context.node << "': " << problem << std::endl;
+    return stage_error(problem);
+  }
+  std::sort(s.shards.begin(), s.shards.end(),
+            [](const auto& a, const auto& b) { return a->shard().first_layer() < b->shard().first_layer(); });
   std::uint64_t weight_bytes = 0;
-  for (const auto& shard : s.shards) weight_bytes += shard.weight_bytes();
+  for (const auto& shard : s.shards) weight_bytes += shard->shard().weight_bytes();
   return stage_ready{caf::actor_cast<caf::actor>(self), assignment.stage, s.context.node, s.context.data_host,
                      s.context.data_port, weight_bytes, loaded_layers, loaded_bytes};
 }
@@ -130,12 +143,12 @@ at::Tensor forward(stage_state& s, std::uint64_t request, const at::Tensor& inpu
   auto cache = s.caches.find(request);
   if (cache == s.caches.end()) {
     std::vector<compute::kv_cache> fresh;
-    for (const auto& shard : s.shards) fresh.push_back(shard.new_cache(shard.config().max_position_embeddings));
+    for (const auto& shard : s.shards) fresh.push_back(shard->shard().new_cache(shard->shard().config().max_position_embeddings));
     cache = s.caches.emplace(request, std::move(fresh)).first;
   }
   const int tokens = static_cast<int>(input.size(0));
   at::Tensor x = input;
-  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i].forward(x, {{&cache->second[i], tokens}});
+  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&cache->second[i], tokens}});
   return x;
 }
 
@@ -159,6 +172,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
   ++s.frames;
   messages::frame_descriptor out_d;
   out_d.request_id = d.request_id;
+  out_d.session = d.session;
   out_d.deployment = d.deployment;
   out_d.step = d.step;
   out_d.source_stage = s.assignment.stage;

@@ -16,6 +16,8 @@ class data_plane;
 
 namespace orrery::actors {
 
+class shard_cache;
+
 struct stage_context {
   std::string node;
   std::string device;
@@ -25,6 +27,8 @@ struct stage_context {
   std::uint16_t data_port = 0;
   /// The node's data plane, for the link to the next hop.
   std::shared_ptr<messages::data_plane> data_plane;
+  /// The node's weights, shared by the stages of every session.
+  std::shared_ptr<shard_cache> weights;
 };
 
 /// Spawns an empty stage; it loads its shard on (load_stage_atom, stage_assignment).

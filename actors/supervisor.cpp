@@ -74,7 +74,7 @@ void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_
 void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool returning) {
   const auto& c = self->state.config;
   self->request(handle, c.connect_timeout, watch_atom_v, caf::actor_cast<caf::actor>(self),
-                static_cast<std::int64_t>(c.heartbeat_interval.count()))
+                static_cast<std::int64_t>(c.heartbeat_interval.count()), c.session)
       .then(
           [self, name, handle, returning](node_info& info) {
             auto* m = find(self, name);
@@ -87,7 +87,8 @@ void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool
               return;
             }
             if (m->alive) return;
-            self->request(handle, self->state.config.connect_timeout, fence_atom_v, info.incarnation)
+            self->request(handle, self->state.config.connect_timeout, fence_atom_v, self->state.config.session,
+                          info.incarnation)
                 .then(
                     [self, name, handle](node_info& fresh) {
                       auto* m = find(self, name);
@@ -165,7 +166,8 @@ void on_heartbeat(supervisor_ptr self, const heartbeat& beat) {
   } else if (m->dead_incarnations.count(beat.incarnation) > 0) {
     // A frozen node that was resumed: it must not serve its old layers.
     // Anonymous: the node's answer (its new incarnation) is learnt on redial.
-    caf::anon_send(caf::actor_cast<caf::actor>(self->current_sender()), fence_atom_v, beat.incarnation);
+    caf::anon_send(caf::actor_cast<caf::actor>(self->current_sender()), fence_atom_v, self->state.config.session,
+                   beat.incarnation);
   }
 }
 

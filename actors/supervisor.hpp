@@ -34,6 +34,9 @@ struct supervised_node {
 };
 
 struct supervisor_config {
+  /// The client session whose nodes these are: nodes keep incarnations and
+  /// fences per session.
+  std::uint64_t session = 0;
   std::vector<supervised_node> nodes;
   std::chrono::milliseconds heartbeat_interval{250};
   /// Silence longer than this is a death verdict.

@@ -5,6 +5,8 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <iostream>
 
 #include "actors/node.hpp"
@@ -43,6 +45,13 @@ int wait_for_stop_signal(const std::function<bool()>& keep_waiting) {
   }
 }
 
+namespace {
+
+/// How long a stopping node waits for its stages (a stop must take < 2 s).
+constexpr std::chrono::milliseconds stop_grace{1500};
+
+}  // namespace
+
 void run_node(const topology& t, const std::string& name) {
   const auto& spec = t.node(name);
   block_stop_signals();
@@ -61,10 +70,20 @@ void run_node(const topology& t, const std::string& name) {
   int signal = wait_for_stop_signal();
   std::cout << "node " << spec.name << ": stopping on signal " << signal << std::endl;
   caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+  // The actor system's destructor waits for every stage thread, and a stage
+  // in the middle of loading or of a forward pass answers its exit only when
+  // that is done (seconds for a large model). A node asked to stop stops:
+  // past this grace period it exits without waiting.
+  std::thread([name = spec.name, signal] {
+    std::this_thread::sleep_for(stop_grace);
+    std::cerr << "node " << name << ": a stage was still busy " << stop_grace.count()
+              << " ms after the stop signal; exiting without waiting for it" << std::endl;
+    std::_Exit(128 + signal);
+  }).detach();
 }
 
-std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, const topology& t) {
-  std::vector<actors::placement_stage> stages;
+node_connections connect_nodes(caf::actor_system& system, const topology& t) {
+  node_connections out;
   caf::scoped_actor self{system};
   for (const auto& n : t.nodes) {
     // What middleman::remote_actor does, but with a deadline: it waits
@@ -83,18 +102,25 @@ std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, co
                             : system.render(e);
             });
     if (!failure.empty())
-      throw std::runtime_error(n.label() + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
-                               "` running?)");
-    stages.push_back({n.name, n.host, n.port, handle, n.first_layer, n.last_layer, n.threads});
+      out.unreachable.push_back(n.label() + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
+                                "` running?)");
+    out.stages.push_back({n.name, n.host, n.port, handle, n.first_layer, n.last_layer, n.threads});
   }
-  return stages;
+  return out;
+}
+
+void node_connections::require_all() const {
+  if (!unreachable.empty()) throw std::runtime_error(unreachable.front());
 }
 
 pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
     : topology_(t), config_(t.heartbeat_interval), system_(std::make_unique<caf::actor_system>(config_)) {
   actors::driver_config dc;
   dc.model = t.model;
-  dc.stages = connect_nodes(*system_, t);
+  auto nodes = connect_nodes(*system_, t);
+  if (nodes.unreachable.size() == nodes.stages.size()) nodes.require_all();
+  for (const auto& line : nodes.unreachable) std::cerr << line << "; planning around it" << std::endl;
+  dc.stages = std::move(nodes.stages);
   dc.request_timeout = t.request_timeout;
   dc.advertise_host = !advertise_host.empty() ? std::move(advertise_host) : t.testbed ? t.testbed->client : "127.0.0.1";
   dc.connect_timeout = t.connect_timeout;
@@ -102,7 +128,14 @@ pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
   dc.heartbeat_deadline = t.heartbeat_deadline;
   dc.rebalance_on_join = t.rebalance_on_join;
   driver_ = actors::spawn_driver(*system_, dc);
-  actors::deploy_blocking(*system_, driver_, t.request_timeout);
+  try {
+    actors::deploy_blocking(*system_, driver_, t.request_timeout);
+  } catch (...) {
+    // No destructor runs for a half-built client, and the actor system's
+    // waits for every actor: the driver must be told to go.
+    caf::anon_send_exit(driver_, caf::exit_reason::user_shutdown);
+    throw;
+  }
 }
 
 pipeline_client::~pipeline_client() {
@@ -126,14 +159,16 @@ double decode_ms_per_token(const generation_summary& summary) {
   return summary.tokens.size() > 1 ? summary.decode_ms / static_cast<double>(summary.tokens.size() - 1) : 0.0;
 }
 
-generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& out) {
-  out << request.prompt << std::flush;
+generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& text,
+                                 std::ostream& out) {
+  text << request.prompt << std::flush;
   auto summary = client.generate({request}, [&](std::size_t, const token_event& e) {
-    out << compute::printable(e.text) << std::flush;
+    text << compute::printable(e.text) << std::flush;
   })[0];
+  text << "\n" << std::flush;
   const double ms_per_token = decode_ms_per_token(summary);
   char line[256];
-  std::snprintf(line, sizeof line, "\n-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s\n",
+  std::snprintf(line, sizeof line, "-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s\n",
                 summary.tokens.size(), summary.prefill_ms, summary.prompt_tokens.size(), ms_per_token,
                 ms_per_token > 0 ? 1000.0 / ms_per_token : 0.0);
   out << line;

@@ -30,16 +30,30 @@ class actor_config : public caf::actor_system_config {
 /// its data plane on its data port) until SIGINT or SIGTERM.
 void run_node(const topology& t, const std::string& name);
 
-/// Connects to every node of `t`, each within the connect timeout; throws
-/// std::runtime_error naming the first node that cannot be reached.
-std::vector<actors::placement_stage> connect_nodes(caf::actor_system& system, const topology& t);
+/// The nodes of a topology as a client reached them.
+struct node_connections {
+  /// Every node in topology order; the handle is null where it could not be reached.
+  std::vector<actors::placement_stage> stages;
+  /// One line per node that could not be reached, naming it and why.
+  std::vector<std::string> unreachable;
+
+  /// Throws std::runtime_error naming the first unreachable node, for the
+  /// commands that need every node (profiling).
+  void require_all() const;
+};
+
+/// Connects to every node of `t`, each within the connect timeout.
+node_connections connect_nodes(caf::actor_system& system, const topology& t);
 
 /// A client of a running topology: connected nodes, a deployed driver.
 class pipeline_client {
  public:
-  /// Throws std::runtime_error naming the unreachable node or failed stage.
-  /// `advertise_host` is where the last stage reaches this process; empty:
-  /// the testbed's client address for a testbed topology, else 127.0.0.1.
+  /// Nodes that cannot be reached are named on stderr and planned around
+  /// (their layers go to the others, as a recovery would move them). Throws
+  /// std::runtime_error when the nodes reached cannot hold the model, or a
+  /// stage fails to load, naming the node and why. `advertise_host` is where
+  /// the last stage reaches this process; empty: the testbed's client address
+  /// for a testbed topology, else 127.0.0.1.
   explicit pipeline_client(const topology& t, std::string advertise_host = {});
   ~pipeline_client();
 
@@ -59,10 +73,12 @@ class pipeline_client {
 /// Decode time per generated token after the first (which the prefill makes).
 double decode_ms_per_token(const generation_summary& summary);
 
-/// Generates over a running topology, streaming text to `out`, then prints
-/// the figures: prefill, decode ms/token, tokens/s, and each stage's compute
-/// and transfer times.
-generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& out);
+/// Generates over a running topology, streaming the prompt and the text to
+/// `text`, then prints the figures to `figures`: prefill, decode ms/token,
+/// tokens/s, and each stage's compute and transfer times. Apart, so that
+/// `orrery generate … > out.txt` holds the text alone.
+generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& text,
+                                 std::ostream& figures);
 
 /// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts
 /// afterwards, so they can be waited for: call before starting any thread.

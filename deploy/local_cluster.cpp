@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <thread>
 
 namespace orrery::deploy {
@@ -121,7 +122,9 @@ void local_cluster::stop() {
   while (!pids_.empty()) {
     for (auto it = pids_.begin(); it != pids_.end();) {
       int status = 0;
-      it = ::waitpid(it->second, &status, WNOHANG) == it->second ? pids_.erase(it) : std::next(it);
+      // ECHILD: reaped already (by a caller's own waitpid); gone all the same.
+      const pid_t reaped = ::waitpid(it->second, &status, WNOHANG);
+      it = reaped == it->second || (reaped < 0 && errno == ECHILD) ? pids_.erase(it) : std::next(it);
     }
     if (pids_.empty()) break;
     if (std::chrono::steady_clock::now() > deadline)

@@ -193,7 +193,9 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   };
   actor_config config(t.heartbeat_interval);
   caf::actor_system system(config);
-  auto nodes = connect_nodes(system, t);
+  auto connections = connect_nodes(system, t);
+  connections.require_all();
+  auto& nodes = connections.stages;
   caf::scoped_actor self{system};
 
   const fs::path model_dir = cache / model_key(t.model);

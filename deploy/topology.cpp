@@ -430,7 +430,8 @@ std::optional<std::string> not_a_model(const fs::path& model) {
 
 fs::path resolve_model(const source& src, const entry& e, const fs::path& file) {
   fs::path written = text(src, e);
-  fs::path model = (written.is_relative() ? file.parent_path() / written : written).lexically_normal();
+  // Absolute: nodes resolve the path the client sends them in their own working directories.
+  fs::path model = fs::absolute(written.is_relative() ? file.parent_path() / written : written).lexically_normal();
   if (auto problem = not_a_model(model))
     src.fail(e.line, "model '" + written.string() + "'" +
                          (model == written ? "" : " (resolved to '" + model.string() + "')") + " " + *problem);

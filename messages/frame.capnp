@@ -33,4 +33,7 @@ struct FrameDescriptor {
   # Where the receiver answers a link probe (`orrery profile`): the sender's
   # data port, on the address the frame came from; 0 asks for no answer.
   replyPort @9 :UInt16;
+  # The client session the frame belongs to: each session has stages of its
+  # own on every node, and a node routes a frame to (session, stage).
+  session @10 :UInt64;
 }

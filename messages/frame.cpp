@@ -142,6 +142,7 @@ std::vector<std::byte> encode_descriptor(const frame_descriptor& d) {
   capnp::MallocMessageBuilder message(16 + d.shape.size());
   auto root = message.initRoot<wire::FrameDescriptor>();
   root.setRequestId(d.request_id);
+  root.setSession(d.session);
   root.setDeployment(d.deployment);
   root.setReplyPort(d.reply_port);
   root.setStep(d.step);
@@ -182,6 +183,7 @@ std::string decode_descriptor(const std::byte* data, std::size_t size, std::uint
       return "rank " + std::to_string(shape.size()) + " exceeds the limit of " + std::to_string(max_rank);
     frame_descriptor d;
     d.request_id = root.getRequestId();
+    d.session = root.getSession();
     d.deployment = root.getDeployment();
     d.reply_port = root.getReplyPort();
     d.step = root.getStep();

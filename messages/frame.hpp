@@ -42,6 +42,8 @@ const char* to_string(element_type type);
 /// What a frame's payload is: ids, dtype, shape, byte length and checksum.
 struct frame_descriptor {
   std::uint64_t request_id = 0;
+  /// The client session (driver) the frame belongs to (see frame.capnp).
+  std::uint64_t session = 0;
   /// The pipeline layout this frame belongs to (see frame.capnp).
   std::uint64_t deployment = 0;
   std::uint32_t step = 0;

@@ -21,17 +21,31 @@ class actor_system_config;
 
 namespace orrery {
 
-/// Asks a node to hold layers [first_layer, last_layer) as pipeline stage
-/// `stage` (an id that stays with the stage for its life, not its position) of
-/// deployment `deployment` (the pipeline layout, renumbered by every
-/// recovery); answered with stage_ready. Sent again for a stage that exists,
-/// it changes the stage's layers, loading only those it does not hold.
+/// One file of a model directory as its content: name, size and
+/// compute::content_hash. A node compares its own copy's files with the
+/// client's before it loads a layer.
+struct model_file {
+  std::string name;
+  std::uint64_t bytes = 0;
+  std::uint64_t hash = 0;
+};
+
+/// Asks a node to hold layers [first_layer, last_layer) of the model whose
+/// files are `model_files` (the copy at `model_dir` on the node must hold the
+/// same bytes) as pipeline stage `stage` of client session `session`, in that
+/// session's deployment `deployment` (the pipeline layout, renumbered by
+/// every recovery); answered with stage_ready. Every session has stages of
+/// its own (and they share the node's weights where they hold the same
+/// layers of the same model). Sent again for a stage that exists, it changes
+/// the stage's layers, loading only those it does not hold.
 struct stage_assignment {
+  std::uint64_t session = 0;
   std::uint64_t deployment = 0;
   std::uint16_t stage = 0;
   std::int32_t first_layer = 0;
   std::int32_t last_layer = 0;
   std::string model_dir;
+  std::vector<model_file> model_files;
   std::string device;
   std::int32_t threads = 1;
 };
@@ -60,12 +74,15 @@ struct next_hop {
 struct node_info {
   std::string name;
   std::string device;
+  /// The dtype the node holds weights in (`fp32`, `fp16`, `bf16`).
+  std::string dtype;
   std::uint64_t memory_bytes = 0;  ///< 0: no budget set
   std::int32_t threads = 1;
   std::string data_host;
   std::uint16_t data_port = 0;
   /// Drawn afresh when the process starts and when it is fenced, so a
-  /// restarted or resumed node is never mistaken for what it was.
+  /// restarted or resumed node is never mistaken for what it was. Each
+  /// session has its own (a fence drops one session's stages only).
   std::uint64_t incarnation = 0;
 };
 
@@ -184,9 +201,14 @@ typename Inspector::result_type inspect(Inspector& f, recovery_event& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, model_file& x) {
+  return f(caf::meta::type_name("model_file"), x.name, x.bytes, x.hash);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
-  return f(caf::meta::type_name("stage_assignment"), x.deployment, x.stage, x.first_layer, x.last_layer, x.model_dir,
-           x.device, x.threads);
+  return f(caf::meta::type_name("stage_assignment"), x.session, x.deployment, x.stage, x.first_layer, x.last_layer,
+           x.model_dir, x.model_files, x.device, x.threads);
 }
 
 template <class Inspector>
@@ -202,8 +224,8 @@ typename Inspector::result_type inspect(Inspector& f, next_hop& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_info& x) {
-  return f(caf::meta::type_name("node_info"), x.name, x.device, x.memory_bytes, x.threads, x.data_host, x.data_port,
-           x.incarnation);
+  return f(caf::meta::type_name("node_info"), x.name, x.device, x.dtype, x.memory_bytes, x.threads, x.data_host,
+           x.data_port, x.incarnation);
 }
 
 template <class Inspector>
@@ -272,8 +294,8 @@ struct link_measurement {
   std::uint64_t bytes_sent = 0;
 };
 
-/// The data-plane stage id of a node's link probes: never a pipeline stage's
-/// (those are placement indices). A node answers a probe frame that carries
+/// The data-plane stage id of a node's link probes, in session 0 (no client
+/// session draws 0). A node answers a probe frame that carries
 /// a reply port with a 4-byte frame to that port; the prober counts those.
 inline constexpr std::uint16_t probe_stage = 0xFFFF;
 
@@ -310,6 +332,8 @@ void register_types(caf::actor_system_config& cfg);
 }  // namespace orrery
 
 CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
+  CAF_ADD_TYPE_ID(orrery, (orrery::model_file))
+  CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::model_file>))
   CAF_ADD_TYPE_ID(orrery, (orrery::stage_assignment))
   CAF_ADD_TYPE_ID(orrery, (orrery::stage_ready))
   CAF_ADD_TYPE_ID(orrery, (orrery::next_hop))

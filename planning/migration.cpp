@@ -13,7 +13,8 @@ std::uint64_t bytes_of(const cluster_state& state, std::size_t begin, std::size_
 
 bool fits(const cluster_state& state, const stage& s) {
   auto budget = state.memory_bytes.at(s.device);
-  return budget == 0 || bytes_of(state, s.begin, s.end) <= budget;
+  const double scale = state.state_scale.empty() ? 1.0 : state.state_scale.at(s.device);
+  return budget == 0 || static_cast<double>(bytes_of(state, s.begin, s.end)) * scale <= static_cast<double>(budget);
 }
 
 bool all_fit(const cluster_state& state, const std::vector<stage>& stages) {

@@ -19,8 +19,12 @@ struct cluster_state {
   std::vector<bool> alive;
   std::vector<std::uint64_t> memory_bytes;
   /// Per layer: the bytes of weights it needs (layer 0 with the embedding,
-  /// the last with the head).
+  /// the last with the head), counted in one reference dtype.
   std::vector<std::uint64_t> layer_bytes;
+  /// Per device: the bytes it stores for each byte of layer_bytes (its
+  /// dtype's element size over the reference's: 0.5 for a bf16 node beside
+  /// fp32 layer bytes). Empty: 1 for every device.
+  std::vector<double> state_scale;
 };
 
 struct migration {

@@ -18,6 +18,7 @@ std::string header_problem(header_bytes bytes) {
 frame_descriptor sample_descriptor() {
   frame_descriptor d;
   d.request_id = 0x1234567890ull;
+  d.session = 0xFEEDFACECAFEBEEFull;
   d.deployment = 0xABCDEF0123ull;
   d.step = 17;
   d.source_stage = 2;
@@ -99,6 +100,7 @@ TEST_CASE("descriptors round trip through Cap'n Proto") {
     frame_descriptor out;
     REQUIRE(decode_descriptor(bytes.data(), bytes.size(), d.byte_length, limit, out).empty());
     CHECK(out.request_id == d.request_id);
+    CHECK(out.session == d.session);
     CHECK(out.deployment == d.deployment);
     CHECK(out.step == d.step);
     CHECK(out.source_stage == d.source_stage);

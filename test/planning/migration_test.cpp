@@ -89,3 +89,15 @@ TEST_CASE("even_layout spreads layers over the alive devices and respects budget
   auto uneven = cluster({true, true}, {30, 10}, 4);
   CHECK(even_layout(uneven) == std::vector<stage>{{0, 0, 3}, {1, 3, 4}});
 }
+
+TEST_CASE("a node of a smaller dtype holds more layers of the same budget") {
+  // Layers of 10 fp32 bytes; the neighbour of the lost stage has a 60-byte
+  // budget: 6 fp32 layers, or 12 at half the element size.
+  std::vector<stage> current{{0, 0, 4}, {1, 4, 8}};
+  auto fp32 = cluster({true, false}, {60, 0}, 8);
+  CHECK_THROWS_AS(plan_after_loss(current, fp32), infeasible_error);
+  auto bf16 = fp32;
+  bf16.state_scale = {0.5, 1.0};
+  auto m = plan_after_loss(current, bf16);
+  CHECK(m.stages == std::vector<stage>{{0, 0, 8}});
+}
