@@ -122,7 +122,7 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     s.shards.clear();
     s.next.reset();
     const auto problem = "cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
-                         "): " + compute::first_line(e.what());
+                         "): " + compute::without_backtrace(e.what());
     std::cerr << "node '" << s.context.node << "': " << problem << std::endl;
     return stage_error(problem);
   }

@@ -8,10 +8,12 @@
 // middleman's own heartbeat, which the process configures. A node that is
 // merely slow (late heartbeats inside the deadline) is reported, not killed.
 //
-// Membership keeps the incarnation each node reported. A verdict makes that
-// incarnation dead for good: its later heartbeats are answered with a fence
-// (the node drops its stages and draws a new incarnation), and only a new
-// incarnation is admitted again. Dead nodes are redialled, so a restarted or
+// Membership keeps the incarnation each node reported for this supervisor's
+// session (a node keeps one per session). A verdict makes that incarnation
+// dead for good: its later heartbeats are answered with a fence (the node
+// drops the session's stages and draws the session a new incarnation; other
+// sessions on the node are untouched), and only a new incarnation is
+// admitted again. Dead nodes are redialled, so a restarted or
 // resumed node rejoins by itself. Verdicts go to one subscriber (the driver),
 // which moves layers and replays requests.
 

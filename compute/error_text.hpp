@@ -1,13 +1,18 @@
 #pragma once
-// libtorch's errors (c10::Error) carry the C++ stack of where they were
-// raised after their first line ("Exception raised from … (most recent call
-// first): frame #0 …"): for a developer, not for a user reading an error.
+// libtorch's errors (c10::Error) append "Exception raised from FUNCTION at
+// FILE:LINE" and a C++ stack trace to their message, and code that wraps one
+// in its own error carries them along: for a developer, not for a user
+// reading an error.
 
 #include <string>
 
 namespace orrery::compute {
 
-/// The first line of an error's text, without libtorch's stack trace.
-inline std::string first_line(const std::string& what) { return what.substr(0, what.find('\n')); }
+/// An error's text without libtorch's stack trace.
+inline std::string without_backtrace(std::string message) {
+  auto at = message.find("\nException raised from ");
+  if (at != std::string::npos) message.erase(at);
+  return message;
+}
 
 }  // namespace orrery::compute

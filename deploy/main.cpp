@@ -7,6 +7,7 @@
 #include <iostream>
 #include <string>
 
+#include "compute/error_text.hpp"
 #include "deploy/commands.hpp"
 
 namespace {
@@ -46,18 +47,9 @@ std::string parse_problem(const CLI::App& app, const CLI::ParseError& error) {
   return command.get_require_subcommand_min() > 0 ? command_problem(command) : error.what();
 }
 
-// libtorch's c10::Error appends "Exception raised from FUNCTION at FILE:LINE"
-// and a C++ stack trace to its message, and code that wraps one in its own
-// error carries them along: a user gets the message without them.
-std::string without_backtrace(std::string message) {
-  auto at = message.find("\nException raised from ");
-  if (at != std::string::npos) message.erase(at);
-  return message;
-}
-
 int fail(const std::string& message) {
   std::cout.flush();
-  std::cerr << "orrery: error: " << without_backtrace(message) << "\n";
+  std::cerr << "orrery: error: " << orrery::compute::without_backtrace(message) << "\n";
   return 1;
 }
 
@@ -82,6 +74,8 @@ int main(int argc, char** argv) {
   orrery::deploy::add_bench_command(app);
   try {
     app.parse(argc, argv);
+  } catch (const CLI::RuntimeError& e) {
+    return e.get_exit_code();  // a command's own status (`testbed exec`)
   } catch (const CLI::ParseError& e) {
     // --help and --help-all arrive as "errors" with exit code 0.
     return e.get_exit_code() == 0 ? app.exit(e) : fail(parse_problem(app, e));

@@ -11,6 +11,7 @@
 #include "actors/node.hpp"
 #include "compute/model_init.hpp"
 #include "messages/types.hpp"
+#include "test/registered_config.hpp"
 #include "test/single_device.hpp"
 #include "test/temp_dir.hpp"
 
@@ -21,13 +22,9 @@ using orrery::test::temp_dir;
 
 namespace {
 
-struct test_config : caf::actor_system_config {
-  test_config() { register_types(*this); }
-};
-
 // `cuts` = {0, a, b, ..., N}: one node actor per stage in this process.
 struct in_process_pipeline {
-  test_config config;
+  test::registered_config config;
   caf::actor_system system{config};
   std::vector<caf::actor> nodes;
   caf::actor driver;

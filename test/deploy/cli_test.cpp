@@ -269,7 +269,8 @@ TEST_CASE("a topology's host, model and file size are checked as it is loaded, n
                     "config.json and the weights)\n");
   std::filesystem::create_directories(dir / "empty");
   auto empty = topology("empty", "127.0.0.1");
-  CHECK(empty.err == "orrery: error: t.yaml:2: model 'empty' has no config.json: it is not a model directory\n");
+  CHECK(empty.err == "orrery: error: t.yaml:2: model 'empty' (resolved to '" + (dir / "empty").string() +
+                         "') has no config.json: it is not a model directory\n");
 
   // Before: a 50 MB file took 3.5 GB and 30 s to parse before its error.
   std::ofstream(dir / "big.yaml") << std::string((2u << 20) + 1, '#');

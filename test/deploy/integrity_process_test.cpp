@@ -98,6 +98,7 @@ TEST_CASE("nodes that served one model serve another model's text, and the first
   CHECK(topology_text(f.dir.path(), x, "Switch", 24) == x_text);
   CHECK(topology_text(f.dir.path(), y, "Switch", 24) == y_text);
   CHECK(topology_text(f.dir.path(), x, "Switch", 24) == x_text);
+  CHECK(stop_time(cluster, "n0", SIGTERM) < 2.0);  // after model switches, too
 }
 
 TEST_CASE("four clients at once on shared nodes each get the single-device text, also while a node is killed") {
@@ -213,32 +214,36 @@ TEST_CASE("a node serving a session stops within 2 s of SIGTERM, and a new run p
   CHECK(contains(r.err, "planned around n1"));
 }
 
-TEST_CASE("a new run fails naming the layers when the nodes alive cannot hold the model") {
-  model_fixture f;
-  // Each node's budget holds about half of the tiny model (4.2 MB in fp32).
-  auto file = write_topology(f.dir, "toosmall", {{0, 2}, {2, 4}}, 3000, "    memory: 2.6MB\n");
+// Two nodes with `node_keys`, n1 killed before the run: what a new run over them prints.
+test::process_result run_without_n1(const model_fixture& f, const std::string& node_keys, const std::string& prompt) {
+  auto file = write_topology(f.dir, "without-n1", {{0, 2}, {2, 4}}, 3000, node_keys);
   deploy::local_cluster cluster(deploy::load_topology(file), f.dir / "logs", test::orrery_binary());
   cluster.wait_ready(20s);
   ::kill(cluster.pid("n1"), SIGKILL);
-  auto r = test::run_orrery({"generate", "--topology", file.string(), "--prompt", "x", "--max-tokens", "4"}, f.dir.path());
-  CHECK(r.exit_code == 1);
-  CHECK(contains(r.err, "node 'n1'"));
-  CHECK(contains(r.err, "cannot hold the model"));
-  CHECK(contains(r.err, "fit on no surviving node"));
+  return test::run_orrery({"generate", "--topology", file.string(), "--prompt", prompt, "--max-tokens", "12",
+                           "--ignore-eos"},
+                          f.dir.path());
 }
 
-TEST_CASE("a bf16 node's layers are counted at 2 bytes a parameter when a run plans around a dead node") {
+TEST_CASE("a run around a dead node counts the survivors' memory in their own dtype") {
   model_fixture f;
-  // 2.6 MB holds the whole tiny model in bf16 (2.1 MB) but not in fp32 (4.2 MB).
-  auto file = write_topology(f.dir, "halves", {{0, 2}, {2, 4}}, 3000, "    dtype: bf16\n    memory: 2.6MB\n");
-  deploy::local_cluster cluster(deploy::load_topology(file), f.dir / "logs", test::orrery_binary());
-  cluster.wait_ready(20s);
-  ::kill(cluster.pid("n1"), SIGKILL);
-  auto local = test::run_orrery({"generate", "--model", "m", "--prompt", "half", "--max-tokens", "12", "--threads", "1",
-                                 "--dtype", "bf16", "--ignore-eos"},
-                                f.dir.path());
-  REQUIRE(local.exit_code == 0);
-  test::process_result r;
-  CHECK(topology_text(f.dir.path(), file, "half", 12, &r) == local.out);
-  CHECK(contains(r.err, "planned around n1"));
+  // 2.6 MB holds the tiny model's 0.87M parameters in bf16 (1.7 MB), not in fp32 (3.5 MB).
+  SUBCASE("fp32: the node alive cannot hold the model, and the error names the layers") {
+    auto r = run_without_n1(f, "    memory: 2.6MB\n", "x");
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "node 'n1'"));
+    CHECK(contains(r.err, "the nodes there (n0) cannot hold the model"));
+    CHECK(contains(r.err, "fit on no surviving node"));
+  }
+  SUBCASE("bf16: the node alive holds all of it, with the single-device bf16 text") {
+    auto local = test::run_orrery({"generate", "--model", "m", "--prompt", "half", "--max-tokens", "12", "--threads",
+                                   "1", "--dtype", "bf16", "--ignore-eos"},
+                                  f.dir.path());
+    REQUIRE(local.exit_code == 0);
+    auto r = run_without_n1(f, "    dtype: bf16\n    memory: 2.6MB\n", "half");
+    CAPTURE(r.err);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == local.out);
+    CHECK(contains(r.err, "planned around n1"));
+  }
 }

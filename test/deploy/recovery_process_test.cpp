@@ -107,12 +107,13 @@ TEST_CASE("a frozen node is declared dead within the deadline, and fenced and re
   CHECK(events[0].verdict_unix_ms - frozen_at <= c.t.heartbeat_deadline.count() + 1000);
   ::kill(c.cluster.pid("n1"), SIGCONT);
   // Resumed, it still runs its old incarnation: the supervisor fences it (it
-  // drops its stage and draws a new incarnation) and only then admits it.
+  // drops the session's stage and draws it a new incarnation) and only then
+  // admits it.
   auto rejoined = wait_for_recovery(c.client, [](const recovery_event& e) { return e.node == "n1" && e.reason == "rejoined"; });
   CHECK(rejoined.has_value());
   std::ifstream log(c.f.dir / "logs" / "n1.log");
   std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  CHECK(text.find("fenced by a supervisor") != std::string::npos);
+  CHECK(text.find("fenced by the supervisor of session") != std::string::npos);
   // The cluster keeps serving correctly after all of it.
   generate_through(c.client, c.model(), {"after the thaw"}, 12, [](int) {});
 }

@@ -225,7 +225,7 @@ TEST_CASE("testbed up: namespaces, cgroups with their limits, nodes inside them,
   const auto local = run_orrery(local_args, c.model.dir.path());
   REQUIRE(local.exit_code == 0);
   CHECK(generated_text(remote.out) == generated_text(local.out));
-  CHECK(contains(remote.out, "stage 2 on n2"));
+  CHECK(contains(remote.err, "stage 2 on n2"));
   CHECK(c.testbed({"exec", "--", "/bin/sh", "-c", "exit 3"}).exit_code == 3);
 
   const auto down = c.testbed({"down"});
