@@ -7,7 +7,7 @@ using namespace orrery::planning;
 namespace {
 
 cluster_state cluster(std::vector<bool> alive, std::vector<std::uint64_t> memory, std::size_t layers) {
-  return {std::move(alive), std::move(memory), std::vector<std::uint64_t>(layers, 10)};
+  return {std::move(alive), std::move(memory), std::vector<std::uint64_t>(layers, 10), {}};
 }
 
 // Stages cover every layer once, in order, on alive devices only.
