@@ -517,6 +517,8 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
   }
   node->alive = true;
   node->spec.node = verdict.handle;
+  node->memory_bytes = verdict.info.memory_bytes;  // unknown until now for a node unreachable at deploy
+  node->dtype = verdict.info.dtype;
   if (s.broken.empty() && !s.awaiting_nodes && !s.config.rebalance_on_join) return;
   // Back to the topology's placement once every node is back; until then an
   // even spread over the nodes alive.

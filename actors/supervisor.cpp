@@ -52,7 +52,7 @@ void declare_dead(supervisor_ptr self, member& m, const std::string& reason) {
   m.next_dial = clock_type::now() + self->state.config.reconnect_interval;
   std::cerr << "supervisor: node '" << m.spec.name << "' (incarnation " << m.incarnation << ") is dead: " << reason
             << std::endl;
-  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, false, reason, {}});
+  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, false, reason, {}, {}});
 }
 
 void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_info& info) {
@@ -63,7 +63,7 @@ void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_
   m.last_seen = clock_type::now();
   self->monitor(handle);
   std::cerr << "supervisor: node '" << m.spec.name << "' rejoined as incarnation " << info.incarnation << std::endl;
-  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, true, "rejoined", handle});
+  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, true, "rejoined", handle, info});
 }
 
 // Registers this supervisor with the node, which starts heartbeats. A member

@@ -101,6 +101,8 @@ struct node_verdict {
   bool alive = false;
   std::string reason;
   caf::actor handle;
+  /// What the node reported when it was admitted (its memory and dtype).
+  node_info info;
 };
 
 /// Milliseconds since the Unix epoch: the clock of recovery_event, which
@@ -191,7 +193,7 @@ typename Inspector::result_type inspect(Inspector& f, heartbeat& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_verdict& x) {
-  return f(caf::meta::type_name("node_verdict"), x.node, x.incarnation, x.alive, x.reason, x.handle);
+  return f(caf::meta::type_name("node_verdict"), x.node, x.incarnation, x.alive, x.reason, x.handle, x.info);
 }
 
 template <class Inspector>
