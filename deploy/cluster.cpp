@@ -99,7 +99,8 @@ node_connections connect_nodes(caf::actor_system& system, const topology& t) {
             [&](caf::error& e) {
               failure = e == caf::sec::request_timeout
                             ? "did not answer within the connect timeout of " + std::to_string(t.connect_timeout.count()) + " ms"
-                            : system.render(e);
+                        : e == caf::sec::cannot_connect_to_node ? "nothing accepts connections there"
+                                                                 : system.render(e);
             });
     if (!failure.empty())
       out.unreachable.push_back(n.label() + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
