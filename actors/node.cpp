@@ -7,6 +7,7 @@
 #include <mutex>
 #include <random>
 
+#include "actors/error_text.hpp"
 #include "actors/profiling.hpp"
 #include "actors/shard_cache.hpp"
 #include "actors/stage.hpp"
@@ -134,8 +135,26 @@ void on_down(node_ptr self, const caf::down_msg& msg) {
     }
     for (auto w = session.watchers.begin(); w != session.watchers.end();)
       w = w->first.address() == msg.source ? session.watchers.erase(w) : std::next(w);
-    ++it;
+    // Watched but never given a stage (a standby node), and no longer watched.
+    const bool idle = !session.driver && session.stages.empty() && session.watchers.empty();
+    it = idle ? sessions.erase(it) : std::next(it);
   }
+}
+
+// A stage that ended on its own (an error its actor did not survive) takes
+// only itself: the node and other sessions' stages keep serving. Returns
+// false when `source` is none of the node's stages.
+bool forget_stage(node_ptr self, const caf::actor_addr& source, const caf::error& reason) {
+  for (auto& [id, session] : self->state.sessions)
+    for (auto it = session.stages.begin(); it != session.stages.end(); ++it)
+      if (it->second.address() == source) {
+        std::cerr << "node " << self->state.config.name << ": stage " << it->first << " of session " << id
+                  << " ended: " << error_text(reason) << std::endl;
+        self->state.routes->erase({id, it->first});
+        session.stages.erase(it);
+        return true;
+      }
+  return false;
 }
 
 caf::result<caf::message> assign(node_ptr self, stage_assignment& assignment) {
@@ -164,6 +183,7 @@ caf::behavior node_actor(node_ptr self, node_config config,
   self->state.data_plane = std::move(plane);
   self->state.weights = std::make_shared<shard_cache>(self->state.config.memory_bytes);
   self->set_exit_handler([self](caf::exit_msg& msg) {
+    if (forget_stage(self, msg.source, msg.reason)) return;
     for (auto& [id, session] : self->state.sessions)
       for (auto& [index, stage] : session.stages) self->send_exit(stage, msg.reason);
     self->quit(msg.reason);

@@ -24,10 +24,12 @@ std::uint64_t shard_cache::held_bytes() const {
 }
 
 std::shared_ptr<shared_shard> shard_cache::acquire(const std::string& fingerprint, const compute::model_dir& model,
-                                                   int first, int last, const compute::shard_options& options) {
+                                                   int first, int last, const compute::shard_options& options,
+                                                   bool& loaded) {
   // One load at a time: the budget check and the load it admits are one step.
   std::lock_guard<std::mutex> lock(mutex_);
   const key k{fingerprint, first, last, options.device.str(), static_cast<int>(options.dtype)};
+  loaded = false;
   if (auto held = shards_[k].lock()) return held;
   if (budget_ > 0) {
     const auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) *
@@ -38,10 +40,11 @@ std::shared_ptr<shared_shard> shard_cache::acquire(const std::string& fingerprin
                                std::to_string(held) + " for its stages already; the memory budget is " +
                                std::to_string(budget_));
   }
-  auto loaded = std::make_shared<shared_shard>(compute::shard(model, first, last, options));
-  shards_[k] = loaded;
+  auto shard = std::make_shared<shared_shard>(compute::shard(model, first, last, options));
+  loaded = true;
+  shards_[k] = shard;
   for (auto it = shards_.begin(); it != shards_.end();) it = it->second.expired() ? shards_.erase(it) : std::next(it);
-  return loaded;
+  return shard;
 }
 
 }  // namespace orrery::actors

@@ -44,11 +44,11 @@ class shard_cache {
   explicit shard_cache(std::uint64_t memory_budget) : budget_(memory_budget) {}
 
   /// Layers [first, last) of the model `fingerprint` at `model`, shared when
-  /// held already, loaded otherwise. Throws std::runtime_error when loading
+  /// held already, loaded otherwise (`loaded` says which). Throws std::runtime_error when loading
   /// them would take the node past its budget (naming the bytes needed, held
   /// and allowed), compute::model_error when they cannot be loaded.
   std::shared_ptr<shared_shard> acquire(const std::string& fingerprint, const compute::model_dir& model, int first,
-                                        int last, const compute::shard_options& options);
+                                        int last, const compute::shard_options& options, bool& loaded);
 
   /// Bytes of the weights held now.
   std::uint64_t held_bytes() const;

@@ -112,9 +112,12 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     int at = first;
     for (const auto& [begin, end] : held) {
       if (at < begin) {
-        s.shards.push_back(s.context.weights->acquire(fingerprint, model, at, begin, options));
-        loaded_layers += begin - at;
-        loaded_bytes += s.shards.back()->shard().weight_bytes();
+        bool loaded = false;
+        s.shards.push_back(s.context.weights->acquire(fingerprint, model, at, begin, options, loaded));
+        if (loaded) {  // what another session holds already did not have to move
+          loaded_layers += begin - at;
+          loaded_bytes += s.shards.back()->shard().weight_bytes();
+        }
       }
       at = end;
     }

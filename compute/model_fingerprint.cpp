@@ -99,13 +99,24 @@ std::vector<std::filesystem::path> model_content_files(const std::filesystem::pa
 }
 
 std::uint64_t content_hash(const std::filesystem::path& file) {
-  using key = std::tuple<std::string, std::int64_t, std::int64_t, std::int64_t>;
+  // Size and mtime alone are not enough: mtime has a coarse clock and `cp -p`,
+  // `rsync -a` or `tar x` set it on purpose, so a same-size replacement could
+  // keep an old hash. The inode changes with a rename-replace, and the
+  // status-change time is set by the kernel alone on every write.
+  using key = std::tuple<std::string, std::int64_t, std::int64_t, std::int64_t, std::uint64_t, std::uint64_t,
+                         std::int64_t, std::int64_t>;
   static std::mutex mutex;
   static std::map<key, std::uint64_t> known;
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) fail(file, std::string("cannot stat: ") + std::strerror(errno));
-  const key k{std::filesystem::absolute(file).lexically_normal().string(), static_cast<std::int64_t>(st.st_size),
-              static_cast<std::int64_t>(st.st_mtim.tv_sec), static_cast<std::int64_t>(st.st_mtim.tv_nsec)};
+  const key k{std::filesystem::absolute(file).lexically_normal().string(),
+              static_cast<std::int64_t>(st.st_size),
+              static_cast<std::int64_t>(st.st_mtim.tv_sec),
+              static_cast<std::int64_t>(st.st_mtim.tv_nsec),
+              static_cast<std::uint64_t>(st.st_dev),
+              static_cast<std::uint64_t>(st.st_ino),
+              static_cast<std::int64_t>(st.st_ctim.tv_sec),
+              static_cast<std::int64_t>(st.st_ctim.tv_nsec)};
   {
     std::lock_guard<std::mutex> lock(mutex);
     if (auto it = known.find(k); it != known.end()) return it->second;

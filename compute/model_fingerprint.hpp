@@ -21,8 +21,8 @@ std::vector<std::filesystem::path> model_content_files(const std::filesystem::pa
 /// A 64-bit hash of the whole of `file` (xxHash64's lane scheme: four
 /// independent multiply-rotate lanes, so it streams at memory speed rather
 /// than at one multiply's latency per word). Memoised per process by path,
-/// size and modification time, so a node hashes its copy once, not per
-/// assignment. Throws model_error naming the file when it is not a regular
+/// size, modification and status-change times and inode, so a node hashes its
+/// copy once, not per assignment. Throws model_error naming the file when it is not a regular
 /// file or cannot be read.
 std::uint64_t content_hash(const std::filesystem::path& file);
 

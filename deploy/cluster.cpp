@@ -78,6 +78,7 @@ void run_node(const topology& t, const std::string& name) {
     std::this_thread::sleep_for(stop_grace);
     std::cerr << "node " << name << ": a stage was still busy " << stop_grace.count()
               << " ms after the stop signal; exiting without waiting for it" << std::endl;
+    std::cout.flush();  // _Exit flushes nothing: the node's last lines would be lost in its log
     std::_Exit(128 + signal);
   }).detach();
 }
