@@ -368,51 +368,77 @@ std::vector<planning::stage> first_layout(driver_ptr self) {
   return plan.stages;
 }
 
-// Asks every node there for its memory budget and dtype, then loads and wires
-// the first layout. Nodes the client could not reach start dead: the
-// supervisor redials them, and they rejoin as a recovery would see them.
-void deploy(driver_ptr self, caf::response_promise promise) {
+// Asks every node counted alive for its memory budget and dtype; one that
+// does not answer is counted dead from here on (its handle dropped, so the
+// supervisor redials it). Then `then(self, lost)` runs with how many were.
+void survey(driver_ptr self, std::function<void(driver_ptr, int)> then) {
   auto& s = self->state;
-  for (auto& n : s.nodes) n.alive = static_cast<bool>(n.spec.node);
   auto remaining = std::make_shared<std::size_t>(
       static_cast<std::size_t>(std::count_if(s.nodes.begin(), s.nodes.end(), [](const auto& n) { return n.alive; })));
-  auto failed = std::make_shared<bool>(false);
-  auto start = [self, promise]() mutable {
-    std::vector<planning::stage> layout;
-    try {
-      layout = first_layout(self);
-    } catch (const planning::infeasible_error& e) {
-      std::string alive;
-      for (const auto& n : self->state.nodes)
-        if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
-      return promise.deliver(driver_error("the nodes there (" + alive + ") cannot hold the model: " + e.what()));
+  auto lost = std::make_shared<int>(0);
+  if (*remaining == 0) return then(self, 0);
+  for (std::size_t k = 0; k < s.nodes.size(); ++k) {
+    if (!s.nodes[k].alive) continue;
+    auto answered = [remaining, lost, then](driver_ptr self) {
+      if (--*remaining == 0) then(self, *lost);
+    };
+    self->request(s.nodes[k].spec.node, s.config.request_timeout, info_atom_v)
+        .then(
+            [self, k, answered](node_info& info) {
+              self->state.nodes[k].memory_bytes = info.memory_bytes;
+              self->state.nodes[k].dtype = info.dtype;
+              answered(self);
+            },
+            [self, k, lost, answered](caf::error& e) {
+              auto& n = self->state.nodes[k];
+              std::cerr << "driver: " << explain(e, n.spec, self->state.config.request_timeout) << "; planning around it"
+                        << std::endl;
+              n.alive = false;
+              n.spec.node = nullptr;
+              ++*lost;
+              answered(self);
+            });
+  }
+}
+
+// Loads and wires the first layout over the nodes alive. When that fails, the
+// nodes are asked again: a node lost meanwhile (killed while the client
+// deployed) is planned around, up to `attempts` times; a failure with every
+// node still there (a copy that differs, a device the node lacks) is the
+// answer.
+void place(driver_ptr self, caf::response_promise promise, int attempts) {
+  if (std::none_of(self->state.nodes.begin(), self->state.nodes.end(), [](const auto& n) { return n.alive; }))
+    return promise.deliver(driver_error("no node of the placement is there"));
+  std::vector<planning::stage> layout;
+  try {
+    layout = first_layout(self);
+  } catch (const planning::infeasible_error& e) {
+    std::string alive;
+    for (const auto& n : self->state.nodes)
+      if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
+    return promise.deliver(driver_error("the nodes there (" + alive + ") cannot hold the model: " + e.what()));
+  }
+  switch_layout(self, layout, [promise, attempts](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
+    if (error.empty()) {
+      self->state.deployed = true;
+      start_supervisor(self);
+      return promise.deliver(caf::unit);
     }
-    switch_layout(self, layout, [promise](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
-      if (!error.empty()) {
+    survey(self, [promise, attempts, error](driver_ptr self, int lost) mutable {
+      if (lost == 0 || attempts == 0) {
         self->state.switching = false;
         return promise.deliver(driver_error(error));
       }
-      self->state.deployed = true;
-      start_supervisor(self);
-      promise.deliver(caf::unit);
+      place(self, promise, attempts - 1);
     });
-  };
-  if (*remaining == 0) return promise.deliver(driver_error("no node of the placement is there"));
-  for (std::size_t k = 0; k < s.nodes.size(); ++k) {
-    if (!s.nodes[k].alive) continue;
-    self->request(s.nodes[k].spec.node, s.config.request_timeout, info_atom_v)
-        .then(
-            [self, k, remaining, failed, start](node_info& info) mutable {
-              auto& s = self->state;
-              s.nodes[k].memory_bytes = info.memory_bytes;
-              s.nodes[k].dtype = info.dtype;
-              if (--*remaining == 0 && !*failed) start();
-            },
-            [self, k, failed, promise](caf::error& e) mutable {
-              if (std::exchange(*failed, true)) return;
-              promise.deliver(driver_error(explain(e, self->state.nodes[k].spec, self->state.config.request_timeout)));
-            });
-  }
+  });
+}
+
+// Nodes the client could not reach start dead: the supervisor redials them,
+// and they rejoin as a recovery would see them.
+void deploy(driver_ptr self, caf::response_promise promise) {
+  for (auto& n : self->state.nodes) n.alive = static_cast<bool>(n.spec.node);
+  survey(self, [promise](driver_ptr self, int) mutable { place(self, promise, layout_retries); });
 }
 
 void recover(driver_ptr self, bool grace_over);
