@@ -131,7 +131,10 @@ pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
   dc.rebalance_on_join = t.rebalance_on_join;
   driver_ = actors::spawn_driver(*system_, dc);
   try {
-    actors::deploy_blocking(*system_, driver_, t.request_timeout);
+    // A deploy may outlast one request timeout: a node killed while it loads
+    // is noticed only when its load request times out, and the driver then
+    // deploys again around it.
+    actors::deploy_blocking(*system_, driver_, t.request_timeout * 4);
   } catch (...) {
     // No destructor runs for a half-built client, and the actor system's
     // waits for every actor: the driver must be told to go.
