@@ -21,6 +21,18 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+using expected_errors = std::vector<std::pair<std::vector<std::string>, std::string>>;
+
+// Runs `orrery ARGS` for each row: exit code 1 and exactly one line, "orrery: error: MESSAGE".
+void check_one_line_errors(const temp_dir& dir, const expected_errors& rows) {
+  for (const auto& [args, message] : rows) {
+    CAPTURE(args);
+    auto r = run_orrery(args, dir.path());
+    CHECK(r.exit_code == 1);
+    CHECK(r.err == "orrery: error: " + message + "\n");
+  }
+}
+
 }  // namespace
 
 TEST_CASE("model init writes a model that generate streams text from, with its figures") {
@@ -202,7 +214,7 @@ TEST_CASE("a numeric flag out of range is named with its value and the range it 
     args.insert(args.end(), more);
     return args;
   };
-  for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+  check_one_line_errors(dir, {
            {with(generate, {"--max-tokens", "0"}), "--max-tokens: '0' is not an integer >= 1"},
            {with(generate, {"--max-tokens", "1.5"}), "--max-tokens: '1.5' is not an integer >= 1"},
            {with(generate, {"--threads", "0"}), "--threads: '0' is not an integer >= 1"},
@@ -226,28 +238,18 @@ TEST_CASE("a numeric flag out of range is named with its value and the range it 
            {{"chaos", "--topology", "m/config.json", "--freeze-for", "0"}, "--freeze-for: '0' is not a number > 0"},
            {{"chaos", "--topology", "m/config.json", "--every", "-1"}, "--every: '-1' is not a number >= 0"},
            {{"up", "m/config.json", "--restart-after", "-1"}, "--restart-after: '-1' is not a number >= 0"},
-           {{"testbed", "up", "m/config.json", "--ready-timeout", "0"}, "--ready-timeout: '0' is not a number > 0"}}) {
-    CAPTURE(args);
-    auto r = run_orrery(args, dir.path());
-    CHECK(r.exit_code == 1);
-    CHECK(r.err == "orrery: error: " + message + "\n");
-  }
+           {{"testbed", "up", "m/config.json", "--ready-timeout", "0"}, "--ready-timeout: '0' is not a number > 0"}});
 }
 
 TEST_CASE("an unknown or missing command is named, with the commands there are") {
   temp_dir dir;
   const std::string top = "demo, model, node, up, chaos, testbed, generate, profile, plan, bench";
-  for (const auto& [args, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+  check_one_line_errors(dir, {
            {{"frobnicate"}, "unknown command 'frobnicate' (commands: " + top + ")"},
            {{"frobnicate", "--x"}, "unknown command 'frobnicate' (commands: " + top + ")"},
            {{"model", "frob"}, "unknown command 'model frob' (commands: init, score, info)"},
            {{}, "'orrery' needs a command (commands: " + top + ")"},
-           {{"model"}, "'orrery model' needs a command (commands: init, score, info)"}}) {
-    CAPTURE(args);
-    auto r = run_orrery(args, dir.path());
-    CHECK(r.exit_code == 1);
-    CHECK(r.err == "orrery: error: " + message + "\n");
-  }
+           {{"model"}, "'orrery model' needs a command (commands: init, score, info)"}});
 }
 
 TEST_CASE("a topology's host, model and file size are checked as it is loaded, naming FILE:LINE") {
