@@ -352,6 +352,23 @@ void start_supervisor(driver_ptr self) {
   self->link_to(spawn_supervisor(self->system(), std::move(sc)));
 }
 
+// The names of the nodes alive (or, with `alive` false, of those not), joined by ", ".
+std::string node_names(driver_ptr self, bool alive) {
+  std::string names;
+  for (const auto& n : self->state.nodes)
+    if (n.alive == alive) names += (names.empty() ? "" : ", ") + n.spec.node_name;
+  return names;
+}
+
+// " a [0, 2) b [2, 4)": which node runs which layers.
+std::string describe_layout(driver_ptr self, const std::vector<planning::stage>& stages) {
+  std::string text;
+  for (const auto& st : stages)
+    text += " " + self->state.nodes[st.device].spec.node_name + " [" + std::to_string(st.begin) + ", " +
+            std::to_string(st.end) + ")";
+  return text;
+}
+
 // The first layout: the placement's when every node is there, else the
 // placement with the missing nodes' layers moved as a recovery would move
 // them. Throws infeasible_error when the nodes there cannot hold the model.
@@ -359,12 +376,8 @@ std::vector<planning::stage> first_layout(driver_ptr self) {
   const auto& nodes = self->state.nodes;
   if (std::all_of(nodes.begin(), nodes.end(), [](const auto& n) { return n.alive; })) return placed_layout(self);
   auto plan = planning::plan_after_loss(placed_layout(self), cluster_state_of(self));
-  std::string missing, layout;
-  for (const auto& n : nodes)
-    if (!n.alive) missing += (missing.empty() ? "" : ", ") + n.spec.node_name;
-  for (const auto& st : plan.stages)
-    layout += " " + nodes[st.device].spec.node_name + " [" + std::to_string(st.begin) + ", " + std::to_string(st.end) + ")";
-  std::cerr << "driver: planned around " << missing << " (" << plan.how << "):" << layout << std::endl;
+  std::cerr << "driver: planned around " << node_names(self, false) << " (" << plan.how
+            << "):" << describe_layout(self, plan.stages) << std::endl;
   return plan.stages;
 }
 
@@ -413,10 +426,8 @@ void place(driver_ptr self, caf::response_promise promise, int attempts) {
   try {
     layout = first_layout(self);
   } catch (const planning::infeasible_error& e) {
-    std::string alive;
-    for (const auto& n : self->state.nodes)
-      if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
-    return promise.deliver(driver_error("the nodes there (" + alive + ") cannot hold the model: " + e.what()));
+    return promise.deliver(
+        driver_error("the nodes there (" + node_names(self, true) + ") cannot hold the model: " + e.what()));
   }
   switch_layout(self, layout, [promise, attempts](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
     if (error.empty()) {
@@ -500,9 +511,7 @@ void recover(driver_ptr self, bool grace_over) {
     plan = planning::plan_after_loss(s.layout, cluster_state_of(self));
   } catch (const planning::infeasible_error& e) {
     ++s.deployment;  // whatever change was under way is void
-    std::string alive;
-    for (const auto& n : s.nodes)
-      if (n.alive) alive += (alive.empty() ? "" : ", ") + n.spec.node_name;
+    const auto alive = node_names(self, true);
     const std::string why = std::string("the surviving nodes (") + (alive.empty() ? "none" : alive) +
                             ") cannot hold the model: " + e.what();
     s.switching = true;
@@ -520,10 +529,7 @@ void recover(driver_ptr self, bool grace_over) {
     std::cerr << "driver: " << s.broken << std::endl;
     return fail_all(self, s.broken);
   }
-  std::cerr << "driver: moving layers by " << plan.how << ":";
-  for (const auto& st : plan.stages)
-    std::cerr << " " << s.nodes[st.device].spec.node_name << " [" << st.begin << ", " << st.end << ")";
-  std::cerr << std::endl;
+  std::cerr << "driver: moving layers by " << plan.how << ":" << describe_layout(self, plan.stages) << std::endl;
   switch_layout(self, plan.stages, after_switch(s.recoveries.size() - 1));
 }
 
