@@ -169,7 +169,7 @@ caf::result<caf::message> assign(node_ptr self, stage_assignment& assignment) {
   if (!slot) {
     const auto& c = s.config;
     slot = spawn_stage(self->system(),
-                       {c.name, c.device, c.dtype, c.memory_bytes, c.data_host, s.data_plane->port(), s.data_plane, s.weights});
+                       {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights});
     self->link_to(slot);  // a stage lives and dies with its node
     s.routes->set({assignment.session, assignment.stage}, slot);
   }

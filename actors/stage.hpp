@@ -22,7 +22,6 @@ struct stage_context {
   std::string node;
   std::string device;
   std::string dtype;
-  std::uint64_t memory_bytes = 0;
   std::string data_host;
   std::uint16_t data_port = 0;
   /// The node's data plane, for the link to the next hop.
