@@ -32,8 +32,19 @@ class kv_cache {
   /// them); throws model_error when that would exceed the capacity.
   void advance(int tokens);
 
-  /// Forgets everything from position `length` on (replay, speculation).
+  /// Rolls the sequence back to its first `length` tokens: the next token's
+  /// position becomes `length` (replay; speculative decoding drops rejected
+  /// draft tokens). The rows past it are rewritten by the next forward pass
+  /// and never read before that. Throws model_error, naming both lengths,
+  /// unless 0 <= length <= length().
   void truncate(int length);
+
+  /// A new cache of `capacity` positions holding this one's first `tokens`
+  /// tokens (a shared prefix, e.g. a system prompt, continued by several
+  /// sequences); the two caches share no storage afterwards. Throws
+  /// model_error, naming the values, unless 0 <= tokens <= length() and
+  /// tokens <= capacity.
+  kv_cache copy_prefix(int tokens, int capacity) const;
 
   /// Decode steps captured as CUDA graphs against this cache's storage
   /// (compute/decode_graph.hpp); empty until a step is replayed.

@@ -16,7 +16,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, thread_pool* pool) {
-  const bool gemv = pool != nullptr && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+  // The gemv has no backward: a product autograd records goes to libtorch.
+  const bool recorded = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
+  const bool gemv = pool != nullptr && !recorded && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
                     w.scalar_type() == at::kFloat && x.dim() == 2 && x.size(0) <= max_gemv_rows;
   if (!gemv) return at::linear(x, w);
   auto input = x.contiguous();

@@ -16,7 +16,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 /// x [tokens, in] times w [out, in] transposed. A few fp32 rows on the CPU go
 /// through orrery's memory-bound gemv on `pool`; everything else (prefill,
-/// GPU, half precision, or pool == nullptr) through libtorch's GEMM.
+/// GPU, half precision, products autograd records, or pool == nullptr)
+/// through libtorch's GEMM.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, thread_pool* pool);
 
 /// Most token rows one gemv call handles; beyond this a GEMM is faster.

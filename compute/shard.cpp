@@ -97,6 +97,24 @@ std::string layer_name(int layer, const char* suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
+// A part's output as the layer continues with it: through the context's
+// collective when it has one.
+at::Tensor after_part(const layer_context& context, int layer, layer_part part, at::Tensor partial) {
+  if (!context.collective) return partial;
+  return context.collective(layer, part, partial);
+}
+
+void tap(const layer_context& context, int layer, layer_point point, const at::Tensor& hidden) {
+  for (const auto& read : context.taps) read(layer, point, hidden);
+}
+
+// The key (or value) rows a grad-mode attention reads, [kv_heads, window,
+// head_dim]: the cache's rows before this pass's tokens, then this pass's
+// `rows` ([tokens, kv_heads, head_dim]) as computed, so autograd reaches them.
+at::Tensor past_then_new(const at::Tensor& cache, const at::Tensor& rows, int window) {
+  return at::cat({cache.narrow(1, 0, window - rows.size(0)), rows.transpose(0, 1)}, 1);
+}
+
 }  // namespace
 
 shard::shard(const model_dir& model, int first, int last, shard_options options)
@@ -104,7 +122,9 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
   if (first < 0 || last > config_.num_layers || first >= last)
     throw model_error(model.path().string() + ": layer range [" + std::to_string(first) + ", " +
                       std::to_string(last) + ") is not inside [0, " + std::to_string(config_.num_layers) + ")");
-  c10::InferenceMode guard;
+  // Not InferenceMode: a grad-mode pass saves weights and rotary tables for
+  // backward, which inference tensors cannot be.
+  at::NoGradGuard no_grad;
   if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
   for (int layer = first; layer < last; ++layer) {
     auto get = [&](std::initializer_list<const char*> suffixes) {
@@ -177,48 +197,70 @@ void shard::check_batch(const at::Tensor& input, const std::vector<sequence_step
 }
 
 at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_step>& batch, logits_rows rows) {
+  return forward(input, batch, layer_context{}, rows);
+}
+
+at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_step>& batch,
+                          const layer_context& context, logits_rows rows) {
   check_batch(input, batch);
-  c10::InferenceMode guard;
+  // InferenceMode(false) is grad mode: autograd records even where the
+  // caller runs in InferenceMode or under a NoGradGuard.
+  c10::InferenceMode mode(!context.grad);
   at::Tensor out;
-  if (replays_graph(batch)) {
+  if (replays_graph(batch, context)) {
     out = replay_decode_step(*batch.front().cache, this, input.to(options_.device, /*non_blocking=*/true),
                              [&](const at::Tensor& in, const at::Tensor& position, int window) {
-                               return run(in, batch, {llama_ops::token_positions::of(position, window, rotary_)}, rows);
+                               return run(in, batch, {llama_ops::token_positions::of(position, window, rotary_)}, rows,
+                                          context);
                              });
   } else {
     std::vector<llama_ops::token_positions> positions;
     for (const auto& step : batch)
       positions.push_back(llama_ops::token_positions::consecutive(step.cache->length(), step.tokens, rotary_));
-    out = run(input, batch, positions, rows);
+    out = run(input, batch, positions, rows, context);
   }
   for (const auto& step : batch) step.cache->advance(step.tokens);
   return out;
 }
 
-bool shard::replays_graph(const std::vector<sequence_step>& batch) const {
-  return options_.cuda_graphs && options_.device.is_cuda() && cuda_graphs_built() && batch.size() == 1 &&
-         batch.front().tokens == 1;
+bool shard::replays_graph(const std::vector<sequence_step>& batch, const layer_context& context) const {
+  return context.plain() && options_.cuda_graphs && options_.device.is_cuda() && cuda_graphs_built() &&
+         batch.size() == 1 && batch.front().tokens == 1;
 }
 
 at::Tensor shard::run(const at::Tensor& input, const std::vector<sequence_step>& batch,
-                      const std::vector<llama_ops::token_positions>& positions, logits_rows rows) const {
+                      const std::vector<llama_ops::token_positions>& positions, logits_rows rows,
+                      const layer_context& context) const {
   // Uploads are queued, not waited for: from a pinned frame (actors/
   // tensor_frame.hpp) the copy overlaps the host's work; from pageable
   // memory libtorch copies synchronously anyway.
   at::Tensor x = has_embedding()
                      ? at::embedding(embedding_, input.to(options_.device, /*non_blocking=*/true))
                      : input.to(at::TensorOptions().device(options_.device).dtype(options_.dtype), /*non_blocking=*/true);
-  for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch, positions);
+  for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch, positions, context);
   return has_head() ? logits(x, batch, rows) : x;
 }
 
 at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
-                                const std::vector<llama_ops::token_positions>& positions) const {
+                                const std::vector<llama_ops::token_positions>& positions,
+                                const layer_context& context) const {
+  const int layer = first_ + index;
+  tap(context, layer, layer_point::input, x);
+  auto y = x + after_part(context, layer, layer_part::attention,
+                          attention_part(index, x, batch, positions, context.grad));
+  auto h = after_part(context, layer, layer_part::connective,
+                      llama_ops::rms_norm(y, layers_[static_cast<std::size_t>(index)].post_norm, config_.rms_norm_eps));
+  auto out = y + after_part(context, layer, layer_part::mlp, mlp_part(index, h));
+  tap(context, layer, layer_point::output, out);
+  return out;
+}
+
+at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
+                                 const std::vector<llama_ops::token_positions>& positions, bool grad) const {
   const auto& w = layers_[static_cast<std::size_t>(index)];
-  thread_pool* pool = options_.pool.get();
   const std::int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
   auto h = llama_ops::rms_norm(x, w.input_norm, config_.rms_norm_eps);
-  auto qkv = llama_ops::linear(h, w.qkv, pool);  // [tokens, (heads + 2 kv_heads) * d]
+  auto qkv = llama_ops::linear(h, w.qkv, options_.pool.get());  // [tokens, (heads + 2 kv_heads) * d]
   std::vector<at::Tensor> attended;
   std::int64_t row = 0;
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -228,19 +270,34 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
     // Queries and keys rotate by the same angles: one rotation for both.
     auto qk = llama_ops::apply_rotary(rows.narrow(1, 0, (heads + kv_heads) * d).view({n, heads + kv_heads, d}),
                                       where);
+    auto q = qk.narrow(1, 0, heads), k = qk.narrow(1, heads, kv_heads);
     auto v = rows.narrow(1, (heads + kv_heads) * d, kv_heads * d).view({n, kv_heads, d});
     auto keys = batch[i].cache->keys(index), values = batch[i].cache->values(index);
-    llama_ops::store_at_positions(keys, qk.narrow(1, heads, kv_heads), where.index);
-    llama_ops::store_at_positions(values, v, where.index);
-    attended.push_back(llama_ops::attention(qk.narrow(1, 0, heads), keys, values, where));
+    if (grad) {
+      // The cache keeps values, never autograd history: a write with history
+      // would chain every layer's backward through the whole cache storage,
+      // whose version counter every later write bumps under the tensors
+      // saved for backward. Attention reads this pass's rows as computed.
+      llama_ops::store_at_positions(keys, k.detach(), where.index);
+      llama_ops::store_at_positions(values, v.detach(), where.index);
+      attended.push_back(llama_ops::attention(q, past_then_new(keys, k, where.window),
+                                              past_then_new(values, v, where.window), where));
+    } else {
+      llama_ops::store_at_positions(keys, k, where.index);
+      llama_ops::store_at_positions(values, v, where.index);
+      attended.push_back(llama_ops::attention(q, keys, values, where));
+    }
     row += n;
   }
-  auto y = x + llama_ops::linear(attended.size() == 1 ? attended[0] : at::cat(attended), w.o, pool);
-  h = llama_ops::rms_norm(y, w.post_norm, config_.rms_norm_eps);
-  auto gate_up = llama_ops::linear(h, w.gate_up, pool);
+  return llama_ops::linear(attended.size() == 1 ? attended[0] : at::cat(attended), w.o, options_.pool.get());
+}
+
+at::Tensor shard::mlp_part(int index, const at::Tensor& h) const {
+  const auto& w = layers_[static_cast<std::size_t>(index)];
+  auto gate_up = llama_ops::linear(h, w.gate_up, options_.pool.get());
   const auto intermediate = gate_up.size(1) / 2;
   auto gated = at::silu(gate_up.narrow(1, 0, intermediate)) * gate_up.narrow(1, intermediate, intermediate);
-  return y + llama_ops::linear(gated, w.down, pool);
+  return llama_ops::linear(gated, w.down, options_.pool.get());
 }
 
 at::Tensor shard::logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const {

@@ -8,6 +8,11 @@
 // stacked row-wise, each sequence with its own KV cache. A prefill is a batch
 // of one sequence with many tokens; a batched decode step is many sequences
 // with one token each.
+//
+// Each decoder layer runs as named parts (attention, connective block, MLP)
+// with a context between them: a collective, taps on the hidden states, grad
+// mode (compute/layer_program.hpp). forward without a context is the
+// whole-model inference path, and the fast one.
 
 #include <ATen/core/Tensor.h>
 
@@ -16,6 +21,7 @@
 #include <vector>
 
 #include "compute/kv_cache.hpp"
+#include "compute/layer_program.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/llama_ops.hpp"
 
@@ -102,6 +108,15 @@ class shard {
   at::Tensor forward(const at::Tensor& input, const std::vector<sequence_step>& batch,
                      logits_rows rows = logits_rows::last);
 
+  /// The same pass with `context` between the parts of every decoder layer
+  /// (compute/layer_program.hpp). With an empty context the result is bitwise
+  /// that of forward(input, batch, rows). On CUDA only a plain context's
+  /// decode steps replay as CUDA graphs: a replay runs captured kernels, so
+  /// it can neither call hooks nor record autograd, and a context with hooks
+  /// or grad runs eagerly.
+  at::Tensor forward(const at::Tensor& input, const std::vector<sequence_step>& batch, const layer_context& context,
+                     logits_rows rows = logits_rows::last);
+
   // Weights, for benchmarks that run the same modules outside the shard.
   const std::vector<layer_weights>& layers() const { return layers_; }
   const at::Tensor& embedding() const { return embedding_; }
@@ -112,10 +127,19 @@ class shard {
  private:
   /// The forward pass proper, for tokens at `positions` (one per sequence).
   at::Tensor run(const at::Tensor& input, const std::vector<sequence_step>& batch,
-                 const std::vector<llama_ops::token_positions>& positions, logits_rows rows) const;
-  bool replays_graph(const std::vector<sequence_step>& batch) const;
+                 const std::vector<llama_ops::token_positions>& positions, logits_rows rows,
+                 const layer_context& context) const;
+  bool replays_graph(const std::vector<sequence_step>& batch, const layer_context& context) const;
+  /// Layer `index` (counted from the shard's first layer), part by part.
   at::Tensor decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
-                           const std::vector<llama_ops::token_positions>& positions) const;
+                           const std::vector<llama_ops::token_positions>& positions,
+                           const layer_context& context) const;
+  /// The attention's contribution to the residual stream, [tokens, hidden];
+  /// writes the new tokens' keys and values into their caches.
+  at::Tensor attention_part(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
+                            const std::vector<llama_ops::token_positions>& positions, bool grad) const;
+  /// The MLP's contribution to the residual stream from the normed `h`.
+  at::Tensor mlp_part(int index, const at::Tensor& h) const;
   at::Tensor logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const;
   void check_batch(const at::Tensor& input, const std::vector<sequence_step>& batch) const;
 
