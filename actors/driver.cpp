@@ -7,15 +7,18 @@
 #include <iostream>
 #include <map>
 #include <random>
+#include <variant>
 
 #include "actors/error_text.hpp"
 #include "actors/model_identity.hpp"
+#include "actors/router.hpp"
 #include "actors/supervisor.hpp"
 #include "actors/tensor_frame.hpp"
 #include "compute/dtype.hpp"
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/sampler.hpp"
+#include "messages/frame.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/types.hpp"
@@ -27,9 +30,6 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-/// Frames addressed to the driver carry this destination stage.
-constexpr std::uint16_t driver_stage = 0xffff;
-
 /// A failed layout change is retried this many times (after two heartbeat
 /// deadlines, by when a node that failed it has a verdict) before the driver
 /// gives up.
@@ -39,7 +39,8 @@ struct active_request {
   std::vector<compute::token_id> prompt;
   std::vector<compute::token_id> history;  // prompt + generated
   std::vector<compute::token_id> generated;
-  compute::sampler sampler;
+  /// Travels with every frame: the last stage samples.
+  messages::sampling_settings sampling;
   caf::response_promise promise;
   caf::actor sink;
   clock_type::time_point started;
@@ -74,6 +75,8 @@ struct driver_state {
   std::vector<model_file> model_files;
   compute::llama_config model;
   std::shared_ptr<compute::tokenizer> tok;
+  /// Takes the session's sampled tokens off the driver's data plane.
+  std::shared_ptr<router> routes;
   std::shared_ptr<messages::data_plane> plane;
   std::vector<cluster_node> nodes;
   /// The layout serving now (device = node index), and its loaded stages.
@@ -152,42 +155,54 @@ void check_deadlines(driver_ptr self) {
   if (!s.requests.empty()) watch_deadlines(self);
 }
 
-// Sends the next input of request `id` into the pipeline and arms its deadline.
-void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens) {
+// Sends the next input of request `id` into the pipeline (`tokens` after the
+// `position` tokens its stages hold) and arms its deadline.
+void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position) {
   auto& r = self->state.requests.at(id);
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
   messages::frame_descriptor d;
-  d.request_id = id;
   d.session = self->state.session;
   d.deployment = self->state.deployment;
-  d.step = r.step;
-  d.source_stage = driver_stage;
-  d.destination_stage = static_cast<std::uint16_t>(self->state.layout.front().device);
-  send_tensor(*self->state.first_link, d, at::tensor(wide, at::TensorOptions().dtype(at::kLong)),
-              // Weak: a frame stuck in a dead link must not keep the driver alive.
-              [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
-                if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
-                  caf::anon_send(driver, request_failure{id, "first stage: " + error, true});
-              });
+  d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device), id, r.step, position,
+                                    r.sampling};
+  send_tensors(*self->state.first_link, d,
+               {{messages::tensor_role::tokens, at::tensor(wide, at::TensorOptions().dtype(at::kLong))}},
+               // Weak: a frame stuck in a dead link must not keep the driver alive.
+               [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
+                 if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
+                   caf::anon_send(driver, request_failure{id, "first stage: " + error, true});
+               });
   r.deadline = clock_type::now() + self->state.config.request_timeout;
   watch_deadlines(self);
 }
 
-void on_logits(driver_ptr self, tensor_frame& frame) {
+// The last stage's token for a request: streamed, then fed back in.
+void on_sampled(driver_ptr self, tensor_frame& frame) {
   auto& s = self->state;
-  const auto id = frame.descriptor.request_id;
+  const auto* route = std::get_if<messages::session_route>(&frame.descriptor.route);
+  if (!route) return;  // the router hands a session only its own routes
+  const auto id = route->request;
   auto it = s.requests.find(id);
   if (it == s.requests.end() || s.switching || frame.descriptor.session != s.session ||
-      frame.descriptor.deployment != s.deployment || frame.descriptor.step != it->second.step)
+      frame.descriptor.deployment != s.deployment || route->step != it->second.step)
     return;  // finished, from a layout that is gone, or not this session's
   auto& r = it->second;
+  compute::token_id next = 0;
+  std::vector<float> logits;
+  try {
+    next = static_cast<compute::token_id>(frame.tensor(messages::tensor_role::tokens).item<std::int64_t>());
+    if (r.sampling.return_logits) {
+      auto row = frame.tensor(messages::tensor_role::logits).to(at::kFloat).contiguous();
+      logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+    }
+  } catch (const std::exception& e) {
+    return finish(self, id, driver_error("the last stage's answer is malformed: " + std::string(e.what())));
+  }
   if (r.replayed_by >= 0) {
     auto& event = s.recoveries.at(static_cast<std::size_t>(r.replayed_by));
     if (event.recover_ms < 0) event.recover_ms = static_cast<double>(unix_ms_now() - event.verdict_unix_ms);
     r.replayed_by = -1;
   }
-  auto logits = frame.tensor.contiguous();
-  auto next = r.sampler.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), r.history);
   r.history.push_back(next);
   r.generated.push_back(next);
   if (r.step == 0) {
@@ -199,11 +214,11 @@ void on_logits(driver_ptr self, tensor_frame& frame) {
   if (static_cast<int>(r.generated.size()) >= r.max_new_tokens || (r.stop_at_eos && eos)) {
     generation_summary summary{r.tag, r.prompt, r.generated, r.prefill_ms,
                                std::chrono::duration<double, std::milli>(clock_type::now() - r.decode_started).count(),
-                               eos, std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel())};
+                               eos, std::move(logits)};
     return finish(self, id, std::move(summary));
   }
   ++r.step;
-  send_step(self, id, {next});
+  send_step(self, id, {next}, static_cast<std::uint32_t>(r.history.size() - 1));
 }
 
 caf::result<generation_summary> start_request(driver_ptr self, generate_request& request) {
@@ -224,11 +239,13 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   // Read the sender first: making the promise takes it out of the message.
   auto sink = caf::actor_cast<caf::actor>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
-  active_request r{prompt, prompt, {}, compute::sampler(params, s.tok->vocab_size()), promise, sink, clock_type::now(), {}, {}, 0,
+  const messages::sampling_settings sampling{request.temperature, request.top_k, request.top_p,
+                                             request.repetition_penalty, request.seed, request.return_logits};
+  active_request r{prompt, prompt, {}, sampling, promise, sink, clock_type::now(), {}, {}, 0,
                    request.max_new_tokens, request.stop_at_eos, 0, request.tag};
   r.deadline = clock_type::now() + s.config.request_timeout;
   s.requests.emplace(id, std::move(r));
-  if (!s.switching) send_step(self, id, prompt);  // else it starts with the replay
+  if (!s.switching) send_step(self, id, prompt, 0);  // else it starts with the replay
   return promise;
 }
 
@@ -274,7 +291,7 @@ void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target,
   auto wired = std::make_shared<std::size_t>(0);
   for (std::size_t k = 0; k < n; ++k) {
     next_hop hop = k + 1 < n ? next_hop{ready[k + 1].data_host, ready[k + 1].data_port, ready[k + 1].stage_index}
-                             : next_hop{self->state.config.advertise_host, self->state.plane->port(), driver_stage};
+                             : next_hop{self->state.config.advertise_host, self->state.plane->port(), 0};
     self->request(ready[k].stage, timeout, connect_next_atom_v, d, hop, caf::actor_cast<caf::actor>(self), connect_ms)
         .then(
             [self, d, wired, n, target, ready, done]() {
@@ -470,7 +487,7 @@ void replay(driver_ptr self, std::size_t event_index, const std::vector<stage_re
             << " layers loaded), replaying " << s.requests.size() << " request(s)" << std::endl;
   for (auto& [id, r] : s.requests) {
     r.replayed_by = static_cast<int>(event_index);
-    send_step(self, id, r.history);
+    send_step(self, id, r.history, 0);
   }
 }
 
@@ -586,11 +603,10 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
   messages::data_plane_options options;
   options.bind_address = s.config.advertise_host;
   auto weak = caf::actor_cast<caf::actor_addr>(self);
+  s.routes = std::make_shared<router>("driver");
+  s.routes->add(router::handler_kind::session, s.session, 0, caf::actor_cast<caf::actor>(self));
   s.plane = std::make_shared<messages::data_plane>(
-      options, tensor_allocator(),
-      [weak](messages::received_frame frame) {
-        if (auto driver = caf::actor_cast<caf::actor>(weak)) caf::anon_send(driver, tensor_frame{frame.descriptor, tensor_of(frame)});
-      },
+      options, tensor_allocator(), router::handler_of(s.routes),
       [weak](const std::string& peer, const std::string& problem) {
         if (auto driver = caf::actor_cast<caf::actor>(weak))
           caf::anon_send(driver, request_failure{0, "data plane link from " + peer + " closed: " + problem, true});
@@ -605,7 +621,7 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
         return promise;
       },
       [self](generate_request& request) { return start_request(self, request); },
-      [self](tensor_frame& frame) { on_logits(self, frame); },
+      [self](tensor_frame& frame) { on_sampled(self, frame); },
       [self](request_failure& failure) {
         // A broken link is the supervisor's to judge: its verdict starts a
         // recovery that replays the request, and the deadline still holds.

@@ -1,8 +1,9 @@
 #pragma once
 // The driver: one per client session. It deploys a placement onto node
 // actors, then serves generation requests over the pipeline: tokenise, send
-// the prompt to the first stage, sample each token from the logits the last
-// stage returns, send it back in, stream it to the requester. Requests in
+// the prompt (with the request's sampling parameters) to the first stage,
+// take the token the last stage sampled, send it back in, stream it to the
+// requester. Only token ids cross back, unless a request asks for logits. Requests in
 // flight at once occupy different stages at once (pipelined decode).
 //
 // It also keeps its pipeline serving when nodes fail. Once deployed it runs a

@@ -4,11 +4,11 @@
 
 #include <iostream>
 #include <map>
-#include <mutex>
 #include <random>
 
 #include "actors/error_text.hpp"
 #include "actors/profiling.hpp"
+#include "actors/router.hpp"
 #include "actors/shard_cache.hpp"
 #include "actors/stage.hpp"
 #include "actors/tensor_frame.hpp"
@@ -18,34 +18,6 @@
 namespace orrery::actors {
 
 namespace {
-
-// (session, stage) -> stage actor, read on the data plane's io thread and
-// written by the node actor. Weak addresses: a finished stage is not kept
-// alive by its routing entry.
-class routing_table {
- public:
-  using route = std::pair<std::uint64_t, std::uint16_t>;
-  void set(route to, const caf::actor& actor) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    routes_[to] = actor.address();
-  }
-  void erase(route to) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    routes_.erase(to);
-  }
-  caf::actor find(route to) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = routes_.find(to);
-    return it == routes_.end() ? caf::actor{} : caf::actor_cast<caf::actor>(it->second);
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::map<route, caf::actor_addr> routes_;
-};
-
-/// Link probes travel in session 0, which no client session draws.
-constexpr routing_table::route probe_route{0, probe_stage};
 
 std::uint64_t fresh_incarnation() {
   static std::random_device entropy;
@@ -67,7 +39,7 @@ struct node_state {
   node_config config;
   /// The process's incarnation, reported outside any session.
   std::uint64_t incarnation = fresh_incarnation();
-  std::shared_ptr<routing_table> routes;
+  std::shared_ptr<router> routes;
   std::shared_ptr<messages::data_plane> data_plane;
   std::shared_ptr<shard_cache> weights;
   std::map<std::uint64_t, session_state> sessions;
@@ -106,7 +78,7 @@ void drop_stages(node_ptr self, std::uint64_t id, session_state& session) {
   for (auto& [index, stage] : session.stages) {
     self->unlink_from(stage);
     self->send_exit(stage, caf::exit_reason::user_shutdown);
-    self->state.routes->erase({id, index});
+    self->state.routes->remove(router::handler_kind::stage, id, index);
   }
   session.stages.clear();
 }
@@ -150,7 +122,7 @@ bool forget_stage(node_ptr self, const caf::actor_addr& source, const caf::error
       if (it->second.address() == source) {
         std::cerr << "node " << self->state.config.name << ": stage " << it->first << " of session " << id
                   << " ended: " << error_text(reason) << std::endl;
-        self->state.routes->erase({id, it->first});
+        self->state.routes->remove(router::handler_kind::stage, id, it->first);
         session.stages.erase(it);
         return true;
       }
@@ -171,13 +143,12 @@ caf::result<caf::message> assign(node_ptr self, stage_assignment& assignment) {
     slot = spawn_stage(self->system(),
                        {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights});
     self->link_to(slot);  // a stage lives and dies with its node
-    s.routes->set({assignment.session, assignment.stage}, slot);
+    s.routes->add(router::handler_kind::stage, assignment.session, assignment.stage, slot);
   }
   return self->delegate(slot, load_stage_atom_v, std::move(assignment));
 }
 
-caf::behavior node_actor(node_ptr self, node_config config,
-                         std::shared_ptr<routing_table> routes, std::shared_ptr<messages::data_plane> plane) {
+caf::behavior node_actor(node_ptr self, node_config config, std::shared_ptr<router> routes, std::shared_ptr<messages::data_plane> plane) {
   self->state.config = std::move(config);
   self->state.routes = std::move(routes);
   self->state.data_plane = std::move(plane);
@@ -191,6 +162,7 @@ caf::behavior node_actor(node_ptr self, node_config config,
   self->set_down_handler([self](caf::down_msg& msg) { on_down(self, msg); });
   return {
       [self](info_atom) { return describe(self, 0); },
+      [self](stats_atom) { return self->state.routes->counts(); },
       [self](watch_atom, caf::actor& supervisor, std::int64_t interval_ms, std::uint64_t session) {
         self->monitor(supervisor);
         self->state.sessions[session].watchers[supervisor] = std::chrono::milliseconds(std::max<std::int64_t>(interval_ms, 10));
@@ -236,33 +208,18 @@ caf::behavior node_actor(node_ptr self, node_config config,
 }  // namespace
 
 caf::actor spawn_node(caf::actor_system& system, node_config config) {
-  auto routes = std::make_shared<routing_table>();
+  auto routes = std::make_shared<router>("node " + config.name);
   const std::string name = config.name;
   messages::data_plane_options options;
   options.bind_address = config.data_host;
   options.port = config.data_port;
   auto plane = std::make_shared<messages::data_plane>(
-      options, tensor_allocator(/*pinned=*/config.device != "cpu"),
-      [routes, name](messages::received_frame frame) {
-        const routing_table::route to{frame.descriptor.session, frame.descriptor.destination_stage};
-        auto stage = routes->find(to);
-        if (stage && to == probe_route) {
-          auto host = frame.peer.substr(0, frame.peer.rfind(':'));
-          if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-          return caf::anon_send(stage, probe_frame_atom_v, frame.descriptor.request_id, frame.descriptor.reply_port, host);
-        }
-        if (!stage) {
-          std::cerr << "node " << name << ": dropped a frame for unknown stage " << to.second << " of session "
-                    << to.first << " from " << frame.peer << "\n";
-          return;
-        }
-        caf::anon_send(stage, tensor_frame{frame.descriptor, tensor_of(frame)});
-      },
+      options, tensor_allocator(/*pinned=*/config.device != "cpu"), router::handler_of(routes),
       [name](const std::string& peer, const std::string& problem) {
         std::cerr << "node " << name << ": data plane link from " << peer << " closed: " << problem << "\n";
       });
   auto node = system.spawn(node_actor, std::move(config), routes, plane);
-  routes->set(probe_route, node);  // the node actor is its own probe sink
+  routes->add(router::handler_kind::prober, probe_session, 0, node);  // the node actor is its own probe sink
   return node;
 }
 

@@ -1,8 +1,9 @@
 #pragma once
 // The node actor: one per process (= one device). It owns the process's data
-// plane endpoint, answers resource queries, and spawns a stage actor for
-// each layer range a driver assigns to it, routing incoming frames to the
-// stage they are addressed to.
+// plane endpoint and its router (actors/router.hpp), answers resource
+// queries, and spawns a stage actor for each layer range a driver assigns to
+// it, registering the stage for its session's routes. (stats_atom) answers
+// the router's route_counts.
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>

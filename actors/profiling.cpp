@@ -135,11 +135,9 @@ class link_prober {
     auto start = clock_type::now();
     for (std::uint64_t i = 0; i < frames; ++i) {
       messages::frame_descriptor d;
-      d.request_id = id;
-      d.destination_stage = probe_stage;
-      d.reply_port = reply_port_;
-      d.type = messages::element_type::f32;
-      d.shape = {static_cast<std::int64_t>(frame_bytes / 4)};
+      d.session = probe_session;
+      d.route = messages::probe_route{id, reply_port_};
+      d.tensors = {{messages::tensor_role::hidden, messages::element_type::f32, {static_cast<std::int64_t>(frame_bytes / 4)}, 0}};
       link_->send(std::move(d), buffer_->data(), buffer_, {});
     }
     std::string failure;
@@ -213,10 +211,9 @@ void probe_responder::answer(std::uint64_t id, const std::string& host, std::uin
   auto& link = links_[address];
   if (!link || !link->is_open()) link = plane_->connect(host, port, std::chrono::seconds(5));
   messages::frame_descriptor d;
-  d.request_id = id;
-  d.destination_stage = probe_stage;
-  d.type = messages::element_type::f32;
-  d.shape = {1};
+  d.session = probe_session;
+  d.route = messages::probe_route{id, 0};
+  d.tensors = {{messages::tensor_role::hidden, messages::element_type::f32, {1}, 0}};
   link->send(std::move(d), answer_bytes->data(), answer_bytes, {});
 }
 

@@ -6,7 +6,7 @@
 // node actor itself keeps answering and heartbeating meanwhile.
 //
 // A link is measured from the sending node, over the data plane alone: probe
-// frames (messages/types.hpp probe_stage) carry the sender's data port, the
+// frames (a probe route, messages/frame.hpp) carry the sender's data port, the
 // peer's node answers each with a 4-byte frame to it, and the sender's node
 // counts the answers for the prober waiting on them (a `probe_expect` request
 // inside its own process: no actor of another node is involved). Latency is

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <iostream>
 #include <map>
+#include <variant>
 #include <vector>
 
 #include "actors/model_identity.hpp"
@@ -15,7 +16,9 @@
 #include "actors/tensor_frame.hpp"
 #include "compute/cpu_threads.hpp"
 #include "compute/error_text.hpp"
+#include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
+#include "compute/sampler.hpp"
 #include "compute/shard.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/types.hpp"
@@ -32,6 +35,14 @@ struct transfer_counters {
   std::atomic<std::uint64_t> bytes{0};
 };
 
+struct request_state {
+  /// One per shard, all of the same length: the sequence so far.
+  std::vector<compute::kv_cache> caches;
+  /// The stage holding the head: the sequence's tokens, for the sampler's
+  /// repetition penalty (every frame carries its tokens along the pipeline).
+  std::vector<compute::token_id> history;
+};
+
 struct stage_state {
   stage_context context;
   stage_assignment assignment;
@@ -40,8 +51,8 @@ struct stage_state {
   std::vector<std::shared_ptr<shared_shard>> shards;
   /// model_fingerprint of the model the shards belong to.
   std::string fingerprint;
-  /// Per request, one KV cache per shard.
-  std::map<std::uint64_t, std::vector<compute::kv_cache>> caches;
+  /// What the stage keeps of each request in flight.
+  std::map<std::uint64_t, request_state> requests;
   std::shared_ptr<messages::link> next;
   next_hop hop;
   /// Frames of any other deployment are from a pipeline layout that no
@@ -95,7 +106,7 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
   // From here on frames of the old layout (say, the late output of a stage
   // that died) meet layers they were not computed for: drop them.
   s.deployment = assignment.deployment;
-  s.caches.clear();  // requests are replayed into the new layout
+  s.requests.clear();  // requests are replayed into the new layout
   s.assignment = assignment;
   int loaded_layers = 0;
   std::uint64_t loaded_bytes = 0;
@@ -138,60 +149,102 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
 }
 
 void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem) {
-  self->state.caches.erase(request);
+  self->state.requests.erase(request);
   if (self->state.driver) self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem, false});
 }
 
-at::Tensor forward(stage_state& s, std::uint64_t request, const at::Tensor& input) {
-  auto cache = s.caches.find(request);
-  if (cache == s.caches.end()) {
-    std::vector<compute::kv_cache> fresh;
-    for (const auto& shard : s.shards) fresh.push_back(shard->shard().new_cache(shard->shard().config().max_position_embeddings));
-    cache = s.caches.emplace(request, std::move(fresh)).first;
+bool holds_head(const stage_state& s) { return !s.shards.empty() && s.shards.back()->shard().has_head(); }
+
+// Runs the frame's tokens through the stage's layers, extending the
+// request's KV caches. A frame at position 0 starts the sequence (a new
+// request, or a replay after a recovery); any other must continue exactly
+// where the caches end, or the stage would compute on a sequence it does
+// not hold.
+at::Tensor forward(stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
+  const auto& tokens = frame.tensor(messages::tensor_role::tokens);
+  auto& r = s.requests[route.request];
+  if (route.position == 0) {
+    r.caches.clear();
+    for (const auto& shard : s.shards) r.caches.push_back(shard->shard().new_cache(shard->shard().config().max_position_embeddings));
+    r.history.clear();
   }
-  const int tokens = static_cast<int>(input.size(0));
-  at::Tensor x = input;
-  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&cache->second[i], tokens}});
+  const int held = r.caches.empty() ? 0 : r.caches.front().length();
+  if (r.caches.empty() || held != static_cast<int>(route.position))
+    throw std::runtime_error("a frame at position " + std::to_string(route.position) + " of request " +
+                             std::to_string(route.request) + ", but the stage holds " +
+                             (r.caches.empty() ? std::string("no KV cache for it") : std::to_string(held) + " tokens of it"));
+  const int count = static_cast<int>(tokens.size(0));
+  at::Tensor x = s.shards.front()->shard().has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
+  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}});
+  if (holds_head(s)) {
+    auto ids = tokens.to(at::kLong).contiguous();
+    r.history.insert(r.history.end(), ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
+  }
   return x;
+}
+
+compute::sampling_params sampling_of(const messages::sampling_settings& s) {
+  return {s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed};
+}
+
+// The stage holding the head samples where the logits are and sends the
+// session the token id (and the logits row only where it asked for them).
+std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const at::Tensor& logits) {
+  compute::sampler choose(sampling_of(route.sampling));
+  const auto token = compute::sample(choose, logits, s.requests.at(route.request).history, route.step);
+  std::vector<outgoing_tensor> out{{messages::tensor_role::tokens, at::full({1}, std::int64_t{token}, at::kLong)}};
+  if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, logits});
+  return out;
 }
 
 void process(stage_actor_ptr self, tensor_frame& frame) {
   auto& s = self->state;
   const auto& d = frame.descriptor;
+  const auto* route = std::get_if<messages::forward_route>(&d.route);
+  if (!route)  // the router hands a stage forward and backward routes
+    return fail_request(self, std::get<messages::backward_route>(d.route).request,
+                        "received a backward pass, but stages run inference only");
   if (d.deployment != s.deployment) {
     if (s.stale_frames++ == 0)
       std::cerr << s.where() << ": dropping frames of deployment " << d.deployment << " (now " << s.deployment << ")\n";
     return;
   }
-  if (s.shards.empty() || !s.next) return fail_request(self, d.request_id, "received a frame before it was deployed");
+  if (s.shards.empty() || !s.next) return fail_request(self, route->request, "received a frame before it was deployed");
   at::Tensor out;
-  auto start = clock_type::now();
-  try {
-    out = forward(s, d.request_id, frame.tensor);
-  } catch (const std::exception& e) {
-    return fail_request(self, d.request_id, e.what());
-  }
-  s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
-  ++s.frames;
+  std::vector<outgoing_tensor> tensors;
   messages::frame_descriptor out_d;
-  out_d.request_id = d.request_id;
   out_d.session = d.session;
   out_d.deployment = d.deployment;
-  out_d.step = d.step;
-  out_d.source_stage = s.assignment.stage;
-  out_d.destination_stage = s.hop.stage;
+  auto start = clock_type::now();
+  try {
+    out = forward(s, *route, frame);
+    s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+    if (holds_head(s)) {
+      tensors = sampled(s, *route, out);
+      out_d.route = messages::session_route{route->request, route->step};
+    } else {
+      tensors = {{messages::tensor_role::hidden, out}, {messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}};
+      auto next = *route;
+      next.stage = s.hop.stage;
+      out_d.route = next;
+    }
+  } catch (const std::exception& e) {
+    return fail_request(self, route->request, compute::without_backtrace(e.what()));
+  }
+  ++s.frames;
   auto sent = clock_type::now();
-  auto bytes = static_cast<std::uint64_t>(out.nbytes());
-  send_tensor(*s.next, out_d, out,
-              // Weak: a frame stuck in a dead link must not keep the driver alive.
-              [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
-               request = d.request_id, where = s.where()](const std::string& error) {
-                transfers->nanoseconds += static_cast<std::uint64_t>(
-                    std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
-                transfers->bytes += bytes;
-                if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
-                  caf::anon_send(driver, request_failure{request, where + ": " + error, true});
-              });
+  std::uint64_t bytes = 0;
+  for (const auto& t : tensors) bytes += static_cast<std::uint64_t>(t.tensor.nbytes());
+  send_tensors(*s.next, std::move(out_d), std::move(tensors),
+               // Weak: a frame stuck in a dead link must not keep the driver alive.
+               [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
+                request = route->request, where = s.where()](const std::string& error) {
+                 transfers->nanoseconds += static_cast<std::uint64_t>(
+                     std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
+                 transfers->bytes += bytes;
+                 if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
+                   caf::anon_send(driver, request_failure{request, where + ": " + error, true});
+               });
 }
 
 caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
@@ -216,7 +269,7 @@ caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
         return caf::unit;
       },
       [self](tensor_frame& frame) { process(self, frame); },
-      [self](end_request_atom, std::uint64_t request) { self->state.caches.erase(request); },
+      [self](end_request_atom, std::uint64_t request) { self->state.requests.erase(request); },
       [self](stats_atom) {
         const auto& s = self->state;
         return stage_stats{s.assignment.stage,

@@ -2,7 +2,8 @@
 // The stage actor: one shard placed on a node. Detached, so libtorch work
 // never blocks CAF's shared workers. It keeps a KV cache per request, runs
 // each frame that reaches it through its layers and sends the result to its
-// next hop (the next stage, or the driver for logits).
+// next hop: hidden states (and the frame's tokens) to the next stage, or,
+// from the stage holding the head, the token it sampled to the session.
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>

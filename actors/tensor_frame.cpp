@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 #ifdef ORRERY_WITH_CUDA
@@ -9,8 +11,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
-
-#include <vector>
 #endif
 
 namespace orrery::actors {
@@ -39,41 +39,69 @@ messages::element_type element_type_of(at::ScalarType t) {
   }
 }
 
+/// The descriptor's tensor list for `tensors`, byte lengths included.
+void describe(messages::frame_descriptor& descriptor, const std::vector<outgoing_tensor>& tensors) {
+  descriptor.tensors.clear();
+  for (const auto& t : tensors)
+    descriptor.tensors.push_back({t.role, element_type_of(t.tensor.scalar_type()), t.tensor.sizes().vec(),
+                                  static_cast<std::uint64_t>(t.tensor.nbytes())});
+}
+
+std::uint64_t payload_bytes(const messages::frame_descriptor& descriptor) {
+  if (descriptor.tensors.empty()) return 0;
+  return messages::tensor_offsets(descriptor.tensors).back() + descriptor.tensors.back().byte_length;
+}
+
 #ifdef ORRERY_WITH_CUDA
 // Pieces of a device tensor's trip to the host: small enough that
 // checksumming the first overlaps most of the copy, large enough that each
 // copy runs near bus speed.
 constexpr std::size_t device_piece_bytes = std::size_t{1} << 20;
 
-void send_from_device(messages::link& link, messages::frame_descriptor descriptor, const at::Tensor& tensor,
+// The frame's payload in pinned host memory: device tensors' bytes arrive
+// there by queued copies, host tensors' are copied in at once.
+void send_from_device(messages::link& link, messages::frame_descriptor descriptor, std::vector<outgoing_tensor> tensors,
                       std::function<void(const std::string&)> done) {
   struct staged {
-    at::Tensor source;  // on the device, contiguous: kept until the copies finish
-    at::Tensor host;    // pinned
-    std::vector<at::cuda::CUDAEvent> landed;
+    std::vector<at::Tensor> sources;  // contiguous: kept until the copies finish
+    at::Tensor host;                  // pinned
+    /// Where each queued copy ends in the payload, and its event.
+    std::vector<std::pair<std::size_t, at::cuda::CUDAEvent>> landed;
   };
   auto s = std::make_shared<staged>();
-  s->source = tensor.contiguous();
-  s->host = at::empty(s->source.sizes(), s->source.options().device(at::kCPU).pinned_memory(true));
-  const std::size_t bytes = s->source.nbytes();
-  c10::cuda::CUDAGuard guard(s->source.device());
-  auto stream = c10::cuda::getCurrentCUDAStream(s->source.device().index());
+  describe(descriptor, tensors);
+  const auto offsets = messages::tensor_offsets(descriptor.tensors);
+  s->host = at::zeros({static_cast<std::int64_t>(payload_bytes(descriptor))},
+                      at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   auto* to = static_cast<std::byte*>(s->host.data_ptr());
-  const auto* from = static_cast<const std::byte*>(s->source.data_ptr());
-  s->landed.resize((bytes + device_piece_bytes - 1) / device_piece_bytes);
-  for (std::size_t piece = 0; piece < s->landed.size(); ++piece) {
-    const std::size_t at = piece * device_piece_bytes, n = std::min(device_piece_bytes, bytes - at);
-    auto status = cudaMemcpyAsync(to + at, from + at, n, cudaMemcpyDeviceToHost, stream.stream());
-    if (status != cudaSuccess)
-      throw std::runtime_error(std::string("copying a tensor from the GPU failed: ") + cudaGetErrorString(status));
-    s->landed[piece].record(stream);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    auto source = tensors[i].tensor.contiguous();
+    const std::size_t bytes = source.nbytes();
+    const auto* from = static_cast<const std::byte*>(source.data_ptr());
+    if (!source.is_cuda()) {
+      if (bytes > 0) std::memcpy(to + offsets[i], from, bytes);
+      continue;
+    }
+    c10::cuda::CUDAGuard guard(source.device());
+    auto stream = c10::cuda::getCurrentCUDAStream(source.device().index());
+    for (std::size_t at = 0; at < bytes; at += device_piece_bytes) {
+      const std::size_t n = std::min(device_piece_bytes, bytes - at);
+      auto status = cudaMemcpyAsync(to + offsets[i] + at, from + at, n, cudaMemcpyDeviceToHost, stream.stream());
+      if (status != cudaSuccess)
+        throw std::runtime_error(std::string("copying a tensor from the GPU failed: ") + cudaGetErrorString(status));
+      s->landed.emplace_back(offsets[i] + at + n, at::cuda::CUDAEvent());
+      s->landed.back().second.record(stream);
+    }
+    s->sources.push_back(std::move(source));
   }
-  descriptor.type = element_type_of(s->host.scalar_type());
-  descriptor.shape = s->host.sizes().vec();
-  // The copies run in order on one stream, so the event of the piece that
-  // holds byte end - 1 covers every piece before it.
+  // The copies run in order on one stream, so the event of the last copy
+  // that starts before `end` covers every byte before it.
   messages::link::arriving_payload arriving{device_piece_bytes, [s](std::size_t end) {
-                                              s->landed[(end - 1) / device_piece_bytes].synchronize();
+                                              for (auto it = s->landed.rbegin(); it != s->landed.rend(); ++it)
+                                                if (it->first - std::min(it->first, device_piece_bytes) < end) {
+                                                  it->second.synchronize();
+                                                  return;
+                                                }
                                             }};
   link.send(std::move(descriptor), to, s, std::move(done), arriving);
 }
@@ -81,32 +109,64 @@ void send_from_device(messages::link& link, messages::frame_descriptor descripto
 
 }  // namespace
 
+const at::Tensor& tensor_frame::tensor(messages::tensor_role role) const {
+  for (std::size_t i = 0; i < descriptor.tensors.size() && i < tensors.size(); ++i)
+    if (descriptor.tensors[i].role == role) return tensors[i];
+  std::string roles;
+  for (const auto& t : descriptor.tensors) roles += std::string(roles.empty() ? "" : ", ") + messages::to_string(t.role);
+  throw std::invalid_argument(std::string("a ") + messages::route_kind(descriptor.route) + " frame without a " +
+                              messages::to_string(role) + " tensor (it has: " + (roles.empty() ? "none" : roles) + ")");
+}
+
+bool tensor_frame::has(messages::tensor_role role) const {
+  return std::any_of(descriptor.tensors.begin(), descriptor.tensors.end(),
+                     [role](const auto& t) { return t.role == role; });
+}
+
 messages::frame_allocator tensor_allocator(bool pinned) {
 #ifndef ORRERY_WITH_CUDA
   pinned = false;
 #endif
   return [pinned](const messages::frame_descriptor& d) {
-    auto tensor = std::make_shared<at::Tensor>(
-        at::empty(d.shape, at::TensorOptions().dtype(scalar_type_of(d.type)).pinned_memory(pinned)));
-    auto* data = static_cast<std::byte*>(tensor->data_ptr());
-    return std::make_pair(std::shared_ptr<void>(tensor), data);
+    auto bytes = std::make_shared<at::Tensor>(at::empty(
+        {static_cast<std::int64_t>(d.byte_length)}, at::TensorOptions().dtype(at::kByte).pinned_memory(pinned)));
+    auto* data = static_cast<std::byte*>(bytes->data_ptr());
+    return std::make_pair(std::shared_ptr<void>(bytes), data);
   };
 }
 
-at::Tensor tensor_of(const messages::received_frame& frame) {
-  return *static_cast<at::Tensor*>(frame.storage.get());
+tensor_frame tensor_frame_of(const messages::received_frame& frame) {
+  const auto& bytes = *static_cast<at::Tensor*>(frame.storage.get());
+  const auto& layouts = frame.descriptor.tensors;
+  const auto offsets = messages::tensor_offsets(layouts);
+  tensor_frame out{frame.descriptor, {}};
+  // Offsets are multiples of 8, so every view starts aligned for its type.
+  for (std::size_t i = 0; i < layouts.size(); ++i)
+    out.tensors.push_back(bytes.narrow(0, static_cast<std::int64_t>(offsets[i]), static_cast<std::int64_t>(layouts[i].byte_length))
+                              .view(scalar_type_of(layouts[i].type))
+                              .view(layouts[i].shape));
+  return out;
 }
 
-void send_tensor(messages::link& link, messages::frame_descriptor descriptor, const at::Tensor& tensor,
-                 std::function<void(const std::string&)> done) {
+void send_tensors(messages::link& link, messages::frame_descriptor descriptor, std::vector<outgoing_tensor> tensors,
+                  std::function<void(const std::string&)> done) {
 #ifdef ORRERY_WITH_CUDA
-  if (tensor.is_cuda()) return send_from_device(link, std::move(descriptor), tensor, std::move(done));
+  if (std::any_of(tensors.begin(), tensors.end(), [](const auto& t) { return t.tensor.is_cuda(); }))
+    return send_from_device(link, std::move(descriptor), std::move(tensors), std::move(done));
 #endif
-  auto held = std::make_shared<at::Tensor>(tensor.contiguous());
-  descriptor.type = element_type_of(held->scalar_type());
-  descriptor.shape = held->sizes().vec();
-  const auto* data = static_cast<const std::byte*>(held->data_ptr());
-  link.send(std::move(descriptor), data, held, std::move(done));
+  for (auto& t : tensors) t.tensor = t.tensor.contiguous();
+  describe(descriptor, tensors);
+  if (tensors.size() == 1) {
+    auto held = std::make_shared<at::Tensor>(tensors.front().tensor);
+    const auto* data = static_cast<const std::byte*>(held->data_ptr());
+    return link.send(std::move(descriptor), data, held, std::move(done));
+  }
+  const auto offsets = messages::tensor_offsets(descriptor.tensors);
+  auto packed = std::make_shared<at::Tensor>(at::zeros({static_cast<std::int64_t>(payload_bytes(descriptor))}, at::kByte));
+  auto* to = static_cast<std::byte*>(packed->data_ptr());
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    if (const auto bytes = tensors[i].tensor.nbytes(); bytes > 0) std::memcpy(to + offsets[i], tensors[i].tensor.data_ptr(), bytes);
+  link.send(std::move(descriptor), to, packed, std::move(done));
 }
 
 }  // namespace orrery::actors

@@ -25,6 +25,13 @@ at::Tensor ids_tensor(const std::vector<token_id>& ids) {
 
 }  // namespace
 
+token_id sample(sampler& choose, const at::Tensor& logits, const std::vector<token_id>& history, std::uint32_t step) {
+  // Ties go to the lowest id on every device, as in sampler::next.
+  if (choose.plain_argmax()) return static_cast<token_id>(logits.argmax(-1).item<std::int64_t>());
+  auto row = logits.to(at::kCPU).contiguous();
+  return choose.next(row.data_ptr<float>(), static_cast<int>(row.size(-1)), history, step);
+}
+
 std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& prompt) {
   std::vector<token_id> ids{tok.bos()};
   for (auto id : tok.encode(prompt)) ids.push_back(id);
@@ -48,8 +55,12 @@ void check_request(const generation_request& request, std::int64_t prompt_length
   check_fits_context(prompt_length, request.max_new_tokens, context);
 }
 
+double decode_ms_per_token(double decode_ms, std::size_t tokens) {
+  return tokens > 1 ? decode_ms / static_cast<double>(tokens - 1) : 0.0;
+}
+
 double generation_result::decode_ms_per_token() const {
-  return tokens.size() > 1 ? decode_ms / static_cast<double>(tokens.size() - 1) : 0.0;
+  return compute::decode_ms_per_token(decode_ms, tokens.size());
 }
 
 double generation_result::tokens_per_s() const {
@@ -66,20 +77,12 @@ generation_result generate(shard& model, const tokenizer& tok, const generation_
   const int prompt = static_cast<int>(result.prompt_tokens.size());
   check_request(request, prompt, model.config().max_position_embeddings);
 
-  sampler choose(request.sampling, tok.vocab_size());
+  sampler choose(request.sampling);
   kv_cache cache = model.new_cache(prompt + request.max_new_tokens - 1);
   result.kv_cache_bytes = cache.bytes();
   std::vector<token_id> history = result.prompt_tokens;
   auto emit = [&](const at::Tensor& logits) {
-    token_id next;
-    if (choose.plain_argmax()) {
-      // Ties go to the lowest id on every device, as in sampler::next.
-      const auto ids = std::min<std::int64_t>(logits.size(-1), choose.vocab_limit());
-      next = static_cast<token_id>(logits.narrow(-1, 0, ids).argmax(-1).item<std::int64_t>());
-    } else {
-      auto row = logits.to(at::kCPU).contiguous();
-      next = choose.next(row.data_ptr<float>(), static_cast<int>(row.size(-1)), history);
-    }
+    const token_id next = sample(choose, logits, history, static_cast<std::uint32_t>(result.tokens.size()));
     history.push_back(next);
     result.tokens.push_back(next);
     if (on_token) on_token(next, tok.decode(next));

@@ -10,6 +10,10 @@
 #include "compute/sampler.hpp"
 #include "compute/tokenizer.hpp"
 
+namespace at {
+class Tensor;
+}
+
 namespace orrery::compute {
 
 class shard;
@@ -31,9 +35,20 @@ struct generation_result {
   std::size_t kv_cache_bytes = 0;
   bool stopped_at_eos = false;
 
-  double decode_ms_per_token() const;
+  double decode_ms_per_token() const;  ///< decode_ms_per_token(decode_ms, tokens.size())
   double tokens_per_s() const;  ///< decode steps per second
 };
+
+/// Decode time per generated token after the first, which the prefill makes:
+/// `decode_ms` over `tokens` generated tokens (0 for fewer than 2). The local
+/// result and a pipeline's generation_summary are both measured this way.
+double decode_ms_per_token(double decode_ms, std::size_t tokens);
+
+/// The token at `step` from a row of logits ([1, vocab] or [vocab], on any
+/// device): a greedy choice is made where the logits are (one id crosses to
+/// the host, not the row). Local generation and the pipeline's last stage
+/// both sample here.
+token_id sample(sampler& choose, const at::Tensor& logits, const std::vector<token_id>& history, std::uint32_t step);
 
 /// BOS followed by the prompt's tokens: what every generation starts from.
 std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& prompt);

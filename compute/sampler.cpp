@@ -18,13 +18,10 @@ void sampling_params::validate() const {
     throw std::invalid_argument("repetition-penalty must be > 0, got " + std::to_string(repetition_penalty));
 }
 
-sampler::sampler(sampling_params params, int vocab_limit)
-    : params_(params), vocab_limit_(vocab_limit), state_(params.seed) {
-  params_.validate();
-}
+sampler::sampler(sampling_params params) : params_(params) { params_.validate(); }
 
-token_id sampler::next(const float* logits, int vocab_size, const std::vector<token_id>& history) {
-  const int n = std::min(vocab_size, vocab_limit_);
+token_id sampler::next(const float* logits, int vocab_size, const std::vector<token_id>& history, std::uint32_t step) {
+  const int n = vocab_size;
   scratch_.assign(logits, logits + n);
   if (params_.repetition_penalty != 1.0f) {
     // Once per distinct token, as HF's gather/scatter does.
@@ -61,7 +58,10 @@ token_id sampler::next(const float* logits, int vocab_size, const std::vector<to
     order_.resize(cut);
     for (auto& p : probs) p /= mass;
   }
-  double r = unit_interval(state_), acc = 0;
+  // splitmix64's state after `step` draws from `seed`: the same numbers a
+  // generator advanced once per sampled token would give.
+  std::uint64_t state = params_.seed + std::uint64_t{step} * 0x9e3779b97f4a7c15ull;
+  double r = unit_interval(state), acc = 0;
   for (std::size_t i = 0; i < probs.size(); ++i)
     if (r < (acc += probs[i])) return order_[i];
   return order_.back();

@@ -26,26 +26,28 @@ struct sampling_params {
   void validate() const;
 };
 
+/// Chooses over the model's whole vocabulary (every id a logits row has,
+/// whether or not the tokenizer can print it). Holds no random state between
+/// tokens: the draw for the token at `step` comes from (seed, step) alone, so
+/// a stage that takes over a request (after a recovery) samples what the one
+/// before it would have, and local and distributed generation agree.
 class sampler {
  public:
-  /// Only ids below `vocab_limit` are ever chosen (a tokenizer may produce
-  /// fewer ids than the model's padded vocabulary).
-  sampler(sampling_params params, int vocab_limit);
+  /// Throws std::invalid_argument naming a bad parameter.
+  explicit sampler(sampling_params params);
 
-  /// The next token, given the logits of the last position and the
-  /// sequence so far (prompt and generated tokens).
-  token_id next(const float* logits, int vocab_size, const std::vector<token_id>& history);
+  /// The token at `step` (0 for the first generated token), given the logits
+  /// of the last position and the sequence so far (prompt and generated
+  /// tokens).
+  token_id next(const float* logits, int vocab_size, const std::vector<token_id>& history, std::uint32_t step);
 
-  /// Whether next() is a plain argmax over the ids below vocab_limit()
-  /// (greedy, no penalty), which the caller may compute where the logits
-  /// are (on the GPU, bringing back one id instead of a row).
+  /// Whether next() is a plain argmax (greedy, no penalty), which the caller
+  /// may compute where the logits are (on the GPU, bringing back one id
+  /// instead of a row).
   bool plain_argmax() const { return params_.temperature == 0.0f && params_.repetition_penalty == 1.0f; }
-  int vocab_limit() const { return vocab_limit_; }
 
  private:
   sampling_params params_;
-  int vocab_limit_;
-  std::uint64_t state_;
   std::vector<float> scratch_;
   std::vector<token_id> order_;
   std::vector<bool> penalized_;

@@ -17,7 +17,8 @@ std::vector<token_id> byte_tokenizer::encode(std::string_view text) const {
 }
 
 std::string byte_tokenizer::decode(token_id id) const {
-  if (id < 0 || id > 255) return {};
+  if (id == bos() || id == eos()) return {};
+  if (id < 0 || id > 255) return "<" + std::to_string(id) + ">";
   return std::string(1, static_cast<char>(id));
 }
 

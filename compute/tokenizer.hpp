@@ -24,14 +24,17 @@ class tokenizer {
   virtual std::vector<token_id> encode(std::string_view text) const = 0;
 
   /// The bytes of one token (may be part of a UTF-8 character); empty for
-  /// special tokens.
+  /// special tokens; `<id>` for an id the tokenizer has no text for (a
+  /// model's vocabulary may be larger than its tokenizer's), so no sampled
+  /// token is ever dropped from the text.
   virtual std::string decode(token_id id) const = 0;
 
   virtual token_id bos() const = 0;
   virtual token_id eos() const = 0;
 
   /// Ids in [0, vocab_size()) are the ones this tokenizer can produce; a
-  /// model's embedding may be larger (padded vocabularies).
+  /// model's embedding may be larger (padded vocabularies), and generation
+  /// chooses among all of the model's ids.
   virtual int vocab_size() const = 0;
 };
 

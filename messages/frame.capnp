@@ -1,7 +1,7 @@
 @0xf742afcf707da004;
-# The descriptor of one data-plane frame: what the raw bytes after it are.
-# Layout of the whole frame (fixed header, this descriptor, payload) is
-# documented in messages/frame.hpp.
+# The descriptor of one data-plane frame: where it goes and what the raw bytes
+# after it are. Layout of the whole frame (fixed header, this descriptor,
+# payload) is documented in messages/frame.hpp.
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("orrery::messages::wire");
@@ -15,25 +15,105 @@ enum ElementType {
   i32 @4;
 }
 
-struct FrameDescriptor {
-  requestId @0 :UInt64;
+# What one tensor of a frame is to its receiver; values match
+# orrery::messages::tensor_role.
+enum TensorRole {
+  hidden @0;     # hidden states [tokens, hidden]
+  tokens @1;     # token ids [tokens]: a stage's input, or what was sampled
+  logits @2;     # [rows, vocab], where a caller asked for them
+  gradient @3;   # a backward pass's gradient w.r.t. hidden states
+  positions @4;  # token positions, where they are not implied by the cache
+}
+
+# One tensor of the payload. Tensors lie back to back, each starting at a
+# multiple of 8 bytes (zero padding between them).
+struct TensorLayout {
+  role @0 :TensorRole;
+  elementType @1 :ElementType;
+  shape @2 :List(Int64);
+  # Must equal the product of shape times the element size.
+  byteLength @3 :UInt64;
+}
+
+# How the sampler at the last stage picks a token (compute/sampler.hpp).
+struct Sampling {
+  temperature @0 :Float32;
+  topK @1 :Int32;
+  topP @2 :Float32 = 1.0;
+  repetitionPenalty @3 :Float32 = 1.0;
+  seed @4 :UInt64;
+  # Send the logits row back with the token (tests, scoring).
+  returnLogits @5 :Bool;
+}
+
+# A forward activation (or a prompt's tokens) for a pipeline stage.
+struct ForwardRoute {
+  stage @0 :UInt16;
+  request @1 :UInt64;
+  # How many tokens the request has generated so far.
+  step @2 :UInt32;
+  # The sequence length before this frame's tokens: 0 starts (or replays) a
+  # sequence; otherwise the stage's KV cache must hold exactly this many.
+  position @3 :UInt32;
+  sampling @4 :Sampling;
+}
+
+# A backward pass's gradient for a pipeline stage.
+struct BackwardRoute {
+  stage @0 :UInt16;
+  request @1 :UInt64;
+  step @2 :UInt32;
+}
+
+enum CollectiveOp {
+  allReduce @0;
+  allGather @1;
+  reduceScatter @2;
+  broadcast @3;
+}
+
+# A piece of a collective among the ranks of a device group (one layer's
+# tensor- or sequence-parallel group).
+struct CollectiveRoute {
+  group @0 :UInt32;
+  rank @1 :UInt16;
+  op @2 :CollectiveOp;
+  tile @3 :UInt32;
+  request @4 :UInt64;
+  step @5 :UInt32;
+}
+
+# Sampled tokens (and logits where asked) back to a client session.
+struct SessionRoute {
+  request @0 :UInt64;
   step @1 :UInt32;
-  sourceStage @2 :UInt16;
-  destinationStage @3 :UInt16;
-  elementType @4 :ElementType;
-  shape @5 :List(Int64);
-  # Payload bytes; must equal the product of shape times the element size.
-  byteLength @6 :UInt64;
-  # frame_checksum (messages/checksum.hpp) of the payload.
-  checksum @7 :UInt32;
+}
+
+# A link probe (`orrery profile`); the receiver answers on replyPort (the
+# sender's data port, on the address the frame came from) unless it is 0.
+struct ProbeRoute {
+  probe @0 :UInt64;
+  replyPort @1 :UInt16;
+}
+
+struct FrameDescriptor {
+  # The client session the frame belongs to (0: link probes): each session
+  # has handlers of its own on every node.
+  session @0 :UInt64;
   # The pipeline layout the frame belongs to: after a recovery rewires the
   # pipeline, frames of the old layout (from a node that was frozen, say) are
   # recognised and dropped.
-  deployment @8 :UInt64;
-  # Where the receiver answers a link probe (`orrery profile`): the sender's
-  # data port, on the address the frame came from; 0 asks for no answer.
-  replyPort @9 :UInt16;
-  # The client session the frame belongs to: each session has stages of its
-  # own on every node, and a node routes a frame to (session, stage).
-  session @10 :UInt64;
+  deployment @1 :UInt64;
+  route :union {
+    forward @2 :ForwardRoute;
+    backward @3 :BackwardRoute;
+    collective @4 :CollectiveRoute;
+    toSession @5 :SessionRoute;
+    probe @6 :ProbeRoute;
+  }
+  tensors @7 :List(TensorLayout);
+  # Payload bytes: the end of the last tensor.
+  byteLength @8 :UInt64;
+  # frame_checksum (messages/checksum.hpp) of the payload.
+  checksum @9 :UInt32;
 }

@@ -5,6 +5,7 @@
 #include <kj/exception.h>
 
 #include <cstring>
+#include <stdexcept>
 #include <sstream>
 
 #include "messages/frame.capnp.h"
@@ -34,16 +35,107 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   return s.str();
 }
 
-std::string check_descriptor(const frame_descriptor& d, std::uint64_t payload_bytes, std::uint64_t max_payload_bytes) {
+constexpr std::uint16_t tensor_role_count = 5;
+
+std::string check_descriptor(frame_descriptor& d, std::uint64_t payload_bytes, std::uint64_t max_payload_bytes) {
+  const auto claimed = d.tensors;
   std::uint64_t expected = 0;
-  if (auto problem = payload_length(d.type, d.shape, max_payload_bytes, expected); !problem.empty()) return problem;
+  if (auto problem = payload_length(d.tensors, max_payload_bytes, expected); !problem.empty()) return problem;
+  for (std::size_t i = 0; i < claimed.size(); ++i)
+    if (claimed[i].byte_length != d.tensors[i].byte_length)
+      return "tensor " + std::to_string(i) + " (" + to_string(claimed[i].role) + "): byte length " +
+             std::to_string(claimed[i].byte_length) + " disagrees with shape " + shape_string(claimed[i].shape) +
+             " of " + to_string(claimed[i].type) + " (" + std::to_string(d.tensors[i].byte_length) + " bytes)";
   if (d.byte_length != expected)
-    return "descriptor byte length " + std::to_string(d.byte_length) + " disagrees with shape " +
-           shape_string(d.shape) + " of " + to_string(d.type) + " (" + std::to_string(expected) + " bytes)";
+    return "descriptor byte length " + std::to_string(d.byte_length) + " disagrees with its tensors (" +
+           std::to_string(expected) + " bytes)";
   if (payload_bytes != d.byte_length)
     return "header payload length " + std::to_string(payload_bytes) + " disagrees with descriptor byte length " +
            std::to_string(d.byte_length);
   return {};
+}
+
+void encode_sampling(const sampling_settings& from, wire::Sampling::Builder to) {
+  to.setTemperature(from.temperature);
+  to.setTopK(from.top_k);
+  to.setTopP(from.top_p);
+  to.setRepetitionPenalty(from.repetition_penalty);
+  to.setSeed(from.seed);
+  to.setReturnLogits(from.return_logits);
+}
+
+sampling_settings decode_sampling(wire::Sampling::Reader from) {
+  return {from.getTemperature(), from.getTopK(), from.getTopP(), from.getRepetitionPenalty(), from.getSeed(),
+          from.getReturnLogits()};
+}
+
+// Each alternative of frame_route into the descriptor's route union.
+struct route_encoder {
+  mutable wire::FrameDescriptor::Route::Builder to;
+  void operator()(const forward_route& r) const {
+    auto f = to.initForward();
+    f.setStage(r.stage);
+    f.setRequest(r.request);
+    f.setStep(r.step);
+    f.setPosition(r.position);
+    encode_sampling(r.sampling, f.initSampling());
+  }
+  void operator()(const backward_route& r) const {
+    auto b = to.initBackward();
+    b.setStage(r.stage);
+    b.setRequest(r.request);
+    b.setStep(r.step);
+  }
+  void operator()(const collective_route& r) const {
+    auto c = to.initCollective();
+    c.setGroup(r.group);
+    c.setRank(r.rank);
+    c.setOp(wire::CollectiveOp(r.op));
+    c.setTile(r.tile);
+    c.setRequest(r.request);
+    c.setStep(r.step);
+  }
+  void operator()(const session_route& r) const {
+    auto s = to.initToSession();
+    s.setRequest(r.request);
+    s.setStep(r.step);
+  }
+  void operator()(const probe_route& r) const {
+    auto p = to.initProbe();
+    p.setProbe(r.probe);
+    p.setReplyPort(r.reply_port);
+  }
+  void operator()(const unknown_route& r) const {
+    throw std::invalid_argument("cannot encode a route of unknown kind " + std::to_string(r.which));
+  }
+};
+
+frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
+  using which = wire::FrameDescriptor::Route::Which;
+  switch (from.which()) {
+    case which::FORWARD: {
+      auto f = from.getForward();
+      return forward_route{f.getStage(), f.getRequest(), f.getStep(), f.getPosition(), decode_sampling(f.getSampling())};
+    }
+    case which::BACKWARD: {
+      auto b = from.getBackward();
+      return backward_route{b.getStage(), b.getRequest(), b.getStep()};
+    }
+    case which::COLLECTIVE: {
+      auto c = from.getCollective();
+      return collective_route{c.getGroup(), c.getRank(), collective_op(c.getOp()), c.getTile(), c.getRequest(),
+                              c.getStep()};
+    }
+    case which::TO_SESSION: {
+      auto s = from.getToSession();
+      return session_route{s.getRequest(), s.getStep()};
+    }
+    case which::PROBE: {
+      auto p = from.getProbe();
+      return probe_route{p.getProbe(), p.getReplyPort()};
+    }
+  }
+  return unknown_route{static_cast<std::uint16_t>(from.which())};
 }
 
 }  // namespace
@@ -76,6 +168,37 @@ const char* to_string(element_type type) {
       return "i32";
   }
   return "unknown";
+}
+
+const char* to_string(tensor_role role) {
+  switch (role) {
+    case tensor_role::hidden:
+      return "hidden";
+    case tensor_role::tokens:
+      return "tokens";
+    case tensor_role::logits:
+      return "logits";
+    case tensor_role::gradient:
+      return "gradient";
+    case tensor_role::positions:
+      return "positions";
+  }
+  return "unknown";
+}
+
+const char* route_kind(const frame_route& route) {
+  static constexpr const char* names[] = {"forward", "backward", "collective", "to-session", "probe", "unknown"};
+  return names[route.index()];
+}
+
+std::vector<std::uint64_t> tensor_offsets(const std::vector<tensor_layout>& tensors) {
+  std::vector<std::uint64_t> offsets;
+  std::uint64_t at = 0;
+  for (const auto& t : tensors) {
+    offsets.push_back(at);
+    at += (t.byte_length + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+  }
+  return offsets;
 }
 
 header_bytes encode_header(const frame_header& header) {
@@ -138,19 +261,40 @@ std::string payload_length(element_type type, const std::vector<std::int64_t>& s
   return {};
 }
 
+std::string payload_length(std::vector<tensor_layout>& tensors, std::uint64_t max_bytes, std::uint64_t& out) {
+  if (tensors.size() > max_tensors)
+    return std::to_string(tensors.size()) + " tensors exceed the limit of " + std::to_string(max_tensors);
+  std::uint64_t end = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    auto& t = tensors[i];
+    // Dividing the limit down in payload_length keeps every sum below 2^64.
+    if (auto problem = payload_length(t.type, t.shape, max_bytes, t.byte_length); !problem.empty())
+      return "tensor " + std::to_string(i) + " (" + to_string(t.role) + "): " + problem;
+    const auto start = (end + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+    if (start > max_bytes || t.byte_length > max_bytes - start)
+      return "tensors 0.." + std::to_string(i) + " exceed the limit of " + std::to_string(max_bytes) + " bytes";
+    end = start + t.byte_length;
+  }
+  out = end;
+  return {};
+}
+
 std::vector<std::byte> encode_descriptor(const frame_descriptor& d) {
-  capnp::MallocMessageBuilder message(16 + d.shape.size());
+  capnp::MallocMessageBuilder message(64);
   auto root = message.initRoot<wire::FrameDescriptor>();
-  root.setRequestId(d.request_id);
   root.setSession(d.session);
   root.setDeployment(d.deployment);
-  root.setReplyPort(d.reply_port);
-  root.setStep(d.step);
-  root.setSourceStage(d.source_stage);
-  root.setDestinationStage(d.destination_stage);
-  root.setElementType(wire::ElementType(d.type));
-  auto shape = root.initShape(static_cast<unsigned>(d.shape.size()));
-  for (unsigned i = 0; i < d.shape.size(); ++i) shape.set(i, d.shape[i]);
+  std::visit(route_encoder{root.initRoute()}, d.route);
+  auto tensors = root.initTensors(static_cast<unsigned>(d.tensors.size()));
+  for (unsigned i = 0; i < d.tensors.size(); ++i) {
+    const auto& t = d.tensors[i];
+    auto out = tensors[i];
+    out.setRole(wire::TensorRole(t.role));
+    out.setElementType(wire::ElementType(t.type));
+    auto shape = out.initShape(static_cast<unsigned>(t.shape.size()));
+    for (unsigned k = 0; k < t.shape.size(); ++k) shape.set(k, t.shape[k]);
+    out.setByteLength(t.byte_length);
+  }
   root.setByteLength(d.byte_length);
   root.setChecksum(d.checksum);
   auto words = capnp::messageToFlatArray(message);
@@ -176,21 +320,27 @@ std::string decode_descriptor(const std::byte* data, std::size_t size, std::uint
       return "descriptor length " + std::to_string(size) + " disagrees with its content (" +
              std::to_string((message.getEnd() - words.data()) * sizeof(capnp::word)) + " bytes)";
     auto root = message.getRoot<wire::FrameDescriptor>();
-    auto type = static_cast<std::uint16_t>(root.getElementType());
-    if (type >= element_type_count) return "unknown element type " + std::to_string(type);
-    auto shape = root.getShape();
-    if (shape.size() > max_rank)
-      return "rank " + std::to_string(shape.size()) + " exceeds the limit of " + std::to_string(max_rank);
+    auto tensors = root.getTensors();
+    if (tensors.size() > max_tensors)
+      return std::to_string(tensors.size()) + " tensors exceed the limit of " + std::to_string(max_tensors);
     frame_descriptor d;
-    d.request_id = root.getRequestId();
     d.session = root.getSession();
     d.deployment = root.getDeployment();
-    d.reply_port = root.getReplyPort();
-    d.step = root.getStep();
-    d.source_stage = root.getSourceStage();
-    d.destination_stage = root.getDestinationStage();
-    d.type = element_type(type);
-    for (auto dim : shape) d.shape.push_back(dim);
+    d.route = decode_route(root.getRoute());
+    for (unsigned i = 0; i < tensors.size(); ++i) {
+      auto t = tensors[i];
+      const auto where = "tensor " + std::to_string(i) + ": ";
+      auto role = static_cast<std::uint16_t>(t.getRole());
+      if (role >= tensor_role_count) return where + "unknown role " + std::to_string(role);
+      auto type = static_cast<std::uint16_t>(t.getElementType());
+      if (type >= element_type_count) return where + "unknown element type " + std::to_string(type);
+      auto shape = t.getShape();
+      if (shape.size() > max_rank)
+        return where + "rank " + std::to_string(shape.size()) + " exceeds the limit of " + std::to_string(max_rank);
+      tensor_layout layout{tensor_role(role), element_type(type), {}, t.getByteLength()};
+      for (auto dim : shape) layout.shape.push_back(dim);
+      d.tensors.push_back(std::move(layout));
+    }
     d.byte_length = root.getByteLength();
     d.checksum = root.getChecksum();
     if (auto problem = check_descriptor(d, payload_bytes, max_payload_bytes); !problem.empty()) return problem;

@@ -4,7 +4,7 @@
 //
 //   offset size  field
 //   0      4     magic 0x4652524F (the bytes "ORRF")
-//   4      1     version, 1
+//   4      1     version, 2
 //   5      1     kind: 1 = tensor, 2 = credit
 //   6      2     reserved, 0
 //   8      4     descriptor length in bytes: tensor frames carry a Cap'n Proto
@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace orrery::messages {
@@ -39,21 +40,104 @@ std::size_t element_size(element_type type);
 /// Name of `type` as torch spells it ("f32", "bf16", ...).
 const char* to_string(element_type type);
 
-/// What a frame's payload is: ids, dtype, shape, byte length and checksum.
+/// What one tensor of a frame is to its receiver (see frame.capnp).
+enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positions };
+
+/// Name of `role` ("hidden", "tokens", ...).
+const char* to_string(tensor_role role);
+
+/// One tensor of a frame's payload: its role, dtype, shape and byte length.
+struct tensor_layout {
+  tensor_role role = tensor_role::hidden;
+  element_type type = element_type::f32;
+  std::vector<std::int64_t> shape;
+  /// Filled by link::send from shape and type.
+  std::uint64_t byte_length = 0;
+};
+
+/// How the last stage samples a token (compute/sampler.hpp's parameters).
+struct sampling_settings {
+  float temperature = 0.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  float repetition_penalty = 1.0f;
+  std::uint64_t seed = 0;
+  /// Send the logits row back with the token.
+  bool return_logits = false;
+};
+
+// Where a frame goes (frame.capnp explains each field).
+
+/// A forward activation, or a prompt's tokens, for a pipeline stage.
+struct forward_route {
+  std::uint16_t stage = 0;
+  std::uint64_t request = 0;
+  std::uint32_t step = 0;
+  std::uint32_t position = 0;
+  sampling_settings sampling;
+};
+
+/// A backward pass's gradient for a pipeline stage.
+struct backward_route {
+  std::uint16_t stage = 0;
+  std::uint64_t request = 0;
+  std::uint32_t step = 0;
+};
+
+enum class collective_op : std::uint8_t { all_reduce, all_gather, reduce_scatter, broadcast };
+
+/// A piece of a collective among a device group's ranks.
+struct collective_route {
+  std::uint32_t group = 0;
+  std::uint16_t rank = 0;
+  collective_op op = collective_op::all_reduce;
+  std::uint32_t tile = 0;
+  std::uint64_t request = 0;
+  std::uint32_t step = 0;
+};
+
+/// Sampled tokens (and logits where asked) back to a client session.
+struct session_route {
+  std::uint64_t request = 0;
+  std::uint32_t step = 0;
+};
+
+/// A link probe; answered on reply_port unless it is 0.
+struct probe_route {
+  std::uint64_t probe = 0;
+  std::uint16_t reply_port = 0;
+};
+
+/// A route this build does not know (a newer peer's): decoded so that the
+/// receiver's router can count and reject it by name.
+struct unknown_route {
+  std::uint16_t which = 0;
+};
+
+using frame_route =
+    std::variant<forward_route, backward_route, collective_route, session_route, probe_route, unknown_route>;
+
+/// Name of the route's kind ("forward", "to-session", ...).
+const char* route_kind(const frame_route& route);
+
+/// Bytes between the starts of consecutive tensors of a payload: each
+/// starts at a multiple of 8, so every element type can be read in place.
+inline constexpr std::uint64_t tensor_alignment = 8;
+/// A frame carries at most this many tensors.
+inline constexpr std::size_t max_tensors = 8;
+
+/// Where each tensor of `tensors` starts in the payload.
+std::vector<std::uint64_t> tensor_offsets(const std::vector<tensor_layout>& tensors);
+
+/// What a frame is: session and deployment, its route, and its tensors.
 struct frame_descriptor {
-  std::uint64_t request_id = 0;
-  /// The client session (driver) the frame belongs to (see frame.capnp).
+  /// The client session the frame belongs to (see frame.capnp).
   std::uint64_t session = 0;
   /// The pipeline layout this frame belongs to (see frame.capnp).
   std::uint64_t deployment = 0;
-  std::uint32_t step = 0;
-  std::uint16_t source_stage = 0;
-  std::uint16_t destination_stage = 0;
-  element_type type = element_type::f32;
-  std::vector<std::int64_t> shape;
-  /// For link probes: the data port the receiver answers on (see frame.capnp).
-  std::uint16_t reply_port = 0;
-  /// Filled by link::send from shape and type.
+  frame_route route;
+  std::vector<tensor_layout> tensors;
+  /// The end of the last tensor; filled by link::send.
   std::uint64_t byte_length = 0;
   /// frame_checksum of the payload; filled by link::send, verified on receipt.
   std::uint32_t checksum = 0;
@@ -72,7 +156,8 @@ struct frame_header {
 
 inline constexpr std::size_t frame_header_size = 24;
 inline constexpr std::uint32_t frame_magic = 0x4652524F;
-inline constexpr std::uint8_t frame_version = 1;
+/// 2: the descriptor carries a route and a list of tensors.
+inline constexpr std::uint8_t frame_version = 2;
 /// A descriptor is a few dozen words; 4 KiB leaves room for max_rank dims and
 /// keeps a hostile length from costing more than a page.
 inline constexpr std::uint32_t max_descriptor_bytes = 4096;
@@ -93,13 +178,21 @@ std::string decode_header(const header_bytes& bytes, std::uint64_t max_payload_b
 std::string payload_length(element_type type, const std::vector<std::int64_t>& shape, std::uint64_t max_bytes,
                            std::uint64_t& out);
 
+/// Fills each tensor's byte_length and puts the payload size (the end of the
+/// last tensor) into `out`.
+/// @returns the problem (too many tensors, or the first tensor whose shape is
+/// invalid, by index), empty when valid.
+std::string payload_length(std::vector<tensor_layout>& tensors, std::uint64_t max_bytes, std::uint64_t& out);
+
 /// `descriptor` as a Cap'n Proto flat message (size a multiple of 8).
 std::vector<std::byte> encode_descriptor(const frame_descriptor& descriptor);
 
 /// Decodes a descriptor into `out` and checks it against itself and the
-/// header: a well-formed message filling exactly `size` bytes, a known element
-/// type, a shape within limits whose size equals its byte_length, which equals
-/// the header's `payload_bytes`.
+/// header: a well-formed message filling exactly `size` bytes; at most
+/// max_tensors tensors, each of a known role and element type with a shape
+/// within limits whose size equals its byte_length; their end equals the
+/// descriptor's byte_length, which equals the header's `payload_bytes`. A
+/// route of a kind this build does not know decodes as unknown_route.
 /// @returns the problem, empty when the descriptor is valid.
 std::string decode_descriptor(const std::byte* data, std::size_t size, std::uint64_t payload_bytes,
                               std::uint64_t max_payload_bytes, frame_descriptor& out);

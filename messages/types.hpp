@@ -63,7 +63,9 @@ struct stage_ready {
   std::uint64_t bytes_loaded = 0;
 };
 
-/// Where a stage sends what it computes: the next stage, or the driver.
+/// Where a stage sends what it computes: the next stage (`stage`), or, from
+/// the stage that holds the model's head, the session's driver (its sampled
+/// tokens; `stage` unused).
 struct next_hop {
   std::string host;
   std::uint16_t port = 0;
@@ -151,6 +153,10 @@ struct generate_request {
   /// Echoed in this request's token_events and summary, so a client with
   /// several requests in flight knows which is which.
   std::uint64_t tag = 0;
+  /// Bring the last token's logits row back (generation_summary::final_logits)
+  /// for checks against a single device; otherwise only token ids cross the
+  /// network.
+  bool return_logits = false;
 };
 
 struct token_event {
@@ -167,9 +173,24 @@ struct generation_summary {
   double decode_ms = 0;
   bool stopped_at_eos = false;
   /// The logits the last token was sampled from (for checks against a
-  /// single-device run).
+  /// single-device run); only when the request asked for them.
   std::vector<float> final_logits;
 };
+
+/// What a router (actors/router.hpp) did with the frames it was given.
+struct route_counts {
+  std::uint64_t delivered = 0;
+  /// Routes of a kind this build does not know.
+  std::uint64_t unknown_route = 0;
+  /// Routes whose handler is not there (a dropped stage, a group never formed).
+  std::uint64_t no_handler = 0;
+  std::string last_rejection;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, route_counts& x) {
+  return f(caf::meta::type_name("route_counts"), x.delivered, x.unknown_route, x.no_handler, x.last_rejection);
+}
 
 /// A stage could not serve a request; sent to the deployment's driver. A
 /// transient failure (a link to a neighbour broke) is left to the supervisor's
@@ -239,7 +260,7 @@ typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_k, x.top_p,
-           x.repetition_penalty, x.seed, x.stop_at_eos, x.tag);
+           x.repetition_penalty, x.seed, x.stop_at_eos, x.tag, x.return_logits);
 }
 
 template <class Inspector>
@@ -296,10 +317,10 @@ struct link_measurement {
   std::uint64_t bytes_sent = 0;
 };
 
-/// The data-plane stage id of a node's link probes, in session 0 (no client
-/// session draws 0). A node answers a probe frame that carries
-/// a reply port with a 4-byte frame to that port; the prober counts those.
-inline constexpr std::uint16_t probe_stage = 0xFFFF;
+/// Link probes travel in session 0, which no client session draws. A node
+/// answers a probe frame that carries a reply port with a 4-byte frame to
+/// that port; the prober counts those.
+inline constexpr std::uint64_t probe_session = 0;
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, layer_timing_request& x) {
@@ -356,6 +377,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::layer_timing_report))
   CAF_ADD_TYPE_ID(orrery, (orrery::link_probe))
   CAF_ADD_TYPE_ID(orrery, (orrery::link_measurement))
+  CAF_ADD_TYPE_ID(orrery, (orrery::route_counts))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".

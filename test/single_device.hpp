@@ -35,7 +35,7 @@ inline reference_run single_device(const std::filesystem::path& path, const std:
   // project's CI machines for prefills of ~20 tokens), and bitwise equality
   // holds for the same arithmetic only.
   compute::shard whole(model, 0, model.config().num_layers, {at::kCPU, at::kFloat, compute::configure_cpu_threads(1)});
-  compute::sampler greedy({}, tok.vocab_size());
+  compute::sampler greedy({});
   std::vector<std::int64_t> ids{tok.bos()};
   for (auto id : tok.encode(prompt)) ids.push_back(id);
   std::vector<compute::token_id> history(ids.begin(), ids.end());
@@ -45,7 +45,8 @@ inline reference_run single_device(const std::filesystem::path& path, const std:
   reference_run run;
   for (int step = 0; step < new_tokens; ++step) {
     if (step > 0) logits = whole.forward(as_tensor({run.tokens.back()}), {{&cache, 1}});
-    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history);
+    auto next = greedy.next(logits.data_ptr<float>(), static_cast<int>(logits.size(-1)), history,
+                            static_cast<std::uint32_t>(step));
     history.push_back(next);
     run.tokens.push_back(next);
   }
@@ -68,12 +69,14 @@ inline double relative_error(const std::vector<float>& a, const std::vector<floa
 /// products); the sums round differently, by about 1e-6 relative here.
 constexpr double replay_tolerance = 1e-4;
 
-/// The pipeline request matching single_device(path, prompt, new_tokens).
+/// The pipeline request matching single_device(path, prompt, new_tokens),
+/// with the last token's logits brought back to compare.
 inline generate_request greedy_request(const std::string& prompt, int new_tokens) {
   generate_request r;
   r.prompt = prompt;
   r.max_new_tokens = new_tokens;
   r.stop_at_eos = false;
+  r.return_logits = true;
   return r;
 }
 

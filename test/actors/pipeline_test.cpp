@@ -9,7 +9,12 @@
 
 #include "actors/driver.hpp"
 #include "actors/node.hpp"
+#include "compute/cpu_threads.hpp"
+#include "compute/generation.hpp"
+#include "compute/model_dir.hpp"
 #include "compute/model_init.hpp"
+#include "compute/shard.hpp"
+#include "compute/tokenizer.hpp"
 #include "messages/types.hpp"
 #include "test/registered_config.hpp"
 #include "test/single_device.hpp"
@@ -94,6 +99,40 @@ TEST_CASE("4 concurrent requests share a 4-stage pipeline and each matches its s
   for (const auto& s : stats) {
     CHECK(s.frames == 4 * 33);  // every request's prefill and decode steps passed every stage
     CHECK(s.compute_ms > 0);
+  }
+}
+
+TEST_CASE("the last stage samples: a seed gives local generation's tokens, and only token ids come back") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  compute::generation_request local;
+  local.prompt = "sampled where the logits are";
+  local.max_new_tokens = 40;
+  local.stop_at_eos = false;
+  local.sampling = {0.9f, 50, 0.95f, 1.1f, 1234};
+  compute::model_dir model(path);
+  compute::shard whole(model, 0, 4, {at::kCPU, at::kFloat, compute::configure_cpu_threads(1)});
+  const auto expected = compute::generate(whole, compute::byte_tokenizer{}, local).tokens;
+  generate_request remote;
+  remote.prompt = local.prompt;
+  remote.max_new_tokens = local.max_new_tokens;
+  remote.stop_at_eos = false;
+  remote.temperature = 0.9f;
+  remote.top_k = 50;
+  remote.top_p = 0.95f;
+  remote.repetition_penalty = 1.1f;
+  remote.seed = 1234;
+  for (const auto& cuts : std::vector<std::vector<int>>{{0, 4}, {0, 2, 4}, {0, 1, 2, 3, 4}}) {
+    CAPTURE(cuts.size() - 1);
+    in_process_pipeline pipeline(path, cuts);
+    auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {remote}, std::chrono::seconds(20));
+    REQUIRE(summaries.size() == 1);
+    CHECK(summaries[0].tokens == expected);
+    CHECK(summaries[0].final_logits.empty());  // not asked for
+    auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+    // The last stage sent one 8-byte token id per step, never a logits row.
+    CHECK(stats.back().frames == 40);
+    CHECK(stats.back().bytes_sent == 8 * 40);
   }
 }
 

@@ -1,5 +1,6 @@
 #include "compute/generation.hpp"
 
+#include <ATen/ATen.h>
 #include <doctest/doctest.h>
 
 #include "compute/model_dir.hpp"
@@ -44,7 +45,7 @@ TEST_CASE("generation streams every token, in order, and is reproducible") {
   CHECK(first.prompt_tokens[0] == m.tok.bos());
   CHECK(first.tokens.size() == 12);
   CHECK(streamed == first.tokens);
-  for (auto id : first.tokens) CHECK(id < m.tok.vocab_size());
+  for (auto id : first.tokens) CHECK(id < m.whole->config().vocab_size);
   CHECK(first.kv_cache_bytes == 4 * 2 * 2 * (6 + 11) * 32 * 4);  // layers x K,V x KV heads x positions x dims x bytes
   CHECK(generate(*m.whole, m.tok, request).tokens == first.tokens);
 
@@ -69,4 +70,38 @@ TEST_CASE("generation needs the whole model") {
   tiny_model m;
   shard back(*m.model, 1, 4);
   CHECK_THROWS_WITH_AS(generate(back, m.tok, {}), doctest::Contains("needs the whole model"), model_error);
+}
+
+TEST_CASE("generation chooses among the model's whole vocabulary and shows ids the tokenizer cannot print") {
+  tiny_model m;  // 512 ids; the byte tokenizer has text for 258 of them
+  generation_request request;
+  request.prompt = "vocabulary";
+  request.max_new_tokens = 64;
+  request.stop_at_eos = false;
+  request.sampling.temperature = 1.0f;
+  request.sampling.seed = 11;
+  int beyond = 0;
+  std::string text;
+  auto result = generate(*m.whole, m.tok, request, [&](token_id id, const std::string& piece) {
+    text += piece;
+    if (id >= m.tok.vocab_size()) {
+      ++beyond;
+      CHECK(piece == "<" + std::to_string(id) + ">");
+    }
+  });
+  CHECK(beyond > 0);  // at temperature 1, about half the draws of a random model
+  for (auto id : result.tokens)
+    if (id >= m.tok.vocab_size()) CHECK(text.find("<" + std::to_string(id) + ">") != std::string::npos);
+
+  // Greedy is the argmax of the whole row at every step.
+  request.sampling = {};
+  auto greedy = generate(*m.whole, m.tok, request);
+  auto cache = m.whole->new_cache(256);
+  std::vector<std::int64_t> ids(greedy.prompt_tokens.begin(), greedy.prompt_tokens.end());
+  auto logits = m.whole->forward(at::tensor(ids, at::kLong), {{&cache, static_cast<int>(ids.size())}});
+  for (std::size_t step = 0; step < greedy.tokens.size(); ++step) {
+    CAPTURE(step);
+    CHECK(greedy.tokens[step] == logits.argmax(-1).item<std::int64_t>());
+    logits = m.whole->forward(at::tensor(std::vector<std::int64_t>{greedy.tokens[step]}, at::kLong), {{&cache, 1}});
+  }
 }

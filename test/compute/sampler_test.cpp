@@ -5,33 +5,37 @@
 #include <map>
 #include <stdexcept>
 
+#include "compute/splitmix.hpp"
+
 using namespace orrery::compute;
 
 namespace {
 
 const std::vector<float> logits = {1.0f, 3.0f, 2.5f, -1.0f, 0.5f, 2.9f};
 
-std::vector<token_id> draw(sampling_params p, int n, int vocab_limit = 6) {
-  sampler s(p, vocab_limit);
+std::vector<token_id> draw(sampling_params p, int n) {
+  sampler s(p);
   std::vector<token_id> out;
-  for (int i = 0; i < n; ++i) out.push_back(s.next(logits.data(), 6, {}));
+  for (int i = 0; i < n; ++i) out.push_back(s.next(logits.data(), 6, {}, static_cast<std::uint32_t>(i)));
   return out;
 }
 
 }  // namespace
 
-TEST_CASE("greedy picks the argmax, within the tokenizer's part of the vocabulary") {
+TEST_CASE("greedy picks the argmax over the whole row") {
   CHECK(draw({}, 1)[0] == 1);
-  CHECK(draw({}, 1, 1)[0] == 0);  // only id 0 is a token the tokenizer can produce
+  auto last_wins = logits;
+  last_wins.back() = 9.0f;  // an id past any byte tokenizer's range is still a candidate
+  CHECK(sampler({}).next(last_wins.data(), 6, {}, 0) == 5);
 }
 
 TEST_CASE("repetition penalty lowers tokens already in the sequence, once per distinct token") {
   sampling_params p;
   p.repetition_penalty = 1.25f;
-  sampler s(p, 6);
+  sampler s(p);
   // 3.0 / 1.25 = 2.4 < 2.9: token 5 wins once token 1 is penalised, even if 1 repeats.
-  CHECK(s.next(logits.data(), 6, {1, 1, 1}) == 5);
-  CHECK(s.next(logits.data(), 6, {0}) == 1);
+  CHECK(s.next(logits.data(), 6, {1, 1, 1}, 0) == 5);
+  CHECK(s.next(logits.data(), 6, {0}, 0) == 1);
 }
 
 TEST_CASE("sampling is reproducible for a seed and varies with it") {
@@ -42,6 +46,21 @@ TEST_CASE("sampling is reproducible for a seed and varies with it") {
   CHECK(a == b);
   p.seed = 43;
   CHECK(draw(p, 64) != a);
+}
+
+TEST_CASE("the draw for a step depends on seed and step alone, as a generator advanced once per token gives") {
+  sampling_params p;
+  p.temperature = 1.0f;
+  p.seed = 7;
+  const auto run = draw(p, 32);
+  // A fresh sampler asked for step 20 alone (a stage that took the request
+  // over) picks what the one that sampled steps 0..19 first picked.
+  CHECK(sampler(p).next(logits.data(), 6, {}, 20) == run[20]);
+  std::uint64_t state = p.seed;
+  std::vector<double> advanced;
+  for (int i = 0; i < 32; ++i) advanced.push_back(unit_interval(state));
+  std::uint64_t at_20 = p.seed + 20 * 0x9e3779b97f4a7c15ull;
+  CHECK(unit_interval(at_20) == advanced[20]);
 }
 
 TEST_CASE("top-k and top-p restrict the candidates") {
@@ -62,8 +81,8 @@ TEST_CASE("top-k and top-p restrict the candidates") {
 TEST_CASE("bad sampling parameters are refused by name") {
   sampling_params p;
   p.top_p = 0.0f;
-  CHECK_THROWS_WITH_AS(sampler(p, 6), doctest::Contains("top-p"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sampler{p}, doctest::Contains("top-p"), std::invalid_argument);
   p = {};
   p.temperature = -1.0f;
-  CHECK_THROWS_WITH_AS(sampler(p, 6), doctest::Contains("temperature"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sampler{p}, doctest::Contains("temperature"), std::invalid_argument);
 }

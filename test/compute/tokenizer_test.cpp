@@ -19,7 +19,8 @@ TEST_CASE("the byte tokenizer round-trips any bytes, UTF-8 included") {
   CHECK(back == text);
   CHECK(tok.decode(tok.bos()).empty());
   CHECK(tok.decode(tok.eos()).empty());
-  CHECK(tok.decode(4000).empty());
+  CHECK(tok.decode(4000) == "<4000>");  // beyond the tokenizer: shown, never dropped
+  CHECK(tok.decode(-3) == "<-3>");
 }
 
 TEST_CASE("printable keeps text and UTF-8, escapes control and stray bytes") {

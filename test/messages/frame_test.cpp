@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <stdexcept>
 
 #include "messages/frame.hpp"
 
@@ -17,14 +18,10 @@ std::string header_problem(header_bytes bytes) {
 
 frame_descriptor sample_descriptor() {
   frame_descriptor d;
-  d.request_id = 0x1234567890ull;
   d.session = 0xFEEDFACECAFEBEEFull;
   d.deployment = 0xABCDEF0123ull;
-  d.step = 17;
-  d.source_stage = 2;
-  d.destination_stage = 3;
-  d.type = element_type::bf16;
-  d.shape = {1, 7, 64};
+  d.route = forward_route{3, 0x1234567890ull, 17, 40, {0.7f, 40, 0.9f, 1.1f, 99, true}};
+  d.tensors = {{tensor_role::hidden, element_type::bf16, {1, 7, 64}, 7 * 64 * 2}};
   d.byte_length = 7 * 64 * 2;
   d.checksum = 0xDEADBEEF;
   return d;
@@ -92,21 +89,32 @@ TEST_CASE("payload lengths follow shape and type, within limits") {
 TEST_CASE("descriptors round trip through Cap'n Proto") {
   for (auto type : {element_type::f32, element_type::f16, element_type::bf16, element_type::i64, element_type::i32}) {
     auto d = sample_descriptor();
-    d.type = type;
-    d.byte_length = 7 * 64 * element_size(type);
+    d.tensors[0].type = type;
+    d.tensors[0].byte_length = d.byte_length = 7 * 64 * element_size(type);
     auto bytes = encode_descriptor(d);
     CHECK(bytes.size() % 8 == 0);
     CHECK(bytes.size() <= max_descriptor_bytes);
     frame_descriptor out;
     REQUIRE(decode_descriptor(bytes.data(), bytes.size(), d.byte_length, limit, out).empty());
-    CHECK(out.request_id == d.request_id);
     CHECK(out.session == d.session);
     CHECK(out.deployment == d.deployment);
-    CHECK(out.step == d.step);
-    CHECK(out.source_stage == d.source_stage);
-    CHECK(out.destination_stage == d.destination_stage);
-    CHECK(out.type == type);
-    CHECK(out.shape == d.shape);
+    REQUIRE(std::holds_alternative<forward_route>(out.route));
+    const auto& route = std::get<forward_route>(out.route);
+    CHECK(route.stage == 3);
+    CHECK(route.request == 0x1234567890ull);
+    CHECK(route.step == 17);
+    CHECK(route.position == 40);
+    CHECK(route.sampling.temperature == 0.7f);
+    CHECK(route.sampling.top_k == 40);
+    CHECK(route.sampling.top_p == 0.9f);
+    CHECK(route.sampling.repetition_penalty == 1.1f);
+    CHECK(route.sampling.seed == 99);
+    CHECK(route.sampling.return_logits);
+    REQUIRE(out.tensors.size() == 1);
+    CHECK(out.tensors[0].role == tensor_role::hidden);
+    CHECK(out.tensors[0].type == type);
+    CHECK(out.tensors[0].shape == d.tensors[0].shape);
+    CHECK(out.tensors[0].byte_length == d.byte_length);
     CHECK(out.byte_length == d.byte_length);
     CHECK(out.checksum == d.checksum);
   }
@@ -116,14 +124,24 @@ TEST_CASE("descriptors that disagree with themselves or the header are rejected"
   auto d = sample_descriptor();
   CHECK(descriptor_problem(d, d.byte_length + 1).find("header payload length") != std::string::npos);
   auto lying = d;
-  lying.byte_length += 2;
-  CHECK(descriptor_problem(lying, lying.byte_length).find("disagrees with shape") != std::string::npos);
+  lying.tensors[0].byte_length += 2;
+  CHECK(descriptor_problem(lying, lying.byte_length).find("tensor 0 (hidden): byte length") != std::string::npos);
+  auto longer = d;
+  longer.byte_length += 2;
+  CHECK(descriptor_problem(longer, longer.byte_length).find("disagrees with its tensors") != std::string::npos);
   auto negative = d;
-  negative.shape = {-1, 7, 64};
+  negative.tensors[0].shape = {-1, 7, 64};
   CHECK(descriptor_problem(negative, d.byte_length).find("negative") != std::string::npos);
   auto unknown = d;
-  unknown.type = element_type(9);
-  CHECK(descriptor_problem(unknown, d.byte_length).find("unknown element type 9") != std::string::npos);
+  unknown.tensors[0].type = element_type(9);
+  CHECK(descriptor_problem(unknown, d.byte_length).find("tensor 0: unknown element type 9") != std::string::npos);
+  auto role = d;
+  role.tensors[0].role = tensor_role(7);
+  CHECK(descriptor_problem(role, d.byte_length).find("tensor 0: unknown role 7") != std::string::npos);
+  auto crowded = d;
+  crowded.tensors.assign(max_tensors + 1, {tensor_role::tokens, element_type::i64, {0}, 0});
+  crowded.byte_length = 0;
+  CHECK(descriptor_problem(crowded, 0).find("9 tensors exceed the limit of 8") != std::string::npos);
 
   auto bytes = encode_descriptor(d);
   frame_descriptor out;
@@ -135,4 +153,69 @@ TEST_CASE("descriptors that disagree with themselves or the header are rejected"
   bytes.resize(bytes.size() - 16);
   CHECK(decode_descriptor(bytes.data(), bytes.size(), d.byte_length, limit, out).find("Cap'n Proto") !=
         std::string::npos);
+}
+
+TEST_CASE("a frame carries several tensors, each starting at a multiple of 8 bytes") {
+  std::vector<tensor_layout> tensors = {{tensor_role::hidden, element_type::bf16, {1, 3}, 0},
+                                        {tensor_role::tokens, element_type::i64, {1}, 0},
+                                        {tensor_role::logits, element_type::f32, {1, 5}, 0}};
+  std::uint64_t total = 0;
+  REQUIRE(payload_length(tensors, limit, total).empty());
+  CHECK(tensors[0].byte_length == 6);
+  CHECK(tensors[1].byte_length == 8);
+  CHECK(tensors[2].byte_length == 20);
+  CHECK(tensor_offsets(tensors) == std::vector<std::uint64_t>{0, 8, 16});
+  CHECK(total == 36);  // the last tensor ends the payload: no padding after it
+
+  frame_descriptor d;
+  d.session = 5;
+  d.route = session_route{12, 3};
+  d.tensors = tensors;
+  d.byte_length = total;
+  auto bytes = encode_descriptor(d);
+  frame_descriptor out;
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), total, limit, out).empty());
+  REQUIRE(out.tensors.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(out.tensors[i].role == tensors[i].role);
+    CHECK(out.tensors[i].shape == tensors[i].shape);
+  }
+  CHECK(std::get<session_route>(out.route).request == 12);
+
+  auto bad = tensors;
+  bad[1].shape = {-4};
+  CHECK(payload_length(bad, limit, total).find("tensor 1 (tokens): negative dimension") != std::string::npos);
+}
+
+TEST_CASE("every route kind round trips, and the kinds are named") {
+  const std::vector<frame_route> routes = {
+      forward_route{1, 2, 3, 4, {}}, backward_route{5, 6, 7}, collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12},
+      session_route{13, 14}, probe_route{15, 16}};
+  const std::vector<std::string> names = {"forward", "backward", "collective", "to-session", "probe"};
+  for (std::size_t i = 0; i < routes.size(); ++i) {
+    frame_descriptor d;
+    d.route = routes[i];
+    auto bytes = encode_descriptor(d);
+    frame_descriptor out;
+    REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+    CHECK(out.route.index() == i);
+    CHECK(route_kind(out.route) == names[i]);
+  }
+  frame_descriptor d;
+  d.route = collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12};
+  auto bytes = encode_descriptor(d);
+  frame_descriptor out;
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+  const auto& c = std::get<collective_route>(out.route);
+  CHECK(c.group == 8);
+  CHECK(c.rank == 9);
+  CHECK(c.op == collective_op::reduce_scatter);
+  CHECK(c.tile == 10);
+  CHECK(c.request == 11);
+  CHECK(c.step == 12);
+  CHECK(std::get<probe_route>(routes[4]).reply_port == 16);
+
+  frame_descriptor unknown;
+  unknown.route = unknown_route{9};
+  CHECK_THROWS_WITH_AS(encode_descriptor(unknown), doctest::Contains("unknown kind 9"), std::invalid_argument);
 }
