@@ -1,10 +1,8 @@
 #include "messages/data_plane.hpp"
 
 #include <algorithm>
-#include <sys/socket.h>
-#include <sys/uio.h>
 
-#include <boost/asio.hpp>
+#include <boost/asio/post.hpp>
 
 #include <atomic>
 #include <cstring>
@@ -18,7 +16,6 @@
 #include "messages/checksum.hpp"
 
 namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
 namespace orrery::messages {
@@ -28,12 +25,6 @@ namespace {
 // Payload bytes read per system call at most: a chunk is checksummed right
 // after it lands, so it should still sit in L2 (2 MiB per core here).
 constexpr std::size_t payload_chunk = 1 << 20;
-
-std::string endpoint_name(const tcp::endpoint& endpoint) {
-  auto address = endpoint.address();
-  auto host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  return host + ":" + std::to_string(endpoint.port());
-}
 
 }  // namespace
 
@@ -76,20 +67,19 @@ struct plane_core {
   const link_error_handler report;
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
-  tcp::acceptor acceptor{io};
-  std::uint16_t port = 0;  // set before the io thread starts
+  std::unique_ptr<messages::listener> listener;  // set before the io thread starts
   std::thread io_thread;
   std::mutex mutex;
   bool stopping = false;                                        // guarded by mutex: no task is posted once it is set
   std::unordered_set<std::shared_ptr<connection>> connections;  // io thread only
 };
 
-/// One TCP connection between two data planes; both ends may send frames and
-/// both grant credit. Everything but the atomics runs on the io thread.
+/// One stream between two data planes; both ends may send frames and both
+/// grant credit. Everything but the atomics runs on the io thread.
 class connection : public std::enable_shared_from_this<connection> {
  public:
-  connection(std::shared_ptr<plane_core> core, tcp::socket socket, std::string peer)
-      : core_(std::move(core)), socket_(std::move(socket)), peer_(std::move(peer)) {}
+  connection(std::shared_ptr<plane_core> core, std::unique_ptr<byte_stream> stream)
+      : core_(std::move(core)), stream_(std::move(stream)), peer_(stream_->peer()) {}
 
   /// Grants this end's window and starts reading. `established` runs once: with
   /// an empty string when the peer's grant arrives, else with why it never will.
@@ -118,18 +108,11 @@ class connection : public std::enable_shared_from_this<connection> {
     }
     queue_.push_back(std::move(frame));
     gather(1);
-    std::array<iovec, 4> iov;
-    std::size_t count = 0;
-    for (const auto& b : out_) iov[count++] = {const_cast<void*>(b.data()), b.size()};
-    msghdr message{};
-    message.msg_iov = iov.data();
-    message.msg_iovlen = count;
-    // Non-blocking: whatever the socket does not take now, the io thread writes.
-    auto n = ::sendmsg(socket_.native_handle(), &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+    // Whatever the stream does not take now, the io thread writes.
+    auto n = stream_->write_now(const_buffer_span(out_.data(), out_.size()));
     writing_ = true;
     lock.unlock();
-    asio::post(socket_.get_executor(),
-               [self = shared_from_this(), n = std::size_t(std::max<ssize_t>(n, 0))] { self->on_written({}, n); });
+    asio::post(core_->io, [self = shared_from_this(), n] { self->on_written({}, n); });
     return true;
   }
 
@@ -144,17 +127,15 @@ class connection : public std::enable_shared_from_this<connection> {
     pump();
   }
 
-  /// Closes the socket and completes every queued frame with an error. A
+  /// Closes the stream and completes every queued frame with an error. A
   /// `failure` is logged and reported; an orderly close is not.
   void close(const std::string& reason, bool failure) {
     std::deque<outgoing_frame> pending;
     {
-      // Under the send mutex: no direct send is writing to the descriptor being closed.
+      // Under the send mutex: no direct send is writing to the stream being closed.
       std::lock_guard<std::mutex> guard(send_mutex_);
       if (!open_.exchange(false)) return;
-      error_code ignored;
-      socket_.shutdown(tcp::socket::shutdown_both, ignored);
-      socket_.close(ignored);
+      stream_->close();
       pending = std::move(queue_);
       queue_.clear();
     }
@@ -243,8 +224,8 @@ class connection : public std::enable_shared_from_this<connection> {
     staged_end_ -= staged_begin_;
     staged_begin_ = 0;
     before_waiting();
-    socket_.async_read_some(asio::buffer(staging_.data() + staged_end_, staging_.size() - staged_end_),
-                            [self = shared_from_this()](error_code ec, std::size_t n) { self->on_staged(ec, n); });
+    stream_->async_read_some(asio::buffer(staging_.data() + staged_end_, staging_.size() - staged_end_),
+                             [self = shared_from_this()](error_code ec, std::size_t n) { self->on_staged(ec, n); });
   }
 
   void on_staged(error_code ec, std::size_t n) {
@@ -257,8 +238,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void read_payload() {
     before_waiting();
     auto remaining = incoming_.descriptor.byte_length - received_;
-    socket_.async_read_some(asio::buffer(incoming_.data + received_, std::min<std::uint64_t>(remaining, payload_chunk)),
-                            [self = shared_from_this()](error_code ec, std::size_t n) { self->on_payload(ec, n); });
+    stream_->async_read_some(asio::buffer(incoming_.data + received_, std::min<std::uint64_t>(remaining, payload_chunk)),
+                             [self = shared_from_this()](error_code ec, std::size_t n) { self->on_payload(ec, n); });
   }
 
   void on_payload(error_code ec, std::size_t n) {
@@ -340,7 +321,7 @@ class connection : public std::enable_shared_from_this<connection> {
       if (credit_owed_ == 0) return;
     }
     if (std::exchange(pump_posted_, true)) return;
-    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+    asio::post(core_->io, [self = shared_from_this()] {
       self->pump_posted_ = false;
       self->pump();
     });
@@ -385,8 +366,8 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
   void write_some() {
-    socket_.async_write_some(out_,
-                             [self = shared_from_this()](error_code ec, std::size_t n) { self->on_written(ec, n); });
+    stream_->async_write_some(const_buffer_span(out_.data(), out_.size()),
+                              [self = shared_from_this()](error_code ec, std::size_t n) { self->on_written(ec, n); });
   }
 
   void on_written(error_code ec, std::size_t n) {
@@ -415,17 +396,17 @@ class connection : public std::enable_shared_from_this<connection> {
     for (auto& frame : written) frame.complete("");
   }
 
-  // 21 frames of three buffers and one credit header fill the 64 buffers
-  // asio hands to one writev.
-  static constexpr std::size_t max_batch = 21;
+  // Frames of three buffers and one credit header fill the buffers of one
+  // gathered write.
+  static constexpr std::size_t max_batch = (max_gather_buffers - 1) / 3;
   static constexpr std::size_t staging_size = 64 << 10;
   // Payloads up to this size may be written from the caller's thread: the
   // latency-bound ones, and cheap enough (a few microseconds of copying) to
   // keep off the io thread.
   static constexpr std::uint64_t direct_send_limit = 64 << 10;
 
-  std::shared_ptr<plane_core> core_;  // first: destroyed after the socket that uses its io_context
-  tcp::socket socket_;
+  std::shared_ptr<plane_core> core_;  // first: destroyed after the stream that uses its io_context
+  const std::unique_ptr<byte_stream> stream_;
   const std::string peer_;
   std::atomic<bool> open_{true};
   std::function<void(const std::string&)> established_;
@@ -455,31 +436,24 @@ class connection : public std::enable_shared_from_this<connection> {
 
 namespace {
 
-/// One data_plane::connect in progress: resolve, connect, wait for the peer's
-/// credit grant. Lives on the io thread; the caller waits on `result`.
+/// One data_plane::connect in progress: the transport's connect, then the
+/// peer's credit grant. Lives on the io thread; the caller waits on `result`.
 struct connect_attempt : std::enable_shared_from_this<connect_attempt> {
-  connect_attempt(std::shared_ptr<plane_core> c, std::string n)
-      : core(std::move(c)), name(std::move(n)), resolver(core->io), socket(core->io) {}
+  explicit connect_attempt(std::shared_ptr<plane_core> c) : core(std::move(c)) {}
 
   void start(const std::string& host, std::uint16_t port) {
-    resolver.async_resolve(host, std::to_string(port),
-                           [self = shared_from_this()](error_code ec, tcp::resolver::results_type endpoints) {
-                             if (self->settled) return;
-                             if (ec) return self->settle("cannot resolve the host: " + ec.message());
-                             self->connect(endpoints);
-                           });
-  }
-
-  void connect(const tcp::resolver::results_type& endpoints) {
-    asio::async_connect(socket, endpoints, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
-      if (self->settled) return;
-      if (ec) return self->settle(ec.message());
-      self->socket.set_option(tcp::no_delay(true), ec);
-      self->established = std::make_shared<connection>(self->core, std::move(self->socket), self->name);
-      self->established->start([self](const std::string& problem) {
-        self->settle(problem.empty() ? "" : "no credit grant from the peer: " + problem);
-      });
-    });
+    // Weak: the transport holds `done` as long as `pending` lives, and this holds `pending`.
+    pending = core->options.transport->connect(
+        core->io, host, port,
+        [weak = weak_from_this()](std::unique_ptr<byte_stream> stream, const std::string& problem) {
+          auto self = weak.lock();
+          if (!self || self->settled) return;
+          if (!stream) return self->settle(problem);
+          self->established = std::make_shared<connection>(self->core, std::move(stream));
+          self->established->start([self](const std::string& refused) {
+            self->settle(refused.empty() ? "" : "no credit grant from the peer: " + refused);
+          });
+        });
   }
 
   void settle(const std::string& problem) {
@@ -490,33 +464,29 @@ struct connect_attempt : std::enable_shared_from_this<connect_attempt> {
   // The caller gave up waiting; whatever got established is closed.
   void abandon() {
     settle("timed out");
-    resolver.cancel();
-    error_code ignored;
-    socket.close(ignored);
+    if (pending) pending->cancel();
     if (established) established->close("connect timed out", false);
   }
 
   std::shared_ptr<plane_core> core;
-  const std::string name;
-  tcp::resolver resolver;
-  tcp::socket socket;
+  std::shared_ptr<pending_connect> pending;
   std::shared_ptr<connection> established;
   std::promise<std::string> result;
   bool settled = false;
 };
 
+// Weak: the core owns the listener, which holds this handler.
 void accept(const std::shared_ptr<plane_core>& core) {
-  core->acceptor.async_accept([core](error_code ec, tcp::socket socket) {
-    if (!core->acceptor.is_open()) return;
-    if (ec) {
-      std::cerr << "dataplane: accept failed: " << ec.message() << std::endl;
-    } else {
-      auto peer = endpoint_name(socket.remote_endpoint(ec));
-      socket.set_option(tcp::no_delay(true), ec);
-      std::make_shared<connection>(core, std::move(socket), peer)->start();
-    }
-    accept(core);
-  });
+  core->listener->start(
+      [weak = std::weak_ptr<plane_core>(core)](std::unique_ptr<byte_stream> stream, const std::string& problem) {
+        auto core = weak.lock();
+        if (!core) return;
+        if (!stream) {
+          std::cerr << "dataplane: " << problem << std::endl;
+          return;
+        }
+        std::make_shared<connection>(core, std::move(stream))->start();
+      });
 }
 
 }  // namespace
@@ -552,7 +522,7 @@ void link::send(frame_descriptor d, const std::byte* data, std::shared_ptr<void>
   detail::outgoing_frame frame;
   frame.keepalive = std::move(keepalive);
   frame.done = std::move(done);
-  auto problem = payload_length(d.type, d.shape, core.options.max_frame_bytes, d.byte_length);
+  auto problem = payload_length(d.tensors, core.options.max_frame_bytes, d.byte_length);
   if (problem.empty()) {
     d.checksum = arriving.wait ? checksum_as_it_arrives(data, d.byte_length, arriving) : checksum_of(data, d.byte_length);
     frame.descriptor = encode_descriptor(d);
@@ -593,16 +563,12 @@ data_plane::data_plane(data_plane_options options, frame_allocator allocate, fra
     : core_(std::make_shared<detail::plane_core>(std::move(options), std::move(allocate), std::move(deliver),
                                                  std::move(report))) {
   const auto& o = core_->options;
-  auto name = o.bind_address + ":" + std::to_string(o.port);
-  error_code ec;
-  auto address = asio::ip::make_address(o.bind_address, ec);
-  if (ec) throw data_plane_error("data plane cannot listen on " + name + ": bad address: " + ec.message());
-  tcp::endpoint endpoint(address, o.port);
-  auto& acceptor = core_->acceptor;
-  if (acceptor.open(endpoint.protocol(), ec) || acceptor.set_option(tcp::acceptor::reuse_address(true), ec) ||
-      acceptor.bind(endpoint, ec) || acceptor.listen(asio::socket_base::max_listen_connections, ec))
-    throw data_plane_error("data plane cannot listen on " + name + ": " + ec.message());
-  core_->port = acceptor.local_endpoint().port();
+  try {
+    core_->listener = o.transport->listen(core_->io, o.bind_address, o.port);
+  } catch (const std::exception& e) {
+    throw data_plane_error("data plane cannot listen on " + o.bind_address + ":" + std::to_string(o.port) + ": " +
+                           e.what());
+  }
   detail::accept(core_);
   core_->io_thread = std::thread([core = core_.get()] {
     // A callback that throws must not take the whole process down with it.
@@ -623,8 +589,7 @@ data_plane::~data_plane() {
     core_->stopping = true;
   }
   asio::post(core_->io, [core = core_] {
-    error_code ignored;
-    core->acceptor.close(ignored);
+    core->listener->close();
     auto connections = core->connections;
     for (const auto& c : connections) c->close("data plane stopped", false);
   });
@@ -632,12 +597,12 @@ data_plane::~data_plane() {
   core_->io_thread.join();
 }
 
-std::uint16_t data_plane::port() const { return core_->port; }
+std::uint16_t data_plane::port() const { return core_->listener->port(); }
 
 std::shared_ptr<link> data_plane::connect(const std::string& host, std::uint16_t port,
                                           std::chrono::milliseconds timeout) {
   auto name = host + ":" + std::to_string(port);
-  auto attempt = std::make_shared<detail::connect_attempt>(core_, name);
+  auto attempt = std::make_shared<detail::connect_attempt>(core_);
   auto result = attempt->result.get_future();
   if (!core_->post([attempt, host, port] { attempt->start(host, port); }))
     throw data_plane_error("connect to " + name + " failed: data plane is stopping");

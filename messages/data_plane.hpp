@@ -1,7 +1,8 @@
 #pragma once
-// The data plane: tensor bytes between processes over plain TCP, beside (never
-// inside) CAF's control messages (ARCHITECTURE.md, "Control plane and data
-// plane"). A frame is a fixed header, a Cap'n Proto descriptor and the raw
+// The data plane: tensor bytes between processes over a byte stream (plain TCP
+// unless data_plane_options::transport says otherwise; messages/transport.hpp),
+// beside (never inside) CAF's control messages (ARCHITECTURE.md, "Control plane
+// and data plane"). A frame is a fixed header, a Cap'n Proto descriptor and the raw
 // bytes (wire format and credit rule in messages/frame.hpp). The sender writes
 // all three with one scatter/gather write straight from the caller's memory
 // (queued frames and owed credit share one writev); the receiver validates
@@ -34,6 +35,8 @@
 #include <utility>
 
 #include "messages/frame.hpp"
+#include "messages/tcp_transport.hpp"
+#include "messages/transport.hpp"
 
 namespace orrery::messages {
 
@@ -63,7 +66,7 @@ using frame_allocator = std::function<std::pair<std::shared_ptr<void>, std::byte
 using frame_handler = std::function<void(received_frame)>;
 
 /// Called on the io thread when a connection fails (malformed frame, peer gone
-/// mid-frame, socket error); `peer` is host:port.
+/// mid-frame, stream error); `peer` is host:port.
 using link_error_handler = std::function<void(const std::string& peer, const std::string& problem)>;
 
 /// Settings of one data_plane.
@@ -75,6 +78,8 @@ struct data_plane_options {
   std::uint64_t max_frame_bytes = 1ull << 31;
   /// Bytes a peer may have in flight towards this data plane.
   std::uint64_t credit_bytes = 64ull << 20;
+  /// What carries the frames, both ways: listening, connecting, the streams.
+  std::shared_ptr<messages::transport> transport = plain_tcp();
 };
 
 /// Failure to set up a data plane or a link; the message names the address.

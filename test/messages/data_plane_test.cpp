@@ -97,25 +97,26 @@ struct endpoint {
 frame_descriptor descriptor_of(element_type type, std::vector<std::int64_t> shape, std::uint16_t source,
                                std::uint32_t step) {
   frame_descriptor d;
-  d.request_id = 1000ull * source + step;
-  d.step = step;
-  d.source_stage = source;
-  d.destination_stage = 7;
-  d.type = type;
-  d.shape = std::move(shape);
+  // The stage field tells the sending link: 1000 * link + step is the request.
+  d.route = forward_route{source, 1000ull * source + step, step, 0, {}};
+  d.tensors = {{tensor_role::hidden, type, std::move(shape), 0}};
   return d;
 }
 
+const forward_route& route_of(const frame_descriptor& d) { return std::get<forward_route>(d.route); }
+forward_route& route_of(frame_descriptor& d) { return std::get<forward_route>(d.route); }
+
 std::uint64_t byte_length_of(const frame_descriptor& d) {
   std::uint64_t n = 0;
-  REQUIRE(payload_length(d.type, d.shape, 1ull << 31, n).empty());
+  auto tensors = d.tensors;
+  REQUIRE(payload_length(tensors, 1ull << 31, n).empty());
   return n;
 }
 
 /// Sends `d` with pattern bytes seeded by its request id; the completion lands
 /// in `box.completions`.
 void send_pattern(messages::link& l, frame_descriptor d, inbox& box) {
-  auto payload = std::make_shared<bytes>(pattern(byte_length_of(d), d.request_id));
+  auto payload = std::make_shared<bytes>(pattern(byte_length_of(d), route_of(d).request));
   l.send(std::move(d), payload->data(), payload,
          [&box](const std::string& error) { box.note([&] { box.completions.push_back(error); }); });
 }
@@ -168,6 +169,7 @@ bytes frame_bytes(const bytes& payload, const std::function<void(frame_descripto
                   std::uint64_t header_payload_length = ~0ull) {
   auto d = descriptor_of(element_type::f32, {std::int64_t(payload.size() / 4)}, 9, 0);
   d.byte_length = payload.size();
+  d.tensors[0].byte_length = payload.size();
   d.checksum = checksum_of(payload.data(), payload.size());
   if (tamper) tamper(d);
   auto descriptor = encode_descriptor(d);
@@ -208,18 +210,19 @@ TEST_CASE("frames of every size and dtype cross several links intact and in orde
   std::vector<std::uint32_t> next_step(link_count, 0);
   for (const auto& f : receiver.box.frames) {
     const auto& d = f.descriptor;
-    REQUIRE(d.source_stage < link_count);
-    const auto& sent = plans[d.source_stage][next_step[d.source_stage]++];
-    CAPTURE(d.source_stage);
-    CAPTURE(d.step);
-    CHECK(d.step == sent.step);  // order per link
-    CHECK(d.request_id == sent.request_id);
-    CHECK(d.destination_stage == sent.destination_stage);
-    CHECK(d.type == sent.type);
-    CHECK(d.shape == sent.shape);
+    const auto& route = route_of(d);
+    REQUIRE(route.stage < link_count);
+    const auto& sent = plans[route.stage][next_step[route.stage]++];
+    CAPTURE(route.stage);
+    CAPTURE(route.step);
+    CHECK(route.step == route_of(sent).step);  // order per link
+    CHECK(route.request == route_of(sent).request);
+    REQUIRE(d.tensors.size() == 1);
+    CHECK(d.tensors[0].type == sent.tensors[0].type);
+    CHECK(d.tensors[0].shape == sent.tensors[0].shape);
     CHECK(d.byte_length == byte_length_of(sent));
     CHECK(f.peer.rfind("127.0.0.1:", 0) == 0);
-    auto expected = pattern(d.byte_length, d.request_id);
+    auto expected = pattern(d.byte_length, route.request);
     CHECK(std::memcmp(f.data, expected.data(), expected.size()) == 0);
   }
   REQUIRE(sender.box.wait([&] { return completions.size() == total; }));
@@ -267,14 +270,14 @@ TEST_CASE("credits bound the bytes in flight towards a slow receiver, and nothin
   auto payload = std::make_shared<bytes>(pattern(byte_length_of(frame), 1));
   for (std::uint32_t step = 0; step < frame_count; ++step) {
     auto d = frame;
-    d.step = step;
+    route_of(d).step = step;
     l->send(d, payload->data(), payload, [&](const std::string& error) {
       CHECK(error.empty());
       ++written;
     });
   }
   REQUIRE(receiver.box.wait([&] { return receiver.box.frames.size() == frame_count; }));
-  for (std::uint32_t step = 0; step < frame_count; ++step) CHECK(receiver.box.frames[step].descriptor.step == step);
+  for (std::uint32_t step = 0; step < frame_count; ++step) CHECK(route_of(receiver.box.frames[step].descriptor).step == step);
   CHECK(worst_ahead.load() <= int(window / cost));
   CHECK(worst_ahead.load() >= 2);  // the window was used, not just one frame at a time
   CHECK(worst_in_flight.load() <= window);
@@ -309,15 +312,15 @@ TEST_CASE("a malformed frame closes only its own connection, reported with the p
       {"header payload length lies", frame_bytes(payload, {}, 1 << 20), "header payload length"},
       {"byte length disagrees with shape",
        frame_bytes(
-           payload, [](frame_descriptor& d) { d.byte_length = 1 << 20; }, 1 << 20),
+           payload, [](frame_descriptor& d) { d.tensors[0].byte_length = 1 << 20; }, 1 << 20),
        "disagrees with shape"},
-      {"unknown dtype", frame_bytes(payload, [](frame_descriptor& d) { d.type = element_type(9); }),
+      {"unknown dtype", frame_bytes(payload, [](frame_descriptor& d) { d.tensors[0].type = element_type(9); }),
        "unknown element type 9"},
-      {"negative dimension", frame_bytes(payload, [](frame_descriptor& d) { d.shape = {-256}; }), "negative"},
+      {"negative dimension", frame_bytes(payload, [](frame_descriptor& d) { d.tensors[0].shape = {-256}; }), "negative"},
       {"shape overflows",
        frame_bytes(payload,
                    [](frame_descriptor& d) {
-                     d.shape = {1ll << 40, 1ll << 40};
+                     d.tensors[0].shape = {1ll << 40, 1ll << 40};
                    }),
        "exceeds the limit"},
       {"garbage Cap'n Proto", concat({header(frame_kind::tensor, 64, 1024), bytes(64, std::byte{0xA5}), payload}),
