@@ -10,8 +10,10 @@
 // implementation: its listener accepts TCP, runs the server handshake and only
 // then passes the stream on; its connect resolves, connects, runs the client
 // handshake and only then completes. A stream reaches the data plane ready to
-// carry frames, so the protocol never sees a handshake, and the data plane's
-// connect timeout bounds the handshake along with everything else.
+// carry frames, so the protocol never sees a handshake. The data plane's
+// connect timeout bounds a dialer's handshake (it cancels the connect); on the
+// accepting side only the listener can bound it, so a TLS listener needs a
+// deadline of its own for a dialer that never speaks.
 //
 // Cost: the data plane starts one operation per system call it wants, through
 // one virtual call each; completions are stored inline (io_completion), so no
@@ -175,7 +177,9 @@ class listener {
   /// reaches `accepted` with a problem; the listener keeps accepting.
   virtual void start(stream_handler accepted) = 0;
 
-  /// Stops accepting; no call of `accepted` follows. On the io thread.
+  /// Stops accepting and abandons handshakes in progress (a pending read
+  /// would keep the io_context, and so a stopping data plane, waiting); no
+  /// call of `accepted` follows. On the io thread.
   virtual void close() = 0;
 };
 
@@ -184,8 +188,8 @@ class pending_connect {
  public:
   virtual ~pending_connect() = default;
 
-  /// Gives up: the connect completes with a problem soon unless it already
-  /// has. On the io thread.
+  /// Gives up, handshake included: the connect completes with a problem soon
+  /// unless it already has. On the io thread.
   virtual void cancel() = 0;
 };
 

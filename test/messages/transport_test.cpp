@@ -163,6 +163,129 @@ class trickle_transport final : public transport {
   const std::uint64_t break_after_;
 };
 
+/// One end of a handshake: the stream, the byte it sends or expects, and who
+/// gets the stream once the handshake is done.
+struct handshake : std::enable_shared_from_this<handshake> {
+  using step = void (*)(handshake&);
+
+  handshake(std::unique_ptr<byte_stream> s, stream_handler d) : stream(std::move(s)), done(std::move(d)) {}
+
+  void send(char c, step next) {
+    byte = c;
+    piece = asio::const_buffer(&byte, 1);
+    stream->async_write_some(const_buffer_span(&piece, 1),
+                             [self = shared_from_this(), next](const error_code& ec, std::size_t) {
+                               if (ec) return self->fail(ec.message());
+                               next(*self);
+                             });
+  }
+
+  void expect(char c, step next) {
+    stream->async_read_some(asio::buffer(&byte, 1),
+                            [self = shared_from_this(), c, next](const error_code& ec, std::size_t) {
+                              if (ec) return self->fail(ec.message());
+                              if (self->byte != c)
+                                return self->fail(std::string("expected '") + c + "', got '" + self->byte + "'");
+                              next(*self);
+                            });
+  }
+
+  void succeed() {
+    if (done) std::exchange(done, {})(std::move(stream), "");
+  }
+
+  void fail(const std::string& why) {
+    if (!done) return;
+    auto peer = stream->peer();
+    stream->close();
+    std::exchange(done, {})(nullptr, "handshake with " + peer + " failed: " + why);
+  }
+
+  /// Closes the stream under the operation in flight, which then fails.
+  void interrupt() {
+    if (stream) stream->close();
+  }
+
+  std::unique_ptr<byte_stream> stream;
+  stream_handler done;
+  char byte = 0;
+  asio::const_buffer piece;
+};
+
+/// A transport with a handshake, as TLS has one: over plain TCP the dialer
+/// sends `hello`, the listener answers `welcome`, and only then does either
+/// data plane get the stream.
+class handshaking_transport final : public transport {
+ public:
+  static constexpr char hello = 'H';
+  static constexpr char welcome = 'W';
+
+  std::unique_ptr<listener> listen(asio::io_context& io, const std::string& address, std::uint16_t port) override {
+    return std::make_unique<answering_listener>(plain_tcp()->listen(io, address, port), refused);
+  }
+
+  std::shared_ptr<pending_connect> connect(asio::io_context& io, const std::string& host, std::uint16_t port,
+                                           stream_handler done) override {
+    auto attempt = std::make_shared<dialing>();
+    // Weak: the TCP connect holds this handler, and the attempt holds the TCP connect.
+    attempt->tcp = plain_tcp()->connect(
+        io, host, port, [weak = std::weak_ptr<dialing>(attempt), done](auto stream, const std::string& problem) {
+          auto attempt = weak.lock();
+          if (!attempt || !stream) return done(nullptr, problem);
+          attempt->shake = std::make_shared<handshake>(std::move(stream), done);
+          attempt->shake->send(hello, [](handshake& h) { h.expect(welcome, [](handshake& h) { h.succeed(); }); });
+        });
+    return attempt;
+  }
+
+  /// Dialers the listeners turned away.
+  std::atomic<int> refused{0};
+
+ private:
+  struct dialing final : pending_connect {
+    void cancel() override {
+      tcp->cancel();
+      if (shake) shake->interrupt();
+    }
+    std::shared_ptr<pending_connect> tcp;
+    std::shared_ptr<handshake> shake;
+  };
+
+  class answering_listener final : public listener {
+   public:
+    answering_listener(std::unique_ptr<listener> inner, std::atomic<int>& refused)
+        : inner_(std::move(inner)), refused_(refused) {}
+
+    std::uint16_t port() const override { return inner_->port(); }
+
+    void start(stream_handler accepted) override {
+      inner_->start([this, accepted](auto stream, const std::string& problem) {
+        if (!stream) return accepted(nullptr, problem);
+        auto h = std::make_shared<handshake>(std::move(stream), [this, accepted](auto ready, const std::string& p) {
+          if (!ready) ++refused_;
+          accepted(std::move(ready), p);
+        });
+        in_progress_.push_back(h);
+        h->expect(hello, [](handshake& h) { h.send(welcome, [](handshake& h) { h.succeed(); }); });
+      });
+    }
+
+    void close() override {
+      inner_->close();
+      for (const auto& w : in_progress_)
+        if (auto h = w.lock()) {
+          h->done = nullptr;
+          h->interrupt();
+        }
+    }
+
+   private:
+    std::unique_ptr<listener> inner_;
+    std::atomic<int>& refused_;
+    std::vector<std::weak_ptr<handshake>> in_progress_;
+  };
+};
+
 /// Deterministic payload bytes.
 bytes pattern(std::size_t size, std::uint64_t seed) {
   bytes out(size);
@@ -329,4 +452,49 @@ TEST_CASE("a stream that breaks mid-frame fails its link at both ends, and no fr
   CHECK_MESSAGE(receiver.failures.front().second.find("mid-frame (100 of 1024 payload bytes)") != std::string::npos,
                 receiver.failures.front().second);
   CHECK(breaking->tally.only(true)->bytes_written == break_after);
+}
+
+TEST_CASE("a transport's handshake is done before the data plane sees the stream; one refused or cut short fails the connect") {
+  // A listener that never answers, outliving the data planes: the kernel
+  // accepts for it, then nothing more happens.
+  asio::io_context never_run;
+  auto silent = plain_tcp()->listen(never_run, "127.0.0.1", 0);
+  auto shaking = std::make_shared<handshaking_transport>();
+  recording_plane a(over(shaking)), b(over(shaking)), plain(over(plain_tcp()));
+
+  // Both ends shake hands, and then frames flow as over TCP: the protocol
+  // never sees the handshake's bytes.
+  auto l = a.plane.connect("127.0.0.1", b.plane.port(), 5s);
+  send_pattern(*l, descriptor_of(element_type::f32, {1000}, 1), a);
+  REQUIRE(b.wait([&] { return b.frames.size() == 1; }));
+  {
+    std::lock_guard<std::mutex> guard(b.mutex);
+    auto expected = pattern(4000, 1);
+    CHECK(std::memcmp(b.frames[0].data, expected.data(), expected.size()) == 0);
+  }
+
+  auto failure_of = [](recording_plane& from, std::uint16_t port, std::chrono::milliseconds timeout) {
+    auto start = std::chrono::steady_clock::now();
+    std::string message;
+    try {
+      from.plane.connect("127.0.0.1", port, timeout);
+    } catch (const data_plane_error& e) {
+      message = e.what();
+    }
+    CHECK(std::chrono::steady_clock::now() - start < timeout + 500ms);
+    return message;
+  };
+  // A data plane that does not shake hands answers with its credit grant,
+  // whose first byte is the 'O' of "ORRF".
+  auto plain_port = std::to_string(plain.plane.port());
+  CHECK(failure_of(a, plain.plane.port(), 5s) ==
+        "connect to 127.0.0.1:" + plain_port + " failed: handshake with 127.0.0.1:" + plain_port +
+            " failed: expected 'W', got 'O'");
+  // A dialer that does not shake hands is turned away, and the listener goes on.
+  CHECK(failure_of(plain, b.plane.port(), 5s).find("no credit grant from the peer") != std::string::npos);
+  CHECK(shaking->refused == 1);
+  CHECK(a.plane.connect("127.0.0.1", b.plane.port(), 5s)->is_open());
+  // Dialing the silent listener, the connect times out and cancels the
+  // handshake in flight; were its read left pending, `a` could not stop.
+  CHECK(failure_of(a, silent->port(), 300ms).find("timed out") != std::string::npos);
 }
