@@ -563,6 +563,7 @@ data_plane::data_plane(data_plane_options options, frame_allocator allocate, fra
     : core_(std::make_shared<detail::plane_core>(std::move(options), std::move(allocate), std::move(deliver),
                                                  std::move(report))) {
   const auto& o = core_->options;
+  if (!o.transport) throw data_plane_error("data plane options name no transport");
   try {
     core_->listener = o.transport->listen(core_->io, o.bind_address, o.port);
   } catch (const std::exception& e) {

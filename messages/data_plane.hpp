@@ -79,6 +79,7 @@ struct data_plane_options {
   /// Bytes a peer may have in flight towards this data plane.
   std::uint64_t credit_bytes = 64ull << 20;
   /// What carries the frames, both ways: listening, connecting, the streams.
+  /// Never null.
   std::shared_ptr<messages::transport> transport = plain_tcp();
 };
 
