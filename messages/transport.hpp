@@ -131,9 +131,9 @@ class io_completion {
 
 /// A connected stream of bytes to one peer, ready to carry frames (any
 /// handshake is done). The data plane keeps at most one read and one write in
-/// flight at a time, and starts every operation, and closes, on the io thread
-/// of the io_context the stream was made in, except write_now and close,
-/// which it may call from any thread while it holds its own send lock.
+/// flight at a time, and calls everything on the io thread of the io_context
+/// the stream was made in, except write_now: that comes from a sender's
+/// thread, while a read may be in flight on the io thread.
 class byte_stream {
  public:
   virtual ~byte_stream() = default;
