@@ -8,7 +8,7 @@
 #include <string>
 
 #include "compute/error_text.hpp"
-#include "deploy/commands.hpp"
+#include "deploy/cli/commands.hpp"
 
 namespace {
 

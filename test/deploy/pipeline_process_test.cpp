@@ -12,8 +12,8 @@
 
 #include <chrono>
 
-#include "deploy/cluster.hpp"
-#include "deploy/local_cluster.hpp"
+#include "deploy/cluster/cluster.hpp"
+#include "deploy/cluster/local_cluster.hpp"
 #include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"
 #include "test/single_device.hpp"

@@ -13,10 +13,10 @@
 #include <sstream>
 
 #include "compute/dtype.hpp"
-#include "deploy/auto_placement.hpp"
-#include "deploy/local_cluster.hpp"
-#include "deploy/profiler.hpp"
-#include "deploy/testbed.hpp"
+#include "deploy/profiling/auto_placement.hpp"
+#include "deploy/cluster/local_cluster.hpp"
+#include "deploy/profiling/profiler.hpp"
+#include "deploy/testbed/testbed.hpp"
 #include "planning/profile.hpp"
 #include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"

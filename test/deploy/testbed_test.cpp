@@ -17,8 +17,8 @@
 #include <sstream>
 #include <thread>
 
-#include "deploy/chaos.hpp"
-#include "deploy/testbed.hpp"
+#include "deploy/chaos/chaos.hpp"
+#include "deploy/testbed/testbed.hpp"
 #include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"
 

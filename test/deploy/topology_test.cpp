@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include "compute/model_init.hpp"
-#include "deploy/topology.hpp"
+#include "deploy/cluster/topology.hpp"
 #include "test/temp_dir.hpp"
 
 using orrery::deploy::parse_topology;

@@ -1,0 +1,134 @@
+// `orrery bench placement`: the planner's automatic layout against the even
+// one on a running cluster (typically `orrery testbed up`), each predicted
+// from the measured profile and measured with concurrent requests, in
+// alternating rounds so both see the same machine state.
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "deploy/bench/compute_bench.hpp"
+#include "deploy/profiling/auto_placement.hpp"
+#include "deploy/cluster/cluster.hpp"
+#include "deploy/cli/commands.hpp"
+#include "deploy/cli/flag_checks.hpp"
+
+namespace orrery::deploy {
+
+namespace {
+
+struct placement_bench_options {
+  std::string topology;
+  int requests = 4;
+  int prompt_tokens = 16;
+  int new_tokens = 32;
+  int repeats = 3;
+  bool refresh = false;
+};
+
+struct measurement {
+  double decode_ms_per_token = 0;
+  double tokens_per_s = 0;
+};
+
+// Decode ms/token per request (the mean over the requests) and what the
+// requests make together, the same definitions as placement_prediction.
+measurement measure(const placement_plan& plan, const placement_bench_options& o) {
+  pipeline_client client(plan.placed);
+  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, 0, 0, 1, 1, 0, false, 0};
+  std::vector<generate_request> requests;
+  for (int i = 0; i < o.requests; ++i) {
+    requests.push_back(request);
+    requests.back().tag = static_cast<std::uint64_t>(i);
+  }
+  auto summaries = client.generate(requests);
+  double sum = 0;
+  for (const auto& s : summaries) sum += decode_ms_per_token(s);
+  measurement m;
+  m.decode_ms_per_token = sum / static_cast<double>(summaries.size());
+  m.tokens_per_s = o.requests * 1e3 / m.decode_ms_per_token;
+  return m;
+}
+
+nlohmann::json layers_of(const placement_plan& plan) {
+  nlohmann::json layers = nlohmann::json::object();
+  for (const auto& n : plan.placed.nodes) layers[n.name] = {n.first_layer, n.last_layer};
+  return layers;
+}
+
+nlohmann::json report(const placement_plan& plan, const std::vector<measurement>& runs) {
+  std::vector<double> ms, tps;
+  for (const auto& m : runs) ms.push_back(m.decode_ms_per_token), tps.push_back(m.tokens_per_s);
+  const double measured_ms = compute::median(ms), measured_tps = compute::median(tps);
+  const auto& p = plan.predicted;
+  return {{"layers", layers_of(plan)},
+          {"predicted", {{"decode_ms_per_token", p.decode_ms_per_token}, {"tokens_per_s", p.tokens_per_s}, {"prefill_ms", p.prefill_ms}}},
+          {"measured", {{"decode_ms_per_token", measured_ms}, {"tokens_per_s", measured_tps}, {"decode_ms_per_token_runs", ms}}},
+          {"prediction_error",
+           {{"decode_ms_per_token", std::abs(p.decode_ms_per_token - measured_ms) / measured_ms},
+            {"tokens_per_s", std::abs(p.tokens_per_s - measured_tps) / measured_tps}}}};
+}
+
+nlohmann::json run(const placement_bench_options& o) {
+  auto t = load_topology(o.topology);
+  planning::workload work;
+  work.batch = o.requests;
+  work.prompt_tokens = o.prompt_tokens;  // bench_prompt(n) is n tokens with BOS
+  work.output_tokens = o.new_tokens;
+  auto profile = obtain_profile(t, work, progress_bar("profile"), o.refresh);
+  std::vector<placement_plan> plans = {plan_even(t, profile), plan_automatic(t, profile)};
+  for (const auto& plan : plans) std::cerr << "bench: " << describe(plan) << "\n";
+  std::vector<std::vector<measurement>> runs(plans.size());
+  for (int round = 0; round < o.repeats; ++round)
+    for (std::size_t i = 0; i < plans.size(); ++i) {
+      runs[i].push_back(measure(plans[i], o));
+      std::cerr << "bench: round " << round + 1 << "/" << o.repeats << " " << plans[i].name << ": "
+                << runs[i].back().decode_ms_per_token << " ms/token per request, " << runs[i].back().tokens_per_s
+                << " tokens/s\n";
+    }
+  auto even = report(plans[0], runs[0]);
+  auto automatic = report(plans[1], runs[1]);
+  const bool throughput = t.objective == "throughput";
+  const double speedup =
+      throughput ? automatic["measured"]["tokens_per_s"].get<double>() / even["measured"]["tokens_per_s"].get<double>()
+                 : even["measured"]["decode_ms_per_token"].get<double>() /
+                       automatic["measured"]["decode_ms_per_token"].get<double>();
+  return {{"bench", "placement"},
+          {"topology", o.topology},
+          {"cluster", t.cluster},
+          {"objective", t.objective},
+          {"requests", o.requests},
+          {"prompt_tokens", o.prompt_tokens},
+          {"new_tokens", o.new_tokens},
+          {"repeats", o.repeats},
+          {"even", even},
+          {"auto", automatic},
+          {"auto_speedup_in_objective", speedup},
+          {"targets", {{"auto_speedup_in_objective", ">= 1.3"}, {"prediction_error", "<= 0.2"}}}};
+}
+
+}  // namespace
+
+void add_placement_bench(CLI::App& bench) {
+  auto opts = std::make_shared<placement_bench_options>();
+  auto* cmd = bench.add_subcommand(
+      "placement",
+      "Even against automatic placement on a running cluster (e.g. `orrery testbed exec F -- orrery bench placement "
+      "--topology F`): predicted and measured decode ms/token and tokens/s with concurrent requests, and the "
+      "prediction error, for the topology's objective");
+  cmd->add_option("--topology", opts->topology, "Topology file of the running cluster")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--requests", opts->requests, "Concurrent requests")->capture_default_str()->check(at_least(1));
+  cmd->add_option("--prompt-tokens", opts->prompt_tokens, "Prompt length")->capture_default_str()->check(at_least(1));
+  cmd->add_option("--new-tokens", opts->new_tokens, "Tokens generated per request")
+      ->capture_default_str()
+      ->check(between(2, 100000));
+  cmd->add_option("--repeats", opts->repeats, "Alternating rounds; medians are reported")
+      ->capture_default_str()
+      ->check(at_least(1));
+  cmd->add_flag("--refresh", opts->refresh, "Profile again instead of using cached measurements");
+  cmd->callback([opts] { std::cout << run(*opts).dump(2) << std::endl; });
+}
+
+}  // namespace orrery::deploy

@@ -1,0 +1,66 @@
+#pragma once
+// `placement: auto`: the layers of a topology placed by the planner from a
+// measured profile (deploy/profiling/profiler.hpp), with the plan's predictions, so a
+// run can report predicted beside measured figures.
+//
+// orrery's runtime gives each node at most one contiguous layer range, so the
+// objectives map to the EdgeShard DPs that use each device once: `latency`
+// minimises one request's time end to end, `throughput` the bottleneck step
+// for the workload's concurrent requests. Nodes the plan does not use are left
+// out of the pipeline.
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "deploy/profiling/profiler.hpp"
+#include "deploy/cluster/topology.hpp"
+#include "planning/pipeline.hpp"
+#include "planning/profile.hpp"
+
+namespace orrery::deploy {
+
+/// What a layout is predicted to do for the profile's workload
+/// (work.batch concurrent requests of work.prompt_tokens + work.output_tokens).
+struct placement_prediction {
+  int requests = 1;
+  double prefill_ms = 0;            ///< first token of a request, mean
+  double decode_ms_per_token = 0;   ///< per request, after the first token
+  double tokens_per_s = 0;          ///< all requests together, while decoding
+};
+
+/// A layout of the topology's layers and its prediction.
+struct placement_plan {
+  std::string name;  ///< "auto (throughput)", "even", …
+  /// The topology with the layout applied: only the nodes that hold layers,
+  /// in pipeline order.
+  topology placed;
+  std::vector<planning::stage> stages;  ///< device = index in the profile (the topology's file order)
+  placement_prediction predicted;
+};
+
+/// The profile `t` plans from: its `profile:` file if set, else measured on
+/// the running nodes (or taken from the cache unless `refresh`), for `work`.
+planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress,
+                                 bool refresh = false);
+
+/// The planner's layout for `t.objective`; throws planning::infeasible_error
+/// naming what does not fit.
+placement_plan plan_automatic(const topology& t, const planning::profile& p);
+
+/// `placement: even` over every node of `t` (in file order), predicted from `p`.
+placement_plan plan_even(const topology& t, const planning::profile& p);
+
+/// The simulator's prediction of `stages` for the profile's workload.
+placement_prediction predict(const planning::profile& p, const std::vector<planning::stage>& stages);
+
+/// A few lines: each stage's node and layers, and the prediction.
+std::string describe(const placement_plan& plan);
+
+/// For commands that run a topology: `t` itself unless its placement is
+/// `auto`; then the planned topology, after printing the plan to `log`.
+/// `requests`, `prompt_tokens` and `new_tokens` describe the run ahead.
+topology resolve_placement(const topology& t, int requests, int prompt_tokens, int new_tokens, std::ostream& log,
+                           placement_prediction* predicted = nullptr);
+
+}  // namespace orrery::deploy
