@@ -1,4 +1,5 @@
-// The `orrery` command line: every subcommand registers itself (commands.hpp);
+// The `orrery` command line: every subcommand registers itself
+// (deploy/cli/commands.hpp, deploy/bench/bench_command.hpp);
 // every error reaches this one place and becomes one line on stderr and exit
 // code 1.
 
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "compute/error_text.hpp"
+#include "deploy/bench/bench_command.hpp"
 #include "deploy/cli/commands.hpp"
 
 namespace {

@@ -5,9 +5,9 @@
 #include <iostream>
 #include <memory>
 
-#include "deploy/bench/compute_bench.hpp"
 #include "compute/cpu_threads.hpp"
-#include "deploy/cli/commands.hpp"
+#include "deploy/bench/bench_command.hpp"
+#include "deploy/bench/compute_bench.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/cli/local_model.hpp"
 

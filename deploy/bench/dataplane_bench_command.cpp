@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "deploy/cli/commands.hpp"
-#include "deploy/cli/flag_checks.hpp"
+#include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/dataplane_bench.hpp"
+#include "deploy/cli/flag_checks.hpp"
 
 namespace orrery::deploy {
 namespace {

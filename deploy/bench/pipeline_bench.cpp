@@ -10,15 +10,15 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "deploy/bench/compute_bench.hpp"
 #include "compute/cpu_threads.hpp"
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/shard.hpp"
+#include "deploy/bench/bench_command.hpp"
+#include "deploy/bench/compute_bench.hpp"
+#include "deploy/cli/flag_checks.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/cluster/local_cluster.hpp"
-#include "deploy/cli/commands.hpp"
-#include "deploy/cli/flag_checks.hpp"
 
 namespace orrery::deploy {
 

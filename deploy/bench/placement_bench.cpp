@@ -9,11 +9,11 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/compute_bench.hpp"
-#include "deploy/profiling/auto_placement.hpp"
-#include "deploy/cluster/cluster.hpp"
-#include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
+#include "deploy/cluster/cluster.hpp"
+#include "deploy/profiling/auto_placement.hpp"
 
 namespace orrery::deploy {
 

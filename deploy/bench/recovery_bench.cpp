@@ -13,10 +13,10 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/compute_bench.hpp"
-#include "deploy/cluster/cluster.hpp"
-#include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
+#include "deploy/cluster/cluster.hpp"
 #include "deploy/cluster/local_cluster.hpp"
 
 namespace orrery::deploy {

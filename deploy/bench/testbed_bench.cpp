@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "deploy/cli/commands.hpp"
+#include "deploy/bench/bench_command.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/profiling/profiler.hpp"
 

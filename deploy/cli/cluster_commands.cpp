@@ -7,11 +7,11 @@
 #include <memory>
 #include <optional>
 
-#include "deploy/chaos/chaos.hpp"
-#include "deploy/cluster/cluster.hpp"
-#include "deploy/cluster/local_cluster.hpp"
 #include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
+#include "deploy/cluster/cluster.hpp"
+#include "deploy/cluster/local_cluster.hpp"
+#include "deploy/cluster/run_registry.hpp"
 
 namespace orrery::deploy {
 

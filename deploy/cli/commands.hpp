@@ -1,6 +1,7 @@
 #pragma once
 // Each `orrery` subcommand registers itself on the CLI11 app from its own
-// source file; main.cpp only wires them together.
+// source file; main.cpp only wires them together (the benchmarks' `orrery
+// bench` registers itself from deploy/bench/bench_command.hpp).
 
 namespace CLI {
 class App;
@@ -34,27 +35,5 @@ void add_profile_command(CLI::App& app);
 
 /// `orrery plan`: run the planners on a profile or a preset cluster.
 void add_plan_command(CLI::App& app);
-
-/// `orrery bench …`: benchmarks printing one JSON object each.
-void add_bench_command(CLI::App& app);
-
-/// `orrery bench compute` (registered on the `bench` subcommand).
-void add_compute_bench(CLI::App& bench);
-
-/// `orrery bench planner` (registered on the `bench` subcommand).
-void add_planner_bench(CLI::App& bench);
-
-/// `orrery bench dataplane` (registered on the `bench` subcommand).
-void add_dataplane_bench(CLI::App& bench);
-
-/// `orrery bench pipeline` (registered on the `bench` subcommand).
-void add_pipeline_bench(CLI::App& bench);
-void add_recovery_bench(CLI::App& bench);
-
-/// `orrery bench placement` (registered on the `bench` subcommand).
-void add_placement_bench(CLI::App& bench);
-
-/// `orrery bench testbed` (registered on the `bench` subcommand).
-void add_testbed_bench(CLI::App& bench);
 
 }  // namespace orrery::deploy

@@ -8,11 +8,11 @@
 #include <iostream>
 #include <memory>
 
-#include "deploy/cluster/cluster.hpp"
-#include "deploy/cluster/local_cluster.hpp"
 #include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/cli/local_model.hpp"
+#include "deploy/cluster/cluster.hpp"
+#include "deploy/cluster/local_cluster.hpp"
 
 namespace orrery::deploy {
 

@@ -8,12 +8,12 @@
 #include "compute/cpu_threads.hpp"
 #include "compute/generation.hpp"
 #include "compute/tokenizer.hpp"
-#include "deploy/profiling/auto_placement.hpp"
-#include "deploy/cluster/cluster.hpp"
 #include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/cli/local_model.hpp"
 #include "deploy/cli/sampling_flags.hpp"
+#include "deploy/cluster/cluster.hpp"
+#include "deploy/profiling/auto_placement.hpp"
 
 namespace orrery::deploy {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "deploy/profiling/profiler.hpp"
 #include "deploy/cluster/topology.hpp"
+#include "deploy/profiling/profiler.hpp"
 #include "planning/pipeline.hpp"
 #include "planning/profile.hpp"
 

@@ -17,8 +17,8 @@
 #include <sstream>
 
 #include "compute/dtype.hpp"
-#include "deploy/chaos/chaos.hpp"
 #include "deploy/cluster/cluster.hpp"
+#include "deploy/cluster/run_registry.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::deploy {

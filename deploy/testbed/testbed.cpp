@@ -29,9 +29,9 @@
 #include <system_error>
 #include <thread>
 
-#include "deploy/chaos/chaos.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/cluster/local_cluster.hpp"
+#include "deploy/cluster/run_registry.hpp"
 
 namespace orrery::deploy {
 

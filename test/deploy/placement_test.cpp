@@ -13,8 +13,8 @@
 #include <sstream>
 
 #include "compute/dtype.hpp"
-#include "deploy/profiling/auto_placement.hpp"
 #include "deploy/cluster/local_cluster.hpp"
+#include "deploy/profiling/auto_placement.hpp"
 #include "deploy/profiling/profiler.hpp"
 #include "deploy/testbed/testbed.hpp"
 #include "planning/profile.hpp"

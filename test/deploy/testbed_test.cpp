@@ -17,7 +17,7 @@
 #include <sstream>
 #include <thread>
 
-#include "deploy/chaos/chaos.hpp"
+#include "deploy/cluster/run_registry.hpp"
 #include "deploy/testbed/testbed.hpp"
 #include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"
