@@ -3,8 +3,10 @@
 // parts with a context between them. The context is what lets one layer
 // program serve every parallel layout:
 //
-//   x ─┬─ attention ── collective ─(+)─ y ─┬─ connective ── collective ── mlp ── collective ─(+)─ out
-//      └───────── residual ───────────┘    └─────────────── residual ──────────────────┘
+//   a   = collective(attention,  attention(x))
+//   y   = x + a                                  ┐ the connective
+//   h   = collective(connective, post_norm(y))   ┘ block
+//   out = y + collective(mlp,        mlp(h))
 //
 // - attention: input norm, q|k|v, rotary, KV store, attention, o-projection;
 //   its output is the attention's contribution before the residual add.

@@ -1,6 +1,7 @@
 #include "compute/llama_ops.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <cmath>
 
@@ -17,7 +18,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, thread_pool* pool) {
   // The gemv has no backward: a product autograd records goes to libtorch.
-  const bool recorded = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
+  const bool recorded = c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
   const bool gemv = pool != nullptr && !recorded && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
                     w.scalar_type() == at::kFloat && x.dim() == 2 && x.size(0) <= max_gemv_rows;
   if (!gemv) return at::linear(x, w);

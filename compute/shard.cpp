@@ -1,6 +1,7 @@
 #include "compute/shard.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
 #include <sys/mman.h>
@@ -124,7 +125,7 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
                       std::to_string(last) + ") is not inside [0, " + std::to_string(config_.num_layers) + ")");
   // Not InferenceMode: a grad-mode pass saves weights and rotary tables for
   // backward, which inference tensors cannot be.
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
   for (int layer = first; layer < last; ++layer) {
     auto get = [&](std::initializer_list<const char*> suffixes) {
@@ -224,6 +225,8 @@ at::Tensor shard::forward(const at::Tensor& input, const std::vector<sequence_st
 }
 
 bool shard::replays_graph(const std::vector<sequence_step>& batch, const layer_context& context) const {
+  // A replay runs the captured kernels only: it calls no hooks and records
+  // no autograd, so any other context takes the eager path.
   return context.plain() && options_.cuda_graphs && options_.device.is_cuda() && cuda_graphs_built() &&
          batch.size() == 1 && batch.front().tokens == 1;
 }

@@ -399,3 +399,38 @@ TEST_CASE("a copied prefix continues bitwise as a fresh run over the prefix and 
                          model_error);
   }
 }
+
+TEST_CASE("on CUDA a plain context's decode steps replay graphs and a hooked or grad context runs eagerly, alike") {
+  if (!at::hasCUDA()) {
+    MESSAGE("no CUDA in this build or machine: skipped");
+    return;
+  }
+  temp_dir dir;
+  model_dir model(tiny_model(dir, 11));
+  shard whole(model, 0, tiny_layers, {at::Device("cuda:0"), at::kFloat, nullptr, true});
+  int taps_called = 0;
+  layer_context hooked;
+  hooked.taps.push_back([&](int, layer_point, const at::Tensor&) { ++taps_called; });
+  layer_context grad;
+  grad.grad = true;
+  auto replayed = whole.new_cache(64), eager = whole.new_cache(64), recorded = whole.new_cache(64);
+  whole.forward(ids(prompt), {{&replayed, prompt_length}});
+  whole.forward(ids(prompt), {{&eager, prompt_length}});
+  whole.forward(ids(prompt), {{&recorded, prompt_length}});
+  for (std::int64_t token : {33, 44, 55}) {
+    CAPTURE(token);
+    taps_called = 0;
+    auto graph_step = whole.forward(ids({token}), {{&replayed, 1}}).cpu();
+    auto hooked_step = whole.forward(ids({token}), {{&eager, 1}}, hooked).cpu();
+    auto grad_step = whole.forward(ids({token}), {{&recorded, 1}}, grad).detach().cpu();
+    CHECK(taps_called == 2 * tiny_layers);
+    // A replay attends over a masked 64-row window, the eager step over the
+    // exact context, and grad mode over keys gathered into a fresh tensor:
+    // the same softmax up to the fused kernel's rounding.
+    CHECK(relative_error(hooked_step, graph_step) <= 1e-5);
+    CHECK(relative_error(grad_step, hooked_step) <= 1e-5);
+  }
+  CHECK(replayed.graphs() != nullptr);
+  CHECK(eager.graphs() == nullptr);
+  CHECK(recorded.graphs() == nullptr);
+}
