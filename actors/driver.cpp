@@ -41,8 +41,8 @@ struct active_request {
   std::vector<compute::token_id> generated;
   /// Travels with every frame: the last stage samples.
   messages::sampling_settings sampling;
-  caf::response_promise promise;
-  caf::actor sink;
+  caf::typed_response_promise<generation_summary> promise;
+  token_listener sink;  // whoever asked
   clock_type::time_point started;
   clock_type::time_point decode_started;
   clock_type::time_point deadline;  // the current step fails if no answer arrives by then
@@ -98,7 +98,7 @@ struct driver_state {
   static inline const char* name = "orrery.driver";
 };
 
-using driver_ptr = caf::stateful_actor<driver_state>*;
+using driver_ptr = driver_actor::stateful_pointer<driver_state>;
 
 caf::error driver_error(const std::string& text) {
   return caf::make_error(caf::sec::runtime_error, text);
@@ -118,7 +118,7 @@ std::string explain(const caf::error& e, const placement_stage& s, std::chrono::
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
   auto it = self->state.requests.find(id);
   if (it == self->state.requests.end()) return;
-  for (const auto& stage : self->state.ready) self->send(stage.stage, end_request_atom_v, id);
+  for (const auto& stage : self->state.ready) self->send(caf::actor_cast<stage_actor>(stage.stage), end_request_atom_v, id);
   if (outcome)
     it->second.promise.deliver(std::move(*outcome));
   else
@@ -169,7 +169,7 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
                {{messages::tensor_role::tokens, at::tensor(wide, at::TensorOptions().dtype(at::kLong))}},
                // Weak: a frame stuck in a dead link must not keep the driver alive.
                [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
-                 if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
+                 if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
                    caf::anon_send(driver, request_failure{id, "first stage: " + error, true});
                });
   r.deadline = clock_type::now() + self->state.config.request_timeout;
@@ -237,7 +237,7 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   }
   const auto id = s.next_request++;
   // Read the sender first: making the promise takes it out of the message.
-  auto sink = caf::actor_cast<caf::actor>(self->current_sender());
+  auto sink = caf::actor_cast<token_listener>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
   const messages::sampling_settings sampling{request.temperature, request.top_k, request.top_p,
                                              request.repetition_penalty, request.seed, request.return_logits};
@@ -292,7 +292,8 @@ void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target,
   for (std::size_t k = 0; k < n; ++k) {
     next_hop hop = k + 1 < n ? next_hop{ready[k + 1].data_host, ready[k + 1].data_port, ready[k + 1].stage_index}
                              : next_hop{self->state.config.advertise_host, self->state.plane->port(), 0};
-    self->request(ready[k].stage, timeout, connect_next_atom_v, d, hop, caf::actor_cast<caf::actor>(self), connect_ms)
+    self->request(caf::actor_cast<stage_actor>(ready[k].stage), timeout, connect_next_atom_v, d, hop,
+                  caf::actor_cast<caf::actor>(self), connect_ms)
         .then(
             [self, d, wired, n, target, ready, done]() {
               auto& s = self->state;
@@ -365,7 +366,7 @@ void start_supervisor(driver_ptr self) {
   sc.heartbeat_interval = c.heartbeat_interval;
   sc.heartbeat_deadline = c.heartbeat_deadline;
   sc.connect_timeout = c.connect_timeout;
-  sc.subscriber = caf::actor_cast<caf::actor>(self);
+  sc.subscriber = caf::actor_cast<verdict_listener>(self);
   self->link_to(spawn_supervisor(self->system(), std::move(sc)));
 }
 
@@ -565,7 +566,7 @@ void on_verdict(driver_ptr self, node_verdict& verdict) {
     return recover(self, false);
   }
   node->alive = true;
-  node->spec.node = verdict.handle;
+  node->spec.node = caf::actor_cast<node_actor>(verdict.handle);
   node->memory_bytes = verdict.info.memory_bytes;  // unknown until now for a node unreachable at deploy
   node->dtype = verdict.info.dtype;
   if (s.broken.empty() && !s.awaiting_nodes && !s.config.rebalance_on_join) return;
@@ -591,7 +592,7 @@ std::uint64_t fresh_session() {
   return id;
 }
 
-caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama_config model,
+driver_actor::behavior_type driver_behavior(driver_ptr self, driver_config config, compute::llama_config model,
                            std::shared_ptr<compute::tokenizer> tok, std::vector<model_file> files) {
   auto& s = self->state;
   s.session = fresh_session();
@@ -604,11 +605,11 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
   options.bind_address = s.config.advertise_host;
   auto weak = caf::actor_cast<caf::actor_addr>(self);
   s.routes = std::make_shared<router>("driver");
-  s.routes->add(router::handler_kind::session, s.session, 0, caf::actor_cast<caf::actor>(self));
+  s.routes->add(router::handler_kind::session, s.session, 0, self->address());
   s.plane = std::make_shared<messages::data_plane>(
       options, tensor_allocator(), router::handler_of(s.routes),
       [weak](const std::string& peer, const std::string& problem) {
-        if (auto driver = caf::actor_cast<caf::actor>(weak))
+        if (auto driver = caf::actor_cast<driver_actor>(weak))
           caf::anon_send(driver, request_failure{0, "data plane link from " + peer + " closed: " + problem, true});
       });
   return {
@@ -639,7 +640,8 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
         auto collected = std::make_shared<std::vector<stage_stats>>(self->state.ready.size());
         auto remaining = std::make_shared<std::size_t>(self->state.ready.size());
         for (std::size_t i = 0; i < self->state.ready.size(); ++i)
-          self->request(self->state.ready[i].stage, self->state.config.request_timeout, stats_atom_v)
+          self->request(caf::actor_cast<stage_actor>(self->state.ready[i].stage), self->state.config.request_timeout,
+                        stats_atom_v)
               .then(
                   [=](stage_stats& st) mutable {
                     (*collected)[i] = std::move(st);
@@ -653,14 +655,14 @@ caf::behavior driver_actor(driver_ptr self, driver_config config, compute::llama
 
 }  // namespace
 
-void deploy_blocking(caf::actor_system& system, const caf::actor& driver, std::chrono::milliseconds timeout) {
+void deploy_blocking(caf::actor_system& system, const driver_actor& driver, std::chrono::milliseconds timeout) {
   caf::scoped_actor self{system};
   std::string failure;
   self->request(driver, timeout, deploy_atom_v).receive([] {}, [&](caf::error& e) { failure = error_text(e); });
   if (!failure.empty()) throw std::runtime_error("deploy failed: " + failure);
 }
 
-std::vector<generation_summary> generate_blocking(caf::actor_system& system, const caf::actor& driver,
+std::vector<generation_summary> generate_blocking(caf::actor_system& system, const driver_actor& driver,
                                                   const std::vector<generate_request>& requests,
                                                   std::chrono::milliseconds timeout,
                                                   const std::function<void(std::size_t, const token_event&)>& on_token) {
@@ -698,7 +700,7 @@ namespace {
 // Asks the driver one question (`Atom`) and waits for the answer; throws
 // std::runtime_error naming `what` when it fails or does not come in time.
 template <class Answer, class Atom>
-Answer ask_blocking(caf::actor_system& system, const caf::actor& driver, std::chrono::milliseconds timeout, Atom atom,
+Answer ask_blocking(caf::actor_system& system, const driver_actor& driver, std::chrono::milliseconds timeout, Atom atom,
                     const char* what) {
   caf::scoped_actor self{system};
   Answer answer;
@@ -711,17 +713,17 @@ Answer ask_blocking(caf::actor_system& system, const caf::actor& driver, std::ch
 
 }  // namespace
 
-std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const caf::actor& driver,
+std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const driver_actor& driver,
                                                 std::chrono::milliseconds timeout) {
   return ask_blocking<std::vector<recovery_event>>(system, driver, timeout, recoveries_atom_v, "recoveries");
 }
 
-std::vector<stage_stats> stats_blocking(caf::actor_system& system, const caf::actor& driver,
+std::vector<stage_stats> stats_blocking(caf::actor_system& system, const driver_actor& driver,
                                         std::chrono::milliseconds timeout) {
   return ask_blocking<std::vector<stage_stats>>(system, driver, timeout, stats_atom_v, "stats");
 }
 
-caf::actor spawn_driver(caf::actor_system& system, driver_config config) {
+driver_actor spawn_driver(caf::actor_system& system, driver_config config) {
   // Read here, in the caller's thread, so a bad model directory is an
   // exception for the caller rather than a dead actor.
   auto model = compute::llama_config::load(config.model / "config.json");
@@ -730,7 +732,7 @@ caf::actor spawn_driver(caf::actor_system& system, driver_config config) {
   // Scheduled, not detached: the driver only samples and forwards (cheap),
   // and a detached actor's thread would hold up actor_system shutdown until
   // the last reference to it is gone.
-  return system.spawn(driver_actor, std::move(config), std::move(model), std::move(tok), std::move(files));
+  return system.spawn(driver_behavior, std::move(config), std::move(model), std::move(tok), std::move(files));
 }
 
 }  // namespace orrery::actors

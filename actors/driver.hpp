@@ -22,13 +22,9 @@
 // sizes and hashes) goes with every stage assignment; a node whose copy
 // differs refuses to load it, naming the file.
 //
-// Protocol (all replies carry errors as caf::error naming the node):
-//   (deploy_atom)            -> void, once every stage is loaded and wired
-//   generate_request         -> generation_summary; token_event per token to the sender first
-//   (stats_atom)             -> std::vector<stage_stats>
-//   (recoveries_atom)        -> std::vector<recovery_event>
+// Its messages are driver_actor's (actors/interfaces.hpp); replies carry
+// errors as caf::error naming the node.
 
-#include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
 #include <chrono>
@@ -37,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/interfaces.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::actors {
@@ -50,7 +47,7 @@ struct placement_stage {
   /// empty host means in-process (never redialled).
   std::string host;
   std::uint16_t port = 0;
-  caf::actor node;
+  node_actor node;
   int first_layer = 0;
   int last_layer = 0;
   int threads = 1;
@@ -76,28 +73,28 @@ struct driver_config {
 
 /// Spawns a driver. Throws model_error if the model's config or tokenizer
 /// cannot be read.
-caf::actor spawn_driver(caf::actor_system& system, driver_config config);
+driver_actor spawn_driver(caf::actor_system& system, driver_config config);
 
 // -- blocking client side, for command-line tools and tests ------------------
 
 /// Deploys the driver's placement; throws std::runtime_error with the
 /// driver's explanation (which node, what went wrong).
-void deploy_blocking(caf::actor_system& system, const caf::actor& driver, std::chrono::milliseconds timeout);
+void deploy_blocking(caf::actor_system& system, const driver_actor& driver, std::chrono::milliseconds timeout);
 
 /// Sends every request at once (so they share the pipeline), calls
 /// `on_token(index, event)` for each streamed token, and returns the
 /// summaries in request order. Throws std::runtime_error when any request
 /// fails or nothing arrives for `timeout`.
 std::vector<generation_summary> generate_blocking(
-    caf::actor_system& system, const caf::actor& driver, const std::vector<generate_request>& requests,
+    caf::actor_system& system, const driver_actor& driver, const std::vector<generate_request>& requests,
     std::chrono::milliseconds timeout, const std::function<void(std::size_t, const token_event&)>& on_token = {});
 
 /// Every stage's counters, in pipeline order.
-std::vector<stage_stats> stats_blocking(caf::actor_system& system, const caf::actor& driver,
+std::vector<stage_stats> stats_blocking(caf::actor_system& system, const driver_actor& driver,
                                         std::chrono::milliseconds timeout);
 
 /// Every recovery so far, oldest first.
-std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const caf::actor& driver,
+std::vector<recovery_event> recoveries_blocking(caf::actor_system& system, const driver_actor& driver,
                                                 std::chrono::milliseconds timeout);
 
 }  // namespace orrery::actors

@@ -30,9 +30,9 @@ std::uint64_t fresh_incarnation() {
 /// fence from one session's supervisor never drops another session's stages.
 struct session_state {
   std::uint64_t incarnation = fresh_incarnation();
-  std::map<std::uint16_t, caf::actor> stages;
+  std::map<std::uint16_t, stage_actor> stages;
   caf::actor_addr driver;
-  std::map<caf::actor, std::chrono::milliseconds> watchers;
+  std::map<supervisor_actor, std::chrono::milliseconds> watchers;
 };
 
 struct node_state {
@@ -50,7 +50,7 @@ struct node_state {
   static inline const char* name = "orrery.node";
 };
 
-using node_ptr = caf::stateful_actor<node_state>*;
+using node_ptr = node_actor::stateful_pointer<node_state>;
 
 node_info describe(node_ptr self, std::uint64_t session) {
   const auto& s = self->state;
@@ -129,7 +129,7 @@ bool forget_stage(node_ptr self, const caf::actor_addr& source, const caf::error
   return false;
 }
 
-caf::result<caf::message> assign(node_ptr self, stage_assignment& assignment) {
+caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
   if (assignment.session == 0) return caf::make_error(caf::sec::runtime_error, "session 0 is reserved for link probes");
   auto& session = s.sessions[assignment.session];
@@ -143,12 +143,12 @@ caf::result<caf::message> assign(node_ptr self, stage_assignment& assignment) {
     slot = spawn_stage(self->system(),
                        {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights});
     self->link_to(slot);  // a stage lives and dies with its node
-    s.routes->add(router::handler_kind::stage, assignment.session, assignment.stage, slot);
+    s.routes->add(router::handler_kind::stage, assignment.session, assignment.stage, slot.address());
   }
   return self->delegate(slot, load_stage_atom_v, std::move(assignment));
 }
 
-caf::behavior node_actor(node_ptr self, node_config config, std::shared_ptr<router> routes, std::shared_ptr<messages::data_plane> plane) {
+node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::shared_ptr<router> routes, std::shared_ptr<messages::data_plane> plane) {
   self->state.config = std::move(config);
   self->state.routes = std::move(routes);
   self->state.data_plane = std::move(plane);
@@ -165,7 +165,8 @@ caf::behavior node_actor(node_ptr self, node_config config, std::shared_ptr<rout
       [self](stats_atom) { return self->state.routes->counts(); },
       [self](watch_atom, caf::actor& supervisor, std::int64_t interval_ms, std::uint64_t session) {
         self->monitor(supervisor);
-        self->state.sessions[session].watchers[supervisor] = std::chrono::milliseconds(std::max<std::int64_t>(interval_ms, 10));
+        self->state.sessions[session].watchers[caf::actor_cast<supervisor_actor>(supervisor)] =
+            std::chrono::milliseconds(std::max<std::int64_t>(interval_ms, 10));
         if (!self->state.beating) beat(self);
         return describe(self, session);
       },
@@ -177,17 +178,17 @@ caf::behavior node_actor(node_ptr self, node_config config, std::shared_ptr<rout
       },
       [self](load_stage_atom, stage_assignment& assignment) { return assign(self, assignment); },
       // `orrery profile`: the slow parts run in workers, so heartbeats go on.
-      [self](layer_timing_request& request) {
+      [self](layer_timing_request& request) -> caf::result<layer_timing_report> {
         const auto& c = self->state.config;
         auto timer = spawn_layer_timer(self->system(), c.name, c.device, c.dtype, c.threads, c.memory_bytes);
         return self->delegate(timer, std::move(request));
       },
-      [self](link_probe& probe) {
-        auto prober = spawn_link_prober(self->system(), self->state.data_plane, caf::actor_cast<caf::actor>(self));
+      [self](link_probe& probe) -> caf::result<link_measurement> {
+        auto prober = spawn_link_prober(self->system(), self->state.data_plane, caf::actor_cast<node_actor>(self));
         return self->delegate(prober, std::move(probe));
       },
-      [self](probe_expect_atom, std::uint64_t id, std::uint64_t answers) {
-        auto promise = self->make_response_promise();
+      [self](probe_expect_atom, std::uint64_t id, std::uint64_t answers) -> caf::result<std::uint64_t> {
+        auto promise = self->make_response_promise<std::uint64_t>();
         self->state.probes.expect(id, answers, promise);
         return promise;
       },
@@ -207,7 +208,7 @@ caf::behavior node_actor(node_ptr self, node_config config, std::shared_ptr<rout
 
 }  // namespace
 
-caf::actor spawn_node(caf::actor_system& system, node_config config) {
+node_actor spawn_node(caf::actor_system& system, node_config config) {
   auto routes = std::make_shared<router>("node " + config.name);
   const std::string name = config.name;
   messages::data_plane_options options;
@@ -218,8 +219,8 @@ caf::actor spawn_node(caf::actor_system& system, node_config config) {
       [name](const std::string& peer, const std::string& problem) {
         std::cerr << "node " << name << ": data plane link from " << peer << " closed: " << problem << "\n";
       });
-  auto node = system.spawn(node_actor, std::move(config), routes, plane);
-  routes->add(router::handler_kind::prober, probe_session, 0, node);  // the node actor is its own probe sink
+  auto node = system.spawn(node_behavior, std::move(config), routes, plane);
+  routes->add(router::handler_kind::prober, probe_session, 0, node.address());  // the node actor is its own probe sink
   return node;
 }
 

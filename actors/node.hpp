@@ -5,11 +5,12 @@
 // it, registering the stage for its session's routes. (stats_atom) answers
 // the router's route_counts.
 
-#include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
 #include <cstdint>
 #include <string>
+
+#include "actors/interfaces.hpp"
 
 namespace orrery::actors {
 
@@ -27,6 +28,6 @@ struct node_config {
 
 /// Spawns a node actor; throws std::runtime_error (naming the node and the
 /// port) when its data plane cannot listen.
-caf::actor spawn_node(caf::actor_system& system, node_config config);
+node_actor spawn_node(caf::actor_system& system, node_config config);
 
 }  // namespace orrery::actors

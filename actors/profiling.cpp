@@ -101,7 +101,7 @@ constexpr int latency_rounds = 15;
 
 class link_prober {
  public:
-  link_prober(caf::actor_system& system, std::shared_ptr<messages::link> link, caf::actor node, std::uint16_t reply_port)
+  link_prober(caf::actor_system& system, std::shared_ptr<messages::link> link, node_actor node, std::uint16_t reply_port)
       : self_(system), link_(std::move(link)), node_(std::move(node)), reply_port_(reply_port),
         buffer_(std::make_shared<std::vector<std::byte>>(bulk_frame_bytes)) {
     std::random_device entropy;
@@ -148,7 +148,7 @@ class link_prober {
 
   caf::scoped_actor self_;
   std::shared_ptr<messages::link> link_;
-  caf::actor node_;
+  node_actor node_;
   std::uint16_t reply_port_;
   std::shared_ptr<std::vector<std::byte>> buffer_;
   std::uint64_t next_id_ = 0;
@@ -156,9 +156,9 @@ class link_prober {
 
 }  // namespace
 
-caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype, int threads,
-                             std::uint64_t memory_budget) {
-  return system.spawn<caf::detached>([=](caf::event_based_actor* self) -> caf::behavior {
+layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype,
+                                    int threads, std::uint64_t memory_budget) {
+  return system.spawn<caf::detached>([=](layer_timer_actor::pointer self) -> layer_timer_actor::behavior_type {
     return {
         [=](layer_timing_request& request) -> caf::result<layer_timing_report> {
           self->quit();
@@ -186,8 +186,9 @@ caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::s
   });
 }
 
-caf::actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages::data_plane> plane, caf::actor node) {
-  return system.spawn<caf::detached>([plane, node](caf::event_based_actor* self) -> caf::behavior {
+link_prober_actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages::data_plane> plane,
+                                    node_actor node) {
+  return system.spawn<caf::detached>([plane, node](link_prober_actor::pointer self) -> link_prober_actor::behavior_type {
     return {
         [=](link_probe& probe) -> caf::result<link_measurement> {
           self->quit();
@@ -222,7 +223,7 @@ void probe_sink::received(std::uint64_t id) {
   complete_if_done(id);
 }
 
-void probe_sink::expect(std::uint64_t id, std::uint64_t answers, caf::response_promise promise) {
+void probe_sink::expect(std::uint64_t id, std::uint64_t answers, caf::typed_response_promise<std::uint64_t> promise) {
   auto& p = probes_[id];
   p.expected = answers;
   p.promise = std::move(promise);

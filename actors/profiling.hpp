@@ -14,14 +14,15 @@
 // probe over its time less that one-way latency, the probe grown until it
 // lasts long enough to see the link's rate rather than its queue.
 
-#include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
-#include <caf/response_promise.hpp>
+#include <caf/typed_response_promise.hpp>
 
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+
+#include "actors/interfaces.hpp"
 
 namespace orrery::messages {
 class data_plane;
@@ -46,12 +47,13 @@ class probe_responder {
 /// Spawns a worker that answers one layer_timing_request with a
 /// layer_timing_report (compute/layer_timing.hpp) and exits.
 /// `memory_budget` 0 means none.
-caf::actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype, int threads,
-                             std::uint64_t memory_budget);
+layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype,
+                                    int threads, std::uint64_t memory_budget);
 
 /// Spawns a worker that answers one link_probe with a link_measurement and
 /// exits; `node` is the node actor of `plane`, which counts the answers.
-caf::actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages::data_plane> plane, caf::actor node);
+link_prober_actor spawn_link_prober(caf::actor_system& system, std::shared_ptr<messages::data_plane> plane,
+                                    node_actor node);
 
 /// The answers a node has received to its probes, and the probers waiting for them.
 class probe_sink {
@@ -59,13 +61,13 @@ class probe_sink {
   /// Records one answer to probe `id`; completes its request when all are in.
   void received(std::uint64_t id);
   /// A request for probe `id` to complete once `answers` have arrived.
-  void expect(std::uint64_t id, std::uint64_t answers, caf::response_promise promise);
+  void expect(std::uint64_t id, std::uint64_t answers, caf::typed_response_promise<std::uint64_t> promise);
 
  private:
   struct probe {
     std::uint64_t received = 0;
     std::uint64_t expected = 0;
-    caf::response_promise promise;  ///< pending once a prober waits
+    caf::typed_response_promise<std::uint64_t> promise;  ///< pending once a prober waits
   };
   void complete_if_done(std::uint64_t id);
   std::map<std::uint64_t, probe> probes_;

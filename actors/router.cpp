@@ -56,9 +56,9 @@ std::string host_of(const std::string& peer) {
 
 router::router(std::string name) : name_(std::move(name)) {}
 
-void router::add(handler_kind kind, std::uint64_t session, std::uint32_t id, const caf::actor& handler) {
+void router::add(handler_kind kind, std::uint64_t session, std::uint32_t id, const caf::actor_addr& handler) {
   std::lock_guard<std::mutex> lock(mutex_);
-  handlers_[{kind, session, id}] = handler.address();
+  handlers_[{kind, session, id}] = handler;
 }
 
 void router::remove(handler_kind kind, std::uint64_t session, std::uint32_t id) {

@@ -15,7 +15,6 @@
 // Threads: dispatch runs on the data plane's io thread; registration on the
 // owning actor's. Both are quick and lock one mutex.
 
-#include <caf/actor.hpp>
 #include <caf/actor_addr.hpp>
 
 #include <cstdint>
@@ -37,7 +36,10 @@ class router {
   /// `name` (the node's, or "driver") heads the lines rejections print.
   explicit router(std::string name);
 
-  void add(handler_kind kind, std::uint64_t session, std::uint32_t id, const caf::actor& handler);
+  /// Routes of `kind` for (session, id) go to `handler` from now on. By
+  /// address: handlers of four interfaces share the table, and a finished
+  /// one is not kept alive by its route.
+  void add(handler_kind kind, std::uint64_t session, std::uint32_t id, const caf::actor_addr& handler);
   void remove(handler_kind kind, std::uint64_t session, std::uint32_t id);
 
   /// Hands `frame` to its handler: a probe_frame_atom message to the prober,

@@ -59,7 +59,7 @@ struct stage_state {
   /// longer exists (a resumed node's late output, say) and are dropped.
   std::uint64_t deployment = 0;
   std::uint64_t stale_frames = 0;
-  caf::actor driver;
+  driver_actor driver;
   std::uint64_t frames = 0;
   double compute_ms = 0;
   std::shared_ptr<transfer_counters> transfers = std::make_shared<transfer_counters>();
@@ -71,7 +71,7 @@ struct stage_state {
   }
 };
 
-using stage_actor_ptr = caf::stateful_actor<stage_state>*;
+using stage_actor_ptr = stage_actor::stateful_pointer<stage_state>;
 
 caf::error stage_error(const std::string& text) {
   return caf::make_error(caf::sec::runtime_error, text);
@@ -242,12 +242,12 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
                  transfers->nanoseconds += static_cast<std::uint64_t>(
                      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
                  transfers->bytes += bytes;
-                 if (auto driver = caf::actor_cast<caf::actor>(weak); driver && !error.empty())
+                 if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
                    caf::anon_send(driver, request_failure{request, where + ": " + error, true});
                });
 }
 
-caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
+stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context context) {
   self->state.context = std::move(context);
   return {
       [self](load_stage_atom, stage_assignment& assignment) { return load(self, assignment); },
@@ -256,7 +256,7 @@ caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
         auto& s = self->state;
         if (deployment != s.deployment) return stage_error(s.where() + ": told to wire deployment " + std::to_string(deployment) +
                                                            " but loaded for " + std::to_string(s.deployment));
-        s.driver = driver;
+        s.driver = caf::actor_cast<driver_actor>(driver);
         const bool same_hop = s.next && s.next->is_open() && hop.host == s.hop.host && hop.port == s.hop.port;
         s.hop = hop;
         if (same_hop) return caf::unit;
@@ -286,8 +286,8 @@ caf::behavior stage_actor(stage_actor_ptr self, stage_context context) {
 
 }  // namespace
 
-caf::actor spawn_stage(caf::actor_system& system, stage_context context) {
-  return system.spawn<caf::detached>(stage_actor, std::move(context));
+stage_actor spawn_stage(caf::actor_system& system, stage_context context) {
+  return system.spawn<caf::detached>(stage_behavior, std::move(context));
 }
 
 }  // namespace orrery::actors

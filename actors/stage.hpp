@@ -5,11 +5,12 @@
 // next hop: hidden states (and the frame's tokens) to the next stage, or,
 // from the stage holding the head, the token it sampled to the session.
 
-#include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
 #include <memory>
 #include <string>
+
+#include "actors/interfaces.hpp"
 
 namespace orrery::messages {
 class data_plane;
@@ -32,6 +33,6 @@ struct stage_context {
 };
 
 /// Spawns an empty stage; it loads its shard on (load_stage_atom, stage_assignment).
-caf::actor spawn_stage(caf::actor_system& system, stage_context context);
+stage_actor spawn_stage(caf::actor_system& system, stage_context context);
 
 }  // namespace orrery::actors

@@ -1,11 +1,11 @@
 #include "actors/supervisor.hpp"
 
 #include <caf/all.hpp>
-#include <caf/io/middleman.hpp>
 
 #include <iostream>
 #include <set>
 
+#include "actors/remote_actor.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::actors {
@@ -31,7 +31,7 @@ struct supervisor_state {
   static inline const char* name = "orrery.supervisor";
 };
 
-using supervisor_ptr = caf::stateful_actor<supervisor_state>*;
+using supervisor_ptr = supervisor_actor::stateful_pointer<supervisor_state>;
 
 member* find(supervisor_ptr self, const std::string& name) {
   for (auto& m : self->state.members)
@@ -47,7 +47,7 @@ void declare_dead(supervisor_ptr self, member& m, const std::string& reason) {
   if (!m.alive) return;
   m.alive = false;
   m.dead_incarnations.insert(m.incarnation);
-  if (m.spec.handle) self->demonitor(m.spec.handle);
+  if (m.spec.handle) self->demonitor(m.spec.handle.address());
   m.spec.handle = nullptr;
   m.next_dial = clock_type::now() + self->state.config.reconnect_interval;
   std::cerr << "supervisor: node '" << m.spec.name << "' (incarnation " << m.incarnation << ") is dead: " << reason
@@ -55,7 +55,7 @@ void declare_dead(supervisor_ptr self, member& m, const std::string& reason) {
   self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, false, reason, {}, {}});
 }
 
-void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_info& info) {
+void admit(supervisor_ptr self, member& m, const node_actor& handle, const node_info& info) {
   m.alive = true;
   m.dialling = false;
   m.incarnation = info.incarnation;
@@ -63,7 +63,8 @@ void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_
   m.last_seen = clock_type::now();
   self->monitor(handle);
   std::cerr << "supervisor: node '" << m.spec.name << "' rejoined as incarnation " << info.incarnation << std::endl;
-  self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, true, "rejoined", handle, info});
+  self->send(self->state.config.subscriber,
+             node_verdict{m.spec.name, m.incarnation, true, "rejoined", caf::actor_cast<caf::actor>(handle), info});
 }
 
 // Registers this supervisor with the node, which starts heartbeats. A member
@@ -71,7 +72,7 @@ void admit(supervisor_ptr self, member& m, const caf::actor& handle, const node_
 // always fenced before it is admitted: whatever it holds (a resumed node's
 // old stages) belongs to a layout that is gone, and the fence gives it an
 // incarnation nobody has declared dead.
-void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool returning) {
+void watch(supervisor_ptr self, const std::string& name, node_actor handle, bool returning) {
   const auto& c = self->state.config;
   self->request(handle, c.connect_timeout, watch_atom_v, caf::actor_cast<caf::actor>(self),
                 static_cast<std::int64_t>(c.heartbeat_interval.count()), c.session)
@@ -110,27 +111,23 @@ void watch(supervisor_ptr self, const std::string& name, caf::actor handle, bool
           });
 }
 
-// What middleman::remote_actor does, with a deadline and without blocking.
 void dial(supervisor_ptr self, member& m) {
   m.dialling = true;
   m.next_dial = clock_type::now() + self->state.config.reconnect_interval;
-  auto name = m.spec.name;
-  self->request(self->system().middleman().actor_handle(), self->state.config.connect_timeout, caf::connect_atom_v,
-                m.spec.host, m.spec.port)
-      .then(
-          [self, name](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
-            auto handle = caf::actor_cast<caf::actor>(ptr);
-            auto* m = find(self, name);
-            if (!m) return;
-            if (!handle) {
-              m->dialling = false;
-              return;
-            }
-            watch(self, name, handle, true);
-          },
-          [self, name](caf::error&) {
-            if (auto* m = find(self, name)) m->dialling = false;
-          });
+  request_remote_node(self, m.spec.host, m.spec.port, self->state.config.connect_timeout,
+                      [self, name = m.spec.name](caf::expected<node_actor> found) {
+                        auto* m = find(self, name);
+                        if (!m) return;
+                        if (!found) {
+                          if (found.error() == caf::sec::unexpected_actor_messaging_interface)
+                            std::cerr << "supervisor: what answers at " << m->spec.host << ":" << m->spec.port
+                                      << " is not an orrery node of this version (its messages differ); not admitting it"
+                                      << std::endl;
+                          m->dialling = false;
+                          return;
+                        }
+                        watch(self, name, *found, true);
+                      });
 }
 
 void tick(supervisor_ptr self) {
@@ -166,12 +163,12 @@ void on_heartbeat(supervisor_ptr self, const heartbeat& beat) {
   } else if (m->dead_incarnations.count(beat.incarnation) > 0) {
     // A frozen node that was resumed: it must not serve its old layers.
     // Anonymous: the node's answer (its new incarnation) is learnt on redial.
-    caf::anon_send(caf::actor_cast<caf::actor>(self->current_sender()), fence_atom_v, self->state.config.session,
+    caf::anon_send(caf::actor_cast<node_actor>(self->current_sender()), fence_atom_v, self->state.config.session,
                    beat.incarnation);
   }
 }
 
-caf::behavior supervisor_actor(supervisor_ptr self, supervisor_config config) {
+supervisor_actor::behavior_type supervisor_behavior(supervisor_ptr self, supervisor_config config) {
   auto& s = self->state;
   s.config = std::move(config);
   // Members start alive (the driver has just connected to them) until their
@@ -199,8 +196,8 @@ caf::behavior supervisor_actor(supervisor_ptr self, supervisor_config config) {
 
 }  // namespace
 
-caf::actor spawn_supervisor(caf::actor_system& system, supervisor_config config) {
-  return system.spawn(supervisor_actor, std::move(config));
+supervisor_actor spawn_supervisor(caf::actor_system& system, supervisor_config config) {
+  return system.spawn(supervisor_behavior, std::move(config));
 }
 
 }  // namespace orrery::actors

@@ -17,13 +17,14 @@
 // resumed node rejoins by itself. Verdicts go to one subscriber (the driver),
 // which moves layers and replays requests.
 
-#include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "actors/interfaces.hpp"
 
 namespace orrery::actors {
 
@@ -32,7 +33,7 @@ struct supervised_node {
   /// Where to redial it; empty: never (an in-process node).
   std::string host;
   std::uint16_t port = 0;
-  caf::actor handle;
+  node_actor handle;
 };
 
 struct supervisor_config {
@@ -46,9 +47,9 @@ struct supervisor_config {
   std::chrono::milliseconds reconnect_interval{1000};
   std::chrono::milliseconds connect_timeout{3000};
   /// Receives a node_verdict for every death and every return.
-  caf::actor subscriber;
+  verdict_listener subscriber;
 };
 
-caf::actor spawn_supervisor(caf::actor_system& system, supervisor_config config);
+supervisor_actor spawn_supervisor(caf::actor_system& system, supervisor_config config);
 
 }  // namespace orrery::actors

@@ -33,13 +33,13 @@ struct host_config : caf::actor_system_config {
 // The host's actor: collects the streamed tokens of each question and replies
 // with the answer text once the driver's summary arrives.
 struct chat_state {
-  caf::actor driver;
+  orrery::actors::driver_actor driver;
   std::string answer;
   caf::response_promise pending;
   static inline const char* name = "host.chat";
 };
 
-caf::behavior chat_service(caf::stateful_actor<chat_state>* self, caf::actor driver) {
+caf::behavior chat_service(caf::stateful_actor<chat_state>* self, orrery::actors::driver_actor driver) {
   self->state.driver = driver;
   return {
       [self](host::ask_atom, const std::string& prompt) {
@@ -49,14 +49,16 @@ caf::behavior chat_service(caf::stateful_actor<chat_state>* self, caf::actor dri
         request.prompt = prompt;
         request.max_new_tokens = 16;
         request.stop_at_eos = false;
-        self->send(self->state.driver, request);
+        // A dynamically typed actor talks to the typed driver with request()
+        // (CAF checks the answer type); its tokens arrive as token_events first.
+        self->request(self->state.driver, caf::infinite, request)
+            .then([self](orrery::generation_summary& s) {
+                    self->state.pending.deliver(self->state.answer, static_cast<std::int32_t>(s.tokens.size()));
+                  },
+                  [self](caf::error& e) { self->state.pending.deliver(e); });
         return self->state.pending;
       },
       [self](orrery::token_event& e) { self->state.answer += e.text; },
-      [self](orrery::generation_summary& s) {
-        self->state.pending.deliver(self->state.answer, static_cast<std::int32_t>(s.tokens.size()));
-      },
-      [self](caf::error& e) { self->state.pending.deliver(e); },
   };
 }
 
@@ -75,7 +77,7 @@ int main(int argc, char** argv) {
     const int layers = orrery::compute::llama_config::load(model + "/config.json").num_layers;
     orrery::actors::driver_config dc;
     dc.model = model;
-    std::vector<caf::actor> nodes;
+    std::vector<orrery::actors::node_actor> nodes;
     for (int i = 0; i < 2; ++i) {
       nodes.push_back(orrery::actors::spawn_node(system, {"host-node-" + std::to_string(i)}));
       dc.stages.push_back({"host-node-" + std::to_string(i), "", 0, nodes.back(), i * layers / 2,
@@ -95,7 +97,8 @@ int main(int argc, char** argv) {
               status = tokens == 16 ? 0 : 1;
             },
             [&](caf::error& e) { std::cerr << "host service failed: " << system.render(e) << "\n"; });
-    for (const auto& a : {chat, driver}) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(chat, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(driver, caf::exit_reason::user_shutdown);
     for (const auto& n : nodes) caf::anon_send_exit(n, caf::exit_reason::user_shutdown);
     return status;
   } catch (const std::exception& e) {

@@ -31,8 +31,8 @@ namespace {
 struct in_process_pipeline {
   test::registered_config config;
   caf::actor_system system{config};
-  std::vector<caf::actor> nodes;
-  caf::actor driver;
+  std::vector<actors::node_actor> nodes;
+  actors::driver_actor driver;
 
   in_process_pipeline(const std::filesystem::path& model, const std::vector<int>& cuts) {
     actors::driver_config dc;

@@ -47,8 +47,8 @@ TEST_CASE("a router hands each route to its handler and names every frame it rej
   caf::actor_system system{config};
   caf::scoped_actor stage{system}, session{system};
   auto r = std::make_shared<router>("test");
-  r->add(router::handler_kind::stage, 5, 2, caf::actor_cast<caf::actor>(stage));
-  r->add(router::handler_kind::session, 5, 0, caf::actor_cast<caf::actor>(session));
+  r->add(router::handler_kind::stage, 5, 2, caf::actor_cast<caf::actor_addr>(stage));
+  r->add(router::handler_kind::session, 5, 0, caf::actor_cast<caf::actor_addr>(session));
 
   const auto hidden = at::arange(6, at::kFloat).view({2, 3});
   const auto tokens = at::tensor(std::vector<std::int64_t>{7, 8}, at::kLong);

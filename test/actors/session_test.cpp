@@ -37,7 +37,7 @@ void flip_a_byte(const std::filesystem::path& file, std::uint64_t at) {
 }
 
 // What the node answers to an assignment of layers [0, 4) in `session`.
-std::string load(caf::actor_system& system, const caf::actor& node, std::uint64_t session,
+std::string load(caf::actor_system& system, const actors::node_actor& node, std::uint64_t session,
                  const std::filesystem::path& dir, const std::vector<model_file>& files) {
   caf::scoped_actor self{system};
   stage_assignment a{session, 1, 0, 0, 4, dir.string(), files, "", 1};
@@ -93,7 +93,7 @@ TEST_CASE("two sessions on one node have their own stages and share one copy of 
   caf::actor_system system{config};
   // A budget of one copy and a half: two sessions fit only when they share.
   auto node = actors::spawn_node(system, {"n", "cpu", "fp32", weights * 3 / 2, 1, "127.0.0.1", 0});
-  std::vector<caf::actor> drivers;
+  std::vector<actors::driver_actor> drivers;
   for (int session = 0; session < 2; ++session) {
     actors::driver_config dc;
     dc.model = dir / "m";
