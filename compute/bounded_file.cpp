@@ -5,9 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <string>
 
+#include "compute/message_text.hpp"
 #include "compute/model_error.hpp"
 
 namespace orrery::compute {
@@ -35,7 +35,7 @@ std::string read_all(const regular_file& file, const std::filesystem::path& path
   while (filled < text.size()) {
     auto got = ::read(file.descriptor(), text.data() + filled, text.size() - filled);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) fail(path, std::string("cannot read: ") + std::strerror(errno));
+    if (got < 0) fail(path, errno_text("cannot read"));
     if (got == 0) break;
     filled += static_cast<std::size_t>(got);
   }
@@ -47,12 +47,12 @@ std::string read_all(const regular_file& file, const std::filesystem::path& path
 
 regular_file::regular_file(const std::filesystem::path& path) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd_ < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  if (fd_ < 0) fail(path, errno_text("cannot open"));
   struct stat st {};
   if (::fstat(fd_, &st) != 0) {
     const int error = errno;
     ::close(fd_);
-    fail(path, std::string("cannot stat: ") + std::strerror(error));
+    fail(path, errno_text("cannot stat", error));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd_);

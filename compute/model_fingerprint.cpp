@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "compute/bounded_file.hpp"
+#include "compute/message_text.hpp"
 #include "compute/model_error.hpp"
 
 namespace orrery::compute {
@@ -67,7 +68,7 @@ std::uint64_t hash_file(const std::filesystem::path& file) {
   for (;;) {
     auto got = ::read(in.descriptor(), buffer.data() + filled, buffer.size() - filled);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) fail(file, std::string("cannot read: ") + std::strerror(errno));
+    if (got < 0) fail(file, errno_text("cannot read"));
     filled += static_cast<std::size_t>(got);
     if (got == 0 || filled == buffer.size()) {
       const std::size_t whole = filled / 32 * 32;
@@ -108,7 +109,7 @@ std::uint64_t content_hash(const std::filesystem::path& file) {
   static std::mutex mutex;
   static std::map<key, std::uint64_t> known;
   struct stat st {};
-  if (::stat(file.c_str(), &st) != 0) fail(file, std::string("cannot stat: ") + std::strerror(errno));
+  if (::stat(file.c_str(), &st) != 0) fail(file, errno_text("cannot stat"));
   const key k{std::filesystem::absolute(file).lexically_normal().string(),
               static_cast<std::int64_t>(st.st_size),
               static_cast<std::int64_t>(st.st_mtim.tv_sec),

@@ -4,13 +4,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <utility>
 
 #include "compute/bounded_file.hpp"
+#include "compute/message_text.hpp"
 #include "compute/model_error.hpp"
 
 namespace orrery::compute {
@@ -139,7 +139,7 @@ std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesy
   const auto size = source.size();
   if (size < 8) fail(path, "truncated: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, source.descriptor(), 0);
-  if (map == MAP_FAILED) fail(path, std::string("cannot map: ") + std::strerror(errno));
+  if (map == MAP_FAILED) fail(path, errno_text("cannot map"));
   file->map_ = map;
   file->map_size_ = size;
 

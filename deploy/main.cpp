@@ -7,8 +7,10 @@
 #include <exception>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "compute/error_text.hpp"
+#include "compute/message_text.hpp"
 #include "deploy/bench/bench_command.hpp"
 #include "deploy/cli/commands.hpp"
 
@@ -34,9 +36,9 @@ std::string command_path(const CLI::App& command) {
 // required": name the word it did not know, or say that one is missing, and
 // list what would have been accepted.
 std::string command_problem(const CLI::App& command) {
-  std::string known;
-  for (const CLI::App* sub : command.get_subcommands([](const CLI::App*) { return true; }))
-    known += (known.empty() ? "" : ", ") + sub->get_name();
+  std::vector<std::string> names;
+  for (const CLI::App* sub : command.get_subcommands([](const CLI::App*) { return true; })) names.push_back(sub->get_name());
+  const std::string known = orrery::compute::join(names);
   const std::string path = command_path(command);
   const auto left = command.remaining();
   if (!left.empty() && left.front().rfind('-', 0) != 0)

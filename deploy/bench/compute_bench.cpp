@@ -13,6 +13,7 @@
 #include "compute/cpu_threads.hpp"
 #include "compute/decode_graph.hpp"
 #include "compute/gemv.hpp"
+#include "compute/message_text.hpp"
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/shard.hpp"
@@ -104,10 +105,10 @@ double measure_device_copy_bandwidth(at::Device device, int repeats = 10) {
 // Runs the HF reference script and returns the JSON of its last line.
 nlohmann::json run_hf_reference(const compute_bench_options& o, const std::string& dtype,
                                 const std::vector<token_id>& prompt) {
-  std::string ids;
-  for (auto id : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  std::vector<std::string> ids;
+  for (auto id : prompt) ids.push_back(std::to_string(id));
   std::string command = "python3 '" + o.hf_script + "' bench --model '" + o.model.string() + "' --device " + o.device +
-                        " --dtype " + dtype + " --ids " + ids + " --new-tokens " + std::to_string(o.new_tokens) +
+                        " --dtype " + dtype + " --ids " + join(ids, ",") + " --new-tokens " + std::to_string(o.new_tokens) +
                         " --repeats " + std::to_string(o.repeats);
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(command.c_str(), "r"), ::pclose);
   if (!pipe) throw std::runtime_error("cannot run " + o.hf_script);

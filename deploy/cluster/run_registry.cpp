@@ -10,18 +10,15 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "compute/message_text.hpp"
+
 namespace orrery::deploy {
 
 namespace {
-
-std::string system_error(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
 
 /// The arguments of process `pid`; empty if it is gone or a zombie.
 std::vector<std::string> command_line(pid_t pid) {
@@ -71,7 +68,7 @@ std::filesystem::path runtime_directory() {
 void make_runtime_directory() {
   const auto dir = runtime_directory();
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-    throw std::runtime_error(system_error("cannot create the run registry directory " + dir.string()));
+    throw std::runtime_error(compute::errno_text("cannot create the run registry directory " + dir.string()));
   struct stat info {};
   if (::lstat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != ::getuid())
     throw std::runtime_error(dir.string() + " is not a directory owned by this user (uid " + std::to_string(::getuid()) +
@@ -148,7 +145,7 @@ std::optional<node_process> node_process::open(const registered_node& node, cons
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, node.pid, 0));
   if (pidfd < 0) {
     if (errno == ESRCH) return std::nullopt;
-    throw std::runtime_error(system_error("cannot open node '" + node.name + "' pid " + std::to_string(node.pid)));
+    throw std::runtime_error(compute::errno_text("cannot open node '" + node.name + "' pid " + std::to_string(node.pid)));
   }
   node_process process(node, pidfd);
   // The command line is read after the pidfd was opened and the process is
@@ -172,7 +169,7 @@ node_process::node_process(node_process&& other) noexcept : node_(std::move(othe
 bool node_process::send(int signal) const {
   if (::syscall(SYS_pidfd_send_signal, pidfd_, signal, nullptr, 0) == 0) return true;
   if (errno == ESRCH) return false;
-  throw std::runtime_error(system_error("cannot send signal " + std::to_string(signal) + " to " + label()));
+  throw std::runtime_error(compute::errno_text("cannot send signal " + std::to_string(signal) + " to " + label()));
 }
 
 bool node_process::exited_within(std::chrono::milliseconds timeout) const {

@@ -17,6 +17,10 @@
 // namespace, cgroup, process and file it creates in a state file, rewritten
 // after each one: `down` (and `up`'s own rollback when a step fails) removes
 // what the file lists and nothing else.
+//
+// The parts: emulation.hpp (namespaces, links, shaping, cgroups), process.hpp
+// (the programs it starts), testbed_state.hpp (the state file), testbed.cpp
+// (up, down, exec, status).
 
 #include <sys/types.h>
 
