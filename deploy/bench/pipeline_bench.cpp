@@ -79,7 +79,7 @@ nlohmann::json run(const pipeline_bench_options& o) {
     before = client.stats();
     one = client.generate({remote})[0];
     after_one = client.stats();
-    pipeline.push_back(decode_ms_per_token(one));
+    pipeline.push_back(compute::decode_ms_per_token(one.decode_ms, one.tokens.size()));
   }
   const double single_ms = compute::median(single), pipeline_ms = compute::median(pipeline);
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "compute/generation.hpp"
 #include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/compute_bench.hpp"
 #include "deploy/cli/flag_checks.hpp"
@@ -45,7 +46,7 @@ measurement measure(const placement_plan& plan, const placement_bench_options& o
   }
   auto summaries = client.generate(requests);
   double sum = 0;
-  for (const auto& s : summaries) sum += decode_ms_per_token(s);
+  for (const auto& s : summaries) sum += compute::decode_ms_per_token(s.decode_ms, s.tokens.size());
   measurement m;
   m.decode_ms_per_token = sum / static_cast<double>(summaries.size());
   m.tokens_per_s = o.requests * 1e3 / m.decode_ms_per_token;

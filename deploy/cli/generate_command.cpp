@@ -48,7 +48,7 @@ void generate_over_topology(const generate_options& o) {
   auto summary = generate_over(client, to_message(o.request), std::cout, std::cerr);
   if (automatic)
     std::cerr << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
-              << decode_ms_per_token(summary) << " ms/token\n";
+              << compute::decode_ms_per_token(summary.decode_ms, summary.tokens.size()) << " ms/token\n";
 }
 
 }  // namespace

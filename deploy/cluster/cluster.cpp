@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "actors/node.hpp"
+#include "compute/generation.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/types.hpp"
 
@@ -160,10 +161,6 @@ std::vector<recovery_event> pipeline_client::recoveries() {
   return actors::recoveries_blocking(*system_, driver_, topology_.request_timeout);
 }
 
-double decode_ms_per_token(const generation_summary& summary) {
-  return summary.tokens.size() > 1 ? summary.decode_ms / static_cast<double>(summary.tokens.size() - 1) : 0.0;
-}
-
 generation_summary generate_over(pipeline_client& client, const generate_request& request, std::ostream& text,
                                  std::ostream& out) {
   text << request.prompt << std::flush;
@@ -171,7 +168,7 @@ generation_summary generate_over(pipeline_client& client, const generate_request
     text << compute::printable(e.text) << std::flush;
   })[0];
   text << "\n" << std::flush;
-  const double ms_per_token = decode_ms_per_token(summary);
+  const double ms_per_token = compute::decode_ms_per_token(summary.decode_ms, summary.tokens.size());
   char line[256];
   std::snprintf(line, sizeof line, "-- %zu tokens | prefill %.1f ms (%zu prompt tokens) | decode %.2f ms/token | %.1f tokens/s\n",
                 summary.tokens.size(), summary.prefill_ms, summary.prompt_tokens.size(), ms_per_token,

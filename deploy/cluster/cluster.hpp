@@ -70,9 +70,6 @@ class pipeline_client {
   caf::actor driver_;
 };
 
-/// Decode time per generated token after the first (which the prefill makes).
-double decode_ms_per_token(const generation_summary& summary);
-
 /// Generates over a running topology, streaming the prompt and the text to
 /// `text`, then prints the figures to `figures`: prefill, decode ms/token,
 /// tokens/s, and each stage's compute and transfer times. Apart, so that
