@@ -7,12 +7,14 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "deploy/bench/bench_command.hpp"
+#include "deploy/bench/compute_bench.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "planning/asteroid.hpp"
 #include "planning/edgeshard.hpp"
@@ -35,8 +37,7 @@ double median_ms(int repeat, const Run& run) {
     run();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  return compute::median(std::move(ms));
 }
 
 // A random heterogeneous cluster with room for the model (memory 1.5-2.5x).
