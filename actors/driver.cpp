@@ -4,7 +4,6 @@
 #include <caf/all.hpp>
 
 #include <algorithm>
-#include <iostream>
 #include <map>
 #include <random>
 #include <variant>
@@ -18,7 +17,9 @@
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/sampler.hpp"
+#include "messages/errors.hpp"
 #include "messages/frame.hpp"
+#include "messages/log.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/types.hpp"
@@ -100,9 +101,15 @@ struct driver_state {
 
 using driver_ptr = driver_actor::stateful_pointer<driver_state>;
 
-caf::error driver_error(const std::string& text) {
-  return caf::make_error(caf::sec::runtime_error, text);
+/// The driver's logger; every line names the session.
+const logger& log(driver_ptr self) {
+  static const logger driver_log("driver");
+  return driver_log;
 }
+
+std::string session_of(driver_ptr self) { return "session " + std::to_string(self->state.session) + ": "; }
+
+caf::error driver_error(errc code, const std::string& text) { return make_error(code, text); }
 
 std::string describe(const placement_stage& s) {
   if (s.host.empty()) return "node '" + s.node_name + "'";
@@ -113,6 +120,14 @@ std::string explain(const caf::error& e, const placement_stage& s, std::chrono::
   if (e == caf::sec::request_timeout)
     return describe(s) + " did not answer within " + std::to_string(timeout.count()) + " ms";
   return describe(s) + ": " + error_text(e);
+}
+
+// `e` from node `s` as an orrery error naming the node: a node's own error
+// keeps its code (a copy that differs stays model_mismatch); CAF's (a
+// timeout, a lost connection) means the node cannot be reached.
+caf::error explained(const caf::error& e, const placement_stage& s, std::chrono::milliseconds timeout) {
+  const auto code = e.category() == caf::atom("orrery") ? static_cast<errc>(e.code()) : errc::unreachable;
+  return make_error(code, explain(e, s, timeout));
 }
 
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
@@ -129,7 +144,7 @@ void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary>
 void fail_all(driver_ptr self, const std::string& why) {
   std::vector<std::uint64_t> ids;
   for (const auto& [id, r] : self->state.requests) ids.push_back(id);
-  for (auto id : ids) finish(self, id, driver_error(why));
+  for (auto id : ids) finish(self, id, driver_error(errc::request_failed, why));
 }
 
 // How often the driver checks request deadlines while requests are in flight.
@@ -151,7 +166,7 @@ void check_deadlines(driver_ptr self) {
     for (const auto& [id, r] : s.requests)
       if (clock_type::now() > r.deadline) late.push_back(id);
   for (auto id : late)
-    finish(self, id, driver_error("no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
+    finish(self, id, driver_error(errc::request_failed, "no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
   if (!s.requests.empty()) watch_deadlines(self);
 }
 
@@ -196,7 +211,7 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
       logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
     }
   } catch (const std::exception& e) {
-    return finish(self, id, driver_error("the last stage's answer is malformed: " + std::string(e.what())));
+    return finish(self, id, driver_error(errc::request_failed, "the last stage's answer is malformed: " + std::string(e.what())));
   }
   if (r.replayed_by >= 0) {
     auto& event = s.recoveries.at(static_cast<std::size_t>(r.replayed_by));
@@ -223,9 +238,9 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
 
 caf::result<generation_summary> start_request(driver_ptr self, generate_request& request) {
   auto& s = self->state;
-  if (!s.broken.empty()) return driver_error(s.broken);
-  if (!s.deployed) return driver_error("the driver has not deployed its placement yet (send deploy_atom first)");
-  if (request.max_new_tokens < 1) return driver_error("max-tokens must be at least 1");
+  if (!s.broken.empty()) return driver_error(errc::no_capacity, s.broken);
+  if (!s.deployed) return driver_error(errc::not_ready, "the driver has not deployed its placement yet (send deploy_atom first)");
+  if (request.max_new_tokens < 1) return driver_error(errc::invalid_request, "max-tokens must be at least 1");
   compute::sampling_params params{request.temperature, request.top_k, request.top_p, request.repetition_penalty,
                                   request.seed};
   auto prompt = compute::prompt_tokens(*s.tok, request.prompt);
@@ -233,7 +248,7 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
     params.validate();
     compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
   } catch (const std::exception& e) {
-    return driver_error(e.what());
+    return driver_error(errc::invalid_request, e.what());
   }
   const auto id = s.next_request++;
   // Read the sender first: making the promise takes it out of the message.
@@ -277,7 +292,8 @@ std::vector<planning::stage> placed_layout(driver_ptr self) {
   return layout;
 }
 
-using layout_done = std::function<void(driver_ptr, std::vector<stage_ready>, std::string)>;
+/// The end of a layout change: the stages loaded and wired, or (no stages) the error.
+using layout_done = std::function<void(driver_ptr, std::vector<stage_ready>, caf::error)>;
 
 // Wires each stage to the next (the last to this driver) under deployment
 // `d`, then points the driver's own link at the first stage.
@@ -302,17 +318,18 @@ void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target,
               try {
                 s.first_link = s.plane->connect(first.data_host, first.data_port, s.config.connect_timeout);
               } catch (const std::exception& e) {
-                return done(self, {}, std::string("cannot reach the first stage's data plane: ") + e.what());
+                return done(self, {},
+                            make_error(errc::unreachable, std::string("cannot reach the first stage's data plane: ") + e.what()));
               }
               s.layout = target;
               s.ready = ready;
               s.switching = false;
-              done(self, ready, "");
+              done(self, ready, caf::none);
             },
             [self, d, k, target, done](caf::error& e) {
               auto& s = self->state;
               if (s.deployment != d) return;
-              done(self, {}, explain(e, s.nodes[target[k].device].spec, s.config.request_timeout));
+              done(self, {}, explained(e, s.nodes[target[k].device].spec, s.config.request_timeout));
             });
   }
 }
@@ -325,7 +342,7 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
   const auto d = ++s.deployment;
   // Several stages may fail one change: the first failure reports it.
   auto reported = std::make_shared<bool>(false);
-  layout_done done = [reported, report](driver_ptr self, std::vector<stage_ready> ready, std::string error) {
+  layout_done done = [reported, report](driver_ptr self, std::vector<stage_ready> ready, caf::error error) {
     if (!std::exchange(*reported, true)) report(self, std::move(ready), std::move(error));
   };
   s.switching = true;
@@ -353,7 +370,7 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
             [self, d, i, target, done](caf::error& e) {
               auto& s = self->state;
               if (s.deployment != d) return;
-              done(self, {}, explain(e, s.nodes[target[i].device].spec, s.config.request_timeout));
+              done(self, {}, explained(e, s.nodes[target[i].device].spec, s.config.request_timeout));
             });
   }
 }
@@ -394,8 +411,8 @@ std::vector<planning::stage> first_layout(driver_ptr self) {
   const auto& nodes = self->state.nodes;
   if (std::all_of(nodes.begin(), nodes.end(), [](const auto& n) { return n.alive; })) return placed_layout(self);
   auto plan = planning::plan_after_loss(placed_layout(self), cluster_state_of(self));
-  std::cerr << "driver: planned around " << node_names(self, false) << " (" << plan.how
-            << "):" << describe_layout(self, plan.stages) << std::endl;
+  log(self).info(session_of(self) + "planned around " + node_names(self, false) + " (" + plan.how +
+                 "):" + describe_layout(self, plan.stages));
   return plan.stages;
 }
 
@@ -422,8 +439,8 @@ void survey(driver_ptr self, std::function<void(driver_ptr, int)> then) {
             },
             [self, k, lost, answered](caf::error& e) {
               auto& n = self->state.nodes[k];
-              std::cerr << "driver: " << explain(e, n.spec, self->state.config.request_timeout) << "; planning around it"
-                        << std::endl;
+              log(self).info(session_of(self) + explain(e, n.spec, self->state.config.request_timeout) +
+                             "; planning around it");
               n.alive = false;
               n.spec.node = nullptr;
               ++*lost;
@@ -439,16 +456,16 @@ void survey(driver_ptr self, std::function<void(driver_ptr, int)> then) {
 // answer.
 void place(driver_ptr self, caf::response_promise promise, int attempts) {
   if (std::none_of(self->state.nodes.begin(), self->state.nodes.end(), [](const auto& n) { return n.alive; }))
-    return promise.deliver(driver_error("no node of the placement is there"));
+    return promise.deliver(driver_error(errc::unreachable, "no node of the placement is there"));
   std::vector<planning::stage> layout;
   try {
     layout = first_layout(self);
   } catch (const planning::infeasible_error& e) {
     return promise.deliver(
-        driver_error("the nodes there (" + node_names(self, true) + ") cannot hold the model: " + e.what()));
+        driver_error(errc::no_capacity, "the nodes there (" + node_names(self, true) + ") cannot hold the model: " + e.what()));
   }
-  switch_layout(self, layout, [promise, attempts](driver_ptr self, std::vector<stage_ready>, std::string error) mutable {
-    if (error.empty()) {
+  switch_layout(self, layout, [promise, attempts](driver_ptr self, std::vector<stage_ready>, caf::error error) mutable {
+    if (!error) {
       self->state.deployed = true;
       start_supervisor(self);
       return promise.deliver(caf::unit);
@@ -456,7 +473,7 @@ void place(driver_ptr self, caf::response_promise promise, int attempts) {
     survey(self, [promise, attempts, error](driver_ptr self, int lost) mutable {
       if (lost == 0 || attempts == 0) {
         self->state.switching = false;
-        return promise.deliver(driver_error(error));
+        return promise.deliver(error);
       }
       place(self, promise, attempts - 1);
     });
@@ -484,8 +501,9 @@ void replay(driver_ptr self, std::size_t event_index, const std::vector<stage_re
   }
   event.deployment = s.deployment;
   event.requests_replayed = static_cast<std::int32_t>(s.requests.size());
-  std::cerr << "driver: pipeline rewired as deployment " << s.deployment << " (" << event.layers_moved
-            << " layers loaded), replaying " << s.requests.size() << " request(s)" << std::endl;
+  log(self).info(session_of(self) + "pipeline rewired as deployment " + std::to_string(s.deployment) + " (" +
+                 std::to_string(event.layers_moved) + " layers loaded), replaying " + std::to_string(s.requests.size()) +
+                 " request(s)");
   for (auto& [id, r] : s.requests) {
     r.replayed_by = static_cast<int>(event_index);
     send_step(self, id, r.history, 0);
@@ -495,9 +513,9 @@ void replay(driver_ptr self, std::size_t event_index, const std::vector<stage_re
 // What a recovery's layout change does when it ends; `event_index` is the
 // recovery_event it serves.
 layout_done after_switch(std::size_t event_index) {
-  return [event_index](driver_ptr self, std::vector<stage_ready> ready, std::string error) {
+  return [event_index](driver_ptr self, std::vector<stage_ready> ready, caf::error error) {
     auto& s = self->state;
-    if (error.empty()) {
+    if (!error) {
       s.retries_left = layout_retries;
       s.awaiting_nodes = false;
       s.broken.clear();
@@ -505,13 +523,13 @@ layout_done after_switch(std::size_t event_index) {
     }
     // Most often a node the new layout needs died during the change: its
     // verdict is on the way and starts a newer change. Otherwise try again.
-    std::cerr << "driver: layout change " << s.deployment << " failed: " << error << std::endl;
+    log(self).warn(session_of(self) + "layout change " + std::to_string(s.deployment) + " failed: " + error_text(error));
     if (s.retries_left-- > 0) {
       self->delayed_send(self, s.config.heartbeat_deadline * 2, retry_atom_v, s.deployment, false);
       return;
     }
     s.switching = false;
-    s.broken = "cannot rebuild the pipeline: " + error;
+    s.broken = "cannot rebuild the pipeline: " + error_text(error);
     fail_all(self, s.broken);
   };
 }
@@ -536,7 +554,8 @@ void recover(driver_ptr self, bool grace_over) {
     if (!grace_over) {
       if (!std::exchange(s.awaiting_nodes, true)) {
         const auto grace = s.config.heartbeat_deadline * 3;
-        std::cerr << "driver: " << why << "; holding requests " << grace.count() << " ms for nodes to return" << std::endl;
+        log(self).warn(session_of(self) + why + "; holding requests " + std::to_string(grace.count()) +
+                       " ms for nodes to return");
         self->delayed_send(self, grace, retry_atom_v, std::uint64_t{0}, true);
       }
       return;
@@ -544,10 +563,10 @@ void recover(driver_ptr self, bool grace_over) {
     s.awaiting_nodes = false;
     s.switching = false;
     s.broken = why + "; waiting for nodes to return";
-    std::cerr << "driver: " << s.broken << std::endl;
+    log(self).error(session_of(self) + s.broken);
     return fail_all(self, s.broken);
   }
-  std::cerr << "driver: moving layers by " << plan.how << ":" << describe_layout(self, plan.stages) << std::endl;
+  log(self).info(session_of(self) + "moving layers by " + plan.how + ":" + describe_layout(self, plan.stages));
   switch_layout(self, plan.stages, after_switch(s.recoveries.size() - 1));
 }
 
@@ -615,8 +634,8 @@ driver_actor::behavior_type driver_behavior(driver_ptr self, driver_config confi
   return {
       [self](deploy_atom) -> caf::result<void> {
         if (self->state.deployed || self->state.switching)
-          return driver_error("the driver is already deployed (or deploying): spawn another driver for another placement");
-        if (self->state.nodes.empty()) return driver_error("the placement has no stages");
+          return driver_error(errc::not_ready, "the driver is already deployed (or deploying): spawn another driver for another placement");
+        if (self->state.nodes.empty()) return driver_error(errc::invalid_request, "the placement has no stages");
         auto promise = self->make_response_promise();
         deploy(self, promise);
         return promise;
@@ -626,7 +645,7 @@ driver_actor::behavior_type driver_behavior(driver_ptr self, driver_config confi
       [self](request_failure& failure) {
         // A broken link is the supervisor's to judge: its verdict starts a
         // recovery that replays the request, and the deadline still holds.
-        if (!failure.transient) finish(self, failure.request, driver_error(failure.problem));
+        if (!failure.transient) finish(self, failure.request, driver_error(errc::request_failed, failure.problem));
       },
       [self](node_verdict& verdict) { on_verdict(self, verdict); },
       [self](retry_atom, std::uint64_t deployment, bool grace_over) {

@@ -2,7 +2,6 @@
 
 #include <caf/all.hpp>
 
-#include <iostream>
 #include <map>
 #include <random>
 
@@ -12,12 +11,19 @@
 #include "actors/shard_cache.hpp"
 #include "actors/stage.hpp"
 #include "actors/tensor_frame.hpp"
+#include "messages/errors.hpp"
 #include "messages/data_plane.hpp"
+#include "messages/log.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::actors {
 
 namespace {
+
+const logger& node_log() {
+  static const logger log("node");
+  return log;
+}
 
 std::uint64_t fresh_incarnation() {
   static std::random_device entropy;
@@ -90,8 +96,8 @@ void drop_stages(node_ptr self, std::uint64_t id, session_state& session) {
 void start_over(node_ptr self, std::uint64_t id, session_state& session) {
   drop_stages(self, id, session);
   session.incarnation = fresh_incarnation();
-  std::cerr << "node " << self->state.config.name << ": fenced by the supervisor of session " << id
-            << "; dropped its stages, now incarnation " << session.incarnation << std::endl;
+  node_log().info("node '" + self->state.config.name + "': fenced by the supervisor of session " + std::to_string(id) +
+                  "; dropped its stages, now incarnation " + std::to_string(session.incarnation));
 }
 
 // A driver or a supervisor went away: a driver's session ends with it (its
@@ -120,8 +126,8 @@ bool forget_stage(node_ptr self, const caf::actor_addr& source, const caf::error
   for (auto& [id, session] : self->state.sessions)
     for (auto it = session.stages.begin(); it != session.stages.end(); ++it)
       if (it->second.address() == source) {
-        std::cerr << "node " << self->state.config.name << ": stage " << it->first << " of session " << id
-                  << " ended: " << error_text(reason) << std::endl;
+        node_log().warn("node '" + self->state.config.name + "' stage " + std::to_string(it->first) + " of session " +
+                        std::to_string(id) + " ended: " + error_text(reason));
         self->state.routes->remove(router::handler_kind::stage, id, it->first);
         session.stages.erase(it);
         return true;
@@ -131,7 +137,7 @@ bool forget_stage(node_ptr self, const caf::actor_addr& source, const caf::error
 
 caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
-  if (assignment.session == 0) return caf::make_error(caf::sec::runtime_error, "session 0 is reserved for link probes");
+  if (assignment.session == 0) return make_error(errc::invalid_request, "session 0 is reserved for link probes");
   auto& session = s.sessions[assignment.session];
   if (!session.driver) {
     session.driver = self->current_sender() ? self->current_sender()->address() : caf::actor_addr{};
@@ -200,7 +206,7 @@ node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::
         try {
           s.responder->answer(id, host, reply_port);
         } catch (const std::exception& e) {
-          std::cerr << "node " << s.config.name << ": cannot answer a link probe from " << host << ": " << e.what() << "\n";
+          node_log().warn("node '" + s.config.name + "': cannot answer a link probe from " + host + ": " + e.what());
         }
       },
   };
@@ -209,7 +215,7 @@ node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::
 }  // namespace
 
 node_actor spawn_node(caf::actor_system& system, node_config config) {
-  auto routes = std::make_shared<router>("node " + config.name);
+  auto routes = std::make_shared<router>("node '" + config.name + "'");
   const std::string name = config.name;
   messages::data_plane_options options;
   options.bind_address = config.data_host;
@@ -217,7 +223,7 @@ node_actor spawn_node(caf::actor_system& system, node_config config) {
   auto plane = std::make_shared<messages::data_plane>(
       options, tensor_allocator(/*pinned=*/config.device != "cpu"), router::handler_of(routes),
       [name](const std::string& peer, const std::string& problem) {
-        std::cerr << "node " << name << ": data plane link from " << peer << " closed: " << problem << "\n";
+        node_log().warn("node '" + name + "': data plane link from " + peer + " closed: " + problem);
       });
   auto node = system.spawn(node_behavior, std::move(config), routes, plane);
   routes->add(router::handler_kind::prober, probe_session, 0, node.address());  // the node actor is its own probe sink

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "compute/layer_timing.hpp"
+#include "messages/errors.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/types.hpp"
 
@@ -88,7 +89,7 @@ measured_curve curve_of(const std::string& layer, const std::string& phase,
   return curve;
 }
 
-caf::error profiling_error(const std::string& text) { return caf::make_error(caf::sec::runtime_error, text); }
+caf::error profiling_error(const std::string& text) { return make_error(errc::profiling_failed, text); }
 
 // -- link probes --------------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 #include <caf/all.hpp>
 
-#include <iostream>
 #include <type_traits>
 #include <variant>
 
 #include "actors/tensor_frame.hpp"
+#include "messages/log.hpp"
 
 namespace orrery::actors {
 
@@ -79,9 +79,10 @@ void router::reject(const std::string& reason, bool unknown_kind) {
     counts_.last_rejection = reason;
     rejected = counts_.unknown_route + counts_.no_handler;
   }
+  static const logger log("router");
   // A stream of strays (a dropped session's late frames) is one line, not thousands.
   if (rejected <= 3 || rejected % 1000 == 0)
-    std::cerr << name_ << ": rejected a frame (" << rejected << " so far): " << reason << std::endl;
+    log.warn(name_ + ": rejected a frame (" + std::to_string(rejected) + " so far): " + reason);
 }
 
 void router::dispatch(messages::received_frame frame) {

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <iostream>
 #include <map>
 #include <variant>
 #include <vector>
@@ -20,7 +19,9 @@
 #include "compute/model_dir.hpp"
 #include "compute/sampler.hpp"
 #include "compute/shard.hpp"
+#include "messages/errors.hpp"
 #include "messages/data_plane.hpp"
+#include "messages/log.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::actors {
@@ -66,24 +67,33 @@ struct stage_state {
   static inline const char* name = "orrery.stage";
 
   std::string where() const {
-    return "node '" + context.node + "' stage " + std::to_string(assignment.stage) + " (layers [" +
-           std::to_string(assignment.first_layer) + ", " + std::to_string(assignment.last_layer) + "))";
+    return "node '" + context.node + "' stage " + std::to_string(assignment.stage) + " of session " +
+           std::to_string(assignment.session) + " (layers [" + std::to_string(assignment.first_layer) + ", " +
+           std::to_string(assignment.last_layer) + "))";
   }
 };
 
 using stage_actor_ptr = stage_actor::stateful_pointer<stage_state>;
 
-caf::error stage_error(const std::string& text) {
-  return caf::make_error(caf::sec::runtime_error, text);
+const logger& stage_log() {
+  static const logger log("stage");
+  return log;
 }
+
+
+
+/// The node's copy of the model is not the client's.
+struct model_copy_differs : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 // Throws when the node's copy of the model is not the client's: a truncated,
 // corrupt or other-version copy would compute other text with exit code 0.
 void check_model_copy(const stage_assignment& assignment) {
-  if (assignment.model_files.empty()) throw std::runtime_error("the assignment names no model files to check the copy against");
+  if (assignment.model_files.empty()) throw model_copy_differs("the assignment names no model files to check the copy against");
   const auto problem = model_difference(assignment.model_files, identify_model(assignment.model_dir));
   if (!problem.empty())
-    throw std::runtime_error("its copy of the model at " + assignment.model_dir + " differs from the client's: " + problem);
+    throw model_copy_differs("its copy of the model at " + assignment.model_dir + " differs from the client's: " + problem);
 }
 
 // Gives the stage exactly the layers of `assignment`: its shards of the same
@@ -137,8 +147,9 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     s.next.reset();
     const auto problem = "cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
                          "): " + compute::without_backtrace(e.what());
-    std::cerr << "node '" << s.context.node << "': " << problem << std::endl;
-    return stage_error(problem);
+    stage_log().error(s.where() + ": " + problem);
+    const bool differs = dynamic_cast<const model_copy_differs*>(&e) != nullptr;
+    return make_error(differs ? errc::model_mismatch : errc::load_failed, problem);
   }
   std::sort(s.shards.begin(), s.shards.end(),
             [](const auto& a, const auto& b) { return a->shard().first_layer() < b->shard().first_layer(); });
@@ -206,7 +217,8 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
                         "received a backward pass, but stages run inference only");
   if (d.deployment != s.deployment) {
     if (s.stale_frames++ == 0)
-      std::cerr << s.where() << ": dropping frames of deployment " << d.deployment << " (now " << s.deployment << ")\n";
+      stage_log().info(s.where() + ": dropping frames of deployment " + std::to_string(d.deployment) + " (now " +
+                       std::to_string(s.deployment) + ")");
     return;
   }
   if (s.shards.empty() || !s.next) return fail_request(self, route->request, "received a frame before it was deployed");
@@ -254,7 +266,7 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
       [self](connect_next_atom, std::uint64_t deployment, next_hop& hop, caf::actor& driver,
              std::int64_t timeout_ms) -> caf::result<void> {
         auto& s = self->state;
-        if (deployment != s.deployment) return stage_error(s.where() + ": told to wire deployment " + std::to_string(deployment) +
+        if (deployment != s.deployment) return make_error(errc::not_ready, s.where() + ": told to wire deployment " + std::to_string(deployment) +
                                                            " but loaded for " + std::to_string(s.deployment));
         s.driver = caf::actor_cast<driver_actor>(driver);
         const bool same_hop = s.next && s.next->is_open() && hop.host == s.hop.host && hop.port == s.hop.port;
@@ -264,7 +276,7 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
           s.next = s.context.data_plane->connect(hop.host, hop.port, std::chrono::milliseconds(timeout_ms));
         } catch (const std::exception& e) {
           s.next.reset();
-          return stage_error(s.where() + ": cannot reach its next hop: " + e.what());
+          return make_error(errc::unreachable, s.where() + ": cannot reach its next hop: " + e.what());
         }
         return caf::unit;
       },

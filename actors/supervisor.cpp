@@ -2,10 +2,10 @@
 
 #include <caf/all.hpp>
 
-#include <iostream>
 #include <set>
 
 #include "actors/remote_actor.hpp"
+#include "messages/log.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::actors {
@@ -33,6 +33,14 @@ struct supervisor_state {
 
 using supervisor_ptr = supervisor_actor::stateful_pointer<supervisor_state>;
 
+/// The supervisor's logger; every line names the session.
+const logger& log(supervisor_ptr) {
+  static const logger supervisor_log("supervisor");
+  return supervisor_log;
+}
+
+std::string session_of(supervisor_ptr self) { return "session " + std::to_string(self->state.config.session) + ": "; }
+
 member* find(supervisor_ptr self, const std::string& name) {
   for (auto& m : self->state.members)
     if (m.spec.name == name) return &m;
@@ -50,8 +58,8 @@ void declare_dead(supervisor_ptr self, member& m, const std::string& reason) {
   if (m.spec.handle) self->demonitor(m.spec.handle.address());
   m.spec.handle = nullptr;
   m.next_dial = clock_type::now() + self->state.config.reconnect_interval;
-  std::cerr << "supervisor: node '" << m.spec.name << "' (incarnation " << m.incarnation << ") is dead: " << reason
-            << std::endl;
+  log(self).warn(session_of(self) + "node '" + m.spec.name + "' (incarnation " + std::to_string(m.incarnation) +
+                 ") is dead: " + reason);
   self->send(self->state.config.subscriber, node_verdict{m.spec.name, m.incarnation, false, reason, {}, {}});
 }
 
@@ -62,7 +70,8 @@ void admit(supervisor_ptr self, member& m, const node_actor& handle, const node_
   m.spec.handle = handle;
   m.last_seen = clock_type::now();
   self->monitor(handle);
-  std::cerr << "supervisor: node '" << m.spec.name << "' rejoined as incarnation " << info.incarnation << std::endl;
+  log(self).info(session_of(self) + "node '" + m.spec.name + "' rejoined as incarnation " +
+                 std::to_string(info.incarnation));
   self->send(self->state.config.subscriber,
              node_verdict{m.spec.name, m.incarnation, true, "rejoined", caf::actor_cast<caf::actor>(handle), info});
 }
@@ -120,9 +129,10 @@ void dial(supervisor_ptr self, member& m) {
                         if (!m) return;
                         if (!found) {
                           if (found.error() == caf::sec::unexpected_actor_messaging_interface)
-                            std::cerr << "supervisor: what answers at " << m->spec.host << ":" << m->spec.port
-                                      << " is not an orrery node of this version (its messages differ); not admitting it"
-                                      << std::endl;
+                            log(self).error(session_of(self) + "what answers at " + m->spec.host + ":" +
+                                            std::to_string(m->spec.port) +
+                                            " is not an orrery node of this version (its messages differ); "
+                                            "not admitting it");
                           m->dialling = false;
                           return;
                         }
@@ -137,8 +147,8 @@ void tick(supervisor_ptr self) {
   // (stopped, swapped out, a suspended laptop): the heartbeats that arrived
   // meanwhile are still queued, so silence says nothing about the nodes.
   if (now - s.last_tick > s.config.heartbeat_deadline / 2) {
-    std::cerr << "supervisor: this process stood still for " << ms(now - s.last_tick)
-              << "; every node gets a fresh deadline" << std::endl;
+    log(self).warn(session_of(self) + "this process stood still for " + ms(now - s.last_tick) +
+                   "; every node gets a fresh deadline");
     for (auto& m : s.members) m.last_seen = now;
   }
   s.last_tick = now;
@@ -157,8 +167,8 @@ void on_heartbeat(supervisor_ptr self, const heartbeat& beat) {
   if (m->alive && beat.incarnation == m->incarnation) {
     const auto gap = clock_type::now() - m->last_seen;
     if (gap > 2 * self->state.config.heartbeat_interval)
-      std::cerr << "supervisor: node '" << m->spec.name << "' is slow: heartbeat after " << ms(gap) << " (deadline "
-                << ms(self->state.config.heartbeat_deadline) << ")" << std::endl;
+      log(self).info(session_of(self) + "node '" + m->spec.name + "' is slow: heartbeat after " + ms(gap) +
+                     " (deadline " + ms(self->state.config.heartbeat_deadline) + ")");
     m->last_seen = clock_type::now();
   } else if (m->dead_incarnations.count(beat.incarnation) > 0) {
     // A frozen node that was resumed: it must not serve its old layers.

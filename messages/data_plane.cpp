@@ -8,7 +8,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
-#include <iostream>
+#include "messages/log.hpp"
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -19,6 +19,12 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 
 namespace orrery::messages {
+
+const logger& data_plane_log() {
+  static const logger log("data-plane");
+  return log;
+}
+
 namespace detail {
 namespace {
 
@@ -143,7 +149,7 @@ class connection : public std::enable_shared_from_this<connection> {
     core_->connections.erase(self);
     incoming_ = {};
     if (failure) {
-      std::cerr << "dataplane: link " << peer_ << ": " << reason << std::endl;
+      data_plane_log().warn("link " + peer_ + ": " + reason);
       if (core_->report) core_->report(peer_, reason);
     }
     if (established_) std::exchange(established_, {})(reason);
@@ -482,7 +488,7 @@ void accept(const std::shared_ptr<plane_core>& core) {
         auto core = weak.lock();
         if (!core) return;
         if (!stream) {
-          std::cerr << "dataplane: " << problem << std::endl;
+          data_plane_log().warn(problem);
           return;
         }
         std::make_shared<connection>(core, std::move(stream))->start();
@@ -578,7 +584,7 @@ data_plane::data_plane(data_plane_options options, frame_allocator allocate, fra
         core->io.run();
         return;
       } catch (const std::exception& e) {
-        std::cerr << "dataplane: callback failed on the io thread: " << e.what() << std::endl;
+        data_plane_log().error(std::string("callback failed on the io thread: ") + e.what());
       }
     }
   });

@@ -26,7 +26,7 @@ using clock_type = std::chrono::steady_clock;
 namespace orrery::messages {
 namespace {
 
-// What the child does with a frame: carried in request_id (data plane) or the
+// What the child does with a frame: carried in the route's request (data plane) or the
 // raw header's first word.
 enum class traffic : std::uint64_t { echo = 1, stream = 2, stream_end = 3 };
 
@@ -104,11 +104,10 @@ T read_value(int fd) {
 }
 
 frame_descriptor bench_descriptor(traffic kind, std::uint64_t bytes, std::uint32_t step) {
+  // The request field says what the echo process does with the frame.
   frame_descriptor d;
-  d.request_id = std::uint64_t(kind);
-  d.step = step;
-  d.type = element_type::f32;
-  d.shape = {std::int64_t(bytes / 4)};
+  d.route = forward_route{0, std::uint64_t(kind), step, 0, {}};
+  d.tensors = {{tensor_role::hidden, element_type::f32, {std::int64_t(bytes / 4)}, 0}};
   return d;
 }
 
@@ -140,7 +139,8 @@ void serve(int from_parent, int to_parent, std::uint64_t credit_bytes) {
   std::mutex mutex;
   std::shared_ptr<link> back;  // set before the parent sends its first frame
   auto reply = [&](received_frame f) {
-    auto kind = traffic(f.descriptor.request_id);
+    const auto& route = std::get<forward_route>(f.descriptor.route);
+    auto kind = traffic(route.request);
     if (kind == traffic::stream) return;
     std::shared_ptr<link> to;
     {
@@ -150,7 +150,7 @@ void serve(int from_parent, int to_parent, std::uint64_t credit_bytes) {
     if (kind == traffic::echo)
       to->send(f.descriptor, f.data, f.storage);
     else
-      to->send(bench_descriptor(traffic::stream_end, 0, f.descriptor.step), nullptr, nullptr);
+      to->send(bench_descriptor(traffic::stream_end, 0, route.step), nullptr, nullptr);
   };
   data_plane_options options;
   options.credit_bytes = credit_bytes;

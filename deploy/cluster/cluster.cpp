@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "actors/node.hpp"
+#include "actors/remote_actor.hpp"
 #include "compute/generation.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/types.hpp"
@@ -51,6 +52,17 @@ namespace {
 /// How long a stopping node waits for its stages (a stop must take < 2 s).
 constexpr std::chrono::milliseconds stop_grace{1500};
 
+/// Why connecting to a node failed, for the line naming it unreachable.
+std::string connect_failure(caf::actor_system& system, const caf::error& e, std::chrono::milliseconds timeout) {
+  if (e == caf::sec::request_timeout)
+    return "did not answer within the connect timeout of " + std::to_string(timeout.count()) + " ms";
+  if (e == caf::sec::cannot_connect_to_node) return "nothing accepts connections there";
+  if (e == caf::sec::no_actor_published_at_port) return "it published no actor";
+  if (e == caf::sec::unexpected_actor_messaging_interface)
+    return "what answers there is not an orrery node of this version (its messages differ)";
+  return system.render(e);
+}
+
 }  // namespace
 
 void run_node(const topology& t, const std::string& name) {
@@ -88,22 +100,14 @@ node_connections connect_nodes(caf::actor_system& system, const topology& t) {
   node_connections out;
   caf::scoped_actor self{system};
   for (const auto& n : t.nodes) {
-    // What middleman::remote_actor does, but with a deadline: it waits
-    // forever on a peer that accepts and never completes the handshake.
     std::string failure;
-    caf::actor handle;
-    self->request(system.middleman().actor_handle(), t.connect_timeout, caf::connect_atom::value, n.host, n.port)
-        .receive(
-            [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
-              handle = caf::actor_cast<caf::actor>(ptr);
-              if (!handle) failure = "it published no actor";
-            },
-            [&](caf::error& e) {
-              failure = e == caf::sec::request_timeout
-                            ? "did not answer within the connect timeout of " + std::to_string(t.connect_timeout.count()) + " ms"
-                        : e == caf::sec::cannot_connect_to_node ? "nothing accepts connections there"
-                                                                 : system.render(e);
-            });
+    actors::node_actor handle;
+    actors::request_remote_node(self, n.host, n.port, t.connect_timeout, [&](caf::expected<actors::node_actor> found) {
+      if (found)
+        handle = std::move(*found);
+      else
+        failure = connect_failure(system, found.error(), t.connect_timeout);
+    });
     if (!failure.empty())
       out.unreachable.push_back(n.label() + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
                                 "` running?)");

@@ -67,7 +67,7 @@ class pipeline_client {
   topology topology_;
   actor_config config_;
   std::unique_ptr<caf::actor_system> system_;
-  caf::actor driver_;
+  actors::driver_actor driver_;
 };
 
 /// Generates over a running topology, streaming the prompt and the text to

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on a Debian 12 machine with the project's packages (deploy/setup.sh):
 # copies what the GPU machines' image lacks — Debian's CAF, Cap'n Proto (with
-# its compiler), yaml-cpp, CLI11, nlohmann-json and doctest, and the Boost
+# its compiler), yaml-cpp, CLI11, nlohmann-json, doctest, spdlog and fmt, and the Boost
 # headers the sources actually include — into .bundle/usr, mirroring /usr so
 # that the packages' CMake configs find their files relative to themselves.
 # The folder is ignored by git; `run` carries it (deploy/gpu/build.sh uses it).
@@ -38,6 +38,8 @@ sed -i 's|^prefix=.*|prefix=${pcfiledir}/../../..|' "$out"/lib/$arch/pkgconfig/*
 copy /usr/include/yaml-cpp /usr/lib/$arch/cmake/yaml-cpp /usr/lib/$arch/libyaml-cpp.so*
 copy /usr/include/nlohmann /usr/share/cmake/nlohmann_json /usr/include/CLI /usr/share/cmake/CLI11
 copy /usr/include/doctest /usr/lib/cmake/doctest
+copy /usr/include/spdlog /usr/lib/$arch/cmake/spdlog /usr/lib/$arch/libspdlog.so* \
+     /usr/include/fmt /usr/lib/$arch/cmake/fmt /usr/lib/$arch/libfmt.so*
 copy /usr/lib/$arch/cmake/Boost-1.74.0 /usr/lib/$arch/cmake/boost_headers-1.74.0 /usr/lib/$arch/cmake/BoostDetectToolset-1.74.0.cmake
 
 # The Boost headers reachable from every source that includes Boost.

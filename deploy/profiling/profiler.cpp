@@ -205,7 +205,7 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   // what they get of it while the others compute too.
   const layer_timing_request request{t.model.string(), fitting(options.prefill_lengths, max_context),
                                      fitting(options.decode_contexts, max_context / 2), options.min_seconds};
-  using pending_timing = decltype(self->request(caf::actor{}, timing_timeout, request));
+  using pending_timing = decltype(self->request(actors::node_actor{}, timing_timeout, request));
   std::vector<std::optional<json>> measured(count);
   std::vector<std::optional<pending_timing>> pending(count);
   std::string timing;
@@ -230,7 +230,7 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   for (std::size_t i = 0; i < count; ++i) p.devices.push_back(device_from(*measured[i], t, t.nodes[i]));
   p.source = 0;
   p.work = options.work;
-  p.work.return_bytes = t.model_config.vocab_size * 4.0;  // the last stage returns an fp32 logits row
+  p.work.return_bytes = 8;  // the last stage samples and returns one token id
 
   // Both directions of every pair; the planners' links are symmetric, so a
   // pair gets its slower direction (the one a pipeline may have to use).

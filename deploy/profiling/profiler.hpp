@@ -13,8 +13,8 @@
 // The profile uses orrery's own layer granularity: one entry per decoder
 // layer, with the embedding's cost in layer 0 and the final norm and LM head
 // in the last layer, as the runtime's shards hold them. The first node listed
-// is the source (it holds layer 0), and a generated token returns its logits
-// row to the client, which samples (planning::workload::return_bytes).
+// is the source (it holds layer 0), and the last stage samples, so a
+// generated token returns to the client as one id (planning::workload::return_bytes).
 
 #include <filesystem>
 #include <functional>

@@ -135,7 +135,7 @@ TEST_CASE("a decode step replayed as a CUDA graph gives the eager step's logits,
   }
 }
 
-TEST_CASE("a GPU tensor crosses the data plane through pinned memory bit for bit, into a pinned tensor" *
+TEST_CASE("a GPU tensor and a CPU one cross the data plane in one frame bit for bit, into pinned memory" *
           doctest::skip(!gpu())) {
   std::mutex mutex;
   std::condition_variable arrived;
@@ -150,18 +150,22 @@ TEST_CASE("a GPU tensor crosses the data plane through pinned memory bit for bit
   auto link = plane.connect("127.0.0.1", plane.port(), std::chrono::seconds(5));
   // 5.5 MiB of bf16: several 1 MiB pieces and a partial one.
   auto sent = at::randn({1441, 2001}, at::TensorOptions().device(at::kCUDA)).to(at::kBFloat16);
+  auto tokens = at::arange(1441, at::kLong);  // on the host: packed behind the device tensor's pieces
   std::string problem = "not done";
   std::mutex done_mutex;
-  actors::send_tensor(*link, {}, sent, [&](const std::string& error) {
-    std::lock_guard<std::mutex> guard(done_mutex);
-    problem = error;
-  });
+  actors::send_tensors(*link, {}, {{messages::tensor_role::hidden, sent}, {messages::tensor_role::tokens, tokens}},
+                       [&](const std::string& error) {
+                         std::lock_guard<std::mutex> guard(done_mutex);
+                         problem = error;
+                       });
   std::unique_lock<std::mutex> lock(mutex);
   REQUIRE(arrived.wait_for(lock, std::chrono::seconds(10), [&] { return !frames.empty(); }));
-  auto received = actors::tensor_of(frames.front());
-  CHECK(received.is_pinned());
-  CHECK((received.scalar_type() == at::kBFloat16));
-  CHECK(at::equal(received, sent.to(at::kCPU)));
+  auto received = actors::tensor_frame_of(frames.front());
+  const auto& hidden = received.tensor(messages::tensor_role::hidden);
+  CHECK(hidden.is_pinned());
+  CHECK((hidden.scalar_type() == at::kBFloat16));
+  CHECK(at::equal(hidden, sent.to(at::kCPU)));
+  CHECK(at::equal(received.tensor(messages::tensor_role::tokens), tokens));
   std::lock_guard<std::mutex> guard(done_mutex);
   CHECK(problem.empty());
 }
