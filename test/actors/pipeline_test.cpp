@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <functional>
+#include <thread>
 
 #include "actors/driver.hpp"
 #include "actors/node.hpp"
@@ -129,8 +130,14 @@ TEST_CASE("the last stage samples: a seed gives local generation's tokens, and o
     REQUIRE(summaries.size() == 1);
     CHECK(summaries[0].tokens == expected);
     CHECK(summaries[0].final_logits.empty());  // not asked for
-    auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
     // The last stage sent one 8-byte token id per step, never a logits row.
+    // A send is counted when the data plane reports it written, which may
+    // come after the driver has the token: wait for the count to settle.
+    auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+    for (int attempt = 0; attempt < 50 && stats.back().bytes_sent < 8 * 40; ++attempt) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+    }
     CHECK(stats.back().frames == 40);
     CHECK(stats.back().bytes_sent == 8 * 40);
   }
