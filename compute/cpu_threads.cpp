@@ -26,8 +26,21 @@ int default_thread_count() {
 
 std::shared_ptr<thread_pool> configure_cpu_threads(int threads) {
   if (threads < 1) throw std::invalid_argument("threads must be at least 1, got " + std::to_string(threads));
-  at::set_num_threads(threads);
-  if (openblas_set_num_threads) openblas_set_num_threads(threads);
+  if (openblas_set_num_threads) {
+    // The cores go to OpenBLAS (prefill GEMMs) and the gemv pool (decode);
+    // libtorch's own intra-op work stays on the calling thread. Its OpenMP
+    // (libgomp) team would otherwise fork for each element-wise op between
+    // two GEMMs, and its idle worker spin-waits after every parallel region
+    // (libgomp's default spin count), holding a core through the next GEMM
+    // that OpenBLAS's threads split over the same cores. Issue #14: on 2
+    // cores a 128-token prefill took 3282 ms with libtorch at 2 threads and
+    // 712 ms at 1 (OpenBLAS at 2 both times); `--threads 2` prefilled slower
+    // than `--threads 1`, and OMP_WAIT_POLICY=PASSIVE closed the gap too.
+    at::set_num_threads(1);
+    openblas_set_num_threads(threads);
+  } else {
+    at::set_num_threads(threads);  // without OpenBLAS the GEMMs run on libtorch's threads (MKL)
+  }
   return std::make_shared<thread_pool>(threads);
 }
 

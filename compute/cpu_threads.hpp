@@ -1,7 +1,8 @@
 #pragma once
-// One thread count per node process, applied to every thread user of
-// compute/: orrery's decode gemv pool, libtorch's intra-op threads (GEMMs,
-// element-wise ops) and OpenBLAS's own threads. Benchmarks compare paths at the same count.
+// One thread count per node process, given to the libraries that run
+// compute/'s heavy work: orrery's decode gemv pool and the GEMMs' library
+// (OpenBLAS's own threads, or libtorch's intra-op threads where libtorch has
+// no OpenBLAS). Benchmarks compare paths at the same count.
 
 #include <memory>
 
@@ -12,8 +13,10 @@ class thread_pool;
 /// The default: every core the process may use.
 int default_thread_count();
 
-/// Sets libtorch's intra-op thread count to `threads` and returns a gemv pool
-/// of the same size. Throws std::invalid_argument when threads < 1.
+/// Gives `threads` to OpenBLAS (libtorch's intra-op work then stays on one
+/// thread, see cpu_threads.cpp) or, without OpenBLAS, to libtorch, and
+/// returns a gemv pool of the same size. Throws std::invalid_argument when
+/// threads < 1.
 std::shared_ptr<thread_pool> configure_cpu_threads(int threads);
 
 }  // namespace orrery::compute
