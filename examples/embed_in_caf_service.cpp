@@ -14,6 +14,7 @@
 #include <caf/all.hpp>
 #include <iostream>
 
+#include "actors/blocking_client.hpp"
 #include "actors/driver.hpp"
 #include "actors/node.hpp"
 #include "compute/llama_config.hpp"

@@ -9,6 +9,7 @@
 #include <thread>
 #include <iostream>
 
+#include "actors/blocking_client.hpp"
 #include "actors/node.hpp"
 #include "actors/remote_actor.hpp"
 #include "compute/generation.hpp"

@@ -8,6 +8,7 @@
 #include <functional>
 #include <thread>
 
+#include "actors/blocking_client.hpp"
 #include "actors/driver.hpp"
 #include "actors/node.hpp"
 #include "compute/cpu_threads.hpp"

@@ -8,6 +8,7 @@
 
 #include <fstream>
 
+#include "actors/blocking_client.hpp"
 #include "actors/driver.hpp"
 #include "actors/error_text.hpp"
 #include "actors/model_identity.hpp"

@@ -1,0 +1,132 @@
+#pragma once
+// Inside the driver (actors/driver.hpp): the state of one client session and
+// what its two halves share. actors/driver.cpp serves requests (prompts in,
+// sampled tokens back, deadlines) and is the actor; actors/driver_layout.cpp
+// loads and wires layouts and recovers from node failures. Only those two
+// files include this.
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/driver.hpp"
+#include "actors/router.hpp"
+#include "compute/llama_config.hpp"
+#include "compute/tokenizer.hpp"
+#include "messages/data_plane.hpp"
+#include "messages/errors.hpp"
+#include "messages/frame.hpp"
+#include "messages/log.hpp"
+#include "messages/types.hpp"
+#include "planning/migration.hpp"
+
+namespace orrery::actors::driver_detail {
+
+using clock_type = std::chrono::steady_clock;
+
+/// A failed layout change is retried this many times (after two heartbeat
+/// deadlines, by when a node that failed it has a verdict) before the driver
+/// gives up.
+constexpr int layout_retries = 3;
+
+struct active_request {
+  std::vector<compute::token_id> prompt;
+  std::vector<compute::token_id> history;  // prompt + generated
+  std::vector<compute::token_id> generated;
+  /// Travels with every frame: the last stage samples.
+  messages::sampling_settings sampling;
+  caf::typed_response_promise<generation_summary> promise;
+  token_listener sink;  // whoever asked
+  clock_type::time_point started;
+  clock_type::time_point decode_started;
+  clock_type::time_point deadline;  // the current step fails if no answer arrives by then
+  double prefill_ms = 0;
+  int max_new_tokens = 0;
+  bool stop_at_eos = true;
+  std::uint32_t step = 0;
+  std::uint64_t tag = 0;
+  /// Index into recoveries of the replay this request waits on, or -1.
+  int replayed_by = -1;
+};
+
+/// A node of the cluster, in the order the placement lists them; its index
+/// is also the id of the one stage it runs.
+struct cluster_node {
+  placement_stage spec;
+  bool alive = true;
+  std::uint64_t memory_bytes = 0;
+  /// The dtype it holds weights in, as it reported (fp32 until it has).
+  std::string dtype = "fp32";
+};
+
+struct driver_state {
+  driver_config config;
+  /// This client session's id on every node: its stages, frames and
+  /// incarnations are its own. Drawn at random, never 0 (link probes).
+  std::uint64_t session = 0;
+  /// The content of the model as this client holds it; every node checks its
+  /// own copy against it before loading a layer.
+  std::vector<model_file> model_files;
+  compute::llama_config model;
+  std::shared_ptr<compute::tokenizer> tok;
+  /// Takes the session's sampled tokens off the driver's data plane.
+  std::shared_ptr<router> routes;
+  std::shared_ptr<messages::data_plane> plane;
+  std::vector<cluster_node> nodes;
+  /// The layout serving now (device = node index), and its loaded stages.
+  std::vector<planning::stage> layout;
+  std::vector<stage_ready> ready;
+  std::shared_ptr<messages::link> first_link;
+  /// Every layout change takes the next number; answers to an older change
+  /// and frames of an older layout are ignored.
+  std::uint64_t deployment = 0;
+  bool deployed = false;
+  bool switching = false;  // a layout change is under way: hold requests
+  int retries_left = layout_retries;
+  std::string broken;  // why the pipeline cannot serve any more, while it cannot
+  bool awaiting_nodes = false;  // too few nodes: requests are held for a grace period
+  std::vector<recovery_event> recoveries;
+  std::uint64_t next_request = 1;
+  std::map<std::uint64_t, active_request> requests;
+  bool watching_deadlines = false;
+  static inline const char* name = "orrery.driver";
+};
+
+using driver_ptr = driver_actor::stateful_pointer<driver_state>;
+
+/// The driver's logger; every line names the session (session_of).
+inline const logger& log(driver_ptr) {
+  static const logger driver_log("driver");
+  return driver_log;
+}
+
+inline std::string session_of(driver_ptr self) { return "session " + std::to_string(self->state.session) + ": "; }
+
+inline caf::error driver_error(errc code, const std::string& text) { return make_error(code, text); }
+
+// -- serving requests (actors/driver.cpp) -------------------------------------
+
+/// Ends request `id` with its summary or its error, and frees its KV caches.
+void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome);
+/// Ends every request in flight with `why`.
+void fail_all(driver_ptr self, const std::string& why);
+/// Sends the next input of request `id` into the pipeline (`tokens` after
+/// the `position` tokens its stages hold) and arms its deadline.
+void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position);
+
+// -- layout control and recovery (actors/driver_layout.cpp) -------------------
+
+/// Surveys the nodes, then loads and wires the first layout; delivers to
+/// `promise` once serving, or the error.
+void deploy(driver_ptr self, caf::response_promise promise);
+/// A death verdict (or the end of a grace period): move the lost layers and replay.
+void recover(driver_ptr self, bool grace_over);
+void on_verdict(driver_ptr self, node_verdict& verdict);
+
+
+}  // namespace orrery::actors::driver_detail
