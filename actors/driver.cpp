@@ -125,8 +125,9 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   if (!s.broken.empty()) return driver_error(errc::no_capacity, s.broken);
   if (!s.deployed) return driver_error(errc::not_ready, "the driver has not deployed its placement yet (send deploy_atom first)");
   if (request.max_new_tokens < 1) return driver_error(errc::invalid_request, "max-tokens must be at least 1");
-  compute::sampling_params params{request.temperature, request.top_k, request.top_p, request.repetition_penalty,
-                                  request.seed};
+  const auto& sampling = request.sampling;
+  compute::sampling_params params{sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty,
+                                  sampling.seed};
   auto prompt = compute::prompt_tokens(*s.tok, request.prompt);
   try {
     params.validate();
@@ -138,8 +139,6 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   // Read the sender first: making the promise takes it out of the message.
   auto sink = caf::actor_cast<token_listener>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
-  const messages::sampling_settings sampling{request.temperature, request.top_k, request.top_p,
-                                             request.repetition_penalty, request.seed, request.return_logits};
   active_request r{prompt, prompt, {}, sampling, promise, sink, clock_type::now(), {}, {}, 0,
                    request.max_new_tokens, request.stop_at_eos, 0, request.tag};
   r.deadline = clock_type::now() + s.config.request_timeout;

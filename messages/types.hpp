@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "messages/frame.hpp"
+
 namespace caf {
 class actor_system_config;
 }
@@ -144,19 +146,14 @@ struct stage_stats {
 struct generate_request {
   std::string prompt;
   std::int32_t max_new_tokens = 64;
-  float temperature = 0.0f;
-  std::int32_t top_k = 0;
-  float top_p = 1.0f;
-  float repetition_penalty = 1.0f;
-  std::uint64_t seed = 0;
+  /// How the last stage samples; with return_logits, the last token's logits
+  /// row comes back (generation_summary::final_logits) for checks against a
+  /// single device, otherwise only token ids cross the network.
+  messages::sampling_settings sampling;
   bool stop_at_eos = true;
   /// Echoed in this request's token_events and summary, so a client with
   /// several requests in flight knows which is which.
   std::uint64_t tag = 0;
-  /// Bring the last token's logits row back (generation_summary::final_logits)
-  /// for checks against a single device; otherwise only token ids cross the
-  /// network.
-  bool return_logits = false;
 };
 
 struct token_event {
@@ -259,8 +256,9 @@ typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
-  return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_k, x.top_p,
-           x.repetition_penalty, x.seed, x.stop_at_eos, x.tag, x.return_logits);
+  auto& s = x.sampling;
+  return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, s.temperature, s.top_k, s.top_p,
+           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag);
 }
 
 template <class Inspector>

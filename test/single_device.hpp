@@ -76,7 +76,7 @@ inline generate_request greedy_request(const std::string& prompt, int new_tokens
   r.prompt = prompt;
   r.max_new_tokens = new_tokens;
   r.stop_at_eos = false;
-  r.return_logits = true;
+  r.sampling.return_logits = true;
   return r;
 }
 

@@ -38,7 +38,7 @@ struct measurement {
 // requests make together, the same definitions as placement_prediction.
 measurement measure(const placement_plan& plan, const placement_bench_options& o) {
   pipeline_client client(plan.placed);
-  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, 0, 0, 1, 1, 0, false, 0};
+  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, {}, false, 0};  // greedy
   std::vector<generate_request> requests;
   for (int i = 0; i < o.requests; ++i) {
     requests.push_back(request);

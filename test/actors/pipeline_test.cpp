@@ -119,11 +119,7 @@ TEST_CASE("the last stage samples: a seed gives local generation's tokens, and o
   remote.prompt = local.prompt;
   remote.max_new_tokens = local.max_new_tokens;
   remote.stop_at_eos = false;
-  remote.temperature = 0.9f;
-  remote.top_k = 50;
-  remote.top_p = 0.95f;
-  remote.repetition_penalty = 1.1f;
-  remote.seed = 1234;
+  remote.sampling = {0.9f, 50, 0.95f, 1.1f, 1234, false};
   for (const auto& cuts : std::vector<std::vector<int>>{{0, 4}, {0, 2, 4}, {0, 1, 2, 3, 4}}) {
     CAPTURE(cuts.size() - 1);
     in_process_pipeline pipeline(path, cuts);
