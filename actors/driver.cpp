@@ -62,7 +62,7 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   messages::frame_descriptor d;
   d.session = self->state.session;
   d.deployment = self->state.deployment;
-  d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device), id, r.step, position,
+  d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device), id, r.progress.step(), position,
                                     r.sampling};
   send_tensors(*self->state.first_link, d,
                {{messages::tensor_role::tokens, at::tensor(wide, at::TensorOptions().dtype(at::kLong))}},
@@ -83,7 +83,7 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
   const auto id = route->request;
   auto it = s.requests.find(id);
   if (it == s.requests.end() || s.switching || frame.descriptor.session != s.session ||
-      frame.descriptor.deployment != s.deployment || route->step != it->second.step)
+      frame.descriptor.deployment != s.deployment || route->step != it->second.progress.step())
     return;  // finished, from a layout that is gone, or not this session's
   auto& r = it->second;
   compute::token_id next = 0;
@@ -102,22 +102,16 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
     if (event.recover_ms < 0) event.recover_ms = static_cast<double>(unix_ms_now() - event.verdict_unix_ms);
     r.replayed_by = -1;
   }
-  r.history.push_back(next);
-  r.generated.push_back(next);
-  if (r.step == 0) {
-    r.prefill_ms = std::chrono::duration<double, std::milli>(clock_type::now() - r.started).count();
-    r.decode_started = clock_type::now();
-  }
+  const bool done = r.progress.accept(next);
   if (r.sink) self->send(r.sink, token_event{r.tag, next, s.tok->decode(next)});
-  const bool eos = next == s.tok->eos();
-  if (static_cast<int>(r.generated.size()) >= r.max_new_tokens || (r.stop_at_eos && eos)) {
-    generation_summary summary{r.tag, r.prompt, r.generated, r.prefill_ms,
-                               std::chrono::duration<double, std::milli>(clock_type::now() - r.decode_started).count(),
-                               eos, std::move(logits)};
-    return finish(self, id, std::move(summary));
+  if (done) {
+    // The wire form of the local generation_result.
+    const auto& result = r.progress.result();
+    return finish(self, id,
+                  generation_summary{r.tag, result.prompt_tokens, result.tokens, result.prefill_ms, result.decode_ms,
+                                     result.stopped_at_eos, std::move(logits)});
   }
-  ++r.step;
-  send_step(self, id, {next}, static_cast<std::uint32_t>(r.history.size() - 1));
+  send_step(self, id, {next}, static_cast<std::uint32_t>(r.progress.history().size() - 1));
 }
 
 caf::result<generation_summary> start_request(driver_ptr self, generate_request& request) {
@@ -125,12 +119,9 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   if (!s.broken.empty()) return driver_error(errc::no_capacity, s.broken);
   if (!s.deployed) return driver_error(errc::not_ready, "the driver has not deployed its placement yet (send deploy_atom first)");
   if (request.max_new_tokens < 1) return driver_error(errc::invalid_request, "max-tokens must be at least 1");
-  const auto& sampling = request.sampling;
-  compute::sampling_params params{sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty,
-                                  sampling.seed};
   auto prompt = compute::prompt_tokens(*s.tok, request.prompt);
   try {
-    params.validate();
+    sampling_params_of(request.sampling).validate();
     compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
   } catch (const std::exception& e) {
     return driver_error(errc::invalid_request, e.what());
@@ -139,8 +130,8 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   // Read the sender first: making the promise takes it out of the message.
   auto sink = caf::actor_cast<token_listener>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
-  active_request r{prompt, prompt, {}, sampling, promise, sink, clock_type::now(), {}, {}, 0,
-                   request.max_new_tokens, request.stop_at_eos, 0, request.tag};
+  active_request r{{prompt, request.max_new_tokens, request.stop_at_eos, s.tok->eos()},
+                   request.sampling, promise, sink, {}, request.tag};
   r.deadline = clock_type::now() + s.config.request_timeout;
   s.requests.emplace(id, std::move(r));
   if (!s.switching) send_step(self, id, prompt, 0);  // else it starts with the replay

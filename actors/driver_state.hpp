@@ -16,6 +16,7 @@
 
 #include "actors/driver.hpp"
 #include "actors/router.hpp"
+#include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/data_plane.hpp"
@@ -35,20 +36,13 @@ using clock_type = std::chrono::steady_clock;
 constexpr int layout_retries = 3;
 
 struct active_request {
-  std::vector<compute::token_id> prompt;
-  std::vector<compute::token_id> history;  // prompt + generated
-  std::vector<compute::token_id> generated;
+  /// Its tokens so far, its step and when it ends: as local generation keeps them.
+  compute::generation_progress progress;
   /// Travels with every frame: the last stage samples.
   messages::sampling_settings sampling;
   caf::typed_response_promise<generation_summary> promise;
   token_listener sink;  // whoever asked
-  clock_type::time_point started;
-  clock_type::time_point decode_started;
   clock_type::time_point deadline;  // the current step fails if no answer arrives by then
-  double prefill_ms = 0;
-  int max_new_tokens = 0;
-  bool stop_at_eos = true;
-  std::uint32_t step = 0;
   std::uint64_t tag = 0;
   /// Index into recoveries of the replay this request waits on, or -1.
   int replayed_by = -1;

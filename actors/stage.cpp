@@ -194,14 +194,10 @@ at::Tensor forward(stage_state& s, const messages::forward_route& route, const t
   return x;
 }
 
-compute::sampling_params sampling_of(const messages::sampling_settings& s) {
-  return {s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed};
-}
-
 // The stage holding the head samples where the logits are and sends the
 // session the token id (and the logits row only where it asked for them).
 std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const at::Tensor& logits) {
-  compute::sampler choose(sampling_of(route.sampling));
+  compute::sampler choose(sampling_params_of(route.sampling));
   const auto token = compute::sample(choose, logits, s.requests.at(route.request).history, route.step);
   std::vector<outgoing_tensor> out{{messages::tensor_role::tokens, at::full({1}, std::int64_t{token}, at::kLong)}};
   if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, logits});

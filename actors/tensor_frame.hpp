@@ -1,6 +1,6 @@
 #pragma once
 // The seam between the data plane (bytes + descriptor, no libtorch) and the
-// actors (tensors): a received frame's payload is read straight into one
+// actors (tensors, the sampler): a received frame's payload is read straight into one
 // freshly allocated byte tensor, and each of the frame's tensors is a view
 // of it, handed to the owning actor as a local message.
 
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "compute/sampler.hpp"
 #include "messages/data_plane.hpp"
 
 namespace orrery::actors {
@@ -32,6 +33,11 @@ struct outgoing_tensor {
   messages::tensor_role role;
   at::Tensor tensor;
 };
+
+/// The sampler's parameters as a frame's route carries them.
+inline compute::sampling_params sampling_params_of(const messages::sampling_settings& s) {
+  return {s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed};
+}
 
 /// Allocates the payload of a frame for the data plane to read into: in
 /// pinned (page-locked) memory for a node computing on a GPU, so uploads run

@@ -12,12 +12,6 @@ namespace orrery::compute {
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
-
-double ms_since(clock_type::time_point start) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
-}
-
 at::Tensor ids_tensor(const std::vector<token_id>& ids) {
   std::vector<std::int64_t> wide(ids.begin(), ids.end());
   return at::tensor(wide, at::TensorOptions().dtype(at::kLong));
@@ -59,6 +53,25 @@ double decode_ms_per_token(double decode_ms, std::size_t tokens) {
   return tokens > 1 ? decode_ms / static_cast<double>(tokens - 1) : 0.0;
 }
 
+generation_progress::generation_progress(std::vector<token_id> prompt, int max_new_tokens, bool stop_at_eos,
+                                         token_id eos)
+    : history_(prompt), max_new_tokens_(max_new_tokens), stop_at_eos_(stop_at_eos), eos_(eos) {
+  result_.prompt_tokens = std::move(prompt);
+}
+
+bool generation_progress::accept(token_id token) {
+  const auto now = clock_type::now();
+  if (result_.tokens.empty()) {
+    result_.prefill_ms = std::chrono::duration<double, std::milli>(now - started_).count();
+    decode_started_ = now;
+  }
+  history_.push_back(token);
+  result_.tokens.push_back(token);
+  result_.decode_ms = std::chrono::duration<double, std::milli>(now - decode_started_).count();
+  result_.stopped_at_eos = token == eos_;
+  return static_cast<int>(result_.tokens.size()) >= max_new_tokens_ || (stop_at_eos_ && result_.stopped_at_eos);
+}
+
 double generation_result::decode_ms_per_token() const {
   return compute::decode_ms_per_token(decode_ms, tokens.size());
 }
@@ -72,33 +85,23 @@ generation_result generate(shard& model, const tokenizer& tok, const generation_
   if (!model.has_embedding() || !model.has_head())
     throw model_error("local generation needs the whole model, not the shard [" + std::to_string(model.first_layer()) +
                       ", " + std::to_string(model.last_layer()) + ")");
-  generation_result result;
-  result.prompt_tokens = prompt_tokens(tok, request.prompt);
-  const int prompt = static_cast<int>(result.prompt_tokens.size());
-  check_request(request, prompt, model.config().max_position_embeddings);
+  const auto prompt = prompt_tokens(tok, request.prompt);
+  const int length = static_cast<int>(prompt.size());
+  check_request(request, length, model.config().max_position_embeddings);
 
   sampler choose(request.sampling);
-  kv_cache cache = model.new_cache(prompt + request.max_new_tokens - 1);
-  result.kv_cache_bytes = cache.bytes();
-  std::vector<token_id> history = result.prompt_tokens;
-  auto emit = [&](const at::Tensor& logits) {
-    const token_id next = sample(choose, logits, history, static_cast<std::uint32_t>(result.tokens.size()));
-    history.push_back(next);
-    result.tokens.push_back(next);
+  kv_cache cache = model.new_cache(length + request.max_new_tokens - 1);
+  generation_progress progress(prompt, request.max_new_tokens, request.stop_at_eos, tok.eos());
+  at::Tensor logits = model.forward(ids_tensor(prompt), {{&cache, length}});
+  for (;;) {
+    const token_id next = sample(choose, logits, progress.history(), progress.step());
+    const bool done = progress.accept(next);
     if (on_token) on_token(next, tok.decode(next));
-    return next;
-  };
-
-  auto start = clock_type::now();
-  token_id next = emit(model.forward(ids_tensor(result.prompt_tokens), {{&cache, prompt}}));
-  result.prefill_ms = ms_since(start);
-  start = clock_type::now();
-  while (static_cast<int>(result.tokens.size()) < request.max_new_tokens) {
-    if (request.stop_at_eos && next == tok.eos()) break;
-    next = emit(model.forward(ids_tensor({next}), {{&cache, 1}}));
+    if (done) break;
+    logits = model.forward(ids_tensor({next}), {{&cache, 1}});
   }
-  result.decode_ms = ms_since(start);
-  result.stopped_at_eos = next == tok.eos();
+  auto result = progress.result();
+  result.kv_cache_bytes = cache.bytes();
   return result;
 }
 

@@ -2,6 +2,7 @@
 // Local generation on one shard holding the whole model: tokenise, prefill,
 // then sample and decode one token at a time, streaming each token out.
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -52,6 +53,36 @@ token_id sample(sampler& choose, const at::Tensor& logits, const std::vector<tok
 
 /// BOS followed by the prompt's tokens: what every generation starts from.
 std::vector<token_id> prompt_tokens(const tokenizer& tok, const std::string& prompt);
+
+/// One sequence being generated, stepped the same way by local generation
+/// (generate, below) and by the pipeline's driver (actors/driver.cpp): each
+/// sampled token is accepted in turn, and the sequence ends at max_new_tokens
+/// or, when asked, at EOS. Times the prefill (start to the first token) and
+/// the decode (the rest).
+class generation_progress {
+ public:
+  /// Starts the clock. `prompt` is BOS + the prompt's tokens.
+  generation_progress(std::vector<token_id> prompt, int max_new_tokens, bool stop_at_eos, token_id eos);
+
+  /// Records the token sampled at step(); true when the sequence ends with it.
+  bool accept(token_id token);
+
+  /// How many tokens have been generated: the step the next token samples at.
+  std::uint32_t step() const { return static_cast<std::uint32_t>(result_.tokens.size()); }
+  /// Prompt and generated tokens: what a replay sends again.
+  const std::vector<token_id>& history() const { return history_; }
+  const generation_result& result() const { return result_; }
+
+ private:
+  using clock_type = std::chrono::steady_clock;
+  generation_result result_;
+  std::vector<token_id> history_;
+  int max_new_tokens_;
+  bool stop_at_eos_;
+  token_id eos_;
+  clock_type::time_point started_ = clock_type::now();
+  clock_type::time_point decode_started_;
+};
 
 /// Throws model_error naming both figures when `prompt_length` tokens (BOS
 /// included) and `new_tokens` generated ones do not fit `context` positions.

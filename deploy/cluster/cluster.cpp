@@ -12,6 +12,7 @@
 #include "actors/blocking_client.hpp"
 #include "actors/node.hpp"
 #include "actors/remote_actor.hpp"
+#include "messages/log.hpp"
 #include "compute/generation.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/types.hpp"
@@ -97,8 +98,8 @@ void run_node(const topology& t, const std::string& name) {
   // past this grace period it exits without waiting.
   std::thread([name = spec.name, signal] {
     std::this_thread::sleep_for(stop_grace);
-    std::cerr << "node " << name << ": a stage was still busy " << stop_grace.count()
-              << " ms after the stop signal; exiting without waiting for it" << std::endl;
+    logger("node").warn("node '" + name + "': a stage was still busy " + std::to_string(stop_grace.count()) +
+                        " ms after the stop signal; exiting without waiting for it");
     std::cout.flush();  // _Exit flushes nothing: the node's last lines would be lost in its log
     std::_Exit(128 + signal);
   }).detach();
@@ -134,7 +135,7 @@ pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
   dc.model = t.model;
   auto nodes = connect_nodes(*system_, t);
   if (nodes.unreachable.size() == nodes.stages.size()) nodes.require_all();
-  for (const auto& line : nodes.unreachable) std::cerr << line << "; planning around it" << std::endl;
+  for (const auto& line : nodes.unreachable) logger("cluster").warn(line + "; planning around it");
   dc.stages = std::move(nodes.stages);
   dc.request_timeout = t.request_timeout;
   dc.advertise_host = !advertise_host.empty() ? std::move(advertise_host) : t.testbed ? t.testbed->client : "127.0.0.1";

@@ -105,3 +105,28 @@ TEST_CASE("generation chooses among the model's whole vocabulary and shows ids t
     logits = m.whole->forward(at::tensor(std::vector<std::int64_t>{greedy.tokens[step]}, at::kLong), {{&cache, 1}});
   }
 }
+
+TEST_CASE("a generation ends at max_new_tokens, or at EOS when asked, and keeps the history a replay sends") {
+  generation_progress stops({256, 72}, 3, true, 257);
+  CHECK(stops.step() == 0);
+  CHECK_FALSE(stops.accept(10));
+  CHECK_FALSE(stops.accept(11));
+  CHECK(stops.step() == 2);
+  CHECK(stops.history() == std::vector<token_id>{256, 72, 10, 11});
+  CHECK(stops.accept(12));  // the third of three
+  CHECK_FALSE(stops.result().stopped_at_eos);
+  CHECK(stops.result().tokens == std::vector<token_id>{10, 11, 12});
+  CHECK(stops.result().prompt_tokens == std::vector<token_id>{256, 72});
+
+  generation_progress at_eos({256}, 10, true, 257);
+  CHECK_FALSE(at_eos.accept(5));
+  CHECK(at_eos.accept(257));
+  CHECK(at_eos.result().stopped_at_eos);
+
+  generation_progress past_eos({256}, 3, false, 257);
+  CHECK_FALSE(past_eos.accept(257));  // EOS ignored: benchmarks time a fixed number of steps
+  CHECK_FALSE(past_eos.accept(4));
+  CHECK(past_eos.accept(5));
+  CHECK(past_eos.result().prefill_ms >= 0);
+  CHECK(past_eos.result().decode_ms >= 0);
+}
