@@ -30,7 +30,7 @@ void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary>
 void fail_all(driver_ptr self, const std::string& why) {
   std::vector<std::uint64_t> ids;
   for (const auto& [id, r] : self->state.requests) ids.push_back(id);
-  for (auto id : ids) finish(self, id, driver_error(errc::request_failed, why));
+  for (auto id : ids) finish(self, id, make_error(errc::request_failed, why));
 }
 
 // How often the driver checks request deadlines while requests are in flight.
@@ -52,7 +52,7 @@ void check_deadlines(driver_ptr self) {
     for (const auto& [id, r] : s.requests)
       if (clock_type::now() > r.deadline) late.push_back(id);
   for (auto id : late)
-    finish(self, id, driver_error(errc::request_failed, "no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
+    finish(self, id, make_error(errc::request_failed, "no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
   if (!s.requests.empty()) watch_deadlines(self);
 }
 
@@ -95,7 +95,7 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
       logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
     }
   } catch (const std::exception& e) {
-    return finish(self, id, driver_error(errc::request_failed, "the last stage's answer is malformed: " + std::string(e.what())));
+    return finish(self, id, make_error(errc::request_failed, "the last stage's answer is malformed: " + std::string(e.what())));
   }
   if (r.replayed_by >= 0) {
     auto& event = s.recoveries.at(static_cast<std::size_t>(r.replayed_by));
@@ -116,15 +116,15 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
 
 caf::result<generation_summary> start_request(driver_ptr self, generate_request& request) {
   auto& s = self->state;
-  if (!s.broken.empty()) return driver_error(errc::no_capacity, s.broken);
-  if (!s.deployed) return driver_error(errc::not_ready, "the driver has not deployed its placement yet (send deploy_atom first)");
-  if (request.max_new_tokens < 1) return driver_error(errc::invalid_request, "max-tokens must be at least 1");
+  if (!s.broken.empty()) return make_error(errc::no_capacity, s.broken);
+  if (!s.deployed) return make_error(errc::not_ready, "the driver has not deployed its placement yet (send deploy_atom first)");
+  if (request.max_new_tokens < 1) return make_error(errc::invalid_request, "max-tokens must be at least 1");
   auto prompt = compute::prompt_tokens(*s.tok, request.prompt);
   try {
     sampling_params_of(request.sampling).validate();
     compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
   } catch (const std::exception& e) {
-    return driver_error(errc::invalid_request, e.what());
+    return make_error(errc::invalid_request, e.what());
   }
   const auto id = s.next_request++;
   // Read the sender first: making the promise takes it out of the message.
@@ -174,8 +174,8 @@ driver_actor::behavior_type driver_behavior(driver_ptr self, driver_config confi
   return {
       [self](deploy_atom) -> caf::result<void> {
         if (self->state.deployed || self->state.switching)
-          return driver_error(errc::not_ready, "the driver is already deployed (or deploying): spawn another driver for another placement");
-        if (self->state.nodes.empty()) return driver_error(errc::invalid_request, "the placement has no stages");
+          return make_error(errc::not_ready, "the driver is already deployed (or deploying): spawn another driver for another placement");
+        if (self->state.nodes.empty()) return make_error(errc::invalid_request, "the placement has no stages");
         auto promise = self->make_response_promise();
         deploy(self, promise);
         return promise;
@@ -185,7 +185,7 @@ driver_actor::behavior_type driver_behavior(driver_ptr self, driver_config confi
       [self](request_failure& failure) {
         // A broken link is the supervisor's to judge: its verdict starts a
         // recovery that replays the request, and the deadline still holds.
-        if (!failure.transient) finish(self, failure.request, driver_error(errc::request_failed, failure.problem));
+        if (!failure.transient) finish(self, failure.request, make_error(errc::request_failed, failure.problem));
       },
       [self](node_verdict& verdict) { on_verdict(self, verdict); },
       [self](retry_atom, std::uint64_t deployment, bool grace_over) {

@@ -227,13 +227,13 @@ void survey(driver_ptr self, std::function<void(driver_ptr, int)> then) {
 // answer.
 void place(driver_ptr self, caf::response_promise promise, int attempts) {
   if (std::none_of(self->state.nodes.begin(), self->state.nodes.end(), [](const auto& n) { return n.alive; }))
-    return promise.deliver(driver_error(errc::unreachable, "no node of the placement is there"));
+    return promise.deliver(make_error(errc::unreachable, "no node of the placement is there"));
   std::vector<planning::stage> layout;
   try {
     layout = first_layout(self);
   } catch (const planning::infeasible_error& e) {
     return promise.deliver(
-        driver_error(errc::no_capacity, "the nodes there (" + node_names(self, true) + ") cannot hold the model: " + e.what()));
+        make_error(errc::no_capacity, "the nodes there (" + node_names(self, true) + ") cannot hold the model: " + e.what()));
   }
   switch_layout(self, layout, [promise, attempts](driver_ptr self, std::vector<stage_ready>, caf::error error) mutable {
     if (!error) {

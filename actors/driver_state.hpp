@@ -101,8 +101,6 @@ inline const logger& log(driver_ptr) {
 
 inline std::string session_of(driver_ptr self) { return "session " + std::to_string(self->state.session) + ": "; }
 
-inline caf::error driver_error(errc code, const std::string& text) { return make_error(code, text); }
-
 // -- serving requests (actors/driver.cpp) -------------------------------------
 
 /// Ends request `id` with its summary or its error, and frees its KV caches.

@@ -80,8 +80,6 @@ const logger& stage_log() {
   return log;
 }
 
-
-
 /// The node's copy of the model is not the client's.
 struct model_copy_differs : std::runtime_error {
   using std::runtime_error::runtime_error;

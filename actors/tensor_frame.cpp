@@ -47,9 +47,18 @@ void describe(messages::frame_descriptor& descriptor, const std::vector<outgoing
                                   static_cast<std::uint64_t>(t.tensor.nbytes())});
 }
 
-std::uint64_t payload_bytes(const messages::frame_descriptor& descriptor) {
-  if (descriptor.tensors.empty()) return 0;
-  return messages::tensor_offsets(descriptor.tensors).back() + descriptor.tensors.back().byte_length;
+// The buffer several tensors are packed into, laid out as `offsets` says:
+// only the padding between them is zeroed, the tensors' bytes are copied
+// over the rest.
+at::Tensor payload_buffer(const messages::frame_descriptor& descriptor, const std::vector<std::uint64_t>& offsets,
+                          bool pinned) {
+  const auto& layouts = descriptor.tensors;
+  const std::uint64_t end = layouts.empty() ? 0 : offsets.back() + layouts.back().byte_length;
+  auto buffer = at::empty({static_cast<std::int64_t>(end)}, at::TensorOptions().dtype(at::kByte).pinned_memory(pinned));
+  auto* bytes = static_cast<std::byte*>(buffer.data_ptr());
+  for (std::size_t i = 0; i + 1 < layouts.size(); ++i)
+    std::memset(bytes + offsets[i] + layouts[i].byte_length, 0, offsets[i + 1] - offsets[i] - layouts[i].byte_length);
+  return buffer;
 }
 
 #ifdef ORRERY_WITH_CUDA
@@ -71,8 +80,7 @@ void send_from_device(messages::link& link, messages::frame_descriptor descripto
   auto s = std::make_shared<staged>();
   describe(descriptor, tensors);
   const auto offsets = messages::tensor_offsets(descriptor.tensors);
-  s->host = at::zeros({static_cast<std::int64_t>(payload_bytes(descriptor))},
-                      at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  s->host = payload_buffer(descriptor, offsets, /*pinned=*/true);
   auto* to = static_cast<std::byte*>(s->host.data_ptr());
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     auto source = tensors[i].tensor.contiguous();
@@ -118,11 +126,6 @@ const at::Tensor& tensor_frame::tensor(messages::tensor_role role) const {
                               messages::to_string(role) + " tensor (it has: " + (roles.empty() ? "none" : roles) + ")");
 }
 
-bool tensor_frame::has(messages::tensor_role role) const {
-  return std::any_of(descriptor.tensors.begin(), descriptor.tensors.end(),
-                     [role](const auto& t) { return t.role == role; });
-}
-
 messages::frame_allocator tensor_allocator(bool pinned) {
 #ifndef ORRERY_WITH_CUDA
   pinned = false;
@@ -162,7 +165,7 @@ void send_tensors(messages::link& link, messages::frame_descriptor descriptor, s
     return link.send(std::move(descriptor), data, held, std::move(done));
   }
   const auto offsets = messages::tensor_offsets(descriptor.tensors);
-  auto packed = std::make_shared<at::Tensor>(at::zeros({static_cast<std::int64_t>(payload_bytes(descriptor))}, at::kByte));
+  auto packed = std::make_shared<at::Tensor>(payload_buffer(descriptor, offsets, /*pinned=*/false));
   auto* to = static_cast<std::byte*>(packed->data_ptr());
   for (std::size_t i = 0; i < tensors.size(); ++i)
     if (const auto bytes = tensors[i].tensor.nbytes(); bytes > 0) std::memcpy(to + offsets[i], tensors[i].tensor.data_ptr(), bytes);

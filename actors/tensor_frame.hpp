@@ -25,7 +25,6 @@ struct tensor_frame {
   /// The first tensor of `role`; throws std::invalid_argument naming the
   /// route and the roles the frame has when there is none.
   const at::Tensor& tensor(messages::tensor_role role) const;
-  bool has(messages::tensor_role role) const;
 };
 
 /// A tensor to send and what it is to the receiver.

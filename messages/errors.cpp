@@ -24,10 +24,6 @@ caf::error make_error(errc code, std::string text) {
   return caf::error{static_cast<std::uint8_t>(code), caf::atom("orrery"), caf::make_message(std::move(text))};
 }
 
-bool is_error(const caf::error& e, errc code) {
-  return e.category() == caf::atom("orrery") && e.code() == static_cast<std::uint8_t>(code);
-}
-
 std::string error_text_of(const caf::error& e) {
   if (e.category() != caf::atom("orrery") || !e.context().match_elements<std::string>()) return {};
   return e.context().get_as<std::string>(0);

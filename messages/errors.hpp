@@ -41,9 +41,6 @@ const char* to_string(errc code);
 /// An orrery error: `code` and the text that says where and why.
 caf::error make_error(errc code, std::string text);
 
-/// Whether `e` is an orrery error of `code`.
-bool is_error(const caf::error& e, errc code);
-
 /// The text of an orrery error; empty for any other error.
 std::string error_text_of(const caf::error& e);
 

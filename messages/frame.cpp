@@ -37,6 +37,11 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 
 constexpr std::uint16_t tensor_role_count = 5;
 
+/// Where a tensor that follows `end` starts.
+constexpr std::uint64_t aligned(std::uint64_t end) {
+  return (end + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+}
+
 std::string check_descriptor(frame_descriptor& d, std::uint64_t payload_bytes, std::uint64_t max_payload_bytes) {
   const auto claimed = d.tensors;
   std::uint64_t expected = 0;
@@ -196,7 +201,7 @@ std::vector<std::uint64_t> tensor_offsets(const std::vector<tensor_layout>& tens
   std::uint64_t at = 0;
   for (const auto& t : tensors) {
     offsets.push_back(at);
-    at += (t.byte_length + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+    at = aligned(at + t.byte_length);
   }
   return offsets;
 }
@@ -270,7 +275,7 @@ std::string payload_length(std::vector<tensor_layout>& tensors, std::uint64_t ma
     // Dividing the limit down in payload_length keeps every sum below 2^64.
     if (auto problem = payload_length(t.type, t.shape, max_bytes, t.byte_length); !problem.empty())
       return "tensor " + std::to_string(i) + " (" + to_string(t.role) + "): " + problem;
-    const auto start = (end + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+    const auto start = aligned(end);
     if (start > max_bytes || t.byte_length > max_bytes - start)
       return "tensors 0.." + std::to_string(i) + " exceed the limit of " + std::to_string(max_bytes) + " bytes";
     end = start + t.byte_length;
