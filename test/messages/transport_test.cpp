@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "messages/data_plane.hpp"
+#include "test/messages/recording_plane.hpp"
 
 using namespace orrery::messages;
 namespace messages = orrery::messages;  // `link` alone collides with POSIX ::link()
@@ -24,7 +25,7 @@ using boost::system::error_code;
 
 namespace {
 
-using bytes = std::vector<std::byte>;
+using namespace orrery::test;
 
 /// What one stream moved, kept by the test after the stream is gone.
 struct stream_tally {
@@ -286,50 +287,6 @@ class handshaking_transport final : public transport {
   };
 };
 
-/// Deterministic payload bytes.
-bytes pattern(std::size_t size, std::uint64_t seed) {
-  bytes out(size);
-  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& b : out) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    b = std::byte(x & 0xFF);
-  }
-  return out;
-}
-
-/// A data plane that records what reaches it.
-struct recording_plane {
-  explicit recording_plane(data_plane_options options)
-      : plane(std::move(options),
-              [](const frame_descriptor& d) {
-                std::shared_ptr<std::byte[]> buffer(new std::byte[d.byte_length]);
-                return std::pair<std::shared_ptr<void>, std::byte*>(buffer, buffer.get());
-              },
-              [this](received_frame f) { note([&] { frames.push_back(std::move(f)); }); },
-              [this](const std::string& peer, const std::string& problem) {
-                note([&] { failures.emplace_back(peer, problem); });
-              }) {}
-
-  template <typename Change>
-  void note(Change change) {
-    std::lock_guard<std::mutex> guard(mutex);
-    change();
-    changed.notify_all();
-  }
-  template <typename Predicate>
-  bool wait(Predicate done) {
-    std::unique_lock<std::mutex> lock(mutex);
-    return changed.wait_for(lock, 10s, done);
-  }
-
-  std::mutex mutex;
-  std::condition_variable changed;
-  std::vector<received_frame> frames;
-  std::vector<std::pair<std::string, std::string>> failures;
-  std::vector<std::string> completions;  // of frames sent from here; "" for success
-  data_plane plane;                      // last: its io thread stops before the records go
-};
-
 data_plane_options over(std::shared_ptr<transport> t, std::uint64_t credit_bytes = 64ull << 20) {
   data_plane_options options;
   options.transport = std::move(t);
@@ -344,16 +301,6 @@ frame_descriptor descriptor_of(element_type type, std::vector<std::int64_t> shap
   return d;
 }
 
-std::uint64_t request_of(const frame_descriptor& d) { return std::get<forward_route>(d.route).request; }
-
-void send_pattern(messages::link& l, frame_descriptor d, recording_plane& from) {
-  std::uint64_t length = 0;
-  REQUIRE(payload_length(d.tensors, 1ull << 31, length).empty());
-  auto payload = std::make_shared<bytes>(pattern(length, request_of(d)));
-  l.send(std::move(d), payload->data(), payload,
-         [&from](const std::string& error) { from.note([&] { from.completions.push_back(error); }); });
-}
-
 std::uint64_t wire_size_of(const frame_descriptor& d) { return wire_size(encode_descriptor(d).size(), d.byte_length); }
 
 }  // namespace
@@ -363,7 +310,7 @@ TEST_CASE("the data plane carries frames and credit intact over a stream that tr
   // A window smaller than the frames below: credit must come back, through
   // the same trickle, before most frames may go.
   constexpr std::uint64_t window = 2048;
-  recording_plane receiver(over(trickle, window)), sender(over(trickle));
+  endpoint receiver(over(trickle, window)), sender(over(trickle));
   auto l = sender.plane.connect("127.0.0.1", receiver.plane.port(), 5s);
 
   std::vector<frame_descriptor> plan;
@@ -377,17 +324,17 @@ TEST_CASE("the data plane carries frames and credit intact over a stream that tr
   auto deadline = std::chrono::steady_clock::now() + 5s;
   while (dialed->bytes_written < frame_header_size && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(1ms);
-  send_pattern(*l, plan.front(), sender);
-  REQUIRE(sender.wait([&] { return sender.completions.size() == 1; }));
-  for (std::size_t i = 1; i < plan.size(); ++i) send_pattern(*l, plan[i], sender);
-  REQUIRE(receiver.wait([&] { return receiver.frames.size() == plan.size(); }));
-  REQUIRE(sender.wait([&] { return sender.completions.size() == plan.size(); }));
+  send_pattern(*l, plan.front(), sender.box);
+  REQUIRE(sender.box.wait([&] { return sender.box.completions.size() == 1; }));
+  for (std::size_t i = 1; i < plan.size(); ++i) send_pattern(*l, plan[i], sender.box);
+  REQUIRE(receiver.box.wait([&] { return receiver.box.frames.size() == plan.size(); }));
+  REQUIRE(sender.box.wait([&] { return sender.box.completions.size() == plan.size(); }));
 
   std::uint64_t frame_bytes = 0;
   {
-    std::lock_guard<std::mutex> guard(receiver.mutex);
+    std::lock_guard<std::mutex> guard(receiver.box.mutex);
     for (std::size_t i = 0; i < plan.size(); ++i) {
-      const auto& got = receiver.frames[i];
+      const auto& got = receiver.box.frames[i];
       CAPTURE(i);
       CHECK(request_of(got.descriptor) == request_of(plan[i]));  // in order
       REQUIRE(got.descriptor.tensors.size() == 1);
@@ -401,8 +348,8 @@ TEST_CASE("the data plane carries frames and credit intact over a stream that tr
     CHECK(frame_bytes > 4 * window);
   }
   {
-    std::lock_guard<std::mutex> guard(sender.mutex);
-    CHECK(std::all_of(sender.completions.begin(), sender.completions.end(), [](const auto& e) { return e.empty(); }));
+    std::lock_guard<std::mutex> guard(sender.box.mutex);
+    CHECK(std::all_of(sender.box.completions.begin(), sender.box.completions.end(), [](const auto& e) { return e.empty(); }));
   }
   // Every credited byte came back through the trickle.
   deadline = std::chrono::steady_clock::now() + 5s;
@@ -424,9 +371,9 @@ TEST_CASE("the data plane carries frames and credit intact over a stream that tr
     std::this_thread::sleep_for(1ms);
   CHECK(accepted->bytes_read == dialed->bytes_written);
   CHECK(dialed->bytes_read == accepted->bytes_written);
-  std::lock_guard<std::mutex> receiver_guard(receiver.mutex), sender_guard(sender.mutex);
-  CHECK(receiver.failures.empty());
-  CHECK(sender.failures.empty());
+  std::lock_guard<std::mutex> receiver_guard(receiver.box.mutex), sender_guard(sender.box.mutex);
+  CHECK(receiver.box.failures.empty());
+  CHECK(sender.box.failures.empty());
 }
 
 TEST_CASE("a stream that breaks mid-frame fails its link at both ends, and no frame is dropped") {
@@ -436,21 +383,21 @@ TEST_CASE("a stream that breaks mid-frame fails its link at both ends, and no fr
   auto frame = descriptor_of(element_type::f32, {256}, 1);
   const std::uint64_t break_after = 2 * frame_header_size + encode_descriptor(frame).size() + 100;
   auto breaking = std::make_shared<trickle_transport>(break_after);
-  recording_plane receiver(over(plain_tcp())), sender(over(breaking));
+  endpoint receiver(over(plain_tcp())), sender(over(breaking));
   auto l = sender.plane.connect("127.0.0.1", receiver.plane.port(), 5s);
   constexpr int frame_count = 3;
-  for (int i = 0; i < frame_count; ++i) send_pattern(*l, descriptor_of(element_type::f32, {256}, i + 1), sender);
+  for (int i = 0; i < frame_count; ++i) send_pattern(*l, descriptor_of(element_type::f32, {256}, i + 1), sender.box);
 
-  REQUIRE(sender.wait([&] { return sender.completions.size() == frame_count && !sender.failures.empty(); }));
-  REQUIRE(receiver.wait([&] { return !receiver.failures.empty(); }));
+  REQUIRE(sender.box.wait([&] { return sender.box.completions.size() == frame_count && !sender.box.failures.empty(); }));
+  REQUIRE(receiver.box.wait([&] { return !receiver.box.failures.empty(); }));
   CHECK_FALSE(l->is_open());
-  std::lock_guard<std::mutex> receiver_guard(receiver.mutex), sender_guard(sender.mutex);
-  CHECK(receiver.frames.empty());
-  for (const auto& e : sender.completions) CHECK(!e.empty());
-  CHECK(sender.failures.front().first == "127.0.0.1:" + std::to_string(receiver.plane.port()));
-  CHECK_MESSAGE(sender.failures.front().second.find("write failed") != std::string::npos, sender.failures.front().second);
-  CHECK_MESSAGE(receiver.failures.front().second.find("mid-frame (100 of 1024 payload bytes)") != std::string::npos,
-                receiver.failures.front().second);
+  std::lock_guard<std::mutex> receiver_guard(receiver.box.mutex), sender_guard(sender.box.mutex);
+  CHECK(receiver.box.frames.empty());
+  for (const auto& e : sender.box.completions) CHECK(!e.empty());
+  CHECK(sender.box.failures.front().first == "127.0.0.1:" + std::to_string(receiver.plane.port()));
+  CHECK_MESSAGE(sender.box.failures.front().second.find("write failed") != std::string::npos, sender.box.failures.front().second);
+  CHECK_MESSAGE(receiver.box.failures.front().second.find("mid-frame (100 of 1024 payload bytes)") != std::string::npos,
+                receiver.box.failures.front().second);
   CHECK(breaking->tally.only(true)->bytes_written == break_after);
 }
 
@@ -460,20 +407,20 @@ TEST_CASE("a transport's handshake is done before the data plane sees the stream
   asio::io_context never_run;
   auto silent = plain_tcp()->listen(never_run, "127.0.0.1", 0);
   auto shaking = std::make_shared<handshaking_transport>();
-  recording_plane a(over(shaking)), b(over(shaking)), plain(over(plain_tcp()));
+  endpoint a(over(shaking)), b(over(shaking)), plain(over(plain_tcp()));
 
   // Both ends shake hands, and then frames flow as over TCP: the protocol
   // never sees the handshake's bytes.
   auto l = a.plane.connect("127.0.0.1", b.plane.port(), 5s);
-  send_pattern(*l, descriptor_of(element_type::f32, {1000}, 1), a);
-  REQUIRE(b.wait([&] { return b.frames.size() == 1; }));
+  send_pattern(*l, descriptor_of(element_type::f32, {1000}, 1), a.box);
+  REQUIRE(b.box.wait([&] { return b.box.frames.size() == 1; }));
   {
-    std::lock_guard<std::mutex> guard(b.mutex);
+    std::lock_guard<std::mutex> guard(b.box.mutex);
     auto expected = pattern(4000, 1);
-    CHECK(std::memcmp(b.frames[0].data, expected.data(), expected.size()) == 0);
+    CHECK(std::memcmp(b.box.frames[0].data, expected.data(), expected.size()) == 0);
   }
 
-  auto failure_of = [](recording_plane& from, std::uint16_t port, std::chrono::milliseconds timeout) {
+  auto failure_of = [](endpoint& from, std::uint16_t port, std::chrono::milliseconds timeout) {
     auto start = std::chrono::steady_clock::now();
     std::string message;
     try {
