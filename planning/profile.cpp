@@ -37,6 +37,11 @@ double time_curve::at(double length) const {
   const point& b = *upper;
   const point& a = *(upper - 1);
   double slope = b.length > a.length ? (b.seconds - a.seconds) / (b.length - a.length) : 0.0;
+  // Past the last point only a rising cost is carried on. Two noisy
+  // measurements that happen to fall (a throttled device timed at a lucky
+  // moment) would otherwise reach zero a few points further, and a planner
+  // would see a slow device as free: it put a 0.1-core node in a pipeline.
+  if (length > b.length && slope < 0) return b.seconds;
   return std::max(0.0, a.seconds + slope * (length - a.length));
 }
 

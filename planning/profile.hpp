@@ -23,7 +23,8 @@ class profile_error : public std::runtime_error {
 
 /// Seconds per token as a function of a length (prompt length for prefill,
 /// context length for decode), measured at a few lengths and interpolated
-/// linearly between them, flat below the first, extrapolated linearly beyond the last.
+/// linearly between them, flat below the first; beyond the last a rising cost
+/// is extrapolated linearly and a falling one held at the last point.
 class time_curve {
  public:
   /// One measurement: at `length` tokens a token costs `seconds`.

@@ -34,13 +34,17 @@ std::string temp_path(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("time curves interpolate, stay flat below the first point, extrapolate above") {
+TEST_CASE("time curves interpolate, stay flat below the first point, extrapolate a rising cost above the last and hold a falling one") {
   time_curve c({{100, 2.0}, {10, 1.0}});
   CHECK(c.at(10) == doctest::Approx(1.0));
   CHECK(c.at(55) == doctest::Approx(1.5));
   CHECK(c.at(190) == doctest::Approx(3.0));
   CHECK(c.at(0) == doctest::Approx(1.0));
-  CHECK(time_curve({{10, 1.0}, {20, 0.0}}).at(100) == 0.0);
+  // Falling between the measurements: flat past the last one, never down to zero.
+  time_curve falling({{12, 3.8e-3}, {36, 2.3e-3}});
+  CHECK(falling.at(24) == doctest::Approx(3.05e-3));
+  CHECK(falling.at(80) == doctest::Approx(2.3e-3));
+  CHECK(falling.at(1e6) == doctest::Approx(2.3e-3));
   CHECK(time_curve::constant(0.5).at(1e6) == 0.5);
 }
 
