@@ -8,7 +8,7 @@
 #include "actors/driver_state.hpp"
 #include "actors/error_text.hpp"
 #include "actors/supervisor.hpp"
-#include "compute/dtype.hpp"
+#include "base/element_type.hpp"
 
 namespace orrery::actors::driver_detail {
 
@@ -40,14 +40,14 @@ planning::cluster_state cluster_state_of(driver_ptr self) {
   planning::cluster_state state;
   // Layer bytes are counted in the first node's dtype; a node of another
   // dtype stores each of those bytes at the ratio of the element sizes.
-  auto element_size = [](const std::string& dtype) {
-    return static_cast<double>(compute::dtype_size(compute::dtype_from_name(dtype).value_or(compute::dtype::f32)));
+  auto size_of = [](const std::string& dtype) {
+    return static_cast<double>(element_size(element_type_from_name(dtype).value_or(element_type::f32)));
   };
-  const double source_size = element_size(s.nodes.front().dtype);
+  const double source_size = size_of(s.nodes.front().dtype);
   for (const auto& n : s.nodes) {
     state.alive.push_back(n.alive);
     state.memory_bytes.push_back(n.memory_bytes);
-    state.state_scale.push_back(element_size(n.dtype) / source_size);
+    state.state_scale.push_back(size_of(n.dtype) / source_size);
   }
   for (int layer = 0; layer < s.model.num_layers; ++layer)
     state.layer_bytes.push_back(static_cast<std::uint64_t>(static_cast<double>(s.model.parameter_count(layer, layer + 1)) * source_size));

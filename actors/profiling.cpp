@@ -138,7 +138,7 @@ class link_prober {
       messages::frame_descriptor d;
       d.session = probe_session;
       d.route = messages::probe_route{id, reply_port_};
-      d.tensors = {{messages::tensor_role::hidden, messages::element_type::f32, {static_cast<std::int64_t>(frame_bytes / 4)}, 0}};
+      d.tensors = {{messages::tensor_role::hidden, element_type::f32, {static_cast<std::int64_t>(frame_bytes / 4)}, 0}};
       link_->send(std::move(d), buffer_->data(), buffer_, {});
     }
     std::string failure;
@@ -215,7 +215,7 @@ void probe_responder::answer(std::uint64_t id, const std::string& host, std::uin
   messages::frame_descriptor d;
   d.session = probe_session;
   d.route = messages::probe_route{id, 0};
-  d.tensors = {{messages::tensor_role::hidden, messages::element_type::f32, {1}, 0}};
+  d.tensors = {{messages::tensor_role::hidden, element_type::f32, {1}, 0}};
   link->send(std::move(d), answer_bytes->data(), answer_bytes, {});
 }
 

@@ -18,6 +18,7 @@
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/sampler.hpp"
+#include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
 #include "messages/errors.hpp"
 #include "messages/data_plane.hpp"

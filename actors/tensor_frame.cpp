@@ -6,6 +6,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "compute/scalar_type.hpp"
+
 #ifdef ORRERY_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,33 +19,11 @@ namespace orrery::actors {
 
 namespace {
 
-at::ScalarType scalar_type_of(messages::element_type t) {
-  switch (t) {
-    case messages::element_type::f32: return at::kFloat;
-    case messages::element_type::f16: return at::kHalf;
-    case messages::element_type::bf16: return at::kBFloat16;
-    case messages::element_type::i64: return at::kLong;
-    case messages::element_type::i32: return at::kInt;
-  }
-  throw std::invalid_argument("unknown element type");
-}
-
-messages::element_type element_type_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return messages::element_type::f32;
-    case at::kHalf: return messages::element_type::f16;
-    case at::kBFloat16: return messages::element_type::bf16;
-    case at::kLong: return messages::element_type::i64;
-    case at::kInt: return messages::element_type::i32;
-    default: throw std::invalid_argument(std::string("the data plane cannot carry ") + c10::toString(t) + " tensors");
-  }
-}
-
 /// The descriptor's tensor list for `tensors`, byte lengths included.
 void describe(messages::frame_descriptor& descriptor, const std::vector<outgoing_tensor>& tensors) {
   descriptor.tensors.clear();
   for (const auto& t : tensors)
-    descriptor.tensors.push_back({t.role, element_type_of(t.tensor.scalar_type()), t.tensor.sizes().vec(),
+    descriptor.tensors.push_back({t.role, compute::element_type_of(t.tensor.scalar_type()), t.tensor.sizes().vec(),
                                   static_cast<std::uint64_t>(t.tensor.nbytes())});
 }
 
@@ -146,7 +126,7 @@ tensor_frame tensor_frame_of(const messages::received_frame& frame) {
   // Offsets are multiples of 8, so every view starts aligned for its type.
   for (std::size_t i = 0; i < layouts.size(); ++i)
     out.tensors.push_back(bytes.narrow(0, static_cast<std::int64_t>(offsets[i]), static_cast<std::int64_t>(layouts[i].byte_length))
-                              .view(scalar_type_of(layouts[i].type))
+                              .view(compute::scalar_type_of(layouts[i].type))
                               .view(layouts[i].shape));
   return out;
 }

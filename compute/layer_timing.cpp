@@ -7,6 +7,7 @@
 #include "compute/cpu_threads.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
+#include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
 
 namespace orrery::compute {

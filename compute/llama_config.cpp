@@ -146,7 +146,7 @@ llama_config llama_config::load(const std::filesystem::path& config_json) {
   if (optional<bool>(config, "attention_bias", false, where) || optional<bool>(config, "mlp_bias", false, where))
     fail(where, "attention_bias / mlp_bias are not supported");
   auto stored = optional<std::string>(config, "torch_dtype", "float32", where);
-  auto type = dtype_from_name(stored);
+  auto type = element_type_from_name(stored);
   if (!type) fail(where, "torch_dtype '" + stored + "' is not one of float32, float16, bfloat16");
   c.storage = *type;
   c.validate(where);

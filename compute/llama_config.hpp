@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "compute/dtype.hpp"
+#include "base/element_type.hpp"
 
 namespace orrery::compute {
 
@@ -26,8 +26,8 @@ struct llama_config {
   bool tie_word_embeddings = false;
   int bos_token_id = 0;
   int eos_token_id = 0;
-  /// The dtype the weights are stored in (`torch_dtype`).
-  dtype storage = dtype::f32;
+  /// The element type the weights are stored in (`torch_dtype`).
+  element_type storage = element_type::f32;
 
   /// Reads `config.json` (refused above 16 MiB or when not a regular file);
   /// throws model_error naming the file and the missing key, the key of the

@@ -31,20 +31,20 @@ double init_half_width(const std::string& name, const std::vector<std::int64_t>&
   return 1.0 / std::sqrt(static_cast<double>(shape[1]));
 }
 
-void store(float value, dtype type, std::byte* out) {
-  if (type == dtype::f32) {
+void store(float value, element_type type, std::byte* out) {
+  if (type == element_type::f32) {
     std::memcpy(out, &value, 4);
     return;
   }
-  std::uint16_t half = type == dtype::bf16 ? float_to_bf16(value) : float_to_f16(value);
+  std::uint16_t half = type == element_type::bf16 ? float_to_bf16(value) : float_to_f16(value);
   std::memcpy(out, &half, 2);
 }
 
 tensor_source random_tensor(const llama_config& config, const std::string& name, std::uint64_t seed) {
   tensor_source source{name, config.storage, tensor_shape(config, name), {}};
   double half_width = init_half_width(name, source.shape);
-  dtype type = config.storage;
-  std::int64_t numel = static_cast<std::int64_t>(source.nbytes() / dtype_size(type));
+  element_type type = config.storage;
+  std::int64_t numel = static_cast<std::int64_t>(source.nbytes() / element_size(type));
   source.fill = [=](std::byte* out) {
     std::uint64_t state = seed ^ fnv1a(name);
     for (std::int64_t i = 0; i < numel; ++i) {
@@ -53,7 +53,7 @@ tensor_source random_tensor(const llama_config& config, const std::string& name,
         double u = unit_interval(state);
         value = static_cast<float>((2 * u - 1) * half_width);
       }
-      store(value, type, out + static_cast<std::size_t>(i) * dtype_size(type));
+      store(value, type, out + static_cast<std::size_t>(i) * element_size(type));
     }
   };
   return source;

@@ -22,7 +22,7 @@ struct model_init_options {
 };
 
 /// Creates `dir` (which must not hold a model already) and writes the model.
-/// The storage dtype is `config.storage`.
+/// The storage element type is `config.storage`.
 void init_model(const std::filesystem::path& dir, const llama_config& config,
                 const model_init_options& options);
 

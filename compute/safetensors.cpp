@@ -45,7 +45,7 @@ tensor_view parse_entry(const std::filesystem::path& path, const std::string& na
     fail(path, "tensor '" + name + "' needs dtype, shape and data_offsets");
   const auto& dtype_json = entry["dtype"];
   if (!dtype_json.is_string()) fail(path, "tensor '" + name + "' has a non-string dtype");
-  auto type = dtype_from_safetensors(dtype_json.get<std::string>());
+  auto type = element_type_from_safetensors(dtype_json.get<std::string>());
   if (!type)
     fail(path, "tensor '" + name + "' has unsupported dtype '" + dtype_json.get<std::string>() +
                    "' (orrery loads F32, F16, BF16)");
@@ -69,17 +69,17 @@ tensor_view parse_entry(const std::filesystem::path& path, const std::string& na
                    std::to_string(end) + ") lie outside the " + std::to_string(data_size) +
                    "-byte data section (truncated file?)");
   auto numel = checked_numel(path, name, view.shape);
-  auto expected = static_cast<std::uint64_t>(numel) * dtype_size(view.type);
+  auto expected = static_cast<std::uint64_t>(numel) * element_size(view.type);
   if (expected != end - begin)
     fail(path, "tensor '" + name + "' shape and dtype need " + std::to_string(expected) +
                    " bytes but data_offsets span " + std::to_string(end - begin));
   // from_blob reads the mapped bytes as elements, and an element that starts
   // mid-word is a header that disagrees with what was written (an empty
   // tensor has no element to misplace).
-  if (end > begin && begin % dtype_size(view.type) != 0)
+  if (end > begin && begin % element_size(view.type) != 0)
     fail(path, "tensor '" + name + "' data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                    ") start at byte " + std::to_string(begin) + ", not a multiple of its " +
-                   std::to_string(dtype_size(view.type)) + "-byte " + std::string(safetensors_name(view.type)) +
+                   std::to_string(element_size(view.type)) + "-byte " + std::string(safetensors_name(view.type)) +
                    " elements (unaligned)");
   view.data = data + begin;
   view.nbytes = end - begin;
@@ -129,7 +129,7 @@ std::int64_t tensor_view::numel() const {
 std::size_t tensor_source::nbytes() const {
   return static_cast<std::size_t>(
              std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>())) *
-         dtype_size(type);
+         element_size(type);
 }
 
 std::shared_ptr<const safetensors_file> safetensors_file::open(const std::filesystem::path& path) {
@@ -192,7 +192,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<tens
   std::vector<const tensor_source*> ordered;
   for (const auto& t : tensors) ordered.push_back(&t);
   std::stable_sort(ordered.begin(), ordered.end(),
-                   [](auto* a, auto* b) { return dtype_size(a->type) > dtype_size(b->type); });
+                   [](auto* a, auto* b) { return element_size(a->type) > element_size(b->type); });
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;

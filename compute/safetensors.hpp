@@ -14,14 +14,14 @@
 #include <string>
 #include <vector>
 
-#include "compute/dtype.hpp"
+#include "base/element_type.hpp"
 
 namespace orrery::compute {
 
 /// A tensor inside a mapped file: no bytes are copied.
 struct tensor_view {
   std::string name;
-  dtype type;
+  element_type type;
   std::vector<std::int64_t> shape;
   const std::byte* data = nullptr;
   std::size_t nbytes = 0;
@@ -62,10 +62,10 @@ class safetensors_file {
 };
 
 /// One tensor to write: its bytes are produced on demand into a buffer of
-/// exactly numel * dtype_size bytes.
+/// exactly numel * element_size bytes.
 struct tensor_source {
   std::string name;
-  dtype type;
+  element_type type;
   std::vector<std::int64_t> shape;
   std::function<void(std::byte* out)> fill;
 

@@ -14,6 +14,7 @@
 #include "compute/decode_graph.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
+#include "compute/scalar_type.hpp"
 #include "compute/thread_pool.hpp"
 
 namespace orrery::compute {
@@ -27,21 +28,6 @@ at::Device device_from_name(const std::string& name) {
   } catch (const c10::Error&) {
     throw std::runtime_error("device '" + name + "' is neither cpu nor cuda:N");
   }
-}
-
-at::ScalarType scalar_type_of(dtype t) {
-  switch (t) {
-    case dtype::f32: return at::kFloat;
-    case dtype::f16: return at::kHalf;
-    case dtype::bf16: return at::kBFloat16;
-  }
-  return at::kFloat;
-}
-
-at::ScalarType scalar_type_from_name(const std::string& name) {
-  auto parsed = dtype_from_name(name);
-  if (!parsed) throw std::runtime_error("dtype '" + name + "' is not one of fp32, fp16, bf16");
-  return scalar_type_of(*parsed);
 }
 
 namespace {

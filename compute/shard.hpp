@@ -34,13 +34,6 @@ class thread_pool;
 /// or when this build of libtorch has no CUDA.
 at::Device device_from_name(const std::string& name);
 
-/// The libtorch element type of a model dtype.
-at::ScalarType scalar_type_of(dtype t);
-
-/// `fp32`, `fp16` or `bf16` (compute/dtype.hpp spellings) as an element type;
-/// throws std::runtime_error naming the accepted spellings otherwise.
-at::ScalarType scalar_type_from_name(const std::string& name);
-
 struct shard_options {
   at::Device device = at::kCPU;
   /// The dtype weights are converted to and computed in.

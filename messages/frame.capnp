@@ -6,7 +6,8 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("orrery::messages::wire");
 
-# Values match orrery::messages::element_type; a receiver rejects any other.
+# orrery::element_type (base/element_type.hpp) on the wire, converted in
+# messages/frame.cpp alone; a receiver rejects any other value.
 enum ElementType {
   f32 @0;
   f16 @1;

@@ -5,6 +5,7 @@
 #include <kj/exception.h>
 
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <sstream>
 
@@ -12,8 +13,6 @@
 
 namespace orrery::messages {
 namespace {
-
-constexpr std::uint16_t element_type_count = 5;
 
 template <typename T>
 void store_le(std::byte* at, T value) {
@@ -36,6 +35,35 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 }
 
 constexpr std::uint16_t tensor_role_count = 5;
+
+// orrery::element_type on the wire is frame.capnp's ElementType; these two are
+// the only conversions. Each switch names every value of its enum, so a type
+// added to one enum and not the other fails the build (-Wswitch).
+
+/// The wire spelling of `type`. A value outside the enum (only a test makes
+/// one) goes out as its number, for the receiver to reject.
+wire::ElementType wire_element_type(element_type type) {
+  switch (type) {
+    case element_type::f32: return wire::ElementType::F32;
+    case element_type::f16: return wire::ElementType::F16;
+    case element_type::bf16: return wire::ElementType::BF16;
+    case element_type::i64: return wire::ElementType::I64;
+    case element_type::i32: return wire::ElementType::I32;
+  }
+  return wire::ElementType(static_cast<std::uint16_t>(type));
+}
+
+/// The element type a wire value names; nullopt for a value frame.capnp has not.
+std::optional<element_type> element_type_of(wire::ElementType type) {
+  switch (type) {
+    case wire::ElementType::F32: return element_type::f32;
+    case wire::ElementType::F16: return element_type::f16;
+    case wire::ElementType::BF16: return element_type::bf16;
+    case wire::ElementType::I64: return element_type::i64;
+    case wire::ElementType::I32: return element_type::i32;
+  }
+  return std::nullopt;
+}
 
 /// Where a tensor that follows `end` starts.
 constexpr std::uint64_t aligned(std::uint64_t end) {
@@ -144,36 +172,6 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
 }
 
 }  // namespace
-
-std::size_t element_size(element_type type) {
-  switch (type) {
-    case element_type::f32:
-    case element_type::i32:
-      return 4;
-    case element_type::f16:
-    case element_type::bf16:
-      return 2;
-    case element_type::i64:
-      return 8;
-  }
-  return 0;
-}
-
-const char* to_string(element_type type) {
-  switch (type) {
-    case element_type::f32:
-      return "f32";
-    case element_type::f16:
-      return "f16";
-    case element_type::bf16:
-      return "bf16";
-    case element_type::i64:
-      return "i64";
-    case element_type::i32:
-      return "i32";
-  }
-  return "unknown";
-}
 
 const char* to_string(tensor_role role) {
   switch (role) {
@@ -295,7 +293,7 @@ std::vector<std::byte> encode_descriptor(const frame_descriptor& d) {
     const auto& t = d.tensors[i];
     auto out = tensors[i];
     out.setRole(wire::TensorRole(t.role));
-    out.setElementType(wire::ElementType(t.type));
+    out.setElementType(wire_element_type(t.type));
     auto shape = out.initShape(static_cast<unsigned>(t.shape.size()));
     for (unsigned k = 0; k < t.shape.size(); ++k) shape.set(k, t.shape[k]);
     out.setByteLength(t.byte_length);
@@ -337,12 +335,13 @@ std::string decode_descriptor(const std::byte* data, std::size_t size, std::uint
       const auto where = "tensor " + std::to_string(i) + ": ";
       auto role = static_cast<std::uint16_t>(t.getRole());
       if (role >= tensor_role_count) return where + "unknown role " + std::to_string(role);
-      auto type = static_cast<std::uint16_t>(t.getElementType());
-      if (type >= element_type_count) return where + "unknown element type " + std::to_string(type);
+      auto type = element_type_of(t.getElementType());
+      if (!type)
+        return where + "unknown element type " + std::to_string(static_cast<std::uint16_t>(t.getElementType()));
       auto shape = t.getShape();
       if (shape.size() > max_rank)
         return where + "rank " + std::to_string(shape.size()) + " exceeds the limit of " + std::to_string(max_rank);
-      tensor_layout layout{tensor_role(role), element_type(type), {}, t.getByteLength()};
+      tensor_layout layout{tensor_role(role), *type, {}, t.getByteLength()};
       for (auto dim : shape) layout.shape.push_back(dim);
       d.tensors.push_back(std::move(layout));
     }

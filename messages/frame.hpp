@@ -29,16 +29,9 @@
 #include <variant>
 #include <vector>
 
+#include "base/element_type.hpp"
+
 namespace orrery::messages {
-
-/// Element type of a tensor crossing the data plane.
-enum class element_type : std::uint8_t { f32, f16, bf16, i64, i32 };
-
-/// Bytes per element of `type`.
-std::size_t element_size(element_type type);
-
-/// Name of `type` as torch spells it ("f32", "bf16", ...).
-const char* to_string(element_type type);
 
 /// What one tensor of a frame is to its receiver (see frame.capnp).
 enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positions };
@@ -46,7 +39,7 @@ enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positi
 /// Name of `role` ("hidden", "tokens", ...).
 const char* to_string(tensor_role role);
 
-/// One tensor of a frame's payload: its role, dtype, shape and byte length.
+/// One tensor of a frame's payload: its role, element type, shape and byte length.
 struct tensor_layout {
   tensor_role role = tensor_role::hidden;
   element_type type = element_type::f32;

@@ -16,6 +16,7 @@
 #include "compute/message_text.hpp"
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
+#include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
 #include "compute/thread_pool.hpp"
 

@@ -12,16 +12,18 @@
 #include <fstream>
 #include <iostream>
 
+#include "base/element_type.hpp"
 #include "compute/cpu_threads.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_init.hpp"
+#include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
 #include "deploy/cli/flag_checks.hpp"
 
 namespace orrery::deploy {
 
 std::string local_device::resolved_dtype() const {
-  return compute::dtype_name_or_default(dtype, device);
+  return dtype_name_or_default(dtype, device);
 }
 
 void add_device_flags(CLI::App& command, local_device& where) {
@@ -33,7 +35,7 @@ void add_device_flags(CLI::App& command, local_device& where) {
 void check_runs_here(const local_device& where) {
   compute::device_from_name(where.device);
   const auto dtype = where.resolved_dtype();
-  if (!compute::dtype_from_name(dtype)) throw bad_flag("--dtype", dtype, "is not one of fp32, fp16, bf16");
+  if (!element_type_from_name(dtype)) throw bad_flag("--dtype", dtype, "is not one of fp32, fp16, bf16");
   if (where.device != "cpu") return;
   // Debian's libtorch 1.13 has no fp16 matrix multiply on the CPU, and a
   // model loaded in fp16 there failed at its first step with libtorch's stack

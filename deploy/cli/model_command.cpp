@@ -7,6 +7,7 @@
 #include <iostream>
 #include <memory>
 
+#include "base/element_type.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
 #include "deploy/cli/commands.hpp"
@@ -29,7 +30,7 @@ struct init_options {
 void run_init(const init_options& o) {
   if (o.arch != "llama") throw bad_flag("--arch", o.arch, "is not supported (known: llama)");
   auto config = compute::llama_config::preset(o.preset);
-  auto type = compute::dtype_from_name(o.dtype);
+  auto type = element_type_from_name(o.dtype);
   if (!type) throw bad_flag("--dtype", o.dtype, "is not one of fp32, fp16, bf16");
   config.storage = *type;
   std::cerr << "writing '" << o.preset << "' (" << config.parameter_count() / 1e6 << "M parameters, " << o.dtype
@@ -76,7 +77,7 @@ void run_info(const std::string& path) {
               "  context %d, rope theta %g, %s head, %.1fM parameters stored as %s\n",
               path.c_str(), c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
               c.vocab_size, c.max_position_embeddings, c.rope_theta, c.tie_word_embeddings ? "tied" : "separate",
-              c.parameter_count() / 1e6, std::string(compute::torch_dtype_name(c.storage)).c_str());
+              c.parameter_count() / 1e6, std::string(torch_dtype_name(c.storage)).c_str());
 }
 
 }  // namespace

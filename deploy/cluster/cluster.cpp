@@ -79,7 +79,7 @@ void run_node(const topology& t, const std::string& name) {
   block_stop_signals();
   actor_config config(t.heartbeat_interval);
   caf::actor_system system(config);
-  auto node = actors::spawn_node(system, {spec.name, spec.device, std::string(compute::dtype_name(spec.dtype)),
+  auto node = actors::spawn_node(system, {spec.name, spec.device, std::string(dtype_name(spec.dtype)),
                                           spec.memory_bytes.value_or(0), spec.threads, spec.host, spec.data_port});
   auto published = system.middleman().publish(node, spec.port, spec.host.c_str(), /*reuse_addr=*/true);
   if (!published) {
@@ -87,7 +87,7 @@ void run_node(const topology& t, const std::string& name) {
     throw std::runtime_error(spec.label() + ": cannot listen: " + system.render(published.error()));
   }
   std::cout << "node " << spec.name << " of cluster '" << t.cluster << "' listening on " << spec.address()
-            << " (data plane " << spec.host << ":" << spec.data_port << ", " << spec.device << " " << compute::dtype_name(spec.dtype) << ", " << spec.threads
+            << " (data plane " << spec.host << ":" << spec.data_port << ", " << spec.device << " " << dtype_name(spec.dtype) << ", " << spec.threads
             << " thread(s))" << std::endl;
   int signal = wait_for_stop_signal();
   std::cout << "node " << spec.name << ": stopping on signal " << signal << std::endl;

@@ -126,7 +126,7 @@ std::string human_bytes(std::uint64_t bytes) {
 }
 
 std::uint64_t node_spec::weight_bytes_of(const compute::llama_config& model, int first, int last) const {
-  return static_cast<std::uint64_t>(model.parameter_count(first, last)) * compute::dtype_size(dtype);
+  return static_cast<std::uint64_t>(model.parameter_count(first, last)) * element_size(dtype);
 }
 
 std::string node_spec::address() const {

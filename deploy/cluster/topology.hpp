@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/element_type.hpp"
 #include "compute/llama_config.hpp"
 
 namespace orrery::deploy {
@@ -67,7 +68,7 @@ struct node_spec {
   std::string device = "cpu";
   /// What the node holds and computes its weights in: `dtype:`, by default
   /// fp32 on a CPU and bf16 on a GPU.
-  compute::dtype dtype = compute::dtype::f32;
+  element_type dtype = element_type::f32;
   /// The memory budget; empty means unlimited.
   std::optional<std::uint64_t> memory_bytes;
   int threads = 1;

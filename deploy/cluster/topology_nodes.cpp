@@ -165,9 +165,9 @@ parsed_node read_node(const source& src, const YAML::Node& item, std::size_t ind
   node.address_line = address.line;
   read_data_port(src, s, node);
   if (const entry* e = s.find("device")) node.spec.device = device_name(src, *e);
-  node.spec.dtype = compute::default_dtype(node.spec.device);
+  node.spec.dtype = default_element_type(node.spec.device);
   if (const entry* e = s.find("dtype")) {
-    auto dtype = compute::dtype_from_name(text(src, *e));
+    auto dtype = element_type_from_name(text(src, *e));
     if (!dtype) src.fail(e->line, "dtype '" + text(src, *e) + "' is not one of fp32, fp16, bf16");
     node.spec.dtype = *dtype;
   }

@@ -135,7 +135,7 @@ void check_memory(const source& src, const compute::llama_config& config, std::v
     spec.weight_bytes = spec.weight_bytes_of(config, spec.first_layer, spec.last_layer);
     if (spec.memory_bytes && spec.weight_bytes > *spec.memory_bytes)
       src.fail(node.memory_line, "node '" + spec.name + "' needs " + std::to_string(spec.weight_bytes) + " bytes (" +
-                                     human_bytes(spec.weight_bytes) + ") of " + std::string(compute::dtype_name(spec.dtype)) + " weights for layers " +
+                                     human_bytes(spec.weight_bytes) + ") of " + std::string(dtype_name(spec.dtype)) + " weights for layers " +
                                      range_text(spec.first_layer, spec.last_layer) + " but its memory budget is " +
                                      std::to_string(*spec.memory_bytes) + " bytes (" +
                                      human_bytes(*spec.memory_bytes) + ")");

@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "compute/dtype.hpp"
+#include "base/element_type.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/cluster/run_registry.hpp"
 #include "messages/types.hpp"
@@ -61,7 +61,7 @@ std::string optional_text(const std::optional<std::uint64_t>& value) {
 // Everything a node's measurements depend on besides the model.
 std::string node_key(const node_spec& n) {
   std::ostringstream identity;
-  identity << n.address() << ' ' << n.data_port << ' ' << n.device << ' ' << compute::dtype_name(n.dtype) << ' ' << n.threads << ' '
+  identity << n.address() << ' ' << n.data_port << ' ' << n.device << ' ' << dtype_name(n.dtype) << ' ' << n.threads << ' '
            << optional_text(n.memory_bytes);
   if (const auto& e = n.emulate)
     identity << " cpu " << (e->cpu_share ? std::to_string(*e->cpu_share) : "-") << " mem "
@@ -144,14 +144,14 @@ planning::time_curve curve_from(const json& node, const std::string& layer, cons
 // embedding) stores it: in a cluster of one dtype every node's state then
 // counts at its own size, and a node of another dtype gets a state_scale.
 double layer_value_bytes(const topology& t) {
-  return static_cast<double>(compute::dtype_size(t.nodes.front().dtype));
+  return static_cast<double>(element_size(t.nodes.front().dtype));
 }
 
 planning::device_profile device_from(const json& node, const topology& t, const node_spec& spec) {
   planning::device_profile d;
   d.name = node.at("node").get<std::string>();
   d.memory_bytes = node.at("usable_memory_bytes").get<double>();
-  d.state_scale = static_cast<double>(compute::dtype_size(spec.dtype)) / layer_value_bytes(t);
+  d.state_scale = static_cast<double>(element_size(spec.dtype)) / layer_value_bytes(t);
   const int layers = t.num_layers;
   for (int l = 0; l < layers; ++l) {
     std::string kind = l == 0 ? "first" : l == layers - 1 ? "last" : "middle";

@@ -30,7 +30,7 @@ messages::received_frame frame_of(std::uint64_t session, messages::frame_route r
   d.session = session;
   d.route = route;
   for (const auto& t : tensors)
-    d.tensors.push_back({t.role, t.tensor.scalar_type() == at::kLong ? messages::element_type::i64 : messages::element_type::f32,
+    d.tensors.push_back({t.role, t.tensor.scalar_type() == at::kLong ? element_type::i64 : element_type::f32,
                          t.tensor.sizes().vec(), static_cast<std::uint64_t>(t.tensor.nbytes())});
   REQUIRE(messages::payload_length(d.tensors, 1 << 20, d.byte_length).empty());
   auto [storage, data] = actors::tensor_allocator()(d);

@@ -22,6 +22,7 @@
 #include "compute/model_error.hpp"
 #include "compute/model_init.hpp"
 #include "compute/safetensors.hpp"
+#include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
 #include "compute/thread_pool.hpp"
 #include "test/temp_dir.hpp"

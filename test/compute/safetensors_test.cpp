@@ -12,11 +12,12 @@
 #include "test/temp_dir.hpp"
 
 using namespace orrery::compute;
+using orrery::element_type;
 using orrery::test::temp_dir;
 
 namespace {
 
-tensor_source counting_tensor(const std::string& name, dtype type, std::vector<std::int64_t> shape) {
+tensor_source counting_tensor(const std::string& name, element_type type, std::vector<std::int64_t> shape) {
   tensor_source t{name, type, std::move(shape), {}};
   auto n = t.nbytes();
   t.fill = [n](std::byte* out) {
@@ -48,10 +49,10 @@ std::string open_error(const std::filesystem::path& path) {
 
 TEST_CASE("writer -> reader round trip keeps every dtype's bytes, shapes and metadata") {
   temp_dir dir;
-  std::vector<tensor_source> tensors = {counting_tensor("a.f32", dtype::f32, {3, 5}),
-                                        counting_tensor("b.f16", dtype::f16, {7}),
-                                        counting_tensor("c.bf16", dtype::bf16, {2, 3, 4}),
-                                        counting_tensor("d.empty", dtype::f32, {0, 4})};
+  std::vector<tensor_source> tensors = {counting_tensor("a.f32", element_type::f32, {3, 5}),
+                                        counting_tensor("b.f16", element_type::f16, {7}),
+                                        counting_tensor("c.bf16", element_type::bf16, {2, 3, 4}),
+                                        counting_tensor("d.empty", element_type::f32, {0, 4})};
   write_safetensors(dir / "x.safetensors", tensors, {{"format", "pt"}});
   auto file = safetensors_file::open(dir / "x.safetensors");
   CHECK(file->tensors().size() == 4);
@@ -72,7 +73,7 @@ TEST_CASE("writer -> reader round trip keeps every dtype's bytes, shapes and met
 TEST_CASE("the writer puts larger elements first, so a mixed-dtype file stays aligned") {
   temp_dir dir;
   write_safetensors(dir / "x.safetensors",
-                    {counting_tensor("odd.f16", dtype::f16, {3}), counting_tensor("one.f32", dtype::f32, {1})});
+                    {counting_tensor("odd.f16", element_type::f16, {3}), counting_tensor("one.f32", element_type::f32, {1})});
   auto file = safetensors_file::open(dir / "x.safetensors");
   CHECK(file->find("one.f32")->data < file->find("odd.f16")->data);
   CHECK(file->find("odd.f16")->nbytes == 6);
@@ -80,7 +81,7 @@ TEST_CASE("the writer puts larger elements first, so a mixed-dtype file stays al
 
 TEST_CASE("the header is padded to 8 bytes so tensor data starts aligned") {
   temp_dir dir;
-  write_safetensors(dir / "x.safetensors", {counting_tensor("odd_name_x", dtype::f32, {1})});
+  write_safetensors(dir / "x.safetensors", {counting_tensor("odd_name_x", element_type::f32, {1})});
   std::ifstream in(dir / "x.safetensors", std::ios::binary);
   std::uint64_t length = 0;
   in.read(reinterpret_cast<char*>(&length), 8);

@@ -548,12 +548,12 @@ TEST_CASE("a node's dtype defaults to fp32 on a CPU and bf16 on a GPU, sets its 
   cluster_dir c;
   auto gpu = edit(base_yaml, "    address: 127.0.0.1:7412\n", "    address: 127.0.0.1:7412\n    device: cuda:0\n");
   auto t = c.parse(gpu);
-  CHECK(t.nodes[0].dtype == orrery::compute::dtype::f32);
-  CHECK(t.nodes[1].dtype == orrery::compute::dtype::bf16);
+  CHECK(t.nodes[0].dtype == orrery::element_type::f32);
+  CHECK(t.nodes[1].dtype == orrery::element_type::bf16);
   CHECK(t.nodes[0].weight_bytes == weight_bytes(4, 0, 2));
   CHECK(t.nodes[1].weight_bytes == weight_bytes(4, 2, 4) / 2);
   auto fp16 = edit(base_yaml, "    address: 127.0.0.1:7411\n", "    address: 127.0.0.1:7411\n    dtype: fp16\n");
-  CHECK(c.parse(fp16).nodes[0].dtype == orrery::compute::dtype::f16);
+  CHECK(c.parse(fp16).nodes[0].dtype == orrery::element_type::f16);
   c.check_error(edit(base_yaml, "    address: 127.0.0.1:7411\n", "    address: 127.0.0.1:7411\n    dtype: q4\n"), 6,
                 "dtype 'q4' is not one of fp32, fp16, bf16");
 }

@@ -17,6 +17,7 @@
 #include "test/messages/recording_plane.hpp"
 
 using namespace orrery::messages;
+using orrery::element_type;
 namespace messages = orrery::messages;  // `link` alone collides with POSIX ::link()
 using namespace std::chrono_literals;
 namespace asio = boost::asio;

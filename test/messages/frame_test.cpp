@@ -6,6 +6,7 @@
 #include "messages/frame.hpp"
 
 using namespace orrery::messages;
+using orrery::element_type;
 
 namespace {
 
@@ -34,15 +35,6 @@ std::string descriptor_problem(const frame_descriptor& d, std::uint64_t payload_
 }
 
 }  // namespace
-
-TEST_CASE("element sizes and names") {
-  CHECK(element_size(element_type::f32) == 4);
-  CHECK(element_size(element_type::f16) == 2);
-  CHECK(element_size(element_type::bf16) == 2);
-  CHECK(element_size(element_type::i64) == 8);
-  CHECK(element_size(element_type::i32) == 4);
-  CHECK(std::string(to_string(element_type::bf16)) == "bf16");
-}
 
 TEST_CASE("headers round trip and every field is checked") {
   frame_header in{frame_kind::tensor, 64, 4096};
