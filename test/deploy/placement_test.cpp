@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "compute/dtype.hpp"
+#include "base/element_type.hpp"
 #include "deploy/cluster/local_cluster.hpp"
 #include "deploy/profiling/auto_placement.hpp"
 #include "deploy/profiling/profiler.hpp"
@@ -152,7 +152,7 @@ TEST_CASE("orrery profile measures every node and link of a running cluster, and
   CHECK(entries() == before + 1 + 4);  // n1's layers and its 4 links
   // So is a node of another dtype, and it holds its layers at its own size:
   // the profile counts values as the source node n0 stores them (fp32).
-  changed.nodes[1].dtype = compute::dtype::bf16;
+  changed.nodes[1].dtype = element_type::bf16;
   before = entries();
   auto mixed = deploy::profile_cluster(changed, quick(cache));
   CHECK(entries() == before + 1 + 4);
