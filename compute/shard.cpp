@@ -7,7 +7,6 @@
 #include <sys/mman.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -58,26 +57,38 @@ at::Tensor mapped_tensor(const model_dir& model, const std::string& name) {
                        at::TensorOptions().dtype(scalar_type_of(view.type)));
 }
 
-// Copies the mapped tensors `names`, stacked row-wise, into one tensor the
-// shard owns. A GPU receives each file's bytes as they are, straight from the
-// page cache, and converts there: no converted host copy of any tensor.
-at::Tensor load_stacked(const model_dir& model, const std::vector<std::string>& names, const shard_options& options) {
+// Part of a tensor in a file: `length` rows (dim 0) or columns (dim 1)
+// from `begin`; length -1 is all of them.
+struct tensor_part {
+  std::string name;
+  int dim = 0;
+  std::int64_t begin = 0, length = -1;
+};
+
+// Copies the mapped tensor parts `parts`, stacked row-wise, into one tensor
+// the shard owns; only their rows and columns are read from the page cache.
+// A GPU receives each file's bytes as they are and converts there: no
+// converted host copy of any tensor.
+at::Tensor load_stacked(const model_dir& model, const std::vector<tensor_part>& parts, const shard_options& options) {
   std::vector<at::Tensor> mapped;
-  for (const auto& name : names) mapped.push_back(mapped_tensor(model, name));
+  for (const auto& part : parts) {
+    auto whole = mapped_tensor(model, part.name);
+    mapped.push_back(part.length < 0 ? whole : whole.narrow(part.dim, part.begin, part.length));
+  }
   std::vector<std::int64_t> shape = mapped.front().sizes().vec();
   for (std::size_t i = 1; i < mapped.size(); ++i) shape[0] += mapped[i].size(0);
   const auto owned_options = at::TensorOptions().device(options.device).dtype(options.dtype);
   auto owned = options.device.is_cpu() ? empty_weight(shape, owned_options) : at::empty(shape, owned_options);
   std::int64_t row = 0;
   for (const auto& part : mapped) {
-    owned.narrow(0, row, part.size(0)).copy_(options.device.is_cpu() ? part : part.to(options.device));
+    owned.narrow(0, row, part.size(0)).copy_(options.device.is_cpu() ? part : part.contiguous().to(options.device));
     row += part.size(0);
   }
   return owned;
 }
 
 at::Tensor load(const model_dir& model, const std::string& name, const shard_options& options) {
-  return load_stacked(model, {name}, options);
+  return load_stacked(model, {{name}}, options);
 }
 
 std::string layer_name(int layer, const char* suffix) {
@@ -112,17 +123,38 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
   // Not InferenceMode: a grad-mode pass saves weights and rotary tables for
   // backward, which inference tensors cannot be.
   c10::NoGradGuard no_grad;
+  slice_ = options_.slice.value_or(whole_layer(config_));
+  const auto whole = whole_layer(config_);
+  if (slice_.head_begin < 0 || slice_.head_end > whole.head_end || slice_.heads() < 1 ||
+      slice_.kv_head_begin != slice_.head_begin / (config_.num_heads / config_.num_kv_heads) ||
+      slice_.kv_head_end != (slice_.head_end - 1) / (config_.num_heads / config_.num_kv_heads) + 1 ||
+      slice_.column_begin < 0 || slice_.column_end > whole.column_end || slice_.columns() < 1)
+    throw model_error(model.path().string() + ": " + slice_.describe() + " is not a slice of a layer of " +
+                      std::to_string(config_.num_heads) + " heads (" + std::to_string(config_.num_kv_heads) +
+                      " KV heads) and " + std::to_string(config_.intermediate_size) + " MLP columns");
+  const int per_kv = config_.num_heads / config_.num_kv_heads;
+  uneven_kv_ = slice_.head_begin % per_kv != 0 || slice_.head_end % per_kv != 0;
   if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
+  const std::int64_t d = config_.head_dim;
   for (int layer = first; layer < last; ++layer) {
-    auto get = [&](std::initializer_list<const char*> suffixes) {
-      std::vector<std::string> names;
-      for (const char* suffix : suffixes) names.push_back(layer_name(layer, suffix));
-      return load_stacked(model, names, options_);
+    auto part = [&](const char* suffix, int dim, std::int64_t begin, std::int64_t end) {
+      return tensor_part{layer_name(layer, suffix), dim, begin, end - begin};
     };
-    layers_.push_back({get({"input_layernorm.weight"}),
-                       get({"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}),
-                       get({"self_attn.o_proj.weight"}), get({"post_attention_layernorm.weight"}),
-                       get({"mlp.gate_proj.weight", "mlp.up_proj.weight"}), get({"mlp.down_proj.weight"})});
+    auto whole_part = [&](const char* suffix) { return tensor_part{layer_name(layer, suffix)}; };
+    const std::int64_t q0 = slice_.head_begin * d, q1 = slice_.head_end * d;
+    const std::int64_t kv0 = slice_.kv_head_begin * d, kv1 = slice_.kv_head_end * d;
+    const std::int64_t c0 = slice_.column_begin, c1 = slice_.column_end;
+    // Q, K, V and gate|up by rows, O and down by columns: a partial sum each.
+    layers_.push_back({load_stacked(model, {whole_part("input_layernorm.weight")}, options_),
+                       load_stacked(model,
+                                    {part("self_attn.q_proj.weight", 0, q0, q1), part("self_attn.k_proj.weight", 0, kv0, kv1),
+                                     part("self_attn.v_proj.weight", 0, kv0, kv1)},
+                                    options_),
+                       load_stacked(model, {part("self_attn.o_proj.weight", 1, q0, q1)}, options_),
+                       load_stacked(model, {whole_part("post_attention_layernorm.weight")}, options_),
+                       load_stacked(model, {part("mlp.gate_proj.weight", 0, c0, c1), part("mlp.up_proj.weight", 0, c0, c1)},
+                                    options_),
+                       load_stacked(model, {part("mlp.down_proj.weight", 1, c0, c1)}, options_)});
   }
   if (has_head()) {
     final_norm_ = load(model, "model.norm.weight", options_);
@@ -141,7 +173,7 @@ shard::shard(shard&&) noexcept = default;
 shard& shard::operator=(shard&&) noexcept = default;
 
 kv_cache shard::new_cache(int capacity) const {
-  return kv_cache(last_ - first_, config_.num_kv_heads, capacity, config_.head_dim,
+  return kv_cache(last_ - first_, slice_.kv_heads(), capacity, config_.head_dim,
                   at::TensorOptions().device(options_.device).dtype(options_.dtype));
 }
 
@@ -247,7 +279,23 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
 at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
                                  const std::vector<llama_ops::token_positions>& positions, bool grad) const {
   const auto& w = layers_[static_cast<std::size_t>(index)];
-  const std::int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
+  const std::int64_t heads = slice_.heads(), kv_heads = slice_.kv_heads(), d = config_.head_dim;
+  // Query head h reads KV head h / (heads / kv_heads) unless the slice cut a
+  // KV group: then each run of query heads over one KV head goes alone.
+  auto attend = [&](const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                    const llama_ops::token_positions& where) {
+    if (!uneven_kv_) return llama_ops::attention(q, keys, values, where);
+    std::vector<at::Tensor> runs;
+    for (std::int64_t first = 0; first < heads;) {
+      const int kv = kv_head_of(config_, slice_, static_cast<int>(first));
+      std::int64_t end = first;
+      while (end < heads && kv_head_of(config_, slice_, static_cast<int>(end)) == kv) ++end;
+      runs.push_back(llama_ops::attention(q.narrow(1, first, end - first), keys.narrow(0, kv, 1),
+                                          values.narrow(0, kv, 1), where));
+      first = end;
+    }
+    return at::cat(runs, 1);
+  };
   auto h = llama_ops::rms_norm(x, w.input_norm, config_.rms_norm_eps);
   auto qkv = llama_ops::linear(h, w.qkv, options_.pool.get());  // [tokens, (heads + 2 kv_heads) * d]
   std::vector<at::Tensor> attended;
@@ -269,12 +317,11 @@ at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vect
       // saved for backward. Attention reads this pass's rows as computed.
       llama_ops::store_at_positions(keys, k.detach(), where.index);
       llama_ops::store_at_positions(values, v.detach(), where.index);
-      attended.push_back(llama_ops::attention(q, past_then_new(keys, k, where.window),
-                                              past_then_new(values, v, where.window), where));
+      attended.push_back(attend(q, past_then_new(keys, k, where.window), past_then_new(values, v, where.window), where));
     } else {
       llama_ops::store_at_positions(keys, k, where.index);
       llama_ops::store_at_positions(values, v, where.index);
-      attended.push_back(llama_ops::attention(q, keys, values, where));
+      attended.push_back(attend(q, keys, values, where));
     }
     row += n;
   }

@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "compute/layer_program.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/llama_ops.hpp"
+#include "compute/tensor_slice.hpp"
 
 namespace orrery::compute {
 
@@ -44,6 +46,14 @@ struct shard_options {
   /// On CUDA, replay the decode step of a single sequence as a CUDA graph
   /// (compute/decode_graph.hpp); false runs it eagerly (for comparison).
   bool cuda_graphs = true;
+  /// A member of a tensor-parallel group holds only these heads and MLP
+  /// columns of each layer (compute/tensor_slice.hpp), read from the files
+  /// row and column ranges at a time; its attention and MLP return partial
+  /// sums, which the context's collective adds up. Empty: whole layers.
+  std::optional<tensor_slice> slice = std::nullopt;
+  /// Whether the shard ending at the last layer holds the final norm and LM
+  /// head: a group's other members leave both to its leader.
+  bool head = true;
 };
 
 /// One sequence's part of a packed batch.
@@ -78,7 +88,9 @@ class shard {
   int first_layer() const { return first_; }
   int last_layer() const { return last_; }
   bool has_embedding() const { return first_ == 0; }
-  bool has_head() const { return last_ == config_.num_layers; }
+  bool has_head() const { return last_ == config_.num_layers && options_.head; }
+  /// The heads and columns it holds of each layer (whole_layer unless sliced).
+  const tensor_slice& slice() const { return slice_; }
   const shard_options& options() const { return options_; }
   /// Turns CUDA graph replays of decode steps on or off (for comparison).
   void use_cuda_graphs(bool on) { options_.cuda_graphs = on; }
@@ -144,6 +156,11 @@ class shard {
   std::vector<layer_weights> layers_;
   at::Tensor final_norm_;
   at::Tensor head_;  // the embedding itself when tied
+  tensor_slice slice_;
+  /// Attention heads the slice's query heads read differently from the
+  /// whole model's h / (heads / kv_heads): a cut inside a KV group. Then
+  /// each run of query heads over one KV head attends on its own.
+  bool uneven_kv_ = false;
   llama_ops::rotary_table rotary_;
 };
 

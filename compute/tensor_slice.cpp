@@ -1,0 +1,75 @@
+#include "compute/tensor_slice.hpp"
+
+#include <numeric>
+
+#include "compute/model_error.hpp"
+
+namespace orrery::compute {
+
+namespace {
+
+std::string range(int begin, int end) { return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")"; }
+
+std::string listed(const std::vector<int>& shares) {
+  std::string text;
+  for (int share : shares) text += (text.empty() ? "" : ", ") + std::to_string(share);
+  return text;
+}
+
+}  // namespace
+
+bool tensor_slice::whole(const llama_config& config) const { return *this == whole_layer(config); }
+
+std::string tensor_slice::describe() const {
+  return "heads " + range(head_begin, head_end) + " (kv " + range(kv_head_begin, kv_head_end) + "), columns " +
+         range(column_begin, column_end);
+}
+
+bool tensor_slice::operator==(const tensor_slice& o) const {
+  return head_begin == o.head_begin && head_end == o.head_end && kv_head_begin == o.kv_head_begin &&
+         kv_head_end == o.kv_head_end && column_begin == o.column_begin && column_end == o.column_end;
+}
+
+tensor_slice whole_layer(const llama_config& config) {
+  return {0, config.num_heads, 0, config.num_kv_heads, 0, config.intermediate_size};
+}
+
+std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::vector<int>& heads,
+                                        const std::vector<int>& columns) {
+  if (heads.empty() || heads.size() != columns.size())
+    throw model_error("a tensor-parallel split needs one head share and one column share per member, got " +
+                      std::to_string(heads.size()) + " and " + std::to_string(columns.size()));
+  const int head_total = std::accumulate(heads.begin(), heads.end(), 0);
+  const int column_total = std::accumulate(columns.begin(), columns.end(), 0);
+  if (head_total != config.num_heads || column_total != config.intermediate_size)
+    throw model_error("a tensor-parallel split of " + std::to_string(head_total) + " heads (" + listed(heads) +
+                      ") and " + std::to_string(column_total) + " MLP columns (" + listed(columns) +
+                      ") does not cover the model's " + std::to_string(config.num_heads) + " heads and " +
+                      std::to_string(config.intermediate_size) + " columns");
+  const int per_kv = config.num_heads / config.num_kv_heads;
+  std::vector<tensor_slice> slices;
+  int head = 0, column = 0;
+  for (std::size_t m = 0; m < heads.size(); ++m) {
+    if (heads[m] < 1 || columns[m] < 1)
+      throw model_error("member " + std::to_string(m) + " of a tensor-parallel split gets " + std::to_string(heads[m]) +
+                        " heads and " + std::to_string(columns[m]) + " MLP columns; every member needs at least one of each");
+    tensor_slice s;
+    s.head_begin = head;
+    s.head_end = head + heads[m];
+    s.kv_head_begin = s.head_begin / per_kv;
+    s.kv_head_end = (s.head_end + per_kv - 1) / per_kv;  // a cut inside a KV group replicates that KV head
+    s.column_begin = column;
+    s.column_end = column + columns[m];
+    head = s.head_end;
+    column = s.column_end;
+    slices.push_back(s);
+  }
+  return slices;
+}
+
+int kv_head_of(const llama_config& config, const tensor_slice& slice, int local_head) {
+  const int per_kv = config.num_heads / config.num_kv_heads;
+  return (slice.head_begin + local_head) / per_kv - slice.kv_head_begin;
+}
+
+}  // namespace orrery::compute

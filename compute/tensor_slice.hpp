@@ -1,0 +1,51 @@
+#pragma once
+// One member's part of every decoder layer of a tensor-parallel group
+// (Galaxy): whole query heads [head_begin, head_end) with the KV heads they
+// read, and the MLP's intermediate columns [column_begin, column_end). Q, K,
+// V and gate|up are cut by rows (their outputs), O and down by columns (their
+// inputs), so each member computes a partial sum of the attention's and the
+// MLP's outputs and the group adds them up (actors/group_ring.hpp).
+//
+// With grouped-query attention a query head reads KV head h / (heads /
+// kv_heads). A cut inside such a group gives both members that KV head: it is
+// replicated, never split from a query head that reads it. So any member
+// count and any shares work, not only divisors of the KV-head count.
+//
+// Torch-free, so the planner's shares and the topology's checks use it.
+
+#include <string>
+#include <vector>
+
+#include "compute/llama_config.hpp"
+
+namespace orrery::compute {
+
+struct tensor_slice {
+  int head_begin = 0, head_end = 0;        ///< query heads
+  int kv_head_begin = 0, kv_head_end = 0;  ///< the KV heads those read
+  int column_begin = 0, column_end = 0;    ///< MLP intermediate columns
+
+  int heads() const { return head_end - head_begin; }
+  int kv_heads() const { return kv_head_end - kv_head_begin; }
+  int columns() const { return column_end - column_begin; }
+  /// The whole layer: what a member of a group of one holds.
+  bool whole(const llama_config& config) const;
+  /// `heads [0, 6) (kv [0, 2)), columns [0, 1024)`, for messages.
+  std::string describe() const;
+  bool operator==(const tensor_slice& other) const;
+};
+
+/// The whole layer as a slice.
+tensor_slice whole_layer(const llama_config& config);
+
+/// The slices of a group whose members take `heads[m]` query heads and
+/// `columns[m]` MLP columns, in member order (contiguous ranges, the first
+/// member from 0). Throws model_error when the shares do not add up to the
+/// model's heads and columns or a member gets no head or no column.
+std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::vector<int>& heads,
+                                        const std::vector<int>& columns);
+
+/// Local query head `h` of `slice` reads local KV head kv_head_of(h).
+int kv_head_of(const llama_config& config, const tensor_slice& slice, int local_head);
+
+}  // namespace orrery::compute

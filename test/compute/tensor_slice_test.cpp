@@ -1,0 +1,205 @@
+// Tensor-parallel slices of a shard (compute/tensor_slice.hpp): members that
+// hold whole query heads with the KV heads they read and a range of MLP
+// columns, their partial sums added after the attention and the MLP, give
+// the whole model's logits within 1e-5 relative (fp32: only the order of
+// the sums differs) and its greedy tokens, for even and uneven splits, cuts
+// inside a KV group, 2 and 3 members. The sums here are in memory; the
+// data-plane ring is actors/group_ring's (test/actors/group_ring_test.cpp).
+
+#include "compute/tensor_slice.hpp"
+
+#include <ATen/ATen.h>
+#include <doctest/doctest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "compute/model_dir.hpp"
+#include "compute/model_error.hpp"
+#include "compute/model_init.hpp"
+#include "compute/shard.hpp"
+#include "test/temp_dir.hpp"
+
+using namespace orrery::compute;
+using orrery::test::temp_dir;
+
+namespace {
+
+// The members' partials summed in rank order, handed to every member: what
+// a ring all-reduce computes, without the wire.
+class memory_group {
+ public:
+  explicit memory_group(int members) : parts_(static_cast<std::size_t>(members)) {}
+
+  at::Tensor all_reduce(int rank, const at::Tensor& partial) {
+    std::unique_lock lock(mutex_);
+    const auto round = round_;
+    parts_[static_cast<std::size_t>(rank)] = partial;
+    if (++arrived_ == static_cast<int>(parts_.size())) {
+      sum_ = parts_.front().clone();
+      for (std::size_t m = 1; m < parts_.size(); ++m) sum_ += parts_[m];
+      arrived_ = 0;
+      ++round_;
+      done_.notify_all();
+    } else {
+      done_.wait(lock, [&] { return round_ != round; });
+    }
+    return sum_.clone();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_;
+  std::vector<at::Tensor> parts_;
+  at::Tensor sum_;
+  int arrived_ = 0;
+  std::uint64_t round_ = 0;
+};
+
+struct split {
+  std::vector<int> heads, columns;
+};
+
+// Prefill of `prompt`, then `steps` greedy decode steps: each step's logits.
+std::vector<at::Tensor> run_whole(const model_dir& model, const std::vector<std::int64_t>& prompt, int steps) {
+  shard whole(model, 0, model.config().num_layers, {at::kCPU, at::kFloat, nullptr});
+  auto cache = whole.new_cache(64);
+  std::vector<at::Tensor> out;
+  at::Tensor input = at::tensor(prompt, at::kLong);
+  for (int s = 0; s <= steps; ++s) {
+    out.push_back(whole.forward(input, {{&cache, static_cast<int>(input.size(0))}}));
+    input = out.back().argmax(-1).reshape({1});
+  }
+  return out;
+}
+
+// The same over a group: member m holds slice m; every member feeds the
+// leader's greedy token back in (as the pipeline does); the leader's logits.
+std::vector<at::Tensor> run_group(const model_dir& model, const split& shares, const std::vector<std::int64_t>& prompt,
+                                  int steps) {
+  const auto slices = tensor_slices(model.config(), shares.heads, shares.columns);
+  const int n = static_cast<int>(slices.size());
+  memory_group group(n);
+  std::vector<shard> members;
+  for (int m = 0; m < n; ++m) {
+    shard_options options{at::kCPU, at::kFloat, nullptr};
+    options.slice = slices[static_cast<std::size_t>(m)];
+    options.head = m == 0;
+    members.emplace_back(model, 0, model.config().num_layers, options);
+  }
+  std::vector<std::vector<at::Tensor>> outputs(static_cast<std::size_t>(n));
+  std::mutex next_mutex;
+  std::condition_variable next_ready;
+  std::vector<at::Tensor> next(static_cast<std::size_t>(steps + 1));
+  std::vector<std::thread> threads;
+  for (int m = 0; m < n; ++m) {
+    threads.emplace_back([&, m] {
+      auto& member = members[static_cast<std::size_t>(m)];
+      auto cache = member.new_cache(64);
+      layer_context context;
+      context.collective = [&](int, layer_part part, const at::Tensor& partial) {
+        return part == layer_part::connective ? partial : group.all_reduce(m, partial);
+      };
+      at::Tensor input = at::tensor(prompt, at::kLong);
+      for (int s = 0; s <= steps; ++s) {
+        auto out = member.forward(input, {{&cache, static_cast<int>(input.size(0))}}, context);
+        std::unique_lock lock(next_mutex);
+        if (m == 0) {
+          outputs[0].push_back(out);
+          next[static_cast<std::size_t>(s)] = out.argmax(-1).reshape({1});
+          next_ready.notify_all();
+        } else {
+          next_ready.wait(lock, [&] { return next[static_cast<std::size_t>(s)].defined(); });
+        }
+        input = next[static_cast<std::size_t>(s)];
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return outputs[0];
+}
+
+double relative_error(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).norm().item<double>() / b.norm().item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("slices cover every head and column once; a cut inside a KV group replicates that KV head") {
+  auto config = llama_config::preset("small");  // 12 heads over 4 KV heads: 3 query heads a KV head
+  auto even = tensor_slices(config, {6, 6}, {1024, 1024});
+  CHECK(even[0] == tensor_slice{0, 6, 0, 2, 0, 1024});
+  CHECK(even[1] == tensor_slice{6, 12, 2, 4, 1024, 2048});
+  auto uneven = tensor_slices(config, {4, 8}, {700, 1348});
+  CHECK(uneven[0] == tensor_slice{0, 4, 0, 2, 0, 700});  // head 3 reads KV head 1 ...
+  CHECK(uneven[1] == tensor_slice{4, 12, 1, 4, 700, 2048});  // ... and so do heads 4 and 5: both hold it
+  CHECK(kv_head_of(config, uneven[1], 0) == 0);  // global head 4 -> KV head 1, local 0
+  CHECK(kv_head_of(config, uneven[1], 2) == 1);  // global head 6 -> KV head 2
+  auto five = tensor_slices(config, {2, 3, 2, 3, 2}, {400, 400, 400, 400, 448});
+  CHECK(five.back() == tensor_slice{10, 12, 3, 4, 1600, 2048});
+  CHECK(whole_layer(config).whole(config));
+  CHECK_THROWS_WITH_AS(tensor_slices(config, {6, 5}, {1024, 1024}),
+                       "a tensor-parallel split of 11 heads (6, 5) and 2048 MLP columns (1024, 1024) does not cover "
+                       "the model's 12 heads and 2048 columns",
+                       model_error);
+  CHECK_THROWS_WITH_AS(tensor_slices(config, {12, 0}, {1024, 1024}),
+                       "member 1 of a tensor-parallel split gets 0 heads and 1024 MLP columns; every member needs at "
+                       "least one of each",
+                       model_error);
+}
+
+TEST_CASE("a group's summed partials give the whole model's logits within 1e-5 and its greedy tokens") {
+  temp_dir dir;
+  init_model(dir / "m", llama_config::preset("tiny"), {21, 0, {}});  // 4 heads over 2 KV heads
+  model_dir model(dir / "m");
+  const std::vector<std::int64_t> prompt = {256, 72, 101, 108, 108, 111, 44, 32, 111, 114};
+  const int steps = 12;
+  const auto whole = run_whole(model, prompt, steps);
+  for (const split& shares : {split{{2, 2}, {176, 176}},          // even, on KV-group boundaries
+                              split{{1, 3}, {100, 252}},          // uneven, cut inside KV group 0
+                              split{{1, 2, 1}, {88, 176, 88}},    // three members, speeds 1:2:1
+                              split{{1, 1, 1, 1}, {1, 1, 1, 349}}}) {  // one column is a share too
+    CAPTURE(shares.heads.size());
+    CAPTURE(shares.heads[0]);
+    const auto group = run_group(model, shares, prompt, steps);
+    REQUIRE(group.size() == whole.size());
+    for (std::size_t s = 0; s < whole.size(); ++s) {
+      CAPTURE(s);
+      CHECK(relative_error(group[s], whole[s]) < 1e-5);
+      CHECK(group[s].argmax(-1).item<std::int64_t>() == whole[s].argmax(-1).item<std::int64_t>());
+    }
+  }
+}
+
+TEST_CASE("a member loads only its rows and columns, and only the leader the head") {
+  temp_dir dir;
+  init_model(dir / "m", llama_config::preset("tiny"), {22, 0, {}});
+  model_dir model(dir / "m");
+  const auto& c = model.config();
+  auto slices = tensor_slices(c, {1, 3}, {100, 252});
+  shard_options options{at::kCPU, at::kFloat, nullptr};
+  options.slice = slices[1];
+  options.head = false;
+  shard member(model, 0, c.num_layers, options);
+  const auto& w = member.layers().front();
+  CHECK(w.qkv.size(0) == (3 + 2 * 2) * c.head_dim);  // heads 1..3 read KV heads 0 and 1
+  CHECK(w.qkv.size(1) == c.hidden_size);
+  CHECK(w.o.size(0) == c.hidden_size);
+  CHECK(w.o.size(1) == 3 * c.head_dim);
+  CHECK(w.gate_up.size(0) == 2 * 252);
+  CHECK(w.down.size(1) == 252);
+  CHECK_FALSE(member.has_head());
+  CHECK_FALSE(member.head().defined());
+  CHECK(member.new_cache(8).keys(0).size(0) == 2);
+  // The leader's own slice at the same place as the whole model's rows.
+  options.slice = slices[0];
+  options.head = true;
+  shard leader(model, 0, c.num_layers, options);
+  shard whole(model, 0, c.num_layers, {at::kCPU, at::kFloat, nullptr});
+  CHECK(leader.has_head());
+  CHECK(at::equal(leader.layers().front().down, whole.layers().front().down.narrow(1, 0, 100)));
+  CHECK(at::equal(leader.layers().front().qkv.narrow(0, 0, c.head_dim), whole.layers().front().qkv.narrow(0, 0, c.head_dim)));
+  CHECK(leader.weight_bytes() < whole.weight_bytes());
+}
