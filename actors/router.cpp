@@ -61,9 +61,15 @@ void router::add(handler_kind kind, std::uint64_t session, std::uint32_t id, con
   handlers_[{kind, session, id}] = handler;
 }
 
+void router::add_sink(handler_kind kind, std::uint64_t session, std::uint32_t id, frame_sink sink) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  sinks_[{kind, session, id}] = std::move(sink);
+}
+
 void router::remove(handler_kind kind, std::uint64_t session, std::uint32_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
   handlers_.erase({kind, session, id});
+  sinks_.erase({kind, session, id});
 }
 
 route_counts router::counts() const {
@@ -91,12 +97,15 @@ void router::dispatch(messages::received_frame frame) {
     return reject("a route of unknown kind " + std::to_string(unknown->which) + " from " + frame.peer, true);
   const auto target = target_of(d.route);
   caf::actor handler;
+  frame_sink sink;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = handlers_.find({target.kind, d.session, target.id});
-    if (it != handlers_.end()) handler = caf::actor_cast<caf::actor>(it->second);
-    if (handler) ++counts_.delivered;
+    const key k{target.kind, d.session, target.id};
+    if (auto it = handlers_.find(k); it != handlers_.end()) handler = caf::actor_cast<caf::actor>(it->second);
+    if (auto it = sinks_.find(k); !handler && it != sinks_.end()) sink = it->second;
+    if (handler || sink) ++counts_.delivered;
   }
+  if (sink) return sink(tensor_frame_of(frame));
   if (!handler) {
     const std::string frame_kind = std::string("a ") + messages::route_kind(d.route) + " frame";
     const std::string session = "session " + std::to_string(d.session);

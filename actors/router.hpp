@@ -10,7 +10,10 @@
 // A route of a kind this build does not know, or one whose handler is not
 // registered (a stage that was dropped, a group never formed), is counted and
 // rejected with a named reason, never a crash. Handlers are held by weak
-// address: a finished actor is not kept alive by its route.
+// address: a finished actor is not kept alive by its route. A group's
+// pieces go to a sink instead, a function called on the io thread: the
+// group's members wait for them inside a forward pass, on the very thread
+// whose mailbox an actor handler would queue them behind.
 //
 // Threads: dispatch runs on the data plane's io thread; registration on the
 // owning actor's. Both are quick and lock one mutex.
@@ -18,6 +21,7 @@
 #include <caf/actor_addr.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -27,6 +31,8 @@
 #include "messages/types.hpp"
 
 namespace orrery::actors {
+
+struct tensor_frame;
 
 class router {
  public:
@@ -41,6 +47,11 @@ class router {
   /// one is not kept alive by its route.
   void add(handler_kind kind, std::uint64_t session, std::uint32_t id, const caf::actor_addr& handler);
   void remove(handler_kind kind, std::uint64_t session, std::uint32_t id);
+
+  /// Routes of `kind` for (session, id) are handed to `sink` on the io
+  /// thread from now on (it must be quick); remove() ends that too.
+  using frame_sink = std::function<void(tensor_frame)>;
+  void add_sink(handler_kind kind, std::uint64_t session, std::uint32_t id, frame_sink sink);
 
   /// Hands `frame` to its handler: a probe_frame_atom message to the prober,
   /// a tensor_frame to any other.
@@ -59,6 +70,7 @@ class router {
   std::string name_;
   mutable std::mutex mutex_;
   std::map<key, caf::actor_addr> handlers_;
+  std::map<key, frame_sink> sinks_;
   route_counts counts_;
 };
 

@@ -82,6 +82,10 @@ struct CollectiveRoute {
   tile @3 :UInt32;
   request @4 :UInt64;
   step @5 :UInt32;
+  # Which collective of the step's forward pass (two per decoder layer).
+  sequence @6 :UInt32;
+  # Which ring step of it: an all-reduce over n ranks takes 2 (n - 1).
+  ringStep @7 :UInt16;
 }
 
 # Sampled tokens (and logits where asked) back to a client session.

@@ -127,6 +127,8 @@ struct route_encoder {
     c.setTile(r.tile);
     c.setRequest(r.request);
     c.setStep(r.step);
+    c.setSequence(r.sequence);
+    c.setRingStep(r.ring_step);
   }
   void operator()(const session_route& r) const {
     auto s = to.initToSession();
@@ -156,8 +158,8 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
     }
     case which::COLLECTIVE: {
       auto c = from.getCollective();
-      return collective_route{c.getGroup(), c.getRank(), collective_op(c.getOp()), c.getTile(), c.getRequest(),
-                              c.getStep()};
+      return collective_route{c.getGroup(),   c.getRank(), collective_op(c.getOp()), c.getTile(),
+                              c.getRequest(), c.getStep(), c.getSequence(),           c.getRingStep()};
     }
     case which::TO_SESSION: {
       auto s = from.getToSession();

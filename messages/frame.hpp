@@ -87,6 +87,9 @@ struct collective_route {
   std::uint32_t tile = 0;
   std::uint64_t request = 0;
   std::uint32_t step = 0;
+  /// Which collective of the step's forward pass, and which ring step of it.
+  std::uint32_t sequence = 0;
+  std::uint16_t ring_step = 0;
 };
 
 /// Sampled tokens (and logits where asked) back to a client session.

@@ -194,7 +194,7 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
     CHECK(route_kind(out.route) == names[i]);
   }
   frame_descriptor d;
-  d.route = collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12};
+  d.route = collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12, 13, 14};
   auto bytes = encode_descriptor(d);
   frame_descriptor out;
   REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
@@ -205,6 +205,8 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
   CHECK(c.tile == 10);
   CHECK(c.request == 11);
   CHECK(c.step == 12);
+  CHECK(c.sequence == 13);
+  CHECK(c.ring_step == 14);
   CHECK(std::get<probe_route>(routes[4]).reply_port == 16);
 
   frame_descriptor unknown;

@@ -1,0 +1,96 @@
+#pragma once
+// The collectives of a tensor-parallel group (Galaxy) over the data plane:
+// the members form a ring (rank r sends to r + 1 and hears from r - 1), and
+// an all-reduce is a reduce-scatter then an all-gather, n - 1 ring steps
+// each, every step moving one n-th of the tensor (the bandwidth-optimal
+// 2 (n - 1) / n of it per member).
+//
+// Each chunk of the sum is added up at one member, in ring order, and then
+// copied around: every member gets bitwise the same tensor, so their
+// residual streams, and what the leader samples from, never drift apart.
+//
+// Threads: all_reduce runs on the stage's own thread, inside its forward
+// pass (compute/layer_program.hpp's collective), and blocks until its pieces
+// arrive or the deadline passes. deliver runs on the data plane's io thread
+// (the router's sink for the group's route) and only files the piece.
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "actors/tensor_frame.hpp"
+#include "messages/data_plane.hpp"
+
+namespace orrery::actors {
+
+/// Which collective of a forward pass a piece belongs to.
+struct collective_key {
+  std::uint64_t request = 0;
+  std::uint32_t step = 0;
+  /// The collective's index in the pass (two per decoder layer).
+  std::uint32_t sequence = 0;
+};
+
+/// Held by shared_ptr: a send's completion may run after the stage let go.
+class group_ring : public std::enable_shared_from_this<group_ring> {
+ public:
+  struct options {
+    std::uint64_t session = 0;
+    /// The group's id on every member: the pipeline stage it runs.
+    std::uint32_t group = 0;
+    int rank = 0;
+    /// Member names in rank order, for messages.
+    std::vector<std::string> members;
+    /// How long one ring step may wait for its piece.
+    std::chrono::milliseconds deadline{10000};
+  };
+
+  explicit group_ring(options o);
+
+  int rank() const { return options_.rank; }
+  int size() const { return static_cast<int>(options_.members.size()); }
+
+  /// The link to rank + 1 and the deployment whose pieces count; pieces of
+  /// any other deployment are dropped, and what was filed is cleared.
+  void connect(std::shared_ptr<messages::link> next, std::uint64_t deployment);
+
+  /// Files a collective piece that arrived (io thread).
+  void deliver(tensor_frame frame);
+
+  /// The sum of every member's `partial` ([rows, features], any float
+  /// dtype), the same bits on every member. Throws std::runtime_error naming
+  /// the member it waited for when a piece does not come by the deadline, or
+  /// the link to the next member failed.
+  at::Tensor all_reduce(const at::Tensor& partial, const collective_key& key);
+
+  /// Drops what was filed for `request` (it ended, or starts over).
+  void forget(std::uint64_t request);
+
+  /// Pieces received and dropped (another deployment, or a request forgotten).
+  std::uint64_t pieces_received() const;
+  std::uint64_t pieces_dropped() const;
+
+ private:
+  using piece_key = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::uint16_t>;
+  void send(const at::Tensor& chunk, const collective_key& key, std::uint16_t ring_step);
+  at::Tensor receive(const collective_key& key, std::uint16_t ring_step);
+
+  options options_;
+  std::shared_ptr<messages::link> next_;
+  mutable std::mutex mutex_;
+  std::condition_variable arrived_;
+  std::uint64_t deployment_ = 0;
+  std::map<piece_key, at::Tensor> pieces_;
+  std::string send_error_;
+  std::uint64_t received_ = 0, dropped_ = 0;
+};
+
+}  // namespace orrery::actors
