@@ -64,13 +64,14 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   d.deployment = self->state.deployment;
   d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device), id, r.progress.step(), position,
                                     r.sampling};
-  send_tensors(*self->state.first_link, d,
-               {{messages::tensor_role::tokens, at::tensor(wide, at::TensorOptions().dtype(at::kLong))}},
-               // Weak: a frame stuck in a dead link must not keep the driver alive.
-               [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
-                 if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
-                   caf::anon_send(driver, request_failure{id, "first stage: " + error, true});
-               });
+  const auto input = at::tensor(wide, at::TensorOptions().dtype(at::kLong));
+  for (const auto& link : self->state.first_links)
+    send_tensors(*link, d, {{messages::tensor_role::tokens, input}},
+                 // Weak: a frame stuck in a dead link must not keep the driver alive.
+                 [weak = caf::actor_cast<caf::actor_addr>(self), id](const std::string& error) {
+                   if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
+                     caf::anon_send(driver, request_failure{id, "first stage: " + error, true});
+                 });
   r.deadline = clock_type::now() + self->state.config.request_timeout;
   watch_deadlines(self);
 }

@@ -22,6 +22,10 @@
 // sizes and hashes) goes with every stage assignment; a node whose copy
 // differs refuses to load it, naming the file.
 //
+// A stage may be a tensor-parallel group of nodes: the driver sends each
+// frame to every member and wires them into a ring. When a member dies the
+// group's layers move as a lost node's do: the group becomes a stage of one.
+//
 // Its messages are driver_actor's (actors/interfaces.hpp); replies carry
 // errors as caf::error naming the node.
 
@@ -51,6 +55,12 @@ struct placement_stage {
   int first_layer = 0;
   int last_layer = 0;
   int threads = 1;
+  /// A member of a tensor-parallel group (Galaxy): the group's name, and the
+  /// heads and columns of each layer this node holds. A group's members are
+  /// consecutive stages with the same layers, the first its leader. Empty: a
+  /// stage of its own.
+  std::string group{};
+  tensor_slice slice{};
 };
 
 struct driver_config {

@@ -54,6 +54,69 @@ planning::cluster_state cluster_state_of(driver_ptr self) {
   return state;
 }
 
+std::vector<std::vector<std::size_t>> positions_of(driver_ptr self, const std::vector<planning::stage>& layout) {
+  const auto& nodes = self->state.nodes;
+  std::vector<std::vector<std::size_t>> positions;
+  for (std::size_t i = 0; i < layout.size(); ++i) {
+    const auto& group = nodes[layout[i].device].spec.group;
+    const bool joins = !positions.empty() && !group.empty() && layout[i - 1].begin == layout[i].begin &&
+                       layout[i - 1].end == layout[i].end && nodes[layout[i - 1].device].spec.group == group;
+    if (joins)
+      positions.back().push_back(i);
+    else
+      positions.push_back({i});
+  }
+  return positions;
+}
+
+namespace {
+
+// What the migration planner sees of `layout`: one stage per pipeline
+// position. A group stands in as its leader; a group that lost a member as
+// its first member alive, which takes the group's layers whole.
+std::vector<planning::stage> collapsed(driver_ptr self, const std::vector<planning::stage>& layout) {
+  std::vector<planning::stage> stages;
+  for (const auto& members : positions_of(self, layout)) {
+    auto alive = std::find_if(members.begin(), members.end(),
+                              [&](std::size_t i) { return self->state.nodes[layout[i].device].alive; });
+    const bool whole = std::all_of(members.begin(), members.end(),
+                                   [&](std::size_t i) { return self->state.nodes[layout[i].device].alive; });
+    stages.push_back(layout[whole || alive == members.end() ? members.front() : *alive]);
+  }
+  return stages;
+}
+
+// `planned` with each stage that is an intact group's stand-in (its leader,
+// its layers unchanged) given back all of the group's members.
+std::vector<planning::stage> expanded(driver_ptr self, const std::vector<planning::stage>& layout,
+                                      const std::vector<planning::stage>& planned) {
+  std::vector<planning::stage> out;
+  const auto positions = positions_of(self, layout);
+  for (const auto& stage : planned) {
+    auto group = std::find_if(positions.begin(), positions.end(), [&](const auto& members) {
+      return members.size() > 1 && layout[members.front()] == stage &&
+             std::all_of(members.begin(), members.end(),
+                         [&](std::size_t i) { return self->state.nodes[layout[i].device].alive; });
+    });
+    if (group == positions.end()) {
+      out.push_back(stage);
+      continue;
+    }
+    for (std::size_t i : *group) out.push_back(layout[i]);
+  }
+  return out;
+}
+
+// plan_after_loss over pipeline positions: groups that lost a member become
+// stages of one, intact groups stay.
+planning::migration migrate(driver_ptr self, const std::vector<planning::stage>& layout) {
+  auto plan = planning::plan_after_loss(collapsed(self, layout), cluster_state_of(self));
+  plan.stages = expanded(self, layout, plan.stages);
+  return plan;
+}
+
+}  // namespace
+
 // The layer ranges the placement gave each node.
 std::vector<planning::stage> placed_layout(driver_ptr self) {
   const auto& nodes = self->state.nodes;
@@ -67,7 +130,9 @@ std::vector<planning::stage> placed_layout(driver_ptr self) {
 using layout_done = std::function<void(driver_ptr, std::vector<stage_ready>, caf::error)>;
 
 // Wires each stage to the next (the last to this driver) under deployment
-// `d`, then points the driver's own link at the first stage.
+// `d`, a group's leader to every member of the next stage and each member
+// to the next in its ring, then points the driver's own links at the first
+// stage's members.
 void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target, std::vector<stage_ready> ready,
           layout_done done) {
   const auto timeout = self->state.config.request_timeout;
@@ -75,33 +140,45 @@ void wire(driver_ptr self, std::uint64_t d, std::vector<planning::stage> target,
   // neighbour must not hold the stage (and the next recovery) for long.
   const auto connect_ms = static_cast<std::int64_t>(self->state.config.connect_timeout.count());
   const auto n = ready.size();
+  const auto positions = positions_of(self, target);
+  auto hop_to = [&](std::size_t i) { return next_hop{ready[i].data_host, ready[i].data_port, ready[i].stage_index}; };
   auto wired = std::make_shared<std::size_t>(0);
-  for (std::size_t k = 0; k < n; ++k) {
-    next_hop hop = k + 1 < n ? next_hop{ready[k + 1].data_host, ready[k + 1].data_port, ready[k + 1].stage_index}
-                             : next_hop{self->state.config.advertise_host, self->state.plane->port(), 0};
-    self->request(caf::actor_cast<stage_actor>(ready[k].stage), timeout, connect_next_atom_v, d, hop,
-                  caf::actor_cast<caf::actor>(self), connect_ms)
-        .then(
-            [self, d, wired, n, target, ready, done]() {
-              auto& s = self->state;
-              if (s.deployment != d || ++*wired < n) return;
-              const auto& first = ready.front();
-              try {
-                s.first_link = s.plane->connect(first.data_host, first.data_port, s.config.connect_timeout);
-              } catch (const std::exception& e) {
-                return done(self, {},
-                            make_error(errc::unreachable, std::string("cannot reach the first stage's data plane: ") + e.what()));
-              }
-              s.layout = target;
-              s.ready = ready;
-              s.switching = false;
-              done(self, ready, caf::none);
-            },
-            [self, d, k, target, done](caf::error& e) {
-              auto& s = self->state;
-              if (s.deployment != d) return;
-              done(self, {}, explained(e, s.nodes[target[k].device].spec, s.config.request_timeout));
-            });
+  for (std::size_t p = 0; p < positions.size(); ++p) {
+    const auto& members = positions[p];
+    std::vector<next_hop> hops;
+    if (p + 1 == positions.size())
+      hops.push_back({self->state.config.advertise_host, self->state.plane->port(), 0});
+    else
+      for (std::size_t i : positions[p + 1]) hops.push_back(hop_to(i));
+    for (std::size_t m = 0; m < members.size(); ++m) {
+      const std::size_t k = members[m];
+      const next_hop ring = members.size() > 1 ? hop_to(members[(m + 1) % members.size()]) : next_hop{};
+      self->request(caf::actor_cast<stage_actor>(ready[k].stage), timeout, connect_next_atom_v, d,
+                    m == 0 ? hops : std::vector<next_hop>{}, ring, caf::actor_cast<caf::actor>(self), connect_ms)
+          .then(
+              [self, d, wired, n, target, ready, done, first = positions.front()]() {
+                auto& s = self->state;
+                if (s.deployment != d || ++*wired < n) return;
+                std::vector<std::shared_ptr<messages::link>> links;
+                try {
+                  for (std::size_t i : first)
+                    links.push_back(s.plane->connect(ready[i].data_host, ready[i].data_port, s.config.connect_timeout));
+                } catch (const std::exception& e) {
+                  return done(self, {},
+                              make_error(errc::unreachable, std::string("cannot reach the first stage's data plane: ") + e.what()));
+                }
+                s.first_links = std::move(links);
+                s.layout = target;
+                s.ready = ready;
+                s.switching = false;
+                done(self, ready, caf::none);
+              },
+              [self, d, k, target, done](caf::error& e) {
+                auto& s = self->state;
+                if (s.deployment != d) return;
+                done(self, {}, explained(e, s.nodes[target[k].device].spec, s.config.request_timeout));
+              });
+    }
   }
 }
 
@@ -120,17 +197,34 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
   const auto n = target.size();
   auto ready = std::make_shared<std::vector<stage_ready>>(n);
   auto loaded = std::make_shared<std::size_t>(0);
+  // A group's members share its leader's stage id: frames to the stage reach
+  // every member, and the ring's pieces the same group on each.
+  std::vector<stage_assignment> assignments(n);
+  for (const auto& members : positions_of(self, target)) {
+    std::vector<std::string> names;
+    if (members.size() > 1)
+      for (std::size_t i : members) names.push_back(s.nodes[target[i].device].spec.node_name);
+    for (std::size_t m = 0; m < members.size(); ++m) {
+      const std::size_t i = members[m];
+      const auto& node = s.nodes[target[i].device].spec;
+      auto& a = assignments[i];
+      a.session = s.session;
+      a.deployment = d;
+      a.stage = static_cast<std::uint16_t>(target[members.front()].device);
+      a.first_layer = static_cast<std::int32_t>(target[i].begin);
+      a.last_layer = static_cast<std::int32_t>(target[i].end);
+      a.model_dir = s.config.model.string();
+      a.model_files = s.model_files;
+      a.threads = node.threads;
+      a.group = names;
+      a.rank = static_cast<std::int32_t>(m);
+      a.slice = node.slice;
+      a.collective_deadline_ms = std::max<std::int64_t>(2000, 3 * s.config.heartbeat_deadline.count());
+    }
+  }
   for (std::size_t i = 0; i < n; ++i) {
     const auto& node = s.nodes[target[i].device].spec;
-    stage_assignment assignment{s.session,
-                                d,
-                                static_cast<std::uint16_t>(target[i].device),
-                                static_cast<std::int32_t>(target[i].begin),
-                                static_cast<std::int32_t>(target[i].end),
-                                s.config.model.string(),
-                                s.model_files,
-                                "",
-                                node.threads};
+    const auto& assignment = assignments[i];
     self->request(node.node, s.config.request_timeout, load_stage_atom_v, assignment)
         .then(
             [self, d, i, n, ready, loaded, target, done](stage_ready& r) {
@@ -181,7 +275,7 @@ std::string describe_layout(driver_ptr self, const std::vector<planning::stage>&
 std::vector<planning::stage> first_layout(driver_ptr self) {
   const auto& nodes = self->state.nodes;
   if (std::all_of(nodes.begin(), nodes.end(), [](const auto& n) { return n.alive; })) return placed_layout(self);
-  auto plan = planning::plan_after_loss(placed_layout(self), cluster_state_of(self));
+  auto plan = migrate(self, placed_layout(self));
   log(self).info(session_of(self) + "planned around " + node_names(self, false) + " (" + plan.how +
                  "):" + describe_layout(self, plan.stages));
   return plan.stages;
@@ -315,7 +409,7 @@ void recover(driver_ptr self, bool grace_over) {
   auto& s = self->state;
   planning::migration plan;
   try {
-    plan = planning::plan_after_loss(s.layout, cluster_state_of(self));
+    plan = migrate(self, s.layout);
   } catch (const planning::infeasible_error& e) {
     ++s.deployment;  // whatever change was under way is void
     const auto alive = node_names(self, true);

@@ -75,7 +75,8 @@ struct driver_state {
   /// The layout serving now (device = node index), and its loaded stages.
   std::vector<planning::stage> layout;
   std::vector<stage_ready> ready;
-  std::shared_ptr<messages::link> first_link;
+  /// To the first stage's members (one, unless it is a group).
+  std::vector<std::shared_ptr<messages::link>> first_links;
   /// Every layout change takes the next number; answers to an older change
   /// and frames of an older layout are ignored.
   std::uint64_t deployment = 0;
@@ -119,6 +120,9 @@ void deploy(driver_ptr self, caf::response_promise promise);
 /// A death verdict (or the end of a grace period): move the lost layers and replay.
 void recover(driver_ptr self, bool grace_over);
 void on_verdict(driver_ptr self, node_verdict& verdict);
+/// The pipeline positions of `layout`: indices of its entries, in pipeline
+/// order, a group's members together (its leader first).
+std::vector<std::vector<std::size_t>> positions_of(driver_ptr self, const std::vector<planning::stage>& layout);
 
 
 }  // namespace orrery::actors::driver_detail

@@ -32,8 +32,10 @@ struct tensor_frame;  // actors/tensor_frame.hpp: in-process only
 using stage_actor = caf::typed_actor<
     // Load (or change to) these layers -> the stage loaded and its data address.
     caf::replies_to<load_stage_atom, stage_assignment>::with<stage_ready>,
-    // (deployment, next hop, the session's driver, connect timeout ms): wire the stage.
-    caf::reacts_to<connect_next_atom, std::uint64_t, next_hop, caf::actor, std::int64_t>,
+    // (deployment, next hops (none from a group's other members), the next
+    // member of its group (port 0: none), the session's driver, connect
+    // timeout ms): wire the stage.
+    caf::reacts_to<connect_next_atom, std::uint64_t, std::vector<next_hop>, next_hop, caf::actor, std::int64_t>,
     // A frame the node's router delivered.
     caf::reacts_to<tensor_frame>,
     // Forget a request's KV caches.

@@ -80,11 +80,17 @@ void beat(node_ptr self) {
   if (s.beating) self->delayed_send(self, interval, tick_atom_v);
 }
 
+// A stage's routes: its frames and, for a group member, its ring's pieces.
+void unroute(node_ptr self, std::uint64_t session, std::uint16_t stage) {
+  self->state.routes->remove(router::handler_kind::stage, session, stage);
+  self->state.routes->remove(router::handler_kind::group, session, stage);
+}
+
 void drop_stages(node_ptr self, std::uint64_t id, session_state& session) {
   for (auto& [index, stage] : session.stages) {
     self->unlink_from(stage);
     self->send_exit(stage, caf::exit_reason::user_shutdown);
-    self->state.routes->remove(router::handler_kind::stage, id, index);
+    unroute(self, id, index);
   }
   session.stages.clear();
 }
@@ -128,7 +134,7 @@ bool forget_stage(node_ptr self, const caf::actor_addr& source, const caf::error
       if (it->second.address() == source) {
         node_log().warn("node '" + self->state.config.name + "' stage " + std::to_string(it->first) + " of session " +
                         std::to_string(id) + " ended: " + error_text(reason));
-        self->state.routes->remove(router::handler_kind::stage, id, it->first);
+        unroute(self, id, it->first);
         session.stages.erase(it);
         return true;
       }
@@ -147,7 +153,7 @@ caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
   if (!slot) {
     const auto& c = s.config;
     slot = spawn_stage(self->system(),
-                       {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights});
+                       {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights, s.routes});
     self->link_to(slot);  // a stage lives and dies with its node
     s.routes->add(router::handler_kind::stage, assignment.session, assignment.stage, slot.address());
   }

@@ -6,9 +6,10 @@
 
 namespace orrery::actors {
 
-at::Tensor shared_shard::forward(const at::Tensor& input, const std::vector<compute::sequence_step>& batch) {
+at::Tensor shared_shard::forward(const at::Tensor& input, const std::vector<compute::sequence_step>& batch,
+                                 const compute::layer_context& context) {
   std::lock_guard<std::mutex> lock(turn_);
-  return shard_.forward(input, batch);
+  return context.plain() ? shard_.forward(input, batch) : shard_.forward(input, batch, context);
 }
 
 std::uint64_t shard_cache::held_bytes_locked() const {
@@ -25,10 +26,11 @@ std::uint64_t shard_cache::held_bytes() const {
 
 std::shared_ptr<shared_shard> shard_cache::acquire(const std::string& fingerprint, const compute::model_dir& model,
                                                    int first, int last, const compute::shard_options& options,
-                                                   bool& loaded) {
+                                                   bool& loaded, std::uint64_t owner) {
   // One load at a time: the budget check and the load it admits are one step.
   std::lock_guard<std::mutex> lock(mutex_);
-  const key k{fingerprint, first, last, options.device.str(), static_cast<int>(options.dtype)};
+  const key k{fingerprint, first, last, options.device.str(), static_cast<int>(options.dtype),
+              options.slice ? options.slice->describe() : "", options.head, owner};
   loaded = false;
   if (auto held = shards_[k].lock()) return held;
   if (budget_ > 0) {

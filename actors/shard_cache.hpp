@@ -6,6 +6,11 @@
 // identity (actors/model_identity.hpp), its layer range, device and dtype,
 // and lives while any stage holds it. The node's memory budget covers every
 // shard held, whichever session loaded it.
+//
+// A tensor-parallel member's slice is a session's own (`owner`): its forward
+// pass waits for the other members inside the shard's turn, and two
+// sessions whose groups share nodes could each hold one node's turn while
+// waiting for the other's.
 
 #include <ATen/core/Tensor.h>
 
@@ -30,8 +35,10 @@ class shared_shard {
  public:
   explicit shared_shard(compute::shard shard) : shard_(std::move(shard)) {}
   const compute::shard& shard() const { return shard_; }
-  /// Runs the shard over `input` with the caches of `batch`, alone.
-  at::Tensor forward(const at::Tensor& input, const std::vector<compute::sequence_step>& batch);
+  /// Runs the shard over `input` with the caches of `batch`, alone (with
+  /// `context` between the parts of each layer: compute/layer_program.hpp).
+  at::Tensor forward(const at::Tensor& input, const std::vector<compute::sequence_step>& batch,
+                     const compute::layer_context& context = {});
 
  private:
   std::mutex turn_;
@@ -48,13 +55,15 @@ class shard_cache {
   /// them would take the node past its budget (naming the bytes needed, held
   /// and allowed), compute::model_error when they cannot be loaded.
   std::shared_ptr<shared_shard> acquire(const std::string& fingerprint, const compute::model_dir& model, int first,
-                                        int last, const compute::shard_options& options, bool& loaded);
+                                        int last, const compute::shard_options& options, bool& loaded,
+                                        std::uint64_t owner = 0);
 
   /// Bytes of the weights held now.
   std::uint64_t held_bytes() const;
 
  private:
-  using key = std::tuple<std::string, int, int, std::string, int>;
+  /// Model, layers, device, dtype, slice, head, owner (0: shared).
+  using key = std::tuple<std::string, int, int, std::string, int, std::string, bool, std::uint64_t>;
   std::uint64_t held_bytes_locked() const;
 
   std::uint64_t budget_;

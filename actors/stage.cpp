@@ -10,7 +10,9 @@
 #include <variant>
 #include <vector>
 
+#include "actors/group_ring.hpp"
 #include "actors/model_identity.hpp"
+#include "actors/router.hpp"
 #include "actors/shard_cache.hpp"
 #include "actors/tensor_frame.hpp"
 #include "compute/cpu_threads.hpp"
@@ -55,8 +57,14 @@ struct stage_state {
   std::string fingerprint;
   /// What the stage keeps of each request in flight.
   std::map<std::uint64_t, request_state> requests;
-  std::shared_ptr<messages::link> next;
-  next_hop hop;
+  /// Where results go: the next stage's members, or the driver. None from a
+  /// group's other members: only the leader sends on.
+  std::vector<std::shared_ptr<messages::link>> next;
+  std::vector<next_hop> hops;
+  bool wired = false;
+  /// The stage's group, when it is a member of one (rank 0 leads).
+  std::shared_ptr<group_ring> ring;
+  next_hop ring_hop;
   /// Frames of any other deployment are from a pipeline layout that no
   /// longer exists (a resumed node's late output, say) and are dropped.
   std::uint64_t deployment = 0;
@@ -70,8 +78,10 @@ struct stage_state {
   std::string where() const {
     return "node '" + context.node + "' stage " + std::to_string(assignment.stage) + " of session " +
            std::to_string(assignment.session) + " (layers [" + std::to_string(assignment.first_layer) + ", " +
-           std::to_string(assignment.last_layer) + "))";
+           std::to_string(assignment.last_layer) + ")" +
+           (ring ? ", rank " + std::to_string(ring->rank()) + " of a group of " + std::to_string(ring->size()) : "") + ")";
   }
+  bool leads() const { return !ring || ring->rank() == 0; }
 };
 
 using stage_actor_ptr = stage_actor::stateful_pointer<stage_state>;
@@ -117,6 +127,16 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
   s.deployment = assignment.deployment;
   s.requests.clear();  // requests are replayed into the new layout
   s.assignment = assignment;
+  s.wired = false;
+  const bool grouped = assignment.group.size() > 1;
+  if (grouped && (assignment.rank < 0 || assignment.rank >= static_cast<int>(assignment.group.size())))
+    return make_error(errc::invalid_request, s.where() + ": rank " + std::to_string(assignment.rank) + " of a group of " +
+                                                 std::to_string(assignment.group.size()));
+  // A group's shards are sliced: the whole-layer shards go, and back.
+  auto sliced = [&](const std::shared_ptr<shared_shard>& held) {
+    return held->shard().options().slice.has_value() || !held->shard().options().head;
+  };
+  if (grouped || std::any_of(s.shards.begin(), s.shards.end(), sliced)) s.shards.clear();
   int loaded_layers = 0;
   std::uint64_t loaded_bytes = 0;
   try {
@@ -125,6 +145,10 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     compute::shard_options options{compute::device_from_name(s.context.device),
                                    compute::scalar_type_from_name(s.context.dtype),
                                    compute::configure_cpu_threads(std::max(1, assignment.threads))};
+    if (grouped) {
+      options.slice = assignment.slice;
+      options.head = assignment.rank == 0;
+    }
     std::vector<std::pair<int, int>> held;
     for (const auto& shard : s.shards) held.emplace_back(shard->shard().first_layer(), shard->shard().last_layer());
     std::sort(held.begin(), held.end());
@@ -133,7 +157,8 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     for (const auto& [begin, end] : held) {
       if (at < begin) {
         bool loaded = false;
-        s.shards.push_back(s.context.weights->acquire(fingerprint, model, at, begin, options, loaded));
+        s.shards.push_back(
+            s.context.weights->acquire(fingerprint, model, at, begin, options, loaded, grouped ? assignment.session : 0));
         if (loaded) {  // what another session holds already did not have to move
           loaded_layers += begin - at;
           loaded_bytes += s.shards.back()->shard().weight_bytes();
@@ -143,7 +168,8 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     }
   } catch (const std::exception& e) {
     s.shards.clear();
-    s.next.reset();
+    s.next.clear();
+    s.ring.reset();
     const auto problem = "cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
                          "): " + compute::without_backtrace(e.what());
     stage_log().error(s.where() + ": " + problem);
@@ -152,6 +178,18 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
   }
   std::sort(s.shards.begin(), s.shards.end(),
             [](const auto& a, const auto& b) { return a->shard().first_layer() < b->shard().first_layer(); });
+  // The group's ring: its pieces reach it straight from the io thread,
+  // since this stage's thread waits for them inside a forward pass.
+  s.ring.reset();
+  if (grouped) {
+    s.ring = std::make_shared<group_ring>(group_ring::options{assignment.session, assignment.stage, assignment.rank,
+                                                              assignment.group,
+                                                              std::chrono::milliseconds(assignment.collective_deadline_ms)});
+    s.context.routes->add_sink(router::handler_kind::group, assignment.session, assignment.stage,
+                               [ring = std::weak_ptr<group_ring>(s.ring)](tensor_frame frame) {
+                                 if (auto r = ring.lock()) r->deliver(std::move(frame));
+                               });
+  }
   std::uint64_t weight_bytes = 0;
   for (const auto& shard : s.shards) weight_bytes += shard->shard().weight_bytes();
   return stage_ready{caf::actor_cast<caf::actor>(self), assignment.stage, s.context.node, s.context.data_host,
@@ -160,6 +198,7 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
 
 void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem) {
   self->state.requests.erase(request);
+  if (self->state.ring) self->state.ring->forget(request);
   if (self->state.driver) self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem, false});
 }
 
@@ -185,7 +224,18 @@ at::Tensor forward(stage_state& s, const messages::forward_route& route, const t
                              (r.caches.empty() ? std::string("no KV cache for it") : std::to_string(held) + " tokens of it"));
   const int count = static_cast<int>(tokens.size(0));
   at::Tensor x = s.shards.front()->shard().has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
-  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}});
+  compute::layer_context context;
+  if (s.ring) {
+    // The attention's and the MLP's partial sums are added up over the
+    // group; the connective block (residual add, norm) runs whole on every
+    // member. Each collective of the pass has its own number.
+    context.collective = [&s, &route](int layer, compute::layer_part part, const at::Tensor& partial) {
+      if (part == compute::layer_part::connective) return partial;
+      const auto sequence = static_cast<std::uint32_t>(2 * layer + (part == compute::layer_part::mlp ? 1 : 0));
+      return s.ring->all_reduce(partial, {route.request, route.step, sequence});
+    };
+  }
+  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context);
   if (holds_head(s)) {
     auto ids = tokens.to(at::kLong).contiguous();
     r.history.insert(r.history.end(), ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
@@ -216,7 +266,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
                        std::to_string(s.deployment) + ")");
     return;
   }
-  if (s.shards.empty() || !s.next) return fail_request(self, route->request, "received a frame before it was deployed");
+  if (s.shards.empty() || !s.wired) return fail_request(self, route->request, "received a frame before it was deployed");
   at::Tensor out;
   std::vector<outgoing_tensor> tensors;
   messages::frame_descriptor out_d;
@@ -226,13 +276,17 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
   try {
     out = forward(s, *route, frame);
     s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+    if (!s.leads()) {  // the leader sends the group's result on
+      ++s.frames;
+      return;
+    }
     if (holds_head(s)) {
       tensors = sampled(s, *route, out);
       out_d.route = messages::session_route{route->request, route->step};
     } else {
       tensors = {{messages::tensor_role::hidden, out}, {messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}};
       auto next = *route;
-      next.stage = s.hop.stage;
+      next.stage = s.hops.front().stage;
       out_d.route = next;
     }
   } catch (const std::exception& e) {
@@ -242,41 +296,76 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
   auto sent = clock_type::now();
   std::uint64_t bytes = 0;
   for (const auto& t : tensors) bytes += static_cast<std::uint64_t>(t.tensor.nbytes());
-  send_tensors(*s.next, std::move(out_d), std::move(tensors),
-               // Weak: a frame stuck in a dead link must not keep the driver alive.
-               [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
-                request = route->request, where = s.where()](const std::string& error) {
-                 transfers->nanoseconds += static_cast<std::uint64_t>(
-                     std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
-                 transfers->bytes += bytes;
-                 if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
-                   caf::anon_send(driver, request_failure{request, where + ": " + error, true});
-               });
+  for (const auto& link : s.next)
+    send_tensors(*link, out_d, tensors,
+                 // Weak: a frame stuck in a dead link must not keep the driver alive.
+                 [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
+                  request = route->request, where = s.where()](const std::string& error) {
+                   transfers->nanoseconds += static_cast<std::uint64_t>(
+                       std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
+                   transfers->bytes += bytes;
+                   if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
+                     caf::anon_send(driver, request_failure{request, where + ": " + error, true});
+                 });
+}
+
+// The stage's links: to each next hop, and to the next member of its
+// group. A link that is open to the same place is kept.
+caf::result<void> wire(stage_actor_ptr self, std::vector<next_hop>& hops, const next_hop& ring_hop,
+                       std::chrono::milliseconds timeout) {
+  auto& s = self->state;
+  auto same = [](const next_hop& a, const next_hop& b) { return a.host == b.host && a.port == b.port; };
+  auto reach = [&](const next_hop& hop, const std::shared_ptr<messages::link>& held, const next_hop& held_hop,
+                   const char* what) -> std::shared_ptr<messages::link> {
+    if (held && held->is_open() && same(hop, held_hop)) return held;
+    try {
+      return s.context.data_plane->connect(hop.host, hop.port, timeout);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(s.where() + ": cannot reach its " + what + " at " + hop.host + ":" +
+                               std::to_string(hop.port) + ": " + e.what());
+    }
+  };
+  try {
+    std::vector<std::shared_ptr<messages::link>> next;
+    for (std::size_t i = 0; i < hops.size(); ++i) {
+      auto held = std::find_if(s.hops.begin(), s.hops.end(), [&](const next_hop& h) { return same(h, hops[i]); });
+      const auto index = static_cast<std::size_t>(held - s.hops.begin());
+      next.push_back(reach(hops[i], held == s.hops.end() ? nullptr : s.next[index], hops[i], "next hop"));
+    }
+    if (s.ring) {
+      if (ring_hop.port == 0) throw std::runtime_error(s.where() + ": its group has no ring to wire");
+      s.ring->connect(reach(ring_hop, nullptr, ring_hop, "next group member"), s.deployment);
+    }
+    s.next = std::move(next);
+    s.hops = std::move(hops);
+    s.ring_hop = ring_hop;
+    s.wired = true;
+  } catch (const std::exception& e) {
+    s.next.clear();
+    s.hops.clear();
+    s.wired = false;
+    return make_error(errc::unreachable, e.what());
+  }
+  return caf::unit;
 }
 
 stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context context) {
   self->state.context = std::move(context);
   return {
       [self](load_stage_atom, stage_assignment& assignment) { return load(self, assignment); },
-      [self](connect_next_atom, std::uint64_t deployment, next_hop& hop, caf::actor& driver,
-             std::int64_t timeout_ms) -> caf::result<void> {
+      [self](connect_next_atom, std::uint64_t deployment, std::vector<next_hop>& hops, next_hop& ring_hop,
+             caf::actor& driver, std::int64_t timeout_ms) -> caf::result<void> {
         auto& s = self->state;
         if (deployment != s.deployment) return make_error(errc::not_ready, s.where() + ": told to wire deployment " + std::to_string(deployment) +
                                                            " but loaded for " + std::to_string(s.deployment));
         s.driver = caf::actor_cast<driver_actor>(driver);
-        const bool same_hop = s.next && s.next->is_open() && hop.host == s.hop.host && hop.port == s.hop.port;
-        s.hop = hop;
-        if (same_hop) return caf::unit;
-        try {
-          s.next = s.context.data_plane->connect(hop.host, hop.port, std::chrono::milliseconds(timeout_ms));
-        } catch (const std::exception& e) {
-          s.next.reset();
-          return make_error(errc::unreachable, s.where() + ": cannot reach its next hop: " + e.what());
-        }
-        return caf::unit;
+        return wire(self, hops, ring_hop, std::chrono::milliseconds(timeout_ms));
       },
       [self](tensor_frame& frame) { process(self, frame); },
-      [self](end_request_atom, std::uint64_t request) { self->state.requests.erase(request); },
+      [self](end_request_atom, std::uint64_t request) {
+        self->state.requests.erase(request);
+        if (self->state.ring) self->state.ring->forget(request);
+      },
       [self](stats_atom) {
         const auto& s = self->state;
         return stage_stats{s.assignment.stage,

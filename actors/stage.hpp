@@ -4,6 +4,12 @@
 // each frame that reaches it through its layers and sends the result to its
 // next hop: hidden states (and the frame's tokens) to the next stage, or,
 // from the stage holding the head, the token it sampled to the session.
+//
+// A stage may be one member of a tensor-parallel group (Galaxy): every member
+// receives the same frames, holds a slice of each layer's heads and MLP
+// columns, and adds its partial sums to the others' over the group's ring
+// (actors/group_ring.hpp) after each attention and MLP; the leader (rank 0)
+// alone holds the head and sends on.
 
 #include <caf/actor_system.hpp>
 
@@ -18,6 +24,7 @@ class data_plane;
 
 namespace orrery::actors {
 
+class router;
 class shard_cache;
 
 struct stage_context {
@@ -30,6 +37,8 @@ struct stage_context {
   std::shared_ptr<messages::data_plane> data_plane;
   /// The node's weights, shared by the stages of every session.
   std::shared_ptr<shard_cache> weights;
+  /// The node's router: a group member files its ring's pieces there.
+  std::shared_ptr<router> routes;
 };
 
 /// Spawns an empty stage; it loads its shard on (load_stage_atom, stage_assignment).

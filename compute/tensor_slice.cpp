@@ -8,8 +8,6 @@ namespace orrery::compute {
 
 namespace {
 
-std::string range(int begin, int end) { return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")"; }
-
 std::string listed(const std::vector<int>& shares) {
   std::string text;
   for (int share : shares) text += (text.empty() ? "" : ", ") + std::to_string(share);
@@ -17,18 +15,6 @@ std::string listed(const std::vector<int>& shares) {
 }
 
 }  // namespace
-
-bool tensor_slice::whole(const llama_config& config) const { return *this == whole_layer(config); }
-
-std::string tensor_slice::describe() const {
-  return "heads " + range(head_begin, head_end) + " (kv " + range(kv_head_begin, kv_head_end) + "), columns " +
-         range(column_begin, column_end);
-}
-
-bool tensor_slice::operator==(const tensor_slice& o) const {
-  return head_begin == o.head_begin && head_end == o.head_end && kv_head_begin == o.kv_head_begin &&
-         kv_head_end == o.kv_head_end && column_begin == o.column_begin && column_end == o.column_end;
-}
 
 tensor_slice whole_layer(const llama_config& config) {
   return {0, config.num_heads, 0, config.num_kv_heads, 0, config.intermediate_size};

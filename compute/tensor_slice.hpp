@@ -11,29 +11,15 @@
 // replicated, never split from a query head that reads it. So any member
 // count and any shares work, not only divisors of the KV-head count.
 //
-// Torch-free, so the planner's shares and the topology's checks use it.
+// Torch-free, so the topology's checks use it. The ranges themselves are
+// base/tensor_slice.hpp.
 
-#include <string>
 #include <vector>
 
+#include "base/tensor_slice.hpp"
 #include "compute/llama_config.hpp"
 
 namespace orrery::compute {
-
-struct tensor_slice {
-  int head_begin = 0, head_end = 0;        ///< query heads
-  int kv_head_begin = 0, kv_head_end = 0;  ///< the KV heads those read
-  int column_begin = 0, column_end = 0;    ///< MLP intermediate columns
-
-  int heads() const { return head_end - head_begin; }
-  int kv_heads() const { return kv_head_end - kv_head_begin; }
-  int columns() const { return column_end - column_begin; }
-  /// The whole layer: what a member of a group of one holds.
-  bool whole(const llama_config& config) const;
-  /// `heads [0, 6) (kv [0, 2)), columns [0, 1024)`, for messages.
-  std::string describe() const;
-  bool operator==(const tensor_slice& other) const;
-};
 
 /// The whole layer as a slice.
 tensor_slice whole_layer(const llama_config& config);

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "base/tensor_slice.hpp"
 #include "messages/frame.hpp"
 
 namespace caf {
@@ -50,6 +51,17 @@ struct stage_assignment {
   std::vector<model_file> model_files;
   std::string device;
   std::int32_t threads = 1;
+  /// A stage run by a tensor-parallel group: the members' node names in ring
+  /// order (the first is the leader: it holds the head, samples and sends
+  /// on), this member's rank among them and the heads and columns it holds
+  /// (base/tensor_slice.hpp). Empty or one name: a stage alone, whole layers.
+  std::vector<std::string> group{};
+  std::int32_t rank = 0;
+  tensor_slice slice{};
+  /// How long a member waits for each piece of its ring: a member that died
+  /// mid-pass holds the others this long (the driver's recovery then
+  /// rewires them).
+  std::int64_t collective_deadline_ms = 10000;
 };
 
 /// A loaded stage and where its data plane accepts frames.
@@ -65,9 +77,10 @@ struct stage_ready {
   std::uint64_t bytes_loaded = 0;
 };
 
-/// Where a stage sends what it computes: the next stage (`stage`), or, from
-/// the stage that holds the model's head, the session's driver (its sampled
-/// tokens; `stage` unused).
+/// Where a stage sends what it computes: the next stage (`stage`; one hop
+/// per member when it is a group), or, from the stage that holds the
+/// model's head, the session's driver (its sampled tokens; `stage` unused).
+/// Also a group member's ring neighbour (`stage` unused).
 struct next_hop {
   std::string host;
   std::uint16_t port = 0;
@@ -226,9 +239,16 @@ typename Inspector::result_type inspect(Inspector& f, model_file& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_slice& x) {
+  return f(caf::meta::type_name("tensor_slice"), x.head_begin, x.head_end, x.kv_head_begin, x.kv_head_end,
+           x.column_begin, x.column_end);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
   return f(caf::meta::type_name("stage_assignment"), x.session, x.deployment, x.stage, x.first_layer, x.last_layer,
-           x.model_dir, x.model_files, x.device, x.threads);
+           x.model_dir, x.model_files, x.device, x.threads, x.group, x.rank, x.slice,
+           x.collective_deadline_ms);
 }
 
 template <class Inspector>
@@ -376,6 +396,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::link_probe))
   CAF_ADD_TYPE_ID(orrery, (orrery::link_measurement))
   CAF_ADD_TYPE_ID(orrery, (orrery::route_counts))
+  CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::next_hop>))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".

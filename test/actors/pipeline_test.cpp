@@ -16,6 +16,7 @@
 #include "compute/model_dir.hpp"
 #include "compute/model_init.hpp"
 #include "compute/shard.hpp"
+#include "compute/tensor_slice.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/types.hpp"
 #include "test/registered_config.hpp"
@@ -36,23 +37,52 @@ struct in_process_pipeline {
   std::vector<actors::node_actor> nodes;
   actors::driver_actor driver;
 
-  in_process_pipeline(const std::filesystem::path& model, const std::vector<int>& cuts) {
+  in_process_pipeline(const std::filesystem::path& model, const std::vector<int>& cuts)
+      : in_process_pipeline(model, stages_of(cuts)) {}
+
+  // One node actor per stage of `stages` (a group's members each).
+  in_process_pipeline(const std::filesystem::path& model, std::vector<actors::placement_stage> stages) {
     actors::driver_config dc;
     dc.model = model;
     dc.request_timeout = std::chrono::seconds(20);
-    for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
-      auto name = "n" + std::to_string(i);
-      nodes.push_back(actors::spawn_node(system, {name, "cpu", "fp32", 0, 1, "127.0.0.1", 0}));
-      dc.stages.push_back({name, "", 0, nodes.back(), cuts[i], cuts[i + 1], 1});
+    for (auto& stage : stages) {
+      nodes.push_back(actors::spawn_node(system, {stage.node_name, "cpu", "fp32", 0, 1, "127.0.0.1", 0}));
+      stage.node = nodes.back();
+      dc.stages.push_back(stage);
     }
     driver = actors::spawn_driver(system, dc);
     actors::deploy_blocking(system, driver, std::chrono::seconds(20));
+  }
+
+  static std::vector<actors::placement_stage> stages_of(const std::vector<int>& cuts) {
+    std::vector<actors::placement_stage> stages;
+    for (std::size_t i = 0; i + 1 < cuts.size(); ++i)
+      stages.push_back({"n" + std::to_string(i), "", 0, {}, cuts[i], cuts[i + 1], 1});
+    return stages;
   }
   ~in_process_pipeline() {
     caf::anon_send_exit(driver, caf::exit_reason::user_shutdown);
     for (auto& n : nodes) caf::anon_send_exit(n, caf::exit_reason::user_shutdown);
   }
 };
+
+// Layers [first, last) on a tensor-parallel group of `heads.size()` nodes
+// named PREFIX0, PREFIX1, …, member m holding heads[m] heads and columns[m]
+// MLP columns of each layer.
+std::vector<actors::placement_stage> group(const compute::llama_config& config, const std::string& prefix, int first,
+                                           int last, const std::vector<int>& heads, const std::vector<int>& columns) {
+  std::vector<actors::placement_stage> members;
+  const auto slices = compute::tensor_slices(config, heads, columns);
+  for (std::size_t m = 0; m < slices.size(); ++m)
+    members.push_back({prefix + std::to_string(m), "", 0, {}, first, last, 1, prefix, slices[m]});
+  return members;
+}
+
+std::vector<actors::placement_stage> operator+(std::vector<actors::placement_stage> a,
+                                               const std::vector<actors::placement_stage>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
 
 // `tiny` has 4 layers: enough for 4 stages of one layer each.
 std::filesystem::path tiny_model(const temp_dir& dir) {
@@ -78,6 +108,47 @@ TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwis
     CHECK(summaries[0].tokens == reference.tokens);
     CHECK(streamed == reference.tokens);
     CHECK(summaries[0].final_logits == reference.final_logits);  // bitwise: the same arithmetic in the same order
+  }
+}
+
+TEST_CASE("tensor-parallel groups of 2 and 3, alone and as pipeline stages, give the single-device tokens and its logits within 1e-5") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  const auto config = compute::llama_config::preset("tiny");  // 4 heads over 2 KV heads, 352 MLP columns
+  const auto alone = in_process_pipeline::stages_of({0, 2});
+  const std::string prompt = "Groups of devices";
+  auto reference = single_device(path, prompt, 33);
+  struct layout {
+    const char* what;
+    std::vector<actors::placement_stage> stages;
+  };
+  const std::vector<layout> layouts = {
+      {"a group of 2, even", group(config, "g", 0, 4, {2, 2}, {176, 176})},
+      {"a group of 3, speeds 1:2:1", group(config, "g", 0, 4, {1, 2, 1}, {88, 176, 88})},
+      {"a stage, then a group of 2 cutting a KV group", alone + group(config, "g", 2, 4, {1, 3}, {100, 252})},
+      {"a group of 2, then a group of 3", group(config, "a", 0, 2, {2, 2}, {176, 176}) +
+                                              group(config, "b", 2, 4, {1, 1, 2}, {120, 120, 112})},
+  };
+  for (const auto& l : layouts) {
+    CAPTURE(l.what);
+    in_process_pipeline pipeline(path, l.stages);
+    std::vector<compute::token_id> streamed;
+    auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request(prompt, 33)},
+                                               std::chrono::seconds(20),
+                                               [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
+    REQUIRE(summaries.size() == 1);
+    CHECK(summaries[0].tokens == reference.tokens);
+    CHECK(streamed == reference.tokens);
+    CHECK(test::relative_error(summaries[0].final_logits, reference.final_logits) < 1e-5);
+    // Every member ran every step; only the leaders sent anything on.
+    auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+    REQUIRE(stats.size() == l.stages.size());
+    for (std::size_t i = 0; i < stats.size(); ++i) {
+      CAPTURE(stats[i].node);
+      CHECK(stats[i].frames == 33);
+      const bool leader = l.stages[i].group.empty() || l.stages[i].slice.head_begin == 0;
+      CHECK((stats[i].bytes_sent > 0) == leader);
+    }
   }
 }
 
@@ -148,6 +219,25 @@ void check_survives(in_process_pipeline& pipeline, const std::filesystem::path& 
         return actors::generate_blocking(pipeline.system, pipeline.driver, requests, std::chrono::seconds(30), on_token);
       },
       path, prompts, tokens, kill);
+}
+
+TEST_CASE("concurrent requests over a group, and a member killed mid-generation: the group's layers move, nothing is lost") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  const auto config = compute::llama_config::preset("tiny");
+  in_process_pipeline pipeline(path, in_process_pipeline::stages_of({0, 2}) + group(config, "g", 2, 4, {2, 2}, {176, 176}));
+  check_survives(pipeline, path, {"first of three", "the second request", "3"}, 24, [&](int streamed) {
+    if (streamed == 10) caf::anon_send_exit(pipeline.nodes[2], caf::exit_reason::kill);  // g1
+  });
+  auto events = actors::recoveries_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].node == "g1");
+  CHECK(events[0].requests_replayed == 3);
+  auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+  REQUIRE(stats.size() == 2);
+  CHECK(stats[1].node == "g0");  // the surviving member holds the group's layers whole
+  CHECK(stats[1].first_layer == 2);
+  CHECK(stats[1].last_layer == 4);
 }
 
 TEST_CASE("a node killed mid-generation: its layers go to its neighbours and the request goes on unchanged") {

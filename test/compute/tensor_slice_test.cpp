@@ -23,6 +23,7 @@
 #include "test/temp_dir.hpp"
 
 using namespace orrery::compute;
+using orrery::tensor_slice;
 using orrery::test::temp_dir;
 
 namespace {
@@ -139,7 +140,7 @@ TEST_CASE("slices cover every head and column once; a cut inside a KV group repl
   CHECK(kv_head_of(config, uneven[1], 2) == 1);  // global head 6 -> KV head 2
   auto five = tensor_slices(config, {2, 3, 2, 3, 2}, {400, 400, 400, 400, 448});
   CHECK(five.back() == tensor_slice{10, 12, 3, 4, 1600, 2048});
-  CHECK(whole_layer(config).whole(config));
+  CHECK(whole_layer(config).describe() == "heads [0, 12) (kv [0, 4)), columns [0, 2048)");
   CHECK_THROWS_WITH_AS(tensor_slices(config, {6, 5}, {1024, 1024}),
                        "a tensor-parallel split of 11 heads (6, 5) and 2048 MLP columns (1024, 1024) does not cover "
                        "the model's 12 heads and 2048 columns",
