@@ -53,6 +53,16 @@ std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::v
   return slices;
 }
 
+std::int64_t parameter_count(const llama_config& config, int first, int last, const tensor_slice& slice, bool head) {
+  const std::int64_t h = config.hidden_size, d = config.head_dim;
+  const std::int64_t per_layer = 2 * h * slice.heads() * d + 2 * h * slice.kv_heads() * d + 3 * h * slice.columns() + 2 * h;
+  std::int64_t total = per_layer * (last - first);
+  if (first == 0) total += static_cast<std::int64_t>(config.vocab_size) * h;
+  if (last == config.num_layers && head)
+    total += h + (config.tie_word_embeddings ? 0 : static_cast<std::int64_t>(config.vocab_size) * h);
+  return total;
+}
+
 int kv_head_of(const llama_config& config, const tensor_slice& slice, int local_head) {
   const int per_kv = config.num_heads / config.num_kv_heads;
   return (slice.head_begin + local_head) / per_kv - slice.kv_head_begin;

@@ -31,6 +31,11 @@ tensor_slice whole_layer(const llama_config& config);
 std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::vector<int>& heads,
                                         const std::vector<int>& columns);
 
+/// Parameters a member holding `slice` of layers [first, last) keeps: its
+/// rows and columns, the norms, the embedding with layer 0 and, with `head`,
+/// the final norm and LM head (counted as llama_config::parameter_count does).
+std::int64_t parameter_count(const llama_config& config, int first, int last, const tensor_slice& slice, bool head);
+
 /// Local query head `h` of `slice` reads local KV head kv_head_of(h).
 int kv_head_of(const llama_config& config, const tensor_slice& slice, int local_head);
 

@@ -120,7 +120,7 @@ node_connections connect_nodes(caf::actor_system& system, const topology& t) {
     if (!failure.empty())
       out.unreachable.push_back(n.label() + " is unreachable: " + failure + " (is `orrery node --name " + n.name +
                                 "` running?)");
-    out.stages.push_back({n.name, n.host, n.port, handle, n.first_layer, n.last_layer, n.threads});
+    out.stages.push_back({n.name, n.host, n.port, handle, n.first_layer, n.last_layer, n.threads, n.group, n.slice});
   }
   return out;
 }

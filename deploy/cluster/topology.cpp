@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "compute/message_text.hpp"
+#include "compute/tensor_slice.hpp"
 #include "deploy/cluster/topology_yaml.hpp"
 
 namespace orrery::deploy {
@@ -126,7 +127,9 @@ std::string human_bytes(std::uint64_t bytes) {
 }
 
 std::uint64_t node_spec::weight_bytes_of(const compute::llama_config& model, int first, int last) const {
-  return static_cast<std::uint64_t>(model.parameter_count(first, last)) * element_size(dtype);
+  const auto parameters = group.empty() ? model.parameter_count(first, last)
+                                        : compute::parameter_count(model, first, last, slice, slice.head_begin == 0);
+  return static_cast<std::uint64_t>(parameters) * element_size(dtype);
 }
 
 std::string node_spec::address() const {
@@ -168,8 +171,12 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   t.num_layers = t.model_config.num_layers;
   read_testbed(src, top.find("testbed"), nodes_entry.line, nodes, t);
   read_automatic_placement(src, top, file_for_messages, t);
+  for (const auto& node : nodes)
+    if (t.auto_placement && !node.spec.group.empty())
+      src.fail(node.group_line, "placement 'auto' plans layers over nodes, not groups, so far: give group '" +
+                                    node.spec.group + "' its layers with placement 'even' or a map of layer ranges");
   if (!t.auto_placement) {
-    place(src, top.find("placement"), nodes_entry.line, t.num_layers, nodes);
+    place(src, top.find("placement"), nodes_entry.line, t.model_config, nodes);
     check_memory(src, t.model_config, nodes);
   }
   std::stable_sort(nodes.begin(), nodes.end(), [](const parsed_node& a, const parsed_node& b) {
@@ -207,7 +214,8 @@ std::string describe_placement(const topology& t) {
     out << "  " << std::setw(name_width) << node.name << "  " << std::setw(address_width) << node.address() << "  "
         << std::setw(5) << node.data_port << "  " << std::setw(6) << node.device << "  " << std::setw(9)
         << (node.first_layer < node.last_layer ? range_text(node.first_layer, node.last_layer) : "-") << "  " << std::setw(10) << human_bytes(node.weight_bytes)
-        << "  " << (node.memory_bytes ? human_bytes(*node.memory_bytes) : "unlimited") << "\n";
+        << "  " << (node.memory_bytes ? human_bytes(*node.memory_bytes) : "unlimited")
+        << (node.group.empty() ? "" : "  group " + node.group + ": " + node.slice.describe()) << "\n";
   }
   return out.str();
 }

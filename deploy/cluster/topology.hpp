@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/element_type.hpp"
+#include "base/tensor_slice.hpp"
 #include "compute/llama_config.hpp"
 
 namespace orrery::deploy {
@@ -79,13 +80,21 @@ struct node_spec {
   /// empty for a node the automatic plan leaves out.
   int first_layer = 0;
   int last_layer = 0;
+  /// `group:` nodes of one group run one stage together (tensor
+  /// parallelism, Galaxy): they share its layers, each holding `slice` of
+  /// every layer's heads and MLP columns, split in proportion to `speed:`.
+  /// Empty: a stage of its own.
+  std::string group;
+  double speed = 1.0;
+  tensor_slice slice;
   /// Bytes of weights (in `dtype`) the node's layers take (what is checked
-  /// against `memory_bytes`).
+  /// against `memory_bytes`); a group member's, of its slice.
   std::uint64_t weight_bytes = 0;
   /// The line of the node's entry in the topology file, for later messages.
   int line = 0;
 
-  /// The bytes of weights of layers [first, last) of `model` in `dtype`.
+  /// The bytes of weights of layers [first, last) of `model` in `dtype` (of
+  /// its slice of them, for a group member).
   std::uint64_t weight_bytes_of(const compute::llama_config& model, int first, int last) const;
   /// `host:port`, the control address.
   std::string address() const;

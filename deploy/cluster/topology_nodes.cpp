@@ -21,8 +21,23 @@ namespace orrery::deploy::detail {
 
 namespace {
 
-const std::vector<std::string> node_keys = {"name",   "address", "data_port", "device",
-                                            "dtype",  "memory",  "threads",   "emulate"};
+const std::vector<std::string> node_keys = {"name",    "address", "data_port", "device", "dtype",
+                                            "memory",  "threads", "emulate",   "group",  "speed"};
+
+// `speed:` a node's compute speed relative to the rest of its group.
+double speed_of(const source& src, const entry& e) {
+  double speed = 0;
+  bool valid = false;
+  if (e.value.IsScalar()) {
+    const auto& digits = e.value.Scalar();
+    auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), speed, std::chars_format::general);
+    valid = error == std::errc() && end == digits.data() + digits.size() && speed >= 0.01 && speed <= 1e6;
+  }
+  if (!valid)
+    src.fail(e.line, "'speed' must be a node's compute speed relative to its group, in [0.01, 1e6] (2 is twice as "
+                     "fast), got " + kind_of(e.value));
+  return speed;
+}
 
 std::string node_name(const source& src, const entry& e) {
   auto name = text(src, e);
@@ -178,6 +193,15 @@ parsed_node read_node(const source& src, const YAML::Node& item, std::size_t ind
   if (const entry* e = s.find("threads"))
     node.spec.threads = static_cast<int>(integer_in(src, *e, 1, std::numeric_limits<int>::max()));
   if (const entry* e = s.find("emulate")) node.spec.emulate = read_emulation(src, *e);
+  if (const entry* e = s.find("group")) {
+    node.spec.group = text(src, *e);
+    if (node.spec.group.empty()) src.fail(e->line, "'group' must name the node's group");
+    node.group_line = e->line;
+  }
+  if (const entry* e = s.find("speed")) {
+    if (!s.find("group")) src.fail(e->line, "'speed' splits a group's work, but node '" + node.spec.name + "' has no 'group'");
+    node.spec.speed = speed_of(src, *e);
+  }
   return node;
 }
 

@@ -1,13 +1,17 @@
 // The model and its layers in a topology file: `model:` (a model directory
 // and its config.json), `placement:` (even, or a layer range per node, every
-// layer on exactly one node) and each node's weights against its memory budget.
+// layer on exactly one stage: a node, or a group of nodes sharing its
+// layers), each group's split of heads and MLP columns, and each node's
+// weights against its memory budget.
 
 #include <algorithm>
 #include <system_error>
 #include <tuple>
 
 #include "compute/model_error.hpp"
+#include "compute/tensor_slice.hpp"
 #include "deploy/cluster/topology_yaml.hpp"
+#include "planning/split.hpp"
 
 namespace orrery::deploy {
 
@@ -29,17 +33,36 @@ std::optional<std::string> not_a_model(const fs::path& model) {
   return std::nullopt;
 }
 
-// Earlier nodes take the remainder, so layer counts differ by at most one.
-void place_even(const source& src, int line, int num_layers, std::vector<parsed_node>& nodes) {
-  int count = static_cast<int>(nodes.size());
-  if (count > num_layers)
-    src.fail(line, "placement 'even' needs at least one layer per node, but the model has " +
-                       count_of(num_layers, "layer") + " and the topology " + count_of(count, "node"));
-  auto ranges = even_ranges(num_layers, count);
-  for (int i = 0; i < count; ++i) {
-    std::tie(nodes[i].spec.first_layer, nodes[i].spec.last_layer) = ranges[i];
-    nodes[i].range_line = line;
+// The pipeline's stages in file order: a node of its own, or every member
+// of a group (at the place of its first member).
+std::vector<std::vector<parsed_node*>> stages_of(std::vector<parsed_node>& nodes) {
+  std::vector<std::vector<parsed_node*>> stages;
+  for (auto& node : nodes) {
+    auto group = std::find_if(stages.begin(), stages.end(), [&](const auto& members) {
+      return !node.spec.group.empty() && members.front()->spec.group == node.spec.group;
+    });
+    if (group == stages.end())
+      stages.push_back({&node});
+    else
+      group->push_back(&node);
   }
+  return stages;
+}
+
+// Earlier stages take the remainder, so layer counts differ by at most one.
+void place_even(const source& src, int line, int num_layers, std::vector<parsed_node>& nodes) {
+  auto stages = stages_of(nodes);
+  int count = static_cast<int>(stages.size());
+  if (count > num_layers)
+    src.fail(line, "placement 'even' needs at least one layer per stage, but the model has " +
+                       count_of(num_layers, "layer") + " and the topology " + count_of(count, "stage") +
+                       (count == static_cast<int>(nodes.size()) ? "" : " (a group is one stage)"));
+  auto ranges = even_ranges(num_layers, count);
+  for (int i = 0; i < count; ++i)
+    for (auto* node : stages[i]) {
+      std::tie(node->spec.first_layer, node->spec.last_layer) = ranges[i];
+      node->range_line = line;
+    }
 }
 
 // `[first, last]` in the file: a list of two integers.
@@ -90,14 +113,55 @@ void place_explicit(const source& src, const entry& e, int num_layers, std::vect
   std::vector<std::string> names;
   for (const auto& node : nodes) names.push_back(node.spec.name);
   section ranges(src, e.value, "the placement", e.line, names, "node");
-  std::vector<parsed_node*> order;
   for (auto& node : nodes) {
     const entry* range = ranges.find(node.spec.name);
     if (!range) src.fail(e.line, "node '" + node.spec.name + "' has no layer range in the placement");
     read_range(src, *range, num_layers, node);
-    order.push_back(&node);
+  }
+  // A group is one stage: its members hold the same layers.
+  std::vector<parsed_node*> order;
+  for (const auto& members : stages_of(nodes)) {
+    const auto& first = members.front()->spec;
+    for (const auto* member : members)
+      if (member->spec.first_layer != first.first_layer || member->spec.last_layer != first.last_layer)
+        src.fail(member->range_line, "node '" + member->spec.name + "' of group '" + first.group + "' holds layers " +
+                                         range_text(member->spec.first_layer, member->spec.last_layer) + " but node '" +
+                                         first.name + "' of the same group " +
+                                         range_text(first.first_layer, first.last_layer) +
+                                         ": a group's members share its layers");
+    order.push_back(members.front());
   }
   check_coverage(src, e.line, num_layers, std::move(order));
+}
+
+// Shares of `total` over members of relative `speeds`, each at least one:
+// one each, the rest split so the slowest member finishes first (min-max).
+std::vector<int> shares_by_speed(int total, const std::vector<double>& speeds) {
+  const int n = static_cast<int>(speeds.size());
+  std::vector<double> cost;
+  for (double speed : speeds) cost.push_back(1.0 / speed);
+  auto shares = *planning::min_max_split(total - n, cost, std::vector<int>(speeds.size(), total));
+  for (auto& share : shares) ++share;
+  return shares;
+}
+
+// Each group's heads and MLP columns, split over its members by speed; a
+// query head is never separated from its KV head (compute/tensor_slice.hpp).
+void split_groups(const source& src, const compute::llama_config& config, std::vector<parsed_node>& nodes) {
+  for (const auto& members : stages_of(nodes)) {
+    const auto& first = members.front()->spec;
+    if (first.group.empty()) continue;
+    const int n = static_cast<int>(members.size());
+    if (n > config.num_heads)
+      src.fail(members.front()->group_line, "group '" + first.group + "' has " + count_of(members.size(), "node") +
+                                                " but the model only " + count_of(config.num_heads, "attention head") +
+                                                ": every member needs one");
+    std::vector<double> speeds;
+    for (const auto* member : members) speeds.push_back(member->spec.speed);
+    const auto slices = compute::tensor_slices(config, shares_by_speed(config.num_heads, speeds),
+                                               shares_by_speed(config.intermediate_size, speeds));
+    for (int m = 0; m < n; ++m) members[m]->spec.slice = slices[m];
+  }
 }
 
 }  // namespace
@@ -120,12 +184,16 @@ compute::llama_config read_model_config(const source& src, const entry& e, const
   }
 }
 
-void place(const source& src, const entry* e, int nodes_line, int num_layers, std::vector<parsed_node>& nodes) {
-  if (!e) return place_even(src, nodes_line, num_layers, nodes);
-  if (e->value.IsScalar() && e->value.Scalar() == "even") return place_even(src, e->line, num_layers, nodes);
-  if (!e->value.IsMap())
-    src.fail(e->line, "placement must be 'even', 'auto' or a map of node name to layer range, got " + kind_of(e->value));
-  place_explicit(src, *e, num_layers, nodes);
+void place(const source& src, const entry* e, int nodes_line, const compute::llama_config& config,
+           std::vector<parsed_node>& nodes) {
+  if (!e || (e->value.IsScalar() && e->value.Scalar() == "even")) {
+    place_even(src, e ? e->line : nodes_line, config.num_layers, nodes);
+  } else {
+    if (!e->value.IsMap())
+      src.fail(e->line, "placement must be 'even', 'auto' or a map of node name to layer range, got " + kind_of(e->value));
+    place_explicit(src, *e, config.num_layers, nodes);
+  }
+  split_groups(src, config, nodes);
 }
 
 void check_memory(const source& src, const compute::llama_config& config, std::vector<parsed_node>& nodes) {

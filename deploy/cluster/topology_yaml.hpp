@@ -101,6 +101,7 @@ struct parsed_node {
   int data_port_line = 0;
   int memory_line = 0;
   int range_line = 0;
+  int group_line = 0;
 };
 
 /// `nodes:` (topology_nodes.cpp): every node, each name once.
@@ -123,8 +124,10 @@ std::filesystem::path resolve_model(const source& src, const entry& e, const std
 compute::llama_config read_model_config(const source& src, const entry& e, const std::filesystem::path& model);
 
 /// `placement:` (`even`, or a map of node name to layer range; `e` null: even):
-/// every layer on exactly one node.
-void place(const source& src, const entry* e, int nodes_line, int num_layers, std::vector<parsed_node>& nodes);
+/// every layer on exactly one stage, a node of its own or a group whose
+/// members share its layers; then each group's split of heads and columns.
+void place(const source& src, const entry* e, int nodes_line, const compute::llama_config& config,
+           std::vector<parsed_node>& nodes);
 
 /// Each node's weight bytes, checked against its memory budget.
 void check_memory(const source& src, const compute::llama_config& config, std::vector<parsed_node>& nodes);
