@@ -219,7 +219,7 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
       a.group = names;
       a.rank = static_cast<std::int32_t>(m);
       a.slice = node.slice;
-      a.collective_deadline_ms = std::max<std::int64_t>(2000, 3 * s.config.heartbeat_deadline.count());
+      a.collective_deadline_ms = s.config.request_timeout.count();
     }
   }
   for (std::size_t i = 0; i < n; ++i) {

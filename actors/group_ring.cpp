@@ -60,13 +60,13 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, std::u
   messages::frame_descriptor d;
   {
     std::lock_guard lock(mutex_);
-    if (!send_error_.empty()) throw std::runtime_error(send_error_);
+    if (!send_error_.empty()) throw ring_interrupted(send_error_);
     next = next_;
     d.deployment = deployment_;
   }
   const auto& to = options_.members[static_cast<std::size_t>((rank() + 1) % size())];
   if (!next || !next->is_open())
-    throw std::runtime_error("the group's link to member '" + to + "' is " + (next ? "closed" : "not wired"));
+    throw ring_interrupted("the group's link to member '" + to + "' is " + (next ? "closed" : "not wired"));
   d.session = options_.session;
   messages::collective_route route;
   route.group = options_.group;
@@ -92,13 +92,22 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, std::u
 at::Tensor group_ring::receive(const collective_key& key, std::uint16_t ring_step) {
   std::unique_lock lock(mutex_);
   const piece_key wanted{key.request, key.step, key.sequence, ring_step};
-  const bool came = arrived_.wait_for(lock, options_.deadline, [&] {
-    return pieces_.count(wanted) > 0 || !send_error_.empty();
-  });
-  if (!send_error_.empty()) throw std::runtime_error(send_error_);
+  auto superseded = [&] { return options_.announced && options_.announced->load() > deployment_; };
+  // The announced deployment is a node's, set without waking this wait: it
+  // is looked at every poll_interval.
+  constexpr auto poll_interval = std::chrono::milliseconds(20);
+  const auto until = std::chrono::steady_clock::now() + options_.deadline;
+  bool came = false;
+  while (!came && !superseded() && std::chrono::steady_clock::now() < until)
+    came = arrived_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(poll_interval, until - std::chrono::steady_clock::now()),
+                             [&] { return pieces_.count(wanted) > 0 || !send_error_.empty(); });
+  if (!send_error_.empty()) throw ring_interrupted(send_error_);
+  if (!came && superseded())
+    throw ring_interrupted("deployment " + std::to_string(options_.announced->load()) + " replaced this ring's (" +
+                           std::to_string(deployment_) + ") while it waited");
   const auto& from = options_.members[static_cast<std::size_t>((rank() + size() - 1) % size())];
   if (!came)
-    throw std::runtime_error("group member '" + from + "' sent no piece of collective " + std::to_string(key.sequence) +
+    throw ring_interrupted("group member '" + from + "' sent no piece of collective " + std::to_string(key.sequence) +
                              " (ring step " + std::to_string(ring_step) + ") of request " + std::to_string(key.request) +
                              " step " + std::to_string(key.step) + " within " +
                              std::to_string(options_.deadline.count()) + " ms");

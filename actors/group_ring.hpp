@@ -16,12 +16,14 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -30,6 +32,15 @@
 #include "messages/data_plane.hpp"
 
 namespace orrery::actors {
+
+/// A collective that cannot complete: a member sent nothing by the deadline,
+/// the link to the next member failed, or a newer deployment replaced the
+/// ring's. The supervisor judges the members; the driver's recovery
+/// replays the request.
+class ring_interrupted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 /// Which collective of a forward pass a piece belongs to.
 struct collective_key {
@@ -51,6 +62,9 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
     std::vector<std::string> members;
     /// How long one ring step may wait for its piece.
     std::chrono::milliseconds deadline{10000};
+    /// The newest deployment announced to the member's node; a wait for a
+    /// ring of an older one ends at once. Null: none announced.
+    std::shared_ptr<const std::atomic<std::uint64_t>> announced = nullptr;
   };
 
   explicit group_ring(options o);
@@ -66,9 +80,9 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   void deliver(tensor_frame frame);
 
   /// The sum of every member's `partial` ([rows, features], any float
-  /// dtype), the same bits on every member. Throws std::runtime_error naming
-  /// the member it waited for when a piece does not come by the deadline, or
-  /// the link to the next member failed.
+  /// dtype), the same bits on every member. Throws ring_interrupted naming
+  /// the member it waited for when a piece does not come by the deadline,
+  /// the link to the next member failed or a newer deployment was announced.
   at::Tensor all_reduce(const at::Tensor& partial, const collective_key& key);
 
   /// Drops what was filed for `request` (it ended, or starts over).

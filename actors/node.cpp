@@ -37,6 +37,9 @@ std::uint64_t fresh_incarnation() {
 struct session_state {
   std::uint64_t incarnation = fresh_incarnation();
   std::map<std::uint16_t, stage_actor> stages;
+  /// The newest deployment the driver has assigned stages for: a group
+  /// member waiting on its ring for an older one gives up at once.
+  std::shared_ptr<std::atomic<std::uint64_t>> deployment = std::make_shared<std::atomic<std::uint64_t>>(0);
   caf::actor_addr driver;
   std::map<supervisor_actor, std::chrono::milliseconds> watchers;
 };
@@ -149,11 +152,13 @@ caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
     session.driver = self->current_sender() ? self->current_sender()->address() : caf::actor_addr{};
     if (auto driver = caf::actor_cast<caf::actor>(session.driver)) self->monitor(driver);
   }
+  session.deployment->store(std::max(session.deployment->load(), assignment.deployment));
   auto& slot = session.stages[assignment.stage];
   if (!slot) {
     const auto& c = s.config;
     slot = spawn_stage(self->system(),
-                       {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights, s.routes});
+                       {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights, s.routes,
+                        session.deployment});
     self->link_to(slot);  // a stage lives and dies with its node
     s.routes->add(router::handler_kind::stage, assignment.session, assignment.stage, slot.address());
   }

@@ -184,7 +184,8 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
   if (grouped) {
     s.ring = std::make_shared<group_ring>(group_ring::options{assignment.session, assignment.stage, assignment.rank,
                                                               assignment.group,
-                                                              std::chrono::milliseconds(assignment.collective_deadline_ms)});
+                                                              std::chrono::milliseconds(assignment.collective_deadline_ms),
+                                                              s.context.announced_deployment});
     s.context.routes->add_sink(router::handler_kind::group, assignment.session, assignment.stage,
                                [ring = std::weak_ptr<group_ring>(s.ring)](tensor_frame frame) {
                                  if (auto r = ring.lock()) r->deliver(std::move(frame));
@@ -196,10 +197,13 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
                      s.context.data_port, weight_bytes, loaded_layers, loaded_bytes};
 }
 
-void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem) {
+// `transient`: the supervisor judges what went wrong (a group member that
+// went silent): a recovery replays the request, else its deadline ends it.
+void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem, bool transient = false) {
   self->state.requests.erase(request);
   if (self->state.ring) self->state.ring->forget(request);
-  if (self->state.driver) self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem, false});
+  if (self->state.driver)
+    self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem, transient});
 }
 
 bool holds_head(const stage_state& s) { return !s.shards.empty() && s.shards.back()->shard().has_head(); }
@@ -289,6 +293,8 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
       next.stage = s.hops.front().stage;
       out_d.route = next;
     }
+  } catch (const ring_interrupted& e) {
+    return fail_request(self, route->request, e.what(), true);
   } catch (const std::exception& e) {
     return fail_request(self, route->request, compute::without_backtrace(e.what()));
   }

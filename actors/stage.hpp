@@ -13,6 +13,7 @@
 
 #include <caf/actor_system.hpp>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -39,6 +40,9 @@ struct stage_context {
   std::shared_ptr<shard_cache> weights;
   /// The node's router: a group member files its ring's pieces there.
   std::shared_ptr<router> routes;
+  /// The newest deployment of the stage's session on the node (its ring
+  /// stops waiting for an older one's pieces).
+  std::shared_ptr<const std::atomic<std::uint64_t>> announced_deployment;
 };
 
 /// Spawns an empty stage; it loads its shard on (load_stage_atom, stage_assignment).

@@ -58,9 +58,9 @@ struct stage_assignment {
   std::vector<std::string> group{};
   std::int32_t rank = 0;
   tensor_slice slice{};
-  /// How long a member waits for each piece of its ring: a member that died
-  /// mid-pass holds the others this long (the driver's recovery then
-  /// rewires them).
+  /// How long a member waits for each piece of its ring (the driver's
+  /// request timeout). A member that died mid-pass holds the others only
+  /// until the recovery assigns the next deployment.
   std::int64_t collective_deadline_ms = 10000;
 };
 

@@ -67,6 +67,25 @@ inline std::filesystem::path write_topology(const temp_dir& dir, const std::stri
   return path;
 }
 
+/// A topology of loopback nodes on free ports with `placement: even`: one
+/// stage per entry of `stages`, a node `sK` for a speed list of one, else a
+/// tensor-parallel group `gK` of nodes `gK-0`, `gK-1`, … at those speeds.
+inline std::filesystem::path write_group_topology(const temp_dir& dir, const std::string& name,
+                                                  const std::vector<std::vector<double>>& stages) {
+  auto path = dir / (name + ".yaml");
+  std::ofstream out(path);
+  out << "cluster: " << name << "\nmodel: m\nnodes:\n";
+  for (std::size_t k = 0; k < stages.size(); ++k)
+    for (std::size_t m = 0; m < stages[k].size(); ++m) {
+      const auto node = stages[k].size() == 1 ? "s" + std::to_string(k) : "g" + std::to_string(k) + "-" + std::to_string(m);
+      out << "  - name: " << node << "\n    address: 127.0.0.1:" << free_port() << "\n    data_port: " << free_port()
+          << "\n    threads: 1\n";
+      if (stages[k].size() > 1) out << "    group: g" << k << "\n    speed: " << stages[k][m] << "\n";
+    }
+  out << "placement: even\ntimeouts:\n  connect_ms: 3000\n  request_ms: 20000\n  heartbeat_ms: 200\n";
+  return path;
+}
+
 /// A temporary directory holding the `tiny` model as `m`.
 struct model_fixture {
   temp_dir dir;

@@ -51,6 +51,29 @@ TEST_CASE("1, 2 and 4 node processes give the single-device tokens and bitwise l
   }
 }
 
+TEST_CASE("tensor-parallel groups of node processes, alone and in a pipeline, give the single-device tokens and logits within 1e-5") {
+  model_fixture f;
+  const std::vector<std::string> prompts = {"groups over loopback", "b", "a third prompt"};
+  std::vector<test::reference_run> references;
+  for (const auto& p : prompts) references.push_back(single_device(f.dir / "m", p, 33));
+  const std::vector<std::vector<std::vector<double>>> layouts = {{{1, 1}}, {{1, 2}, {1}}, {{1}, {1, 2, 1}}};
+  for (std::size_t l = 0; l < layouts.size(); ++l) {
+    CAPTURE(l);
+    auto t = deploy::load_topology(test::write_group_topology(f.dir, "tp" + std::to_string(l), layouts[l]));
+    deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+    cluster.wait_ready(std::chrono::seconds(20));
+    deploy::pipeline_client client(t);
+    std::vector<generate_request> requests;
+    for (const auto& p : prompts) requests.push_back(greedy_request(p, 33));
+    auto summaries = client.generate(requests);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      CAPTURE(i);
+      CHECK(summaries[i].tokens == references[i].tokens);
+      CHECK(test::relative_error(summaries[i].final_logits, references[i].final_logits) < 1e-5);
+    }
+  }
+}
+
 TEST_CASE("orrery up + orrery generate --topology stream the same text as local generation") {
   model_fixture f;
   auto file = write_topology(f.dir, "up", {{0, 1}, {1, 3}, {3, 4}});

@@ -93,6 +93,24 @@ TEST_CASE("SIGKILL of 1 of 4 nodes under 8 concurrent requests: all complete wit
   CHECK(events[0].recover_ms >= 0);
 }
 
+TEST_CASE("SIGKILL of a group member under 4 concurrent requests: the survivor takes the group's layers, all complete") {
+  model_fixture f;
+  auto t = deploy::load_topology(test::write_group_topology(f.dir, "tpkill", {{1}, {1, 1}}));
+  deploy::local_cluster cluster(t, f.dir / "logs", test::orrery_binary());
+  cluster.wait_ready(20s);
+  deploy::pipeline_client client(t);
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 4; ++i) prompts.push_back("grouped request " + std::to_string(i));
+  generate_through(client, f.dir / "m", prompts, 24, [&](int streamed) {
+    if (streamed == 20) ::kill(cluster.pid("g1-1"), SIGKILL);
+  });
+  auto events = client.recoveries();
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].node == "g1-1");
+  CHECK(events[0].requests_replayed >= 1);
+  CHECK(events[0].layers_moved == 2);  // the survivor reloads the group's two layers whole
+}
+
 TEST_CASE("a frozen node is declared dead within the deadline, and fenced and readmitted once resumed") {
   running_cluster c("freeze");
   std::int64_t frozen_at = 0;
