@@ -221,12 +221,13 @@ TEST_CASE("an explicit placement must name known nodes and cover every layer onc
   c.check_error(placement("  a: [0, 2]\n  a: [2, 4]\n"), 10, "duplicate node 'a' in the placement (first on line 9)");
 }
 
-TEST_CASE("even placement needs at least one layer per node") {
+TEST_CASE("even placement needs at least one layer per stage") {
   cluster_dir c(1);
   c.check_error(base_yaml, 8,
-                "placement 'even' needs at least one layer per node, but the model has 1 layer and the topology 2 nodes");
+                "placement 'even' needs at least one layer per stage, but the model has 1 layer and the topology 2 stages");
+  CHECK_FALSE(contains(c.error(base_yaml), "a group is one stage"));  // no group: nodes are the stages
   // Without a placement key the default (even) is reported at `nodes`.
-  c.check_error(edit(base_yaml, "placement: even\n", ""), 3, "placement 'even' needs at least one layer per node");
+  c.check_error(edit(base_yaml, "placement: even\n", ""), 3, "placement 'even' needs at least one layer per stage");
 }
 
 TEST_CASE("a YAML syntax error carries yaml-cpp's line") {
@@ -556,4 +557,275 @@ TEST_CASE("a node's dtype defaults to fp32 on a CPU and bf16 on a GPU, sets its 
   CHECK(c.parse(fp16).nodes[0].dtype == orrery::element_type::f16);
   c.check_error(edit(base_yaml, "    address: 127.0.0.1:7411\n", "    address: 127.0.0.1:7411\n    dtype: q4\n"), 6,
                 "dtype 'q4' is not one of fp32, fp16, bf16");
+}
+
+// -- tensor-parallel groups: `group:` and `speed:` -------------------------------
+
+namespace {
+
+// A group of two (a, b) and a plain node c over the tiny model: 4 layers, 4
+// attention heads reading 2 KV heads (2 query heads each), 352 MLP columns.
+const std::string group_yaml = R"(cluster: tp
+model: model
+nodes:
+  - name: a
+    address: 127.0.0.1:7411
+    group: g
+  - name: b
+    address: 127.0.0.1:7412
+    group: g
+  - name: c
+    address: 127.0.0.1:7413
+placement: even
+)";
+
+// `count` nodes n0, n1, ... all in group g.
+std::string one_group_yaml(int count) {
+  std::string yaml = "cluster: tp\nmodel: model\nnodes:\n";
+  for (int i = 0; i < count; ++i)
+    yaml += "  - {name: n" + std::to_string(i) + ", address: '127.0.0.1:" + std::to_string(7411 + i) + "', group: g}\n";
+  return yaml;
+}
+
+// The members' slices must cut every layer into contiguous, non-empty pieces
+// that cover each query head and each MLP column exactly once, each with the
+// KV heads its query heads read (tiny: query head q reads KV head q / 2).
+void check_partition(const topology& t, const std::vector<std::string>& members) {
+  int head = 0, column = 0;
+  for (const auto& name : members) {
+    CAPTURE(name);
+    const auto& s = t.node(name).slice;
+    CHECK(s.head_begin == head);
+    CHECK(s.heads() >= 1);
+    CHECK(s.kv_head_begin == s.head_begin / 2);
+    CHECK(s.kv_head_end == (s.head_end + 1) / 2);
+    CHECK(s.column_begin == column);
+    CHECK(s.columns() >= 1);
+    head = s.head_end;
+    column = s.column_end;
+  }
+  CHECK(head == 4);
+  CHECK(column == 352);
+}
+
+}  // namespace
+
+TEST_CASE("even placement counts a group as one stage; its members share the stage's layers") {
+  cluster_dir c;
+  auto t = c.parse(group_yaml);
+  REQUIRE(t.nodes.size() == 3);
+  CHECK(t.nodes[0].name == "a");
+  CHECK(t.nodes[1].name == "b");
+  CHECK(t.nodes[2].name == "c");
+  CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 2}, {0, 2}, {2, 4}});
+  CHECK(t.node("a").group == "g");
+  CHECK(t.node("b").group == "g");
+  CHECK(t.node("c").group.empty());
+  CHECK(t.node("a").speed == 1.0);  // the default
+  // Equal speeds: an even split, each member one KV head and its two query heads.
+  CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
+  CHECK(t.node("b").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352)");
+  check_partition(t, {"a", "b"});
+  // A plain node's slice is left as it was (unused).
+  CHECK(t.node("c").slice == orrery::tensor_slice{});
+
+  // A group's members need not be next to each other in the file: the group
+  // is a stage at its first member's place, and the members come out together.
+  auto apart = c.parse(edit(edit(group_yaml, "    address: 127.0.0.1:7412\n    group: g\n", "    address: 127.0.0.1:7412\n"),
+                            "    address: 127.0.0.1:7413\n", "    address: 127.0.0.1:7413\n    group: g\n"));
+  REQUIRE(apart.nodes.size() == 3);
+  CHECK(apart.nodes[0].name == "a");
+  CHECK(apart.nodes[1].name == "c");
+  CHECK(apart.nodes[2].name == "b");
+  CHECK(ranges(apart) == std::vector<std::pair<int, int>>{{0, 2}, {0, 2}, {2, 4}});
+  CHECK(apart.node("c").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352)");
+
+  // A group of one is a stage of one holding the whole layer.
+  auto alone = c.parse(one_group_yaml(1));
+  CHECK(ranges(alone) == std::vector<std::pair<int, int>>{{0, 4}});
+  CHECK(alone.node("n0").slice == orrery::tensor_slice{0, 4, 0, 2, 0, 352});
+  CHECK(alone.node("n0").weight_bytes == weight_bytes(4, 0, 4));
+}
+
+TEST_CASE("even placement needs a layer per stage, a group counting once") {
+  cluster_dir one(1);
+  one.check_error(group_yaml, 12,
+                  "placement 'even' needs at least one layer per stage, but the model has 1 layer and the topology 2 "
+                  "stages (a group is one stage)");
+  // The group and the plain node as one stage each: two layers are enough for three nodes.
+  cluster_dir two(2);
+  CHECK(ranges(two.parse(group_yaml)) == std::vector<std::pair<int, int>>{{0, 1}, {0, 1}, {1, 2}});
+}
+
+TEST_CASE("a group's heads and MLP columns are split by speed, every member getting at least one of each") {
+  cluster_dir c;
+  auto speeds = [&](const std::string& a, const std::string& b) {
+    return c.parse(edit(edit(group_yaml, "    group: g\n  - name: b", "    group: g\n    speed: " + a + "\n  - name: b"),
+                        "127.0.0.1:7412\n    group: g\n", "127.0.0.1:7412\n    group: g\n    speed: " + b + "\n"));
+  };
+  {
+    // 1:2. The columns go about 1:2: b finishes its 234 at 117 of a's units,
+    // a its 118 at 118. The heads come out 2:2, each member one KV head:
+    // after one head each, the 2 left are split by when each member would
+    // finish those alone (b's first at 0.5, then a's first and b's second
+    // both at 1: the tie goes to a). Counting the first head each too, 1:3
+    // would finish sooner (1.5 against 2).
+    auto t = speeds("1", "2");
+    CHECK(t.node("a").speed == 1.0);
+    CHECK(t.node("b").speed == 2.0);
+    CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 118)");
+    CHECK(t.node("b").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [118, 352)");
+    CHECK(t.node("b").slice.columns() > t.node("a").slice.columns());
+    check_partition(t, {"a", "b"});
+  }
+  {
+    // 1:3: b takes 3 of the 4 heads, from inside a's KV group, so both
+    // members hold KV head 0; the columns go exactly 88:264.
+    auto t = speeds("1", "3");
+    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88)");
+    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [88, 352)");
+    check_partition(t, {"a", "b"});
+  }
+  {
+    // Only the ratio counts, and the faster may come first.
+    auto t = speeds("6", "2");
+    CHECK(t.node("a").slice.describe() == "heads [0, 3) (kv [0, 2)), columns [0, 264)");
+    CHECK(t.node("b").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [264, 352)");
+    check_partition(t, {"a", "b"});
+  }
+  {
+    // The extremes of the range: the slow member still gets one head and one column.
+    auto t = speeds("0.01", "1e6");
+    CHECK(t.node("a").speed == 0.01);
+    CHECK(t.node("b").speed == 1e6);
+    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 1)");
+    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [1, 352)");
+    check_partition(t, {"a", "b"});
+  }
+}
+
+TEST_CASE("a group of three: the first member takes the head and the column left over") {
+  cluster_dir c;
+  auto t = c.parse(one_group_yaml(3));
+  CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 4}, {0, 4}, {0, 4}});
+  CHECK(t.node("n0").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 118)");
+  CHECK(t.node("n1").slice.describe() == "heads [2, 3) (kv [1, 2)), columns [118, 235)");
+  CHECK(t.node("n2").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [235, 352)");
+  check_partition(t, {"n0", "n1", "n2"});
+  // 1:2:1: the middle member takes the extra head and twice the columns.
+  auto middle = c.parse(edit(one_group_yaml(3), "7412', group: g}", "7412', group: g, speed: 2}"));
+  CHECK(middle.node("n0").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88)");
+  CHECK(middle.node("n1").slice.describe() == "heads [1, 3) (kv [0, 2)), columns [88, 264)");
+  CHECK(middle.node("n2").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [264, 352)");
+  check_partition(middle, {"n0", "n1", "n2"});
+  // As many members as heads: one head each.
+  auto four = c.parse(one_group_yaml(4));
+  for (int i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    const auto& s = four.node("n" + std::to_string(i)).slice;
+    CHECK(s.head_begin == i);
+    CHECK(s.head_end == i + 1);
+    CHECK(s.columns() == 88);
+  }
+  check_partition(four, {"n0", "n1", "n2", "n3"});
+}
+
+TEST_CASE("an explicit placement gives a group's members the same layers") {
+  cluster_dir c;
+  auto placement = [](const std::string& map) { return edit(group_yaml, "placement: even", "placement:\n" + map); };
+  auto t = c.parse(placement("  c: [0, 1]\n  b: [1, 4]\n  a: [1, 4]\n"));
+  REQUIRE(t.nodes.size() == 3);
+  CHECK(t.nodes[0].name == "c");
+  CHECK(t.nodes[1].name == "a");  // the group's members stay in file order: a leads
+  CHECK(t.nodes[2].name == "b");
+  CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 1}, {1, 4}, {1, 4}});
+  CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
+
+  c.check_error(placement("  a: [0, 2]\n  b: [0, 3]\n  c: [2, 4]\n"), 14,
+                "node 'b' of group 'g' holds layers [0, 3) but node 'a' of the same group [0, 2): a group's members "
+                "share its layers");
+  // Named at the member that differs from the group's first, wherever the map lists it.
+  c.check_error(placement("  b: [2, 4]\n  c: [0, 2]\n  a: [0, 2]\n"), 13,
+                "node 'b' of group 'g' holds layers [2, 4) but node 'a' of the same group [0, 2)");
+  // The group covers its layers once, however many members share them.
+  c.check_error(placement("  a: [0, 2]\n  b: [0, 2]\n  c: [1, 4]\n"), 15,
+                "the layer range [1, 4) of node 'c' overlaps node 'a's [0, 2)");
+  c.check_error(placement("  a: [0, 2]\n  b: [0, 2]\n  c: [3, 4]\n"), 15, "layers [2, 3) are on no node");
+}
+
+TEST_CASE("speed needs a group and a number in [0.01, 1e6]") {
+  cluster_dir c;
+  c.check_error(edit(group_yaml, "127.0.0.1:7413\n", "127.0.0.1:7413\n    speed: 2\n"), 12,
+                "'speed' splits a group's work, but node 'c' has no 'group'");
+  auto speed_of_a = [&](const std::string& value) {
+    return edit(group_yaml, "    group: g\n  - name: b", "    group: g\n    speed: " + value + "\n  - name: b");
+  };
+  for (auto bad : {"0", "-1", "fast", "0.009", "1000001", "2x", "nan", "inf"}) {
+    CAPTURE(bad);
+    c.check_error(speed_of_a(bad), 7,
+                  "'speed' must be a node's compute speed relative to its group, in [0.01, 1e6] (2 is twice as fast), "
+                  "got '" + std::string(bad) + "'");
+  }
+  c.check_error(speed_of_a("[1, 2]"), 7, "'speed' must be a node's compute speed relative to its group, in [0.01, 1e6] "
+                                         "(2 is twice as fast), got a list");
+  c.check_error(edit(group_yaml, "    group: g\n  - name: b", "    group: \"\"\n  - name: b"), 6,
+                "'group' must be a non-empty string, got ''");
+  c.check_error(edit(group_yaml, "    group: g\n  - name: b", "    group: g\n    sped: 2\n  - name: b"), 7,
+                "unknown key 'sped' in node 1 (did you mean 'speed'? known: name, address, data_port, device, dtype, "
+                "memory, threads, emulate, group, speed)");
+}
+
+TEST_CASE("a group with more members than the model has attention heads is refused") {
+  cluster_dir c;  // tiny: 4 heads
+  c.check_error(one_group_yaml(5), 4, "group 'g' has 5 nodes but the model only 4 attention heads: every member needs one");
+  CHECK(c.parse(one_group_yaml(4)).nodes.size() == 4);
+}
+
+TEST_CASE("placement auto with a group is refused, naming the group") {
+  cluster_dir c;
+  // c (no group) comes first: the error points at the first member's `group:`.
+  auto yaml = edit(edit(group_yaml, "placement: even", "placement: auto"), "  - name: a", "  - name: c0\n    address: 127.0.0.1:7414\n  - name: a");
+  c.check_error(yaml, 8,
+                "placement 'auto' plans layers over nodes, not groups, so far: give group 'g' its layers with placement "
+                "'even' or a map of layer ranges");
+  // Without a group auto is accepted as before.
+  CHECK(c.parse(edit(base_yaml, "placement: even", "placement: auto")).auto_placement);
+}
+
+TEST_CASE("a group member's memory budget is checked against its slice; the leader holds the head") {
+  cluster_dir c;
+  // a's slice of layers [0, 2): 2 × (2·128·2·32 q,o + 2·128·1·32 k,v + 3·128·176 MLP + 2·128 norms)
+  // + 512·128 embedding = 250368 parameters, 1001472 bytes in fp32. Layers [0, 2) whole: 1738752 bytes.
+  const std::uint64_t slice = 1001472;
+  REQUIRE(weight_bytes(4, 0, 2) == 1738752);
+  auto budget = [&](std::uint64_t bytes) {
+    return edit(group_yaml, "127.0.0.1:7411\n", "127.0.0.1:7411\n    memory: " + std::to_string(bytes) + "\n");
+  };
+  auto t = c.parse(budget(slice));
+  CHECK(t.node("a").weight_bytes == slice);
+  CHECK(t.node("b").weight_bytes == slice);  // every member of the first stage holds the embedding
+  CHECK(t.node("c").weight_bytes == weight_bytes(4, 2, 4));
+  c.check_error(budget(slice - 1), 6,
+                "node 'a' needs 1001472 bytes (978.0 KiB) of fp32 weights for layers [0, 2) but its memory budget is "
+                "1001471 bytes");
+
+  // The group last: its leader a (first in the file) holds the final norm
+  // and the LM head (128 + 512·128 parameters), b does not.
+  auto last = c.parse(edit(edit(group_yaml, "placement: even", "placement: {c: [0, 2], a: [2, 4], b: [2, 4]}"),
+                           "127.0.0.1:7412\n", "127.0.0.1:7412\n    device: cuda:0\n"));
+  CHECK(last.node("a").weight_bytes == (184832 + 65664) * 4);
+  CHECK(last.node("b").weight_bytes == 184832 * 2);  // bf16 on a GPU
+}
+
+TEST_CASE("describe_placement names each member's group and slice") {
+  cluster_dir c;
+  auto text = orrery::deploy::describe_placement(c.parse(group_yaml));
+  CHECK(contains(text, "4 layers over 3 nodes\n"));
+  CHECK(contains(text, "a     127.0.0.1:7411  7511   cpu     [0, 2)"));
+  CHECK(contains(text, "unlimited  group g: heads [0, 2) (kv [0, 1)), columns [0, 176)\n"));
+  CHECK(contains(text, "unlimited  group g: heads [2, 4) (kv [1, 2)), columns [176, 352)\n"));
+  // A plain node's line ends at its budget.
+  CHECK(contains(text, "c     127.0.0.1:7413  7513   cpu     [2, 4)"));
+  auto c_line = text.substr(text.find("c     127.0.0.1:7413"));
+  CHECK(c_line.substr(0, c_line.find('\n')).find("group") == std::string::npos);
 }
