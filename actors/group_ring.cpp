@@ -50,6 +50,11 @@ std::uint64_t group_ring::pieces_received() const {
   return received_;
 }
 
+std::uint64_t group_ring::bytes_sent() const {
+  std::lock_guard lock(mutex_);
+  return bytes_sent_;
+}
+
 std::uint64_t group_ring::pieces_dropped() const {
   std::lock_guard lock(mutex_);
   return dropped_;
@@ -63,6 +68,7 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, std::u
     if (!send_error_.empty()) throw ring_interrupted(send_error_);
     next = next_;
     d.deployment = deployment_;
+    bytes_sent_ += static_cast<std::uint64_t>(chunk.nbytes());
   }
   const auto& to = options_.members[static_cast<std::size_t>((rank() + 1) % size())];
   if (!next || !next->is_open())

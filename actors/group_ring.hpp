@@ -91,6 +91,8 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   /// Pieces received and dropped (another deployment, or a request forgotten).
   std::uint64_t pieces_received() const;
   std::uint64_t pieces_dropped() const;
+  /// Tensor bytes sent to the next member so far.
+  std::uint64_t bytes_sent() const;
 
  private:
   using piece_key = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::uint16_t>;
@@ -104,7 +106,7 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   std::uint64_t deployment_ = 0;
   std::map<piece_key, at::Tensor> pieces_;
   std::string send_error_;
-  std::uint64_t received_ = 0, dropped_ = 0;
+  std::uint64_t received_ = 0, dropped_ = 0, bytes_sent_ = 0;
 };
 
 }  // namespace orrery::actors

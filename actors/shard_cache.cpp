@@ -1,5 +1,7 @@
 #include "actors/shard_cache.hpp"
 
+#include "compute/tensor_slice.hpp"
+
 #include <c10/core/ScalarType.h>
 
 #include "compute/model_dir.hpp"
@@ -34,8 +36,10 @@ std::shared_ptr<shared_shard> shard_cache::acquire(const std::string& fingerprin
   loaded = false;
   if (auto held = shards_[k].lock()) return held;
   if (budget_ > 0) {
-    const auto needed = static_cast<std::uint64_t>(model.config().parameter_count(first, last)) *
-                        c10::elementSize(options.dtype);
+    // A group member holds its slice of the layers, not the layers.
+    const auto parameters = options.slice ? compute::parameter_count(model.config(), first, last, *options.slice, options.head)
+                                          : model.config().parameter_count(first, last);
+    const auto needed = static_cast<std::uint64_t>(parameters) * c10::elementSize(options.dtype);
     const auto held = held_bytes_locked();
     if (held + needed > budget_)
       throw std::runtime_error("they need " + std::to_string(needed) + " bytes and the node holds " +

@@ -381,7 +381,8 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
                            s.frames,
                            s.compute_ms,
                            static_cast<double>(s.transfers->nanoseconds.load()) / 1e6,
-                           s.transfers->bytes.load()};
+                           s.transfers->bytes.load(),
+                           s.ring ? s.ring->bytes_sent() : 0};
       },
   };
 }

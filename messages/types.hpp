@@ -152,6 +152,8 @@ struct stage_stats {
   double compute_ms = 0;   ///< in the shard's forward passes
   double transfer_ms = 0;  ///< from handing a frame to the data plane until it was written
   std::uint64_t bytes_sent = 0;
+  /// A group member's: tensor bytes it sent its ring's next member.
+  std::uint64_t collective_bytes_sent = 0;
 };
 
 /// A generation request to a driver; the reply is a generation_summary, and
@@ -271,7 +273,7 @@ typename Inspector::result_type inspect(Inspector& f, node_info& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
   return f(caf::meta::type_name("stage_stats"), x.stage, x.node, x.first_layer, x.last_layer, x.frames, x.compute_ms,
-           x.transfer_ms, x.bytes_sent);
+           x.transfer_ms, x.bytes_sent, x.collective_bytes_sent);
 }
 
 template <class Inspector>

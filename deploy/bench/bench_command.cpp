@@ -20,6 +20,7 @@ void add_bench_command(CLI::App& app) {
   add_planner_bench(*bench);
   add_dataplane_bench(*bench);
   add_pipeline_bench(*bench);
+  add_parallel_bench(*bench);
   add_recovery_bench(*bench);
   add_placement_bench(*bench);
   add_testbed_bench(*bench);

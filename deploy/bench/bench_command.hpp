@@ -26,6 +26,9 @@ void add_pipeline_bench(CLI::App& bench);
 /// `orrery bench recovery` (registered on the `bench` subcommand).
 void add_recovery_bench(CLI::App& bench);
 
+/// `orrery bench parallel` (parallel_bench.cpp).
+void add_parallel_bench(CLI::App& bench);
+
 /// `orrery bench placement` (registered on the `bench` subcommand).
 void add_placement_bench(CLI::App& bench);
 

@@ -11,7 +11,6 @@
 #include "compute/model_error.hpp"
 #include "compute/tensor_slice.hpp"
 #include "deploy/cluster/topology_yaml.hpp"
-#include "planning/split.hpp"
 
 namespace orrery::deploy {
 
@@ -126,7 +125,7 @@ void place_explicit(const source& src, const entry& e, int num_layers, std::vect
       if (member->spec.first_layer != first.first_layer || member->spec.last_layer != first.last_layer)
         src.fail(member->range_line, "node '" + member->spec.name + "' of group '" + first.group + "' holds layers " +
                                          range_text(member->spec.first_layer, member->spec.last_layer) + " but node '" +
-                                         first.name + "' of the same group " +
+                                         first.name + "' of the same group holds " +
                                          range_text(first.first_layer, first.last_layer) +
                                          ": a group's members share its layers");
     order.push_back(members.front());
@@ -134,14 +133,17 @@ void place_explicit(const source& src, const entry& e, int num_layers, std::vect
   check_coverage(src, e.line, num_layers, std::move(order));
 }
 
-// Shares of `total` over members of relative `speeds`, each at least one:
-// one each, the rest split so the slowest member finishes first (min-max).
+// Shares of `total` over members of relative `speeds`, each at least one,
+// so that the last to finish finishes earliest (min-max): one each, then
+// each further unit to the member that would finish it first.
 std::vector<int> shares_by_speed(int total, const std::vector<double>& speeds) {
-  const int n = static_cast<int>(speeds.size());
-  std::vector<double> cost;
-  for (double speed : speeds) cost.push_back(1.0 / speed);
-  auto shares = *planning::min_max_split(total - n, cost, std::vector<int>(speeds.size(), total));
-  for (auto& share : shares) ++share;
+  std::vector<int> shares(speeds.size(), 1);
+  for (auto unit = static_cast<int>(speeds.size()); unit < total; ++unit) {
+    std::size_t best = 0;
+    for (std::size_t m = 1; m < speeds.size(); ++m)
+      if ((shares[m] + 1) / speeds[m] < (shares[best] + 1) / speeds[best]) best = m;
+    ++shares[best];
+  }
   return shares;
 }
 

@@ -40,18 +40,26 @@ struct in_process_pipeline {
   in_process_pipeline(const std::filesystem::path& model, const std::vector<int>& cuts)
       : in_process_pipeline(model, stages_of(cuts)) {}
 
-  // One node actor per stage of `stages` (a group's members each).
-  in_process_pipeline(const std::filesystem::path& model, std::vector<actors::placement_stage> stages) {
+  // One node actor per stage of `stages` (a group's members each), node i
+  // with a memory budget of budgets[i] bytes where given.
+  in_process_pipeline(const std::filesystem::path& model, std::vector<actors::placement_stage> stages,
+                      const std::vector<std::uint64_t>& budgets = {}) {
     actors::driver_config dc;
     dc.model = model;
     dc.request_timeout = std::chrono::seconds(20);
     for (auto& stage : stages) {
-      nodes.push_back(actors::spawn_node(system, {stage.node_name, "cpu", "fp32", 0, 1, "127.0.0.1", 0}));
+      const auto budget = nodes.size() < budgets.size() ? budgets[nodes.size()] : 0;
+      nodes.push_back(actors::spawn_node(system, {stage.node_name, "cpu", "fp32", budget, 1, "127.0.0.1", 0}));
       stage.node = nodes.back();
       dc.stages.push_back(stage);
     }
     driver = actors::spawn_driver(system, dc);
-    actors::deploy_blocking(system, driver, std::chrono::seconds(20));
+    try {
+      actors::deploy_blocking(system, driver, std::chrono::seconds(20));
+    } catch (...) {
+      stop();  // the actor system waits for its actors when it goes
+      throw;
+    }
   }
 
   static std::vector<actors::placement_stage> stages_of(const std::vector<int>& cuts) {
@@ -60,7 +68,9 @@ struct in_process_pipeline {
       stages.push_back({"n" + std::to_string(i), "", 0, {}, cuts[i], cuts[i + 1], 1});
     return stages;
   }
-  ~in_process_pipeline() {
+  ~in_process_pipeline() { stop(); }
+
+  void stop() {
     caf::anon_send_exit(driver, caf::exit_reason::user_shutdown);
     for (auto& n : nodes) caf::anon_send_exit(n, caf::exit_reason::user_shutdown);
   }
@@ -150,6 +160,26 @@ TEST_CASE("tensor-parallel groups of 2 and 3, alone and as pipeline stages, give
       CHECK((stats[i].bytes_sent > 0) == leader);
     }
   }
+}
+
+TEST_CASE("a group member's memory budget is held against its slice, not the whole layers") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  const auto config = compute::llama_config::preset("tiny");
+  const auto members = group(config, "g", 0, 4, {1, 3}, {100, 252});
+  std::vector<std::uint64_t> budgets;
+  for (std::size_t m = 0; m < members.size(); ++m)
+    budgets.push_back(static_cast<std::uint64_t>(compute::parameter_count(config, 0, 4, members[m].slice, m == 0)) * 4);
+  CHECK(budgets[1] < static_cast<std::uint64_t>(config.parameter_count(0, 4)) * 4);
+  {
+    in_process_pipeline pipeline(path, members, budgets);
+    auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request("budget", 4)},
+                                               std::chrono::seconds(20));
+    CHECK(summaries.at(0).tokens == single_device(path, "budget", 4).tokens);
+  }
+  budgets[1] -= 1;
+  const auto needed = "they need " + std::to_string(budgets[1] + 1) + " bytes";
+  CHECK_THROWS_WITH(in_process_pipeline(path, members, budgets), doctest::Contains(needed.c_str()));
 }
 
 TEST_CASE("4 concurrent requests share a 4-stage pipeline and each matches its single-device run") {

@@ -664,17 +664,14 @@ TEST_CASE("a group's heads and MLP columns are split by speed, every member gett
                         "127.0.0.1:7412\n    group: g\n", "127.0.0.1:7412\n    group: g\n    speed: " + b + "\n"));
   };
   {
-    // 1:2. The columns go about 1:2: b finishes its 234 at 117 of a's units,
-    // a its 118 at 118. The heads come out 2:2, each member one KV head:
-    // after one head each, the 2 left are split by when each member would
-    // finish those alone (b's first at 0.5, then a's first and b's second
-    // both at 1: the tie goes to a). Counting the first head each too, 1:3
-    // would finish sooner (1.5 against 2).
+    // 1:2. Min-max counting every unit: the heads go 1:3 (b finishes its 3
+    // at 1.5 of a's units, 2:2 would take 2), b from inside a's KV group;
+    // the columns 117:235 (117.5 against 118 for 118:234).
     auto t = speeds("1", "2");
     CHECK(t.node("a").speed == 1.0);
     CHECK(t.node("b").speed == 2.0);
-    CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 118)");
-    CHECK(t.node("b").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [118, 352)");
+    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 117)");
+    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [117, 352)");
     CHECK(t.node("b").slice.columns() > t.node("a").slice.columns());
     check_partition(t, {"a", "b"});
   }
@@ -742,11 +739,11 @@ TEST_CASE("an explicit placement gives a group's members the same layers") {
   CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
 
   c.check_error(placement("  a: [0, 2]\n  b: [0, 3]\n  c: [2, 4]\n"), 14,
-                "node 'b' of group 'g' holds layers [0, 3) but node 'a' of the same group [0, 2): a group's members "
+                "node 'b' of group 'g' holds layers [0, 3) but node 'a' of the same group holds [0, 2): a group's members "
                 "share its layers");
   // Named at the member that differs from the group's first, wherever the map lists it.
   c.check_error(placement("  b: [2, 4]\n  c: [0, 2]\n  a: [0, 2]\n"), 13,
-                "node 'b' of group 'g' holds layers [2, 4) but node 'a' of the same group [0, 2)");
+                "node 'b' of group 'g' holds layers [2, 4) but node 'a' of the same group holds [0, 2)");
   // The group covers its layers once, however many members share them.
   c.check_error(placement("  a: [0, 2]\n  b: [0, 2]\n  c: [1, 4]\n"), 15,
                 "the layer range [1, 4) of node 'c' overlaps node 'a's [0, 2)");
