@@ -3,10 +3,12 @@
 // the members form a ring (rank r sends to r + 1 and hears from r - 1), and
 // an all-reduce is a reduce-scatter then an all-gather, n - 1 ring steps
 // each, every step moving one n-th of the tensor (the bandwidth-optimal
-// 2 (n - 1) / n of it per member).
+// 2 (n - 1) / n of it per member). Two members swap their partials instead:
+// the same bytes in one step, not two.
 //
 // Each chunk of the sum is added up at one member, in ring order, and then
-// copied around: every member gets bitwise the same tensor, so their
+// copied around (or, for two, added in either order, which IEEE addition
+// makes the same): every member gets bitwise the same tensor, so their
 // residual streams, and what the leader samples from, never drift apart.
 //
 // Threads: all_reduce runs on the stage's own thread, inside its forward
