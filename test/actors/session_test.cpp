@@ -1,6 +1,7 @@
 // Sessions and model identity on node actors in one process: a node refuses
 // layers of a copy that is not the client's, naming the file; two sessions on
-// one node keep their own stages and caches and share one copy of the weights.
+// one node keep their own stages and caches and share one copy of the weights;
+// a stage computes only on frames that continue its KV cache.
 
 #include <ATen/ATen.h>
 #include <caf/all.hpp>
@@ -13,6 +14,7 @@
 #include "actors/error_text.hpp"
 #include "actors/model_identity.hpp"
 #include "actors/node.hpp"
+#include "actors/tensor_frame.hpp"
 #include "compute/model_init.hpp"
 #include "messages/types.hpp"
 #include "test/registered_config.hpp"
@@ -123,5 +125,46 @@ TEST_CASE("two sessions on one node have their own stages and share one copy of 
   compute::init_model(dir / "y", compute::llama_config::preset("tiny"), {22, 0, {}});
   CHECK(contains(load(system, node, 99, dir / "y", actors::identify_model(dir / "y")), "the memory budget is"));
   for (auto& d : drivers) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("a frame that does not continue where the stage's KV cache ends fails its request, naming both positions") {
+  temp_dir dir;
+  compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {21, 0, {}});
+  test::registered_config config;
+  caf::actor_system system{config};
+  auto node = actors::spawn_node(system, {"n", "cpu", "fp32", 0, 1, "127.0.0.1", 0});
+  caf::scoped_actor driver{system};
+  stage_assignment a{7, 1, 0, 0, 4, (dir / "m").string(), actors::identify_model(dir / "m"), "", 1};
+  stage_ready ready;
+  driver->request(node, std::chrono::seconds(20), load_stage_atom_v, a)
+      .receive([&](stage_ready& r) { ready = r; }, [&](caf::error& e) { FAIL(actors::error_text(e)); });
+  // The stage sends its tokens to the node's own data plane, where no session listens: only its failures count here.
+  auto stage = caf::actor_cast<actors::stage_actor>(ready.stage);
+  driver->request(stage, std::chrono::seconds(5), connect_next_atom_v, std::uint64_t{1},
+                  std::vector<next_hop>{{ready.data_host, ready.data_port, 0}}, next_hop{},
+                  caf::actor_cast<caf::actor>(driver), std::int64_t{2000})
+      .receive([] {}, [&](caf::error& e) { FAIL(actors::error_text(e)); });
+  auto frame_at = [&](std::uint32_t position, std::vector<std::int64_t> tokens) {
+    actors::tensor_frame f;
+    f.descriptor.session = 7;
+    f.descriptor.deployment = 1;
+    f.descriptor.route = messages::forward_route{0, 9, position, position, {}};
+    f.descriptor.tensors.push_back({messages::tensor_role::tokens, element_type::i64,
+                                    {static_cast<std::int64_t>(tokens.size())}, tokens.size() * 8});
+    f.tensors.push_back(at::tensor(tokens, at::kLong));
+    return f;
+  };
+  auto failure_of = [&](actors::tensor_frame f) {
+    std::string problem;
+    driver->send(stage, std::move(f));
+    driver->receive([&](request_failure& failure) { problem = failure.problem; },
+                    caf::after(std::chrono::seconds(5)) >> [&] { problem = "no failure"; });
+    return problem;
+  };
+  CHECK(contains(failure_of(frame_at(5, {1})),
+                 "a frame at position 5 of request 9, but the stage holds no KV cache for it"));
+  driver->send(stage, frame_at(0, {1, 72, 105}));  // starts the sequence: 3 tokens held
+  CHECK(contains(failure_of(frame_at(7, {1})), "a frame at position 7 of request 9, but the stage holds 3 tokens of it"));
   caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
 }
