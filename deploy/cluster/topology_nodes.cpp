@@ -24,19 +24,21 @@ namespace {
 const std::vector<std::string> node_keys = {"name",    "address", "data_port", "device", "dtype",
                                             "memory",  "threads", "emulate",   "group",  "speed"};
 
+// A scalar that is a number in [low, high] written in `format`, or nothing.
+std::optional<double> number_in(const entry& e, double low, double high, std::chars_format format) {
+  if (!e.value.IsScalar()) return std::nullopt;
+  const auto& digits = e.value.Scalar();
+  double value = 0;
+  auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), value, format);
+  if (error != std::errc() || end != digits.data() + digits.size() || !(value >= low && value <= high)) return std::nullopt;
+  return value;
+}
+
 // `speed:` a node's compute speed relative to the rest of its group.
 double speed_of(const source& src, const entry& e) {
-  double speed = 0;
-  bool valid = false;
-  if (e.value.IsScalar()) {
-    const auto& digits = e.value.Scalar();
-    auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), speed, std::chars_format::general);
-    valid = error == std::errc() && end == digits.data() + digits.size() && speed >= 0.01 && speed <= 1e6;
-  }
-  if (!valid)
-    src.fail(e.line, "'speed' must be a node's compute speed relative to its group, in [0.01, 1e6] (2 is twice as "
-                     "fast), got " + kind_of(e.value));
-  return speed;
+  if (auto speed = number_in(e, 0.01, 1e6, std::chars_format::general)) return *speed;
+  src.fail(e.line, "'speed' must be a node's compute speed relative to its group, in [0.01, 1e6] (2 is twice as "
+                   "fast), got " + kind_of(e.value));
 }
 
 std::string node_name(const source& src, const entry& e) {
@@ -146,15 +148,8 @@ emulation emulation_preset(const source& src, const entry& e) {
 }
 
 double cpu_share_of(const source& src, const entry& e) {
-  double share = 0;
-  bool valid = false;
-  if (e.value.IsScalar()) {
-    const auto& digits = e.value.Scalar();
-    auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), share, std::chars_format::fixed);
-    valid = error == std::errc() && end == digits.data() + digits.size() && share >= 0.01 && share <= 1024;
-  }
-  if (!valid) src.fail(e.line, "'cpu' must be a fraction of one core in [0.01, 1024] (0.25 is a quarter core), got " + kind_of(e.value));
-  return share;
+  if (auto share = number_in(e, 0.01, 1024, std::chars_format::fixed)) return *share;
+  src.fail(e.line, "'cpu' must be a fraction of one core in [0.01, 1024] (0.25 is a quarter core), got " + kind_of(e.value));
 }
 
 // `emulate:` of a node: a preset fills in what the explicit keys leave out.

@@ -102,6 +102,20 @@ std::filesystem::path tiny_model(const temp_dir& dir) {
 
 }  // namespace
 
+// One greedy request over `pipeline`: its tokens, returned and streamed, are
+// the reference run's; its summary for further checks.
+generation_summary check_tokens(in_process_pipeline& pipeline, const std::string& prompt,
+                                const test::reference_run& reference) {
+  std::vector<compute::token_id> streamed;
+  auto summaries = actors::generate_blocking(
+      pipeline.system, pipeline.driver, {greedy_request(prompt, static_cast<int>(reference.tokens.size()))},
+      std::chrono::seconds(20), [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
+  REQUIRE(summaries.size() == 1);
+  CHECK(summaries[0].tokens == reference.tokens);
+  CHECK(streamed == reference.tokens);
+  return summaries[0];
+}
+
 TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwise its final logits") {
   temp_dir dir;
   auto path = tiny_model(dir);
@@ -110,14 +124,8 @@ TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwis
   for (const auto& cuts : std::vector<std::vector<int>>{{0, 4}, {0, 2, 4}, {0, 1, 3, 4}, {0, 1, 2, 3, 4}}) {
     CAPTURE(cuts.size() - 1);
     in_process_pipeline pipeline(path, cuts);
-    std::vector<compute::token_id> streamed;
-    auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request(prompt, 33)},
-                                               std::chrono::seconds(20),
-                                               [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
-    REQUIRE(summaries.size() == 1);
-    CHECK(summaries[0].tokens == reference.tokens);
-    CHECK(streamed == reference.tokens);
-    CHECK(summaries[0].final_logits == reference.final_logits);  // bitwise: the same arithmetic in the same order
+    auto summary = check_tokens(pipeline, prompt, reference);
+    CHECK(summary.final_logits == reference.final_logits);  // bitwise: the same arithmetic in the same order
   }
 }
 
@@ -142,14 +150,8 @@ TEST_CASE("tensor-parallel groups of 2 and 3, alone and as pipeline stages, give
   for (const auto& l : layouts) {
     CAPTURE(l.what);
     in_process_pipeline pipeline(path, l.stages);
-    std::vector<compute::token_id> streamed;
-    auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {greedy_request(prompt, 33)},
-                                               std::chrono::seconds(20),
-                                               [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
-    REQUIRE(summaries.size() == 1);
-    CHECK(summaries[0].tokens == reference.tokens);
-    CHECK(streamed == reference.tokens);
-    CHECK(test::relative_error(summaries[0].final_logits, reference.final_logits) < 1e-5);
+    auto summary = check_tokens(pipeline, prompt, reference);
+    CHECK(test::relative_error(summary.final_logits, reference.final_logits) < 1e-5);
     // Every member ran every step; only the leaders sent anything on.
     auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
     REQUIRE(stats.size() == l.stages.size());
