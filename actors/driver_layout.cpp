@@ -71,17 +71,21 @@ std::vector<std::vector<std::size_t>> positions_of(driver_ptr self, const std::v
 
 namespace {
 
+// Whether the node of entry `i` of `layout` is alive.
+std::function<bool(std::size_t)> alive_in(driver_ptr self, const std::vector<planning::stage>& layout) {
+  return [self, &layout](std::size_t i) { return self->state.nodes[layout[i].device].alive; };
+}
+
 // What the migration planner sees of `layout`: one stage per pipeline
 // position. A group stands in as its leader; a group that lost a member as
 // its first member alive, which takes the group's layers whole.
 std::vector<planning::stage> collapsed(driver_ptr self, const std::vector<planning::stage>& layout) {
+  const auto alive = alive_in(self, layout);
   std::vector<planning::stage> stages;
   for (const auto& members : positions_of(self, layout)) {
-    auto alive = std::find_if(members.begin(), members.end(),
-                              [&](std::size_t i) { return self->state.nodes[layout[i].device].alive; });
-    const bool whole = std::all_of(members.begin(), members.end(),
-                                   [&](std::size_t i) { return self->state.nodes[layout[i].device].alive; });
-    stages.push_back(layout[whole || alive == members.end() ? members.front() : *alive]);
+    auto first_alive = std::find_if(members.begin(), members.end(), alive);
+    const bool whole = std::all_of(members.begin(), members.end(), alive);
+    stages.push_back(layout[whole || first_alive == members.end() ? members.front() : *first_alive]);
   }
   return stages;
 }
@@ -90,13 +94,12 @@ std::vector<planning::stage> collapsed(driver_ptr self, const std::vector<planni
 // its layers unchanged) given back all of the group's members.
 std::vector<planning::stage> expanded(driver_ptr self, const std::vector<planning::stage>& layout,
                                       const std::vector<planning::stage>& planned) {
+  const auto alive = alive_in(self, layout);
   std::vector<planning::stage> out;
   const auto positions = positions_of(self, layout);
   for (const auto& stage : planned) {
     auto group = std::find_if(positions.begin(), positions.end(), [&](const auto& members) {
-      return members.size() > 1 && layout[members.front()] == stage &&
-             std::all_of(members.begin(), members.end(),
-                         [&](std::size_t i) { return self->state.nodes[layout[i].device].alive; });
+      return members.size() > 1 && layout[members.front()] == stage && std::all_of(members.begin(), members.end(), alive);
     });
     if (group == positions.end()) {
       out.push_back(stage);

@@ -64,7 +64,6 @@ struct stage_state {
   bool wired = false;
   /// The stage's group, when it is a member of one (rank 0 leads).
   std::shared_ptr<group_ring> ring;
-  next_hop ring_hop;
   /// Frames of any other deployment are from a pipeline layout that no
   /// longer exists (a resumed node's late output, say) and are dropped.
   std::uint64_t deployment = 0;
@@ -197,11 +196,16 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
                      s.context.data_port, weight_bytes, loaded_layers, loaded_bytes};
 }
 
+// What the stage keeps of a request that ended (its caches, its ring's pieces).
+void forget_request(stage_state& s, std::uint64_t request) {
+  s.requests.erase(request);
+  if (s.ring) s.ring->forget(request);
+}
+
 // `transient`: the supervisor judges what went wrong (a group member that
 // went silent): a recovery replays the request, else its deadline ends it.
 void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string& problem, bool transient = false) {
-  self->state.requests.erase(request);
-  if (self->state.ring) self->state.ring->forget(request);
+  forget_request(self->state, request);
   if (self->state.driver)
     self->send(self->state.driver, request_failure{request, self->state.where() + ": " + problem, transient});
 }
@@ -321,9 +325,10 @@ caf::result<void> wire(stage_actor_ptr self, std::vector<next_hop>& hops, const 
                        std::chrono::milliseconds timeout) {
   auto& s = self->state;
   auto same = [](const next_hop& a, const next_hop& b) { return a.host == b.host && a.port == b.port; };
-  auto reach = [&](const next_hop& hop, const std::shared_ptr<messages::link>& held, const next_hop& held_hop,
+  // `held`: the open link to `hop` the stage has, if any.
+  auto reach = [&](const next_hop& hop, const std::shared_ptr<messages::link>& held,
                    const char* what) -> std::shared_ptr<messages::link> {
-    if (held && held->is_open() && same(hop, held_hop)) return held;
+    if (held && held->is_open()) return held;
     try {
       return s.context.data_plane->connect(hop.host, hop.port, timeout);
     } catch (const std::exception& e) {
@@ -336,15 +341,14 @@ caf::result<void> wire(stage_actor_ptr self, std::vector<next_hop>& hops, const 
     for (std::size_t i = 0; i < hops.size(); ++i) {
       auto held = std::find_if(s.hops.begin(), s.hops.end(), [&](const next_hop& h) { return same(h, hops[i]); });
       const auto index = static_cast<std::size_t>(held - s.hops.begin());
-      next.push_back(reach(hops[i], held == s.hops.end() ? nullptr : s.next[index], hops[i], "next hop"));
+      next.push_back(reach(hops[i], held == s.hops.end() ? nullptr : s.next[index], "next hop"));
     }
     if (s.ring) {
       if (ring_hop.port == 0) throw std::runtime_error(s.where() + ": its group has no ring to wire");
-      s.ring->connect(reach(ring_hop, nullptr, ring_hop, "next group member"), s.deployment);
+      s.ring->connect(reach(ring_hop, nullptr, "next group member"), s.deployment);
     }
     s.next = std::move(next);
     s.hops = std::move(hops);
-    s.ring_hop = ring_hop;
     s.wired = true;
   } catch (const std::exception& e) {
     s.next.clear();
@@ -368,10 +372,7 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
         return wire(self, hops, ring_hop, std::chrono::milliseconds(timeout_ms));
       },
       [self](tensor_frame& frame) { process(self, frame); },
-      [self](end_request_atom, std::uint64_t request) {
-        self->state.requests.erase(request);
-        if (self->state.ring) self->state.ring->forget(request);
-      },
+      [self](end_request_atom, std::uint64_t request) { forget_request(self->state, request); },
       [self](stats_atom) {
         const auto& s = self->state;
         return stage_stats{s.assignment.stage,

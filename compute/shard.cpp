@@ -124,16 +124,10 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
   // backward, which inference tensors cannot be.
   c10::NoGradGuard no_grad;
   slice_ = options_.slice.value_or(whole_layer(config_));
-  const auto whole = whole_layer(config_);
-  if (slice_.head_begin < 0 || slice_.head_end > whole.head_end || slice_.heads() < 1 ||
-      slice_.kv_head_begin != slice_.head_begin / (config_.num_heads / config_.num_kv_heads) ||
-      slice_.kv_head_end != (slice_.head_end - 1) / (config_.num_heads / config_.num_kv_heads) + 1 ||
-      slice_.column_begin < 0 || slice_.column_end > whole.column_end || slice_.columns() < 1)
+  if (!is_slice_of(config_, slice_))
     throw model_error(model.path().string() + ": " + slice_.describe() + " is not a slice of a layer of " +
                       std::to_string(config_.num_heads) + " heads (" + std::to_string(config_.num_kv_heads) +
                       " KV heads) and " + std::to_string(config_.intermediate_size) + " MLP columns");
-  const int per_kv = config_.num_heads / config_.num_kv_heads;
-  uneven_kv_ = slice_.head_begin % per_kv != 0 || slice_.head_end % per_kv != 0;
   if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
   const std::int64_t d = config_.head_dim;
   for (int layer = first; layer < last; ++layer) {
@@ -284,7 +278,7 @@ at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vect
   // KV group: then each run of query heads over one KV head goes alone.
   auto attend = [&](const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                     const llama_ops::token_positions& where) {
-    if (!uneven_kv_) return llama_ops::attention(q, keys, values, where);
+    if (!cuts_kv_group(config_, slice_)) return llama_ops::attention(q, keys, values, where);
     std::vector<at::Tensor> runs;
     for (std::int64_t first = 0; first < heads;) {
       const int kv = kv_head_of(config_, slice_, static_cast<int>(first));

@@ -157,10 +157,6 @@ class shard {
   at::Tensor final_norm_;
   at::Tensor head_;  // the embedding itself when tied
   tensor_slice slice_;
-  /// Attention heads the slice's query heads read differently from the
-  /// whole model's h / (heads / kv_heads): a cut inside a KV group. Then
-  /// each run of query heads over one KV head attends on its own.
-  bool uneven_kv_ = false;
   llama_ops::rotary_table rotary_;
 };
 

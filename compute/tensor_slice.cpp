@@ -17,7 +17,7 @@ std::string listed(const std::vector<int>& shares) {
 }  // namespace
 
 tensor_slice whole_layer(const llama_config& config) {
-  return {0, config.num_heads, 0, config.num_kv_heads, 0, config.intermediate_size};
+  return slice_of(config, 0, config.num_heads, 0, config.intermediate_size);
 }
 
 std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::vector<int>& heads,
@@ -32,23 +32,15 @@ std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::v
                       ") and " + std::to_string(column_total) + " MLP columns (" + listed(columns) +
                       ") does not cover the model's " + std::to_string(config.num_heads) + " heads and " +
                       std::to_string(config.intermediate_size) + " columns");
-  const int per_kv = config.num_heads / config.num_kv_heads;
   std::vector<tensor_slice> slices;
   int head = 0, column = 0;
   for (std::size_t m = 0; m < heads.size(); ++m) {
     if (heads[m] < 1 || columns[m] < 1)
       throw model_error("member " + std::to_string(m) + " of a tensor-parallel split gets " + std::to_string(heads[m]) +
                         " heads and " + std::to_string(columns[m]) + " MLP columns; every member needs at least one of each");
-    tensor_slice s;
-    s.head_begin = head;
-    s.head_end = head + heads[m];
-    s.kv_head_begin = s.head_begin / per_kv;
-    s.kv_head_end = (s.head_end + per_kv - 1) / per_kv;  // a cut inside a KV group replicates that KV head
-    s.column_begin = column;
-    s.column_end = column + columns[m];
-    head = s.head_end;
-    column = s.column_end;
-    slices.push_back(s);
+    slices.push_back(slice_of(config, head, head + heads[m], column, column + columns[m]));
+    head = slices.back().head_end;
+    column = slices.back().column_end;
   }
   return slices;
 }
@@ -61,6 +53,23 @@ std::int64_t parameter_count(const llama_config& config, int first, int last, co
   if (last == config.num_layers && head)
     total += h + (config.tie_word_embeddings ? 0 : static_cast<std::int64_t>(config.vocab_size) * h);
   return total;
+}
+
+tensor_slice slice_of(const llama_config& config, int head_begin, int head_end, int column_begin, int column_end) {
+  const int per_kv = config.num_heads / config.num_kv_heads;
+  // A cut inside a KV group gives both sides that KV head.
+  return {head_begin, head_end, head_begin / per_kv, (head_end + per_kv - 1) / per_kv, column_begin, column_end};
+}
+
+bool is_slice_of(const llama_config& config, const tensor_slice& slice) {
+  return slice.head_begin >= 0 && slice.heads() >= 1 && slice.head_end <= config.num_heads && slice.column_begin >= 0 &&
+         slice.columns() >= 1 && slice.column_end <= config.intermediate_size &&
+         slice == slice_of(config, slice.head_begin, slice.head_end, slice.column_begin, slice.column_end);
+}
+
+bool cuts_kv_group(const llama_config& config, const tensor_slice& slice) {
+  const int per_kv = config.num_heads / config.num_kv_heads;
+  return slice.head_begin % per_kv != 0 || slice.head_end % per_kv != 0;
 }
 
 int kv_head_of(const llama_config& config, const tensor_slice& slice, int local_head) {

@@ -24,6 +24,18 @@ namespace orrery::compute {
 /// The whole layer as a slice.
 tensor_slice whole_layer(const llama_config& config);
 
+/// Query heads [head_begin, head_end) with the KV heads they read, and MLP
+/// columns [column_begin, column_end).
+tensor_slice slice_of(const llama_config& config, int head_begin, int head_end, int column_begin, int column_end);
+
+/// Whether `slice` is a slice of this model's layers: non-empty ranges
+/// inside them, its KV heads those its query heads read.
+bool is_slice_of(const llama_config& config, const tensor_slice& slice);
+
+/// Whether `slice` cuts a KV group: its query heads do not all read KV head
+/// h / (heads / kv_heads) of their own numbering (then kv_head_of maps them).
+bool cuts_kv_group(const llama_config& config, const tensor_slice& slice);
+
 /// The slices of a group whose members take `heads[m]` query heads and
 /// `columns[m]` MLP columns, in member order (contiguous ranges, the first
 /// member from 0). Throws model_error when the shares do not add up to the

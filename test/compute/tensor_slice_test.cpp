@@ -203,4 +203,12 @@ TEST_CASE("a member loads only its rows and columns, and only the leader the hea
   CHECK(at::equal(leader.layers().front().down, whole.layers().front().down.narrow(1, 0, 100)));
   CHECK(at::equal(leader.layers().front().qkv.narrow(0, 0, c.head_dim), whole.layers().front().qkv.narrow(0, 0, c.head_dim)));
   CHECK(leader.weight_bytes() < whole.weight_bytes());
+  // A slice whose KV heads are not those its query heads read, or that lies
+  // outside the layer, is refused, named.
+  for (const auto& bad : {tensor_slice{0, 2, 0, 2, 0, 100}, tensor_slice{2, 5, 1, 3, 0, 100}, tensor_slice{0, 2, 0, 1, 300, 400}}) {
+    options.slice = bad;
+    CHECK_THROWS_WITH_AS(shard(model, 0, c.num_layers, options),
+                         doctest::Contains((bad.describe() + " is not a slice of a layer of 4 heads (2 KV heads) and 352 MLP columns").c_str()),
+                         model_error);
+  }
 }
