@@ -86,21 +86,19 @@ style_result solo_style(const cost_model& costs, objective goal) {
   return simulated("solo", costs, stages, {requests_for(p, goal), true, {}, false}, to_json(plan, p));
 }
 
-// Profiled TP piece costs are per token of a prompt-sized pass, where the
-// weights are read once for all its tokens; a decode step reads them for one
-// token (or one batch). Scale each device's piece costs by how much dearer a
-// decode token is than a prompt token on a transformer block of that device.
+// A decode step reads a block's weights for one token (or one batch), a
+// prompt pass once for all its tokens: each device's tp costs scaled by how
+// much dearer a decode token is than a prompt token on its blocks.
 profile decode_tp_profile(const cost_model& costs, int batch) {
-  profile p = costs.source_profile();
+  const profile& p = costs.source_profile();
   std::size_t block = p.layers.size() > 2 ? 1 : 0;
   double prompt = p.work.prompt_tokens;
+  std::vector<double> factor;
   for (std::size_t d = 0; d < p.devices.size(); ++d) {
     double per_prompt_token = costs.prefill_seconds(block, d, 0, prompt) / prompt;
-    double ratio = per_prompt_token > 0 ? costs.step_seconds(block, d) / per_prompt_token / batch : 1.0;
-    if (auto& tp = p.devices[d].tp)
-      *tp = {tp->per_head * ratio, tp->per_column * ratio, tp->per_token * ratio};
+    factor.push_back(per_prompt_token > 0 ? costs.step_seconds(block, d) / per_prompt_token / batch : 1.0);
   }
-  return p;
+  return rescale_tp_costs(p, factor);
 }
 
 // Galaxy: every device in one TP group (the source first, holding embedding

@@ -94,11 +94,11 @@ std::vector<int> token_split(const profile& p, tp_split split, int tokens, round
 }  // namespace
 
 tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, int tokens,
-                      rounding rule, int requests) {
+                      rounding rule, int requests, double model_share) {
   const transformer_shape& s = require_shape(p);
   piece_bytes b = pieces(s);
   double context = static_cast<double>(p.work.prompt_tokens + p.work.output_tokens) * requests;
-  double block_bytes = blocks(p) * (s.heads * (b.head_weights + b.head_kv_per_token * context) +
+  double block_bytes = model_share * blocks(p) * (s.heads * (b.head_weights + b.head_kv_per_token * context) +
                                     s.intermediate * b.column_weights);
   // Each device holds the same fraction of heads and of columns as of the
   // block memory it can offer; the first device also keeps embedding and head.
@@ -119,6 +119,22 @@ tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, i
   out.columns = split_or_throw(s.intermediate, unit_costs(p, group, &tp_costs::per_column),
                                column_caps, rule, "MLP columns", missing);
   out.tokens = token_split(p, out, tokens, rule);
+  return out;
+}
+
+tp_costs tp_costs_from_block(const transformer_shape& s, double seconds_per_token) {
+  piece_bytes b = pieces(s);
+  double connective = 4.0 * s.hidden * s.dtype_bytes;
+  double block = s.heads * b.head_weights + s.intermediate * b.column_weights + 2 * connective;
+  double per_byte = seconds_per_token / block;
+  return {b.head_weights * per_byte, b.column_weights * per_byte, connective * per_byte};
+}
+
+profile rescale_tp_costs(const profile& p, const std::vector<double>& factor) {
+  profile out = p;
+  for (std::size_t d = 0; d < out.devices.size(); ++d)
+    if (auto& tp = out.devices[d].tp)
+      *tp = {tp->per_head * factor[d], tp->per_column * factor[d], tp->per_token * factor[d]};
   return out;
 }
 

@@ -38,12 +38,30 @@ struct tp_layer_time {
 
 /// Splits heads, columns and tokens over `group` for a sequence of `tokens`,
 /// in proportion to the profiled per-piece speeds and capped by memory
-/// (weights plus the KV of `requests` requests at full context).
+/// (weights plus the KV of `requests` requests at full context, of
+/// `model_share` of the model's blocks: a group that is one stage of a
+/// pipeline holds fewer than all).
 /// Needs the profile's shape and every device's tp costs; throws
 /// profile_error when missing and infeasible_error when the block weights do
 /// not fit the group.
 tp_split galaxy_split(const profile& p, const std::vector<std::size_t>& group, int tokens,
-                      rounding rule = rounding::exact, int requests = 1);
+                      rounding rule = rounding::exact, int requests = 1, double model_share = 1);
+
+/// Per-piece costs of a device whose transformer block costs
+/// `seconds_per_token` per token of a prompt pass, shared out by the bytes
+/// each piece reads (decode and short prefill are memory-bound, as the
+/// measured per-layer costs are): a head its Q, K, V and O slices, a column
+/// its gate, up and down slices, a connective block ~4 values per hidden unit.
+/// For profiles that time whole layers only; a profiler that times the
+/// pieces themselves measures kernel overheads this cannot see.
+tp_costs tp_costs_from_block(const transformer_shape& s, double seconds_per_token);
+
+/// `p` with each device d's tp costs multiplied by `factor[d]`. Profiled tp
+/// costs are per token of a prompt pass (work.prompt_tokens tokens, the
+/// weights read once for all of them); a decode step or a pass of another
+/// length costs per token what the device's transformer block costs there,
+/// relative to the prompt pass, and `factor` is that ratio.
+profile rescale_tp_costs(const profile& p, const std::vector<double>& factor);
 
 /// The block's schedule on the group: compute tiles on each device, ring steps
 /// on each device's outgoing link; `overlap` splits each matmul into tiles
