@@ -8,7 +8,15 @@
 // minimises one request's time end to end, `throughput` the bottleneck step
 // for the workload's concurrent requests. Nodes the plan does not use are left
 // out of the pipeline.
+//
+// For `latency` a stage may also be a tensor-parallel group of consecutive
+// nodes (Galaxy, planning/group_pipeline.hpp) when the profile has tp costs:
+// every way of cutting the nodes (in file order) into consecutive groups is
+// planned by the same DP over the groups, predicted, and the layout with the
+// lowest predicted decode time per token wins; its `placed` topology names
+// the groups and each member's slice of heads and columns.
 
+#include <cstddef>
 #include <iosfwd>
 #include <string>
 #include <vector>
@@ -29,14 +37,33 @@ struct placement_prediction {
   double tokens_per_s = 0;          ///< all requests together, while decoding
 };
 
+/// A layout the automatic planner weighed.
+struct placement_alternative {
+  std::string layout;              ///< as placement_plan::layout
+  double decode_ms_per_token = 0;  ///< predicted, per request; 0 when it cannot run
+  std::string reason;              ///< why it cannot run; empty when it can
+};
+
 /// A layout of the topology's layers and its prediction.
 struct placement_plan {
   std::string name;  ///< "auto (throughput)", "even", …
+  /// The stages: `pipeline: n0 [0, 3) -> n1 [3, 4)`, or with a group
+  /// `tensor-parallel: n0+n1 [0, 4)`.
+  std::string layout;
   /// The topology with the layout applied: only the nodes that hold layers,
   /// in pipeline order.
   topology placed;
-  std::vector<planning::stage> stages;  ///< device = index in the profile (the topology's file order)
+  /// device = index in the profile (the topology's file order) of the
+  /// stage's node, of its leader for a group.
+  std::vector<planning::stage> stages;
+  /// Per stage, its nodes (profile indices, the leader first); one for a
+  /// stage of its own.
+  std::vector<std::vector<std::size_t>> groups;
   placement_prediction predicted;
+  /// The other layouts weighed, fastest first (`latency` only).
+  std::vector<placement_alternative> alternatives;
+  /// Why some layouts were not weighed; empty when all were.
+  std::string note;
 };
 
 /// The profile `t` plans from: its `profile:` file if set, else measured on
@@ -54,7 +81,9 @@ placement_plan plan_even(const topology& t, const planning::profile& p);
 /// The simulator's prediction of `stages` for the profile's workload.
 placement_prediction predict(const planning::profile& p, const std::vector<planning::stage>& stages);
 
-/// A few lines: each stage's node and layers, and the prediction.
+/// A few lines: each stage's node and layers (and a group member's slice),
+/// the prediction, and the layouts weighed against it with their predicted
+/// decode ms/token.
 std::string describe(const placement_plan& plan);
 
 /// For commands that run a topology: `t` itself unless its placement is

@@ -20,6 +20,7 @@
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/cluster/run_registry.hpp"
 #include "messages/types.hpp"
+#include "planning/galaxy.hpp"
 
 namespace orrery::deploy {
 
@@ -174,6 +175,24 @@ std::vector<planning::layer_profile> model_layers(const topology& t) {
   return layers;
 }
 
+// The tensor-parallel planner's view of the model (planning/galaxy.hpp).
+planning::transformer_shape model_shape(const topology& t) {
+  const auto& c = t.model_config;
+  return {c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.vocab_size,
+          c.max_position_embeddings, static_cast<int>(layer_value_bytes(t))};
+}
+
+// Nodes time whole layers, not a head's or a column's slice of one, so a
+// device's tp costs are its middle block's prefill cost at the workload's
+// prompt length shared out by the bytes each piece reads (what a
+// memory-bound CPU block pays for). Timing slices on the nodes would see the
+// fixed cost of each smaller matmul too, which this derivation does not.
+planning::tp_costs derived_tp_costs(const planning::device_profile& d, const planning::transformer_shape& shape,
+                                    int prompt_tokens) {
+  const auto& block = d.layers.at(d.layers.size() > 2 ? 1 : 0);
+  return planning::tp_costs_from_block(shape, block.prefill.at(prompt_tokens));
+}
+
 }  // namespace
 
 fs::path default_profile_cache() {
@@ -227,9 +246,13 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   planning::profile p;
   p.model = t.model.filename().string();
   p.layers = model_layers(t);
-  for (std::size_t i = 0; i < count; ++i) p.devices.push_back(device_from(*measured[i], t, t.nodes[i]));
+  p.shape = model_shape(t);
   p.source = 0;
   p.work = options.work;
+  for (std::size_t i = 0; i < count; ++i) {
+    p.devices.push_back(device_from(*measured[i], t, t.nodes[i]));
+    p.devices.back().tp = derived_tp_costs(p.devices.back(), *p.shape, p.work.prompt_tokens);
+  }
   p.work.return_bytes = 8;  // the last stage samples and returns one token id
 
   // Both directions of every pair; the planners' links are symmetric, so a

@@ -15,6 +15,11 @@
 // in the last layer, as the runtime's shards hold them. The first node listed
 // is the source (it holds layer 0), and the last stage samples, so a
 // generated token returns to the client as one id (planning::workload::return_bytes).
+//
+// The profile also has the model's shape and each device's tensor-parallel
+// costs (per head, per MLP column, per connective token), derived from its
+// measured middle block by the bytes each piece reads
+// (planning::tp_costs_from_block), so `placement: auto` can weigh groups.
 
 #include <filesystem>
 #include <functional>

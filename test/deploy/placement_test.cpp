@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "deploy/profiling/auto_placement.hpp"
 #include "deploy/profiling/profiler.hpp"
 #include "deploy/testbed/testbed.hpp"
+#include "planning/galaxy.hpp"
 #include "planning/profile.hpp"
 #include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"
@@ -209,6 +211,110 @@ TEST_CASE("automatic placement gives a slow device fewer layers than even, and f
   t.num_layers = 4;
   t.nodes.resize(3);
   CHECK(layers_of(deploy::plan_automatic(t, tight), "n1") == 0);
+}
+
+namespace {
+
+// `synthetic` over the tiny model's 4 layers for one request, with the
+// model's shape and tp costs derived from each device's block cost, so
+// `latency` weighs tensor-parallel groups; every link is `link`.
+planning::profile synthetic_tp(const deploy::topology& t, const std::vector<double>& speeds, planning::link_spec link) {
+  auto p = synthetic(speeds, std::vector<double>(speeds.size(), 1e9), 4);
+  const auto& c = t.model_config;
+  p.shape = planning::transformer_shape{c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+                                        c.vocab_size, c.max_position_embeddings, 4};
+  for (std::size_t d = 0; d < speeds.size(); ++d) p.devices[d].tp = planning::tp_costs_from_block(*p.shape, 1e-3 / speeds[d]);
+  p.links = planning::link_matrix(link);
+  p.work.batch = 1;
+  p.validate();
+  return p;
+}
+
+// Every query head and every MLP column of the tiny model's layers on
+// exactly one member of `group`, in order; a KV head may be on two.
+void check_covers_layers(const deploy::placement_plan& plan, const std::string& group) {
+  int head = 0, column = 0;
+  for (const auto& n : plan.placed.nodes) {
+    if (n.group != group) continue;
+    CHECK(n.first_layer == 0);
+    CHECK(n.last_layer == 4);
+    CHECK(n.slice.head_begin == head);
+    CHECK(n.slice.column_begin == column);
+    CHECK(n.slice.kv_head_begin == n.slice.head_begin / 2);  // 4 query heads read 2 KV heads
+    CHECK(n.slice.kv_head_end == (n.slice.head_end + 1) / 2);
+    head = n.slice.head_end;
+    column = n.slice.column_end;
+  }
+  CHECK(head == 4);
+  CHECK(column == 352);
+}
+
+}  // namespace
+
+TEST_CASE("automatic placement for latency runs the model on one tensor-parallel group where the links are fast") {
+  model_fixture f;
+  auto t = deploy::load_topology(auto_topology(f, "autogroup", "latency", 2));
+  auto p = synthetic_tp(t, {1.0, 1.0}, {1e12, 1e-6});
+  auto plan = deploy::plan_automatic(t, p);
+  INFO(deploy::describe(plan));
+  CHECK(plan.layout == "tensor-parallel: n0+n1 [0, 4)");
+  REQUIRE(plan.placed.nodes.size() == 2);
+  CHECK(plan.placed.nodes[0].name == "n0");  // the source leads the group
+  CHECK(plan.placed.nodes[0].slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
+  CHECK(plan.placed.nodes[1].slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352)");
+  check_covers_layers(plan, "auto-0");
+  CHECK(plan.groups == std::vector<std::vector<std::size_t>>{{0, 1}});
+  // Each member half of a 1 ms block, plus the decode token's two connective
+  // blocks (1/64 of a block's bytes each on tiny) and 4 ring steps of 1 us:
+  // 4 x 0.53 ms; one device alone takes 4 x 1 ms.
+  const auto& tp = *p.devices[0].tp;
+  double block_ms = (0.5 * (4 * tp.per_head + 352 * tp.per_column) + 2 * tp.per_token) * 1e3 + 4e-3;
+  CHECK(plan.predicted.decode_ms_per_token == doctest::Approx(4 * block_ms).epsilon(0.01));
+  REQUIRE(!plan.alternatives.empty());
+  auto pipeline = std::find_if(plan.alternatives.begin(), plan.alternatives.end(),
+                               [](const deploy::placement_alternative& a) { return a.layout == "pipeline: n0 [0, 4)"; });
+  REQUIRE(pipeline != plan.alternatives.end());
+  CHECK(pipeline->decode_ms_per_token == doctest::Approx(4.0).epsilon(0.01));
+  CHECK(contains(deploy::describe(plan), "chosen tensor-parallel: n0+n1 [0, 4) ("));
+  CHECK(contains(deploy::describe(plan), "(group auto-0: heads [2, 4) (kv [1, 2)), columns [176, 352))"));
+  CHECK(plan.placed.nodes[1].weight_bytes < static_cast<std::uint64_t>(t.model_config.parameter_count(0, 4)) * 4);
+
+  // A member three times as fast holds three times the work; the slow
+  // leader's head keeps its KV head, which the fast member reads too.
+  auto uneven = deploy::plan_automatic(t, synthetic_tp(t, {1.0, 3.0}, {1e12, 1e-6}));
+  CHECK(uneven.layout == "tensor-parallel: n0+n1 [0, 4)");
+  REQUIRE(uneven.placed.nodes.size() == 2);
+  CHECK(uneven.placed.nodes[0].slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88)");
+  CHECK(uneven.placed.nodes[1].slice.describe() == "heads [1, 4) (kv [0, 2)), columns [88, 352)");
+  check_covers_layers(uneven, "auto-0");
+}
+
+TEST_CASE("automatic placement for latency keeps a pipeline over a 1 Mbit/s link, and without tp costs says why") {
+  model_fixture f;
+  auto t = deploy::load_topology(auto_topology(f, "autoslow", "latency", 2));
+  // 1 Mbit/s, 0.2 ms: each of a group's 16 ring steps per token (4 per
+  // block) sends one token's 512 B, 4.3 ms.
+  auto p = synthetic_tp(t, {1.0, 1.0}, {125e3, 0.2e-3});
+  auto plan = deploy::plan_automatic(t, p);
+  INFO(deploy::describe(plan));
+  CHECK(plan.layout == "pipeline: n0 [0, 4)");
+  CHECK(plan.predicted.decode_ms_per_token == doctest::Approx(4.0).epsilon(0.01));
+  CHECK(plan.placed.nodes.size() == 1);
+  CHECK(plan.placed.nodes[0].group.empty());
+  auto group = std::find_if(plan.alternatives.begin(), plan.alternatives.end(),
+                            [](const deploy::placement_alternative& a) { return a.layout == "tensor-parallel: n0+n1 [0, 4)"; });
+  REQUIRE(group != plan.alternatives.end());
+  CHECK(group->decode_ms_per_token > 16 * 4.2);
+  CHECK(plan.note.empty());
+
+  // A profile file of an older `orrery profile` has no tp costs: the
+  // pipeline, and a line saying why no group was weighed.
+  for (auto& d : p.devices) d.tp.reset();
+  auto without = deploy::plan_automatic(t, p);
+  CHECK(without.layout == "pipeline: n0 [0, 4)");
+  CHECK(without.alternatives.empty());
+  CHECK(without.note == "no tensor-parallel groups weighed: the profile has no tp costs (devices[].tp); `orrery profile` measures both");
+  CHECK(contains(deploy::describe(without), without.note));
 }
 
 TEST_CASE("a profile file that does not describe the topology is refused by name") {
