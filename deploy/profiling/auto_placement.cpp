@@ -1,6 +1,7 @@
 #include "deploy/profiling/auto_placement.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <ostream>
 #include <sstream>
@@ -107,13 +108,34 @@ placement_plan make_plan(std::string name, const topology& t, const planning::pr
 
 // The nodes (in file order, the source first) cut into consecutive groups:
 // bit i of `cuts` set cuts between node i and node i + 1.
-std::vector<std::vector<std::size_t>> cut_into_groups(std::size_t nodes, unsigned cuts) {
+std::vector<std::vector<std::size_t>> cut_into_groups(std::size_t nodes, std::uint64_t cuts) {
   std::vector<std::vector<std::size_t>> groups{{0}};
   for (std::size_t i = 1; i < nodes; ++i) {
-    if (cuts & (1u << (i - 1))) groups.emplace_back();
+    if (cuts & (std::uint64_t{1} << (i - 1))) groups.emplace_back();
     groups.back().push_back(i);
   }
   return groups;
+}
+
+// Every cut of up to this many nodes into consecutive groups is planned
+// (2^(n-1) DPs); beyond it, the pipeline and one group of all nodes.
+constexpr std::size_t max_nodes_cut_every_way = 8;
+
+// The layouts to weigh: the pipeline of single nodes first (it wins ties),
+// then, where `groups` is set, cuts of the nodes with at least one group.
+std::vector<std::vector<std::vector<std::size_t>>> candidate_groups(std::size_t nodes, bool groups) {
+  std::vector<std::vector<std::vector<std::size_t>>> out;
+  std::vector<std::vector<std::size_t>> pipeline;
+  for (std::size_t i = 0; i < nodes; ++i) pipeline.push_back({i});
+  out.push_back(pipeline);
+  if (!groups || nodes < 2) return out;
+  if (nodes > max_nodes_cut_every_way) {
+    out.push_back(cut_into_groups(nodes, 0));
+    return out;
+  }
+  const std::uint64_t every_cut = (std::uint64_t{1} << (nodes - 1)) - 1;
+  for (std::uint64_t c = 0; c < every_cut; ++c) out.push_back(cut_into_groups(nodes, c));
+  return out;
 }
 
 // The latency DP over `groups` seen as devices, then the stages it uses as
@@ -142,31 +164,20 @@ placement_plan plan_groups(const topology& t, const planning::profile& p,
   return plan;
 }
 
-// Every cut of up to this many nodes into consecutive groups is planned
-// (2^(n-1) DPs); beyond it, the pipeline and one group of all nodes.
-constexpr std::size_t max_nodes_cut_every_way = 8;
-
 placement_plan plan_latency(const topology& t, const planning::profile& p) {
-  const std::size_t n = p.devices.size();
-  const unsigned pipeline_cuts = (1u << (n - 1)) - 1;
-  std::vector<unsigned> cuts{pipeline_cuts};
   std::string note;
   if (!planning::has_tp_costs(p))
     note = "no tensor-parallel groups weighed: the profile has no " +
            std::string(p.shape ? "tp costs (devices[].tp)" : "model shape (model.shape)") +
            "; `orrery profile` measures both";
-  else if (n > 1 && p.source != 0)
+  else if (p.source != 0)
     note = "no tensor-parallel groups weighed: the source is not the first node";
-  else if (n > max_nodes_cut_every_way)
-    cuts.push_back(0);
-  else
-    for (unsigned c = 0; c < pipeline_cuts; ++c) cuts.push_back(c);
   std::vector<placement_plan> plans;
   std::vector<placement_alternative> failed;
-  for (unsigned c : cuts) {
-    auto groups = cut_into_groups(n, c);
+  for (const auto& groups : candidate_groups(p.devices.size(), note.empty())) {
+    const bool pipeline = groups.size() == p.devices.size();
     try {
-      if (c == pipeline_cuts) {
+      if (pipeline) {
         planning::cost_model costs(p);
         plans.push_back(make_plan("", t, p, planning::edgeshard_latency_one_stage_per_device(costs).stages));
       } else {
@@ -179,7 +190,7 @@ placement_plan plan_latency(const topology& t, const planning::profile& p) {
         for (std::size_t d : g) names += (names.empty() ? "" : "+") + p.devices[d].name;
         layout += (layout.empty() ? "" : " -> ") + names;
       }
-      failed.push_back({(c == pipeline_cuts ? "pipeline over " : "tensor-parallel over ") + layout, 0, e.what()});
+      failed.push_back({(pipeline ? "pipeline over " : "tensor-parallel over ") + layout, 0, e.what()});
     }
   }
   if (plans.empty()) {
