@@ -68,6 +68,8 @@ struct driver_config {
   /// the same path on their machines).
   std::filesystem::path model;
   std::vector<placement_stage> stages;  ///< in pipeline order
+  /// How every tensor-parallel group adds up its partial sums.
+  group_collectives collectives{};
   std::chrono::milliseconds request_timeout{30000};
   /// The address the last stage reaches this process's data plane at.
   std::string advertise_host = "127.0.0.1";

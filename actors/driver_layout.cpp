@@ -205,8 +205,12 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
   std::vector<stage_assignment> assignments(n);
   for (const auto& members : positions_of(self, target)) {
     std::vector<std::string> names;
+    std::vector<std::int32_t> shares;
     if (members.size() > 1)
-      for (std::size_t i : members) names.push_back(s.nodes[target[i].device].spec.node_name);
+      for (std::size_t i : members) {
+        names.push_back(s.nodes[target[i].device].spec.node_name);
+        shares.push_back(s.nodes[target[i].device].spec.slice.columns());
+      }
     for (std::size_t m = 0; m < members.size(); ++m) {
       const std::size_t i = members[m];
       const auto& node = s.nodes[target[i].device].spec;
@@ -222,6 +226,8 @@ void switch_layout(driver_ptr self, std::vector<planning::stage> target, layout_
       a.group = names;
       a.rank = static_cast<std::int32_t>(m);
       a.slice = node.slice;
+      a.shares = shares;
+      a.collectives = s.config.collectives;
       a.collective_deadline_ms = s.config.request_timeout.count();
     }
   }

@@ -2,10 +2,30 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <numeric>
 #include <stdexcept>
 #include <variant>
 
 namespace orrery::actors {
+
+std::vector<std::int64_t> proportional_rows(const std::vector<std::int32_t>& shares, std::int64_t rows) {
+  if (shares.empty()) return {rows};
+  std::int64_t total = 0;
+  for (auto share : shares) total += share;
+  if (total <= 0) throw std::invalid_argument("proportional_rows: the shares add up to " + std::to_string(total));
+  std::vector<std::int64_t> out;
+  std::vector<std::pair<std::int64_t, std::size_t>> remainders;  // (remainder, member)
+  std::int64_t given = 0;
+  for (std::size_t m = 0; m < shares.size(); ++m) {
+    out.push_back(rows * shares[m] / total);
+    given += out.back();
+    remainders.emplace_back(rows * shares[m] % total, m);
+  }
+  std::stable_sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (std::size_t i = 0; given < rows; ++i, ++given) ++out[remainders[i].second];
+  return out;
+}
 
 group_ring::group_ring(options o) : options_(std::move(o)) {
   if (options_.members.empty() || options_.rank < 0 || options_.rank >= size())
@@ -32,14 +52,14 @@ void group_ring::deliver(tensor_frame frame) {
       ++dropped_;
       return;
     }
-    pieces_[{route.request, route.step, route.sequence, route.ring_step}] = std::move(frame.tensors.front());
+    pieces_[{route.request, route.step, route.sequence, route.tile, route.ring_step}] = std::move(frame.tensors.front());
   }
   arrived_.notify_all();
 }
 
 void group_ring::forget(std::uint64_t request) {
   std::lock_guard lock(mutex_);
-  for (auto it = pieces_.lower_bound({request, 0, 0, 0}); it != pieces_.end() && std::get<0>(it->first) == request;) {
+  for (auto it = pieces_.lower_bound({request, 0, 0, 0, 0}); it != pieces_.end() && std::get<0>(it->first) == request;) {
     it = pieces_.erase(it);
     ++dropped_;
   }
@@ -60,7 +80,7 @@ std::uint64_t group_ring::pieces_dropped() const {
   return dropped_;
 }
 
-void group_ring::send(const at::Tensor& chunk, const collective_key& key, std::uint16_t ring_step) {
+void group_ring::send(const at::Tensor& chunk, const collective_key& key, piece p) {
   std::shared_ptr<messages::link> next;
   messages::frame_descriptor d;
   {
@@ -77,9 +97,10 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, std::u
   messages::collective_route route;
   route.group = options_.group;
   route.rank = static_cast<std::uint16_t>(rank());
-  route.op = messages::collective_op::all_reduce;
+  route.op = p.op;
+  route.tile = p.tile;
   route.sequence = key.sequence;
-  route.ring_step = ring_step;
+  route.ring_step = p.ring_step;
   route.request = key.request;
   route.step = key.step;
   d.route = route;
@@ -95,9 +116,9 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, std::u
                });
 }
 
-at::Tensor group_ring::receive(const collective_key& key, std::uint16_t ring_step) {
+at::Tensor group_ring::receive(const collective_key& key, piece p) {
   std::unique_lock lock(mutex_);
-  const piece_key wanted{key.request, key.step, key.sequence, ring_step};
+  const piece_key wanted{key.request, key.step, key.sequence, p.tile, p.ring_step};
   auto superseded = [&] { return options_.announced && options_.announced->load() > deployment_; };
   // The announced deployment is a node's, set without waking this wait: it
   // is looked at every poll_interval.
@@ -114,45 +135,136 @@ at::Tensor group_ring::receive(const collective_key& key, std::uint16_t ring_ste
   const auto& from = options_.members[static_cast<std::size_t>((rank() + size() - 1) % size())];
   if (!came)
     throw ring_interrupted("group member '" + from + "' sent no piece of collective " + std::to_string(key.sequence) +
-                             " (ring step " + std::to_string(ring_step) + ") of request " + std::to_string(key.request) +
-                             " step " + std::to_string(key.step) + " within " +
-                             std::to_string(options_.deadline.count()) + " ms");
+                           " (ring step " + std::to_string(p.ring_step) +
+                           (p.tile > 0 ? ", tile " + std::to_string(p.tile) : std::string()) + ") of request " +
+                           std::to_string(key.request) + " step " + std::to_string(key.step) + " within " +
+                           std::to_string(options_.deadline.count()) + " ms");
   auto node = pieces_.extract(wanted);
   return std::move(node.mapped());
 }
 
+std::vector<at::Tensor> group_ring::tiled(const compute::partial_sum& partial,
+                                          const std::function<void(std::uint32_t, at::Tensor&)>& first_step) const {
+  const std::int64_t width = partial.width();
+  const std::int64_t count = std::max<std::int64_t>(1, std::min<std::int64_t>(options_.tiles, width));
+  std::vector<at::Tensor> tiles;
+  for (std::int64_t t = 0; t < count; ++t) {
+    tiles.push_back(partial.columns(width * t / count, width * (t + 1) / count).contiguous());
+    first_step(static_cast<std::uint32_t>(t), tiles.back());
+  }
+  return tiles;
+}
+
+namespace {
+
+at::Tensor side_by_side(const std::vector<at::Tensor>& tiles) {
+  return tiles.size() == 1 ? tiles.front() : at::cat(tiles, 1);
+}
+
+// Chunk c of a ring over n members, for any integer c.
+int wrap(int c, int n) { return ((c % n) + n) % n; }
+
+}  // namespace
+
 at::Tensor group_ring::all_reduce(const at::Tensor& partial, const collective_key& key) {
-  const int n = size();
-  if (n == 1) return partial;
+  auto whole = partial.reshape({partial.size(0), -1});
+  return all_reduce(compute::partial_sum(whole.size(0), whole.size(1),
+                                         [whole](std::int64_t b, std::int64_t e) { return whole.narrow(1, b, e - b); }),
+                    key)
+      .view(partial.sizes());
+}
+
+at::Tensor group_ring::all_reduce(const compute::partial_sum& partial, const collective_key& key) {
+  const int n = size(), r = rank();
+  constexpr auto op = messages::collective_op::all_reduce;
+  if (n == 1) return partial.whole();
   if (n == 2) {
     // Two members swap whole partials: one step where the ring takes two,
     // for the same bytes, and p0 + p1 has the same bits as p1 + p0.
-    auto mine = partial.contiguous();
-    send(mine, key, 0);
-    return mine + receive(key, 0).to(mine.device()).view_as(mine);
+    auto tiles = tiled(partial, [&](std::uint32_t t, at::Tensor& tile) { send(tile, key, {op, t, 0}); });
+    for (std::uint32_t t = 0; t < tiles.size(); ++t)
+      tiles[t] = tiles[t] + receive(key, {op, t, 0}).to(tiles[t].device()).view_as(tiles[t]);
+    return side_by_side(tiles);
   }
-  // Chunk c is the elements [bound(c), bound(c + 1)) of the flattened tensor.
-  auto sum = partial.contiguous().reshape({-1}).clone();
-  const std::int64_t elements = sum.numel();
-  auto bound = [&](int c) { return elements * c / n; };
-  auto chunk = [&](int c) {
-    c = ((c % n) + n) % n;
-    return sum.narrow(0, bound(c), bound(c + 1) - bound(c));
+  // Chunk c of a tile is the elements [bound(c), bound(c + 1)) of the
+  // flattened tile. Reduce-scatter: after n - 1 steps chunk r + 1 holds
+  // every member's part; all-gather: the summed chunks travel once around.
+  auto chunk = [n](at::Tensor& flat, int c) {
+    const std::int64_t elements = flat.numel();
+    c = wrap(c, n);
+    return flat.narrow(0, elements * c / n, elements * (c + 1) / n - elements * c / n);
   };
-  const int r = rank();
-  // Reduce-scatter: after n - 1 steps chunk r + 1 holds every member's part.
-  for (int s = 0; s < n - 1; ++s) {
-    send(chunk(r - s).clone(), key, static_cast<std::uint16_t>(s));
-    auto into = chunk(r - s - 1);
-    into.add_(receive(key, static_cast<std::uint16_t>(s)).to(into.device()).view_as(into));
+  std::vector<at::Tensor> flats;
+  auto tiles = tiled(partial, [&](std::uint32_t t, at::Tensor& tile) {
+    flats.push_back(tile.reshape({-1}).clone());
+    // Copies: the all-gather writes into chunks sent earlier, and a send
+    // reads its chunk whenever the io thread gets to it.
+    send(chunk(flats.back(), r).clone(), key, {op, t, 0});
+  });
+  for (std::uint32_t t = 0; t < tiles.size(); ++t) {
+    auto& flat = flats[t];
+    for (int s = 0; s < n - 1; ++s) {
+      if (s > 0) send(chunk(flat, r - s).clone(), key, {op, t, static_cast<std::uint16_t>(s)});
+      auto into = chunk(flat, r - s - 1);
+      into.add_(receive(key, {op, t, static_cast<std::uint16_t>(s)}).to(into.device()).view_as(into));
+    }
+    for (int s = 0; s < n - 1; ++s) {
+      const auto step = static_cast<std::uint16_t>(n - 1 + s);
+      send(chunk(flat, r + 1 - s).clone(), key, {op, t, step});
+      auto into = chunk(flat, r - s);
+      into.copy_(receive(key, {op, t, step}).to(into.device()).view_as(into));
+    }
+    tiles[t] = flat.view(tiles[t].sizes());
   }
-  // All-gather: the summed chunks travel once around the ring.
-  for (int s = 0; s < n - 1; ++s) {
-    send(chunk(r + 1 - s).clone(), key, static_cast<std::uint16_t>(n - 1 + s));
-    auto into = chunk(r - s);
-    into.copy_(receive(key, static_cast<std::uint16_t>(n - 1 + s)).to(into.device()).view_as(into));
+  return side_by_side(tiles);
+}
+
+at::Tensor group_ring::reduce_scatter(const compute::partial_sum& partial, const std::vector<std::int64_t>& rows,
+                                      const collective_key& key) {
+  const int n = size(), r = rank();
+  constexpr auto op = messages::collective_op::reduce_scatter;
+  if (static_cast<int>(rows.size()) != n || std::accumulate(rows.begin(), rows.end(), std::int64_t{0}) != partial.rows())
+    throw std::invalid_argument("reduce_scatter: " + std::to_string(rows.size()) + " row counts for " +
+                                std::to_string(n) + " members do not split " + std::to_string(partial.rows()) + " rows");
+  std::vector<std::int64_t> offsets(static_cast<std::size_t>(n) + 1, 0);
+  std::partial_sum(rows.begin(), rows.end(), offsets.begin() + 1);
+  // Member m's rows of a tile.
+  auto chunk = [&](at::Tensor& tile, int m) {
+    m = wrap(m, n);
+    return tile.narrow(0, offsets[static_cast<std::size_t>(m)], rows[static_cast<std::size_t>(m)]);
+  };
+  if (n == 1) return partial.whole();
+  // Chunk c starts at member c + 1 and is added up around the ring, ending
+  // at member c: member r sends chunk r - 1 - s at step s and adds what
+  // comes into chunk r - 2 - s, which after n - 1 steps is its own. A chunk
+  // is only ever added into before it is sent, so it travels uncopied.
+  auto tiles = tiled(partial, [&](std::uint32_t t, at::Tensor& tile) { send(chunk(tile, r - 1), key, {op, t, 0}); });
+  for (std::uint32_t t = 0; t < tiles.size(); ++t) {
+    auto& tile = tiles[t];
+    for (int s = 0; s < n - 1; ++s) {
+      if (s > 0) send(chunk(tile, r - 1 - s), key, {op, t, static_cast<std::uint16_t>(s)});
+      auto into = chunk(tile, r - 2 - s);
+      into.add_(receive(key, {op, t, static_cast<std::uint16_t>(s)}).to(into.device()).view_as(into));
+    }
+    tile = chunk(tile, r);
   }
-  return sum.view(partial.sizes());
+  return side_by_side(tiles);
+}
+
+at::Tensor group_ring::all_gather(const at::Tensor& mine, const collective_key& key, int dim) {
+  const int n = size(), r = rank();
+  constexpr auto op = messages::collective_op::all_gather;
+  if (n == 1) return mine;
+  // Member m's piece, in rank order; each travels n - 1 hops around the
+  // ring, member r passing on at step s the piece it got at step s - 1.
+  std::vector<at::Tensor> pieces(static_cast<std::size_t>(n));
+  pieces[static_cast<std::size_t>(r)] = mine.contiguous();
+  for (int s = 0; s < n - 1; ++s) {
+    send(pieces[static_cast<std::size_t>(wrap(r - s, n))], key, {op, 0, static_cast<std::uint16_t>(s)});
+    pieces[static_cast<std::size_t>(wrap(r - 1 - s, n))] =
+        receive(key, {op, 0, static_cast<std::uint16_t>(s)}).to(mine.device());
+  }
+  return at::cat(pieces, dim);
 }
 
 }  // namespace orrery::actors

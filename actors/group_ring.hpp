@@ -1,15 +1,24 @@
 #pragma once
 // The collectives of a tensor-parallel group (Galaxy) over the data plane:
-// the members form a ring (rank r sends to r + 1 and hears from r - 1), and
-// an all-reduce is a reduce-scatter then an all-gather, n - 1 ring steps
-// each, every step moving one n-th of the tensor (the bandwidth-optimal
-// 2 (n - 1) / n of it per member). Two members swap their partials instead:
-// the same bytes in one step, not two.
+// the members form a ring (rank r sends to r + 1 and hears from r - 1).
+// - all-reduce: a reduce-scatter then an all-gather, n - 1 ring steps each,
+//   every step moving one n-th of the tensor (the bandwidth-optimal
+//   2 (n - 1) / n of it per member);
+// - reduce-scatter: each member ends with its rows of the sum (sequence
+//   parallelism's split, by the members' shares), n - 1 steps;
+// - all-gather: every member's rows (or columns) to every member, n - 1 steps.
+// Two members swap instead of circling: the same bytes, one step.
 //
-// Each chunk of the sum is added up at one member, in ring order, and then
+// Each chunk of a sum is added up at one member, in ring order, and then
 // copied around (or, for two, added in either order, which IEEE addition
 // makes the same): every member gets bitwise the same tensor, so their
 // residual streams, and what the leader samples from, never drift apart.
+//
+// Partial sums come as columns on demand (compute/layer_program.hpp): with
+// `tiles` > 1 a reduction computes its partial a tile of columns at a time
+// and sends each tile's first ring step before computing the next, so the
+// data plane's io thread moves one tile while this thread computes the next
+// (Galaxy's overlap). The rest of each tile's ring follows once all are sent.
 //
 // Threads: all_reduce runs on the stage's own thread, inside its forward
 // pass (compute/layer_program.hpp's collective), and blocks until its pieces
@@ -31,6 +40,7 @@
 #include <vector>
 
 #include "actors/tensor_frame.hpp"
+#include "compute/layer_program.hpp"
 #include "messages/data_plane.hpp"
 
 namespace orrery::actors {
@@ -48,9 +58,13 @@ class ring_interrupted : public std::runtime_error {
 struct collective_key {
   std::uint64_t request = 0;
   std::uint32_t step = 0;
-  /// The collective's index in the pass (two per decoder layer).
+  /// The collective's index in the pass (compute::collective_index).
   std::uint32_t sequence = 0;
 };
+
+/// `rows` split in proportion to `shares` (largest remainders first, ties to
+/// the lower rank); no shares: equal ones for one member.
+std::vector<std::int64_t> proportional_rows(const std::vector<std::int32_t>& shares, std::int64_t rows);
 
 /// Held by shared_ptr: a send's completion may run after the stage let go.
 class group_ring : public std::enable_shared_from_this<group_ring> {
@@ -67,6 +81,8 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
     /// The newest deployment announced to the member's node; a wait for a
     /// ring of an older one ends at once. Null: none announced.
     std::shared_ptr<const std::atomic<std::uint64_t>> announced = nullptr;
+    /// Column tiles a reduction computes and sends its partial in.
+    int tiles = 1;
   };
 
   explicit group_ring(options o);
@@ -85,7 +101,18 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   /// dtype), the same bits on every member. Throws ring_interrupted naming
   /// the member it waited for when a piece does not come by the deadline,
   /// the link to the next member failed or a newer deployment was announced.
+  at::Tensor all_reduce(const compute::partial_sum& partial, const collective_key& key);
   at::Tensor all_reduce(const at::Tensor& partial, const collective_key& key);
+
+  /// This member's rows of the sum of every member's `partial`: member m's
+  /// are `rows[m]` rows, after those of the members before it (the counts
+  /// add up to the partial's rows). Throws as all_reduce.
+  at::Tensor reduce_scatter(const compute::partial_sum& partial, const std::vector<std::int64_t>& rows,
+                            const collective_key& key);
+
+  /// Every member's `mine`, concatenated along `dim` in rank order (the
+  /// members' sizes along `dim` may differ). Throws as all_reduce.
+  at::Tensor all_gather(const at::Tensor& mine, const collective_key& key, int dim = 0);
 
   /// Drops what was filed for `request` (it ended, or starts over).
   void forget(std::uint64_t request);
@@ -97,9 +124,20 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   std::uint64_t bytes_sent() const;
 
  private:
-  using piece_key = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::uint16_t>;
-  void send(const at::Tensor& chunk, const collective_key& key, std::uint16_t ring_step);
-  at::Tensor receive(const collective_key& key, std::uint16_t ring_step);
+  /// (request, step, sequence, tile, ring step)
+  using piece_key = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::uint32_t, std::uint16_t>;
+  /// Which piece of which collective a send or receive is.
+  struct piece {
+    messages::collective_op op;
+    std::uint32_t tile;
+    std::uint16_t ring_step;
+  };
+  void send(const at::Tensor& chunk, const collective_key& key, piece p);
+  at::Tensor receive(const collective_key& key, piece p);
+  /// The partial's column tiles, each computed and passed to `first_step`
+  /// (which sends it on) before the next is computed.
+  std::vector<at::Tensor> tiled(const compute::partial_sum& partial,
+                                const std::function<void(std::uint32_t tile, at::Tensor&)>& first_step) const;
 
   options options_;
   std::shared_ptr<messages::link> next_;

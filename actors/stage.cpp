@@ -70,6 +70,7 @@ struct stage_state {
   std::uint64_t stale_frames = 0;
   driver_actor driver;
   std::uint64_t frames = 0;
+  std::uint64_t sequence_parallel_frames = 0;
   double compute_ms = 0;
   std::shared_ptr<transfer_counters> transfers = std::make_shared<transfer_counters>();
   static inline const char* name = "orrery.stage";
@@ -184,7 +185,8 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     s.ring = std::make_shared<group_ring>(group_ring::options{assignment.session, assignment.stage, assignment.rank,
                                                               assignment.group,
                                                               std::chrono::milliseconds(assignment.collective_deadline_ms),
-                                                              s.context.announced_deployment});
+                                                              s.context.announced_deployment,
+                                                              assignment.collectives.tiles});
     s.context.routes->add_sink(router::handler_kind::group, assignment.session, assignment.stage,
                                [ring = std::weak_ptr<group_ring>(s.ring)](tensor_frame frame) {
                                  if (auto r = ring.lock()) r->deliver(std::move(frame));
@@ -234,14 +236,32 @@ at::Tensor forward(stage_state& s, const messages::forward_route& route, const t
   at::Tensor x = s.shards.front()->shard().has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
   compute::layer_context context;
   if (s.ring) {
-    // The attention's and the MLP's partial sums are added up over the
-    // group; the connective block (residual add, norm) runs whole on every
-    // member. Each collective of the pass has its own number.
-    context.collective = [&s, &route](int layer, compute::layer_part part, const at::Tensor& partial) {
-      if (part == compute::layer_part::connective) return partial;
-      const auto sequence = static_cast<std::uint32_t>(2 * layer + (part == compute::layer_part::mlp ? 1 : 0));
-      return s.ring->all_reduce(partial, {route.request, route.step, sequence});
+    // Each collective of the pass has its own number.
+    auto key = [&route](int layer, compute::collective_point point) {
+      return collective_key{route.request, route.step, compute::collective_index(layer, point)};
     };
+    const auto rows = proportional_rows(s.assignment.shares, count);
+    const bool split = s.assignment.collectives.sequence_parallel &&
+                       std::all_of(rows.begin(), rows.end(), [](std::int64_t r) { return r > 0; });
+    if (split) {
+      compute::sequence_split sequence;
+      for (int m = 0; m < s.ring->rank(); ++m) sequence.row_begin += rows[static_cast<std::size_t>(m)];
+      sequence.row_end = sequence.row_begin + rows[static_cast<std::size_t>(s.ring->rank())];
+      sequence.reduce_scatter = [&s, key, rows](int layer, compute::collective_point point, const compute::partial_sum& partial) {
+        return s.ring->reduce_scatter(partial, rows, key(layer, point));
+      };
+      sequence.all_gather = [&s, key](int layer, compute::collective_point point, const at::Tensor& mine) {
+        return s.ring->all_gather(mine, key(layer, point));
+      };
+      context.sequence = std::move(sequence);
+      ++s.sequence_parallel_frames;
+    } else {
+      // The attention's and the MLP's partial sums are added up over the
+      // group; the connective blocks run whole on every member.
+      context.collective = [&s, key](int layer, compute::collective_point point, const compute::partial_sum& partial) {
+        return s.ring->all_reduce(partial, key(layer, point));
+      };
+    }
   }
   for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context);
   if (holds_head(s)) {
@@ -383,7 +403,8 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
                            s.compute_ms,
                            static_cast<double>(s.transfers->nanoseconds.load()) / 1e6,
                            s.transfers->bytes.load(),
-                           s.ring ? s.ring->bytes_sent() : 0};
+                           s.ring ? s.ring->bytes_sent() : 0,
+                           s.sequence_parallel_frames};
       },
   };
 }

@@ -95,11 +95,10 @@ std::string layer_name(int layer, const char* suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
-// A part's output as the layer continues with it: through the context's
-// collective when it has one.
-at::Tensor after_part(const layer_context& context, int layer, layer_part part, at::Tensor partial) {
-  if (!context.collective) return partial;
-  return context.collective(layer, part, partial);
+// A part's partial sum as the layer continues with it: added up by the
+// context's collective when it has one.
+at::Tensor summed(const layer_context& context, int layer, collective_point point, const partial_sum& partial) {
+  return context.collective ? context.collective(layer, point, partial) : partial.whole();
 }
 
 void tap(const layer_context& context, int layer, layer_point point, const at::Tensor& hidden) {
@@ -252,7 +251,14 @@ at::Tensor shard::run(const at::Tensor& input, const std::vector<sequence_step>&
   at::Tensor x = has_embedding()
                      ? at::embedding(embedding_, input.to(options_.device, /*non_blocking=*/true))
                      : input.to(at::TensorOptions().device(options_.device).dtype(options_.dtype), /*non_blocking=*/true);
-  for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch, positions, context);
+  if (context.sequence) {
+    // Taps and autograd would see only this member's rows of the residual.
+    if (!context.taps.empty() || context.grad)
+      throw model_error("sequence parallelism splits the residual stream: it runs without taps and grad mode");
+    x = sequence_parallel_layers(x, batch, positions, *context.sequence);
+  } else {
+    for (int i = 0; i < last_ - first_; ++i) x = decoder_layer(i, x, batch, positions, context);
+  }
   return has_head() ? logits(x, batch, rows) : x;
 }
 
@@ -260,18 +266,41 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
                                 const std::vector<llama_ops::token_positions>& positions,
                                 const layer_context& context) const {
   const int layer = first_ + index;
+  const auto& w = layers_[static_cast<std::size_t>(index)];
   tap(context, layer, layer_point::input, x);
-  auto y = x + after_part(context, layer, layer_part::attention,
-                          attention_part(index, x, batch, positions, context.grad));
-  auto h = after_part(context, layer, layer_part::connective,
-                      llama_ops::rms_norm(y, layers_[static_cast<std::size_t>(index)].post_norm, config_.rms_norm_eps));
-  auto out = y + after_part(context, layer, layer_part::mlp, mlp_part(index, h));
+  auto normed = llama_ops::rms_norm(x, w.input_norm, config_.rms_norm_eps);
+  auto y = x + summed(context, layer, collective_point::attention,
+                      attention_part(index, normed, batch, positions, context.grad));
+  auto h = llama_ops::rms_norm(y, w.post_norm, config_.rms_norm_eps);
+  auto out = y + summed(context, layer, collective_point::mlp, mlp_part(index, h));
   tap(context, layer, layer_point::output, out);
   return out;
 }
 
-at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
-                                 const std::vector<llama_ops::token_positions>& positions, bool grad) const {
+at::Tensor shard::sequence_parallel_layers(const at::Tensor& x, const std::vector<sequence_step>& batch,
+                                           const std::vector<llama_ops::token_positions>& positions,
+                                           const sequence_split& split) const {
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  // Every member holds all rows of the stage's input: the first norm needs
+  // no gather. From there on the residual stream is this member's rows.
+  auto rows = x.narrow(0, split.row_begin, split.row_end - split.row_begin);
+  auto normed = llama_ops::rms_norm(x, layers_.front().input_norm, eps);
+  for (int i = 0; i < last_ - first_; ++i) {
+    const int layer = first_ + i;
+    const auto& w = layers_[static_cast<std::size_t>(i)];
+    rows = rows + split.reduce_scatter(layer, collective_point::attention,
+                                       attention_part(i, normed, batch, positions, /*grad=*/false));
+    auto h = split.all_gather(layer, collective_point::post_norm, llama_ops::rms_norm(rows, w.post_norm, eps));
+    rows = rows + split.reduce_scatter(layer, collective_point::mlp, mlp_part(i, h));
+    const bool last = i + 1 == last_ - first_;
+    normed = split.all_gather(layer, collective_point::layer_end,
+                              last ? rows : llama_ops::rms_norm(rows, layers_[static_cast<std::size_t>(i + 1)].input_norm, eps));
+  }
+  return normed;  // after the last layer: the residual stream's every row
+}
+
+partial_sum shard::attention_part(int index, const at::Tensor& normed, const std::vector<sequence_step>& batch,
+                                  const std::vector<llama_ops::token_positions>& positions, bool grad) const {
   const auto& w = layers_[static_cast<std::size_t>(index)];
   const std::int64_t heads = slice_.heads(), kv_heads = slice_.kv_heads(), d = config_.head_dim;
   // Query head h reads KV head h / (heads / kv_heads) unless the slice cut a
@@ -290,8 +319,7 @@ at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vect
     }
     return at::cat(runs, 1);
   };
-  auto h = llama_ops::rms_norm(x, w.input_norm, config_.rms_norm_eps);
-  auto qkv = llama_ops::linear(h, w.qkv, options_.pool.get());  // [tokens, (heads + 2 kv_heads) * d]
+  auto qkv = llama_ops::linear(normed, w.qkv, options_.pool.get());  // [tokens, (heads + 2 kv_heads) * d]
   std::vector<at::Tensor> attended;
   std::int64_t row = 0;
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -319,15 +347,23 @@ at::Tensor shard::attention_part(int index, const at::Tensor& x, const std::vect
     }
     row += n;
   }
-  return llama_ops::linear(attended.size() == 1 ? attended[0] : at::cat(attended), w.o, options_.pool.get());
+  return projected(attended.size() == 1 ? attended[0] : at::cat(attended), w.o);
 }
 
-at::Tensor shard::mlp_part(int index, const at::Tensor& h) const {
+partial_sum shard::mlp_part(int index, const at::Tensor& h) const {
   const auto& w = layers_[static_cast<std::size_t>(index)];
   auto gate_up = llama_ops::linear(h, w.gate_up, options_.pool.get());
   const auto intermediate = gate_up.size(1) / 2;
   auto gated = at::silu(gate_up.narrow(1, 0, intermediate)) * gate_up.narrow(1, intermediate, intermediate);
-  return llama_ops::linear(gated, w.down, options_.pool.get());
+  return projected(gated, w.down);
+}
+
+partial_sum shard::projected(const at::Tensor& input, const at::Tensor& weight) const {
+  // Output columns [begin, end) are the weight's rows [begin, end): a
+  // contiguous block of it.
+  return partial_sum(input.size(0), weight.size(0), [input, weight, pool = options_.pool.get()](std::int64_t begin, std::int64_t end) {
+    return llama_ops::linear(input, weight.narrow(0, begin, end - begin), pool);
+  });
 }
 
 at::Tensor shard::logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const {

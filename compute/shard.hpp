@@ -139,12 +139,19 @@ class shard {
   at::Tensor decoder_layer(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
                            const std::vector<llama_ops::token_positions>& positions,
                            const layer_context& context) const;
-  /// The attention's contribution to the residual stream, [tokens, hidden];
-  /// writes the new tokens' keys and values into their caches.
-  at::Tensor attention_part(int index, const at::Tensor& x, const std::vector<sequence_step>& batch,
-                            const std::vector<llama_ops::token_positions>& positions, bool grad) const;
+  /// Every layer with sequence parallelism (compute/layer_program.hpp).
+  at::Tensor sequence_parallel_layers(const at::Tensor& x, const std::vector<sequence_step>& batch,
+                                      const std::vector<llama_ops::token_positions>& positions,
+                                      const sequence_split& split) const;
+  /// The attention's contribution to the residual stream, [tokens, hidden],
+  /// from the normed input; writes the new tokens' keys and values into
+  /// their caches and leaves only the o-projection to the partial sum.
+  partial_sum attention_part(int index, const at::Tensor& normed, const std::vector<sequence_step>& batch,
+                             const std::vector<llama_ops::token_positions>& positions, bool grad) const;
   /// The MLP's contribution to the residual stream from the normed `h`.
-  at::Tensor mlp_part(int index, const at::Tensor& h) const;
+  partial_sum mlp_part(int index, const at::Tensor& h) const;
+  /// input · weightᵀ as a partial sum, by output columns.
+  partial_sum projected(const at::Tensor& input, const at::Tensor& weight) const;
   at::Tensor logits(const at::Tensor& hidden, const std::vector<sequence_step>& batch, logits_rows rows) const;
   void check_batch(const at::Tensor& input, const std::vector<sequence_step>& batch) const;
 

@@ -58,6 +58,11 @@ struct stage_assignment {
   std::vector<std::string> group{};
   std::int32_t rank = 0;
   tensor_slice slice{};
+  /// Every member's share of a pass's tokens under sequence parallelism and
+  /// of the LM head's rows, in ring order: their MLP column counts, which
+  /// the topology split by speed.
+  std::vector<std::int32_t> shares{};
+  group_collectives collectives{};
   /// How long a member waits for each piece of its ring (the driver's
   /// request timeout). A member that died mid-pass holds the others only
   /// until the recovery assigns the next deployment.
@@ -154,6 +159,8 @@ struct stage_stats {
   std::uint64_t bytes_sent = 0;
   /// A group member's: tensor bytes it sent its ring's next member.
   std::uint64_t collective_bytes_sent = 0;
+  /// A group member's frames whose pass ran in sequence parallelism.
+  std::uint64_t sequence_parallel_frames = 0;
 };
 
 /// A generation request to a driver; the reply is a generation_summary, and
@@ -241,6 +248,11 @@ typename Inspector::result_type inspect(Inspector& f, model_file& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, group_collectives& x) {
+  return f(caf::meta::type_name("group_collectives"), x.sequence_parallel, x.tiles);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, tensor_slice& x) {
   return f(caf::meta::type_name("tensor_slice"), x.head_begin, x.head_end, x.kv_head_begin, x.kv_head_end,
            x.column_begin, x.column_end);
@@ -249,7 +261,7 @@ typename Inspector::result_type inspect(Inspector& f, tensor_slice& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
   return f(caf::meta::type_name("stage_assignment"), x.session, x.deployment, x.stage, x.first_layer, x.last_layer,
-           x.model_dir, x.model_files, x.device, x.threads, x.group, x.rank, x.slice,
+           x.model_dir, x.model_files, x.device, x.threads, x.group, x.rank, x.slice, x.shares, x.collectives,
            x.collective_deadline_ms);
 }
 
@@ -273,7 +285,7 @@ typename Inspector::result_type inspect(Inspector& f, node_info& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
   return f(caf::meta::type_name("stage_stats"), x.stage, x.node, x.first_layer, x.last_layer, x.frames, x.compute_ms,
-           x.transfer_ms, x.bytes_sent, x.collective_bytes_sent);
+           x.transfer_ms, x.bytes_sent, x.collective_bytes_sent, x.sequence_parallel_frames);
 }
 
 template <class Inspector>

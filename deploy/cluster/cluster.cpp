@@ -138,6 +138,7 @@ pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
   for (const auto& line : nodes.unreachable) logger("cluster").warn(line + "; planning around it");
   dc.stages = std::move(nodes.stages);
   dc.request_timeout = t.request_timeout;
+  dc.collectives = t.collectives;
   dc.advertise_host = !advertise_host.empty() ? std::move(advertise_host) : t.testbed ? t.testbed->client : "127.0.0.1";
   dc.connect_timeout = t.connect_timeout;
   dc.heartbeat_interval = t.heartbeat_interval;

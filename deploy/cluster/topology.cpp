@@ -46,6 +46,19 @@ void read_timeouts(const source& src, const entry& e, topology& t) {
   }
 }
 
+// `collectives: {sequence_parallel: on, tiles: 4}`
+group_collectives read_collectives(const source& src, const entry& e) {
+  section s(src, e.value, "'collectives'", e.line, {"sequence_parallel", "tiles"});
+  group_collectives out;
+  if (const entry* sp = s.find("sequence_parallel")) {
+    const auto value = text(src, *sp);
+    if (value != "on" && value != "off") src.fail(sp->line, "sequence_parallel must be 'on' or 'off', got '" + value + "'");
+    out.sequence_parallel = value == "on";
+  }
+  if (const entry* tiles = s.find("tiles")) out.tiles = static_cast<std::int32_t>(integer_in(src, *tiles, 1, 64));
+  return out;
+}
+
 bool read_rebalance(const source& src, const entry& e) {
   auto value = text(src, e);
   if (value == "on_join") return true;
@@ -154,7 +167,8 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   const source src{file_for_messages.string()};
   YAML::Node root = load_yaml(src, yaml_text);
   section top(src, root, "the topology", line_of(root),
-              {"cluster", "model", "nodes", "placement", "objective", "profile", "timeouts", "rebalance", "testbed"});
+              {"cluster", "model", "nodes", "placement", "objective", "profile", "timeouts", "rebalance", "testbed",
+               "collectives"});
   topology t;
   t.file = file_for_messages;
   t.cluster = text(src, top.require("cluster"));
@@ -165,6 +179,7 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   for (const auto& node : nodes) check_resolvable(src, node);
   if (const entry* e = top.find("timeouts")) read_timeouts(src, *e, t);
   if (const entry* e = top.find("rebalance")) t.rebalance_on_join = read_rebalance(src, *e);
+  if (const entry* e = top.find("collectives")) t.collectives = read_collectives(src, *e);
   // The model is opened only once the file itself is known to be well formed.
   t.model = resolve_model(src, model, file_for_messages);
   t.model_config = read_model_config(src, model, t.model);

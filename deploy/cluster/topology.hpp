@@ -129,6 +129,8 @@ struct topology {
   std::chrono::milliseconds heartbeat_deadline{1000};
   /// `rebalance: on_join`: a node that returns after a failure gets layers back.
   bool rebalance_on_join = false;
+  /// `collectives:` how tensor-parallel groups add up their partial sums.
+  group_collectives collectives{};
   int num_layers = 0;
 
   /// The node named `name`; throws topology_error naming the known nodes.

@@ -1,15 +1,20 @@
 // A tensor-parallel group's ring over real data planes (actors/group_ring.hpp):
 // every member ends an all-reduce with the same bits, equal to the sum of
 // the partials, for 2, 3 and 5 members and tensors that do not divide
-// evenly; pieces of another deployment are dropped; a member that does not
-// take part fails the others' step by its deadline, named.
+// evenly, computed whole or in column tiles; reduce-scatters by uneven rows
+// and all-gathers by rows or columns give the pieces; pieces of another
+// deployment are dropped; a member that does not take part fails the others'
+// step by its deadline, named.
 
 #include "actors/group_ring.hpp"
 
 #include <ATen/ATen.h>
+#include <numeric>
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -34,7 +39,8 @@ struct member {
   std::shared_ptr<actors::group_ring> ring;
 };
 
-std::vector<member> ring_of(int n, std::chrono::milliseconds deadline = 5000ms, std::uint64_t deployment = 1) {
+std::vector<member> ring_of(int n, std::chrono::milliseconds deadline = 5000ms, std::uint64_t deployment = 1,
+                            int tiles = 1) {
   std::vector<std::string> names;
   for (int m = 0; m < n; ++m) names.push_back("m" + std::to_string(m));
   std::vector<member> members(static_cast<std::size_t>(n));
@@ -44,7 +50,7 @@ std::vector<member> ring_of(int n, std::chrono::milliseconds deadline = 5000ms, 
     me.plane = std::make_unique<messages::data_plane>(messages::data_plane_options{}, actors::tensor_allocator(),
                                                       actors::router::handler_of(me.routes),
                                                       [](const std::string&, const std::string&) {});
-    me.ring = std::make_shared<actors::group_ring>(actors::group_ring::options{session, group, m, names, deadline});
+    me.ring = std::make_shared<actors::group_ring>(actors::group_ring::options{session, group, m, names, deadline, nullptr, tiles});
     me.routes->add_sink(actors::router::handler_kind::group, session, group,
                         [ring = std::weak_ptr<actors::group_ring>(me.ring)](actors::tensor_frame f) {
                           if (auto r = ring.lock()) r->deliver(std::move(f));
@@ -58,23 +64,35 @@ std::vector<member> ring_of(int n, std::chrono::milliseconds deadline = 5000ms, 
   return members;
 }
 
-// Every member's all-reduce of its partial, run at once.
-std::vector<at::Tensor> all_reduce(std::vector<member>& members, const std::vector<at::Tensor>& partials,
-                                   actors::collective_key key) {
-  std::vector<at::Tensor> sums(members.size());
+// `op(m)` on every member m at once (each blocks until the others' pieces come).
+std::vector<at::Tensor> on_every_member(std::vector<member>& members, const std::function<at::Tensor(std::size_t)>& op) {
+  std::vector<at::Tensor> out(members.size());
   std::vector<std::string> errors(members.size());
   std::vector<std::thread> threads;
   for (std::size_t m = 0; m < members.size(); ++m)
     threads.emplace_back([&, m] {
       try {
-        sums[m] = members[m].ring->all_reduce(partials[m], key);
+        out[m] = op(m);
       } catch (const std::exception& e) {
         errors[m] = e.what();
       }
     });
   for (auto& t : threads) t.join();
   for (const auto& e : errors) REQUIRE(e.empty());
-  return sums;
+  return out;
+}
+
+std::vector<at::Tensor> all_reduce(std::vector<member>& members, const std::vector<at::Tensor>& partials,
+                                   actors::collective_key key) {
+  return on_every_member(members, [&](std::size_t m) { return members[m].ring->all_reduce(partials[m], key); });
+}
+
+// A partial sum that counts the column tiles asked of it.
+compute::partial_sum counted(const at::Tensor& whole, std::atomic<int>& tiles) {
+  return compute::partial_sum(whole.size(0), whole.size(1), [whole, &tiles](std::int64_t b, std::int64_t e) {
+    ++tiles;
+    return whole.narrow(1, b, e - b);
+  });
 }
 
 }  // namespace
@@ -101,6 +119,62 @@ TEST_CASE("a ring all-reduce gives every member the same bits, the sum of the pa
     }
     for (const auto& m : members) CHECK(m.ring->pieces_received() > 0);
   }
+}
+
+TEST_CASE("tiled all-reduces, reduce-scatters by uneven rows and all-gathers give the sums and pieces, the same on every member") {
+  for (int n : {2, 3, 5}) {
+    for (int tiles : {1, 3}) {
+      CAPTURE(n);
+      CAPTURE(tiles);
+      auto members = ring_of(n, 5000ms, 1, tiles);
+      const std::int64_t rows = 2 * n + 1, width = 13;
+      std::vector<at::Tensor> partials;
+      at::Tensor expected;
+      for (int m = 0; m < n; ++m) {
+        partials.push_back(at::randn({rows, width}, at::kFloat));
+        expected = m == 0 ? partials.back().clone() : expected + partials.back();
+      }
+      // Tiles: each member computes its partial in `tiles` column ranges.
+      std::atomic<int> asked{0};
+      auto sums = on_every_member(members, [&](std::size_t m) {
+        return members[m].ring->all_reduce(counted(partials[m], asked), {8, 1, 4});
+      });
+      CHECK(asked.load() == n * tiles);
+      for (const auto& sum : sums) {
+        CHECK(at::equal(sum, sums.front()));
+        CHECK(at::allclose(sum, expected, 1e-5, 1e-6));
+      }
+      // Member m's rows: 1, 2, 1, 2, ... plus the remainder on the last.
+      std::vector<std::int64_t> split;
+      for (int m = 0; m < n; ++m) split.push_back(1 + m % 2);
+      split.back() += rows - std::accumulate(split.begin(), split.end(), std::int64_t{0});
+      asked = 0;
+      auto mine = on_every_member(members, [&](std::size_t m) {
+        return members[m].ring->reduce_scatter(counted(partials[m], asked), split, {8, 1, 5});
+      });
+      CHECK(asked.load() == n * tiles);
+      std::int64_t begin = 0;
+      for (int m = 0; m < n; ++m) {
+        const auto count = split[static_cast<std::size_t>(m)];
+        CHECK(mine[static_cast<std::size_t>(m)].sizes() == at::IntArrayRef{count, width});
+        CHECK(at::allclose(mine[static_cast<std::size_t>(m)], expected.narrow(0, begin, count), 1e-5, 1e-6));
+        begin += count;
+      }
+      // The all-gather puts the members' rows back together, in rank order, bitwise.
+      auto gathered = on_every_member(members, [&](std::size_t m) { return members[m].ring->all_gather(mine[m], {8, 1, 6}); });
+      for (const auto& g : gathered) CHECK(at::equal(g, at::cat(mine)));
+      // And along columns, members of different widths (a vocabulary split).
+      auto columns = on_every_member(members, [&](std::size_t m) {
+        return members[m].ring->all_gather(partials[m].narrow(1, 0, static_cast<std::int64_t>(m) + 1), {8, 1, 7}, 1);
+      });
+      std::vector<at::Tensor> expected_columns;
+      for (int m = 0; m < n; ++m) expected_columns.push_back(partials[static_cast<std::size_t>(m)].narrow(1, 0, m + 1));
+      for (const auto& c : columns) CHECK(at::equal(c, at::cat(expected_columns, 1)));
+    }
+  }
+  CHECK(actors::proportional_rows({88, 176, 88}, 10) == std::vector<std::int64_t>{3, 5, 2});
+  CHECK(actors::proportional_rows({1, 1}, 1) == std::vector<std::int64_t>{1, 0});
+  CHECK(actors::proportional_rows({}, 7) == std::vector<std::int64_t>{7});
 }
 
 TEST_CASE("a member that sends nothing fails the step by the deadline, named; another deployment's pieces are dropped") {

@@ -43,9 +43,10 @@ struct in_process_pipeline {
   // One node actor per stage of `stages` (a group's members each), node i
   // with a memory budget of budgets[i] bytes where given.
   in_process_pipeline(const std::filesystem::path& model, std::vector<actors::placement_stage> stages,
-                      const std::vector<std::uint64_t>& budgets = {}) {
+                      const std::vector<std::uint64_t>& budgets = {}, group_collectives collectives = {}) {
     actors::driver_config dc;
     dc.model = model;
+    dc.collectives = collectives;
     dc.request_timeout = std::chrono::seconds(20);
     for (auto& stage : stages) {
       const auto budget = nodes.size() < budgets.size() ? budgets[nodes.size()] : 0;
@@ -147,21 +148,29 @@ TEST_CASE("tensor-parallel groups of 2 and 3, alone and as pipeline stages, give
       {"a group of 2, then a group of 3", group(config, "a", 0, 2, {2, 2}, {176, 176}) +
                                               group(config, "b", 2, 4, {1, 1, 2}, {120, 120, 112})},
   };
-  for (const auto& l : layouts) {
-    CAPTURE(l.what);
-    in_process_pipeline pipeline(path, l.stages);
-    auto summary = check_tokens(pipeline, prompt, reference);
-    CHECK(test::relative_error(summary.final_logits, reference.final_logits) < 1e-5);
-    // Every member ran every step; only the leaders sent anything on.
-    auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
-    REQUIRE(stats.size() == l.stages.size());
-    for (std::size_t i = 0; i < stats.size(); ++i) {
-      CAPTURE(stats[i].node);
-      CHECK(stats[i].frames == 33);
-      const bool leader = l.stages[i].group.empty() || l.stages[i].slice.head_begin == 0;
-      CHECK((stats[i].bytes_sent > 0) == leader);
+  // The prompt's tokens split over the members (sequence parallelism) or
+  // all-reduced; partial sums whole or in 3 column tiles.
+  const group_collectives settings[] = {{true, 1}, {false, 1}, {true, 3}, {false, 3}};
+  for (const auto& l : layouts)
+    for (const auto& collectives : settings) {
+      CAPTURE(l.what);
+      CAPTURE(collectives.sequence_parallel);
+      CAPTURE(collectives.tiles);
+      in_process_pipeline pipeline(path, l.stages, {}, collectives);
+      auto summary = check_tokens(pipeline, prompt, reference);
+      CHECK(test::relative_error(summary.final_logits, reference.final_logits) < 1e-5);
+      // Every member ran every step; only the leaders sent anything on.
+      auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+      REQUIRE(stats.size() == l.stages.size());
+      for (std::size_t i = 0; i < stats.size(); ++i) {
+        CAPTURE(stats[i].node);
+        CHECK(stats[i].frames == 33);
+        const bool leader = l.stages[i].group.empty() || l.stages[i].slice.head_begin == 0;
+        CHECK((stats[i].bytes_sent > 0) == leader);
+        // The prefill alone is split: a decode step's one token is not.
+        CHECK(stats[i].sequence_parallel_frames == (collectives.sequence_parallel && !l.stages[i].group.empty() ? 1u : 0u));
+      }
     }
-  }
 }
 
 TEST_CASE("a group member's memory budget is held against its slice, not the whole layers") {

@@ -90,7 +90,7 @@ TEST_CASE("an empty context, and hooks that change nothing, give bitwise the pla
     CAPTURE(first);
     shard s(model, first, range.second, with_pool());
     layer_context identity;
-    identity.collective = [](int, layer_part, const at::Tensor& partial) { return partial; };
+    identity.collective = [](int, collective_point, const partial_sum& partial) { return partial.whole(); };
     identity.taps.push_back([](int, layer_point, const at::Tensor&) {});
     const layer_context empty{};
     for (bool hooks : {false, true}) {
@@ -152,47 +152,100 @@ TEST_CASE("a tap at layer k reads bitwise what the shard [0, k+1) outputs, in la
   CHECK(at::equal(std::get<2>(read[3]), out));
 }
 
-TEST_CASE("the collective runs after attention, connective and MLP of every layer, on [tokens, hidden] partials") {
+TEST_CASE("the collective runs after attention and MLP of every layer, on [tokens, hidden] partials whose column tiles make the whole") {
   temp_dir dir;
   model_dir model(tiny_model(dir, 5));
   shard whole(model, 0, tiny_layers, with_pool());
-  std::vector<std::tuple<int, layer_part, std::vector<std::int64_t>>> calls;
+  std::vector<std::tuple<int, collective_point, std::vector<std::int64_t>>> calls;
   layer_context context;
-  context.collective = [&](int layer, layer_part part, const at::Tensor& partial) {
-    calls.emplace_back(layer, part, partial.sizes().vec());
-    return partial;
+  context.collective = [&](int layer, collective_point point, const partial_sum& partial) {
+    auto all = partial.whole();
+    calls.emplace_back(layer, point, all.sizes().vec());
+    CHECK(partial.rows() == all.size(0));
+    CHECK(partial.width() == all.size(1));
+    // Tiles of uneven widths, put side by side: the product's own columns
+    // (the tiles' GEMMs may block the sum differently: within rounding).
+    auto tiles = at::cat({partial.columns(0, 5), partial.columns(5, 77), partial.columns(77, partial.width())}, 1);
+    CHECK((tiles - all).abs().max().item<double>() <= 1e-6 * all.abs().max().item<double>());
+    return all;
   };
   // A batch of two sequences: the partials hold the rows of both.
   auto a = whole.new_cache(32), b = whole.new_cache(32);
   std::vector<std::int64_t> both = prompt;
   both.insert(both.end(), {256, 7, 8, 9, 10});
   whole.forward(ids(both), {{&a, prompt_length}, {&b, 5}}, context);
-  REQUIRE(calls.size() == 3 * tiny_layers);
-  const layer_part order[] = {layer_part::attention, layer_part::connective, layer_part::mlp};
+  REQUIRE(calls.size() == 2 * tiny_layers);
+  const collective_point order[] = {collective_point::attention, collective_point::mlp};
   for (std::size_t i = 0; i < calls.size(); ++i) {
     CAPTURE(i);
-    CHECK(std::get<0>(calls[i]) == static_cast<int>(i / 3));
-    CHECK(std::get<1>(calls[i]) == order[i % 3]);
+    CHECK(std::get<0>(calls[i]) == static_cast<int>(i / 2));
+    CHECK(std::get<1>(calls[i]) == order[i % 2]);
     CHECK(std::get<2>(calls[i]) == std::vector<std::int64_t>{prompt_length + 5, tiny_hidden});
+  }
+  // A decode step's one row goes through orrery's gemv: tiles are bitwise its columns.
+  context.collective = [&](int, collective_point, const partial_sum& partial) {
+    auto all = partial.whole();
+    CHECK(at::equal(at::cat({partial.columns(0, 40), partial.columns(40, partial.width())}, 1), all));
+    return all;
+  };
+  whole.forward(ids({77}), {{&a, 1}}, context);
+}
+
+TEST_CASE("sequence parallelism over one member's rows is the plain program, bitwise; it refuses taps and grad mode") {
+  // With one member the reduce-scatter hands back the whole sum and the
+  // all-gather the rows it got: what is left is the SP program's own order
+  // of residual adds and norms, which must be the plain program's.
+  temp_dir dir;
+  model_dir model(tiny_model(dir, 9));
+  for (const auto& range : {std::pair{0, 4}, std::pair{1, 3}}) {
+    CAPTURE(range.first);
+    shard s(model, range.first, range.second, with_pool());
+    std::vector<collective_point> points;
+    layer_context sp;
+    sp.sequence = sequence_split{0, prompt_length,
+                                 [&](int, collective_point point, const partial_sum& partial) {
+                                   points.push_back(point);
+                                   return partial.whole();
+                                 },
+                                 [&](int, collective_point point, const at::Tensor& rows) {
+                                   points.push_back(point);
+                                   return rows;
+                                 }};
+    at::manual_seed(3);
+    auto input = range.first == 0 ? ids(prompt) : at::randn({prompt_length, tiny_hidden});
+    auto plain_cache = s.new_cache(32), sp_cache = s.new_cache(32);
+    CHECK(at::equal(s.forward(input, {{&sp_cache, prompt_length}}, sp, logits_rows::all),
+                    s.forward(input, {{&plain_cache, prompt_length}}, logits_rows::all)));
+    const int layers = range.second - range.first;
+    REQUIRE(points.size() == static_cast<std::size_t>(4 * layers));
+    const collective_point order[] = {collective_point::attention, collective_point::post_norm, collective_point::mlp,
+                                      collective_point::layer_end};
+    for (std::size_t i = 0; i < points.size(); ++i) CHECK(points[i] == order[i % 4]);
+    CHECK(at::equal(sp_cache.keys(0), plain_cache.keys(0)));
+
+    layer_context tapped = sp;
+    tapped.taps.push_back([](int, layer_point, const at::Tensor&) {});
+    auto cache = s.new_cache(32);
+    CHECK_THROWS_WITH_AS(s.forward(input, {{&cache, prompt_length}}, tapped),
+                         doctest::Contains("sequence parallelism splits the residual stream"), model_error);
+    CHECK(cache.length() == 0);
   }
 }
 
 TEST_CASE("a collective that changes a part's output acts bitwise as the equivalent weight change") {
   // attention output = o_proj(...): zeroing it is a zero o-projection;
-  // connective output = post-norm weight * norm(y): doubling it is a doubled
-  // norm weight; MLP output = down_proj(...): doubling it is a doubled
-  // down-projection. Scaling by 0 or 2 is exact in floating point.
+  // MLP output = down_proj(...): doubling it is a doubled down-projection.
+  // Scaling by 0 or 2 is exact in floating point.
   temp_dir dir;
   const auto original = tiny_model(dir, 6);
   struct change {
     int layer;
-    layer_part part;
+    collective_point point;
     double factor;
     std::string weight;
   };
-  const change changes[] = {{1, layer_part::attention, 0.0, "model.layers.1.self_attn.o_proj.weight"},
-                            {2, layer_part::connective, 2.0, "model.layers.2.post_attention_layernorm.weight"},
-                            {3, layer_part::mlp, 2.0, "model.layers.3.mlp.down_proj.weight"}};
+  const change changes[] = {{1, collective_point::attention, 0.0, "model.layers.1.self_attn.o_proj.weight"},
+                            {3, collective_point::mlp, 2.0, "model.layers.3.mlp.down_proj.weight"}};
   model_dir model(original);
   shard hooked(model, 0, tiny_layers, with_pool());
   for (const auto& c : changes) {
@@ -200,8 +253,8 @@ TEST_CASE("a collective that changes a part's output acts bitwise as the equival
     model_dir changed_model(scaled_copy(original, c.weight, c.factor));
     shard changed(changed_model, 0, tiny_layers, with_pool());
     layer_context context;
-    context.collective = [&](int layer, layer_part part, const at::Tensor& partial) {
-      return layer == c.layer && part == c.part ? partial * c.factor : partial;
+    context.collective = [&](int layer, collective_point point, const partial_sum& partial) {
+      return layer == c.layer && point == c.point ? partial.whole() * c.factor : partial.whole();
     };
     auto hooked_cache = hooked.new_cache(32), changed_cache = changed.new_cache(32);
     auto expected = changed.forward(ids(prompt), {{&changed_cache, prompt_length}}, logits_rows::all);

@@ -28,39 +28,47 @@ using orrery::test::temp_dir;
 
 namespace {
 
-// The members' partials summed in rank order, handed to every member: what
-// a ring all-reduce computes, without the wire.
+// Every member's tensor handed to every member, in rank order: what the
+// ring's collectives move, without the wire.
 class memory_group {
  public:
   explicit memory_group(int members) : parts_(static_cast<std::size_t>(members)) {}
 
-  at::Tensor all_reduce(int rank, const at::Tensor& partial) {
+  std::vector<at::Tensor> exchange(int rank, const at::Tensor& mine) {
     std::unique_lock lock(mutex_);
     const auto round = round_;
-    parts_[static_cast<std::size_t>(rank)] = partial;
+    parts_[static_cast<std::size_t>(rank)] = mine;
     if (++arrived_ == static_cast<int>(parts_.size())) {
-      sum_ = parts_.front().clone();
-      for (std::size_t m = 1; m < parts_.size(); ++m) sum_ += parts_[m];
+      all_ = parts_;
       arrived_ = 0;
       ++round_;
       done_.notify_all();
     } else {
       done_.wait(lock, [&] { return round_ != round; });
     }
-    return sum_.clone();
+    return all_;
+  }
+
+  // Summed in rank order, as the ring's sums are within rounding.
+  at::Tensor all_reduce(int rank, const at::Tensor& partial) {
+    auto parts = exchange(rank, partial);
+    auto sum = parts.front().clone();
+    for (std::size_t m = 1; m < parts.size(); ++m) sum += parts[m];
+    return sum;
   }
 
  private:
   std::mutex mutex_;
   std::condition_variable done_;
-  std::vector<at::Tensor> parts_;
-  at::Tensor sum_;
+  std::vector<at::Tensor> parts_, all_;
   int arrived_ = 0;
   std::uint64_t round_ = 0;
 };
 
 struct split {
   std::vector<int> heads, columns;
+  /// Prefill rows per member under sequence parallelism; empty: all-reduces.
+  std::vector<std::int64_t> prefill_rows{};
 };
 
 // Prefill of `prompt`, then `steps` greedy decode steps: each step's logits.
@@ -99,12 +107,26 @@ std::vector<at::Tensor> run_group(const model_dir& model, const split& shares, c
     threads.emplace_back([&, m] {
       auto& member = members[static_cast<std::size_t>(m)];
       auto cache = member.new_cache(64);
-      layer_context context;
-      context.collective = [&](int, layer_part part, const at::Tensor& partial) {
-        return part == layer_part::connective ? partial : group.all_reduce(m, partial);
+      layer_context reduced, sequence_parallel;
+      reduced.collective = [&](int, collective_point, const partial_sum& partial) {
+        return group.all_reduce(m, partial.whole());
       };
+      if (!shares.prefill_rows.empty()) {
+        std::int64_t begin = 0;
+        for (int r = 0; r < m; ++r) begin += shares.prefill_rows[static_cast<std::size_t>(r)];
+        const auto end = begin + shares.prefill_rows[static_cast<std::size_t>(m)];
+        sequence_parallel.sequence = sequence_split{
+            begin, end,
+            [&, begin, end](int, collective_point, const partial_sum& partial) {
+              return group.all_reduce(m, partial.whole()).narrow(0, begin, end - begin);
+            },
+            [&](int, collective_point, const at::Tensor& rows) { return at::cat(group.exchange(m, rows)); }};
+      }
       at::Tensor input = at::tensor(prompt, at::kLong);
       for (int s = 0; s <= steps; ++s) {
+        // Sequence parallelism splits the prompt's rows; a decode step's one
+        // row all-reduces.
+        const auto& context = s == 0 && sequence_parallel.sequence ? sequence_parallel : reduced;
         auto out = member.forward(input, {{&cache, static_cast<int>(input.size(0))}}, context);
         std::unique_lock lock(next_mutex);
         if (m == 0) {
@@ -151,7 +173,7 @@ TEST_CASE("slices cover every head and column once; a cut inside a KV group repl
                        model_error);
 }
 
-TEST_CASE("a group's summed partials give the whole model's logits within 1e-5 and its greedy tokens") {
+TEST_CASE("a group's summed partials give the whole model's logits within 1e-5 and its greedy tokens, with and without sequence parallelism") {
   temp_dir dir;
   init_model(dir / "m", llama_config::preset("tiny"), {21, 0, {}});  // 4 heads over 2 KV heads
   model_dir model(dir / "m");
@@ -161,9 +183,13 @@ TEST_CASE("a group's summed partials give the whole model's logits within 1e-5 a
   for (const split& shares : {split{{2, 2}, {176, 176}},          // even, on KV-group boundaries
                               split{{1, 3}, {100, 252}},          // uneven, cut inside KV group 0
                               split{{1, 2, 1}, {88, 176, 88}},    // three members, speeds 1:2:1
-                              split{{1, 1, 1, 1}, {1, 1, 1, 349}}}) {  // one column is a share too
+                              split{{1, 1, 1, 1}, {1, 1, 1, 349}},  // one column is a share too
+                              split{{2, 2}, {176, 176}, {5, 5}},     // sequence parallelism, even rows
+                              split{{1, 2, 1}, {88, 176, 88}, {2, 6, 2}},  // SP, rows 1:3:1
+                              split{{1, 3}, {100, 252}, {1, 9}}}) {  // SP, one row for a member
     CAPTURE(shares.heads.size());
     CAPTURE(shares.heads[0]);
+    CAPTURE(shares.prefill_rows.size());
     const auto group = run_group(model, shares, prompt, steps);
     REQUIRE(group.size() == whole.size());
     for (std::size_t s = 0; s < whole.size(); ++s) {

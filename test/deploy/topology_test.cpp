@@ -107,7 +107,7 @@ TEST_CASE("an unknown key is named, with the closest known key, at every level")
   cluster_dir c;
   c.check_error(edit(base_yaml, "placement:", "placment:"), 8,
                 "unknown key 'placment' in the topology (did you mean 'placement'? known: cluster, model, nodes, "
-                "placement, objective, profile, timeouts, rebalance, testbed)");
+                "placement, objective, profile, timeouts, rebalance, testbed, collectives)");
   c.check_error(edit(base_yaml, "    address: 127.0.0.1:7412", "    address: 127.0.0.1:7412\n    thread: 2"), 8,
                 "unknown key 'thread' in node 2 (did you mean 'threads'?");
   c.check_error(base_yaml + "timeouts:\n  connect_ms: 10\n  deadline_ms: 5\n", 11,
@@ -122,6 +122,20 @@ TEST_CASE("a heartbeat deadline under two intervals and an unknown rebalance pol
   c.check_error(base_yaml + "timeouts:\n  heartbeat_ms: 600\n", 10,
                 "heartbeat_deadline_ms (1000) must be at least twice heartbeat_ms (600)");
   c.check_error(base_yaml + "rebalance: sometimes\n", 9, "rebalance must be 'on_join' or 'never', got 'sometimes'");
+}
+
+TEST_CASE("collectives: sequence parallelism and tiles default to on and 1, are read, and bad values are named") {
+  cluster_dir c;
+  auto t = c.parse(base_yaml);
+  CHECK(t.collectives.sequence_parallel);
+  CHECK(t.collectives.tiles == 1);
+  auto given = c.parse(base_yaml + "collectives:\n  sequence_parallel: off\n  tiles: 4\n");
+  CHECK_FALSE(given.collectives.sequence_parallel);
+  CHECK(given.collectives.tiles == 4);
+  c.check_error(base_yaml + "collectives:\n  sequence_parallel: maybe\n", 10,
+                "sequence_parallel must be 'on' or 'off', got 'maybe'");
+  c.check_error(base_yaml + "collectives:\n  tiles: 0\n", 10, "tiles");
+  c.check_error(base_yaml + "collectives:\n  tile: 2\n", 10, "unknown key 'tile' in 'collectives' (did you mean 'tiles'?");
 }
 
 TEST_CASE("a missing required key is named at the map that lacks it") {
