@@ -75,6 +75,11 @@ std::uint64_t group_ring::bytes_sent() const {
   return bytes_sent_;
 }
 
+double group_ring::wait_ms() const {
+  std::lock_guard lock(mutex_);
+  return std::chrono::duration<double, std::milli>(waited_).count();
+}
+
 std::uint64_t group_ring::pieces_dropped() const {
   std::lock_guard lock(mutex_);
   return dropped_;
@@ -123,11 +128,14 @@ at::Tensor group_ring::receive(const collective_key& key, piece p) {
   // The announced deployment is a node's, set without waking this wait: it
   // is looked at every poll_interval.
   constexpr auto poll_interval = std::chrono::milliseconds(20);
-  const auto until = std::chrono::steady_clock::now() + options_.deadline;
-  bool came = false;
+  const auto start = std::chrono::steady_clock::now();
+  const auto until = start + options_.deadline;
+  auto here = [&] { return pieces_.count(wanted) > 0 || !send_error_.empty(); };
+  bool came = here();
   while (!came && !superseded() && std::chrono::steady_clock::now() < until)
     came = arrived_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(poll_interval, until - std::chrono::steady_clock::now()),
-                             [&] { return pieces_.count(wanted) > 0 || !send_error_.empty(); });
+                             here);
+  waited_ += std::chrono::steady_clock::now() - start;
   if (!send_error_.empty()) throw ring_interrupted(send_error_);
   if (!came && superseded())
     throw ring_interrupted("deployment " + std::to_string(options_.announced->load()) + " replaced this ring's (" +

@@ -122,6 +122,8 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   std::uint64_t pieces_dropped() const;
   /// Tensor bytes sent to the next member so far.
   std::uint64_t bytes_sent() const;
+  /// Milliseconds spent waiting for pieces so far.
+  double wait_ms() const;
 
  private:
   /// (request, step, sequence, tile, ring step)
@@ -147,6 +149,7 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
   std::map<piece_key, at::Tensor> pieces_;
   std::string send_error_;
   std::uint64_t received_ = 0, dropped_ = 0, bytes_sent_ = 0;
+  std::chrono::steady_clock::duration waited_{};
 };
 
 }  // namespace orrery::actors

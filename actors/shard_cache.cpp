@@ -32,12 +32,12 @@ std::shared_ptr<shared_shard> shard_cache::acquire(const std::string& fingerprin
   // One load at a time: the budget check and the load it admits are one step.
   std::lock_guard<std::mutex> lock(mutex_);
   const key k{fingerprint, first, last, options.device.str(), static_cast<int>(options.dtype),
-              options.slice ? options.slice->describe() : "", options.head, owner};
+              options.slice ? options.slice->describe() : "", owner};
   loaded = false;
   if (auto held = shards_[k].lock()) return held;
   if (budget_ > 0) {
     // A group member holds its slice of the layers, not the layers.
-    const auto parameters = options.slice ? compute::parameter_count(model.config(), first, last, *options.slice, options.head)
+    const auto parameters = options.slice ? compute::parameter_count(model.config(), first, last, *options.slice)
                                           : model.config().parameter_count(first, last);
     const auto needed = static_cast<std::uint64_t>(parameters) * c10::elementSize(options.dtype);
     const auto held = held_bytes_locked();

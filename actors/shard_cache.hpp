@@ -62,8 +62,8 @@ class shard_cache {
   std::uint64_t held_bytes() const;
 
  private:
-  /// Model, layers, device, dtype, slice, head, owner (0: shared).
-  using key = std::tuple<std::string, int, int, std::string, int, std::string, bool, std::uint64_t>;
+  /// Model, layers, device, dtype, slice, owner (0: shared).
+  using key = std::tuple<std::string, int, int, std::string, int, std::string, std::uint64_t>;
   std::uint64_t held_bytes_locked() const;
 
   std::uint64_t budget_;

@@ -133,9 +133,7 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     return make_error(errc::invalid_request, s.where() + ": rank " + std::to_string(assignment.rank) + " of a group of " +
                                                  std::to_string(assignment.group.size()));
   // A group's shards are sliced: the whole-layer shards go, and back.
-  auto sliced = [&](const std::shared_ptr<shared_shard>& held) {
-    return held->shard().options().slice.has_value() || !held->shard().options().head;
-  };
+  auto sliced = [&](const std::shared_ptr<shared_shard>& held) { return held->shard().options().slice.has_value(); };
   if (grouped || std::any_of(s.shards.begin(), s.shards.end(), sliced)) s.shards.clear();
   int loaded_layers = 0;
   std::uint64_t loaded_bytes = 0;
@@ -145,10 +143,7 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     compute::shard_options options{compute::device_from_name(s.context.device),
                                    compute::scalar_type_from_name(s.context.dtype),
                                    compute::configure_cpu_threads(std::max(1, assignment.threads))};
-    if (grouped) {
-      options.slice = assignment.slice;
-      options.head = assignment.rank == 0;
-    }
+    if (grouped) options.slice = assignment.slice;
     std::vector<std::pair<int, int>> held;
     for (const auto& shard : s.shards) held.emplace_back(shard->shard().first_layer(), shard->shard().last_layer());
     std::sort(held.begin(), held.end());
@@ -264,6 +259,12 @@ at::Tensor forward(stage_state& s, const messages::forward_route& route, const t
     }
   }
   for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context);
+  // Each member computed its vocabulary rows' logits: the leader samples
+  // from all of them, gathered as the collective of a layer past the last.
+  if (s.ring && holds_head(s))
+    x = s.ring->all_gather(
+        x, {route.request, route.step, compute::collective_index(s.assignment.last_layer, compute::collective_point::attention)},
+        1);
   if (holds_head(s)) {
     auto ids = tokens.to(at::kLong).contiguous();
     r.history.insert(r.history.end(), ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
@@ -404,7 +405,8 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
                            static_cast<double>(s.transfers->nanoseconds.load()) / 1e6,
                            s.transfers->bytes.load(),
                            s.ring ? s.ring->bytes_sent() : 0,
-                           s.sequence_parallel_frames};
+                           s.sequence_parallel_frames,
+                           s.ring ? s.ring->wait_ms() : 0};
       },
   };
 }

@@ -1,7 +1,9 @@
 #pragma once
 // One member's part of every decoder layer of a tensor-parallel group
 // (Galaxy): whole query heads [head_begin, head_end) with the KV heads they
-// read, and the MLP's intermediate columns [column_begin, column_end). The
+// read, the MLP's intermediate columns [column_begin, column_end), and the
+// LM head's rows (vocabulary entries) [vocab_begin, vocab_end) where its
+// layers end the model: each member computes its columns of the logits. The
 // plain ranges, as topologies, stage assignments and shards all name them;
 // compute/tensor_slice.hpp cuts a model's layers into them. And how the
 // group's members add their partial sums up (actors/group_ring.hpp).
@@ -15,11 +17,13 @@ struct tensor_slice {
   int head_begin = 0, head_end = 0;        ///< query heads
   int kv_head_begin = 0, kv_head_end = 0;  ///< the KV heads those read
   int column_begin = 0, column_end = 0;    ///< MLP intermediate columns
+  int vocab_begin = 0, vocab_end = 0;      ///< LM head rows, with the last layer
 
   int heads() const { return head_end - head_begin; }
   int kv_heads() const { return kv_head_end - kv_head_begin; }
   int columns() const { return column_end - column_begin; }
-  /// `heads [0, 6) (kv [0, 2)), columns [0, 1024)`, for messages.
+  int vocab() const { return vocab_end - vocab_begin; }
+  /// `heads [0, 6) (kv [0, 2)), columns [0, 1024), vocab [0, 16000)`, for messages.
   std::string describe() const;
   bool operator==(const tensor_slice& other) const;
   bool operator!=(const tensor_slice& other) const { return !(*this == other); }
@@ -31,10 +35,15 @@ struct group_collectives {
   /// A pass with at least one token for every member runs the connective
   /// blocks in sequence parallelism (reduce-scatter, connective block on the
   /// member's rows, all-gather); other passes, decode steps among them,
-  /// all-reduce: one token cannot be split.
-  bool sequence_parallel = true;
+  /// all-reduce: one token cannot be split. Off by default: on loopback
+  /// with 2 members (small, 512-token prefill) SP took 7% longer than the
+  /// all-reduces, whose swap is one ring step where reduce-scatter and
+  /// all-gather take two, for the same bytes; what SP saves, the connective
+  /// blocks' work on the other members' rows, is under 1% of a layer there.
+  bool sequence_parallel = false;
   /// Column tiles each partial sum is computed and sent in, so one tile
-  /// travels while the next is computed; 1: the whole partial, then send.
+  /// travels while the next is computed; 1: the whole partial, then send
+  /// (on loopback tiles only add products: the wire is not what waits).
   std::int32_t tiles = 1;
 };
 

@@ -24,7 +24,7 @@ int default_thread_count() {
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-std::shared_ptr<thread_pool> configure_cpu_threads(int threads) {
+void set_gemm_threads(int threads) {
   if (threads < 1) throw std::invalid_argument("threads must be at least 1, got " + std::to_string(threads));
   if (openblas_set_num_threads) {
     // The cores go to OpenBLAS (prefill GEMMs) and the gemv pool (decode);
@@ -41,6 +41,10 @@ std::shared_ptr<thread_pool> configure_cpu_threads(int threads) {
   } else {
     at::set_num_threads(threads);  // without OpenBLAS the GEMMs run on libtorch's threads (MKL)
   }
+}
+
+std::shared_ptr<thread_pool> configure_cpu_threads(int threads) {
+  set_gemm_threads(threads);
   return std::make_shared<thread_pool>(threads);
 }
 

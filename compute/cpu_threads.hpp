@@ -14,9 +14,13 @@ class thread_pool;
 int default_thread_count();
 
 /// Gives `threads` to OpenBLAS (libtorch's intra-op work then stays on one
-/// thread, see cpu_threads.cpp) or, without OpenBLAS, to libtorch, and
-/// returns a gemv pool of the same size. Throws std::invalid_argument when
+/// thread, see cpu_threads.cpp) or, without OpenBLAS, to libtorch: for the
+/// whole process, so a benchmark that runs shards of different counts in
+/// one process sets it before each. Throws std::invalid_argument when
 /// threads < 1.
+void set_gemm_threads(int threads);
+
+/// set_gemm_threads(threads), and a gemv pool of the same size.
 std::shared_ptr<thread_pool> configure_cpu_threads(int threads);
 
 }  // namespace orrery::compute

@@ -126,7 +126,8 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
   if (!is_slice_of(config_, slice_))
     throw model_error(model.path().string() + ": " + slice_.describe() + " is not a slice of a layer of " +
                       std::to_string(config_.num_heads) + " heads (" + std::to_string(config_.num_kv_heads) +
-                      " KV heads) and " + std::to_string(config_.intermediate_size) + " MLP columns");
+                      " KV heads), " + std::to_string(config_.intermediate_size) + " MLP columns and a vocabulary of " +
+                      std::to_string(config_.vocab_size));
   if (has_embedding()) embedding_ = load(model, "model.embed_tokens.weight", options_);
   const std::int64_t d = config_.head_dim;
   for (int layer = first; layer < last; ++layer) {
@@ -153,9 +154,12 @@ shard::shard(const model_dir& model, int first, int last, shard_options options)
     final_norm_ = load(model, "model.norm.weight", options_);
     // A tied head reads the embedding, which the last shard then needs even
     // when it does not start at layer 0.
-    head_ = config_.tie_word_embeddings
-                ? (has_embedding() ? embedding_ : load(model, "model.embed_tokens.weight", options_))
-                : load(model, "lm_head.weight", options_);
+    const auto v0 = slice_.vocab_begin, rows = slice_.vocab();
+    if (config_.tie_word_embeddings && has_embedding())
+      head_ = rows == config_.vocab_size ? embedding_ : embedding_.narrow(0, v0, rows);
+    else
+      head_ = load_stacked(model, {{config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", 0, v0, rows}},
+                           options_);
   }
   rotary_ = llama_ops::rotary_table::build(config_.head_dim, config_.rope_theta, config_.max_position_embeddings,
                                            at::TensorOptions().device(options_.device).dtype(options_.dtype));
@@ -183,7 +187,7 @@ std::size_t shard::weight_bytes() const {
 std::size_t shard::weight_bytes_read_per_token() const {
   std::size_t embedding = embedding_.defined() ? embedding_.nbytes() : 0;
   std::size_t total = weight_bytes() - embedding;
-  return config_.tie_word_embeddings && has_embedding() && has_head() ? total + embedding : total;
+  return config_.tie_word_embeddings && has_embedding() && has_head() ? total + head_.nbytes() : total;
 }
 
 void shard::check_batch(const at::Tensor& input, const std::vector<sequence_step>& batch) const {

@@ -47,13 +47,12 @@ struct shard_options {
   /// (compute/decode_graph.hpp); false runs it eagerly (for comparison).
   bool cuda_graphs = true;
   /// A member of a tensor-parallel group holds only these heads and MLP
-  /// columns of each layer (compute/tensor_slice.hpp), read from the files
-  /// row and column ranges at a time; its attention and MLP return partial
-  /// sums, which the context's collective adds up. Empty: whole layers.
+  /// columns of each layer and, ending at the last layer, these rows of the
+  /// LM head (compute/tensor_slice.hpp), read from the files row and column
+  /// ranges at a time; its attention and MLP return partial sums, which the
+  /// context's collective adds up, and its logits are its vocabulary rows'
+  /// columns. Empty: whole layers.
   std::optional<tensor_slice> slice = std::nullopt;
-  /// Whether the shard ending at the last layer holds the final norm and LM
-  /// head: a group's other members leave both to its leader.
-  bool head = true;
 };
 
 /// One sequence's part of a packed batch.
@@ -88,7 +87,8 @@ class shard {
   int first_layer() const { return first_; }
   int last_layer() const { return last_; }
   bool has_embedding() const { return first_ == 0; }
-  bool has_head() const { return last_ == config_.num_layers && options_.head; }
+  /// The final norm and (the slice's rows of) the LM head.
+  bool has_head() const { return last_ == config_.num_layers; }
   /// The heads and columns it holds of each layer (whole_layer unless sliced).
   const tensor_slice& slice() const { return slice_; }
   const shard_options& options() const { return options_; }
@@ -107,7 +107,8 @@ class shard {
   /// Runs the shard over a packed batch. `input` holds token ids (int64,
   /// [tokens]) for a shard with the embedding, hidden states ([tokens,
   /// hidden]) otherwise. Returns logits ([rows, vocab], float32) from the
-  /// shard with the head, hidden states ([tokens, hidden]) otherwise. Every
+  /// shard with the head (a slice's: [rows, its vocabulary rows]), hidden
+  /// states ([tokens, hidden]) otherwise. Every
   /// cache advances by its sequence's tokens. Throws model_error when a
   /// sequence would outgrow its cache or the input does not match the batch.
   at::Tensor forward(const at::Tensor& input, const std::vector<sequence_step>& batch,

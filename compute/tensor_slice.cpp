@@ -1,6 +1,8 @@
 #include "compute/tensor_slice.hpp"
 
+#include <algorithm>
 #include <numeric>
+#include <utility>
 
 #include "compute/model_error.hpp"
 
@@ -14,10 +16,33 @@ std::string listed(const std::vector<int>& shares) {
   return text;
 }
 
+// `rows` in proportion to `shares` (largest remainders first), at least one
+// each: a member without head rows would have no logits to add to the
+// group's.
+std::vector<int> vocab_split(int rows, const std::vector<int>& shares) {
+  const std::int64_t total = std::accumulate(shares.begin(), shares.end(), std::int64_t{0});
+  std::vector<int> out;
+  std::vector<std::pair<std::int64_t, std::size_t>> remainders;
+  int given = 0;
+  for (std::size_t m = 0; m < shares.size(); ++m) {
+    out.push_back(static_cast<int>(std::int64_t{rows} * shares[m] / total));
+    given += out.back();
+    remainders.emplace_back(std::int64_t{rows} * shares[m] % total, m);
+  }
+  std::stable_sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (std::size_t i = 0; given < rows; ++i, ++given) ++out[remainders[i].second];
+  for (auto& share : out)
+    if (share == 0) {
+      ++share;
+      --*std::max_element(out.begin(), out.end());
+    }
+  return out;
+}
+
 }  // namespace
 
 tensor_slice whole_layer(const llama_config& config) {
-  return slice_of(config, 0, config.num_heads, 0, config.intermediate_size);
+  return slice_of(config, 0, config.num_heads, 0, config.intermediate_size, 0, config.vocab_size);
 }
 
 std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::vector<int>& heads,
@@ -32,39 +57,45 @@ std::vector<tensor_slice> tensor_slices(const llama_config& config, const std::v
                       ") and " + std::to_string(column_total) + " MLP columns (" + listed(columns) +
                       ") does not cover the model's " + std::to_string(config.num_heads) + " heads and " +
                       std::to_string(config.intermediate_size) + " columns");
-  std::vector<tensor_slice> slices;
-  int head = 0, column = 0;
-  for (std::size_t m = 0; m < heads.size(); ++m) {
+  for (std::size_t m = 0; m < heads.size(); ++m)
     if (heads[m] < 1 || columns[m] < 1)
       throw model_error("member " + std::to_string(m) + " of a tensor-parallel split gets " + std::to_string(heads[m]) +
                         " heads and " + std::to_string(columns[m]) + " MLP columns; every member needs at least one of each");
-    slices.push_back(slice_of(config, head, head + heads[m], column, column + columns[m]));
+  const auto vocab = vocab_split(config.vocab_size, columns);
+  std::vector<tensor_slice> slices;
+  int head = 0, column = 0, row = 0;
+  for (std::size_t m = 0; m < heads.size(); ++m) {
+    slices.push_back(slice_of(config, head, head + heads[m], column, column + columns[m], row, row + vocab[m]));
     head = slices.back().head_end;
     column = slices.back().column_end;
+    row = slices.back().vocab_end;
   }
   return slices;
 }
 
-std::int64_t parameter_count(const llama_config& config, int first, int last, const tensor_slice& slice, bool head) {
+std::int64_t parameter_count(const llama_config& config, int first, int last, const tensor_slice& slice) {
   const std::int64_t h = config.hidden_size, d = config.head_dim;
   const std::int64_t per_layer = 2 * h * slice.heads() * d + 2 * h * slice.kv_heads() * d + 3 * h * slice.columns() + 2 * h;
   std::int64_t total = per_layer * (last - first);
   if (first == 0) total += static_cast<std::int64_t>(config.vocab_size) * h;
-  if (last == config.num_layers && head)
-    total += h + (config.tie_word_embeddings ? 0 : static_cast<std::int64_t>(config.vocab_size) * h);
+  if (last == config.num_layers) total += h + (config.tie_word_embeddings ? 0 : std::int64_t{slice.vocab()} * h);
   return total;
 }
 
-tensor_slice slice_of(const llama_config& config, int head_begin, int head_end, int column_begin, int column_end) {
+tensor_slice slice_of(const llama_config& config, int head_begin, int head_end, int column_begin, int column_end,
+                      int vocab_begin, int vocab_end) {
   const int per_kv = config.num_heads / config.num_kv_heads;
   // A cut inside a KV group gives both sides that KV head.
-  return {head_begin, head_end, head_begin / per_kv, (head_end + per_kv - 1) / per_kv, column_begin, column_end};
+  return {head_begin, head_end,   head_begin / per_kv, (head_end + per_kv - 1) / per_kv,
+          column_begin, column_end, vocab_begin,        vocab_end};
 }
 
 bool is_slice_of(const llama_config& config, const tensor_slice& slice) {
   return slice.head_begin >= 0 && slice.heads() >= 1 && slice.head_end <= config.num_heads && slice.column_begin >= 0 &&
-         slice.columns() >= 1 && slice.column_end <= config.intermediate_size &&
-         slice == slice_of(config, slice.head_begin, slice.head_end, slice.column_begin, slice.column_end);
+         slice.columns() >= 1 && slice.column_end <= config.intermediate_size && slice.vocab_begin >= 0 &&
+         slice.vocab() >= 1 && slice.vocab_end <= config.vocab_size &&
+         slice == slice_of(config, slice.head_begin, slice.head_end, slice.column_begin, slice.column_end,
+                           slice.vocab_begin, slice.vocab_end);
 }
 
 bool cuts_kv_group(const llama_config& config, const tensor_slice& slice) {

@@ -161,6 +161,8 @@ struct stage_stats {
   std::uint64_t collective_bytes_sent = 0;
   /// A group member's frames whose pass ran in sequence parallelism.
   std::uint64_t sequence_parallel_frames = 0;
+  /// A group member's time waiting for its ring's pieces (part of compute_ms).
+  double collective_wait_ms = 0;
 };
 
 /// A generation request to a driver; the reply is a generation_summary, and
@@ -255,7 +257,7 @@ typename Inspector::result_type inspect(Inspector& f, group_collectives& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, tensor_slice& x) {
   return f(caf::meta::type_name("tensor_slice"), x.head_begin, x.head_end, x.kv_head_begin, x.kv_head_end,
-           x.column_begin, x.column_end);
+           x.column_begin, x.column_end, x.vocab_begin, x.vocab_end);
 }
 
 template <class Inspector>
@@ -285,7 +287,8 @@ typename Inspector::result_type inspect(Inspector& f, node_info& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
   return f(caf::meta::type_name("stage_stats"), x.stage, x.node, x.first_layer, x.last_layer, x.frames, x.compute_ms,
-           x.transfer_ms, x.bytes_sent, x.collective_bytes_sent, x.sequence_parallel_frames);
+           x.transfer_ms, x.bytes_sent, x.collective_bytes_sent, x.sequence_parallel_frames,
+           x.collective_wait_ms);
 }
 
 template <class Inspector>

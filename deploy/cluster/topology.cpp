@@ -141,7 +141,7 @@ std::string human_bytes(std::uint64_t bytes) {
 
 std::uint64_t node_spec::weight_bytes_of(const compute::llama_config& model, int first, int last) const {
   const auto parameters = group.empty() ? model.parameter_count(first, last)
-                                        : compute::parameter_count(model, first, last, slice, slice.head_begin == 0);
+                                        : compute::parameter_count(model, first, last, slice);
   return static_cast<std::uint64_t>(parameters) * element_size(dtype);
 }
 

@@ -95,7 +95,6 @@ std::vector<at::Tensor> run_group(const model_dir& model, const split& shares, c
   for (int m = 0; m < n; ++m) {
     shard_options options{at::kCPU, at::kFloat, nullptr};
     options.slice = slices[static_cast<std::size_t>(m)];
-    options.head = m == 0;
     members.emplace_back(model, 0, model.config().num_layers, options);
   }
   std::vector<std::vector<at::Tensor>> outputs(static_cast<std::size_t>(n));
@@ -127,7 +126,8 @@ std::vector<at::Tensor> run_group(const model_dir& model, const split& shares, c
         // Sequence parallelism splits the prompt's rows; a decode step's one
         // row all-reduces.
         const auto& context = s == 0 && sequence_parallel.sequence ? sequence_parallel : reduced;
-        auto out = member.forward(input, {{&cache, static_cast<int>(input.size(0))}}, context);
+        // Each member's logits are its vocabulary rows': put side by side.
+        auto out = at::cat(group.exchange(m, member.forward(input, {{&cache, static_cast<int>(input.size(0))}}, context)), 1);
         std::unique_lock lock(next_mutex);
         if (m == 0) {
           outputs[0].push_back(out);
@@ -153,16 +153,17 @@ double relative_error(const at::Tensor& a, const at::Tensor& b) {
 TEST_CASE("slices cover every head and column once; a cut inside a KV group replicates that KV head") {
   auto config = llama_config::preset("small");  // 12 heads over 4 KV heads: 3 query heads a KV head
   auto even = tensor_slices(config, {6, 6}, {1024, 1024});
-  CHECK(even[0] == tensor_slice{0, 6, 0, 2, 0, 1024});
-  CHECK(even[1] == tensor_slice{6, 12, 2, 4, 1024, 2048});
+  // The LM head's 32000 rows go in proportion to the columns.
+  CHECK(even[0] == tensor_slice{0, 6, 0, 2, 0, 1024, 0, 16000});
+  CHECK(even[1] == tensor_slice{6, 12, 2, 4, 1024, 2048, 16000, 32000});
   auto uneven = tensor_slices(config, {4, 8}, {700, 1348});
-  CHECK(uneven[0] == tensor_slice{0, 4, 0, 2, 0, 700});  // head 3 reads KV head 1 ...
-  CHECK(uneven[1] == tensor_slice{4, 12, 1, 4, 700, 2048});  // ... and so do heads 4 and 5: both hold it
+  CHECK(uneven[0] == tensor_slice{0, 4, 0, 2, 0, 700, 0, 10938});  // head 3 reads KV head 1 ...; 10937.5 rounds up (tie: lower rank)
+  CHECK(uneven[1] == tensor_slice{4, 12, 1, 4, 700, 2048, 10938, 32000});  // ... and so do heads 4 and 5: both hold it
   CHECK(kv_head_of(config, uneven[1], 0) == 0);  // global head 4 -> KV head 1, local 0
   CHECK(kv_head_of(config, uneven[1], 2) == 1);  // global head 6 -> KV head 2
   auto five = tensor_slices(config, {2, 3, 2, 3, 2}, {400, 400, 400, 400, 448});
-  CHECK(five.back() == tensor_slice{10, 12, 3, 4, 1600, 2048});
-  CHECK(whole_layer(config).describe() == "heads [0, 12) (kv [0, 4)), columns [0, 2048)");
+  CHECK(five.back() == tensor_slice{10, 12, 3, 4, 1600, 2048, 25000, 32000});
+  CHECK(whole_layer(config).describe() == "heads [0, 12) (kv [0, 4)), columns [0, 2048), vocab [0, 32000)");
   CHECK_THROWS_WITH_AS(tensor_slices(config, {6, 5}, {1024, 1024}),
                        "a tensor-parallel split of 11 heads (6, 5) and 2048 MLP columns (1024, 1024) does not cover "
                        "the model's 12 heads and 2048 columns",
@@ -200,7 +201,7 @@ TEST_CASE("a group's summed partials give the whole model's logits within 1e-5 a
   }
 }
 
-TEST_CASE("a member loads only its rows and columns, and only the leader the head") {
+TEST_CASE("a member loads only its rows and columns, and its rows of the LM head") {
   temp_dir dir;
   init_model(dir / "m", llama_config::preset("tiny"), {22, 0, {}});
   model_dir model(dir / "m");
@@ -208,8 +209,8 @@ TEST_CASE("a member loads only its rows and columns, and only the leader the hea
   auto slices = tensor_slices(c, {1, 3}, {100, 252});
   shard_options options{at::kCPU, at::kFloat, nullptr};
   options.slice = slices[1];
-  options.head = false;
   shard member(model, 0, c.num_layers, options);
+  shard whole(model, 0, c.num_layers, {at::kCPU, at::kFloat, nullptr});
   const auto& w = member.layers().front();
   CHECK(w.qkv.size(0) == (3 + 2 * 2) * c.head_dim);  // heads 1..3 read KV heads 0 and 1
   CHECK(w.qkv.size(1) == c.hidden_size);
@@ -217,24 +218,28 @@ TEST_CASE("a member loads only its rows and columns, and only the leader the hea
   CHECK(w.o.size(1) == 3 * c.head_dim);
   CHECK(w.gate_up.size(0) == 2 * 252);
   CHECK(w.down.size(1) == 252);
-  CHECK_FALSE(member.has_head());
-  CHECK_FALSE(member.head().defined());
+  // The LM head's rows in proportion to the columns: 252 of 352.
+  CHECK(slices[1].vocab_begin == slices[0].vocab_end);
+  CHECK(slices[1].vocab_end == c.vocab_size);
+  CHECK(slices[1].vocab() == 367);  // 512 x 252 / 352 = 366.5: the larger remainder rounds up
+  CHECK(member.has_head());
+  CHECK(at::equal(member.head(), whole.head().narrow(0, slices[1].vocab_begin, slices[1].vocab())));
   CHECK(member.new_cache(8).keys(0).size(0) == 2);
   // The leader's own slice at the same place as the whole model's rows.
   options.slice = slices[0];
-  options.head = true;
   shard leader(model, 0, c.num_layers, options);
-  shard whole(model, 0, c.num_layers, {at::kCPU, at::kFloat, nullptr});
   CHECK(leader.has_head());
   CHECK(at::equal(leader.layers().front().down, whole.layers().front().down.narrow(1, 0, 100)));
   CHECK(at::equal(leader.layers().front().qkv.narrow(0, 0, c.head_dim), whole.layers().front().qkv.narrow(0, 0, c.head_dim)));
   CHECK(leader.weight_bytes() < whole.weight_bytes());
   // A slice whose KV heads are not those its query heads read, or that lies
   // outside the layer, is refused, named.
-  for (const auto& bad : {tensor_slice{0, 2, 0, 2, 0, 100}, tensor_slice{2, 5, 1, 3, 0, 100}, tensor_slice{0, 2, 0, 1, 300, 400}}) {
+  for (const auto& bad : {tensor_slice{0, 2, 0, 2, 0, 100, 0, 10}, tensor_slice{2, 5, 1, 3, 0, 100, 0, 10},
+                          tensor_slice{0, 2, 0, 1, 300, 400, 0, 10}, tensor_slice{0, 2, 0, 1, 0, 100, 0, 0},
+                          tensor_slice{0, 2, 0, 1, 0, 100, 10, c.vocab_size + 1}}) {
     options.slice = bad;
     CHECK_THROWS_WITH_AS(shard(model, 0, c.num_layers, options),
-                         doctest::Contains((bad.describe() + " is not a slice of a layer of 4 heads (2 KV heads) and 352 MLP columns").c_str()),
+                         doctest::Contains((bad.describe() + " is not a slice of a layer of 4 heads (2 KV heads), 352 MLP columns and a vocabulary of " + std::to_string(c.vocab_size)).c_str()),
                          model_error);
   }
 }

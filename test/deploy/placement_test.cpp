@@ -260,8 +260,8 @@ TEST_CASE("automatic placement for latency runs the model on one tensor-parallel
   CHECK(plan.layout == "tensor-parallel: n0+n1 [0, 4)");
   REQUIRE(plan.placed.nodes.size() == 2);
   CHECK(plan.placed.nodes[0].name == "n0");  // the source leads the group
-  CHECK(plan.placed.nodes[0].slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
-  CHECK(plan.placed.nodes[1].slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352)");
+  CHECK(plan.placed.nodes[0].slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176), vocab [0, 256)");
+  CHECK(plan.placed.nodes[1].slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352), vocab [256, 512)");
   check_covers_layers(plan, "auto-0");
   CHECK(plan.groups == std::vector<std::vector<std::size_t>>{{0, 1}});
   // Each member half of a 1 ms block, plus the decode token's two connective
@@ -276,7 +276,7 @@ TEST_CASE("automatic placement for latency runs the model on one tensor-parallel
   REQUIRE(pipeline != plan.alternatives.end());
   CHECK(pipeline->decode_ms_per_token == doctest::Approx(4.0).epsilon(0.01));
   CHECK(contains(deploy::describe(plan), "chosen tensor-parallel: n0+n1 [0, 4) ("));
-  CHECK(contains(deploy::describe(plan), "(group auto-0: heads [2, 4) (kv [1, 2)), columns [176, 352))"));
+  CHECK(contains(deploy::describe(plan), "(group auto-0: heads [2, 4) (kv [1, 2)), columns [176, 352), vocab [256, 512))"));
   CHECK(plan.placed.nodes[1].weight_bytes < static_cast<std::uint64_t>(t.model_config.parameter_count(0, 4)) * 4);
 
   // A member three times as fast holds three times the work; the slow
@@ -284,8 +284,8 @@ TEST_CASE("automatic placement for latency runs the model on one tensor-parallel
   auto uneven = deploy::plan_automatic(t, synthetic_tp(t, {1.0, 3.0}, {1e12, 1e-6}));
   CHECK(uneven.layout == "tensor-parallel: n0+n1 [0, 4)");
   REQUIRE(uneven.placed.nodes.size() == 2);
-  CHECK(uneven.placed.nodes[0].slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88)");
-  CHECK(uneven.placed.nodes[1].slice.describe() == "heads [1, 4) (kv [0, 2)), columns [88, 352)");
+  CHECK(uneven.placed.nodes[0].slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88), vocab [0, 128)");
+  CHECK(uneven.placed.nodes[1].slice.describe() == "heads [1, 4) (kv [0, 2)), columns [88, 352), vocab [128, 512)");
   check_covers_layers(uneven, "auto-0");
 }
 

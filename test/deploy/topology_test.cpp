@@ -124,13 +124,13 @@ TEST_CASE("a heartbeat deadline under two intervals and an unknown rebalance pol
   c.check_error(base_yaml + "rebalance: sometimes\n", 9, "rebalance must be 'on_join' or 'never', got 'sometimes'");
 }
 
-TEST_CASE("collectives: sequence parallelism and tiles default to on and 1, are read, and bad values are named") {
+TEST_CASE("collectives: sequence parallelism and tiles default to off and 1, are read, and bad values are named") {
   cluster_dir c;
   auto t = c.parse(base_yaml);
-  CHECK(t.collectives.sequence_parallel);
+  CHECK_FALSE(t.collectives.sequence_parallel);
   CHECK(t.collectives.tiles == 1);
-  auto given = c.parse(base_yaml + "collectives:\n  sequence_parallel: off\n  tiles: 4\n");
-  CHECK_FALSE(given.collectives.sequence_parallel);
+  auto given = c.parse(base_yaml + "collectives:\n  sequence_parallel: on\n  tiles: 4\n");
+  CHECK(given.collectives.sequence_parallel);
   CHECK(given.collectives.tiles == 4);
   c.check_error(base_yaml + "collectives:\n  sequence_parallel: maybe\n", 10,
                 "sequence_parallel must be 'on' or 'off', got 'maybe'");
@@ -637,8 +637,8 @@ TEST_CASE("even placement counts a group as one stage; its members share the sta
   CHECK(t.node("c").group.empty());
   CHECK(t.node("a").speed == 1.0);  // the default
   // Equal speeds: an even split, each member one KV head and its two query heads.
-  CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
-  CHECK(t.node("b").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352)");
+  CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176), vocab [0, 256)");
+  CHECK(t.node("b").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352), vocab [256, 512)");
   check_partition(t, {"a", "b"});
   // A plain node's slice is left as it was (unused).
   CHECK(t.node("c").slice == orrery::tensor_slice{});
@@ -652,12 +652,12 @@ TEST_CASE("even placement counts a group as one stage; its members share the sta
   CHECK(apart.nodes[1].name == "c");
   CHECK(apart.nodes[2].name == "b");
   CHECK(ranges(apart) == std::vector<std::pair<int, int>>{{0, 2}, {0, 2}, {2, 4}});
-  CHECK(apart.node("c").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352)");
+  CHECK(apart.node("c").slice.describe() == "heads [2, 4) (kv [1, 2)), columns [176, 352), vocab [256, 512)");
 
   // A group of one is a stage of one holding the whole layer.
   auto alone = c.parse(one_group_yaml(1));
   CHECK(ranges(alone) == std::vector<std::pair<int, int>>{{0, 4}});
-  CHECK(alone.node("n0").slice == orrery::tensor_slice{0, 4, 0, 2, 0, 352});
+  CHECK(alone.node("n0").slice == orrery::tensor_slice{0, 4, 0, 2, 0, 352, 0, 512});
   CHECK(alone.node("n0").weight_bytes == weight_bytes(4, 0, 4));
 }
 
@@ -684,8 +684,8 @@ TEST_CASE("a group's heads and MLP columns are split by speed, every member gett
     auto t = speeds("1", "2");
     CHECK(t.node("a").speed == 1.0);
     CHECK(t.node("b").speed == 2.0);
-    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 117)");
-    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [117, 352)");
+    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 117), vocab [0, 170)");
+    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [117, 352), vocab [170, 512)");
     CHECK(t.node("b").slice.columns() > t.node("a").slice.columns());
     check_partition(t, {"a", "b"});
   }
@@ -693,15 +693,15 @@ TEST_CASE("a group's heads and MLP columns are split by speed, every member gett
     // 1:3: b takes 3 of the 4 heads, from inside a's KV group, so both
     // members hold KV head 0; the columns go exactly 88:264.
     auto t = speeds("1", "3");
-    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88)");
-    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [88, 352)");
+    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88), vocab [0, 128)");
+    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [88, 352), vocab [128, 512)");
     check_partition(t, {"a", "b"});
   }
   {
     // Only the ratio counts, and the faster may come first.
     auto t = speeds("6", "2");
-    CHECK(t.node("a").slice.describe() == "heads [0, 3) (kv [0, 2)), columns [0, 264)");
-    CHECK(t.node("b").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [264, 352)");
+    CHECK(t.node("a").slice.describe() == "heads [0, 3) (kv [0, 2)), columns [0, 264), vocab [0, 384)");
+    CHECK(t.node("b").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [264, 352), vocab [384, 512)");
     check_partition(t, {"a", "b"});
   }
   {
@@ -709,8 +709,8 @@ TEST_CASE("a group's heads and MLP columns are split by speed, every member gett
     auto t = speeds("0.01", "1e6");
     CHECK(t.node("a").speed == 0.01);
     CHECK(t.node("b").speed == 1e6);
-    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 1)");
-    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [1, 352)");
+    CHECK(t.node("a").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 1), vocab [0, 1)");
+    CHECK(t.node("b").slice.describe() == "heads [1, 4) (kv [0, 2)), columns [1, 352), vocab [1, 512)");
     check_partition(t, {"a", "b"});
   }
 }
@@ -719,15 +719,15 @@ TEST_CASE("a group of three: the first member takes the head and the column left
   cluster_dir c;
   auto t = c.parse(one_group_yaml(3));
   CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 4}, {0, 4}, {0, 4}});
-  CHECK(t.node("n0").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 118)");
-  CHECK(t.node("n1").slice.describe() == "heads [2, 3) (kv [1, 2)), columns [118, 235)");
-  CHECK(t.node("n2").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [235, 352)");
+  CHECK(t.node("n0").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 118), vocab [0, 172)");
+  CHECK(t.node("n1").slice.describe() == "heads [2, 3) (kv [1, 2)), columns [118, 235), vocab [172, 342)");
+  CHECK(t.node("n2").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [235, 352), vocab [342, 512)");
   check_partition(t, {"n0", "n1", "n2"});
   // 1:2:1: the middle member takes the extra head and twice the columns.
   auto middle = c.parse(edit(one_group_yaml(3), "7412', group: g}", "7412', group: g, speed: 2}"));
-  CHECK(middle.node("n0").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88)");
-  CHECK(middle.node("n1").slice.describe() == "heads [1, 3) (kv [0, 2)), columns [88, 264)");
-  CHECK(middle.node("n2").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [264, 352)");
+  CHECK(middle.node("n0").slice.describe() == "heads [0, 1) (kv [0, 1)), columns [0, 88), vocab [0, 128)");
+  CHECK(middle.node("n1").slice.describe() == "heads [1, 3) (kv [0, 2)), columns [88, 264), vocab [128, 384)");
+  CHECK(middle.node("n2").slice.describe() == "heads [3, 4) (kv [1, 2)), columns [264, 352), vocab [384, 512)");
   check_partition(middle, {"n0", "n1", "n2"});
   // As many members as heads: one head each.
   auto four = c.parse(one_group_yaml(4));
@@ -750,7 +750,7 @@ TEST_CASE("an explicit placement gives a group's members the same layers") {
   CHECK(t.nodes[1].name == "a");  // the group's members stay in file order: a leads
   CHECK(t.nodes[2].name == "b");
   CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 1}, {1, 4}, {1, 4}});
-  CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176)");
+  CHECK(t.node("a").slice.describe() == "heads [0, 2) (kv [0, 1)), columns [0, 176), vocab [0, 256)");
 
   c.check_error(placement("  a: [0, 2]\n  b: [0, 3]\n  c: [2, 4]\n"), 14,
                 "node 'b' of group 'g' holds layers [0, 3) but node 'a' of the same group holds [0, 2): a group's members "
@@ -803,7 +803,7 @@ TEST_CASE("placement auto with a group is refused, naming the group") {
   CHECK(c.parse(edit(base_yaml, "placement: even", "placement: auto")).auto_placement);
 }
 
-TEST_CASE("a group member's memory budget is checked against its slice; the leader holds the head") {
+TEST_CASE("a group member's memory budget is checked against its slice, its rows of the LM head included") {
   cluster_dir c;
   // a's slice of layers [0, 2): 2 × (2·128·2·32 q,o + 2·128·1·32 k,v + 3·128·176 MLP + 2·128 norms)
   // + 512·128 embedding = 250368 parameters, 1001472 bytes in fp32. Layers [0, 2) whole: 1738752 bytes.
@@ -820,12 +820,12 @@ TEST_CASE("a group member's memory budget is checked against its slice; the lead
                 "node 'a' needs 1001472 bytes (978.0 KiB) of fp32 weights for layers [0, 2) but its memory budget is "
                 "1001471 bytes");
 
-  // The group last: its leader a (first in the file) holds the final norm
-  // and the LM head (128 + 512·128 parameters), b does not.
+  // The group last: each member holds the final norm and its half of the
+  // LM head's 512 rows (128 + 256·128 parameters).
   auto last = c.parse(edit(edit(group_yaml, "placement: even", "placement: {c: [0, 2], a: [2, 4], b: [2, 4]}"),
                            "127.0.0.1:7412\n", "127.0.0.1:7412\n    device: cuda:0\n"));
-  CHECK(last.node("a").weight_bytes == (184832 + 65664) * 4);
-  CHECK(last.node("b").weight_bytes == 184832 * 2);  // bf16 on a GPU
+  CHECK(last.node("a").weight_bytes == (184832 + 32896) * 4);
+  CHECK(last.node("b").weight_bytes == (184832 + 32896) * 2);  // bf16 on a GPU
 }
 
 TEST_CASE("describe_placement names each member's group and slice") {
@@ -833,8 +833,8 @@ TEST_CASE("describe_placement names each member's group and slice") {
   auto text = orrery::deploy::describe_placement(c.parse(group_yaml));
   CHECK(contains(text, "4 layers over 3 nodes\n"));
   CHECK(contains(text, "a     127.0.0.1:7411  7511   cpu     [0, 2)"));
-  CHECK(contains(text, "unlimited  group g: heads [0, 2) (kv [0, 1)), columns [0, 176)\n"));
-  CHECK(contains(text, "unlimited  group g: heads [2, 4) (kv [1, 2)), columns [176, 352)\n"));
+  CHECK(contains(text, "unlimited  group g: heads [0, 2) (kv [0, 1)), columns [0, 176), vocab [0, 256)\n"));
+  CHECK(contains(text, "unlimited  group g: heads [2, 4) (kv [1, 2)), columns [176, 352), vocab [256, 512)\n"));
   // A plain node's line ends at its budget.
   CHECK(contains(text, "c     127.0.0.1:7413  7513   cpu     [2, 4)"));
   auto c_line = text.substr(text.find("c     127.0.0.1:7413"));
