@@ -83,7 +83,9 @@ std::string group_name(const profile& p, const std::vector<std::size_t>& members
 }
 
 // One device standing for the group: every layer costs the group's block,
-// and the leader's extra for what the layer holds beyond a block.
+// and the leader's extra for what the layer holds beyond a block: the
+// embedding's on every member, the head's split with its vocabulary rows,
+// which go in proportion to the members' MLP columns (compute/tensor_slice.hpp).
 device_profile group_device(const profile& p, const cost_model& costs, const std::vector<std::size_t>& members) {
   group_costs group(p, costs, members);
   std::size_t leader = members.front(), ref = reference_block(p);
@@ -96,11 +98,16 @@ device_profile group_device(const profile& p, const cost_model& costs, const std
     decode_block.push_back({point.length, group.decode(point.length).second});
   for (const auto& point : lead.layers[ref].prefill.points())
     prefill_block.push_back({point.length, group.prefill_per_token(point.length)});
+  const auto columns = group.decode(p.work.prompt_tokens).first.columns;
+  double all_columns = 0;
+  for (int c : columns) all_columns += c;
+  const double head_share = all_columns > 0 ? columns.front() / all_columns : 1.0;
   for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    const double share = l + 1 == p.layers.size() ? head_share : 1.0;
     auto with_extra = [&](std::vector<time_curve::point> block, time_curve layer_timing::*curve) {
       for (auto& point : block)
-        point.seconds += std::max(0.0, (lead.layers[l].*curve).at(point.length) -
-                                           (lead.layers[ref].*curve).at(point.length));
+        point.seconds += share * std::max(0.0, (lead.layers[l].*curve).at(point.length) -
+                                                   (lead.layers[ref].*curve).at(point.length));
       return time_curve(std::move(block));
     };
     out.layers.push_back(

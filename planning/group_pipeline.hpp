@@ -9,8 +9,9 @@
 //
 // The profile's layers are decoder blocks as orrery's runtime holds them and
 // the profiler measures them: the embedding folded into the first block, the
-// final norm and the head into the last. A group's leader (its first device)
-// pays what such an edge layer costs beyond a plain block.
+// final norm and the head into the last. A group's members pay what such an
+// edge layer costs beyond a plain block: the embedding whole, the head in
+// proportion to their vocabulary rows (the leader's share, on its times).
 //
 // The runtime adds each part's partial sums after its matmuls (no tile
 // overlap yet), so a group's block is costed by the serial schedule.

@@ -68,8 +68,8 @@ topology with_layout(const topology& t, const std::vector<planning::stage>& stag
 }
 
 // The planners check whole layers against a group's budgets together; a
-// member holds its slice (and the embedding with layer 0, the head if it
-// leads the last stage) and the KV of its KV heads.
+// member holds its slice (and the embedding with layer 0, its rows of the
+// LM head with the last layer) and the KV of its KV heads.
 void check_members_fit(const topology& placed, const std::vector<std::size_t>& members, const planning::profile& p) {
   planning::cost_model costs(p);
   for (std::size_t i = 0; i < placed.nodes.size(); ++i) {

@@ -68,7 +68,7 @@ TEST_CASE("a group of one is its device; a group of two equal devices on a free 
   CHECK(pair.stages.devices[0].memory_bytes == 2e9);
 }
 
-TEST_CASE("a group's block pays its ring, and its leader the head beyond a block") {
+TEST_CASE("a group's block pays its ring, and its members the head beyond a block by their vocabulary rows") {
   // 1 Mbit/s with 1 ms a message: each of the 4 ring steps of a decode block
   // sends one token's 512 bytes.
   profile p = folded({1.0, 1.0}, {125e3, 1e-3}, 0.4e-3);
@@ -77,7 +77,8 @@ TEST_CASE("a group's block pays its ring, and its leader the head beyond a block
   double compute = 0.5 * (4 * c.per_head + 352 * c.per_column) + 2 * c.per_token;
   double ring = 4 * (1e-3 + 512 / 125e3);
   CHECK(pair.stages.devices[0].layers[1].decode.at(40) == doctest::Approx(compute + ring));
-  CHECK(pair.stages.devices[0].layers[3].decode.at(40) == doctest::Approx(compute + ring + 0.4e-3));
+  // Two equal members: each computes half the head's logits.
+  CHECK(pair.stages.devices[0].layers[3].decode.at(40) == doctest::Approx(compute + ring + 0.2e-3));
 }
 
 TEST_CASE("a faster member gets a larger share; the source must lead its group") {
