@@ -188,7 +188,7 @@ topology parse_topology(const std::string& yaml_text, const std::filesystem::pat
   read_automatic_placement(src, top, file_for_messages, t);
   for (const auto& node : nodes)
     if (t.auto_placement && !node.spec.group.empty())
-      src.fail(node.group_line, "placement 'auto' plans layers over nodes, not groups, so far: give group '" +
+      src.fail(node.group_line, "placement 'auto' forms its own groups from the nodes: give group '" +
                                     node.spec.group + "' its layers with placement 'even' or a map of layer ranges");
   if (!t.auto_placement) {
     place(src, top.find("placement"), nodes_entry.line, t.model_config, nodes);

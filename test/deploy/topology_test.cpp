@@ -797,7 +797,7 @@ TEST_CASE("placement auto with a group is refused, naming the group") {
   // c (no group) comes first: the error points at the first member's `group:`.
   auto yaml = edit(edit(group_yaml, "placement: even", "placement: auto"), "  - name: a", "  - name: c0\n    address: 127.0.0.1:7414\n  - name: a");
   c.check_error(yaml, 8,
-                "placement 'auto' plans layers over nodes, not groups, so far: give group 'g' its layers with placement "
+                "placement 'auto' forms its own groups from the nodes: give group 'g' its layers with placement "
                 "'even' or a map of layer ranges");
   // Without a group auto is accepted as before.
   CHECK(c.parse(edit(base_yaml, "placement: even", "placement: auto")).auto_placement);
