@@ -1,7 +1,8 @@
 // `orrery bench placement`: the planner's automatic layout against the even
-// one on a running cluster (typically `orrery testbed up`), each predicted
-// from the measured profile and measured with concurrent requests, in
-// alternating rounds so both see the same machine state.
+// one (a pipeline of every node) and, where the profile has tensor-parallel
+// costs, every node as one group, on a running cluster (typically `orrery
+// testbed up`), each predicted from the measured profile and measured with
+// concurrent requests, in alternating rounds so all see the same machine state.
 
 #include <CLI/CLI.hpp>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/profiling/auto_placement.hpp"
+#include "planning/group_pipeline.hpp"
 
 namespace orrery::deploy {
 
@@ -80,6 +82,9 @@ nlohmann::json run(const placement_bench_options& o) {
   work.output_tokens = o.new_tokens;
   auto profile = obtain_profile(t, work, progress_bar("profile"), o.refresh);
   std::vector<placement_plan> plans = {plan_even(t, profile), plan_automatic(t, profile)};
+  // Galaxy's comparison: every node in one tensor-parallel group, where the
+  // profile has the costs to split it.
+  if (planning::has_tp_costs(profile) && t.nodes.size() > 1) plans.push_back(plan_one_group(t, profile));
   for (const auto& plan : plans) std::cerr << "bench: " << describe(plan) << "\n";
   std::vector<std::vector<measurement>> runs(plans.size());
   for (int round = 0; round < o.repeats; ++round)
@@ -91,6 +96,7 @@ nlohmann::json run(const placement_bench_options& o) {
     }
   auto even = report(plans[0], runs[0]);
   auto automatic = report(plans[1], runs[1]);
+  automatic["layout"] = plans[1].layout;
   const bool throughput = t.objective == "throughput";
   const double speedup =
       throughput ? automatic["measured"]["tokens_per_s"].get<double>() / even["measured"]["tokens_per_s"].get<double>()
@@ -107,6 +113,7 @@ nlohmann::json run(const placement_bench_options& o) {
           {"even", even},
           {"auto", automatic},
           {"auto_speedup_in_objective", speedup},
+          {"one_group", plans.size() > 2 ? report(plans[2], runs[2]) : nlohmann::json(nullptr)},
           {"targets", {{"auto_speedup_in_objective", ">= 1.3"}, {"prediction_error", "<= 0.2"}}}};
 }
 

@@ -255,6 +255,12 @@ placement_plan plan_automatic(const topology& t, const planning::profile& p) {
   return make_plan("auto (throughput)", t, p, planning::edgeshard_throughput(costs).stages);
 }
 
+placement_plan plan_one_group(const topology& t, const planning::profile& p) {
+  auto plan = plan_groups(t, p, cut_into_groups(p.devices.size(), 0));
+  plan.name = "one group";
+  return plan;
+}
+
 placement_plan plan_even(const topology& t, const planning::profile& p) {
   std::vector<planning::stage> stages;
   auto ranges = even_ranges(t.num_layers, static_cast<int>(t.nodes.size()));

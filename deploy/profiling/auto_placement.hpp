@@ -75,6 +75,11 @@ planning::profile obtain_profile(const topology& t, const planning::workload& wo
 /// naming what does not fit.
 placement_plan plan_automatic(const topology& t, const planning::profile& p);
 
+/// Every node of `t` as one tensor-parallel group holding every layer,
+/// split by the profile's tp costs; throws planning::profile_error when the
+/// profile has none and planning::infeasible_error when it does not fit.
+placement_plan plan_one_group(const topology& t, const planning::profile& p);
+
 /// `placement: even` over every node of `t` (in file order), predicted from `p`.
 placement_plan plan_even(const topology& t, const planning::profile& p);
 

@@ -315,6 +315,14 @@ TEST_CASE("automatic placement for latency keeps a pipeline over a 1 Mbit/s link
   CHECK(without.alternatives.empty());
   CHECK(without.note == "no tensor-parallel groups weighed: the profile has no tp costs (devices[].tp); `orrery profile` measures both");
   CHECK(contains(deploy::describe(without), without.note));
+
+  // Galaxy's comparison layout, all nodes in one group, whatever it costs:
+  // the same layout and prediction as the alternative weighed above.
+  auto one = deploy::plan_one_group(t, synthetic_tp(t, {1.0, 1.0}, {125e3, 0.2e-3}));
+  CHECK(one.layout == "tensor-parallel: n0+n1 [0, 4)");
+  CHECK(one.predicted.decode_ms_per_token == doctest::Approx(group->decode_ms_per_token));
+  check_covers_layers(one, one.placed.nodes.front().group);
+  CHECK_THROWS_AS(deploy::plan_one_group(t, p), planning::profile_error);  // p has no tp costs by now
 }
 
 TEST_CASE("a profile file that does not describe the topology is refused by name") {

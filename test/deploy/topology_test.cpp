@@ -466,7 +466,7 @@ TEST_CASE("every bundled topology parses wherever the working directory is, its 
       explicit working_directory(const fs::path& dir) { fs::current_path(dir); }
       ~working_directory() { fs::current_path(previous); }
     } in_elsewhere(elsewhere.path());
-    for (const char* name : {"demo4.yaml", "testbed4.yaml", "cluster.yaml"}) {
+    for (const char* name : {"demo4.yaml", "testbed4.yaml", "testbed4-equal.yaml", "group2.yaml", "cluster.yaml"}) {
       CAPTURE(name);
       fs::copy_file(source_dir() / "deploy" / "topologies" / name, repo / "deploy" / "topologies" / name);
       auto t = orrery::deploy::load_topology(repo / "deploy" / "topologies" / name);
