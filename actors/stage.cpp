@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <variant>
 #include <vector>
 
@@ -209,12 +210,44 @@ void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string
 
 bool holds_head(const stage_state& s) { return !s.shards.empty() && s.shards.back()->shard().has_head(); }
 
+// What a pass hands on: hidden states, or from the stage with the head its
+// logits; or, from a group's leader decoding greedily, the token itself.
+struct pass_output {
+  at::Tensor tensor;
+  std::optional<compute::token_id> token;
+};
+
+// The group's logits put together for its leader to sample from. Where the
+// leader only takes their argmax (greedy, no logits asked back, one row),
+// each member sends its best (value, vocabulary id) instead of its logits:
+// 16 bytes instead of 4 per vocabulary row, the same token (ties go to the
+// lowest id: the first member in rank order holding the maximum, and within
+// it the first column).
+pass_output group_logits(stage_state& s, const messages::forward_route& route, const at::Tensor& mine) {
+  // Gathered as the collective of a layer past the last.
+  const collective_key key{route.request, route.step,
+                           compute::collective_index(s.assignment.last_layer, compute::collective_point::attention)};
+  const bool argmax_only = compute::sampler(sampling_params_of(route.sampling)).plain_argmax() &&
+                           !route.sampling.return_logits && mine.size(0) == 1;
+  if (!argmax_only) return {s.ring->all_gather(mine, key, 1), std::nullopt};
+  // The value's float32 bits and the id, as one int64 row: exact, and a
+  // type frames carry.
+  auto local = mine.to(at::kCPU, at::kFloat).contiguous();
+  auto column = local.argmax(-1);
+  auto value_bits = local.gather(-1, column.unsqueeze(-1)).squeeze(-1).view(at::kInt).to(at::kLong);
+  auto best = at::stack({value_bits, column + s.assignment.slice.vocab_begin}, -1);  // [1, 2]
+  auto all = s.ring->all_gather(best, key, 0);                                        // [members, 2], rank order
+  const auto values = all.select(1, 0).to(at::kInt).view(at::kFloat);
+  const auto winner = values.argmax().item<std::int64_t>();
+  return {mine, static_cast<compute::token_id>(all[winner][1].item<std::int64_t>())};
+}
+
 // Runs the frame's tokens through the stage's layers, extending the
 // request's KV caches. A frame at position 0 starts the sequence (a new
 // request, or a replay after a recovery); any other must continue exactly
 // where the caches end, or the stage would compute on a sequence it does
 // not hold.
-at::Tensor forward(stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
+pass_output forward(stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
   const auto& tokens = frame.tensor(messages::tensor_role::tokens);
   auto& r = s.requests[route.request];
   if (route.position == 0) {
@@ -259,26 +292,24 @@ at::Tensor forward(stage_state& s, const messages::forward_route& route, const t
     }
   }
   for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context);
-  // Each member computed its vocabulary rows' logits: the leader samples
-  // from all of them, gathered as the collective of a layer past the last.
-  if (s.ring && holds_head(s))
-    x = s.ring->all_gather(
-        x, {route.request, route.step, compute::collective_index(s.assignment.last_layer, compute::collective_point::attention)},
-        1);
   if (holds_head(s)) {
     auto ids = tokens.to(at::kLong).contiguous();
     r.history.insert(r.history.end(), ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
   }
-  return x;
+  // Each member computed its vocabulary rows' logits.
+  if (s.ring && holds_head(s)) return group_logits(s, route, x);
+  return {x, std::nullopt};
 }
 
-// The stage holding the head samples where the logits are and sends the
-// session the token id (and the logits row only where it asked for them).
-std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const at::Tensor& logits) {
+// The stage holding the head samples where the logits are (unless its
+// group chose the token already) and sends the session the token id (and
+// the logits row only where it asked for them).
+std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const pass_output& pass) {
   compute::sampler choose(sampling_params_of(route.sampling));
-  const auto token = compute::sample(choose, logits, s.requests.at(route.request).history, route.step);
+  const auto token = pass.token ? *pass.token
+                                : compute::sample(choose, pass.tensor, s.requests.at(route.request).history, route.step);
   std::vector<outgoing_tensor> out{{messages::tensor_role::tokens, at::full({1}, std::int64_t{token}, at::kLong)}};
-  if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, logits});
+  if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, pass.tensor});
   return out;
 }
 
@@ -296,7 +327,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
     return;
   }
   if (s.shards.empty() || !s.wired) return fail_request(self, route->request, "received a frame before it was deployed");
-  at::Tensor out;
+  pass_output out;
   std::vector<outgoing_tensor> tensors;
   messages::frame_descriptor out_d;
   out_d.session = d.session;
@@ -313,7 +344,8 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
       tensors = sampled(s, *route, out);
       out_d.route = messages::session_route{route->request, route->step};
     } else {
-      tensors = {{messages::tensor_role::hidden, out}, {messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}};
+      tensors = {{messages::tensor_role::hidden, out.tensor},
+                 {messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}};
       auto next = *route;
       next.stage = s.hops.front().stage;
       out_d.route = next;

@@ -214,10 +214,10 @@ nlohmann::json run(const parallel_bench_options& o) {
     prefill_speedups[variants[v].first] = compute::median(local1.prefill_ms) / compute::median(grouped[v].prefill_ms);
   }
   // A decode step all-reduces a [1, hidden] fp32 row twice a layer (a ring
-  // sends 2 (n - 1) / n of it per member) and all-gathers the logits (each
-  // member passes on n - 1 of the n vocabulary pieces: about (n - 1) / n).
+  // sends 2 (n - 1) / n of it per member); greedy, it then gathers each
+  // member's best (value, id): n - 1 pieces of 16 bytes per member.
   const double share = static_cast<double>(n - 1) / n;
-  const double minimum_bytes = 2.0 * config.num_layers * 2 * share * config.hidden_size * 4.0 + share * config.vocab_size * 4.0;
+  const double minimum_bytes = 2.0 * config.num_layers * 2 * share * config.hidden_size * 4.0 + (n - 1) * 16.0;
   nlohmann::json per_member = nlohmann::json::array();
   const double tokens = static_cast<double>(std::max<std::size_t>(decoded, 1)) * o.repeats;
   for (int m = 0; m < n; ++m)
@@ -243,9 +243,10 @@ nlohmann::json run(const parallel_bench_options& o) {
           {"decode_per_member", per_member},
           {"decode_ring_bytes_theoretical_minimum", minimum_bytes},
           {"collectives",
-           "decode: an all-reduce after each attention and MLP and an all-gather of the logits (vocabulary-parallel LM "
-           "head); prefill: the same (all_reduce) or reduce-scatter + all-gather around connective blocks run on each "
-           "member's rows (sequence_parallel), with partial sums computed and sent in column tiles (_tiled)"}};
+           "decode: an all-reduce after each attention and MLP, then (vocabulary-parallel LM head, greedy) an all-gather "
+           "of each member's best (value, id); prefill: the same (all_reduce) or reduce-scatter + all-gather around "
+           "connective blocks run on each member's rows (sequence_parallel), with partial sums computed and sent in "
+           "column tiles (_tiled)"}};
 }
 
 }  // namespace

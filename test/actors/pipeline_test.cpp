@@ -173,6 +173,44 @@ TEST_CASE("tensor-parallel groups of 2 and 3, alone and as pipeline stages, give
     }
 }
 
+TEST_CASE("a greedy request without logits over a group gathers each member's best token, not its logits: the same tokens, the bytes counted") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  const auto config = compute::llama_config::preset("tiny");  // 512 vocabulary rows
+  const std::string prompt = "Only the best";
+  auto reference = single_device(path, prompt, 33);
+  const auto members = group(config, "g", 0, 4, {1, 2, 1}, {88, 176, 88});
+  in_process_pipeline pipeline(path, members);
+  auto ring_bytes = [&] {
+    std::vector<std::uint64_t> out;
+    for (const auto& s : actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5)))
+      out.push_back(s.collective_bytes_sent);
+    return out;
+  };
+  auto before = ring_bytes();
+  check_tokens(pipeline, prompt, reference);  // logits asked back: the logits are gathered
+  auto with_logits = ring_bytes();
+  auto request = greedy_request(prompt, 33);
+  request.sampling.return_logits = false;
+  auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20));
+  REQUIRE(summaries.size() == 1);
+  CHECK(summaries[0].tokens == reference.tokens);
+  CHECK(summaries[0].final_logits.empty());
+  auto without = ring_bytes();
+  // Each of the 33 passes: member r passes on the pieces of members r, r - 1
+  // (n - 1 = 2 ring steps): 4 bytes a vocabulary row of theirs with logits,
+  // 16 bytes (a value and an id) without.
+  const int n = 3;
+  for (int r = 0; r < n; ++r) {
+    CAPTURE(r);
+    std::int64_t per_pass = 0;
+    for (int s = 0; s < n - 1; ++s) per_pass += 4 * members[static_cast<std::size_t>((r - s + n) % n)].slice.vocab() - 16;
+    const auto logit_bytes = static_cast<std::int64_t>(with_logits[r] - before[r]);
+    const auto best_bytes = static_cast<std::int64_t>(without[r] - with_logits[r]);
+    CHECK(logit_bytes - best_bytes == 33 * per_pass);
+  }
+}
+
 TEST_CASE("on small, groups of 2 and 3 (even, 1:2:1), alone and as a pipeline stage, with and without SP and tiles: 64 greedy steps as on one device") {
   // small: 12 layers, 12 heads over 4 KV heads, 2048 MLP columns, 32000 vocabulary rows.
   temp_dir dir;
