@@ -284,7 +284,7 @@ at::Tensor shard::decoder_layer(int index, const at::Tensor& x, const std::vecto
 at::Tensor shard::sequence_parallel_layers(const at::Tensor& x, const std::vector<sequence_step>& batch,
                                            const std::vector<llama_ops::token_positions>& positions,
                                            const sequence_split& split) const {
-  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const double eps = config_.rms_norm_eps;
   // Every member holds all rows of the stage's input: the first norm needs
   // no gather. From there on the residual stream is this member's rows.
   auto rows = x.narrow(0, split.row_begin, split.row_end - split.row_begin);
