@@ -7,24 +7,13 @@
 #include <stdexcept>
 #include <variant>
 
+#include "base/tensor_slice.hpp"
+
 namespace orrery::actors {
 
 std::vector<std::int64_t> proportional_rows(const std::vector<std::int32_t>& shares, std::int64_t rows) {
   if (shares.empty()) return {rows};
-  std::int64_t total = 0;
-  for (auto share : shares) total += share;
-  if (total <= 0) throw std::invalid_argument("proportional_rows: the shares add up to " + std::to_string(total));
-  std::vector<std::int64_t> out;
-  std::vector<std::pair<std::int64_t, std::size_t>> remainders;  // (remainder, member)
-  std::int64_t given = 0;
-  for (std::size_t m = 0; m < shares.size(); ++m) {
-    out.push_back(rows * shares[m] / total);
-    given += out.back();
-    remainders.emplace_back(rows * shares[m] % total, m);
-  }
-  std::stable_sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (std::size_t i = 0; given < rows; ++i, ++given) ++out[remainders[i].second];
-  return out;
+  return largest_remainder_split(rows, std::vector<std::int64_t>(shares.begin(), shares.end()));
 }
 
 group_ring::group_ring(options o) : options_(std::move(o)) {

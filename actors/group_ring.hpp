@@ -62,8 +62,8 @@ struct collective_key {
   std::uint32_t sequence = 0;
 };
 
-/// `rows` split in proportion to `shares` (largest remainders first, ties to
-/// the lower rank); no shares: equal ones for one member.
+/// `rows` split in proportion to `shares` (base's largest_remainder_split);
+/// no shares: all of them to one member.
 std::vector<std::int64_t> proportional_rows(const std::vector<std::int32_t>& shares, std::int64_t rows);
 
 /// Held by shared_ptr: a send's completion may run after the stage let go.

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace orrery {
 
@@ -28,6 +29,13 @@ struct tensor_slice {
   bool operator==(const tensor_slice& other) const;
   bool operator!=(const tensor_slice& other) const { return !(*this == other); }
 };
+
+/// `total` in proportion to `shares` (non-negative, adding up to more than
+/// 0): each its floor, then one more each to the largest remainders, ties to
+/// the lower index. How a group splits its LM head rows and, under sequence
+/// parallelism, a pass's tokens by its members' MLP columns. Throws
+/// std::invalid_argument when the shares add up to 0 or less.
+std::vector<std::int64_t> largest_remainder_split(std::int64_t total, const std::vector<std::int64_t>& shares);
 
 /// How a tensor-parallel group runs its collectives (a topology's
 /// `collectives:`), the same for every group.

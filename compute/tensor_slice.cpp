@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <numeric>
-#include <utility>
 
 #include "compute/model_error.hpp"
 
@@ -16,21 +15,12 @@ std::string listed(const std::vector<int>& shares) {
   return text;
 }
 
-// `rows` in proportion to `shares` (largest remainders first), at least one
-// each: a member without head rows would have no logits to add to the
-// group's.
+// `rows` in proportion to `shares`, at least one each: a member without head
+// rows would have no logits to add to the group's.
 std::vector<int> vocab_split(int rows, const std::vector<int>& shares) {
-  const std::int64_t total = std::accumulate(shares.begin(), shares.end(), std::int64_t{0});
   std::vector<int> out;
-  std::vector<std::pair<std::int64_t, std::size_t>> remainders;
-  int given = 0;
-  for (std::size_t m = 0; m < shares.size(); ++m) {
-    out.push_back(static_cast<int>(std::int64_t{rows} * shares[m] / total));
-    given += out.back();
-    remainders.emplace_back(std::int64_t{rows} * shares[m] % total, m);
-  }
-  std::stable_sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (std::size_t i = 0; given < rows; ++i, ++given) ++out[remainders[i].second];
+  for (auto share : largest_remainder_split(rows, std::vector<std::int64_t>(shares.begin(), shares.end())))
+    out.push_back(static_cast<int>(share));
   for (auto& share : out)
     if (share == 0) {
       ++share;
