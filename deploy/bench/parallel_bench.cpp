@@ -107,9 +107,14 @@ struct timing {
 
 nlohmann::json summary(const timing& t) {
   nlohmann::json out;
-  if (!t.decode_ms.empty())
-    out["decode_ms_per_token"] = compute::median(t.decode_ms), out["decode_runs_ms_per_token"] = t.decode_ms;
-  if (!t.prefill_ms.empty()) out["prefill_ms"] = compute::median(t.prefill_ms), out["prefill_runs_ms"] = t.prefill_ms;
+  if (!t.decode_ms.empty()) {
+    out["decode_ms_per_token"] = compute::median(t.decode_ms);
+    out["decode_runs_ms_per_token"] = t.decode_ms;
+  }
+  if (!t.prefill_ms.empty()) {
+    out["prefill_ms"] = compute::median(t.prefill_ms);
+    out["prefill_runs_ms"] = t.prefill_ms;
+  }
   return out;
 }
 
