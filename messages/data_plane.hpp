@@ -98,8 +98,12 @@ class link {
   /// Queues one frame; frames go out in the order send() was called. Fills
   /// `d.byte_length` and `d.checksum` (computed here, on the caller's thread).
   /// `data` (byte_length bytes) must stay valid until `done` runs; the link holds
-  /// `keepalive` until then. `done` runs on the io thread once the bytes are
-  /// written or the frame failed (invalid shape, link closed); it is never dropped.
+  /// `keepalive` until then. `done` runs once the bytes are written or the
+  /// frame failed (invalid shape, link closed); it is never dropped. It runs on
+  /// the io thread, except for a small frame on an idle link that the socket
+  /// took whole from the caller's thread: then it runs there, before send()
+  /// returns (waking the io thread for it would cost a latency-bound ring step
+  /// a context switch). `done` must not take a lock the caller holds.
   void send(frame_descriptor d, const std::byte* data, std::shared_ptr<void> keepalive, completion done = {});
 
   /// A payload that is still arriving in `data` (a device-to-host copy in

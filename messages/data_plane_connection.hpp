@@ -119,6 +119,17 @@ class connection : public std::enable_shared_from_this<connection> {
     gather(1);
     // Whatever the stream does not take now, the io thread writes.
     auto n = stream_->write_now(const_buffer_span(out_.data(), out_.size()));
+    std::size_t total = 0;
+    for (const auto& b : out_) total += b.size();
+    if (n == total) {
+      // All of it went: done here, without waking the io thread.
+      out_.clear();
+      auto written = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      written.complete("");
+      return true;
+    }
     writing_ = true;
     lock.unlock();
     asio::post(core_->io, [self = shared_from_this(), n] { self->on_written({}, n); });
@@ -297,8 +308,9 @@ class connection : public std::enable_shared_from_this<connection> {
   //
   // One gathered write carries any owed credit and as many queued frames as the
   // window and one writev allow. Credit for delivered frames is returned when
-  // the reader is about to wait (or with the next outgoing frame), so a burst
-  // of small frames is answered by one credit frame. The writer state below is
+  // the reader is about to wait and a sixteenth of the window is owed (or with
+  // the next outgoing frame), so a burst of small frames is answered by one
+  // credit frame (frame.hpp's credit rule). The writer state below is
   // guarded by send_mutex_ because send_now writes from callers' threads; while
   // writing_ is set, out_ belongs to the write in progress.
 
@@ -327,7 +339,7 @@ class connection : public std::enable_shared_from_this<connection> {
   void before_waiting() {
     {
       std::lock_guard<std::mutex> guard(send_mutex_);
-      if (credit_owed_ == 0) return;
+      if (credit_owed_ < return_threshold(core_->options.credit_bytes)) return;
     }
     if (std::exchange(pump_posted_, true)) return;
     asio::post(core_->io, [self = shared_from_this()] {
@@ -337,7 +349,13 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
   // Under send_mutex_.
-  bool admits(std::uint64_t cost) const { return window_known_ && (in_flight_ == 0 || in_flight_ + cost <= window_); }
+  bool admits(std::uint64_t cost) const { return admits(in_flight_, cost); }
+  bool admits(std::uint64_t in_flight, std::uint64_t cost) const {
+    return window_known_ && (in_flight <= return_threshold(window_) || in_flight + cost <= window_);
+  }
+  // Credit a receiver may hold back, and a sender may therefore exceed its
+  // window by: both ends compute it from the same granted window.
+  static std::uint64_t return_threshold(std::uint64_t window) { return window / 16; }
 
   // Under send_mutex_: fills out_ with owed credit and the first `frames`
   // queued frames, which count as in flight from here on.
@@ -365,7 +383,7 @@ class connection : public std::enable_shared_from_this<connection> {
       std::uint64_t admitted = 0;
       std::size_t frames = 0;
       while (frames < std::min(queue_.size(), max_batch) && window_known_ &&
-             (in_flight_ + admitted == 0 || in_flight_ + admitted + queue_[frames].cost() <= window_))
+             admits(in_flight_ + admitted, queue_[frames].cost()))
         admitted += queue_[frames++].cost();
       gather(frames);
       if (out_.empty()) return;

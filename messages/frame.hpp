@@ -18,9 +18,12 @@
 // (data_plane_options::credit_bytes). It then returns the wire size (header +
 // descriptor + payload) of every tensor frame it has handed to its frame
 // handler, coalesced: with its next outgoing frame, or in a credit frame of
-// its own before it waits for more input. A sender keeps (sent - returned) <=
-// window, except that one frame larger than the whole window may go when
-// nothing is in flight.
+// its own before it waits for more input once it owes a sixteenth of its
+// window or more (a stream of small frames, such as a tensor-parallel ring's,
+// is not answered frame by frame: each answer wakes the sender's io thread).
+// A sender keeps (sent - returned) <= window, except that any frame may go
+// while at most a sixteenth of the window is in flight: the receiver may be
+// holding that much credit back, and a frame that needs it must not wait.
 
 #include <array>
 #include <cstddef>
