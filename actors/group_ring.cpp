@@ -183,6 +183,16 @@ at::Tensor group_ring::all_reduce(const compute::partial_sum& partial, const col
       tiles[t] = tiles[t] + receive(key, {op, t, 0}).to(tiles[t].device()).view_as(tiles[t]);
     return side_by_side(tiles);
   }
+  if (partial.rows() * partial.width() * 4 <= gathered_all_reduce_bytes) {
+    // A few KB (a decode step's row): each ring step costs its fixed
+    // per-message work far more than its bytes, so the partials travel
+    // whole, n - 1 steps instead of 2 (n - 1), and every member adds all n
+    // in rank order: the same sum, bitwise, everywhere.
+    auto parts = all_gather_pieces(partial.whole().contiguous(), key, op);
+    auto sum = parts.front().clone();
+    for (std::size_t m = 1; m < parts.size(); ++m) sum += parts[m];
+    return sum;
+  }
   // Chunk c of a tile is the elements [bound(c), bound(c + 1)) of the
   // flattened tile. Reduce-scatter: after n - 1 steps chunk r + 1 holds
   // every member's part; all-gather: the summed chunks travel once around.
@@ -248,10 +258,9 @@ at::Tensor group_ring::reduce_scatter(const compute::partial_sum& partial, const
   return side_by_side(tiles);
 }
 
-at::Tensor group_ring::all_gather(const at::Tensor& mine, const collective_key& key, int dim) {
+std::vector<at::Tensor> group_ring::all_gather_pieces(const at::Tensor& mine, const collective_key& key,
+                                                      messages::collective_op op) {
   const int n = size(), r = rank();
-  constexpr auto op = messages::collective_op::all_gather;
-  if (n == 1) return mine;
   // Member m's piece, in rank order; each travels n - 1 hops around the
   // ring, member r passing on at step s the piece it got at step s - 1.
   std::vector<at::Tensor> pieces(static_cast<std::size_t>(n));
@@ -261,7 +270,12 @@ at::Tensor group_ring::all_gather(const at::Tensor& mine, const collective_key& 
     pieces[static_cast<std::size_t>(wrap(r - 1 - s, n))] =
         receive(key, {op, 0, static_cast<std::uint16_t>(s)}).to(mine.device());
   }
-  return at::cat(pieces, dim);
+  return pieces;
+}
+
+at::Tensor group_ring::all_gather(const at::Tensor& mine, const collective_key& key, int dim) {
+  if (size() == 1) return mine;
+  return at::cat(all_gather_pieces(mine, key, messages::collective_op::all_gather), dim);
 }
 
 }  // namespace orrery::actors

@@ -7,11 +7,16 @@
 // - reduce-scatter: each member ends with its rows of the sum (sequence
 //   parallelism's split, by the members' shares), n - 1 steps;
 // - all-gather: every member's rows (or columns) to every member, n - 1 steps.
-// Two members swap instead of circling: the same bytes, one step.
+// Two members swap instead of circling: the same bytes, one step. An
+// all-reduce of at most gathered_all_reduce_bytes (a decode step's rows)
+// gathers the whole partials instead, n - 1 steps rather than 2 (n - 1): on
+// the testbed a ring step of a few KB costs ~0.6 ms of per-message work and
+// waiting, its bytes a few microseconds.
 //
 // Each chunk of a sum is added up at one member, in ring order, and then
 // copied around (or, for two, added in either order, which IEEE addition
-// makes the same): every member gets bitwise the same tensor, so their
+// makes the same; or, gathered whole, added on each member in rank order):
+// every member gets bitwise the same tensor, so their
 // residual streams, and what the leader samples from, never drift apart.
 //
 // Partial sums come as columns on demand (compute/layer_program.hpp): with
@@ -53,6 +58,10 @@ class ring_interrupted : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/// Largest all-reduce (fp32 bytes of the partial) that gathers whole partials
+/// rather than running the bandwidth-optimal ring.
+constexpr std::int64_t gathered_all_reduce_bytes = 64 << 10;
 
 /// Which collective of a forward pass a piece belongs to.
 struct collective_key {
@@ -135,6 +144,9 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
     std::uint16_t ring_step;
   };
   void send(const at::Tensor& chunk, const collective_key& key, piece p);
+  /// Every member's `mine` in rank order, passed around the ring as `op`'s pieces.
+  std::vector<at::Tensor> all_gather_pieces(const at::Tensor& mine, const collective_key& key,
+                                            messages::collective_op op);
   at::Tensor receive(const collective_key& key, piece p);
   /// The partial's column tiles, each computed and passed to `first_step`
   /// (which sends it on) before the next is computed.

@@ -78,7 +78,7 @@ std::vector<at::Tensor> on_every_member(std::vector<member>& members, const std:
       }
     });
   for (auto& t : threads) t.join();
-  for (const auto& e : errors) REQUIRE(e.empty());
+  for (const auto& e : errors) REQUIRE_MESSAGE(e.empty(), e);
   return out;
 }
 
@@ -101,7 +101,16 @@ TEST_CASE("a ring all-reduce gives every member the same bits, the sum of the pa
   for (int n : {2, 3, 5}) {
     CAPTURE(n);
     auto members = ring_of(n);
-    for (auto shape : {std::vector<std::int64_t>{1, 768}, std::vector<std::int64_t>{7, 13}}) {
+    // A decode row and a small block gather whole partials (n - 1 pieces in,
+    // or 1 for a swap); 32 rows of 768 are over gathered_all_reduce_bytes and
+    // take the ring (2 (n - 1) pieces in).
+    for (auto shape : {std::vector<std::int64_t>{1, 768}, std::vector<std::int64_t>{7, 13},
+                       std::vector<std::int64_t>{32, 768}}) {
+      CAPTURE(shape);
+      const bool gathered = shape[0] * shape[1] * 4 <= actors::gathered_all_reduce_bytes;
+      const auto pieces_each = static_cast<std::uint64_t>(n == 2 ? 1 : gathered ? n - 1 : 2 * (n - 1));
+      std::vector<std::uint64_t> before;
+      for (const auto& m : members) before.push_back(m.ring->pieces_received());
       std::vector<at::Tensor> partials;
       at::Tensor expected;
       for (int m = 0; m < n; ++m) {
@@ -116,8 +125,9 @@ TEST_CASE("a ring all-reduce gives every member the same bits, the sum of the pa
           CHECK(at::allclose(sum, expected, 1e-5, 1e-6));
         }
       }
+      for (std::size_t m = 0; m < members.size(); ++m)
+        CHECK(members[m].ring->pieces_received() - before[m] == 3 * pieces_each);
     }
-    for (const auto& m : members) CHECK(m.ring->pieces_received() > 0);
   }
 }
 
@@ -127,7 +137,8 @@ TEST_CASE("tiled all-reduces, reduce-scatters by uneven rows and all-gathers giv
       CAPTURE(n);
       CAPTURE(tiles);
       auto members = ring_of(n, 5000ms, 1, tiles);
-      const std::int64_t rows = 2 * n + 1, width = 13;
+      // Wide enough to be over gathered_all_reduce_bytes: tiles apply to the ring.
+      const std::int64_t rows = 2 * n + 1, width = 4000;
       std::vector<at::Tensor> partials;
       at::Tensor expected;
       for (int m = 0; m < n; ++m) {
