@@ -59,10 +59,6 @@ class ring_interrupted : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Largest all-reduce (fp32 bytes of the partial) that gathers whole partials
-/// rather than running the bandwidth-optimal ring.
-constexpr std::int64_t gathered_all_reduce_bytes = 64 << 10;
-
 /// Which collective of a forward pass a piece belongs to.
 struct collective_key {
   std::uint64_t request = 0;

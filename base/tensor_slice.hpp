@@ -37,6 +37,13 @@ struct tensor_slice {
 /// std::invalid_argument when the shares add up to 0 or less.
 std::vector<std::int64_t> largest_remainder_split(std::int64_t total, const std::vector<std::int64_t>& shares);
 
+/// Largest all-reduce, in fp32 bytes of the partial, that a group of three or
+/// more runs by passing the whole partials round the ring (n - 1 steps)
+/// rather than the bandwidth-optimal ring (2 (n - 1) steps of an n-th): a
+/// decode step's few KB cost a ring step its fixed per-message work, not
+/// bytes (actors/group_ring.hpp runs it, planning/galaxy.hpp costs it).
+constexpr std::int64_t gathered_all_reduce_bytes = 64 << 10;
+
 /// How a tensor-parallel group runs its collectives (a topology's
 /// `collectives:`), the same for every group.
 struct group_collectives {

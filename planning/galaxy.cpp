@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/tensor_slice.hpp"
 #include "planning/pipeline.hpp"
 #include "planning/split.hpp"
 
@@ -166,6 +167,18 @@ class block_graph {
     return graph_.run();
   }
 
+  // Orrery's runtime without sequence parallelism (actors/group_ring.hpp):
+  // every member runs its heads and columns over all the pass's rows, the
+  // two partial sums of a layer are all-reduced, and every member runs the
+  // connective blocks on all rows.
+  schedule run_all_reduced() {
+    all_reduced(work(&tp_costs::per_head, split_.heads, tokens_), "attention");
+    local(connective_of_all_rows(), "connective");
+    all_reduced(work(&tp_costs::per_column, split_.columns, tokens_), "mlp");
+    local(connective_of_all_rows(), "connective");
+    return graph_.run();
+  }
+
  private:
   std::vector<double> work(double tp_costs::*piece, const std::vector<int>& shares, int per) const {
     std::vector<double> out;
@@ -189,11 +202,49 @@ class block_graph {
 
   // Ring step: device i sends sequence chunk c to the next device.
   std::size_t send(std::size_t i, std::size_t c, std::vector<std::size_t> after) {
-    std::size_t from = split_.devices[i], to = split_.devices[(i + 1) % n_];
-    link_spec l = p_.links.between(from, to);
-    double bytes = split_.tokens[c] * static_cast<double>(p_.shape->hidden) * p_.shape->dtype_bytes;
-    return graph_.add_task(link_[i], bytes / l.bandwidth, std::move(after), l.latency,
-                           "chunk " + std::to_string(c), static_cast<int>(c));
+    double bytes = split_.tokens[c] * row_bytes();
+    return send_bytes(i, bytes, std::move(after), "chunk " + std::to_string(c), static_cast<int>(c));
+  }
+
+  std::size_t send_bytes(std::size_t i, double bytes, std::vector<std::size_t> after, const std::string& label,
+                         int group) {
+    link_spec l = p_.links.between(split_.devices[i], split_.devices[(i + 1) % n_]);
+    return graph_.add_task(link_[i], bytes / l.bandwidth, std::move(after), l.latency, label, group);
+  }
+
+  double row_bytes() const { return static_cast<double>(p_.shape->hidden) * p_.shape->dtype_bytes; }
+
+  std::vector<double> connective_of_all_rows() const {
+    std::vector<double> out;
+    for (std::size_t i = 0; i < n_; ++i) out.push_back((*p_.devices[split_.devices[i]].tp).per_token * tokens_);
+    return out;
+  }
+
+  // The partials of `seconds` of compute summed as group_ring::all_reduce
+  // does: two members swap; up to gathered_all_reduce_bytes (fp32) the
+  // whole partials go round in n - 1 steps; larger ones take the ring's
+  // 2 (n - 1) steps of an n-th each.
+  void all_reduced(const std::vector<double>& seconds, const std::string& label) {
+    std::vector<std::size_t> done(n_);
+    for (std::size_t i = 0; i < n_; ++i) done[i] = compute(i, seconds[i], frontier_[i], label, -1);
+    if (n_ == 1) {
+      frontier_[0] = {done[0]};
+      return;
+    }
+    const double fp32_bytes = tokens_ * static_cast<double>(p_.shape->hidden) * 4;
+    const bool whole = n_ == 2 || fp32_bytes <= static_cast<double>(gathered_all_reduce_bytes);
+    const std::size_t steps = n_ == 2 ? 1 : whole ? n_ - 1 : 2 * (n_ - 1);
+    const double bytes = tokens_ * row_bytes() / (whole ? 1.0 : static_cast<double>(n_));
+    std::vector<std::size_t> previous = done;
+    for (std::size_t k = 0; k < steps; ++k) {
+      std::vector<std::size_t> current(n_);
+      for (std::size_t i = 0; i < n_; ++i)
+        current[i] = send_bytes(i, bytes, k == 0 ? std::vector<std::size_t>{done[i]}
+                                                 : std::vector<std::size_t>{previous[prev(i)], previous[i]},
+                                label + " all-reduce", -1);
+      previous = current;
+    }
+    for (std::size_t i = 0; i < n_; ++i) frontier_[i] = {previous[prev(i)], previous[i]};
   }
 
   std::size_t compute(std::size_t i, double seconds, std::vector<std::size_t> after,
@@ -281,6 +332,11 @@ class block_graph {
 schedule simulate_tp_block(const profile& p, const tp_split& split, int tokens, bool overlap) {
   require_shape(p);
   return block_graph(p, split, tokens, overlap).run();
+}
+
+schedule simulate_all_reduced_block(const profile& p, const tp_split& split, int tokens) {
+  require_shape(p);
+  return block_graph(p, split, tokens, false).run_all_reduced();
 }
 
 tp_layer_time tp_block_time(const profile& p, const tp_split& split, int tokens) {

@@ -68,6 +68,14 @@ profile rescale_tp_costs(const profile& p, const std::vector<double>& factor);
 /// that overlap the ring steps (Galaxy's tile-based overlap).
 schedule simulate_tp_block(const profile& p, const tp_split& split, int tokens, bool overlap);
 
+/// The block as orrery's runtime runs it by default (sequence parallelism
+/// off; actors/group_ring.hpp): each member's attention and MLP over all
+/// `tokens` rows, their partial sums all-reduced (a swap for two members,
+/// whole partials gathered in n - 1 ring steps up to
+/// base's gathered_all_reduce_bytes, else the ring's 2 (n - 1) steps), the
+/// connective blocks on every member.
+schedule simulate_all_reduced_block(const profile& p, const tp_split& split, int tokens);
+
 /// One block's time with and without overlap.
 tp_layer_time tp_block_time(const profile& p, const tp_split& split, int tokens);
 

@@ -34,7 +34,7 @@ class group_costs {
     }
     profile scaled = rescale_tp_costs(p_, factor);
     tp_split split = galaxy_split(scaled, members_, tokens, rounding::exact, p_.work.batch, share_);
-    return {split, simulate_tp_block(scaled, split, tokens, false).makespan};
+    return {split, simulate_all_reduced_block(scaled, split, tokens).makespan};
   }
 
   // Decode: one token at `context`.

@@ -7,6 +7,7 @@
 // step by its deadline, named.
 
 #include "actors/group_ring.hpp"
+#include "base/tensor_slice.hpp"
 
 #include <ATen/ATen.h>
 #include <numeric>
@@ -107,7 +108,7 @@ TEST_CASE("a ring all-reduce gives every member the same bits, the sum of the pa
     for (auto shape : {std::vector<std::int64_t>{1, 768}, std::vector<std::int64_t>{7, 13},
                        std::vector<std::int64_t>{32, 768}}) {
       CAPTURE(shape);
-      const bool gathered = shape[0] * shape[1] * 4 <= actors::gathered_all_reduce_bytes;
+      const bool gathered = shape[0] * shape[1] * 4 <= gathered_all_reduce_bytes;
       const auto pieces_each = static_cast<std::uint64_t>(n == 2 ? 1 : gathered ? n - 1 : 2 * (n - 1));
       std::vector<std::uint64_t> before;
       for (const auto& m : members) before.push_back(m.ring->pieces_received());

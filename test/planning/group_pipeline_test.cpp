@@ -68,17 +68,28 @@ TEST_CASE("a group of one is its device; a group of two equal devices on a free 
   CHECK(pair.stages.devices[0].memory_bytes == 2e9);
 }
 
-TEST_CASE("a group's block pays its ring, and its members the head beyond a block by their vocabulary rows") {
-  // 1 Mbit/s with 1 ms a message: each of the 4 ring steps of a decode block
-  // sends one token's 512 bytes.
+TEST_CASE("a group's block pays its all-reduces' ring steps, and its members the head beyond a block by their vocabulary rows") {
+  // 1 Mbit/s with 1 ms a message: a decode block all-reduces twice (after
+  // the attention, after the MLP), each a swap of one token's 512 bytes.
   profile p = folded({1.0, 1.0}, {125e3, 1e-3}, 0.4e-3);
   auto pair = plan_group_pipeline(p, {{0, 1}});
   tp_costs c = *p.devices[0].tp;
   double compute = 0.5 * (4 * c.per_head + 352 * c.per_column) + 2 * c.per_token;
-  double ring = 4 * (1e-3 + 512 / 125e3);
+  double ring = 2 * (1e-3 + 512 / 125e3);
   CHECK(pair.stages.devices[0].layers[1].decode.at(40) == doctest::Approx(compute + ring));
   // Two equal members: each computes half the head's logits.
   CHECK(pair.stages.devices[0].layers[3].decode.at(40) == doctest::Approx(compute + ring + 0.2e-3));
+
+  // Four members pass the whole rows round in 3 steps per all-reduce.
+  profile four = folded({1.0, 1.0, 1.0, 1.0}, {125e3, 1e-3});
+  auto quad = plan_group_pipeline(four, {{0, 1, 2, 3}});
+  const auto& split = quad.splits[0];
+  double slowest = 0;
+  for (std::size_t i = 0; i < 4; ++i) slowest = std::max(slowest, split.heads[i] * c.per_head);
+  double mlp = 0;
+  for (std::size_t i = 0; i < 4; ++i) mlp = std::max(mlp, split.columns[i] * c.per_column);
+  CHECK(quad.stages.devices[0].layers[1].decode.at(40) ==
+        doctest::Approx(slowest + mlp + 2 * c.per_token + 2 * 3 * (1e-3 + 512 / 125e3)));
 }
 
 TEST_CASE("a faster member gets a larger share; the source must lead its group") {
