@@ -16,9 +16,11 @@
 #include <nlohmann/json.hpp>
 
 #include "compute/cpu_threads.hpp"
+#include "compute/gemv.hpp"
 #include "compute/generation.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/shard.hpp"
+#include "compute/thread_pool.hpp"
 #include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/compute_bench.hpp"
 #include "deploy/cli/flag_checks.hpp"
@@ -163,6 +165,14 @@ nlohmann::json run(const parallel_bench_options& o) {
       {"all_reduce", {false, 1}}, {"sequence_parallel", {true, 1}}, {"sequence_parallel_tiled", {true, o.tiles}}};
   std::vector<group_collectives> settings;
   for (const auto& v : variants) settings.push_back(v.second);
+  // The floor the weights' bytes set: a pipeline streams them one core at a
+  // time, a group at best at all its threads' bandwidth (the cores'
+  // shared memory), so its decode cannot fall below bandwidth(1) /
+  // bandwidth(group threads) of the pipeline's, whatever the ring costs.
+  std::cerr << "bench: measuring read bandwidth with 1 and " << group_threads << " threads\n";
+  compute::thread_pool single(1), all(group_threads);
+  const double bandwidth_1 = compute::measure_read_bandwidth(single, std::size_t{512} << 20);
+  const double bandwidth_n = compute::measure_read_bandwidth(all, std::size_t{512} << 20);
   std::cerr << "bench: starting a group of " << n << " and a pipeline of " << n << " node processes\n";
   running_layout group(write_layout(logs, "tpgroup", model, members, o.base_port, true), logs / "group", settings);
   running_layout pipeline(write_layout(logs, "tppipe", model, members, o.base_port + 16, false), logs / "pipeline", {{}});
@@ -249,6 +259,8 @@ nlohmann::json run(const parallel_bench_options& o) {
           {"group_prefill_speedup_over_1_thread", prefill_speedups},
           {"decode_per_member", per_member},
           {"decode_ring_bytes_theoretical_minimum", minimum_bytes},
+          {"read_bandwidth_bytes_per_s", {{"1_thread", bandwidth_1}, {threads_name.substr(12), bandwidth_n}}},
+          {"group_decode_over_pipeline_floor", bandwidth_1 / bandwidth_n},
           {"collectives",
            "decode: an all-reduce after each attention and MLP, then (vocabulary-parallel LM head, greedy) an all-gather "
            "of each member's best (value, id); prefill: the same (all_reduce) or reduce-scatter + all-gather around "
