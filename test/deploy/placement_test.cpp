@@ -367,7 +367,9 @@ struct running_testbed {
   std::string client_netns;
 
   explicit running_testbed(fs::path topology_file) : file(std::move(topology_file)), t(deploy::load_topology(file)) {
-    auto up = test::run_orrery({"testbed", "up", file.string()}, file.parent_path());
+    // A 0.1-core node loads libtorch at a tenth of a core: on a loaded
+    // machine that took over the default 15 s (CI, 2026-12-01).
+    auto up = test::run_orrery({"testbed", "up", file.string(), "--ready-timeout", "60"}, file.parent_path());
     INFO(up.out << up.err);
     REQUIRE(up.exit_code == 0);
     client_netns = deploy::read_testbed_state(t.cluster)->client_netns;
