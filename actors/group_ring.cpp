@@ -174,8 +174,9 @@ at::Tensor group_ring::all_reduce(const at::Tensor& partial, const collective_ke
 at::Tensor group_ring::all_reduce(const compute::partial_sum& partial, const collective_key& key) {
   const int n = size(), r = rank();
   constexpr auto op = messages::collective_op::all_reduce;
-  if (n == 1) return partial.whole();
-  if (n == 2) {
+  const auto form = all_reduce_schedule_of(n, partial.rows() * partial.width() * 4).form;
+  if (form == all_reduce_form::alone) return partial.whole();
+  if (form == all_reduce_form::swap) {
     // Two members swap whole partials: one step where the ring takes two,
     // for the same bytes, and p0 + p1 has the same bits as p1 + p0.
     auto tiles = tiled(partial, [&](std::uint32_t t, at::Tensor& tile) { send(tile, key, {op, t, 0}); });
@@ -183,7 +184,7 @@ at::Tensor group_ring::all_reduce(const compute::partial_sum& partial, const col
       tiles[t] = tiles[t] + receive(key, {op, t, 0}).to(tiles[t].device()).view_as(tiles[t]);
     return side_by_side(tiles);
   }
-  if (partial.rows() * partial.width() * 4 <= gathered_all_reduce_bytes) {
+  if (form == all_reduce_form::gathered) {
     // A few KB (a decode step's row): each ring step costs its fixed
     // per-message work far more than its bytes, so the partials travel
     // whole, n - 1 steps instead of 2 (n - 1), and every member adds all n

@@ -44,6 +44,28 @@ std::vector<std::int64_t> largest_remainder_split(std::int64_t total, const std:
 /// bytes (actors/group_ring.hpp runs it, planning/galaxy.hpp costs it).
 constexpr std::int64_t gathered_all_reduce_bytes = 64 << 10;
 
+/// How a group all-reduces a partial: one member keeps it; two swap it; up
+/// to gathered_all_reduce_bytes the whole partials go round the ring; larger
+/// ones take the ring's reduce-scatter and all-gather.
+enum class all_reduce_form { alone, swap, gathered, ring };
+
+/// The form, its ring steps and the pieces the partial is cut into (each
+/// step sends one piece per member), for `members` and a partial of
+/// `fp32_bytes` (its elements x 4): what actors/group_ring.hpp runs and
+/// planning and `bench parallel` count.
+struct all_reduce_schedule {
+  all_reduce_form form = all_reduce_form::alone;
+  int steps = 0;
+  int pieces = 1;
+};
+
+constexpr all_reduce_schedule all_reduce_schedule_of(int members, std::int64_t fp32_bytes) {
+  if (members <= 1) return {all_reduce_form::alone, 0, 1};
+  if (members == 2) return {all_reduce_form::swap, 1, 1};
+  if (fp32_bytes <= gathered_all_reduce_bytes) return {all_reduce_form::gathered, members - 1, 1};
+  return {all_reduce_form::ring, 2 * (members - 1), members};
+}
+
 /// How a tensor-parallel group runs its collectives (a topology's
 /// `collectives:`), the same for every group.
 struct group_collectives {

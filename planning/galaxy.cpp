@@ -221,9 +221,8 @@ class block_graph {
   }
 
   // The partials of `seconds` of compute summed as group_ring::all_reduce
-  // does: two members swap; up to gathered_all_reduce_bytes (fp32) the
-  // whole partials go round in n - 1 steps; larger ones take the ring's
-  // 2 (n - 1) steps of an n-th each.
+  // does (base's all_reduce_schedule_of: a swap, whole partials round the
+  // ring, or the ring's steps of an n-th each).
   void all_reduced(const std::vector<double>& seconds, const std::string& label) {
     std::vector<std::size_t> done(n_);
     for (std::size_t i = 0; i < n_; ++i) done[i] = compute(i, seconds[i], frontier_[i], label, -1);
@@ -231,12 +230,10 @@ class block_graph {
       frontier_[0] = {done[0]};
       return;
     }
-    const double fp32_bytes = tokens_ * static_cast<double>(p_.shape->hidden) * 4;
-    const bool whole = n_ == 2 || fp32_bytes <= static_cast<double>(gathered_all_reduce_bytes);
-    const std::size_t steps = n_ == 2 ? 1 : whole ? n_ - 1 : 2 * (n_ - 1);
-    const double bytes = tokens_ * row_bytes() / (whole ? 1.0 : static_cast<double>(n_));
+    const auto schedule = all_reduce_schedule_of(static_cast<int>(n_), std::int64_t{tokens_} * p_.shape->hidden * 4);
+    const double bytes = tokens_ * row_bytes() / schedule.pieces;
     std::vector<std::size_t> previous = done;
-    for (std::size_t k = 0; k < steps; ++k) {
+    for (int k = 0; k < schedule.steps; ++k) {
       std::vector<std::size_t> current(n_);
       for (std::size_t i = 0; i < n_; ++i)
         current[i] = send_bytes(i, bytes, k == 0 ? std::vector<std::size_t>{done[i]}

@@ -228,13 +228,14 @@ nlohmann::json run(const parallel_bench_options& o) {
     variant_json[variants[v].first] = summary(grouped[v]);
     prefill_speedups[variants[v].first] = compute::median(local1.prefill_ms) / compute::median(grouped[v].prefill_ms);
   }
-  // A decode step all-reduces a [1, hidden] fp32 row twice a layer: two
-  // members swap it (one row each), more pass the whole rows round
-  // (actors/group_ring.hpp: n - 1 rows each); greedy, it then gathers each
+  // A decode step all-reduces a [1, hidden] fp32 row twice a layer, each
+  // member sending one piece per ring step (a swap's row for two members,
+  // the whole rows round the ring for more); greedy, it then gathers each
   // member's best (value, id): n - 1 pieces of 16 bytes per member.
-  const double rows_per_all_reduce = n == 2 ? 1.0 : n - 1.0;
+  const double row = config.hidden_size * 4.0;
+  const auto all_reduce = all_reduce_schedule_of(n, config.hidden_size * std::int64_t{4});
   const double minimum_bytes =
-      config.num_layers * 2 * rows_per_all_reduce * config.hidden_size * 4.0 + (n - 1) * 16.0;
+      config.num_layers * 2 * all_reduce.steps * row / all_reduce.pieces + (n - 1) * 16.0;
   nlohmann::json per_member = nlohmann::json::array();
   const double tokens = static_cast<double>(std::max<std::size_t>(decoded, 1)) * o.repeats;
   for (int m = 0; m < n; ++m)

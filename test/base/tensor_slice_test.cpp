@@ -26,3 +26,16 @@ TEST_CASE("largest_remainder_split gives each its floor, then the largest remain
   CHECK_THROWS_WITH_AS(largest_remainder_split(5, {0, 0}), "largest_remainder_split: the shares add up to 0",
                        std::invalid_argument);
 }
+
+TEST_CASE("a group all-reduces alone, by a swap, by whole partials round the ring up to 64 KiB, else by the ring") {
+  using orrery::all_reduce_form;
+  using orrery::all_reduce_schedule_of;
+  CHECK(all_reduce_schedule_of(1, 1 << 20).form == all_reduce_form::alone);
+  CHECK(all_reduce_schedule_of(1, 1 << 20).steps == 0);
+  const auto swap = all_reduce_schedule_of(2, 1 << 20);
+  CHECK((swap.form == all_reduce_form::swap && swap.steps == 1 && swap.pieces == 1));
+  const auto gathered = all_reduce_schedule_of(4, orrery::gathered_all_reduce_bytes);
+  CHECK((gathered.form == all_reduce_form::gathered && gathered.steps == 3 && gathered.pieces == 1));
+  const auto ring = all_reduce_schedule_of(4, orrery::gathered_all_reduce_bytes + 4);
+  CHECK((ring.form == all_reduce_form::ring && ring.steps == 6 && ring.pieces == 4));
+}
