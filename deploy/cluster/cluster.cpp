@@ -193,6 +193,12 @@ generation_summary generate_over(pipeline_client& client, const generate_request
                   s.stage, s.node.c_str(), s.first_layer, s.last_layer, static_cast<unsigned long long>(s.frames),
                   s.compute_ms, s.transfer_ms, s.bytes_sent / 1024.0);
     out << line;
+    if (s.collective_bytes_sent > 0) {
+      // A group member: how much of its compute was waiting on the ring.
+      std::snprintf(line, sizeof line, "      group ring: waited %.1f ms of the compute, %.1f KiB sent to the next member\n",
+                    s.collective_wait_ms, s.collective_bytes_sent / 1024.0);
+      out << line;
+    }
   }
   return summary;
 }
