@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -118,12 +119,13 @@ void shape(const std::string& netns, const std::string& device, std::uint64_t bi
             "burst", std::to_string(bucket.burst_bytes), "limit", std::to_string(bucket.limit_bytes)});
 }
 
-// A 10 ms CFS period instead of the default 100 ms: a 0.2-core node then runs
-// 2 ms in every 10 ms rather than 20 ms in every 100 ms, so a token's time
-// (tens of ms) is not a lottery of whether it straddles an 80 ms stall. The
-// kernel refuses quotas under 1 ms, so shares under 0.1 core get a longer
-// period (1 ms in every 1/share ms).
-constexpr std::int64_t cfs_period_us = 10'000;
+// A 2 ms CFS period instead of the default 100 ms: a node at half a core runs
+// 1 ms in every 2 ms, so a stall when it runs out of quota is at most 1 ms, not
+// 50 ms: a group's members meet at dozens of ring steps a token, and each
+// would wait out whichever member stalled. The kernel refuses quotas under
+// 1 ms, so shares under half a core get a longer period (1 ms in every
+// 1/share ms).
+constexpr std::int64_t cfs_period_us = 2'000;
 constexpr std::int64_t min_cfs_quota_us = 1'000;
 
 std::pair<std::int64_t, std::int64_t> cfs_period_and_quota(double cpu_share) {
@@ -131,8 +133,7 @@ std::pair<std::int64_t, std::int64_t> cfs_period_and_quota(double cpu_share) {
   return {period, std::llround(cpu_share * static_cast<double>(period))};
 }
 
-void write_setting(const fs::path& file, std::int64_t value) {
-  const auto text = std::to_string(value);
+void write_text(const fs::path& file, const std::string& text) {
   const int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error(compute::errno_text("cannot open " + file.string()));
   const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
@@ -140,6 +141,8 @@ void write_setting(const fs::path& file, std::int64_t value) {
   ::close(fd);
   if (!written) throw std::runtime_error(compute::errno_text("cannot write " + text + " to " + file.string(), error));
 }
+
+void write_setting(const fs::path& file, std::int64_t value) { write_text(file, std::to_string(value)); }
 
 void add_namespace(testbed_state& s, const std::string& netns) {
   run_tool({"ip", "netns", "add", netns});
@@ -209,7 +212,69 @@ void build_node_network(testbed_state& s, const testbed_spec& tb, const node_spe
   if (auto ingress = spec.emulate->ingress_bits_per_s) shape(s.bridge_netns, n.bridge_port, *ingress);
 }
 
-/// The node's cpu and memory cgroups, for the limits it has.
+std::vector<int> parse_cpu_list(const std::string& text, const std::string& where) {
+  const auto bad = [&] { return std::runtime_error(where + ": '" + text + "' is not a CPU list such as 0-3,8"); };
+  // One CPU number: digits only, and few of them.
+  const auto cpu = [&](const std::string& digits) {
+    if (digits.empty() || digits.size() > 6 ||
+        !std::all_of(digits.begin(), digits.end(), [](unsigned char c) { return std::isdigit(c) != 0; }))
+      throw bad();
+    return std::stoi(digits);
+  };
+  std::string list = text;
+  while (!list.empty() && std::isspace(static_cast<unsigned char>(list.back()))) list.pop_back();
+  if (list.empty()) throw bad();
+  std::vector<int> cpus;
+  std::size_t start = 0;
+  while (true) {
+    const auto comma = list.find(',', start);
+    const auto range = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const auto dash = range.find('-');
+    const int first = cpu(range.substr(0, dash));
+    const int last = dash == std::string::npos ? first : cpu(range.substr(dash + 1));
+    if (last < first) throw bad();
+    for (int c = first; c <= last; ++c) cpus.push_back(c);
+    if (comma == std::string::npos) return cpus;
+    start = comma + 1;
+  }
+}
+
+std::vector<int> host_cpus() {
+  const auto file = cgroup_root("cpuset") / "cpuset.cpus";
+  std::ifstream in(file);
+  std::string text;
+  if (!std::getline(in, text)) throw std::runtime_error(compute::errno_text("cannot read " + file.string()));
+  return parse_cpu_list(text, file.string());
+}
+
+// Why nodes are pinned: a CPU quota alone does not make a node a slow
+// device. CFS hands a cgroup's quota to one CPU's run queue at a time (up to
+// 5 ms, sched_cfs_bandwidth_slice_us), so a half-core node whose io thread
+// wakes on the other CPU than its compute thread finds no quota there and
+// waits for the next period, and four such nodes on two CPUs measured half
+// of a token's time waiting on the ring. On one CPU, a node's threads share
+// one run queue and its quota, as they would share a small device's core.
+std::vector<std::vector<int>> pin_to_cpus(const std::vector<std::optional<double>>& shares, const std::vector<int>& cpus) {
+  std::vector<std::vector<int>> pins(shares.size());
+  if (cpus.empty()) return pins;
+  std::vector<double> load(cpus.size(), 0.0);
+  for (std::size_t i = 0; i < shares.size(); ++i) {
+    if (!shares[i]) continue;
+    const auto count = std::min(cpus.size(), static_cast<std::size_t>(std::max(1.0, std::ceil(*shares[i] - 1e-9))));
+    std::vector<std::size_t> order(cpus.size());
+    for (std::size_t c = 0; c < order.size(); ++c) order[c] = c;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return load[a] < load[b] - 1e-9; });
+    order.resize(count);
+    std::sort(order.begin(), order.end());
+    for (std::size_t c : order) {
+      load[c] += *shares[i] / static_cast<double>(count);
+      pins[i].push_back(cpus[c]);
+    }
+  }
+  return pins;
+}
+
+/// The node's cpu, cpuset and memory cgroups, for the limits it has.
 std::vector<fs::path> build_cgroups(testbed_state& s, const node_spec& spec, const testbed_node& n) {
   std::vector<fs::path> cgroups;
   if (!spec.emulate) return cgroups;
@@ -218,6 +283,18 @@ std::vector<fs::path> build_cgroups(testbed_state& s, const node_spec& spec, con
     const auto dir = add_cgroup(s, "cpu", n.netns);
     write_setting(dir / "cpu.cfs_period_us", period);
     write_setting(dir / "cpu.cfs_quota_us", quota);
+    cgroups.push_back(dir);
+  }
+  if (!n.cpus.empty()) {
+    const auto dir = add_cgroup(s, "cpuset", n.netns);
+    std::string list;
+    for (int cpu : n.cpus) list += (list.empty() ? "" : ",") + std::to_string(cpu);
+    write_text(dir / "cpuset.cpus", list);
+    // cgroup v1 takes no task into a cpuset without memory nodes: the root's.
+    std::ifstream mems(cgroup_root("cpuset") / "cpuset.mems");
+    std::string nodes;
+    std::getline(mems, nodes);
+    write_text(dir / "cpuset.mems", nodes);
     cgroups.push_back(dir);
   }
   if (auto bytes = spec.emulate->memory_bytes) {
@@ -250,7 +327,8 @@ std::string testbed_unavailable() {
     if (find_in_path(tool).empty())
       return std::string("orrery testbed needs `") + tool + "` (iproute2), which is not in PATH (" +
              (std::getenv("PATH") != nullptr ? std::getenv("PATH") : "") + ")";
-  for (const auto& [controller, file] : {std::pair{"cpu", "cpu.cfs_quota_us"}, std::pair{"memory", "memory.limit_in_bytes"}})
+  for (const auto& [controller, file] : {std::pair{"cpu", "cpu.cfs_quota_us"}, std::pair{"cpuset", "cpuset.cpus"},
+                                         std::pair{"memory", "memory.limit_in_bytes"}})
     if (!fs::exists(cgroup_root(controller) / file))
       return std::string("orrery testbed needs the cgroup v1 ") + controller + " controller mounted at " +
              cgroup_root(controller).string() + " (there is no " + file + " there)";

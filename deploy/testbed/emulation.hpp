@@ -1,13 +1,14 @@
 #pragma once
 // What makes the testbed's namespaces an edge cluster, piece by piece: the
 // names of its namespaces, interfaces and cgroups; a namespace per node
-// joined to a bridge by a veth that tbf shapes; a cgroup v1 CPU quota and
-// memory limit per node. Each piece is recorded in the state file as soon as
+// joined to a bridge by a veth that tbf shapes; a cgroup v1 CPU quota, the
+// CPUs it may run on and a memory limit per node. Each piece is recorded in the state file as soon as
 // it exists (testbed_state.hpp), so `down` removes exactly what was made.
 // Internal to deploy/testbed.
 
 #include <cstddef>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,7 +43,19 @@ void build_bridge_and_client(testbed_state& s, const testbed_spec& tb);
 /// the bridge's end towards it.
 void build_node_network(testbed_state& s, const testbed_spec& tb, const node_spec& spec, const testbed_node& n);
 
-/// The node's cpu and memory cgroups, for the limits it has.
+/// The CPUs listed in a cpuset list such as `0-3,8` (`where` names it in the
+/// error a malformed list gets).
+std::vector<int> parse_cpu_list(const std::string& text, const std::string& where);
+
+/// The CPUs the testbed may give its nodes: the root cpuset's `cpuset.cpus`.
+std::vector<int> host_cpus();
+
+/// The CPUs each node is pinned to, by its cpu share (nothing for a node
+/// without one): ceil(share) CPUs each, the least loaded first (then the
+/// lowest), so 4 nodes at 0.5 core on 2 CPUs share a CPU pairwise.
+std::vector<std::vector<int>> pin_to_cpus(const std::vector<std::optional<double>>& shares, const std::vector<int>& cpus);
+
+/// The node's cpu, cpuset and memory cgroups, for the limits it has.
 std::vector<std::filesystem::path> build_cgroups(testbed_state& s, const node_spec& spec, const testbed_node& n);
 
 // -- tearing down ----------------------------------------------------------------------

@@ -241,14 +241,19 @@ void print_summary(const testbed_state& s, const topology& t, const std::string&
     address_width = std::max(address_width, n.address.size());
   }
   out << std::left << "  " << std::setw(name_width) << "node" << "  " << std::setw(netns_width) << "netns" << "  "
-      << std::setw(address_width) << "address" << "  " << std::setw(9) << "cpu" << "  " << std::setw(10) << "memory"
+      << std::setw(address_width) << "address" << "  " << std::setw(14) << "cpu" << "  " << std::setw(10) << "memory"
       << "  " << std::setw(11) << "egress" << "  " << std::setw(11) << "ingress" << "  pid\n";
   for (const auto& n : s.nodes) {
     const auto e = t.node(n.name).emulate.value_or(emulation{});
-    char cpu[32] = "-";
-    if (e.cpu_share) std::snprintf(cpu, sizeof cpu, "%g core", *e.cpu_share);
+    std::string cpu = "-";
+    if (e.cpu_share) {
+      char share[32];
+      std::snprintf(share, sizeof share, "%g core", *e.cpu_share);
+      cpu = share;
+      for (std::size_t c = 0; c < n.cpus.size(); ++c) cpu += (c == 0 ? ", cpu " : ",") + std::to_string(n.cpus[c]);
+    }
     out << "  " << std::setw(name_width) << n.name << "  " << std::setw(netns_width) << n.netns << "  "
-        << std::setw(address_width) << n.address << "  " << std::setw(9) << cpu << "  " << std::setw(10)
+        << std::setw(address_width) << n.address << "  " << std::setw(14) << cpu << "  " << std::setw(10)
         << (e.memory_bytes ? human_bytes(*e.memory_bytes) : "-") << "  " << std::setw(11) << rate_text(e.egress_bits_per_s)
         << "  " << std::setw(11) << rate_text(e.ingress_bits_per_s) << "  " << n.pid << "\n";
   }

@@ -8,7 +8,8 @@
 // joined by 100 Mbit/s to 1 Gbit/s Ethernet. To see a plan behave on such a
 // cluster without one, each node gets what makes it slow: a `tc qdisc tbf`
 // on both ends of its link (this kernel has no netem), cgroup v1
-// `cpu.cfs_quota_us` for its speed and `memory.limit_in_bytes` for its RAM.
+// `cpu.cfs_quota_us` for its speed (on CPUs of its own: `cpuset.cpus`) and
+// `memory.limit_in_bytes` for its RAM.
 // The namespaces hang off a bridge in a namespace of its own, and every veth
 // is created directly inside its namespaces, so the machine's own (root)
 // namespace never holds a testbed interface, address or route.
@@ -38,7 +39,7 @@
 namespace orrery::deploy {
 
 /// Why `orrery testbed up` cannot run on this machine — not root, `ip` or
-/// `tc` missing, no cgroup v1 cpu or memory controller, or a kernel without
+/// `tc` missing, no cgroup v1 cpu, cpuset or memory controller, or a kernel without
 /// veth, bridge or tbf (probed in a throw-away namespace) — or "" when it can.
 std::string testbed_unavailable();
 
@@ -57,6 +58,8 @@ struct testbed_node {
   pid_t pid = 0;
   /// Where its stdout and stderr go.
   std::filesystem::path log;
+  /// The CPUs it runs on (emulation.hpp's pin_to_cpus); empty: any.
+  std::vector<int> cpus;
 };
 
 /// What a testbed's state file records: everything `up` created, listed as
@@ -69,7 +72,7 @@ struct testbed_state {
   std::string client_netns;
   /// In creation order (veths go with their namespaces).
   std::vector<std::string> namespaces;
-  /// Directories under /sys/fs/cgroup/{cpu,memory}, in creation order.
+  /// Directories under /sys/fs/cgroup/{cpu,cpuset,memory}, in creation order.
   std::vector<std::filesystem::path> cgroups;
   std::vector<testbed_node> nodes;
   /// Whether `up` wrote the run registry `orrery chaos` reads.

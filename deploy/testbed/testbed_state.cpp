@@ -22,7 +22,7 @@ nlohmann::json to_json(const testbed_state& s) {
   auto nodes = nlohmann::json::array();
   for (const auto& n : s.nodes)
     nodes.push_back({{"name", n.name}, {"netns", n.netns}, {"address", n.address}, {"bridge_port", n.bridge_port},
-                     {"pid", n.pid}, {"log", n.log.string()}});
+                     {"pid", n.pid}, {"log", n.log.string()}, {"cpus", n.cpus}});
   std::vector<std::string> cgroups;
   for (const auto& c : s.cgroups) cgroups.push_back(c.string());
   return {{"cluster", s.cluster}, {"topology", s.topology.string()},
@@ -41,7 +41,8 @@ testbed_state state_from_json(const nlohmann::json& j) {
   for (const auto& c : j.at("cgroups")) s.cgroups.emplace_back(c.get<std::string>());
   for (const auto& n : j.at("nodes"))
     s.nodes.push_back({n.at("name").get<std::string>(), n.at("netns").get<std::string>(), n.at("address").get<std::string>(),
-                       n.at("bridge_port").get<std::string>(), n.at("pid").get<pid_t>(), n.at("log").get<std::string>()});
+                       n.at("bridge_port").get<std::string>(), n.at("pid").get<pid_t>(), n.at("log").get<std::string>(),
+                       n.value("cpus", std::vector<int>{})});
   s.registry = j.at("registry").get<bool>();
   return s;
 }
@@ -60,10 +61,13 @@ testbed_state planned_state(const topology& t) {
   s.bridge_netns = resource_name(t.cluster, "bridge");
   s.client_netns = resource_name(t.cluster, "client");
   const auto dir = testbed_state_path(t.cluster).parent_path();
+  std::vector<std::optional<double>> shares;
+  for (const auto& n : t.nodes) shares.push_back(n.emulate ? n.emulate->cpu_share : std::nullopt);
+  const auto pins = pin_to_cpus(shares, host_cpus());
   for (std::size_t i = 0; i < t.nodes.size(); ++i) {
     const auto& n = t.nodes[i];
     s.nodes.push_back({n.name, resource_name(t.cluster, n.name), n.address(), bridge_port_name(n.name, i), 0,
-                       dir / (n.name + ".log")});
+                       dir / (n.name + ".log"), pins[i]});
   }
   return s;
 }

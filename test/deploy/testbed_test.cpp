@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "deploy/cluster/run_registry.hpp"
+#include "deploy/testbed/emulation.hpp"
 #include "deploy/testbed/testbed.hpp"
 #include "test/loopback_cluster.hpp"
 #include "test/run_process.hpp"
@@ -180,18 +181,51 @@ std::string generated_text(const std::string& out) {
 
 }  // namespace
 
+TEST_CASE("testbed CPU lists parse as the kernel writes them, and bad ones are named") {
+  using orrery::deploy::detail::parse_cpu_list;
+  CHECK(parse_cpu_list("0-1\n", "f") == std::vector<int>{0, 1});
+  CHECK(parse_cpu_list("0-2,5,7-8", "f") == std::vector<int>{0, 1, 2, 5, 7, 8});
+  CHECK(parse_cpu_list("3", "f") == std::vector<int>{3});
+  for (const char* bad : {"", "1-", "-1", "2-1", "0,,1", "0,", "a", "0-1x"}) {
+    INFO("list '" << bad << "'");
+    CHECK_THROWS_WITH(parse_cpu_list(bad, "/sys/fs/cgroup/cpuset/cpuset.cpus"),
+                      ("/sys/fs/cgroup/cpuset/cpuset.cpus: '" + std::string(bad) + "' is not a CPU list such as 0-3,8").c_str());
+  }
+}
+
+TEST_CASE("testbed nodes are pinned by cpu share: the least loaded CPUs, ceil(share) of them, none without a share") {
+  using orrery::deploy::detail::pin_to_cpus;
+  using pins = std::vector<std::vector<int>>;
+  // Four half-core nodes on two CPUs share them pairwise.
+  CHECK(pin_to_cpus({0.5, 0.5, 0.5, 0.5}, {0, 1}) == pins{{0}, {1}, {0}, {1}});
+  // A node without a share runs anywhere; the next goes to the least loaded CPU.
+  CHECK(pin_to_cpus({0.75, std::nullopt, 0.5, 0.25}, {2, 3}) == pins{{2}, {}, {3}, {3}});
+  // Over a core: as many CPUs as it needs, which then count as loaded.
+  CHECK(pin_to_cpus({1.5, 0.5, 0.5}, {0, 1, 2}) == pins{{0, 1}, {2}, {2}});
+  // More CPUs asked than there are: all of them.
+  CHECK(pin_to_cpus({3.0}, {0, 1}) == pins{{0, 1}});
+  CHECK(pin_to_cpus({0.5}, {}) == pins{{}});
+}
+
 TEST_CASE("testbed up: namespaces, cgroups with their limits, nodes inside them, generation as on one device; down removes it all") {
   if (!testbed_available()) return;
   testbed_cluster c("up", {"{cpu: 0.5, memory: 512MiB, bandwidth: 100mbit}", "{cpu: 0.25, egress: 1gbit}", ""});
   c.up();
 
   for (const char* netns : {"bridge", "client", "n0", "n1", "n2"}) CHECK(fs::exists("/var/run/netns/" + c.prefix + netns));
-  CHECK(slurp(c.cgroup("cpu", "n0") / "cpu.cfs_period_us") == "10000\n");
-  CHECK(slurp(c.cgroup("cpu", "n0") / "cpu.cfs_quota_us") == "5000\n");
+  CHECK(slurp(c.cgroup("cpu", "n0") / "cpu.cfs_period_us") == "2000\n");
+  CHECK(slurp(c.cgroup("cpu", "n0") / "cpu.cfs_quota_us") == "1000\n");
   CHECK(slurp(c.cgroup("memory", "n0") / "memory.limit_in_bytes") == "536870912\n");
-  CHECK(slurp(c.cgroup("cpu", "n1") / "cpu.cfs_quota_us") == "2500\n");
+  CHECK(slurp(c.cgroup("cpu", "n1") / "cpu.cfs_period_us") == "4000\n");  // the kernel's 1 ms least quota
+  CHECK(slurp(c.cgroup("cpu", "n1") / "cpu.cfs_quota_us") == "1000\n");
+  // Each node with a cpu share runs on CPUs of its own choosing, the least loaded first.
+  const auto cpus = orrery::deploy::detail::host_cpus();
+  const auto pins = orrery::deploy::detail::pin_to_cpus({0.5, 0.25, std::nullopt}, cpus);
+  CHECK(slurp(c.cgroup("cpuset", "n0") / "cpuset.cpus") == std::to_string(pins[0].at(0)) + "\n");
+  CHECK(slurp(c.cgroup("cpuset", "n1") / "cpuset.cpus") == std::to_string(pins[1].at(0)) + "\n");
   CHECK_FALSE(fs::exists(c.cgroup("memory", "n1")));  // no memory: in its emulate
   CHECK_FALSE(fs::exists(c.cgroup("cpu", "n2")));     // no emulate: at all
+  CHECK_FALSE(fs::exists(c.cgroup("cpuset", "n2")));
   CHECK(contains(shell("tc -n " + c.prefix + "n1 qdisc show dev eth0").out, "tbf"));
   CHECK(contains(shell("tc -n " + c.prefix + "bridge qdisc show dev v-n0").out, "tbf"));
 
@@ -203,6 +237,7 @@ TEST_CASE("testbed up: namespaces, cgroups with their limits, nodes inside them,
   const auto n0_cgroups = slurp("/proc/" + std::to_string(pids[0]) + "/cgroup");
   CHECK(contains(n0_cgroups, ":cpu:/" + c.prefix + "n0\n"));
   CHECK(contains(n0_cgroups, ":memory:/" + c.prefix + "n0\n"));
+  CHECK(contains(n0_cgroups, ":cpuset:/" + c.prefix + "n0\n"));
   CHECK(contains(slurp("/proc/" + std::to_string(pids[1]) + "/cgroup"), ":cpu:/" + c.prefix + "n1\n"));
 
   // Only the client namespace reaches the nodes. From this (root) namespace
@@ -232,7 +267,7 @@ TEST_CASE("testbed up: namespaces, cgroups with their limits, nodes inside them,
   CHECK(down.exit_code == 0);
   CHECK(contains(down.out, "removed netns " + c.prefix + "bridge"));
   CHECK_FALSE(contains(shell("ip netns list").out, c.prefix));
-  for (const char* controller : {"cpu", "memory"})
+  for (const char* controller : {"cpu", "cpuset", "memory"})
     CHECK(entries_with_prefix(fs::path("/sys/fs/cgroup") / controller, c.prefix).empty());
   CHECK_FALSE(fs::exists(orrery::deploy::testbed_state_path(c.cluster)));
   CHECK_FALSE(fs::exists(orrery::deploy::registry_path(c.cluster)));
