@@ -173,10 +173,13 @@ layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node,
             options.threads = threads;
             options.device = device;
             options.dtype = dtype;
-            for (const auto& kind : compute::measure_layer_times(request.model_dir, options)) {
+            const auto timings = compute::measure_layer_times(request.model_dir, options);
+            for (const auto& kind : timings.kinds) {
               report.curves.push_back(curve_of(kind.kind, "prefill", kind.prefill));
               report.curves.push_back(curve_of(kind.kind, "decode", kind.decode));
             }
+            report.burst_context = timings.burst.context;
+            report.burst_wall_seconds = timings.burst.wall_seconds;
           } catch (const std::exception& e) {
             return profiling_error("node '" + node + "': cannot time the model's layers: " + e.what());
           }

@@ -42,10 +42,28 @@ struct layer_timing_options {
   std::string dtype = "fp32";
 };
 
+/// How fast the device runs a burst of decode steps after idling: the wall
+/// seconds from the start to the end of each of a run of back-to-back middle
+/// layer decode steps at context `context`, the median over a few bursts.
+/// A pipeline stage serving one request runs such bursts; under a CPU quota
+/// its first milliseconds run at the core's full speed and only the rest at
+/// the quota's, so the sustained times above overstate it (planning/
+/// profile.hpp's burst_speed turns this into a stage's time).
+struct decode_burst {
+  int context = 0;
+  std::vector<double> wall_seconds;
+};
+
+struct layer_timings {
+  std::vector<layer_kind_timing> kinds;
+  decode_burst burst;
+};
+
 /// Measures the first, a middle and the last layer of the model in `model_dir`
-/// (which needs at least 3 layers); `progress(done, total)` after each point.
-/// Throws model_error naming the model directory on a bad model.
-std::vector<layer_kind_timing> measure_layer_times(const std::string& model_dir, const layer_timing_options& options,
-                                                   const std::function<void(int done, int total)>& progress = {});
+/// (which needs at least 3 layers), then the middle layer's decode burst;
+/// `progress(done, total)` after each point. Throws model_error naming the
+/// model directory on a bad model.
+layer_timings measure_layer_times(const std::string& model_dir, const layer_timing_options& options,
+                                  const std::function<void(int done, int total)>& progress = {});
 
 }  // namespace orrery::compute

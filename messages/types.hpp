@@ -336,6 +336,10 @@ struct layer_timing_report {
   std::uint64_t usable_memory_bytes = 0;
   /// What set usable_memory_bytes: "memory budget", "cgroup limit" or "available memory".
   std::string memory_limited_by;
+  /// compute/layer_timing.hpp's decode_burst: the context, and the wall
+  /// seconds after each back-to-back middle-layer step from idle.
+  std::int32_t burst_context = 0;
+  std::vector<double> burst_wall_seconds;
 };
 
 /// Asks a node to measure its data-plane link to the node whose data plane
@@ -370,7 +374,8 @@ typename Inspector::result_type inspect(Inspector& f, measured_curve& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, layer_timing_report& x) {
-  return f(caf::meta::type_name("layer_timing_report"), x.node, x.curves, x.usable_memory_bytes, x.memory_limited_by);
+  return f(caf::meta::type_name("layer_timing_report"), x.node, x.curves, x.usable_memory_bytes, x.memory_limited_by,
+           x.burst_context, x.burst_wall_seconds);
 }
 
 template <class Inspector>

@@ -45,6 +45,24 @@ double time_curve::at(double length) const {
   return std::max(0.0, a.seconds + slope * (length - a.length));
 }
 
+double burst_speed::wall_seconds(double sustained_seconds) const {
+  if (points.empty() || sustained_over_first <= 0) return sustained_seconds;
+  const double work = sustained_seconds / sustained_over_first;
+  double wall = 0;
+  if (work <= points.front().first) {
+    wall = work * points.front().second / points.front().first;
+  } else if (work >= points.back().first) {
+    wall = points.back().second + (work - points.back().first) * sustained_over_first;
+  } else {
+    auto upper = std::upper_bound(points.begin(), points.end(), work,
+                                  [](double x, const std::pair<double, double>& p) { return x < p.first; });
+    const auto& [w1, t1] = *upper;
+    const auto& [w0, t0] = *(upper - 1);
+    wall = t0 + (t1 - t0) * (work - w0) / (w1 - w0);
+  }
+  return std::min(wall, sustained_seconds);
+}
+
 double state_budget(const device_profile& d) {
   return d.memory_bytes / d.state_scale;
 }
@@ -247,6 +265,24 @@ device_profile device_from_json(const json& j, std::size_t layers, const std::st
     d.tp = tp_costs{number(tp, tpp, "per_head"), number(tp, tpp, "per_column"),
                     number(tp, tpp, "per_token")};
   }
+  if (j.contains("burst")) {
+    const json& b = j.at("burst");
+    const std::string bp = path + ".burst";
+    d.burst.sustained_over_first = number(b, bp, "sustained_over_first");
+    require(d.burst.sustained_over_first > 0, bp + ".sustained_over_first", "must be > 0");
+    const json& points = field(b, bp, "points");
+    require(points.is_array(), bp + ".points", "must be an array of [work, wall] seconds");
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      const json& p = points[i];
+      require(p.is_array() && p.size() == 2 && p[0].is_number() && p[1].is_number(), at_index(bp + ".points", i),
+              "must be [work, wall] seconds");
+      const double work = p[0].get<double>(), wall = p[1].get<double>();
+      require(work > 0 && wall > 0 && (d.burst.points.empty() || (work > d.burst.points.back().first &&
+                                                                   wall >= d.burst.points.back().second)),
+              at_index(bp + ".points", i), "must be positive and rise from the point before");
+      d.burst.points.emplace_back(work, wall);
+    }
+  }
   return d;
 }
 
@@ -350,6 +386,8 @@ json device_to_json(const device_profile& d) {
     out["tp"] = {{"per_head", d.tp->per_head},
                  {"per_column", d.tp->per_column},
                  {"per_token", d.tp->per_token}};
+  if (!d.burst.points.empty())
+    out["burst"] = {{"sustained_over_first", d.burst.sustained_over_first}, {"points", d.burst.points}};
   return out;
 }
 

@@ -68,12 +68,34 @@ struct tp_costs {
   double per_token = 0;   ///< seconds per token of one connective block
 };
 
+/// How a device runs a burst of work after idling, measured (compute/
+/// layer_timing.hpp's decode_burst). Under a CPU quota (a container's limit,
+/// the testbed's emulated small devices) the first milliseconds of a burst
+/// run at the core's full speed and the rest at the quota's: a pipeline stage
+/// serving one request, idle while the other stages work, runs its layers
+/// faster than the profile's sustained times say.
+struct burst_speed {
+  /// (work, wall) after each measured step: work in seconds at the speed the
+  /// first step ran, wall seconds since the burst began; rising.
+  std::vector<std::pair<double, double>> points;
+  /// The sustained time of the measured step over the first step's: what a
+  /// second of full-speed work takes once the burst is spent.
+  double sustained_over_first = 1;
+
+  /// The wall time of a burst from idle whose sustained profile time is
+  /// `sustained_seconds`: interpolated on the points, past them at the
+  /// sustained pace, and never more than the sustained time itself.
+  /// Without points, `sustained_seconds`.
+  double wall_seconds(double sustained_seconds) const;
+};
+
 /// A device taking part in the cluster.
 struct device_profile {
   std::string name;
   double memory_bytes = 0;            ///< budget for model state (weights, KV, activations)
   std::vector<layer_timing> layers;   ///< one entry per model layer
   std::optional<tp_costs> tp;         ///< present when TP/SP costs were profiled
+  burst_speed burst{};                ///< empty when not measured: bursts at the sustained times
   /// Bytes a layer's state (weights, KV cache) takes on this device per byte
   /// the layer profiles count: 0.5 for a bf16 device in a cluster whose
   /// layers are counted in fp32. Planners compare the layers' bytes with

@@ -20,6 +20,14 @@ class inference_graph {
       graph_.add_resource(d.name);
     if (options_.prefill_chunks.empty())
       options_.prefill_chunks = {p_.work.prompt_tokens};
+    // One request through stages on distinct devices: each device idles
+    // while the others work, so its decode step is a burst from idle
+    // (device_profile::burst). With more requests, or a device holding two
+    // stages, it works on without the idle that makes a burst.
+    std::vector<std::size_t> devices;
+    for (const auto& st : stages_) devices.push_back(st.device);
+    std::sort(devices.begin(), devices.end());
+    decode_bursts_ = options_.requests == 1 && std::adjacent_find(devices.begin(), devices.end()) == devices.end();
   }
 
   simulation run() {
@@ -100,7 +108,7 @@ class inference_graph {
       double total = 0;
       for (std::size_t l = st.begin; l < st.end; ++l)
         total += costs_.decode_seconds(l, st.device, context);
-      return total;
+      return decode_bursts_ ? p_.devices[st.device].burst.wall_seconds(total) : total;
     };
     return pass(r, after, 1, seconds, "decode", true, nullptr);
   }
@@ -129,6 +137,7 @@ class inference_graph {
   const profile& p_;
   const std::vector<stage>& stages_;
   inference_options options_;
+  bool decode_bursts_ = false;
   task_graph graph_;
   std::map<std::pair<std::size_t, std::size_t>, std::size_t> links_;
   std::map<std::size_t, double> arrival_delay_;

@@ -94,6 +94,7 @@ json curves_to_json(const layer_timing_report& report) {
     curves.push_back({{"layer", c.layer}, {"phase", c.phase}, {"lengths", c.lengths}, {"seconds", c.seconds}});
   return {{"node", report.node},
           {"curves", curves},
+          {"burst", {{"context", report.burst_context}, {"wall_seconds", report.burst_wall_seconds}}},
           {"usable_memory_bytes", report.usable_memory_bytes},
           {"memory_limited_by", report.memory_limited_by}};
 }
@@ -141,6 +142,22 @@ planning::time_curve curve_from(const json& node, const std::string& layer, cons
                            " " + phase + " curve");
 }
 
+// A burst of middle-layer steps from idle, in the units burst_speed plans
+// with: work counted in first steps (which ran at full speed), against the
+// middle layer's sustained time at the burst's context. None in a cache
+// written before bursts were measured.
+planning::burst_speed burst_from(const json& node) {
+  planning::burst_speed burst;
+  if (!node.contains("burst")) return burst;
+  const auto& b = node.at("burst");
+  const auto walls = b.at("wall_seconds").get<std::vector<double>>();
+  if (walls.empty() || walls.front() <= 0) return burst;
+  const double first = walls.front();
+  burst.sustained_over_first = curve_from(node, "middle", "decode").at(b.at("context").get<double>() + 1) / first;
+  for (std::size_t i = 0; i < walls.size(); ++i) burst.points.emplace_back(static_cast<double>(i + 1) * first, walls[i]);
+  return burst;
+}
+
 // The layer profiles count a value as the source node (the one holding the
 // embedding) stores it: in a cluster of one dtype every node's state then
 // counts at its own size, and a node of another dtype gets a state_scale.
@@ -158,6 +175,7 @@ planning::device_profile device_from(const json& node, const topology& t, const 
     std::string kind = l == 0 ? "first" : l == layers - 1 ? "last" : "middle";
     d.layers.push_back({curve_from(node, kind, "prefill"), curve_from(node, kind, "decode"), 0, 0});
   }
+  d.burst = burst_from(node);
   return d;
 }
 

@@ -60,6 +60,14 @@ void check_complete(const planning::profile& p, const deploy::topology& t, std::
       for (const auto& point : layer.prefill.points()) CHECK(point.seconds > 0);
       for (const auto& point : layer.decode.points()) CHECK(point.seconds > 0);
     }
+    // The decode burst from idle: two middle-layer steps per layer, rising.
+    const auto& burst = device.burst.points;
+    REQUIRE(burst.size() == 2 * p.layers.size());
+    CHECK(device.burst.sustained_over_first > 0);
+    for (std::size_t i = 1; i < burst.size(); ++i) {
+      CHECK(burst[i].first > burst[i - 1].first);
+      CHECK(burst[i].second >= burst[i - 1].second);
+    }
   }
   CHECK(p.links.overrides().size() == t.nodes.size() * (t.nodes.size() - 1) / 2);
 }

@@ -71,6 +71,38 @@ TEST_CASE("a profile survives JSON and YAML round trips") {
   }
 }
 
+TEST_CASE("a burst from idle runs on its measured points, at the sustained pace past them, never slower than sustained") {
+  burst_speed none;
+  CHECK(none.wall_seconds(0.02) == 0.02);  // not measured: the sustained time
+  // Steps of 1 ms of full-speed work: the first two at full speed, then a quota's half speed.
+  burst_speed b{{{0.001, 0.001}, {0.002, 0.002}, {0.003, 0.004}, {0.004, 0.006}}, 2.0};
+  CHECK(b.wall_seconds(0.001) == doctest::Approx(0.0005));   // half a step of work
+  CHECK(b.wall_seconds(0.004) == doctest::Approx(0.002));    // 2 ms of work, at full speed
+  CHECK(b.wall_seconds(0.005) == doctest::Approx(0.003));    // 2.5 ms: halfway up the third step
+  CHECK(b.wall_seconds(0.012) == doctest::Approx(0.010));    // 6 ms: 2 past the points at 2x
+  // A burst measured slower than the sustained time (a noisy point) is held at it.
+  burst_speed slow{{{0.001, 0.003}}, 1.0};
+  CHECK(slow.wall_seconds(0.002) == doctest::Approx(0.002));
+}
+
+TEST_CASE("a device's burst survives JSON, and bad bursts are named") {
+  profile p = sample_profile();
+  p.devices[0].burst = {{{0.001, 0.001}, {0.002, 0.003}}, 2.0};
+  json j = to_json(p);
+  CHECK(j["devices"][0]["burst"]["sustained_over_first"] == 2.0);
+  CHECK_FALSE(j["devices"][1].contains("burst"));
+  CHECK(to_json(profile_from_json(j)) == j);
+  json bad = j;
+  bad["devices"][0]["burst"]["points"][1] = {0.0005, 0.004};
+  CHECK(error_of(bad) == "profile.devices[0].burst.points[1]: must be positive and rise from the point before");
+  bad = j;
+  bad["devices"][0]["burst"]["points"][0] = "fast";
+  CHECK(error_of(bad) == "profile.devices[0].burst.points[0]: must be [work, wall] seconds");
+  bad = j;
+  bad["devices"][0]["burst"]["sustained_over_first"] = 0;
+  CHECK(error_of(bad).find("profile.devices[0].burst.sustained_over_first: must be > 0") == 0);
+}
+
 TEST_CASE("one timing object applies to every layer") {
   json j = to_json(sample_profile());
   j["devices"][1]["layers"] = {{"prefill", 0.01}, {"decode", {{1, 0.02}, {100, 0.04}}}};

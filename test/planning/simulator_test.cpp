@@ -83,6 +83,23 @@ TEST_CASE("one request through any plan takes exactly the planners' request late
   }
 }
 
+TEST_CASE("one request's decode steps run as bursts from idle; more requests, or a device with two stages, at the sustained times") {
+  // 3 stages of 0.02 s sustained each; device 1 runs bursts twice as fast
+  // (full-speed work at 2x the sustained pace, every point at full speed).
+  profile p = equal_stages(3, 0.02, 5);
+  p.devices[1].burst = {{{0.005, 0.005}, {0.01, 0.01}}, 2.0};
+  cost_model costs(p);
+  const auto plain = simulate_inference(costs, one_layer_each(3), {1, true, {}});
+  const auto sustained = 5 * 3 * 0.02;
+  // The prefill step at the sustained time, 4 decode steps with device 1 at half.
+  CHECK(plain.mean_latency == doctest::Approx(sustained - 4 * 0.01));
+  const auto two = simulate_inference(costs, one_layer_each(3), {2, false, {}});
+  CHECK(two.makespan == doctest::Approx(5 * (3 + 2 - 1) * 0.02));  // rounds of k + 2 - 1 sustained steps
+  // Device 1 holding layers 1 and 2 as two stages: no idle between them.
+  const auto twice = simulate_inference(costs, {{0, 0, 1}, {1, 1, 2}, {1, 2, 3}}, {1, true, {}});
+  CHECK(twice.mean_latency == doctest::Approx(sustained));
+}
+
 TEST_CASE("a single device runs the whole request back to back") {
   profile p = equal_stages(3, 0.02, 5);
   cost_model costs(p);
