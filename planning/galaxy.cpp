@@ -209,7 +209,10 @@ class block_graph {
   std::size_t send_bytes(std::size_t i, double bytes, std::vector<std::size_t> after, const std::string& label,
                          int group) {
     link_spec l = p_.links.between(split_.devices[i], split_.devices[(i + 1) % n_]);
-    return graph_.add_task(link_[i], bytes / l.bandwidth, std::move(after), l.latency, label, group);
+    // A step takes at least the calibrated floor: the part of it beyond the
+    // wire's time arrives late, as latency does.
+    const double wire = bytes / l.bandwidth;
+    return graph_.add_task(link_[i], wire, std::move(after), std::max(l.latency, p_.ring_step_floor - wire), label, group);
   }
 
   double row_bytes() const { return static_cast<double>(p_.shape->hidden) * p_.shape->dtype_bytes; }

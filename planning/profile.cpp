@@ -362,6 +362,8 @@ profile profile_from_json(const json& j) {
   p.source = static_cast<std::size_t>(source);
   if (j.contains("workload"))
     p.work = workload_from_json(j.at("workload"), "profile.workload");
+  p.ring_step_floor = number_or(j, "profile", "ring_step_floor", 0);
+  require_non_negative(p.ring_step_floor, "profile.ring_step_floor");
   p.validate();
   return p;
 }
@@ -425,7 +427,7 @@ json to_json(const profile& p) {
   for (const auto& d : p.devices)
     devices.push_back(device_to_json(d));
   const workload& w = p.work;
-  return {{"model", model_to_json(p)},
+  json out = {{"model", model_to_json(p)},
           {"devices", devices},
           {"links", links_to_json(p.links)},
           {"source", p.source},
@@ -435,6 +437,9 @@ json to_json(const profile& p) {
                         {"train_tokens", w.train_tokens},
                         {"optimizer_states", w.optimizer_states},
                         {"return_bytes", w.return_bytes}}}};
+  if (p.ring_step_floor > 0)
+    out["ring_step_floor"] = p.ring_step_floor;
+  return out;
 }
 
 // -- files ------------------------------------------------------------------

@@ -187,6 +187,11 @@ struct profile {
   link_matrix links;
   std::size_t source = 0;  ///< the device holding the user's data: layer 0 runs there
   workload work;
+  /// The least seconds one step of a group's ring takes, whatever its link's
+  /// latency and bytes: a loaded member's wake-up, hand-off and CPU-quota
+  /// stalls, which an idle link's probe does not see. Calibrated from a
+  /// group's run (`orrery bench placement` measures its ring waits); 0 until then.
+  double ring_step_floor = 0;
 
   /// Throws profile_error naming the first inconsistency found.
   void validate() const;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "base/tensor_slice.hpp"
 #include "compute/generation.hpp"
 #include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/compute_bench.hpp"
@@ -34,12 +35,18 @@ struct placement_bench_options {
 struct measurement {
   double decode_ms_per_token = 0;
   double tokens_per_s = 0;
+  /// Each stage's ring wait and frames in the requests' decode steps only.
+  std::vector<stage_stats> decode_stages;
 };
 
 // Decode ms/token per request (the mean over the requests) and what the
 // requests make together, the same definitions as placement_prediction.
 measurement measure(const placement_plan& plan, const placement_bench_options& o) {
   pipeline_client client(plan.placed);
+  // One request of one token first, untimed: its stats are one prefill's,
+  // which the timed requests' stats less theirs leave the decode steps'.
+  client.generate({generate_request{compute::bench_prompt(o.prompt_tokens), 1, {}, false, 0}});
+  const auto prefill = client.stats();
   generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, {}, false, 0};  // greedy
   std::vector<generate_request> requests;
   for (int i = 0; i < o.requests; ++i) {
@@ -52,7 +59,36 @@ measurement measure(const placement_plan& plan, const placement_bench_options& o
   measurement m;
   m.decode_ms_per_token = sum / static_cast<double>(summaries.size());
   m.tokens_per_s = o.requests * 1e3 / m.decode_ms_per_token;
+  m.decode_stages = client.stats();
+  for (auto& st : m.decode_stages)
+    for (const auto& one : prefill)
+      if (one.node == st.node && one.stage == st.stage) {
+        const auto prefills = static_cast<double>(o.requests + 1);
+        st.frames -= static_cast<std::uint64_t>(prefills) * one.frames;
+        st.collective_wait_ms = std::max(0.0, st.collective_wait_ms - prefills * one.collective_wait_ms);
+      }
   return m;
+}
+
+// A group's decode ring step as its runs measured it: the slowest member
+// waits only on the ring (never on a slower member), so its wait over its
+// ring steps is what one step costs. Each decode frame is a pass through
+// every layer: two all-reduces of a row per layer (base::all_reduce_schedule_of).
+double measured_ring_step(const placement_plan& group, const std::vector<measurement>& runs, const topology& t) {
+  const int members = static_cast<int>(group.groups.front().size());
+  const auto schedule = all_reduce_schedule_of(members, t.model_config.hidden_size * std::int64_t{4});
+  std::vector<double> per_run;
+  for (const auto& m : runs) {
+    double least = -1;
+    for (const auto& st : m.decode_stages) {
+      const double steps = static_cast<double>(st.frames) * 2 * (st.last_layer - st.first_layer) * schedule.steps;
+      if (steps <= 0) continue;
+      const double step = st.collective_wait_ms / 1e3 / steps;
+      least = least < 0 ? step : std::min(least, step);
+    }
+    if (least >= 0) per_run.push_back(least);
+  }
+  return per_run.empty() ? 0.0 : compute::median(per_run);
 }
 
 nlohmann::json layers_of(const placement_plan& plan) {
@@ -97,6 +133,33 @@ nlohmann::json run(const placement_bench_options& o) {
   auto even = report(plans[0], runs[0]);
   auto automatic = report(plans[1], runs[1]);
   automatic["layout"] = plans[1].layout;
+  nlohmann::json one_group = plans.size() > 2 ? report(plans[2], runs[2]) : nlohmann::json(nullptr);
+  // Calibration: the group's measured ring step becomes the profile's floor
+  // for a step (kept for these nodes, so later plans and predictions use
+  // it), and every layout is predicted again with it beside its measurement.
+  nlohmann::json calibration = nullptr;
+  if (plans.size() > 2) {
+    auto calibrated = profile;
+    calibrated.ring_step_floor = measured_ring_step(plans[2], runs[2], t);
+    save_ring_step_floor(t, calibrated.ring_step_floor);
+    auto again = [](nlohmann::json& out, const placement_plan& plan, const placement_plan& replanned,
+                    const std::vector<measurement>& measured) {
+      if (replanned.layout != plan.layout) {
+        out["calibrated"] = {{"layout", replanned.layout}, {"note", "the calibrated profile plans another layout"}};
+        return;
+      }
+      const auto r = report(replanned, measured);
+      out["calibrated"] = r["predicted"];
+      out["calibrated"]["prediction_error"] = r["prediction_error"];
+    };
+    again(even, plans[0], plan_even(t, calibrated), runs[0]);
+    again(automatic, plans[1], plan_automatic(t, calibrated), runs[1]);
+    again(one_group, plans[2], plan_one_group(t, calibrated), runs[2]);
+    calibration = {{"ring_step_floor_s_used", profile.ring_step_floor},
+                   {"ring_step_floor_s_measured", calibrated.ring_step_floor},
+                   {"what", "the one group's slowest member's ring wait per step, kept for these nodes; each layout's "
+                            "'calibrated' is its prediction with it"}};
+  }
   const bool throughput = t.objective == "throughput";
   const double speedup =
       throughput ? automatic["measured"]["tokens_per_s"].get<double>() / even["measured"]["tokens_per_s"].get<double>()
@@ -113,7 +176,8 @@ nlohmann::json run(const placement_bench_options& o) {
           {"even", even},
           {"auto", automatic},
           {"auto_speedup_in_objective", speedup},
-          {"one_group", plans.size() > 2 ? report(plans[2], runs[2]) : nlohmann::json(nullptr)},
+          {"one_group", one_group},
+          {"calibration", calibration},
           {"targets", {{"auto_speedup_in_objective", ">= 1.3"}, {"prediction_error", "<= 0.2"}}}};
 }
 

@@ -71,6 +71,16 @@ std::string node_key(const node_spec& n) {
   return n.name + "-" + fnv1a_hex(identity.str());
 }
 
+// The file of the ring step floor of `t`'s nodes: a hash of what each
+// computes on, in file order, leaving out what its links are.
+fs::path ring_step_floor_file(const topology& t, const fs::path& cache) {
+  std::ostringstream identity;
+  for (const auto& n : t.nodes)
+    identity << n.name << ' ' << n.address() << ' ' << n.device << ' ' << dtype_name(n.dtype) << ' ' << n.threads << ' '
+             << (n.emulate && n.emulate->cpu_share ? std::to_string(*n.emulate->cpu_share) : "-") << '\n';
+  return cache / model_key(t.model) / ("ring-step-floor-" + fnv1a_hex(identity.str()) + ".json");
+}
+
 std::optional<json> read_cache(const fs::path& file) {
   std::ifstream in(file);
   if (!in) return std::nullopt;
@@ -272,6 +282,8 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
     p.devices.back().tp = derived_tp_costs(p.devices.back(), *p.shape, p.work.prompt_tokens);
   }
   p.work.return_bytes = 8;  // the last stage samples and returns one token id
+  if (auto floor = read_cache(ring_step_floor_file(t, cache)); floor && floor->contains("seconds"))
+    p.ring_step_floor = floor->at("seconds").get<double>();
 
   // Both directions of every pair; the planners' links are symmetric, so a
   // pair gets its slower direction (the one a pipeline may have to use).
@@ -305,6 +317,11 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   for (const auto& [pair, spec] : links) p.links.set(pair.first, pair.second, spec);
   p.validate();
   return p;
+}
+
+void save_ring_step_floor(const topology& t, double seconds, const fs::path& cache_dir) {
+  const fs::path cache = cache_dir.empty() ? default_profile_cache() : cache_dir;
+  write_cache(ring_step_floor_file(t, cache), {{"seconds", seconds}, {"cluster", t.cluster}});
 }
 
 profile_progress progress_bar(const std::string& title) {

@@ -54,6 +54,13 @@ using profile_progress = std::function<void(int done, int total, const std::stri
 planning::profile profile_cluster(const topology& t, const profiler_options& options,
                                   const profile_progress& progress = {});
 
+/// Keeps `seconds` as the ring step floor (planning::profile::ring_step_floor)
+/// of `t`'s nodes, which profile_cluster then puts in their profile. It is
+/// kept beside the nodes' measurements under a key of what they compute on
+/// (name, address, device, dtype, threads, cpu share), not their links, so
+/// a floor measured at one link speed carries over to another.
+void save_ring_step_floor(const topology& t, double seconds, const std::filesystem::path& cache_dir = {});
+
 /// A progress bar on stderr (redrawn in place on a terminal, a line per step otherwise).
 profile_progress progress_bar(const std::string& title);
 

@@ -85,3 +85,17 @@ TEST_CASE("one device: no collectives, the block is its compute") {
   CHECK(t.serial == doctest::Approx(compute));
   CHECK(t.overlapped == doctest::Approx(compute));
 }
+
+TEST_CASE("a calibrated ring step floor lengthens the steps shorter than it and leaves longer ones") {
+  profile p = catalog_profile({"nx", "nx", "nx", "nx"}, "1gbit", "small");
+  tp_split split = galaxy_split(p, {0, 1, 2, 3}, 1);
+  const double plain = simulate_all_reduced_block(p, split, 1).makespan;
+  // A decode row's step on these links: latency + 768 x 4 bytes of wire.
+  const link_spec l = p.links.between(0, 1);
+  const double step = l.latency + 768.0 * p.shape->dtype_bytes / l.bandwidth;
+  // Two gathered all-reduces of 3 steps each in a block of 4 members.
+  p.ring_step_floor = step + 1e-3;
+  CHECK(simulate_all_reduced_block(p, split, 1).makespan == doctest::Approx(plain + 2 * 3 * 1e-3).epsilon(1e-9));
+  p.ring_step_floor = step / 2;
+  CHECK(simulate_all_reduced_block(p, split, 1).makespan == doctest::Approx(plain).epsilon(1e-9));
+}

@@ -85,14 +85,20 @@ TEST_CASE("a burst from idle runs on its measured points, at the sustained pace 
   CHECK(slow.wall_seconds(0.002) == doctest::Approx(0.002));
 }
 
-TEST_CASE("a device's burst survives JSON, and bad bursts are named") {
+TEST_CASE("a device's burst and the ring step floor survive JSON, and bad ones are named") {
   profile p = sample_profile();
   p.devices[0].burst = {{{0.001, 0.001}, {0.002, 0.003}}, 2.0};
   json j = to_json(p);
   CHECK(j["devices"][0]["burst"]["sustained_over_first"] == 2.0);
   CHECK_FALSE(j["devices"][1].contains("burst"));
   CHECK(to_json(profile_from_json(j)) == j);
+  CHECK_FALSE(j.contains("ring_step_floor"));  // 0, uncalibrated, is left out
+  p.ring_step_floor = 2e-4;
+  CHECK(profile_from_json(to_json(p)).ring_step_floor == 2e-4);
   json bad = j;
+  bad["ring_step_floor"] = -1;
+  CHECK(error_of(bad).find("profile.ring_step_floor: must be >= 0") == 0);
+  bad = j;
   bad["devices"][0]["burst"]["points"][1] = {0.0005, 0.004};
   CHECK(error_of(bad) == "profile.devices[0].burst.points[1]: must be positive and rise from the point before");
   bad = j;
