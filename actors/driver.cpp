@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <caf/all.hpp>
 
+#include <numeric>
 #include <random>
+#include <stdexcept>
 #include <variant>
 
 #include "actors/driver_state.hpp"
@@ -56,14 +58,23 @@ void check_deadlines(driver_ptr self) {
   if (!s.requests.empty()) watch_deadlines(self);
 }
 
-void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position) {
+// Sends `tokens` after the `position` tokens the request's stages hold.
+// `drafts`: how many of them (the last) are guesses; `sample`: whether the
+// last stage samples after them (not after a prompt's leading chunk).
+void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position,
+               std::uint16_t drafts = 0, bool sample = true) {
   auto& r = self->state.requests.at(id);
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
   messages::frame_descriptor d;
   d.session = self->state.session;
   d.deployment = self->state.deployment;
-  d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device), id, r.progress.step(), position,
-                                    r.sampling};
+  d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device),
+                                    id,
+                                    r.progress.step(),
+                                    position,
+                                    r.sampling,
+                                    sample,
+                                    drafts};
   const auto input = at::tensor(wide, at::TensorOptions().dtype(at::kLong));
   for (const auto& link : self->state.first_links)
     send_tensors(*link, d, {{messages::tensor_role::tokens, input}},
@@ -76,7 +87,39 @@ void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   watch_deadlines(self);
 }
 
-// The last stage's token for a request: streamed, then fed back in.
+void send_sequence(driver_ptr self, std::uint64_t id) {
+  auto& r = self->state.requests.at(id);
+  const auto& sequence = r.progress.history();
+  // The prompt's chunks; a replay's generated tokens go with the last one.
+  std::vector<std::int32_t> lengths = r.prefill_chunks;
+  if (lengths.empty()) lengths.push_back(0);
+  lengths.back() += static_cast<std::int32_t>(sequence.size()) - std::accumulate(lengths.begin(), lengths.end(), 0);
+  r.drafts_in_flight = 0;
+  std::uint32_t at = 0;
+  for (std::size_t c = 0; c < lengths.size(); ++c) {
+    const auto begin = sequence.begin() + at;
+    send_pass(self, id, {begin, begin + lengths[c]}, at, 0, c + 1 == lengths.size());
+    at += static_cast<std::uint32_t>(lengths[c]);
+  }
+}
+
+// The request's next trip: its last token, and guesses after it where the
+// prompt lookup has some (as many as tokens remain after the next one).
+void send_next(driver_ptr self, std::uint64_t id) {
+  auto& r = self->state.requests.at(id);
+  const auto& sequence = r.progress.history();
+  const int remaining = r.progress.remaining() - 1;
+  auto guesses = r.drafts.propose(sequence, remaining);
+  std::vector<compute::token_id> tokens{sequence.back()};
+  tokens.insert(tokens.end(), guesses.begin(), guesses.end());
+  r.drafts_in_flight = static_cast<std::uint16_t>(guesses.size());
+  ++r.decode_trips;
+  r.drafted += static_cast<std::int32_t>(guesses.size());
+  send_pass(self, id, tokens, static_cast<std::uint32_t>(sequence.size() - 1), r.drafts_in_flight);
+}
+
+// The last stage's tokens for a request (one, or a window's kept guesses and
+// the token after them): streamed, then the next trip goes in.
 void on_sampled(driver_ptr self, tensor_frame& frame) {
   auto& s = self->state;
   const auto* route = std::get_if<messages::session_route>(&frame.descriptor.route);
@@ -87,10 +130,14 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
       frame.descriptor.deployment != s.deployment || route->step != it->second.progress.step())
     return;  // finished, from a layout that is gone, or not this session's
   auto& r = it->second;
-  compute::token_id next = 0;
+  std::vector<compute::token_id> kept;
   std::vector<float> logits;
   try {
-    next = static_cast<compute::token_id>(frame.tensor(messages::tensor_role::tokens).item<std::int64_t>());
+    auto ids = frame.tensor(messages::tensor_role::tokens).to(at::kLong).contiguous();
+    if (ids.numel() < 1 || ids.numel() > r.drafts_in_flight + 1)
+      throw std::runtime_error(std::to_string(ids.numel()) + " tokens for a trip with " +
+                               std::to_string(r.drafts_in_flight) + " guesses");
+    kept.assign(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
     if (r.sampling.return_logits) {
       auto row = frame.tensor(messages::tensor_role::logits).to(at::kFloat).contiguous();
       logits.assign(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
@@ -103,16 +150,40 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
     if (event.recover_ms < 0) event.recover_ms = static_cast<double>(unix_ms_now() - event.verdict_unix_ms);
     r.replayed_by = -1;
   }
-  const bool done = r.progress.accept(next);
-  if (r.sink) self->send(r.sink, token_event{r.tag, next, s.tok->decode(next)});
+  const auto accepted = static_cast<int>(kept.size()) - 1;
+  r.drafts.record(r.drafts_in_flight, accepted);
+  r.accepted += accepted;
+  bool done = false;
+  for (auto token : kept) {
+    done = r.progress.accept(token);
+    if (r.sink) self->send(r.sink, token_event{r.tag, token, s.tok->decode(token)});
+    if (done) break;
+  }
   if (done) {
     // The wire form of the local generation_result.
     const auto& result = r.progress.result();
     return finish(self, id,
                   generation_summary{r.tag, result.prompt_tokens, result.tokens, result.prefill_ms, result.decode_ms,
-                                     result.stopped_at_eos, std::move(logits)});
+                                     result.stopped_at_eos, std::move(logits), r.decode_trips, r.drafted, r.accepted});
   }
-  send_step(self, id, {next}, static_cast<std::uint32_t>(r.progress.history().size() - 1));
+  send_next(self, id);
+}
+
+// Guesses per trip at most: a wider window only adds rows the head is
+// unlikely to keep.
+constexpr int max_drafts_per_trip = 32;
+
+void check_prefill_chunks(const std::vector<std::int32_t>& lengths, std::size_t prompt) {
+  std::int64_t sum = 0;
+  for (std::size_t c = 0; c < lengths.size(); ++c) {
+    if (lengths[c] < 1)
+      throw std::invalid_argument("prefill chunk " + std::to_string(c) + " has " + std::to_string(lengths[c]) +
+                                  " tokens; every chunk needs at least 1");
+    sum += lengths[c];
+  }
+  if (!lengths.empty() && sum != static_cast<std::int64_t>(prompt))
+    throw std::invalid_argument("the prefill chunks add up to " + std::to_string(sum) + " tokens, but the prompt has " +
+                                std::to_string(prompt) + " (with BOS)");
 }
 
 caf::result<generation_summary> start_request(driver_ptr self, generate_request& request) {
@@ -124,6 +195,10 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   try {
     sampling_params_of(request.sampling).validate();
     compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
+    check_prefill_chunks(request.prefill_chunks, prompt.size());
+    if (request.max_drafts < 0 || request.max_drafts > max_drafts_per_trip)
+      throw std::invalid_argument("max_drafts must be in [0, " + std::to_string(max_drafts_per_trip) + "], got " +
+                                  std::to_string(request.max_drafts));
   } catch (const std::exception& e) {
     return make_error(errc::invalid_request, e.what());
   }
@@ -132,10 +207,16 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   auto sink = caf::actor_cast<token_listener>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
   active_request r{{prompt, request.max_new_tokens, request.stop_at_eos, s.tok->eos()},
-                   request.sampling, promise, sink, {}, request.tag};
-  r.deadline = clock_type::now() + s.config.request_timeout;
+                   request.sampling,
+                   promise,
+                   sink,
+                   clock_type::now() + s.config.request_timeout,
+                   request.tag,
+                   -1,
+                   request.prefill_chunks,
+                   compute::draft_window(request.max_drafts)};
   s.requests.emplace(id, std::move(r));
-  if (!s.switching) send_step(self, id, prompt, 0);  // else it starts with the replay
+  if (!s.switching) send_sequence(self, id);  // else it starts with the replay
   return promise;
 }
 

@@ -380,7 +380,7 @@ void replay(driver_ptr self, std::size_t event_index, const std::vector<stage_re
                  " request(s)");
   for (auto& [id, r] : s.requests) {
     r.replayed_by = static_cast<int>(event_index);
-    send_step(self, id, r.progress.history(), 0);
+    send_sequence(self, id);
   }
 }
 

@@ -18,6 +18,7 @@
 #include "actors/router.hpp"
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
+#include "compute/prompt_lookup.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/errors.hpp"
@@ -46,6 +47,13 @@ struct active_request {
   std::uint64_t tag = 0;
   /// Index into recoveries of the replay this request waits on, or -1.
   int replayed_by = -1;
+  /// Pipelined prefill: the prompt's chunk lengths (one chunk when empty).
+  std::vector<std::int32_t> prefill_chunks;
+  /// Speculative decoding: where guesses come from, the guesses of the trip
+  /// in flight, and the counts for the summary.
+  compute::draft_window drafts{0};
+  std::uint16_t drafts_in_flight = 0;
+  std::int32_t decode_trips = 0, drafted = 0, accepted = 0;
 };
 
 /// A node of the cluster, in the order the placement lists them; its index
@@ -108,9 +116,10 @@ inline std::string session_of(driver_ptr self) { return "session " + std::to_str
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome);
 /// Ends every request in flight with `why`.
 void fail_all(driver_ptr self, const std::string& why);
-/// Sends the next input of request `id` into the pipeline (`tokens` after
-/// the `position` tokens its stages hold) and arms its deadline.
-void send_step(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position);
+/// Sends request `id`'s whole sequence so far (prompt and generated tokens)
+/// into the pipeline from position 0, in its prefill chunks, and arms its
+/// deadline: how a request starts, and how a replay rebuilds its caches.
+void send_sequence(driver_ptr self, std::uint64_t id);
 
 // -- layout control and recovery (actors/driver_layout.cpp) -------------------
 

@@ -41,14 +41,14 @@ void group_ring::deliver(tensor_frame frame) {
       ++dropped_;
       return;
     }
-    pieces_[{route.request, route.step, route.sequence, route.tile, route.ring_step}] = std::move(frame.tensors.front());
+    pieces_[{route.request, route.step, route.position, route.sequence, route.tile, route.ring_step}] = std::move(frame.tensors.front());
   }
   arrived_.notify_all();
 }
 
 void group_ring::forget(std::uint64_t request) {
   std::lock_guard lock(mutex_);
-  for (auto it = pieces_.lower_bound({request, 0, 0, 0, 0}); it != pieces_.end() && std::get<0>(it->first) == request;) {
+  for (auto it = pieces_.lower_bound({request, 0, 0, 0, 0, 0}); it != pieces_.end() && std::get<0>(it->first) == request;) {
     it = pieces_.erase(it);
     ++dropped_;
   }
@@ -97,6 +97,7 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, piece 
   route.ring_step = p.ring_step;
   route.request = key.request;
   route.step = key.step;
+  route.position = key.position;
   d.route = route;
   send_tensors(*next, std::move(d), {{messages::tensor_role::hidden, chunk}},
                [weak = weak_from_this(), to](const std::string& error) {
@@ -112,7 +113,7 @@ void group_ring::send(const at::Tensor& chunk, const collective_key& key, piece 
 
 at::Tensor group_ring::receive(const collective_key& key, piece p) {
   std::unique_lock lock(mutex_);
-  const piece_key wanted{key.request, key.step, key.sequence, p.tile, p.ring_step};
+  const piece_key wanted{key.request, key.step, key.position, key.sequence, p.tile, p.ring_step};
   auto superseded = [&] { return options_.announced && options_.announced->load() > deployment_; };
   // The announced deployment is a node's, set without waking this wait: it
   // is looked at every poll_interval.

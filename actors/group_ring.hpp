@@ -65,6 +65,9 @@ struct collective_key {
   std::uint32_t step = 0;
   /// The collective's index in the pass (compute::collective_index).
   std::uint32_t sequence = 0;
+  /// The pass's position: a prompt's chunks share a step, and a window of
+  /// guesses repeats a position at a later step.
+  std::uint32_t position = 0;
 };
 
 /// `rows` split in proportion to `shares` (base's largest_remainder_split);
@@ -132,7 +135,9 @@ class group_ring : public std::enable_shared_from_this<group_ring> {
 
  private:
   /// (request, step, sequence, tile, ring step)
-  using piece_key = std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::uint32_t, std::uint16_t>;
+  // request, step, position, sequence, tile, ring step
+  using piece_key =
+      std::tuple<std::uint64_t, std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t, std::uint16_t>;
   /// Which piece of which collective a send or receive is.
   struct piece {
     messages::collective_op op;

@@ -9,9 +9,9 @@
 namespace orrery::actors {
 
 at::Tensor shared_shard::forward(const at::Tensor& input, const std::vector<compute::sequence_step>& batch,
-                                 const compute::layer_context& context) {
+                                 const compute::layer_context& context, compute::logits_rows rows) {
   std::lock_guard<std::mutex> lock(turn_);
-  return context.plain() ? shard_.forward(input, batch) : shard_.forward(input, batch, context);
+  return context.plain() ? shard_.forward(input, batch, rows) : shard_.forward(input, batch, context, rows);
 }
 
 std::uint64_t shard_cache::held_bytes_locked() const {

@@ -36,9 +36,11 @@ class shared_shard {
   explicit shared_shard(compute::shard shard) : shard_(std::move(shard)) {}
   const compute::shard& shard() const { return shard_; }
   /// Runs the shard over `input` with the caches of `batch`, alone (with
-  /// `context` between the parts of each layer: compute/layer_program.hpp).
+  /// `context` between the parts of each layer: compute/layer_program.hpp),
+  /// and the head's logits for `rows`.
   at::Tensor forward(const at::Tensor& input, const std::vector<compute::sequence_step>& batch,
-                     const compute::layer_context& context = {});
+                     const compute::layer_context& context = {},
+                     compute::logits_rows rows = compute::logits_rows::last);
 
  private:
   std::mutex turn_;

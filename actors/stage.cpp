@@ -46,6 +46,10 @@ struct request_state {
   /// The stage holding the head: the sequence's tokens, for the sampler's
   /// repetition penalty (every frame carries its tokens along the pipeline).
   std::vector<compute::token_id> history;
+  /// Guesses at the end of the caches the head has not verified yet (the
+  /// last frame's drafts): the next frame may start up to this many
+  /// positions earlier, dropping the guesses the head did not keep.
+  int unverified = 0;
 };
 
 struct stage_state {
@@ -211,42 +215,47 @@ void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string
 bool holds_head(const stage_state& s) { return !s.shards.empty() && s.shards.back()->shard().has_head(); }
 
 // What a pass hands on: hidden states, or from the stage with the head its
-// logits; or, from a group's leader decoding greedily, the token itself.
+// logits (one row per token it samples); or, from a group's leader decoding
+// greedily, each row's token itself.
 struct pass_output {
   at::Tensor tensor;
-  std::optional<compute::token_id> token;
+  std::optional<std::vector<compute::token_id>> argmax;
 };
 
 // The group's logits put together for its leader to sample from. Where the
-// leader only takes their argmax (greedy, no logits asked back, one row),
-// each member sends its best (value, vocabulary id) instead of its logits:
-// 16 bytes instead of 4 per vocabulary row, the same token (ties go to the
+// leader only takes their argmax (greedy, no logits asked back), each member
+// sends each row's best (value, vocabulary id) instead of its logits: 16
+// bytes instead of 4 per vocabulary row, the same tokens (ties go to the
 // lowest id: the first member in rank order holding the maximum, and within
 // it the first column).
 pass_output group_logits(stage_state& s, const messages::forward_route& route, const at::Tensor& mine) {
   // Gathered as the collective of a layer past the last.
   const collective_key key{route.request, route.step,
-                           compute::collective_index(s.assignment.last_layer, compute::collective_point::attention)};
-  const bool argmax_only = compute::sampler(sampling_params_of(route.sampling)).plain_argmax() &&
-                           !route.sampling.return_logits && mine.size(0) == 1;
+                           compute::collective_index(s.assignment.last_layer, compute::collective_point::attention),
+                           route.position};
+  const bool argmax_only = compute::sampler(sampling_params_of(route.sampling)).plain_argmax() && !route.sampling.return_logits;
   if (!argmax_only) return {s.ring->all_gather(mine, key, 1), std::nullopt};
   // The value's float32 bits and the id, as one int64 row: exact, and a
   // type frames carry.
   auto local = mine.to(at::kCPU, at::kFloat).contiguous();
   auto column = local.argmax(-1);
   auto value_bits = local.gather(-1, column.unsqueeze(-1)).squeeze(-1).view(at::kInt).to(at::kLong);
-  auto best = at::stack({value_bits, column + s.assignment.slice.vocab_begin}, -1);  // [1, 2]
-  auto all = s.ring->all_gather(best, key, 0);                                        // [members, 2], rank order
-  const auto values = all.select(1, 0).to(at::kInt).view(at::kFloat);
-  const auto winner = values.argmax().item<std::int64_t>();
-  return {mine, static_cast<compute::token_id>(all[winner][1].item<std::int64_t>())};
+  auto best = at::stack({value_bits, column + s.assignment.slice.vocab_begin}, -1);  // [rows, 2]
+  const auto rows = best.size(0);
+  auto all = s.ring->all_gather(best, key, 0).view({-1, rows, 2});  // [members, rows, 2], rank order
+  const auto winners = all.select(2, 0).to(at::kInt).view(at::kFloat).argmax(0);  // [rows]
+  std::vector<compute::token_id> tokens;
+  for (std::int64_t row = 0; row < rows; ++row)
+    tokens.push_back(static_cast<compute::token_id>(all[winners[row].item<std::int64_t>()][row][1].item<std::int64_t>()));
+  return {mine, std::move(tokens)};
 }
 
 // Runs the frame's tokens through the stage's layers, extending the
 // request's KV caches. A frame at position 0 starts the sequence (a new
 // request, or a replay after a recovery); any other must continue exactly
 // where the caches end, or the stage would compute on a sequence it does
-// not hold.
+// not hold, unless it starts inside the last frame's unverified guesses:
+// then the guesses from its position on are dropped first.
 pass_output forward(stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
   const auto& tokens = frame.tensor(messages::tensor_role::tokens);
   auto& r = s.requests[route.request];
@@ -254,19 +263,28 @@ pass_output forward(stage_state& s, const messages::forward_route& route, const 
     r.caches.clear();
     for (const auto& shard : s.shards) r.caches.push_back(shard->shard().new_cache(shard->shard().config().max_position_embeddings));
     r.history.clear();
+    r.unverified = 0;
   }
   const int held = r.caches.empty() ? 0 : r.caches.front().length();
-  if (r.caches.empty() || held != static_cast<int>(route.position))
+  const int position = static_cast<int>(route.position);
+  if (!r.caches.empty() && position < held && held - r.unverified <= position) {
+    for (auto& cache : r.caches) cache.truncate(position);
+    if (r.history.size() > route.position) r.history.resize(route.position);
+  } else if (r.caches.empty() || held != position) {
     throw std::runtime_error("a frame at position " + std::to_string(route.position) + " of request " +
                              std::to_string(route.request) + ", but the stage holds " +
-                             (r.caches.empty() ? std::string("no KV cache for it") : std::to_string(held) + " tokens of it"));
+                             (r.caches.empty() ? std::string("no KV cache for it")
+                                               : std::to_string(held) + " tokens of it" +
+                                                     (r.unverified > 0 ? " (the last " + std::to_string(r.unverified) + " unverified)" : "")));
+  }
+  r.unverified = route.drafts;
   const int count = static_cast<int>(tokens.size(0));
   at::Tensor x = s.shards.front()->shard().has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
   compute::layer_context context;
   if (s.ring) {
     // Each collective of the pass has its own number.
     auto key = [&route](int layer, compute::collective_point point) {
-      return collective_key{route.request, route.step, compute::collective_index(layer, point)};
+      return collective_key{route.request, route.step, compute::collective_index(layer, point), route.position};
     };
     const auto rows = proportional_rows(s.assignment.shares, count);
     const bool split = s.assignment.collectives.sequence_parallel &&
@@ -291,25 +309,61 @@ pass_output forward(stage_state& s, const messages::forward_route& route, const 
       };
     }
   }
-  for (std::size_t i = 0; i < s.shards.size(); ++i) x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context);
-  if (holds_head(s)) {
-    auto ids = tokens.to(at::kLong).contiguous();
-    r.history.insert(r.history.end(), ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
+  if (route.drafts >= count)
+    throw std::runtime_error("a frame of " + std::to_string(count) + " tokens with " + std::to_string(route.drafts) +
+                             " guesses: a window needs its last accepted token before its guesses");
+  // The head's logits for every row it samples: the last, or each guess's
+  // and the one after the last guess.
+  const int sampled_rows = route.drafts + 1;
+  for (std::size_t i = 0; i < s.shards.size(); ++i) {
+    const auto rows = sampled_rows > 1 && i + 1 == s.shards.size() ? compute::logits_rows::all : compute::logits_rows::last;
+    x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context, rows);
   }
+  if (!holds_head(s)) return {x, std::nullopt};
+  auto ids = tokens.to(at::kLong).contiguous();
+  r.history.insert(r.history.end(), ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
+  if (sampled_rows > 1) x = x.narrow(0, x.size(0) - sampled_rows, sampled_rows);
+  if (!route.sample) return {x, std::nullopt};
   // Each member computed its vocabulary rows' logits.
-  if (s.ring && holds_head(s)) return group_logits(s, route, x);
+  if (s.ring) return group_logits(s, route, x);
   return {x, std::nullopt};
 }
 
 // The stage holding the head samples where the logits are (unless its
-// group chose the token already) and sends the session the token id (and
-// the logits row only where it asked for them).
-std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const pass_output& pass) {
+// group chose the tokens already) and sends the session the token ids (and
+// the last kept row's logits only where it asked for them).
+//
+// A window of guesses is verified by sampling: row j's token is drawn at
+// step + j exactly as the step-by-step loop would draw it (the same
+// history, the same (seed, step) draw), and guess j is kept when that token
+// equals it. The tokens kept are therefore the ones decoding without guesses
+// gives. For a guess proposed with certainty (prompt lookup) this is
+// rejection sampling: the guess is kept with probability p(guess), and on
+// rejection the token comes from p without the guess.
+std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const tensor_frame& frame,
+                                     const pass_output& pass) {
   compute::sampler choose(sampling_params_of(route.sampling));
-  const auto token = pass.token ? *pass.token
-                                : compute::sample(choose, pass.tensor, s.requests.at(route.request).history, route.step);
-  std::vector<outgoing_tensor> out{{messages::tensor_role::tokens, at::full({1}, std::int64_t{token}, at::kLong)}};
-  if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, pass.tensor});
+  const auto& history = s.requests.at(route.request).history;
+  const int rows = route.drafts + 1;
+  auto ids = frame.tensor(messages::tensor_role::tokens).to(at::kLong).contiguous();
+  const auto* guesses = ids.data_ptr<std::int64_t>() + (ids.numel() - route.drafts);
+  std::vector<std::int64_t> kept;
+  int row = 0;
+  for (;; ++row) {
+    compute::token_id token = 0;
+    if (pass.argmax) {
+      token = pass.argmax->at(static_cast<std::size_t>(row));
+    } else if (rows == 1) {
+      token = compute::sample(choose, pass.tensor, history, route.step);
+    } else {  // the sequence as it stands at row `row`
+      const std::vector<compute::token_id> seen(history.begin(), history.end() - (rows - 1 - row));
+      token = compute::sample(choose, pass.tensor[row], seen, route.step + static_cast<std::uint32_t>(row));
+    }
+    kept.push_back(token);
+    if (row + 1 == rows || token != guesses[row]) break;
+  }
+  std::vector<outgoing_tensor> out{{messages::tensor_role::tokens, at::tensor(kept, at::kLong)}};
+  if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, pass.tensor.narrow(0, row, 1)});
   return out;
 }
 
@@ -336,12 +390,14 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
   try {
     out = forward(s, *route, frame);
     s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
-    if (!s.leads()) {  // the leader sends the group's result on
+    // The leader sends the group's result on; a prompt's leading chunk
+    // ends at the head.
+    if (!s.leads() || (holds_head(s) && !route->sample)) {
       ++s.frames;
       return;
     }
     if (holds_head(s)) {
-      tensors = sampled(s, *route, out);
+      tensors = sampled(s, *route, frame, out);
       out_d.route = messages::session_route{route->request, route->step};
     } else {
       tensors = {{messages::tensor_role::hidden, out.tensor},

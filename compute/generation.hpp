@@ -69,6 +69,8 @@ class generation_progress {
 
   /// How many tokens have been generated: the step the next token samples at.
   std::uint32_t step() const { return static_cast<std::uint32_t>(result_.tokens.size()); }
+  /// Tokens still to generate (at most: EOS may end the sequence first).
+  int remaining() const { return max_new_tokens_ - static_cast<int>(result_.tokens.size()); }
   /// Prompt and generated tokens: what a replay sends again.
   const std::vector<token_id>& history() const { return history_; }
   const generation_result& result() const { return result_; }

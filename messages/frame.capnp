@@ -57,6 +57,14 @@ struct ForwardRoute {
   # sequence; otherwise the stage's KV cache must hold exactly this many.
   position @3 :UInt32;
   sampling @4 :Sampling;
+  # False for a prompt's leading chunks (pipelined prefill): the stage with
+  # the head extends its caches and sends nothing back.
+  sample @5 :Bool = true;
+  # The last `drafts` tokens are unverified guesses (speculative decoding):
+  # the stage with the head samples one token per guess and one more, keeps
+  # the guesses up to the first it did not sample, and every stage may be
+  # told by the next frame's position to drop the rest from its caches.
+  drafts @6 :UInt16;
 }
 
 # A backward pass's gradient for a pipeline stage.
@@ -86,6 +94,8 @@ struct CollectiveRoute {
   sequence @6 :UInt32;
   # Which ring step of it: an all-reduce over n ranks takes 2 (n - 1).
   ringStep @7 :UInt16;
+  # The forward pass's position: a prompt's chunks share a step.
+  position @8 :UInt32;
 }
 
 # Sampled tokens (and logits where asked) back to a client session.

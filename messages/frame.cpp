@@ -112,6 +112,8 @@ struct route_encoder {
     f.setStep(r.step);
     f.setPosition(r.position);
     encode_sampling(r.sampling, f.initSampling());
+    f.setSample(r.sample);
+    f.setDrafts(r.drafts);
   }
   void operator()(const backward_route& r) const {
     auto b = to.initBackward();
@@ -129,6 +131,7 @@ struct route_encoder {
     c.setStep(r.step);
     c.setSequence(r.sequence);
     c.setRingStep(r.ring_step);
+    c.setPosition(r.position);
   }
   void operator()(const session_route& r) const {
     auto s = to.initToSession();
@@ -150,7 +153,8 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
   switch (from.which()) {
     case which::FORWARD: {
       auto f = from.getForward();
-      return forward_route{f.getStage(), f.getRequest(), f.getStep(), f.getPosition(), decode_sampling(f.getSampling())};
+      return forward_route{f.getStage(),    f.getRequest(), f.getStep(),  f.getPosition(),
+                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts()};
     }
     case which::BACKWARD: {
       auto b = from.getBackward();
@@ -159,7 +163,8 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
     case which::COLLECTIVE: {
       auto c = from.getCollective();
       return collective_route{c.getGroup(),   c.getRank(), collective_op(c.getOp()), c.getTile(),
-                              c.getRequest(), c.getStep(), c.getSequence(),           c.getRingStep()};
+                              c.getRequest(), c.getStep(), c.getSequence(),           c.getRingStep(),
+                              c.getPosition()};
     }
     case which::TO_SESSION: {
       auto s = from.getToSession();

@@ -71,6 +71,14 @@ struct forward_route {
   std::uint32_t step = 0;
   std::uint32_t position = 0;
   sampling_settings sampling;
+  /// False for a prompt's leading chunks (pipelined prefill): the stage with
+  /// the head only extends its caches.
+  bool sample = true;
+  /// The frame's last `drafts` tokens are guesses to verify (speculative
+  /// decoding): the stage with the head samples drafts + 1 tokens and keeps
+  /// the guesses up to the first it did not sample. The caches hold the
+  /// guesses until the next frame's position drops the rejected ones.
+  std::uint16_t drafts = 0;
 };
 
 /// A backward pass's gradient for a pipeline stage.
@@ -93,6 +101,8 @@ struct collective_route {
   /// Which collective of the step's forward pass, and which ring step of it.
   std::uint32_t sequence = 0;
   std::uint16_t ring_step = 0;
+  /// The forward pass's position: a prompt's chunks share a step.
+  std::uint32_t position = 0;
 };
 
 /// Sampled tokens (and logits where asked) back to a client session.

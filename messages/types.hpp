@@ -178,6 +178,13 @@ struct generate_request {
   /// Echoed in this request's token_events and summary, so a client with
   /// several requests in flight knows which is which.
   std::uint64_t tag = 0;
+  /// Pipelined prefill (Jupiter): the lengths of the chunks BOS + the prompt
+  /// is sent in, one behind the other; they must add up to its tokens.
+  /// Empty: one chunk.
+  std::vector<std::int32_t> prefill_chunks;
+  /// Speculative decoding: at most this many guesses (from prompt lookup)
+  /// verified per trip through the pipeline; 0 decodes a token per trip.
+  std::int32_t max_drafts = 0;
 };
 
 struct token_event {
@@ -196,6 +203,11 @@ struct generation_summary {
   /// The logits the last token was sampled from (for checks against a
   /// single-device run); only when the request asked for them.
   std::vector<float> final_logits;
+  /// Trips through the pipeline after the first token, the guesses they
+  /// carried and how many of those were kept (speculative decoding).
+  std::int32_t decode_trips = 0;
+  std::int32_t drafted = 0;
+  std::int32_t accepted = 0;
 };
 
 /// What a router (actors/router.hpp) did with the frames it was given.
@@ -295,7 +307,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   auto& s = x.sampling;
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, s.temperature, s.top_k, s.top_p,
-           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag);
+           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag, x.prefill_chunks, x.max_drafts);
 }
 
 template <class Inspector>
@@ -306,7 +318,7 @@ typename Inspector::result_type inspect(Inspector& f, token_event& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
   return f(caf::meta::type_name("generation_summary"), x.tag, x.prompt_tokens, x.tokens, x.prefill_ms,
-           x.decode_ms, x.stopped_at_eos, x.final_logits);
+           x.decode_ms, x.stopped_at_eos, x.final_logits, x.decode_trips, x.drafted, x.accepted);
 }
 
 // -- profiling (`orrery profile`) ----------------------------------------------

@@ -158,7 +158,7 @@ nlohmann::json run(const parallel_bench_options& o) {
   prompt_only.max_new_tokens = 1;
   compute::generation_request prefill = prompt_only;
   prefill.prompt = compute::bench_prompt(o.prefill_tokens);
-  auto remote = [](const compute::generation_request& r) { return generate_request{r.prompt, r.max_new_tokens, {}, false, 0}; };
+  auto remote = [](const compute::generation_request& r) { return generate_request{r.prompt, r.max_new_tokens, {}, false, 0, {}, 0}; };
 
   // The group's variants: all-reduce only, sequence parallelism, SP with tiles.
   const std::vector<std::pair<std::string, group_collectives>> variants = {

@@ -54,7 +54,7 @@ nlohmann::json run(const pipeline_bench_options& o) {
   local.prompt = compute::bench_prompt(o.prompt_tokens);
   local.max_new_tokens = o.new_tokens + 1;
   local.stop_at_eos = false;
-  generate_request remote{local.prompt, local.max_new_tokens, {}, false, 0};  // greedy, as the local run
+  generate_request remote{local.prompt, local.max_new_tokens, {}, false, 0, {}, 0};  // greedy, as the local run
 
   compute::model_dir dir(t.model);
   auto tok = compute::load_tokenizer(t.model);

@@ -45,9 +45,9 @@ measurement measure(const placement_plan& plan, const placement_bench_options& o
   pipeline_client client(plan.placed);
   // One request of one token first, untimed: its stats are one prefill's,
   // which the timed requests' stats less theirs leave the decode steps'.
-  client.generate({generate_request{compute::bench_prompt(o.prompt_tokens), 1, {}, false, 0}});
+  client.generate({generate_request{compute::bench_prompt(o.prompt_tokens), 1, {}, false, 0, {}, 0}});
   const auto prefill = client.stats();
-  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, {}, false, 0};  // greedy
+  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, {}, false, 0, {}, 0};  // greedy
   std::vector<generate_request> requests;
   for (int i = 0; i < o.requests; ++i) {
     requests.push_back(request);

@@ -43,7 +43,7 @@ nlohmann::json run(const recovery_bench_options& o) {
   if (t.nodes.size() < 2) throw std::runtime_error(t.file.string() + ": a recovery needs at least 2 nodes");
   const auto& victim = o.node.empty() ? t.nodes[t.nodes.size() / 2] : t.node(o.node);
   const int signal = o.action == "kill" ? SIGKILL : SIGSTOP;
-  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, {}, false, 0};  // greedy
+  generate_request request{compute::bench_prompt(o.prompt_tokens), o.new_tokens, {}, false, 0, {}, 0};  // greedy
   const std::vector<generate_request> requests(static_cast<std::size_t>(o.concurrent), request);
   const int act_after = o.act_after > 0 ? o.act_after : o.concurrent * o.new_tokens / 4;
 

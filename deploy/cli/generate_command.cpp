@@ -30,7 +30,7 @@ struct generate_options {
 
 generate_request to_message(const compute::generation_request& r) {
   const auto& s = r.sampling;
-  return {r.prompt, r.max_new_tokens, {s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed, false}, r.stop_at_eos, 0};
+  return {r.prompt, r.max_new_tokens, {s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.seed, false}, r.stop_at_eos, 0, {}, 0};
 }
 
 // The text goes to stdout, the plan and the figures to stderr. The request is

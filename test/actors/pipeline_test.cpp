@@ -105,16 +105,20 @@ std::filesystem::path tiny_model(const temp_dir& dir) {
 
 // One greedy request over `pipeline`: its tokens, returned and streamed, are
 // the reference run's; its summary for further checks.
-generation_summary check_tokens(in_process_pipeline& pipeline, const std::string& prompt,
+generation_summary check_tokens(in_process_pipeline& pipeline, const generate_request& request,
                                 const test::reference_run& reference) {
   std::vector<compute::token_id> streamed;
-  auto summaries = actors::generate_blocking(
-      pipeline.system, pipeline.driver, {greedy_request(prompt, static_cast<int>(reference.tokens.size()))},
-      std::chrono::seconds(20), [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
+  auto summaries = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20),
+                                             [&](std::size_t, const token_event& e) { streamed.push_back(e.token); });
   REQUIRE(summaries.size() == 1);
   CHECK(summaries[0].tokens == reference.tokens);
   CHECK(streamed == reference.tokens);
   return summaries[0];
+}
+
+generation_summary check_tokens(in_process_pipeline& pipeline, const std::string& prompt,
+                                const test::reference_run& reference) {
+  return check_tokens(pipeline, greedy_request(prompt, static_cast<int>(reference.tokens.size())), reference);
 }
 
 TEST_CASE("1, 2 and 4 in-process stages give the single-device tokens and bitwise its final logits") {
@@ -411,4 +415,125 @@ TEST_CASE("a prompt beyond the context fails with both figures") {
     error = e.what();
   }
   CHECK(error.find("exceeds the model's context of 256 positions") != std::string::npos);
+}
+
+// -- Jupiter: pipelined prefill and speculative decoding ------------------------
+
+TEST_CASE("a prompt sent in chunks through 4 stages and through groups: the logits of unchunked prefill within 1e-5, the same tokens") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  const auto config = compute::llama_config::preset("tiny");
+  const std::string prompt = "A prompt cut into chunks that flow through the stages one behind the other";
+  const auto tokens = static_cast<std::int32_t>(prompt.size() + 1);  // bytes and BOS
+  const std::vector<std::int32_t> chunks = {9, 30, 1, tokens - 40};
+  struct layout {
+    const char* what;
+    std::vector<actors::placement_stage> stages;
+    group_collectives collectives;
+  };
+  const std::vector<layout> layouts = {
+      {"4 stages", in_process_pipeline::stages_of({0, 1, 2, 3, 4}), {}},
+      {"a stage, then a group of 3 with SP", in_process_pipeline::stages_of({0, 2}) + group(config, "g", 2, 4, {1, 2, 1}, {88, 176, 88}), {true, 1}},
+      {"a group of 2, all-reduced in tiles", group(config, "g", 0, 4, {2, 2}, {176, 176}), {false, 3}},
+  };
+  const auto first = single_device(path, prompt, 1);  // the prefill's logits
+  const auto reference = single_device(path, prompt, 33);
+  for (const auto& l : layouts) {
+    CAPTURE(l.what);
+    in_process_pipeline pipeline(path, l.stages, {}, l.collectives);
+    auto request = greedy_request(prompt, 1);
+    request.prefill_chunks = chunks;
+    auto prefill = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20));
+    CHECK(prefill.at(0).tokens == first.tokens);
+    CHECK(test::relative_error(prefill.at(0).final_logits, first.final_logits) < 1e-5);
+    // Every stage ran each chunk; a leading chunk sent nothing back.
+    auto stats = actors::stats_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+    for (const auto& s : stats) CHECK(s.frames == chunks.size());
+    request.max_new_tokens = 33;
+    auto whole = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20));
+    CHECK(whole.at(0).tokens == reference.tokens);
+    CHECK(test::relative_error(whole.at(0).final_logits, reference.final_logits) < 1e-5);
+  }
+}
+
+TEST_CASE("prefill chunks that do not add up to the prompt, or an empty chunk, are refused naming the figures") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  in_process_pipeline pipeline(path, {0, 2, 4});
+  auto refused = [&](std::vector<std::int32_t> chunks) {
+    auto request = greedy_request("abc", 2);  // 4 tokens with BOS
+    request.prefill_chunks = std::move(chunks);
+    try {
+      actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(10));
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK(refused({1, 2}).find("the prefill chunks add up to 3 tokens, but the prompt has 4 (with BOS)") != std::string::npos);
+  CHECK(refused({4, 0}).find("prefill chunk 1 has 0 tokens") != std::string::npos);
+  auto request = greedy_request("abc", 2);
+  request.max_drafts = 33;
+  CHECK_THROWS_WITH(actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(10)),
+                    doctest::Contains("max_drafts must be in [0, 32], got 33"));
+}
+
+TEST_CASE("speculative decoding over 4 stages and over groups: the tokens of one token per trip, in fewer trips") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  const auto config = compute::llama_config::preset("tiny");
+  // tiny's greedy text falls into a loop soon: what prompt lookup guesses.
+  const std::string prompt = "one two three, one two three, one two";
+  const int new_tokens = 64;
+  const auto reference = single_device(path, prompt, new_tokens);
+  struct layout {
+    const char* what;
+    std::vector<actors::placement_stage> stages;
+    group_collectives collectives;
+  };
+  const std::vector<layout> layouts = {
+      {"4 stages", in_process_pipeline::stages_of({0, 1, 2, 3, 4}), {}},
+      {"a stage, then a group of 2", in_process_pipeline::stages_of({0, 2}) + group(config, "g", 2, 4, {2, 2}, {176, 176}), {false, 1}},
+  };
+  for (const auto& l : layouts)
+    for (const bool logits : {true, false}) {  // with logits asked back, and greedy's gathered best ids
+      CAPTURE(l.what);
+      CAPTURE(logits);
+      in_process_pipeline pipeline(path, l.stages, {}, l.collectives);
+      auto request = greedy_request(prompt, new_tokens);
+      request.sampling.return_logits = logits;
+      request.max_drafts = 6;
+      auto summary = check_tokens(pipeline, request, reference);
+      if (logits) CHECK(test::relative_error(summary.final_logits, reference.final_logits) < 1e-5);
+      CHECK(summary.accepted > 0);
+      CHECK(summary.drafted >= summary.accepted);
+      // Every trip after the first token brings its kept guesses and one more.
+      CHECK(summary.decode_trips + summary.accepted == new_tokens - 1);
+      CHECK(summary.decode_trips < new_tokens - 1);
+    }
+}
+
+TEST_CASE("speculative decoding with sampling keeps a guess exactly when the step's own draw is that guess: every seed's tokens as without guesses") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  int accepted = 0, drafted = 0;
+  in_process_pipeline pipeline(path, {0, 2, 4});
+  for (std::uint64_t seed = 1; seed <= 12; ++seed) {
+    CAPTURE(seed);
+    generate_request request;
+    request.prompt = "one two three, one two three, one two";
+    request.max_new_tokens = 40;
+    request.stop_at_eos = false;
+    request.sampling = {0.7f, 20, 0.95f, 1.05f, seed, false};
+    const auto plain = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20));
+    request.max_drafts = 4;
+    const auto guessed = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20));
+    CHECK(guessed.at(0).tokens == plain.at(0).tokens);
+    CHECK(guessed.at(0).decode_trips + guessed.at(0).accepted == 39);
+    accepted += guessed.at(0).accepted;
+    drafted += guessed.at(0).drafted;
+  }
+  // Kept and rejected guesses both happened, so both branches were compared.
+  CHECK(accepted > 0);
+  CHECK(accepted < drafted);
 }

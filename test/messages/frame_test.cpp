@@ -194,7 +194,7 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
     CHECK(route_kind(out.route) == names[i]);
   }
   frame_descriptor d;
-  d.route = collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12, 13, 14};
+  d.route = collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12, 13, 14, 15};
   auto bytes = encode_descriptor(d);
   frame_descriptor out;
   REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
@@ -207,6 +207,21 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
   CHECK(c.step == 12);
   CHECK(c.sequence == 13);
   CHECK(c.ring_step == 14);
+  CHECK(c.position == 15);
+  // A prompt's leading chunk and a window of guesses keep their flags.
+  frame_descriptor window;
+  window.route = forward_route{1, 2, 3, 4, {}, false, 5};
+  bytes = encode_descriptor(window);
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+  const auto& f = std::get<forward_route>(out.route);
+  CHECK(f.position == 4);
+  CHECK_FALSE(f.sample);
+  CHECK(f.drafts == 5);
+  window.route = forward_route{1, 2, 3, 4, {}};
+  bytes = encode_descriptor(window);
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+  CHECK(std::get<forward_route>(out.route).sample);  // the default samples
+  CHECK(std::get<forward_route>(out.route).drafts == 0);
   CHECK(std::get<probe_route>(routes[4]).reply_port == 16);
 
   frame_descriptor unknown;
