@@ -41,7 +41,8 @@ std::vector<token_id> draft_window::propose(const std::vector<token_id>& sequenc
 void draft_window::record(int drafted, int accepted) {
   if (drafted < 1) return;
   if (accepted == drafted) {
-    window_ = std::min(max_drafts_, window_ + 1);
+    // A trip's extra rows cost little beside the trip itself: widen fast.
+    window_ = std::min(max_drafts_, 2 * window_);
   } else {
     // The next trip guesses as far as this one was right, and one more.
     window_ = std::max(1, accepted + 1);

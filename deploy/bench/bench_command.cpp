@@ -24,6 +24,7 @@ void add_bench_command(CLI::App& app) {
   add_recovery_bench(*bench);
   add_placement_bench(*bench);
   add_testbed_bench(*bench);
+  add_generate_bench(*bench);
 }
 
 void add_compute_bench(CLI::App& bench) {

@@ -35,4 +35,7 @@ void add_placement_bench(CLI::App& bench);
 /// `orrery bench testbed` (registered on the `bench` subcommand).
 void add_testbed_bench(CLI::App& bench);
 
+/// `orrery bench generate` (deploy/bench/generate_bench.cpp).
+void add_generate_bench(CLI::App& bench);
+
 }  // namespace orrery::deploy

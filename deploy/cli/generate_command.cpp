@@ -19,6 +19,9 @@ namespace orrery::deploy {
 
 namespace {
 
+// Guesses per trip unless --speculate says otherwise.
+constexpr int default_max_drafts = 0;
+
 struct generate_options {
   std::string model;
   std::string topology;
@@ -26,7 +29,39 @@ struct generate_options {
   compute::generation_request request;
   local_device where{"cpu", "", compute::default_thread_count()};
   bool ignore_eos = false;
+  std::string prefill_chunks = "auto";
+  int speculate = default_max_drafts;
 };
+
+// The prompt's chunks for --prefill-chunks (`auto` or a count): the
+// planner's where it planned the placement, else equal chunks, one per
+// pipeline position, of at least min_chunk_tokens tokens. One chunk is sent
+// as the whole prompt (an empty list).
+std::vector<std::int32_t> prefill_chunks_for(const std::string& flag, const topology& placed,
+                                             const planning::chunk_plan* planned, int prompt_tokens) {
+  std::vector<std::int32_t> lengths;
+  if (flag == "auto") {
+    if (planned && !planned->lengths.empty())
+      lengths.assign(planned->lengths.begin(), planned->lengths.end());
+    else
+      lengths = equal_prefill_chunks(prompt_tokens, std::min(pipeline_positions(placed), prompt_tokens / min_chunk_tokens));
+  } else {
+    int count = 0;
+    try {
+      std::size_t used = 0;
+      count = std::stoi(flag, &used);
+      if (used != flag.size()) throw std::invalid_argument(flag);
+    } catch (const std::exception&) {
+      throw bad_flag("--prefill-chunks", flag, "is neither 'auto' nor a number of chunks");
+    }
+    if (count < 1 || count > prompt_tokens)
+      throw bad_flag("--prefill-chunks", flag,
+                     "must be between 1 and the prompt's " + std::to_string(prompt_tokens) + " tokens (with BOS)");
+    lengths = equal_prefill_chunks(prompt_tokens, count);
+  }
+  if (lengths.size() <= 1) lengths.clear();
+  return lengths;
+}
 
 generate_request to_message(const compute::generation_request& r) {
   const auto& s = r.sampling;
@@ -41,11 +76,15 @@ void generate_over_topology(const generate_options& o) {
   const auto prompt_tokens = compute::prompt_tokens(*compute::load_tokenizer(t.model), o.request.prompt).size();
   compute::check_request(o.request, static_cast<std::int64_t>(prompt_tokens), t.model_config.max_position_embeddings);
   placement_prediction predicted;
+  planning::chunk_plan planned;
   const bool automatic = t.auto_placement;
   if (automatic)
-    t = resolve_placement(t, 1, static_cast<int>(prompt_tokens), o.request.max_new_tokens, std::cerr, &predicted);
+    t = resolve_placement(t, 1, static_cast<int>(prompt_tokens), o.request.max_new_tokens, std::cerr, &predicted, &planned);
+  auto request = to_message(o.request);
+  request.prefill_chunks = prefill_chunks_for(o.prefill_chunks, t, automatic ? &planned : nullptr, static_cast<int>(prompt_tokens));
+  request.max_drafts = o.speculate;
   pipeline_client client(t, o.advertise_host);
-  auto summary = generate_over(client, to_message(o.request), std::cout, std::cerr);
+  auto summary = generate_over(client, request, std::cout, std::cerr);
   if (automatic)
     std::cerr << "   predicted decode " << predicted.decode_ms_per_token << " ms/token, measured "
               << compute::decode_ms_per_token(summary.decode_ms, summary.tokens.size()) << " ms/token\n";
@@ -70,6 +109,17 @@ void add_generate_command(CLI::App& app) {
                   "Address the last stage reaches this process at (with --topology; default: the testbed's client "
                   "address for a testbed topology, else 127.0.0.1)");
   cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after the end-of-sequence token");
+  cmd->add_option("--prefill-chunks", opts->prefill_chunks,
+                  "With --topology: send the prompt in this many chunks that flow through the stages one behind the "
+                  "other (Jupiter), or 'auto': the planner's chunks with `placement: auto`, else one chunk per "
+                  "pipeline stage of at least 32 tokens; 1 sends it whole")
+      ->capture_default_str();
+  cmd->add_option("--speculate", opts->speculate,
+                  "With --topology: guess up to this many tokens per trip through the pipeline from the prompt and the "
+                  "text so far (prompt lookup) and keep those the model would have produced; the output is the same. "
+                  "0 decodes one token per trip")
+      ->capture_default_str()
+      ->check(between(0, 32));
   add_sampling_flags(*cmd, opts->request.sampling);
   cmd->callback([opts] {
     opts->request.stop_at_eos = !opts->ignore_eos;

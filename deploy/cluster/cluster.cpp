@@ -1,5 +1,7 @@
 #include "deploy/cluster/cluster.hpp"
 
+#include <algorithm>
+
 #include <signal.h>
 
 #include <caf/all.hpp>
@@ -188,6 +190,20 @@ generation_summary generate_over(pipeline_client& client, const generate_request
                 summary.tokens.size(), summary.prefill_ms, summary.prompt_tokens.size(), ms_per_token,
                 ms_per_token > 0 ? 1000.0 / ms_per_token : 0.0);
   out << line;
+  if (request.prefill_chunks.size() > 1) {
+    std::string lengths;
+    for (auto l : request.prefill_chunks) lengths += (lengths.empty() ? "" : ", ") + std::to_string(l);
+    out << "   prefill in " << request.prefill_chunks.size() << " chunks through the pipeline: " << lengths << " tokens\n";
+  }
+  if (request.max_drafts > 0) {
+    const auto made = static_cast<double>(std::max<std::size_t>(summary.tokens.size(), 1) - 1);
+    std::snprintf(line, sizeof line,
+                  "   speculation: %d trips for %.0f tokens (%.2f tokens a trip), %d of %d guesses kept (%.0f%%), %d wasted\n",
+                  summary.decode_trips, made, summary.decode_trips > 0 ? made / summary.decode_trips : 0.0,
+                  summary.accepted, summary.drafted, summary.drafted > 0 ? 100.0 * summary.accepted / summary.drafted : 0.0,
+                  summary.drafted - summary.accepted);
+    out << line;
+  }
   for (const auto& s : client.stats()) {
     std::snprintf(line, sizeof line, "   stage %u on %-10s layers [%d, %d): %llu frames, compute %.1f ms, transfer %.1f ms, %.1f KiB sent\n",
                   s.stage, s.node.c_str(), s.first_layer, s.last_layer, static_cast<unsigned long long>(s.frames),

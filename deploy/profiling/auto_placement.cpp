@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <ostream>
+#include <set>
 #include <sstream>
 
 #include "compute/tensor_slice.hpp"
@@ -294,8 +295,32 @@ std::string describe(const placement_plan& plan) {
   return out.str();
 }
 
+planning::chunk_plan plan_prefill(const placement_plan& plan, const planning::profile& p) {
+  const bool grouped = std::any_of(plan.groups.begin(), plan.groups.end(), [](const auto& g) { return g.size() > 1; });
+  if (!grouped) return planning::jupiter_chunks(planning::cost_model(p), plan.stages);
+  // A group is one device of the group pipeline's profile, as plan_groups plans it.
+  auto pipeline = planning::plan_group_pipeline(p, plan.groups);
+  auto stages = plan.stages;
+  for (std::size_t i = 0; i < stages.size(); ++i) stages[i].device = i;
+  return planning::jupiter_chunks(planning::cost_model(pipeline.stages), stages);
+}
+
+int pipeline_positions(const topology& t) {
+  std::set<int> firsts;
+  for (const auto& n : t.nodes)
+    if (n.last_layer > n.first_layer) firsts.insert(n.first_layer);
+  return std::max<int>(1, static_cast<int>(firsts.size()));
+}
+
+std::vector<std::int32_t> equal_prefill_chunks(int prompt_tokens, int chunks) {
+  chunks = std::max(1, std::min(chunks, prompt_tokens));
+  std::vector<std::int32_t> lengths(static_cast<std::size_t>(chunks), prompt_tokens / chunks);
+  for (int i = 0; i < prompt_tokens % chunks; ++i) ++lengths[static_cast<std::size_t>(i)];
+  return lengths;
+}
+
 topology resolve_placement(const topology& t, int requests, int prompt_tokens, int new_tokens, std::ostream& log,
-                           placement_prediction* predicted) {
+                           placement_prediction* predicted, planning::chunk_plan* prefill) {
   if (!t.auto_placement) return t;
   planning::workload work;
   work.batch = std::max(1, requests);
@@ -305,6 +330,7 @@ topology resolve_placement(const topology& t, int requests, int prompt_tokens, i
   auto plan = plan_automatic(t, profile);
   log << describe(plan) << std::endl;
   if (predicted) *predicted = plan.predicted;
+  if (prefill) *prefill = plan_prefill(plan, profile);
   return plan.placed;
 }
 

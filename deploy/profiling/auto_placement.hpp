@@ -23,6 +23,7 @@
 
 #include "deploy/cluster/topology.hpp"
 #include "deploy/profiling/profiler.hpp"
+#include "planning/jupiter.hpp"
 #include "planning/pipeline.hpp"
 #include "planning/profile.hpp"
 
@@ -91,10 +92,26 @@ placement_prediction predict(const planning::profile& p, const std::vector<plann
 /// decode ms/token.
 std::string describe(const placement_plan& plan);
 
+/// Jupiter's prefill chunks for `plan`'s stages and the prompt of the
+/// profile's workload (planning/jupiter.hpp), a group costed as the planner
+/// costs it.
+planning::chunk_plan plan_prefill(const placement_plan& plan, const planning::profile& p);
+
 /// For commands that run a topology: `t` itself unless its placement is
 /// `auto`; then the planned topology, after printing the plan to `log`.
 /// `requests`, `prompt_tokens` and `new_tokens` describe the run ahead.
+/// `prefill`, where given, gets the plan's prefill chunks (left as it is
+/// for a placement that is not `auto`: there is no profile to plan from).
 topology resolve_placement(const topology& t, int requests, int prompt_tokens, int new_tokens, std::ostream& log,
-                           placement_prediction* predicted = nullptr);
+                           placement_prediction* predicted = nullptr, planning::chunk_plan* prefill = nullptr);
+
+/// The pipeline positions of a resolved topology (a group counts once).
+int pipeline_positions(const topology& t);
+
+/// `--prefill-chunks auto` without a profile: as many equal chunks as the
+/// pipeline has positions, each of at least `min_chunk_tokens` tokens; one
+/// chunk for one position. Equal lengths that add up to `prompt_tokens`.
+std::vector<std::int32_t> equal_prefill_chunks(int prompt_tokens, int chunks);
+constexpr int min_chunk_tokens = 32;
 
 }  // namespace orrery::deploy

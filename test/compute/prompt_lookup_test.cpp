@@ -26,18 +26,21 @@ TEST_CASE("prompt lookup continues the latest earlier occurrence of the longest 
   CHECK(prompt_lookup(seq, 0).empty());
 }
 
-TEST_CASE("a window grows while its guesses are kept, shrinks to what was kept, and pauses after failing three times in a row") {
+TEST_CASE("a window doubles while its guesses are kept, shrinks to what was kept, and pauses after failing three times in a row") {
   const std::vector<token_id> loop = {1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2};
   draft_window w(4);
   CHECK(w.propose(loop, 10).size() == 4);
   CHECK(w.propose(loop, 2).size() == 2);  // no more guesses than tokens remain
-  w.record(4, 1);
-  CHECK(w.window() == 2);
+  w.record(4, 0);
+  CHECK(w.window() == 1);
+  w.record(1, 1);
+  CHECK(w.window() == 2);  // doubles while every guess is kept
   w.record(2, 2);
-  CHECK(w.window() == 3);
-  w.record(3, 3);
+  CHECK(w.window() == 4);
   w.record(4, 4);
   CHECK(w.window() == 4);  // capped
+  w.record(4, 2);
+  CHECK(w.window() == 3);  // as far as it was right, and one more
   for (int miss = 0; miss < 3; ++miss) w.record(1, 0);
   // 8 trips without guesses, then guesses again.
   for (int trip = 0; trip < 8; ++trip) CHECK(w.propose(loop, 10).empty());
