@@ -89,10 +89,15 @@ using generate_function = std::function<std::vector<generation_summary>(
 /// damage (kills, freezes); every request must end with its single-device
 /// tokens, each streamed exactly once, and final logits within
 /// replay_tolerance.
+/// `adjust` changes each request before it is sent (chunks, guesses).
 inline void check_survives(const generate_function& generate, const std::filesystem::path& model,
-                           const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& act) {
+                           const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& act,
+                           const std::function<void(generate_request&)>& adjust = {}) {
   std::vector<generate_request> requests;
-  for (const auto& p : prompts) requests.push_back(greedy_request(p, tokens));
+  for (const auto& p : prompts) {
+    requests.push_back(greedy_request(p, tokens));
+    if (adjust) adjust(requests.back());
+  }
   std::vector<std::vector<compute::token_id>> streamed(prompts.size());
   int total = 0;
   auto summaries = generate(requests, [&](std::size_t i, const token_event& e) {

@@ -19,8 +19,9 @@ namespace orrery::deploy {
 
 namespace {
 
-// Guesses per trip unless --speculate says otherwise.
-constexpr int default_max_drafts = 0;
+// Guesses per trip unless --speculate says otherwise: the tokens are the
+// same, and a request whose guesses keep failing stops guessing for a while.
+constexpr int default_max_drafts = 6;
 
 struct generate_options {
   std::string model;

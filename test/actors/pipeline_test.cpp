@@ -323,12 +323,13 @@ TEST_CASE("the last stage samples: a seed gives local generation's tokens, and o
 
 // Runs test::check_survives on the in-process pipeline.
 void check_survives(in_process_pipeline& pipeline, const std::filesystem::path& path,
-                    const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& kill) {
+                    const std::vector<std::string>& prompts, int tokens, const std::function<void(int)>& kill,
+                    const std::function<void(generate_request&)>& adjust = {}) {
   test::check_survives(
       [&](const auto& requests, const auto& on_token) {
         return actors::generate_blocking(pipeline.system, pipeline.driver, requests, std::chrono::seconds(30), on_token);
       },
-      path, prompts, tokens, kill);
+      path, prompts, tokens, kill, adjust);
 }
 
 TEST_CASE("concurrent requests over a group, and a member killed mid-generation: the group's layers move, nothing is lost") {
@@ -383,6 +384,27 @@ TEST_CASE("8 concurrent requests while nodes are killed one after the other: all
   REQUIRE(events.size() == 2);
   CHECK(events[0].node == "n2");
   CHECK(events[1].node == "n0");
+}
+
+TEST_CASE("nodes killed while prompts go in chunks and windows of guesses are in flight: replayed, none lost or duplicated") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  in_process_pipeline pipeline(path, {0, 1, 2, 3, 4});
+  const std::vector<std::string> prompts = {"one two three, one two three, one two", "la la la la la la la",
+                                            "a prompt of its own words", "x"};
+  check_survives(
+      pipeline, path, prompts, 40,
+      [&](int streamed) {
+        if (streamed == 3) caf::anon_send_exit(pipeline.nodes[2], caf::exit_reason::kill);  // prompts still going in
+        if (streamed == 70) caf::anon_send_exit(pipeline.nodes[0], caf::exit_reason::kill);
+      },
+      [](generate_request& r) {
+        r.max_drafts = 5;
+        const auto tokens = static_cast<std::int32_t>(r.prompt.size() + 1);
+        if (tokens >= 3) r.prefill_chunks = {1, tokens / 2 - 1, tokens - tokens / 2};
+      });
+  auto events = actors::recoveries_blocking(pipeline.system, pipeline.driver, std::chrono::seconds(5));
+  CHECK(events.size() == 2);
 }
 
 TEST_CASE("every node killed: requests fail naming what is missing, without hanging") {

@@ -91,6 +91,20 @@ TEST_CASE("orrery up + orrery generate --topology stream the same text as local 
   }
   auto local = test::run_orrery({"generate", "--model", "m", "--prompt", "Hello", "--max-tokens", "24", "--threads", "1"}, f.dir.path());
   auto remote = test::run_orrery({"generate", "--topology", file.string(), "--prompt", "Hello", "--max-tokens", "24"}, f.dir.path());
+  // Jupiter's prefill in chunks and guesses verified in one trip: the same
+  // text, with the figures saying what they did. A prompt that repeats
+  // itself, so prompt lookup has guesses to make.
+  const std::string looping = "one two three, one two three, one two three, one two";
+  const std::vector<std::string> ask = {"generate", "--topology", file.string(), "--prompt", looping, "--max-tokens", "48", "--ignore-eos"};
+  auto with = [&](std::vector<std::string> flags) {
+    auto argv = ask;
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return test::run_orrery(argv, f.dir.path());
+  };
+  auto plain = with({"--prefill-chunks", "1", "--speculate", "0"});
+  auto jupiter = with({"--prefill-chunks", "3", "--speculate", "6"});
+  auto bad_chunks = with({"--prefill-chunks", "many"});
+  auto too_many = with({"--prefill-chunks", "500"});
   ::kill(up, SIGINT);
   int status = 0;
   ::waitpid(up, &status, 0);
@@ -98,6 +112,16 @@ TEST_CASE("orrery up + orrery generate --topology stream the same text as local 
   REQUIRE(remote.exit_code == 0);
   CHECK(remote.out == local.out);  // the text alone: figures go to stderr
   CHECK(remote.err.find("stage 2 on n2") != std::string::npos);
+  REQUIRE(plain.exit_code == 0);
+  REQUIRE(jupiter.exit_code == 0);
+  CHECK(jupiter.out == plain.out);
+  CHECK(jupiter.err.find("prefill in 3 chunks through the pipeline: 18, 18, 17 tokens") != std::string::npos);
+  CHECK(jupiter.err.find("speculation: ") != std::string::npos);
+  CHECK(plain.err.find("speculation: ") == std::string::npos);
+  CHECK(bad_chunks.exit_code == 1);
+  CHECK(bad_chunks.err.find("--prefill-chunks: 'many' is neither 'auto' nor a number of chunks") != std::string::npos);
+  CHECK(too_many.exit_code == 1);
+  CHECK(too_many.err.find("must be between 1 and the prompt's 53 tokens (with BOS)") != std::string::npos);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);  // Ctrl-C stops every node cleanly
 }
