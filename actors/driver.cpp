@@ -58,11 +58,12 @@ void check_deadlines(driver_ptr self) {
   if (!s.requests.empty()) watch_deadlines(self);
 }
 
-// Sends `tokens` after the `position` tokens the request's stages hold.
-// `drafts`: how many of them (the last) are guesses; `sample`: whether the
-// last stage samples after them (not after a prompt's leading chunk).
+// Sends `tokens` after the `position` tokens the request's stages hold, for
+// the token at `step`. `drafts`: how many of them (the last) are guesses;
+// `sample`: whether the last stage samples after them (not after a prompt's
+// leading chunk).
 void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position,
-               std::uint16_t drafts = 0, bool sample = true) {
+               std::uint32_t step, std::uint16_t drafts = 0, bool sample = true) {
   auto& r = self->state.requests.at(id);
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
   messages::frame_descriptor d;
@@ -70,7 +71,7 @@ void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   d.deployment = self->state.deployment;
   d.route = messages::forward_route{static_cast<std::uint16_t>(self->state.layout.front().device),
                                     id,
-                                    r.progress.step(),
+                                    step,
                                     position,
                                     r.sampling,
                                     sample,
@@ -87,6 +88,13 @@ void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
   watch_deadlines(self);
 }
 
+// Sends `t` and keeps it as in flight.
+void send_trip(driver_ptr self, std::uint64_t id, trip t) {
+  auto& r = self->state.requests.at(id);
+  send_pass(self, id, t.tokens, t.position, t.step, t.drafts);
+  r.trips.push_back(std::move(t));
+}
+
 void send_sequence(driver_ptr self, std::uint64_t id) {
   auto& r = self->state.requests.at(id);
   const auto& sequence = r.progress.history();
@@ -94,28 +102,52 @@ void send_sequence(driver_ptr self, std::uint64_t id) {
   std::vector<std::int32_t> lengths = r.prefill_chunks;
   if (lengths.empty()) lengths.push_back(0);
   lengths.back() += static_cast<std::int32_t>(sequence.size()) - std::accumulate(lengths.begin(), lengths.end(), 0);
-  r.drafts_in_flight = 0;
+  r.trips.clear();  // a replay: whatever was in flight is gone with its layout
   std::uint32_t at = 0;
-  for (std::size_t c = 0; c < lengths.size(); ++c) {
+  for (std::size_t c = 0; c + 1 < lengths.size(); ++c) {
     const auto begin = sequence.begin() + at;
-    send_pass(self, id, {begin, begin + lengths[c]}, at, 0, c + 1 == lengths.size());
+    send_pass(self, id, {begin, begin + lengths[c]}, at, r.progress.step(), 0, false);
     at += static_cast<std::uint32_t>(lengths[c]);
   }
+  send_trip(self, id, {r.progress.step(), at, {sequence.begin() + at, sequence.end()}, 0});
+}
+
+// Where overlap_windows asks for it, a window of guesses only behind the one
+// in flight, as if every guess of that one were kept: its first guess stands
+// for the token that window samples after its guesses. The last stage drops
+// it unless that is so.
+void send_ahead(driver_ptr self, std::uint64_t id) {
+  auto& r = self->state.requests.at(id);
+  if (!r.overlap_windows || r.trips.size() != 1 || r.trips.back().drafts == 0) return;
+  const auto& before = r.trips.back();
+  const int after = r.progress.remaining() - before.rows();  // tokens still to come once it is back
+  if (after < 1) return;
+  auto sequence = r.progress.history();
+  sequence.insert(sequence.end(), before.tokens.begin() + 1, before.tokens.end());  // its guesses, as if kept
+  auto guesses = r.drafts.propose(sequence, after);
+  if (guesses.empty()) return;
+  ++r.decode_trips;
+  r.drafted += static_cast<std::int32_t>(guesses.size()) - 1;  // the first is the window before's to check
+  const auto drafts = static_cast<std::uint16_t>(guesses.size());
+  send_trip(self, id,
+            {before.step + static_cast<std::uint32_t>(before.rows()),
+             before.position + static_cast<std::uint32_t>(before.tokens.size()), std::move(guesses), drafts});
 }
 
 // The request's next trip: its last token, and guesses after it where the
-// prompt lookup has some (as many as tokens remain after the next one).
+// prompt lookup has some (as many as tokens remain after the next one); and
+// the window ahead of it.
 void send_next(driver_ptr self, std::uint64_t id) {
   auto& r = self->state.requests.at(id);
   const auto& sequence = r.progress.history();
-  const int remaining = r.progress.remaining() - 1;
-  auto guesses = r.drafts.propose(sequence, remaining);
+  auto guesses = r.drafts.propose(sequence, r.progress.remaining() - 1);
   std::vector<compute::token_id> tokens{sequence.back()};
   tokens.insert(tokens.end(), guesses.begin(), guesses.end());
-  r.drafts_in_flight = static_cast<std::uint16_t>(guesses.size());
   ++r.decode_trips;
   r.drafted += static_cast<std::int32_t>(guesses.size());
-  send_pass(self, id, tokens, static_cast<std::uint32_t>(sequence.size() - 1), r.drafts_in_flight);
+  const auto drafts = static_cast<std::uint16_t>(guesses.size());
+  send_trip(self, id, {r.progress.step(), static_cast<std::uint32_t>(sequence.size() - 1), std::move(tokens), drafts});
+  send_ahead(self, id);
 }
 
 // The last stage's tokens for a request (one, or a window's kept guesses and
@@ -130,13 +162,16 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
       frame.descriptor.deployment != s.deployment || route->step != it->second.progress.step())
     return;  // finished, from a layout that is gone, or not this session's
   auto& r = it->second;
+  if (r.trips.empty() || r.trips.front().step != route->step) return;  // not a trip in flight
+  const trip answered = std::move(r.trips.front());
+  r.trips.pop_front();
   std::vector<compute::token_id> kept;
   std::vector<float> logits;
   try {
     auto ids = frame.tensor(messages::tensor_role::tokens).to(at::kLong).contiguous();
-    if (ids.numel() < 1 || ids.numel() > r.drafts_in_flight + 1)
-      throw std::runtime_error(std::to_string(ids.numel()) + " tokens for a trip with " +
-                               std::to_string(r.drafts_in_flight) + " guesses");
+    if (ids.numel() < 1 || ids.numel() > answered.rows())
+      throw std::runtime_error(std::to_string(ids.numel()) + " tokens for a trip that samples " +
+                               std::to_string(answered.rows()));
     kept.assign(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
     if (r.sampling.return_logits) {
       auto row = frame.tensor(messages::tensor_role::logits).to(at::kFloat).contiguous();
@@ -151,8 +186,14 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
     r.replayed_by = -1;
   }
   const auto accepted = static_cast<int>(kept.size()) - 1;
-  r.drafts.record(r.drafts_in_flight, accepted);
+  r.drafts.record(answered.rows() - 1, accepted);
   r.accepted += accepted;
+  // The window sent ahead holds only if this one kept every guess and
+  // sampled the token it starts with; else the last stage drops it.
+  if (!r.trips.empty() && (static_cast<int>(kept.size()) != answered.rows() || r.trips.front().tokens.front() != kept.back())) {
+    r.trips.clear();
+    ++r.cancelled_trips;
+  }
   bool done = false;
   for (auto token : kept) {
     done = r.progress.accept(token);
@@ -164,9 +205,13 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
     const auto& result = r.progress.result();
     return finish(self, id,
                   generation_summary{r.tag, result.prompt_tokens, result.tokens, result.prefill_ms, result.decode_ms,
-                                     result.stopped_at_eos, std::move(logits), r.decode_trips, r.drafted, r.accepted});
+                                     result.stopped_at_eos, std::move(logits), r.decode_trips, r.drafted, r.accepted,
+                                     r.cancelled_trips});
   }
-  send_next(self, id);
+  if (r.trips.empty())
+    send_next(self, id);
+  else
+    send_ahead(self, id);  // the window ahead is now the one in flight
 }
 
 // Guesses per trip at most: a wider window only adds rows the head is
@@ -214,7 +259,9 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
                    request.tag,
                    -1,
                    request.prefill_chunks,
-                   compute::draft_window(request.max_drafts)};
+                   compute::draft_window(request.max_drafts),
+                   request.overlap_windows,
+                   {}};
   s.requests.emplace(id, std::move(r));
   if (!s.switching) send_sequence(self, id);  // else it starts with the replay
   return promise;

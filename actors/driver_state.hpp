@@ -7,7 +7,9 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -36,6 +38,18 @@ using clock_type = std::chrono::steady_clock;
 /// gives up.
 constexpr int layout_retries = 3;
 
+/// A pass through the pipeline whose tokens the last stage samples.
+struct trip {
+  std::uint32_t step = 0;
+  std::uint32_t position = 0;
+  std::vector<compute::token_id> tokens;
+  /// Its last `drafts` tokens are guesses; all of them: a window sent ahead.
+  std::uint16_t drafts = 0;
+  /// The rows the last stage samples (at most this many tokens come back).
+  int rows() const { return std::min<int>(static_cast<int>(tokens.size()), drafts + 1); }
+  bool ahead() const { return drafts == tokens.size(); }
+};
+
 struct active_request {
   /// Its tokens so far, its step and when it ends: as local generation keeps them.
   compute::generation_progress progress;
@@ -49,11 +63,13 @@ struct active_request {
   int replayed_by = -1;
   /// Pipelined prefill: the prompt's chunk lengths (one chunk when empty).
   std::vector<std::int32_t> prefill_chunks;
-  /// Speculative decoding: where guesses come from, the guesses of the trip
-  /// in flight, and the counts for the summary.
+  /// Speculative decoding: where guesses come from, the trips in flight
+  /// (oldest first; a second only with overlap_windows), and the counts for
+  /// the summary.
   compute::draft_window drafts{0};
-  std::uint16_t drafts_in_flight = 0;
-  std::int32_t decode_trips = 0, drafted = 0, accepted = 0;
+  bool overlap_windows = false;
+  std::deque<trip> trips;
+  std::int32_t decode_trips = 0, drafted = 0, accepted = 0, cancelled_trips = 0;
 };
 
 /// A node of the cluster, in the order the placement lists them; its index

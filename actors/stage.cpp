@@ -50,6 +50,11 @@ struct request_state {
   /// last frame's drafts): the next frame may start up to this many
   /// positions earlier, dropping the guesses the head did not keep.
   int unverified = 0;
+  /// The stage with the head (its leader): where a frame of guesses only may
+  /// continue the sequence and the token it must start with (the token last
+  /// sampled, after every guess before it was kept); -1: nowhere.
+  int chain_position = -1;
+  compute::token_id chain_token = 0;
 };
 
 struct stage_state {
@@ -214,6 +219,22 @@ void fail_request(stage_actor_ptr self, std::uint64_t request, const std::string
 
 bool holds_head(const stage_state& s) { return !s.shards.empty() && s.shards.back()->shard().has_head(); }
 
+// The rows the stage with the head samples: one per guess and one more; a
+// frame of guesses only (its first guess checked by the frame before it)
+// one per token.
+int sampled_rows_of(const messages::forward_route& route, int count) { return std::min(count, route.drafts + 1); }
+
+// Whether a frame of guesses only continues what the head kept: the frame
+// before it kept every guess and sampled the token this one starts with.
+// One that does not was computed for a rejected guess and ends here.
+bool continues_chain(const stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
+  const auto& tokens = frame.tensor(messages::tensor_role::tokens);
+  if (route.drafts != tokens.size(0)) return true;  // not a frame of guesses only
+  const auto& r = s.requests.at(route.request);
+  return r.chain_position == static_cast<int>(route.position) &&
+         tokens[0].item<std::int64_t>() == std::int64_t{r.chain_token};
+}
+
 // What a pass hands on: hidden states, or from the stage with the head its
 // logits (one row per token it samples); or, from a group's leader decoding
 // greedily, each row's token itself.
@@ -254,31 +275,39 @@ pass_output group_logits(stage_state& s, const messages::forward_route& route, c
 // request's KV caches. A frame at position 0 starts the sequence (a new
 // request, or a replay after a recovery); any other must continue exactly
 // where the caches end, or the stage would compute on a sequence it does
-// not hold, unless it starts inside the last frame's unverified guesses:
-// then the guesses from its position on are dropped first.
+// not hold, unless it starts inside the unverified guesses of the frames
+// before it: then the guesses from its position on are dropped first. A
+// frame of guesses only (the next window, sent while the one before it is
+// verified) continues where the caches end, its guesses unverified too.
 pass_output forward(stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
   const auto& tokens = frame.tensor(messages::tensor_role::tokens);
+  const int count = static_cast<int>(tokens.size(0));
+  if (route.drafts > count)
+    throw std::runtime_error("a frame of " + std::to_string(count) + " tokens with " + std::to_string(route.drafts) +
+                             " guesses");
+  const bool chained = route.drafts == count;
   auto& r = s.requests[route.request];
   if (route.position == 0) {
     r.caches.clear();
     for (const auto& shard : s.shards) r.caches.push_back(shard->shard().new_cache(shard->shard().config().max_position_embeddings));
     r.history.clear();
     r.unverified = 0;
+    r.chain_position = -1;
   }
   const int held = r.caches.empty() ? 0 : r.caches.front().length();
   const int position = static_cast<int>(route.position);
-  if (!r.caches.empty() && position < held && held - r.unverified <= position) {
+  if (!chained && !r.caches.empty() && position < held && held - r.unverified <= position) {
     for (auto& cache : r.caches) cache.truncate(position);
     if (r.history.size() > route.position) r.history.resize(route.position);
   } else if (r.caches.empty() || held != position) {
-    throw std::runtime_error("a frame at position " + std::to_string(route.position) + " of request " +
-                             std::to_string(route.request) + ", but the stage holds " +
+    throw std::runtime_error("a frame " + std::string(chained ? "of guesses only " : "") + "at position " +
+                             std::to_string(route.position) + " of request " + std::to_string(route.request) +
+                             ", but the stage holds " +
                              (r.caches.empty() ? std::string("no KV cache for it")
                                                : std::to_string(held) + " tokens of it" +
                                                      (r.unverified > 0 ? " (the last " + std::to_string(r.unverified) + " unverified)" : "")));
   }
-  r.unverified = route.drafts;
-  const int count = static_cast<int>(tokens.size(0));
+  r.unverified = chained ? r.unverified + count : route.drafts;
   at::Tensor x = s.shards.front()->shard().has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
   compute::layer_context context;
   if (s.ring) {
@@ -309,12 +338,9 @@ pass_output forward(stage_state& s, const messages::forward_route& route, const 
       };
     }
   }
-  if (route.drafts >= count)
-    throw std::runtime_error("a frame of " + std::to_string(count) + " tokens with " + std::to_string(route.drafts) +
-                             " guesses: a window needs its last accepted token before its guesses");
   // The head's logits for every row it samples: the last, or each guess's
   // and the one after the last guess.
-  const int sampled_rows = route.drafts + 1;
+  const int sampled_rows = sampled_rows_of(route, count);
   for (std::size_t i = 0; i < s.shards.size(); ++i) {
     const auto rows = sampled_rows > 1 && i + 1 == s.shards.size() ? compute::logits_rows::all : compute::logits_rows::last;
     x = s.shards[i]->forward(x, {{&r.caches[i], count}}, context, rows);
@@ -343,10 +369,13 @@ pass_output forward(stage_state& s, const messages::forward_route& route, const 
 std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_route& route, const tensor_frame& frame,
                                      const pass_output& pass) {
   compute::sampler choose(sampling_params_of(route.sampling));
-  const auto& history = s.requests.at(route.request).history;
-  const int rows = route.drafts + 1;
+  auto& r = s.requests.at(route.request);
+  const auto& history = r.history;
   auto ids = frame.tensor(messages::tensor_role::tokens).to(at::kLong).contiguous();
-  const auto* guesses = ids.data_ptr<std::int64_t>() + (ids.numel() - route.drafts);
+  const int count = static_cast<int>(ids.numel());
+  const int rows = sampled_rows_of(route, count);
+  // Row j's token is checked against the token after row j's.
+  const auto* guesses = ids.data_ptr<std::int64_t>() + (count - rows + 1);
   std::vector<std::int64_t> kept;
   int row = 0;
   for (;; ++row) {
@@ -362,6 +391,10 @@ std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_rou
     kept.push_back(token);
     if (row + 1 == rows || token != guesses[row]) break;
   }
+  // A window of guesses sent behind this frame holds if every guess here
+  // was kept and it starts with the token sampled last.
+  r.chain_position = static_cast<int>(kept.size()) == rows ? static_cast<int>(route.position) + count : -1;
+  r.chain_token = static_cast<compute::token_id>(kept.back());
   std::vector<outgoing_tensor> out{{messages::tensor_role::tokens, at::tensor(kept, at::kLong)}};
   if (route.sampling.return_logits) out.push_back({messages::tensor_role::logits, pass.tensor.narrow(0, row, 1)});
   return out;
@@ -392,7 +425,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
     s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
     // The leader sends the group's result on; a prompt's leading chunk
     // ends at the head.
-    if (!s.leads() || (holds_head(s) && !route->sample)) {
+    if (!s.leads() || (holds_head(s) && (!route->sample || !continues_chain(s, *route, frame)))) {
       ++s.frames;
       return;
     }

@@ -185,6 +185,10 @@ struct generate_request {
   /// Speculative decoding: at most this many guesses (from prompt lookup)
   /// verified per trip through the pipeline; 0 decodes a token per trip.
   std::int32_t max_drafts = 0;
+  /// With guesses: send the next window (guesses only, assuming every guess
+  /// of the window before it is kept) while the one before it is verified,
+  /// PipeInfer-style; the head drops it when that window kept fewer.
+  bool overlap_windows = false;
 };
 
 struct token_event {
@@ -208,6 +212,10 @@ struct generation_summary {
   std::int32_t decode_trips = 0;
   std::int32_t drafted = 0;
   std::int32_t accepted = 0;
+  /// Windows sent ahead that the window before them invalidated (counted in
+  /// decode_trips; their guesses in drafted). Generated tokens after the
+  /// first = decode_trips - cancelled_trips + accepted.
+  std::int32_t cancelled_trips = 0;
 };
 
 /// What a router (actors/router.hpp) did with the frames it was given.
@@ -307,7 +315,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   auto& s = x.sampling;
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, s.temperature, s.top_k, s.top_p,
-           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag, x.prefill_chunks, x.max_drafts);
+           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag, x.prefill_chunks, x.max_drafts, x.overlap_windows);
 }
 
 template <class Inspector>
@@ -318,7 +326,7 @@ typename Inspector::result_type inspect(Inspector& f, token_event& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
   return f(caf::meta::type_name("generation_summary"), x.tag, x.prompt_tokens, x.tokens, x.prefill_ms,
-           x.decode_ms, x.stopped_at_eos, x.final_logits, x.decode_trips, x.drafted, x.accepted);
+           x.decode_ms, x.stopped_at_eos, x.final_logits, x.decode_trips, x.drafted, x.accepted, x.cancelled_trips);
 }
 
 // -- profiling (`orrery profile`) ----------------------------------------------

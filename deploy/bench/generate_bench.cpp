@@ -49,8 +49,10 @@ std::string grounded_prompt() {
 
 const std::string free_prompt = "Once upon a time";
 
-generate_request request_of(const std::string& prompt, int new_tokens, std::vector<std::int32_t> chunks, int drafts) {
+generate_request request_of(const std::string& prompt, int new_tokens, std::vector<std::int32_t> chunks, int drafts,
+                            bool overlap = false) {
   generate_request r;
+  r.overlap_windows = overlap;
   r.prompt = prompt;
   r.max_new_tokens = new_tokens;
   r.stop_at_eos = false;  // greedy, a fixed number of steps
@@ -140,40 +142,47 @@ nlohmann::json prefill_section(pipeline_client& client, const topology& t, const
           {"target", "planned >= 2x one chunk on 4 stages; prediction error <= 0.2"}};
 }
 
-// Decode with and without guesses on one prompt: the tokens must agree.
+// Decode on one prompt without guesses, with one window at a time, and with
+// the next window sent ahead: the tokens must agree.
 nlohmann::json speculation_side(pipeline_client& client, const std::string& what, const std::string& prompt,
                                 const generate_bench_options& o) {
-  std::vector<double> plain_ms, guessed_ms, per_trip, kept;
-  std::vector<std::int32_t> plain_tokens, guessed_tokens;
-  int drafted = 0, accepted = 0, trips = 0;
-  for (int round = 0; round < o.repeats; ++round) {
-    auto plain = client.generate({request_of(prompt, o.new_tokens, {}, 0)}).at(0);
-    auto guessed = client.generate({request_of(prompt, o.new_tokens, {}, o.speculate)}).at(0);
-    plain_ms.push_back(compute::decode_ms_per_token(plain.decode_ms, plain.tokens.size()));
-    guessed_ms.push_back(compute::decode_ms_per_token(guessed.decode_ms, guessed.tokens.size()));
-    plain_tokens = plain.tokens;
-    guessed_tokens = guessed.tokens;
-    drafted += guessed.drafted;
-    accepted += guessed.accepted;
-    trips += guessed.decode_trips;
-    per_trip.push_back(static_cast<double>(guessed.tokens.size() - 1) / std::max(1, guessed.decode_trips));
-    std::cerr << "bench: decode round " << round + 1 << "/" << o.repeats << ", " << what << ": " << plain_ms.back()
-              << " ms/token one a trip, " << guessed_ms.back() << " with guesses (" << per_trip.back()
-              << " tokens a trip)\n";
-  }
-  const double plain = compute::median(plain_ms), guessed = compute::median(guessed_ms);
+  struct side {
+    std::vector<double> ms, per_trip;
+    std::vector<std::int32_t> tokens;
+    int drafted = 0, accepted = 0, trips = 0, cancelled = 0;
+  } plain, one, ahead;
+  for (int round = 0; round < o.repeats; ++round)
+    for (auto* s : {&plain, &one, &ahead}) {
+      const int drafts = s == &plain ? 0 : o.speculate;
+      auto summary = client.generate({request_of(prompt, o.new_tokens, {}, drafts, s == &ahead)}).at(0);
+      s->ms.push_back(compute::decode_ms_per_token(summary.decode_ms, summary.tokens.size()));
+      s->tokens = summary.tokens;
+      s->drafted += summary.drafted;
+      s->accepted += summary.accepted;
+      s->trips += summary.decode_trips;
+      s->cancelled += summary.cancelled_trips;
+      s->per_trip.push_back(static_cast<double>(summary.tokens.size() - 1) / std::max(1, summary.decode_trips));
+      std::cerr << "bench: decode round " << round + 1 << "/" << o.repeats << ", " << what << ", "
+                << (s == &plain ? "one token a trip" : s == &one ? "guesses, one window at a time" : "guesses, next window ahead")
+                << ": " << s->ms.back() << " ms/token (" << s->per_trip.back() << " tokens a trip)\n";
+    }
+  auto report = [&](const side& s) {
+    return nlohmann::json{{"ms_per_token", runs_json(s.ms)},
+                          {"speedup", compute::median(plain.ms) / compute::median(s.ms)},
+                          {"same_tokens", s.tokens == plain.tokens},
+                          {"tokens_per_trip", runs_json(s.per_trip)},
+                          {"acceptance_rate", s.drafted > 0 ? static_cast<double>(s.accepted) / s.drafted : 0.0},
+                          {"drafts", s.drafted},
+                          {"drafts_kept", s.accepted},
+                          {"drafts_wasted", s.drafted - s.accepted},
+                          {"trips", s.trips},
+                          {"trips_cancelled", s.cancelled}};
+  };
   return {{"prompt", what},
           {"prompt_tokens", compute::prompt_tokens(compute::byte_tokenizer{}, prompt).size()},
-          {"one_token_a_trip_ms_per_token", runs_json(plain_ms)},
-          {"speculative_ms_per_token", runs_json(guessed_ms)},
-          {"speedup", plain / guessed},
-          {"same_tokens", plain_tokens == guessed_tokens},
-          {"tokens_per_trip", runs_json(per_trip)},
-          {"acceptance_rate", drafted > 0 ? static_cast<double>(accepted) / drafted : 0.0},
-          {"drafts", drafted},
-          {"drafts_kept", accepted},
-          {"drafts_wasted", drafted - accepted},
-          {"trips", trips}};
+          {"one_token_a_trip_ms_per_token", runs_json(plain.ms)},
+          {"one_window_at_a_time", report(one)},
+          {"next_window_ahead", report(ahead)}};
 }
 
 nlohmann::json end_to_end_section(pipeline_client& client, const topology& t, const generate_bench_options& o,
@@ -191,12 +200,12 @@ nlohmann::json end_to_end_section(pipeline_client& client, const topology& t, co
   for (int round = 0; round < o.repeats; ++round) {
     auto plain = client.generate({request_of(prompt, o.new_tokens, {}, 0)}).at(0);
     auto both = client.generate({request_of(prompt, o.new_tokens, chunks.size() > 1 ? chunks : std::vector<std::int32_t>{},
-                                            o.speculate)})
+                                            o.speculate, true)})
                     .at(0);
     plain_ms.push_back(plain.prefill_ms + plain.decode_ms);
     jupiter_ms.push_back(both.prefill_ms + both.decode_ms);
     std::cerr << "bench: end to end round " << round + 1 << "/" << o.repeats << ": " << plain_ms.back()
-              << " ms plain, " << jupiter_ms.back() << " ms chunked with guesses\n";
+              << " ms plain, " << jupiter_ms.back() << " ms chunked with guesses, the next window ahead\n";
   }
   planning::inference_options whole;
   auto chunked = whole;

@@ -32,6 +32,7 @@ struct generate_options {
   bool ignore_eos = false;
   std::string prefill_chunks = "auto";
   int speculate = default_max_drafts;
+  bool window_ahead = true;
 };
 
 // The prompt's chunks for --prefill-chunks (`auto` or a count): the
@@ -84,6 +85,7 @@ void generate_over_topology(const generate_options& o) {
   auto request = to_message(o.request);
   request.prefill_chunks = prefill_chunks_for(o.prefill_chunks, t, automatic ? &planned : nullptr, static_cast<int>(prompt_tokens));
   request.max_drafts = o.speculate;
+  request.overlap_windows = o.window_ahead;
   pipeline_client client(t, o.advertise_host);
   auto summary = generate_over(client, request, std::cout, std::cerr);
   if (automatic)
@@ -121,6 +123,9 @@ void add_generate_command(CLI::App& app) {
                   "0 decodes one token per trip")
       ->capture_default_str()
       ->check(between(0, 32));
+  cmd->add_flag("!--no-window-ahead", opts->window_ahead,
+                "With --speculate: verify one window of guesses at a time, rather than sending the next window while "
+                "one is verified (as if all its guesses were kept; the last stage drops it when they were not)");
   add_sampling_flags(*cmd, opts->request.sampling);
   cmd->callback([opts] {
     opts->request.stop_at_eos = !opts->ignore_eos;
