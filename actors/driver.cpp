@@ -12,21 +12,36 @@
 #include "actors/model_identity.hpp"
 #include "actors/tensor_frame.hpp"
 #include "compute/generation.hpp"
+#include "compute/outline.hpp"
 #include "compute/sampler.hpp"
 
 namespace orrery::actors {
 
 namespace driver_detail {
 
+// An outline's points at most.
+constexpr int max_outline_points = 16;
+
+// Frees request `id`'s KV caches on every stage and forgets it.
+void forget(driver_ptr self, std::uint64_t id) {
+  for (const auto& stage : self->state.ready) self->send(caf::actor_cast<stage_actor>(stage.stage), end_request_atom_v, id);
+  self->state.requests.erase(id);
+}
+
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
   auto it = self->state.requests.find(id);
   if (it == self->state.requests.end()) return;
-  for (const auto& stage : self->state.ready) self->send(caf::actor_cast<stage_actor>(stage.stage), end_request_atom_v, id);
+  if (const auto parent = it->second.parent; parent != 0) {  // an outline's point fails its outline's request
+    forget(self, id);
+    if (!outcome) finish(self, parent, outcome.error());
+    return;
+  }
+  for (auto point : it->second.outline.points) forget(self, point);
   if (outcome)
     it->second.promise.deliver(std::move(*outcome));
   else
     it->second.promise.deliver(outcome.error());
-  self->state.requests.erase(it);
+  forget(self, id);
 }
 
 void fail_all(driver_ptr self, const std::string& why) {
@@ -52,7 +67,7 @@ void check_deadlines(driver_ptr self) {
   std::vector<std::uint64_t> late;
   if (!s.switching)  // a replay re-arms every deadline
     for (const auto& [id, r] : s.requests)
-      if (clock_type::now() > r.deadline) late.push_back(id);
+      if (!r.outline.expanding && clock_type::now() > r.deadline) late.push_back(id);  // an outline waits on its points
   for (auto id : late)
     finish(self, id, make_error(errc::request_failed, "no answer from the pipeline within " + std::to_string(s.config.request_timeout.count()) + " ms"));
   if (!s.requests.empty()) watch_deadlines(self);
@@ -63,7 +78,7 @@ void check_deadlines(driver_ptr self) {
 // `sample`: whether the last stage samples after them (not after a prompt's
 // leading chunk).
 void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::token_id>& tokens, std::uint32_t position,
-               std::uint32_t step, std::uint16_t drafts = 0, bool sample = true) {
+               std::uint32_t step, std::uint16_t drafts = 0, bool sample = true, std::uint64_t fork_from = 0) {
   auto& r = self->state.requests.at(id);
   std::vector<std::int64_t> wide(tokens.begin(), tokens.end());
   messages::frame_descriptor d;
@@ -75,7 +90,8 @@ void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
                                     position,
                                     r.sampling,
                                     sample,
-                                    drafts};
+                                    drafts,
+                                    fork_from};
   const auto input = at::tensor(wide, at::TensorOptions().dtype(at::kLong));
   for (const auto& link : self->state.first_links)
     send_tensors(*link, d, {{messages::tensor_role::tokens, input}},
@@ -89,9 +105,9 @@ void send_pass(driver_ptr self, std::uint64_t id, const std::vector<compute::tok
 }
 
 // Sends `t` and keeps it as in flight.
-void send_trip(driver_ptr self, std::uint64_t id, trip t) {
+void send_trip(driver_ptr self, std::uint64_t id, trip t, std::uint64_t fork_from = 0) {
   auto& r = self->state.requests.at(id);
-  send_pass(self, id, t.tokens, t.position, t.step, t.drafts);
+  send_pass(self, id, t.tokens, t.position, t.step, t.drafts, true, fork_from);
   r.trips.push_back(std::move(t));
 }
 
@@ -150,6 +166,86 @@ void send_next(driver_ptr self, std::uint64_t id) {
   send_ahead(self, id);
 }
 
+// The outline of request `id` is written: each of its points becomes a
+// request that continues the outline's sequence with the point's header,
+// its first frame copying the outline's KV on every stage (no second
+// prefill), all sent at once so the points occupy different stages at once.
+// Fewer than two points: the answer goes on as one sequence.
+void expand_outline(driver_ptr self, std::uint64_t id) {
+  auto& s = self->state;
+  auto& o = s.requests.at(id).outline;
+  o.expanding = true;
+  o.expanded = clock_type::now();
+  std::string text;
+  for (auto token : s.requests.at(id).progress.result().tokens) text += s.tok->decode(token);
+  auto points = compute::outline_points(text, o.max_points);
+  if (points.size() < 2) points = {std::string()};
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    const auto& outline = s.requests.at(id);
+    std::vector<compute::token_id> header;
+    if (points.size() > 1) header = s.tok->encode(compute::point_header(points[i], i));
+    if (header.size() > static_cast<std::size_t>(compute::max_point_header_tokens)) header.resize(compute::max_point_header_tokens);
+    auto prompt = outline.progress.history();
+    prompt.insert(prompt.end(), header.begin(), header.end());
+    auto sampling = outline.sampling;
+    sampling.seed += (i + 1) * 0x9e3779b97f4a7c15ull;  // the points draw apart
+    active_request point{{prompt, o.point_tokens, o.stop_at_eos, s.tok->eos()},
+                         sampling,
+                         {},
+                         {},
+                         clock_type::now() + s.config.request_timeout,
+                         outline.tag,
+                         -1,
+                         {},
+                         compute::draft_window(o.max_drafts),
+                         outline.overlap_windows,
+                         {}};
+    point.parent = id;
+    point.point = i;
+    const auto point_id = s.next_request++;
+    const auto shared = static_cast<std::uint32_t>(outline.progress.history().size() - 1);
+    std::vector<compute::token_id> first{outline.progress.history().back()};
+    first.insert(first.end(), header.begin(), header.end());
+    o.points.push_back(point_id);
+    o.headers.push_back(std::move(header));
+    s.requests.emplace(point_id, std::move(point));
+    send_trip(self, point_id, {0, shared, std::move(first), 0}, id);
+  }
+  o.texts.resize(o.points.size());
+  o.left = o.points.size();
+}
+
+// A point is written: kept in its outline's request, which answers (the
+// points streamed in order after the outline) once all are.
+void point_done(driver_ptr self, std::uint64_t point_id) {
+  auto& s = self->state;
+  auto& point = s.requests.at(point_id);
+  const auto outline_id = point.parent;
+  auto& outline = s.requests.at(outline_id);
+  auto& o = outline.outline;
+  o.texts.at(point.point) = point.progress.result().tokens;
+  o.decode_trips += point.decode_trips;
+  o.drafted += point.drafted;
+  o.accepted += point.accepted;
+  o.cancelled_trips += point.cancelled_trips;
+  forget(self, point_id);
+  if (--o.left > 0) return;
+  const auto& written = outline.progress.result();
+  generation_summary summary{outline.tag, written.prompt_tokens, written.tokens, written.prefill_ms,
+                             written.decode_ms + std::chrono::duration<double, std::milli>(clock_type::now() - o.expanded).count(),
+                             false, {}, outline.decode_trips + o.decode_trips, outline.drafted + o.drafted,
+                             outline.accepted + o.accepted, outline.cancelled_trips + o.cancelled_trips,
+                             static_cast<std::int32_t>(o.points.size())};
+  for (std::size_t i = 0; i < o.points.size(); ++i)
+    for (const auto* part : {&o.headers[i], &o.texts[i]})
+      for (auto token : *part) {
+        summary.tokens.push_back(token);
+        if (outline.sink) self->send(outline.sink, token_event{outline.tag, token, s.tok->decode(token)});
+      }
+  o.points.clear();  // each forgotten already
+  finish(self, outline_id, std::move(summary));
+}
+
 // The last stage's tokens for a request (one, or a window's kept guesses and
 // the token after them): streamed, then the next trip goes in.
 void on_sampled(driver_ptr self, tensor_frame& frame) {
@@ -162,7 +258,8 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
       frame.descriptor.deployment != s.deployment || route->step != it->second.progress.step())
     return;  // finished, from a layout that is gone, or not this session's
   auto& r = it->second;
-  if (r.trips.empty() || r.trips.front().step != route->step) return;  // not a trip in flight
+  // Not a trip in flight (or a window sent ahead of an outline now written).
+  if (r.outline.expanding || r.trips.empty() || r.trips.front().step != route->step) return;
   const trip answered = std::move(r.trips.front());
   r.trips.pop_front();
   std::vector<compute::token_id> kept;
@@ -200,13 +297,15 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
     if (r.sink) self->send(r.sink, token_event{r.tag, token, s.tok->decode(token)});
     if (done) break;
   }
+  if (done && r.outline.max_points > 0) return expand_outline(self, id);
+  if (done && r.parent != 0) return point_done(self, id);
   if (done) {
     // The wire form of the local generation_result.
     const auto& result = r.progress.result();
     return finish(self, id,
                   generation_summary{r.tag, result.prompt_tokens, result.tokens, result.prefill_ms, result.decode_ms,
                                      result.stopped_at_eos, std::move(logits), r.decode_trips, r.drafted, r.accepted,
-                                     r.cancelled_trips});
+                                     r.cancelled_trips, 0});
   }
   if (r.trips.empty())
     send_next(self, id);
@@ -236,11 +335,24 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   if (!s.broken.empty()) return make_error(errc::no_capacity, s.broken);
   if (!s.deployed) return make_error(errc::not_ready, "the driver has not deployed its placement yet (send deploy_atom first)");
   if (request.max_new_tokens < 1) return make_error(errc::invalid_request, "max-tokens must be at least 1");
-  auto prompt = compute::prompt_tokens(*s.tok, request.prompt);
+  const bool outlined = request.outline_points > 0;
+  auto prompt = compute::prompt_tokens(*s.tok, outlined ? compute::outline_prompt(request.prompt) : request.prompt);
   try {
     sampling_params_of(request.sampling).validate();
     compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
     check_prefill_chunks(request.prefill_chunks, prompt.size());
+    if (outlined) {
+      if (request.outline_points > max_outline_points || request.outline_tokens < 1)
+        throw std::invalid_argument("outline: at most " + std::to_string(max_outline_points) +
+                                    " points and at least 1 token for the outline, got " +
+                                    std::to_string(request.outline_points) + " points and " +
+                                    std::to_string(request.outline_tokens) + " tokens");
+      // The longest sequence: the outline, a point's header, its text.
+      compute::check_fits_context(static_cast<int>(prompt.size()) + request.outline_tokens + compute::max_point_header_tokens,
+                                  request.max_new_tokens, s.model.max_position_embeddings);
+      if (!request.prefill_chunks.empty())
+        throw std::invalid_argument("prefill chunks are for the prompt as given; an outline's prompt is the outline template's");
+    }
     if (request.max_drafts < 0 || request.max_drafts > max_drafts_per_trip)
       throw std::invalid_argument("max_drafts must be in [0, " + std::to_string(max_drafts_per_trip) + "], got " +
                                   std::to_string(request.max_drafts));
@@ -251,7 +363,7 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
   // Read the sender first: making the promise takes it out of the message.
   auto sink = caf::actor_cast<token_listener>(self->current_sender());
   auto promise = self->make_response_promise<generation_summary>();
-  active_request r{{prompt, request.max_new_tokens, request.stop_at_eos, s.tok->eos()},
+  active_request r{{prompt, outlined ? request.outline_tokens : request.max_new_tokens, request.stop_at_eos, s.tok->eos()},
                    request.sampling,
                    promise,
                    sink,
@@ -262,6 +374,12 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
                    compute::draft_window(request.max_drafts),
                    request.overlap_windows,
                    {}};
+  if (outlined) {
+    r.outline.max_points = request.outline_points;
+    r.outline.point_tokens = request.max_new_tokens;
+    r.outline.max_drafts = request.max_drafts;
+    r.outline.stop_at_eos = request.stop_at_eos;
+  }
   s.requests.emplace(id, std::move(r));
   if (!s.switching) send_sequence(self, id);  // else it starts with the replay
   return promise;

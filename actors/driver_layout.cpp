@@ -379,6 +379,7 @@ void replay(driver_ptr self, std::size_t event_index, const std::vector<stage_re
                  std::to_string(event.layers_moved) + " layers loaded), replaying " + std::to_string(s.requests.size()) +
                  " request(s)");
   for (auto& [id, r] : s.requests) {
+    if (r.outline.expanding) continue;  // its points replay from their whole sequences
     r.replayed_by = static_cast<int>(event_index);
     send_sequence(self, id);
   }

@@ -50,6 +50,20 @@ struct trip {
   bool ahead() const { return drafts == tokens.size(); }
 };
 
+/// What an outline's request keeps while its points decode.
+struct outline_request {
+  int max_points = 0;  ///< > 0: this request writes an outline
+  int point_tokens = 0;
+  int max_drafts = 0;
+  bool stop_at_eos = true;
+  bool expanding = false;  ///< the outline is written; its points decode
+  clock_type::time_point expanded{};
+  std::vector<std::uint64_t> points;  ///< their requests, in order
+  std::vector<std::vector<compute::token_id>> headers, texts;
+  std::size_t left = 0;
+  std::int32_t decode_trips = 0, drafted = 0, accepted = 0, cancelled_trips = 0;
+};
+
 struct active_request {
   /// Its tokens so far, its step and when it ends: as local generation keeps them.
   compute::generation_progress progress;
@@ -70,6 +84,12 @@ struct active_request {
   bool overlap_windows = false;
   std::deque<trip> trips;
   std::int32_t decode_trips = 0, drafted = 0, accepted = 0, cancelled_trips = 0;
+  /// Outline-based decoding: the outline's request writes the outline, then
+  /// waits for its points, which are requests of their own (no promise, no
+  /// listener) that continue its sequence.
+  outline_request outline{};
+  std::uint64_t parent = 0;  ///< a point: its outline's request
+  std::size_t point = 0;     ///< a point: its index in the outline
 };
 
 /// A node of the cluster, in the order the placement lists them; its index

@@ -287,7 +287,22 @@ pass_output forward(stage_state& s, const messages::forward_route& route, const 
                              " guesses");
   const bool chained = route.drafts == count;
   auto& r = s.requests[route.request];
-  if (route.position == 0) {
+  if (route.fork_from != 0) {
+    // A sequence that continues another's first tokens: copies of its caches.
+    const auto source = s.requests.find(route.fork_from);
+    const int source_held = source == s.requests.end() || source->second.caches.empty() ? -1 : source->second.caches.front().length();
+    if (source_held < static_cast<int>(route.position))
+      throw std::runtime_error("request " + std::to_string(route.request) + " continues the first " +
+                               std::to_string(route.position) + " tokens of request " + std::to_string(route.fork_from) +
+                               ", but the stage holds " +
+                               (source_held < 0 ? std::string("none of it") : std::to_string(source_held) + " tokens of it"));
+    r.caches.clear();
+    for (const auto& cache : source->second.caches) r.caches.push_back(cache.copy_prefix(static_cast<int>(route.position), cache.capacity()));
+    const auto& history = source->second.history;
+    r.history.assign(history.begin(), history.begin() + std::min<std::ptrdiff_t>(route.position, history.size()));
+    r.unverified = 0;
+    r.chain_position = -1;
+  } else if (route.position == 0) {
     r.caches.clear();
     for (const auto& shard : s.shards) r.caches.push_back(shard->shard().new_cache(shard->shard().config().max_position_embeddings));
     r.history.clear();

@@ -65,6 +65,9 @@ struct ForwardRoute {
   # the guesses up to the first it did not sample, and every stage may be
   # told by the next frame's position to drop the rest from its caches.
   drafts @6 :UInt16;
+  # Non-zero: the request starts from the first `position` tokens of this
+  # request's caches, copied (a shared prefix: outline-based decoding).
+  forkFrom @7 :UInt64;
 }
 
 # A backward pass's gradient for a pipeline stage.

@@ -114,6 +114,7 @@ struct route_encoder {
     encode_sampling(r.sampling, f.initSampling());
     f.setSample(r.sample);
     f.setDrafts(r.drafts);
+    f.setForkFrom(r.fork_from);
   }
   void operator()(const backward_route& r) const {
     auto b = to.initBackward();
@@ -154,7 +155,7 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
     case which::FORWARD: {
       auto f = from.getForward();
       return forward_route{f.getStage(),    f.getRequest(), f.getStep(),  f.getPosition(),
-                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts()};
+                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts(), f.getForkFrom()};
     }
     case which::BACKWARD: {
       auto b = from.getBackward();

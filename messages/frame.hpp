@@ -79,6 +79,9 @@ struct forward_route {
   /// the guesses up to the first it did not sample. The caches hold the
   /// guesses until the next frame's position drops the rejected ones.
   std::uint16_t drafts = 0;
+  /// Non-zero: the request starts from a copy of the first `position`
+  /// tokens of this request's caches (outline points share their prefix).
+  std::uint64_t fork_from = 0;
 };
 
 /// A backward pass's gradient for a pipeline stage.

@@ -189,6 +189,13 @@ struct generate_request {
   /// of the window before it is kept) while the one before it is verified,
   /// PipeInfer-style; the head drops it when that window kept fewer.
   bool overlap_windows = false;
+  /// Outline-based parallel decoding (opt-in: it changes the text): first an
+  /// outline of at most `outline_tokens` tokens from compute::outline_prompt,
+  /// then each of its points (at most this many) as a sequence of its own
+  /// sharing the outline's KV, max_new_tokens each, side by side; the answer
+  /// is the outline, then each point's header and text in order. 0: off.
+  std::int32_t outline_points = 0;
+  std::int32_t outline_tokens = 32;
 };
 
 struct token_event {
@@ -216,6 +223,9 @@ struct generation_summary {
   /// decode_trips; their guesses in drafted). Generated tokens after the
   /// first = decode_trips - cancelled_trips + accepted.
   std::int32_t cancelled_trips = 0;
+  /// Outline points decoded side by side (0 without --outline; 1 when the
+  /// outline had fewer than two points and the answer went on as one).
+  std::int32_t outline_points = 0;
 };
 
 /// What a router (actors/router.hpp) did with the frames it was given.
@@ -315,7 +325,8 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   auto& s = x.sampling;
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, s.temperature, s.top_k, s.top_p,
-           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag, x.prefill_chunks, x.max_drafts, x.overlap_windows);
+           s.repetition_penalty, s.seed, s.return_logits, x.stop_at_eos, x.tag, x.prefill_chunks, x.max_drafts, x.overlap_windows,
+           x.outline_points, x.outline_tokens);
 }
 
 template <class Inspector>
@@ -326,7 +337,7 @@ typename Inspector::result_type inspect(Inspector& f, token_event& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
   return f(caf::meta::type_name("generation_summary"), x.tag, x.prompt_tokens, x.tokens, x.prefill_ms,
-           x.decode_ms, x.stopped_at_eos, x.final_logits, x.decode_trips, x.drafted, x.accepted, x.cancelled_trips);
+           x.decode_ms, x.stopped_at_eos, x.final_logits, x.decode_trips, x.drafted, x.accepted, x.cancelled_trips, x.outline_points);
 }
 
 // -- profiling (`orrery profile`) ----------------------------------------------

@@ -33,6 +33,8 @@ struct generate_options {
   std::string prefill_chunks = "auto";
   int speculate = default_max_drafts;
   bool window_ahead = true;
+  int outline = 0;
+  int outline_tokens = 32;
 };
 
 // The prompt's chunks for --prefill-chunks (`auto` or a count): the
@@ -86,6 +88,9 @@ void generate_over_topology(const generate_options& o) {
   request.prefill_chunks = prefill_chunks_for(o.prefill_chunks, t, automatic ? &planned : nullptr, static_cast<int>(prompt_tokens));
   request.max_drafts = o.speculate;
   request.overlap_windows = o.window_ahead;
+  request.outline_points = o.outline;
+  request.outline_tokens = o.outline_tokens;
+  if (o.outline > 0) request.prefill_chunks.clear();  // the outline's prompt is the template's
   pipeline_client client(t, o.advertise_host);
   auto summary = generate_over(client, request, std::cout, std::cerr);
   if (automatic)
@@ -123,6 +128,15 @@ void add_generate_command(CLI::App& app) {
                   "0 decodes one token per trip")
       ->capture_default_str()
       ->check(between(0, 32));
+  cmd->add_option("--outline", opts->outline,
+                  "With --topology: write a short outline first, then up to this many of its points side by side, each "
+                  "continuing the question and the outline (shared KV, no second prefill) for --max-tokens; the answer "
+                  "is the points in order. It changes the text; 0 (the default) is off")
+      ->capture_default_str()
+      ->check(between(0, 16));
+  cmd->add_option("--outline-tokens", opts->outline_tokens, "With --outline: the outline's length at most")
+      ->capture_default_str()
+      ->check(between(1, 4096));
   cmd->add_flag("!--no-window-ahead", opts->window_ahead,
                 "With --speculate: verify one window of guesses at a time, rather than sending the next window while "
                 "one is verified (as if all its guesses were kept; the last stage drops it when they were not)");

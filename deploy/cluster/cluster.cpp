@@ -195,6 +195,10 @@ generation_summary generate_over(pipeline_client& client, const generate_request
     for (auto l : request.prefill_chunks) lengths += (lengths.empty() ? "" : ", ") + std::to_string(l);
     out << "   prefill in " << request.prefill_chunks.size() << " chunks through the pipeline: " << lengths << " tokens\n";
   }
+  if (summary.outline_points > 1)
+    out << "   outline: " << summary.outline_points << " points written side by side, each continuing the outline's KV\n";
+  else if (request.outline_points > 0)
+    out << "   outline: fewer than 2 points; the answer went on as one sequence\n";
   if (request.max_drafts > 0) {
     const auto made = static_cast<double>(std::max<std::size_t>(summary.tokens.size(), 1) - 1);
     std::snprintf(line, sizeof line,

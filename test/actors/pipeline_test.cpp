@@ -17,6 +17,7 @@
 #include "compute/model_init.hpp"
 #include "compute/shard.hpp"
 #include "compute/tensor_slice.hpp"
+#include "compute/outline.hpp"
 #include "compute/tokenizer.hpp"
 #include "messages/types.hpp"
 #include "test/registered_config.hpp"
@@ -565,4 +566,85 @@ TEST_CASE("speculative decoding with sampling keeps a guess exactly when the ste
   // Kept and rejected guesses both happened, so both branches were compared.
   CHECK(accepted > 0);
   CHECK(accepted < drafted);
+}
+
+namespace {
+
+// Greedy tokens after `ids` on one device (the whole model, one thread).
+std::vector<compute::token_id> greedy_after(const std::filesystem::path& path, const std::vector<compute::token_id>& ids,
+                                            int count) {
+  compute::model_dir model(path);
+  compute::shard whole(model, 0, model.config().num_layers, {at::kCPU, at::kFloat, compute::configure_cpu_threads(1)});
+  auto cache = whole.new_cache(model.config().max_position_embeddings);
+  std::vector<std::int64_t> wide(ids.begin(), ids.end());
+  auto logits = whole.forward(at::tensor(wide, at::kLong), {{&cache, static_cast<int>(wide.size())}});
+  std::vector<compute::token_id> out;
+  for (int step = 0; step < count; ++step) {
+    if (step > 0) logits = whole.forward(at::tensor(std::vector<std::int64_t>{out.back()}, at::kLong), {{&cache, 1}});
+    out.push_back(static_cast<compute::token_id>(logits.argmax(-1).item<std::int64_t>()));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("outline-based decoding: the outline, then each point continuing it from a copy of its KV, side by side, as one device writes them") {
+  temp_dir dir;
+  auto path = tiny_model(dir);
+  compute::byte_tokenizer tok;
+  const int max_points = 4, outline_tokens = 48, point_tokens = 12;
+  // A random-weight model rarely writes a line break: questions whose
+  // outline has points (found on one device), and one whose outline has none.
+  auto points_of = [&](const std::string& question) {
+    std::string text;
+    for (auto t : greedy_after(path, compute::prompt_tokens(tok, compute::outline_prompt(question)), outline_tokens))
+      text += tok.decode(t);
+    return compute::outline_points(text, max_points);
+  };
+  std::vector<std::string> questions;
+  for (int i = 0; i < 300 && questions.empty(); ++i)
+    if (points_of("question " + std::to_string(i)).size() >= 2) questions.push_back("question " + std::to_string(i));
+  REQUIRE(questions.size() == 1);
+  for (int i = 0; i < 300 && questions.size() == 1; ++i)
+    if (points_of("plain " + std::to_string(i)).size() < 2) questions.push_back("plain " + std::to_string(i));
+  REQUIRE(questions.size() == 2);
+  int parallel = 0;
+  for (const auto& question : questions) {
+    CAPTURE(question);
+    // As one device: the outline, its points, each point's continuation.
+    const auto prompt = compute::prompt_tokens(tok, compute::outline_prompt(question));
+    const auto outline = greedy_after(path, prompt, outline_tokens);
+    std::string text;
+    for (auto t : outline) text += tok.decode(t);
+    auto points = compute::outline_points(text, max_points);
+    if (points.size() < 2) points = {std::string()};
+    auto expected = outline;
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      auto sequence = prompt;
+      sequence.insert(sequence.end(), outline.begin(), outline.end());
+      auto header = points.size() > 1 ? tok.encode(compute::point_header(points[i], i)) : std::vector<compute::token_id>{};
+      if (header.size() > static_cast<std::size_t>(compute::max_point_header_tokens)) header.resize(compute::max_point_header_tokens);
+      sequence.insert(sequence.end(), header.begin(), header.end());
+      expected.insert(expected.end(), header.begin(), header.end());
+      const auto continued = greedy_after(path, sequence, point_tokens);
+      expected.insert(expected.end(), continued.begin(), continued.end());
+    }
+    // Over 4 stages, with guesses.
+    in_process_pipeline pipeline(path, {0, 1, 2, 3, 4});
+    auto request = greedy_request(question, point_tokens);
+    request.sampling.return_logits = false;
+    request.outline_points = max_points;
+    request.outline_tokens = outline_tokens;
+    request.max_drafts = 4;
+    request.overlap_windows = true;
+    std::vector<compute::token_id> streamed;
+    auto summary = actors::generate_blocking(pipeline.system, pipeline.driver, {request}, std::chrono::seconds(20),
+                                             [&](std::size_t, const token_event& e) { streamed.push_back(e.token); })
+                       .at(0);
+    CHECK(summary.tokens == expected);
+    CHECK(streamed == expected);
+    CHECK(summary.outline_points == static_cast<int>(points.size()));
+    if (points.size() > 1) ++parallel;
+  }
+  CHECK(parallel == 1);  // the outline with points wrote them side by side
 }

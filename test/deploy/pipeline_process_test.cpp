@@ -103,6 +103,7 @@ TEST_CASE("orrery up + orrery generate --topology stream the same text as local 
   };
   auto plain = with({"--prefill-chunks", "1", "--speculate", "0"});
   auto jupiter = with({"--prefill-chunks", "3", "--speculate", "6"});
+  auto outlined = with({"--outline", "4", "--outline-tokens", "16"});
   auto bad_chunks = with({"--prefill-chunks", "many"});
   auto too_many = with({"--prefill-chunks", "500"});
   ::kill(up, SIGINT);
@@ -118,6 +119,8 @@ TEST_CASE("orrery up + orrery generate --topology stream the same text as local 
   CHECK(jupiter.err.find("prefill in 3 chunks through the pipeline: 18, 18, 17 tokens") != std::string::npos);
   CHECK(jupiter.err.find("speculation: ") != std::string::npos);
   CHECK(plain.err.find("speculation: ") == std::string::npos);
+  REQUIRE(outlined.exit_code == 0);
+  CHECK(outlined.err.find("   outline: ") != std::string::npos);
   CHECK(bad_chunks.exit_code == 1);
   CHECK(bad_chunks.err.find("--prefill-chunks: 'many' is neither 'auto' nor a number of chunks") != std::string::npos);
   CHECK(too_many.exit_code == 1);
