@@ -47,7 +47,6 @@ struct trip {
   std::uint16_t drafts = 0;
   /// The rows the last stage samples (at most this many tokens come back).
   int rows() const { return std::min<int>(static_cast<int>(tokens.size()), drafts + 1); }
-  bool ahead() const { return drafts == tokens.size(); }
 };
 
 /// What an outline's request keeps while its points decode.
