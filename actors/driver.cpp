@@ -22,19 +22,41 @@ namespace driver_detail {
 // An outline's points at most.
 constexpr int max_outline_points = 16;
 
-// Frees request `id`'s KV caches on every stage and forgets it.
+// Frees request `id`'s KV caches on every stage and forgets it. The end
+// goes in-band, behind any of its frames still in flight (a window of
+// guesses sent ahead when EOS ended it): a control message could overtake
+// them, and a group member that forgot the request before such a frame
+// would leave the others waiting in its collectives. Without a pipeline to
+// send it through (a layout change under way), each stage is told directly.
 void forget(driver_ptr self, std::uint64_t id) {
-  for (const auto& stage : self->state.ready) self->send(caf::actor_cast<stage_actor>(stage.stage), end_request_atom_v, id);
-  self->state.requests.erase(id);
+  auto& s = self->state;
+  if (s.switching || s.first_links.empty()) {
+    for (const auto& stage : s.ready) self->send(caf::actor_cast<stage_actor>(stage.stage), end_request_atom_v, id);
+  } else {
+    messages::frame_descriptor d;
+    d.session = s.session;
+    d.deployment = s.deployment;
+    messages::forward_route end;
+    end.stage = static_cast<std::uint16_t>(s.layout.front().device);
+    end.request = id;
+    end.end = true;
+    d.route = end;
+    const auto nothing = at::empty({0}, at::kLong);
+    for (const auto& link : s.first_links)
+      send_tensors(*link, d, {{messages::tensor_role::tokens, nothing}}, [](const std::string&) {});  // a broken link: its stage is gone too
+  }
+  s.requests.erase(id);
 }
+
+void point_done(driver_ptr self, std::uint64_t point_id);
 
 void finish(driver_ptr self, std::uint64_t id, caf::expected<generation_summary> outcome) {
   auto it = self->state.requests.find(id);
   if (it == self->state.requests.end()) return;
-  if (const auto parent = it->second.parent; parent != 0) {  // an outline's point fails its outline's request
+  if (const auto parent = it->second.parent; parent != 0) {  // an outline's point answers through its outline's request
+    if (outcome) return point_done(self, id);
     forget(self, id);
-    if (!outcome) finish(self, parent, outcome.error());
-    return;
+    return finish(self, parent, outcome.error());
   }
   for (auto point : it->second.outline.points) forget(self, point);
   if (outcome)
@@ -166,27 +188,68 @@ void send_next(driver_ptr self, std::uint64_t id) {
   send_ahead(self, id);
 }
 
+// Streams `token` of request `r` to whoever asked. A point streams through
+// its outline's listener while it is the point shown (those before it are
+// written); the others keep their tokens until their turn.
+void stream(driver_ptr self, active_request& r, compute::token_id token) {
+  auto& s = self->state;
+  if (r.parent == 0) {
+    if (r.sink) self->send(r.sink, token_event{r.tag, token, s.tok->decode(token)});
+    return;
+  }
+  auto& outline = s.requests.at(r.parent);
+  if (outline.outline.shown == r.point && outline.sink)
+    self->send(outline.sink, token_event{outline.tag, token, s.tok->decode(token)});
+}
+
+// Shows the outline's points from the one shown now: each point's header
+// and the tokens it has, moving on past the points already written.
+void show_points(driver_ptr self, active_request& outline) {
+  auto& s = self->state;
+  auto& o = outline.outline;
+  for (; o.shown < o.points.size(); ++o.shown) {
+    const auto& tokens = o.done[o.shown] ? o.texts[o.shown] : s.requests.at(o.points[o.shown]).progress.result().tokens;
+    const std::vector<compute::token_id>& header = o.headers[o.shown];
+    for (const auto* part : {&header, &tokens})
+      for (auto token : *part)
+        if (outline.sink) self->send(outline.sink, token_event{outline.tag, token, s.tok->decode(token)});
+    if (!o.done[o.shown]) return;  // its next tokens stream as they come
+  }
+}
+
 // The outline of request `id` is written: each of its points becomes a
 // request that continues the outline's sequence with the point's header,
 // its first frame copying the outline's KV on every stage (no second
 // prefill), all sent at once so the points occupy different stages at once.
-// Fewer than two points: the answer goes on as one sequence.
+// Fewer than two points: the answer goes on as one sequence. An outline
+// that ended at EOS is continued without it.
 void expand_outline(driver_ptr self, std::uint64_t id) {
   auto& s = self->state;
-  auto& o = s.requests.at(id).outline;
+  auto& outline = s.requests.at(id);
+  auto& o = outline.outline;
   o.expanding = true;
   o.expanded = clock_type::now();
   std::string text;
-  for (auto token : s.requests.at(id).progress.result().tokens) text += s.tok->decode(token);
+  for (auto token : outline.progress.result().tokens) text += s.tok->decode(token);
   auto points = compute::outline_points(text, o.max_points);
   if (points.size() < 2) points = {std::string()};
+  // The stages hold every token of the sequence but its last, which was
+  // sampled and never fed back; an EOS there is dropped.
+  const bool ended_at_eos = outline.progress.result().stopped_at_eos;
+  auto sequence = outline.progress.history();
+  if (ended_at_eos) sequence.pop_back();
   for (std::size_t i = 0; i < points.size(); ++i) {
-    const auto& outline = s.requests.at(id);
     std::vector<compute::token_id> header;
     if (points.size() > 1) header = s.tok->encode(compute::point_header(points[i], i));
     if (header.size() > static_cast<std::size_t>(compute::max_point_header_tokens)) header.resize(compute::max_point_header_tokens);
-    auto prompt = outline.progress.history();
+    auto prompt = sequence;
     prompt.insert(prompt.end(), header.begin(), header.end());
+    // The first frame: the header after every token the stages hold, or the
+    // sequence's last token again where they hold it already.
+    auto shared = static_cast<std::uint32_t>(sequence.size());
+    std::vector<compute::token_id> first;
+    if (!ended_at_eos || header.empty()) first.push_back(sequence.at(--shared));
+    first.insert(first.end(), header.begin(), header.end());
     auto sampling = outline.sampling;
     sampling.seed += (i + 1) * 0x9e3779b97f4a7c15ull;  // the points draw apart
     active_request point{{prompt, o.point_tokens, o.stop_at_eos, s.tok->eos()},
@@ -203,32 +266,37 @@ void expand_outline(driver_ptr self, std::uint64_t id) {
     point.parent = id;
     point.point = i;
     const auto point_id = s.next_request++;
-    const auto shared = static_cast<std::uint32_t>(outline.progress.history().size() - 1);
-    std::vector<compute::token_id> first{outline.progress.history().back()};
-    first.insert(first.end(), header.begin(), header.end());
     o.points.push_back(point_id);
     o.headers.push_back(std::move(header));
     s.requests.emplace(point_id, std::move(point));
     send_trip(self, point_id, {0, shared, std::move(first), 0}, id);
   }
   o.texts.resize(o.points.size());
+  o.done.assign(o.points.size(), false);
   o.left = o.points.size();
+  show_points(self, outline);  // the first point's header; its tokens stream as they come
 }
 
-// A point is written: kept in its outline's request, which answers (the
-// points streamed in order after the outline) once all are.
+// A point is written: kept in its outline's request, which shows the points
+// in order and answers once all are written.
 void point_done(driver_ptr self, std::uint64_t point_id) {
   auto& s = self->state;
   auto& point = s.requests.at(point_id);
   const auto outline_id = point.parent;
   auto& outline = s.requests.at(outline_id);
   auto& o = outline.outline;
-  o.texts.at(point.point) = point.progress.result().tokens;
+  const auto index = point.point;
+  o.texts.at(index) = point.progress.result().tokens;
+  o.done.at(index) = true;
   o.decode_trips += point.decode_trips;
   o.drafted += point.drafted;
   o.accepted += point.accepted;
   o.cancelled_trips += point.cancelled_trips;
   forget(self, point_id);
+  if (index == o.shown) {
+    ++o.shown;
+    show_points(self, outline);
+  }
   if (--o.left > 0) return;
   const auto& written = outline.progress.result();
   generation_summary summary{outline.tag, written.prompt_tokens, written.tokens, written.prefill_ms,
@@ -236,12 +304,10 @@ void point_done(driver_ptr self, std::uint64_t point_id) {
                              false, {}, outline.decode_trips + o.decode_trips, outline.drafted + o.drafted,
                              outline.accepted + o.accepted, outline.cancelled_trips + o.cancelled_trips,
                              static_cast<std::int32_t>(o.points.size())};
-  for (std::size_t i = 0; i < o.points.size(); ++i)
-    for (const auto* part : {&o.headers[i], &o.texts[i]})
-      for (auto token : *part) {
-        summary.tokens.push_back(token);
-        if (outline.sink) self->send(outline.sink, token_event{outline.tag, token, s.tok->decode(token)});
-      }
+  for (std::size_t i = 0; i < o.points.size(); ++i) {
+    summary.tokens.insert(summary.tokens.end(), o.headers[i].begin(), o.headers[i].end());
+    summary.tokens.insert(summary.tokens.end(), o.texts[i].begin(), o.texts[i].end());
+  }
   o.points.clear();  // each forgotten already
   finish(self, outline_id, std::move(summary));
 }
@@ -284,7 +350,6 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
   }
   const auto accepted = static_cast<int>(kept.size()) - 1;
   r.drafts.record(answered.rows() - 1, accepted);
-  r.accepted += accepted;
   // The window sent ahead holds only if this one kept every guess and
   // sampled the token it starts with; else the last stage drops it.
   if (!r.trips.empty() && (static_cast<int>(kept.size()) != answered.rows() || r.trips.front().tokens.front() != kept.back())) {
@@ -292,11 +357,14 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
     ++r.cancelled_trips;
   }
   bool done = false;
+  int taken = 0;
   for (auto token : kept) {
     done = r.progress.accept(token);
-    if (r.sink) self->send(r.sink, token_event{r.tag, token, s.tok->decode(token)});
+    ++taken;
+    stream(self, r, token);
     if (done) break;
   }
+  r.accepted += std::min(accepted, taken);  // guesses kept past an EOS are not
   if (done && r.outline.max_points > 0) return expand_outline(self, id);
   if (done && r.parent != 0) return point_done(self, id);
   if (done) {
@@ -342,9 +410,10 @@ caf::result<generation_summary> start_request(driver_ptr self, generate_request&
     compute::check_fits_context(static_cast<int>(prompt.size()), request.max_new_tokens, s.model.max_position_embeddings);
     check_prefill_chunks(request.prefill_chunks, prompt.size());
     if (outlined) {
-      if (request.outline_points > max_outline_points || request.outline_tokens < 1)
+      if (request.outline_points > max_outline_points || request.outline_tokens < 1 ||
+          request.outline_tokens > s.model.max_position_embeddings)
         throw std::invalid_argument("outline: at most " + std::to_string(max_outline_points) +
-                                    " points and at least 1 token for the outline, got " +
+                                     " points and from 1 token to the context for the outline, got " +
                                     std::to_string(request.outline_points) + " points and " +
                                     std::to_string(request.outline_tokens) + " tokens");
       // The longest sequence: the outline, a point's header, its text.

@@ -59,6 +59,8 @@ struct outline_request {
   clock_type::time_point expanded{};
   std::vector<std::uint64_t> points;  ///< their requests, in order
   std::vector<std::vector<compute::token_id>> headers, texts;
+  std::vector<bool> done;
+  std::size_t shown = 0;  ///< the point streaming now; those before it are shown
   std::size_t left = 0;
   std::int32_t decode_trips = 0, drafted = 0, accepted = 0, cancelled_trips = 0;
 };

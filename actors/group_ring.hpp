@@ -65,8 +65,9 @@ struct collective_key {
   std::uint32_t step = 0;
   /// The collective's index in the pass (compute::collective_index).
   std::uint32_t sequence = 0;
-  /// The pass's position: a prompt's chunks share a step, and a window of
-  /// guesses repeats a position at a later step.
+  /// The pass's position: a prompt's chunks share a step. (A window the head
+  /// drops and the window after it may share step and position too; their
+  /// keys stay apart in time because every member runs every pass, in order.)
   std::uint32_t position = 0;
 };
 

@@ -429,6 +429,18 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
     return;
   }
   if (s.shards.empty() || !s.wired) return fail_request(self, route->request, "received a frame before it was deployed");
+  if (route->end) {  // after every frame of the request before it: free it, and pass it on
+    forget_request(s, route->request);
+    if (!s.leads() || holds_head(s)) return;
+    messages::frame_descriptor on = d;
+    auto next = *route;
+    next.stage = s.hops.front().stage;
+    on.route = next;
+    for (const auto& link : s.next)
+      send_tensors(*link, on, {{messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}},
+                   [](const std::string&) {});  // a link that broke since: its stage is gone with the request
+    return;
+  }
   pass_output out;
   std::vector<outgoing_tensor> tensors;
   messages::frame_descriptor out_d;
@@ -542,7 +554,8 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
                            s.transfers->bytes.load(),
                            s.ring ? s.ring->bytes_sent() : 0,
                            s.sequence_parallel_frames,
-                           s.ring ? s.ring->wait_ms() : 0};
+                           s.ring ? s.ring->wait_ms() : 0,
+                           s.requests.size()};
       },
   };
 }

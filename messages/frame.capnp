@@ -68,6 +68,10 @@ struct ForwardRoute {
   # Non-zero: the request starts from the first `position` tokens of this
   # request's caches, copied (a shared prefix: outline-based decoding).
   forkFrom @7 :UInt64;
+  # The request has ended: every stage frees what it holds of it and passes
+  # this on. It follows the request's frames on the same links, so it comes
+  # after any of them still in flight (a window of guesses sent ahead).
+  end @8 :Bool;
 }
 
 # A backward pass's gradient for a pipeline stage.

@@ -115,6 +115,7 @@ struct route_encoder {
     f.setSample(r.sample);
     f.setDrafts(r.drafts);
     f.setForkFrom(r.fork_from);
+    f.setEnd(r.end);
   }
   void operator()(const backward_route& r) const {
     auto b = to.initBackward();
@@ -155,7 +156,7 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
     case which::FORWARD: {
       auto f = from.getForward();
       return forward_route{f.getStage(),    f.getRequest(), f.getStep(),  f.getPosition(),
-                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts(), f.getForkFrom()};
+                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts(), f.getForkFrom(), f.getEnd()};
     }
     case which::BACKWARD: {
       auto b = from.getBackward();

@@ -82,6 +82,9 @@ struct forward_route {
   /// Non-zero: the request starts from a copy of the first `position`
   /// tokens of this request's caches (outline points share their prefix).
   std::uint64_t fork_from = 0;
+  /// The request has ended: free it and pass this on (after its frames in
+  /// flight, on the same links).
+  bool end = false;
 };
 
 /// A backward pass's gradient for a pipeline stage.

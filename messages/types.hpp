@@ -163,6 +163,8 @@ struct stage_stats {
   std::uint64_t sequence_parallel_frames = 0;
   /// A group member's time waiting for its ring's pieces (part of compute_ms).
   double collective_wait_ms = 0;
+  /// Requests whose KV caches the stage holds now.
+  std::uint64_t requests_held = 0;
 };
 
 /// A generation request to a driver; the reply is a generation_summary, and
@@ -318,7 +320,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
   return f(caf::meta::type_name("stage_stats"), x.stage, x.node, x.first_layer, x.last_layer, x.frames, x.compute_ms,
            x.transfer_ms, x.bytes_sent, x.collective_bytes_sent, x.sequence_parallel_frames,
-           x.collective_wait_ms);
+           x.collective_wait_ms, x.requests_held);
 }
 
 template <class Inspector>

@@ -210,7 +210,7 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
   CHECK(c.position == 15);
   // A prompt's leading chunk and a window of guesses keep their flags.
   frame_descriptor window;
-  window.route = forward_route{1, 2, 3, 4, {}, false, 5, 77};
+  window.route = forward_route{1, 2, 3, 4, {}, false, 5, 77, true};
   bytes = encode_descriptor(window);
   REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
   const auto& f = std::get<forward_route>(out.route);
@@ -218,6 +218,7 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
   CHECK_FALSE(f.sample);
   CHECK(f.drafts == 5);
   CHECK(f.fork_from == 77);
+  CHECK(f.end);
   window.route = forward_route{1, 2, 3, 4, {}};
   bytes = encode_descriptor(window);
   REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
