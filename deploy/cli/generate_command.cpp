@@ -135,7 +135,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--outline", opts->outline,
                   "With --topology: write a short outline first, then up to this many of its points side by side, each "
                   "continuing the question and the outline (shared KV, no second prefill) for --max-tokens; the answer "
-                  "is the points in order. It changes the text; 0 (the default) is off")
+                  "is the outline, then the points in order. It changes the text; 0 (the default) is off")
       ->capture_default_str()
       ->check(between(0, 16));
   cmd->add_option("--outline-tokens", opts->outline_tokens, "With --outline: the outline's length at most")
