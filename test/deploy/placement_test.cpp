@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include <numeric>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -204,6 +206,9 @@ TEST_CASE("automatic placement gives a slow device fewer layers than even, and f
   CHECK(layers_of(even, "n3") * 1e6 > 2.5e6);
   CHECK(layers_of(automatic, "n3") * 1e6 <= 2.5e6);
   CHECK(automatic.predicted.tokens_per_s > 1.3 * even.predicted.tokens_per_s);
+  const auto chunks = deploy::plan_prefill(even, p);  // a pipeline's prefill chunks
+  CHECK(std::accumulate(chunks.lengths.begin(), chunks.lengths.end(), 0) == p.work.prompt_tokens);
+  CHECK(chunks.seconds <= chunks.unchunked_seconds);
   // Contiguous ranges covering every layer once, layer 0 on the source (n0).
   CHECK(automatic.placed.nodes.front().name == "n0");
   int covered = 0;
@@ -286,6 +291,14 @@ TEST_CASE("automatic placement for latency runs the model on one tensor-parallel
   CHECK(contains(deploy::describe(plan), "chosen tensor-parallel: n0+n1 [0, 4) ("));
   CHECK(contains(deploy::describe(plan), "(group auto-0: heads [2, 4) (kv [1, 2)), columns [176, 352), vocab [256, 512))"));
   CHECK(plan.placed.nodes[1].weight_bytes < static_cast<std::uint64_t>(t.model_config.parameter_count(0, 4)) * 4);
+
+  // Jupiter's chunks for the group's prompt, costed as the group pipeline
+  // plans it: they add up to the prompt and are predicted no slower than
+  // one chunk.
+  const auto chunks = deploy::plan_prefill(plan, p);
+  CHECK(std::accumulate(chunks.lengths.begin(), chunks.lengths.end(), 0) == p.work.prompt_tokens);
+  CHECK(chunks.seconds <= chunks.unchunked_seconds);
+  CHECK(chunks.unchunked_seconds > 0);
 
   // A member three times as fast holds three times the work; the slow
   // leader's head keeps its KV head, which the fast member reads too.
