@@ -459,7 +459,11 @@ placement: even
   auto rate = [&](std::size_t x, std::size_t y) { return p.links.between(x, y).bandwidth * 8; };
   CHECK(rate(0, 1) == doctest::Approx(100e6).epsilon(0.15));
   CHECK(rate(2, 3) == doctest::Approx(1e9).epsilon(0.15));
-  CHECK(rate(0, 2) == doctest::Approx(100e6).epsilon(0.15));  // the slower end sets a link's rate
+  // The slower end sets a link's rate: 100 Mbit/s, not c's 1 Gbit/s. c has
+  // a quarter core, and a busy host has left its probe short of the rate
+  // (80 Mbit/s once in a fresh-clone CI run): only the upper end is tight.
+  CHECK(rate(0, 2) <= 100e6 * 1.15);
+  CHECK(rate(0, 2) >= 100e6 * 0.7);
   // The quarter core's layers were timed under its quota, not beside it.
   CHECK(throttled_periods(bed, "b") - throttled_before >= 50);
   for (bool decode : {false, true}) {
