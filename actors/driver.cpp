@@ -188,18 +188,26 @@ void send_next(driver_ptr self, std::uint64_t id) {
   send_ahead(self, id);
 }
 
-// Streams `token` of request `r` to whoever asked. A point streams through
-// its outline's listener while it is the point shown (those before it are
-// written); the others keep their tokens until their turn.
+// Sends `token` to whoever asked for request `r`.
+void emit(driver_ptr self, const active_request& r, compute::token_id token) {
+  if (r.sink) self->send(r.sink, token_event{r.tag, token, self->state.tok->decode(token)});
+}
+
+// Streams `token` of request `r`. A point streams through its outline's
+// request while it is the point shown (those before it are written); the
+// others keep their tokens until their turn.
 void stream(driver_ptr self, active_request& r, compute::token_id token) {
-  auto& s = self->state;
-  if (r.parent == 0) {
-    if (r.sink) self->send(r.sink, token_event{r.tag, token, s.tok->decode(token)});
-    return;
-  }
-  auto& outline = s.requests.at(r.parent);
-  if (outline.outline.shown == r.point && outline.sink)
-    self->send(outline.sink, token_event{outline.tag, token, s.tok->decode(token)});
+  if (r.parent == 0) return emit(self, r, token);
+  const auto& outline = self->state.requests.at(r.parent);
+  if (outline.outline.shown == r.point) emit(self, outline, token);
+}
+
+// The wire form of request `r`'s local generation_result and its trips.
+generation_summary summary_of(const active_request& r) {
+  const auto& result = r.progress.result();
+  return {r.tag,          result.prompt_tokens,  result.tokens, result.prefill_ms, result.decode_ms,
+          result.stopped_at_eos, {},             r.decode_trips, r.drafted,        r.accepted,
+          r.cancelled_trips,     0};
 }
 
 // Shows the outline's points from the one shown now: each point's header
@@ -211,8 +219,7 @@ void show_points(driver_ptr self, active_request& outline) {
     const auto& tokens = o.done[o.shown] ? o.texts[o.shown] : s.requests.at(o.points[o.shown]).progress.result().tokens;
     const std::vector<compute::token_id>& header = o.headers[o.shown];
     for (const auto* part : {&header, &tokens})
-      for (auto token : *part)
-        if (outline.sink) self->send(outline.sink, token_event{outline.tag, token, s.tok->decode(token)});
+      for (auto token : *part) emit(self, outline, token);
     if (!o.done[o.shown]) return;  // its next tokens stream as they come
   }
 }
@@ -288,22 +295,21 @@ void point_done(driver_ptr self, std::uint64_t point_id) {
   const auto index = point.point;
   o.texts.at(index) = point.progress.result().tokens;
   o.done.at(index) = true;
-  o.decode_trips += point.decode_trips;
-  o.drafted += point.drafted;
-  o.accepted += point.accepted;
-  o.cancelled_trips += point.cancelled_trips;
+  // The outline's request makes no trips of its own any more: it counts its points'.
+  outline.decode_trips += point.decode_trips;
+  outline.drafted += point.drafted;
+  outline.accepted += point.accepted;
+  outline.cancelled_trips += point.cancelled_trips;
   forget(self, point_id);
   if (index == o.shown) {
     ++o.shown;
     show_points(self, outline);
   }
   if (--o.left > 0) return;
-  const auto& written = outline.progress.result();
-  generation_summary summary{outline.tag, written.prompt_tokens, written.tokens, written.prefill_ms,
-                             written.decode_ms + std::chrono::duration<double, std::milli>(clock_type::now() - o.expanded).count(),
-                             false, {}, outline.decode_trips + o.decode_trips, outline.drafted + o.drafted,
-                             outline.accepted + o.accepted, outline.cancelled_trips + o.cancelled_trips,
-                             static_cast<std::int32_t>(o.points.size())};
+  auto summary = summary_of(outline);
+  summary.decode_ms += std::chrono::duration<double, std::milli>(clock_type::now() - o.expanded).count();
+  summary.stopped_at_eos = false;
+  summary.outline_points = static_cast<std::int32_t>(o.points.size());
   for (std::size_t i = 0; i < o.points.size(); ++i) {
     summary.tokens.insert(summary.tokens.end(), o.headers[i].begin(), o.headers[i].end());
     summary.tokens.insert(summary.tokens.end(), o.texts[i].begin(), o.texts[i].end());
@@ -368,12 +374,9 @@ void on_sampled(driver_ptr self, tensor_frame& frame) {
   if (done && r.outline.max_points > 0) return expand_outline(self, id);
   if (done && r.parent != 0) return point_done(self, id);
   if (done) {
-    // The wire form of the local generation_result.
-    const auto& result = r.progress.result();
-    return finish(self, id,
-                  generation_summary{r.tag, result.prompt_tokens, result.tokens, result.prefill_ms, result.decode_ms,
-                                     result.stopped_at_eos, std::move(logits), r.decode_trips, r.drafted, r.accepted,
-                                     r.cancelled_trips, 0});
+    auto summary = summary_of(r);
+    summary.final_logits = std::move(logits);
+    return finish(self, id, std::move(summary));
   }
   if (r.trips.empty())
     send_next(self, id);

@@ -62,7 +62,6 @@ struct outline_request {
   std::vector<bool> done;
   std::size_t shown = 0;  ///< the point streaming now; those before it are shown
   std::size_t left = 0;
-  std::int32_t decode_trips = 0, drafted = 0, accepted = 0, cancelled_trips = 0;
 };
 
 struct active_request {

@@ -16,14 +16,15 @@ double chunked_prefill_seconds(const cost_model& costs, const std::vector<stage>
   return simulate_inference(costs, stages, options).mean_latency;
 }
 
-namespace {
-
 std::vector<int> equal_chunks(int prompt, int count) {
+  count = std::max(1, std::min(count, prompt));
   std::vector<int> lengths(static_cast<std::size_t>(count), prompt / count);
   for (int i = 0; i < prompt % count; ++i)
     ++lengths[static_cast<std::size_t>(i)];
   return lengths;
 }
+
+namespace {
 
 // Moves `amount` tokens between neighbouring chunks while that helps.
 bool improve_once(const cost_model& costs, const std::vector<stage>& stages,

@@ -27,6 +27,10 @@ struct chunk_plan {
 double chunked_prefill_seconds(const cost_model& costs, const std::vector<stage>& stages,
                                const std::vector<int>& lengths);
 
+/// `prompt` tokens in `count` chunks (at least 1, at most one a token) whose
+/// lengths differ by at most one, the longer first.
+std::vector<int> equal_chunks(int prompt, int count);
+
 /// Searches 1..max_chunks chunks: from equal lengths, moves tokens between
 /// neighbouring chunks while the latency improves (halving the amount moved).
 chunk_plan jupiter_chunks(const cost_model& costs, const std::vector<stage>& stages,

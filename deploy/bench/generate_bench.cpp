@@ -105,8 +105,8 @@ nlohmann::json prefill_section(pipeline_client& client, const topology& t, const
   };
   std::vector<side> sides = {{"one chunk", {}, {}, {}},
                              {"planned", {planned.lengths.begin(), planned.lengths.end()}, {}, {}},
-                             {"equal, one per stage", equal_prefill_chunks(o.prefill_tokens, positions), {}, {}},
-                             {"equal, two per stage", equal_prefill_chunks(o.prefill_tokens, 2 * positions), {}, {}}};
+                             {"equal, one per stage", planning::equal_chunks(o.prefill_tokens, positions), {}, {}},
+                             {"equal, two per stage", planning::equal_chunks(o.prefill_tokens, 2 * positions), {}, {}}};
   const auto prompt = compute::bench_prompt(o.prefill_tokens);
   for (int round = 0; round < o.repeats; ++round)
     for (auto& s : sides) {

@@ -52,7 +52,7 @@ std::vector<std::int32_t> prefill_chunks_for(const std::string& flag, const topo
     if (planned && !planned->lengths.empty())
       lengths.assign(planned->lengths.begin(), planned->lengths.end());
     else if (std::all_of(placed.nodes.begin(), placed.nodes.end(), [](const auto& n) { return n.device == "cpu"; }))
-      lengths = equal_prefill_chunks(prompt_tokens, std::min(pipeline_positions(placed), prompt_tokens / min_chunk_tokens));
+      lengths = planning::equal_chunks(prompt_tokens, std::min(pipeline_positions(placed), prompt_tokens / min_chunk_tokens));
   } else {
     int count = 0;
     try {
@@ -65,7 +65,7 @@ std::vector<std::int32_t> prefill_chunks_for(const std::string& flag, const topo
     if (count < 1 || count > prompt_tokens)
       throw bad_flag("--prefill-chunks", flag,
                      "must be between 1 and the prompt's " + std::to_string(prompt_tokens) + " tokens (with BOS)");
-    lengths = equal_prefill_chunks(prompt_tokens, count);
+    lengths = planning::equal_chunks(prompt_tokens, count);
   }
   if (lengths.size() <= 1) lengths.clear();
   return lengths;

@@ -312,13 +312,6 @@ int pipeline_positions(const topology& t) {
   return std::max<int>(1, static_cast<int>(firsts.size()));
 }
 
-std::vector<std::int32_t> equal_prefill_chunks(int prompt_tokens, int chunks) {
-  chunks = std::max(1, std::min(chunks, prompt_tokens));
-  std::vector<std::int32_t> lengths(static_cast<std::size_t>(chunks), prompt_tokens / chunks);
-  for (int i = 0; i < prompt_tokens % chunks; ++i) ++lengths[static_cast<std::size_t>(i)];
-  return lengths;
-}
-
 topology resolve_placement(const topology& t, int requests, int prompt_tokens, int new_tokens, std::ostream& log,
                            placement_prediction* predicted, planning::chunk_plan* prefill) {
   if (!t.auto_placement) return t;

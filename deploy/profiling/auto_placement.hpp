@@ -108,10 +108,8 @@ topology resolve_placement(const topology& t, int requests, int prompt_tokens, i
 /// The pipeline positions of a resolved topology (a group counts once).
 int pipeline_positions(const topology& t);
 
-/// `--prefill-chunks auto` without a profile: as many equal chunks as the
-/// pipeline has positions, each of at least `min_chunk_tokens` tokens; one
-/// chunk for one position. Equal lengths that add up to `prompt_tokens`.
-std::vector<std::int32_t> equal_prefill_chunks(int prompt_tokens, int chunks);
+/// `--prefill-chunks auto` without a profile: chunks of at least this many
+/// tokens, one per pipeline position.
 constexpr int min_chunk_tokens = 32;
 
 }  // namespace orrery::deploy

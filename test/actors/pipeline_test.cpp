@@ -96,6 +96,13 @@ std::vector<actors::placement_stage> operator+(std::vector<actors::placement_sta
   return a;
 }
 
+// Stages for an in-process pipeline, and how its groups add up their sums.
+struct named_layout {
+  const char* what;
+  std::vector<actors::placement_stage> stages;
+  group_collectives collectives{};
+};
+
 // `tiny` has 4 layers: enough for 4 stages of one layer each.
 std::filesystem::path tiny_model(const temp_dir& dir) {
   compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {21, 0, {}});
@@ -224,12 +231,7 @@ TEST_CASE("on small, groups of 2 and 3 (even, 1:2:1), alone and as a pipeline st
   const auto config = compute::llama_config::preset("small");
   const std::string prompt = "Galaxy splits one token's work";
   auto reference = single_device(path, prompt, 65);  // the prefill's token + 64 decode steps
-  struct layout {
-    const char* what;
-    std::vector<actors::placement_stage> stages;
-    group_collectives collectives;
-  };
-  const std::vector<layout> layouts = {
+  const std::vector<named_layout> layouts = {
       {"a group of 2, even, SP", group(config, "g", 0, 12, {6, 6}, {1024, 1024}), {true, 1}},
       {"a group of 3, speeds 1:2:1, tiles", group(config, "g", 0, 12, {3, 6, 3}, {512, 1024, 512}), {false, 3}},
       {"a stage, then a group of 2 cutting a KV group, SP and tiles",
@@ -450,12 +452,7 @@ TEST_CASE("a prompt sent in chunks through 4 stages and through groups: the logi
   const std::string prompt = "A prompt cut into chunks that flow through the stages one behind the other";
   const auto tokens = static_cast<std::int32_t>(prompt.size() + 1);  // bytes and BOS
   const std::vector<std::int32_t> chunks = {9, 30, 1, tokens - 40};
-  struct layout {
-    const char* what;
-    std::vector<actors::placement_stage> stages;
-    group_collectives collectives;
-  };
-  const std::vector<layout> layouts = {
+  const std::vector<named_layout> layouts = {
       {"4 stages", in_process_pipeline::stages_of({0, 1, 2, 3, 4}), {}},
       {"a stage, then a group of 3 with SP", in_process_pipeline::stages_of({0, 2}) + group(config, "g", 2, 4, {1, 2, 1}, {88, 176, 88}), {true, 1}},
       {"a group of 2, all-reduced in tiles", group(config, "g", 0, 4, {2, 2}, {176, 176}), {false, 3}},
@@ -510,12 +507,7 @@ TEST_CASE("speculative decoding over 4 stages and over groups: the tokens of one
   const std::string prompt = "one two three, one two three, one two";
   const int new_tokens = 64;
   const auto reference = single_device(path, prompt, new_tokens);
-  struct layout {
-    const char* what;
-    std::vector<actors::placement_stage> stages;
-    group_collectives collectives;
-  };
-  const std::vector<layout> layouts = {
+  const std::vector<named_layout> layouts = {
       {"4 stages", in_process_pipeline::stages_of({0, 1, 2, 3, 4}), {}},
       {"a stage, then a group of 2", in_process_pipeline::stages_of({0, 2}) + group(config, "g", 2, 4, {2, 2}, {176, 176}), {false, 1}},
   };
