@@ -22,13 +22,14 @@ build="${ORRERY_BUILD_DIR:-$root/build}"
 
 # libopenblas0-pthread: without it libtorch's matmuls fall back to reference
 # BLAS, ~10x slower (ARCHITECTURE.md, build facts). iproute2: `ip` and `tc`
-# for `orrery testbed` and its tests.
+# for `orrery testbed` and its tests. bible-kjv: the King James Bible, the
+# corpus the demo's model is trained on (data/kjv.txt below).
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libcaf-dev libcapnp-dev capnproto libboost-dev
   doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
-  iproute2
+  iproute2 bible-kjv
 )
 
 missing=()
@@ -44,6 +45,15 @@ if ((${#missing[@]})); then
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The corpus as plain text, one verse a line, without the verse references.
+corpus="$root/data/kjv.txt"
+if [[ ! -s "$corpus" ]]; then
+  mkdir -p "$root/data"
+  bible -f "gen1:1-rev22:21" | sed -E 's/^[1-3]?[A-Za-z]+[0-9]+:[0-9]+ //' > "$corpus.partial"
+  mv "$corpus.partial" "$corpus"
+  echo "setup: wrote the King James Bible to $corpus ($(wc -c < "$corpus") bytes)"
 fi
 
 jobs="$(nproc)"

@@ -233,7 +233,7 @@ nlohmann::json run(const generate_bench_options& o) {
   planning::workload work;
   work.prompt_tokens = o.prefill_tokens;
   work.output_tokens = o.new_tokens;
-  const auto profile = obtain_profile(t, work, progress_bar("profile"), o.refresh);
+  const auto profile = obtain_profile(t, work, profile_bar("profile"), o.refresh);
   pipeline_client client(t);
   client.generate({request_of(compute::bench_prompt(8), 2, {}, 0)});  // untimed: links and caches warm
   nlohmann::json out = {{"bench", "generate"},

@@ -116,7 +116,7 @@ nlohmann::json run(const placement_bench_options& o) {
   work.batch = o.requests;
   work.prompt_tokens = o.prompt_tokens;  // bench_prompt(n) is n tokens with BOS
   work.output_tokens = o.new_tokens;
-  auto profile = obtain_profile(t, work, progress_bar("profile"), o.refresh);
+  auto profile = obtain_profile(t, work, profile_bar("profile"), o.refresh);
   std::vector<placement_plan> plans = {plan_even(t, profile), plan_automatic(t, profile)};
   // Galaxy's comparison: every node in one tensor-parallel group, where the
   // profile has the costs to split it.

@@ -64,7 +64,7 @@ nlohmann::json run(const testbed_bench_options& o) {
   profiler_options options;
   options.refresh = true;
   options.min_seconds = o.min_seconds;
-  auto profile = profile_cluster(t, options, progress_bar("profile"));
+  auto profile = profile_cluster(t, options, profile_bar("profile"));
 
   nlohmann::json nodes = nlohmann::json::array();
   double worst_share_error = 0;

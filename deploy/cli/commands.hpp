@@ -27,6 +27,9 @@ void add_testbed_command(CLI::App& app);
 /// `orrery generate`: on one device (--model) or over a topology (--topology).
 void add_generate_command(CLI::App& app);
 
+/// `orrery train`: train a model on a text file.
+void add_train_command(CLI::App& app);
+
 /// `orrery demo`: the quick start's main job.
 void add_demo_command(CLI::App& app);
 

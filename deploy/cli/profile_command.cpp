@@ -71,7 +71,7 @@ void add_profile_command(CLI::App& app) {
       ->check(at_least(1));
   cmd->callback([opts] {
     auto t = load_topology(opts->topology);
-    auto profile = profile_cluster(t, opts->profiler, progress_bar("profile"));
+    auto profile = profile_cluster(t, opts->profiler, profile_bar("profile"));
     std::string out = opts->out.empty() ? t.cluster + ".profile.json" : opts->out;
     planning::save_profile(profile, out);
     print_summary(profile, std::cout);

@@ -319,7 +319,7 @@ topology resolve_placement(const topology& t, int requests, int prompt_tokens, i
   work.batch = std::max(1, requests);
   work.prompt_tokens = std::max(1, prompt_tokens);
   work.output_tokens = std::max(1, new_tokens);
-  auto profile = obtain_profile(t, work, progress_bar("profile"));
+  auto profile = obtain_profile(t, work, profile_bar("profile"));
   auto plan = plan_automatic(t, profile);
   log << describe(plan) << std::endl;
   if (predicted) *predicted = plan.predicted;

@@ -1,11 +1,10 @@
 #include "deploy/profiling/profiler.hpp"
 
-#include <unistd.h>
-
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 
 #include <algorithm>
+#include <memory>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +17,7 @@
 
 #include "base/element_type.hpp"
 #include "deploy/cluster/cluster.hpp"
+#include "deploy/console/progress.hpp"
 #include "deploy/cluster/run_registry.hpp"
 #include "messages/types.hpp"
 #include "planning/galaxy.hpp"
@@ -324,16 +324,9 @@ void save_ring_step_floor(const topology& t, double seconds, const fs::path& cac
   write_cache(ring_step_floor_file(t, cache), {{"seconds", seconds}, {"cluster", t.cluster}});
 }
 
-profile_progress progress_bar(const std::string& title) {
-  const bool terminal = ::isatty(STDERR_FILENO) != 0;
-  return [title, terminal](int done, int total, const std::string& what) {
-    constexpr int width = 30;
-    int filled = total > 0 ? done * width / total : width;
-    std::string bar(filled, '#');
-    bar.resize(width, '.');
-    std::cerr << (terminal ? "\r\033[K" : "") << title << " [" << bar << "] " << done << "/" << total << "  " << what
-              << (terminal && done < total ? "" : "\n") << std::flush;
-  };
+profile_progress profile_bar(const std::string& title) {
+  auto bar = std::make_shared<progress_bar>(title);
+  return [bar](int done, int total, const std::string& what) { bar->show(done, total, what); };
 }
 
 }  // namespace orrery::deploy

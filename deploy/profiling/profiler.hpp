@@ -61,7 +61,7 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
 /// a floor measured at one link speed carries over to another.
 void save_ring_step_floor(const topology& t, double seconds, const std::filesystem::path& cache_dir = {});
 
-/// A progress bar on stderr (redrawn in place on a terminal, a line per step otherwise).
-profile_progress progress_bar(const std::string& title);
+/// Progress as a bar on stderr (deploy/console/progress.hpp).
+profile_progress profile_bar(const std::string& title);
 
 }  // namespace orrery::deploy

@@ -1,0 +1,284 @@
+#include "deploy/training/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+#include <vector>
+
+#include "compute/bounded_file.hpp"
+#include "compute/cpu_threads.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/model_error.hpp"
+#include "compute/shard.hpp"
+#include "compute/tokenizer.hpp"
+#include "compute/training/checkpoint.hpp"
+#include "compute/training/corpus.hpp"
+#include "compute/training/optimizer.hpp"
+#include "compute/training/pass.hpp"
+#include "deploy/console/progress.hpp"
+#include "deploy/training/loss_curve.hpp"
+
+namespace orrery::deploy {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void training_options::check() const {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(what);
+  };
+  need(steps > 0 || epochs > 0, "give --steps N or --epochs E (both are 0)");
+  need(steps >= 0, "--steps must be >= 0");
+  need(epochs >= 0 && std::isfinite(epochs), "--epochs must be a finite number >= 0");
+  need(batch >= 1, "--batch must be >= 1");
+  need(micro_batch >= 1 && batch % micro_batch == 0,
+       "--micro-batch (" + std::to_string(micro_batch) + ") must divide --batch (" + std::to_string(batch) + ")");
+  need(length >= 2, "--length must be >= 2");
+  need(learning_rate > 0 && std::isfinite(learning_rate), "--lr must be a positive number");
+  need(min_learning_rate >= 0 && min_learning_rate <= learning_rate, "--min-lr must be in [0, --lr]");
+  need(clip >= 0, "--clip must be >= 0 (0: no clipping)");
+  need(weight_decay >= 0, "--weight-decay must be >= 0");
+  need(validation_fraction > 0 && validation_fraction <= 0.5, "--validation-fraction must be in (0, 0.5]");
+  need(validation_sequences >= 1, "--validation-sequences must be >= 1");
+  need(eval_every >= 1, "--eval-every must be >= 1");
+  need(checkpoint_every >= 0, "--checkpoint-every must be >= 0");
+  need(threads >= 0, "--threads must be >= 0");
+}
+
+json to_json(const training_options& o) {
+  return {{"steps", o.steps},
+          {"epochs", o.epochs},
+          {"batch", o.batch},
+          {"micro_batch", o.micro_batch},
+          {"length", o.length},
+          {"learning_rate", o.learning_rate},
+          {"min_learning_rate", o.min_learning_rate},
+          {"warmup_steps", o.warmup_steps},
+          {"clip", o.clip},
+          {"weight_decay", o.weight_decay},
+          {"validation_fraction", o.validation_fraction},
+          {"seed", o.seed}};
+}
+
+namespace {
+
+// The flag each stored option comes from, for a resume that disagrees.
+const std::vector<std::pair<const char*, const char*>> option_flags = {
+    {"steps", "--steps"},
+    {"epochs", "--epochs"},
+    {"batch", "--batch"},
+    {"micro_batch", "--micro-batch"},
+    {"length", "--length"},
+    {"learning_rate", "--lr"},
+    {"min_learning_rate", "--min-lr"},
+    {"warmup_steps", "--warmup"},
+    {"clip", "--clip"},
+    {"weight_decay", "--weight-decay"},
+    {"validation_fraction", "--validation-fraction"},
+    {"seed", "--seed"}};
+
+struct run_log {
+  std::vector<json> steps;
+  std::vector<loss_point> training, validation;
+
+  void add(const json& entry) {
+    steps.push_back(entry);
+    training.push_back({entry["step"].get<std::int64_t>(), entry["loss"].get<double>()});
+    if (entry.contains("validation_loss"))
+      validation.push_back({entry["step"].get<std::int64_t>(), entry["validation_loss"].get<double>()});
+  }
+};
+
+std::int64_t total_steps(const training_options& o, const compute::corpus& data) {
+  if (o.steps > 0) return o.steps;
+  const double per_step = static_cast<double>(o.batch) * o.length;
+  return std::max<std::int64_t>(1, static_cast<std::int64_t>(
+                                       std::ceil(o.epochs * static_cast<double>(data.training_tokens()) / per_step)));
+}
+
+compute::learning_rate_schedule schedule_of(const training_options& o, std::int64_t total) {
+  compute::learning_rate_schedule s;
+  s.peak = o.learning_rate;
+  s.floor = o.min_learning_rate;
+  s.total_steps = total;
+  s.warmup_steps = o.warmup_steps >= 0 ? o.warmup_steps : std::min<std::int64_t>(100, total / 20);
+  return s;
+}
+
+double validation_loss(compute::shard& model, const compute::corpus& data, const training_options& o) {
+  const int n = std::min(o.validation_sequences, data.validation_sequences(o.length));
+  double sum = 0;
+  for (int first = 0; first < n; first += o.micro_batch) {
+    const int count = std::min(o.micro_batch, n - first);
+    auto b = data.validation_batch(first, count, o.length);
+    sum += compute::loss_sum(model, b.inputs, b.targets, b.sequences, b.length);
+  }
+  return sum / (static_cast<double>(n) * o.length);
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  if (!out) throw compute::model_error(path.string() + ": write failed");
+}
+
+// Replaces `out` with a checkpoint written beside it, so a run stopped at any
+// point leaves either the previous checkpoint or this one, whole.
+void write_checkpoint(const training_options& o, const compute::llama_config& config, const compute::shard& model,
+                      const compute::adamw& optimizer, const compute::corpus& data, std::int64_t next_step,
+                      std::int64_t total, const run_log& log) {
+  const fs::path partial = o.out.string() + ".partial", old = o.out.string() + ".old";
+  fs::remove_all(partial);
+  compute::write_trained_model(partial, config, {&model});
+  compute::save_optimizer(partial / compute::optimizer_file_name, optimizer);
+  json state = {{"options", to_json(o)},
+                {"next_step", next_step},
+                {"total_steps", total},
+                {"data", {{"path", fs::absolute(data.path()).string()}, {"content_hash", data.fingerprint()}}}};
+  write_text(partial / training_state_file, state.dump(2) + "\n");
+  std::string lines;
+  for (const auto& entry : log.steps) lines += entry.dump() + "\n";
+  write_text(partial / training_log_file, lines);
+  write_text(partial / loss_curve_file,
+             loss_curve_svg(log.training, log.validation,
+                            "orrery train: " + data.path().filename().string() + ", " + std::to_string(next_step) +
+                                " of " + std::to_string(total) + " steps"));
+  fs::remove_all(old);
+  if (fs::exists(o.out)) fs::rename(o.out, old);
+  fs::rename(partial, o.out);
+  fs::remove_all(old);
+}
+
+// The run a checkpoint in `o.out` belongs to must be this one: same text,
+// same options; returns its state.
+json resumable_state(const training_options& o, const compute::corpus& data) {
+  const auto path = o.out / training_state_file;
+  if (!fs::exists(path))
+    throw std::invalid_argument("--resume: " + o.out.string() + " holds no checkpoint (" + path.string() +
+                                " is missing)");
+  auto state = compute::read_json_object(path, compute::max_model_json_bytes);
+  const auto saved = state.value("options", json::object());
+  const auto now = to_json(o);
+  for (const auto& [key, flag] : option_flags)
+    if (saved.value(key, json()) != now[key])
+      throw std::invalid_argument(std::string("--resume: ") + flag + " is " + now[key].dump() + " here, but the run in " +
+                                  o.out.string() + " used " + saved.value(key, json()).dump());
+  const auto hash = state.value("data", json::object()).value("content_hash", json());
+  if (hash != json(data.fingerprint()))
+    throw std::invalid_argument("--resume: --data " + o.data.string() + " is not the text the run in " +
+                                o.out.string() + " trained on (its content differs)");
+  return state;
+}
+
+run_log read_log(const fs::path& path, std::int64_t next_step) {
+  run_log log;
+  std::ifstream in(path);
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    auto entry = json::parse(line, nullptr, false);
+    if (entry.is_discarded() || !entry.contains("step") || !entry.contains("loss"))
+      throw compute::model_error(path.string() + ":" + std::to_string(number) + ": not a step of the log");
+    if (entry["step"].get<std::int64_t>() < next_step) log.add(entry);
+  }
+  return log;
+}
+
+}  // namespace
+
+training_result train_locally(const training_options& o, std::ostream& figures) {
+  o.check();
+  if (!o.resume && fs::exists(o.out) && !fs::is_empty(o.out))
+    throw std::invalid_argument("--out " + o.out.string() +
+                                " is not empty: pass --resume to continue the run there, or choose another directory");
+  compute::set_gemm_threads(o.threads > 0 ? o.threads : compute::default_thread_count());
+  const fs::path start_model = o.resume ? o.out : o.model;
+  compute::model_dir dir(start_model);
+  const auto& config = dir.config();
+  auto tokens = compute::load_tokenizer(start_model);
+  auto data = compute::corpus::load(o.data, *tokens, o.validation_fraction, o.length);
+  if (o.length > config.max_position_embeddings)
+    throw std::invalid_argument("--length " + std::to_string(o.length) + " exceeds the model's context of " +
+                                std::to_string(config.max_position_embeddings) + " positions");
+  json state = o.resume ? resumable_state(o, data) : json::object();
+
+  compute::shard_options where;
+  where.device = compute::device_from_name(o.device);
+  where.dtype = at::kFloat;
+  compute::shard model(dir, 0, config.num_layers, where);
+  compute::adamw optimizer(compute::trainable_parameters(model),
+                           compute::adamw_options{0.9, 0.95, 1e-8, o.weight_decay});
+  const std::int64_t total = total_steps(o, data);
+  const auto schedule = schedule_of(o, total);
+  std::int64_t first = 0;
+  run_log log;
+  if (o.resume) {
+    first = state.value("next_step", std::int64_t{0});
+    if (first >= total)
+      throw std::invalid_argument("--resume: the run in " + o.out.string() + " has done all its " +
+                                  std::to_string(total) + " steps; raise --steps in a new run to train further");
+    compute::load_optimizer(o.out / compute::optimizer_file_name, optimizer);
+    log = read_log(o.out / training_log_file, first);
+  }
+  std::cerr << "training " << start_model.string() << " (" << config.parameter_count() / 1e6 << "M parameters) on "
+            << o.data.string() << ": " << data.training_tokens() << " tokens, " << data.validation_tokens()
+            << " held out; " << total << " steps of " << o.batch << " x " << o.length << " tokens"
+            << (first > 0 ? ", resuming at step " + std::to_string(first) : std::string()) << "\n";
+
+  progress_bar bar("train");
+  const double per_step_tokens = static_cast<double>(o.batch) * o.length;
+  const auto started = std::chrono::steady_clock::now();
+  double last_loss = NAN, last_validation = NAN;
+  for (std::int64_t step = first; step < total; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    double loss = 0;
+    for (int m = 0; m < o.batch; m += o.micro_batch) {
+      auto batch = data.training_batch(o.seed, step, m, o.micro_batch, o.length);
+      compute::training_pass pass(model, batch.inputs, batch.sequences, batch.length);
+      loss += pass.backward_from_loss(batch.targets, 1.0 / per_step_tokens);
+    }
+    loss /= per_step_tokens;
+    const double norm = std::sqrt(compute::squared_gradient_norm(optimizer.parameters()));
+    const double lr = schedule.at(step);
+    optimizer.step(lr, compute::clipping_scale(norm, o.clip));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    json entry = {{"step", step},           {"loss", loss},       {"learning_rate", lr},
+                  {"gradient_norm", norm},  {"tokens", static_cast<std::int64_t>(per_step_tokens)},
+                  {"seconds", seconds},     {"tokens_per_s", per_step_tokens / seconds}};
+    last_loss = loss;
+    const bool last = step + 1 == total;
+    if ((step + 1) % o.eval_every == 0 || last) {
+      last_validation = validation_loss(model, data, o);
+      entry["validation_loss"] = last_validation;
+    }
+    log.add(entry);
+    if (!o.quiet) {
+      char what[160];
+      std::snprintf(what, sizeof what, "loss %.3f  val %.3f  lr %.2e  %.0f tok/s", loss, last_validation, lr,
+                    per_step_tokens / seconds);
+      bar.show(step + 1, total, what, first);
+    }
+    if (last || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))
+      write_checkpoint(o, config, model, optimizer, data, step + 1, total, log);
+  }
+  training_result result;
+  result.first_step = first;
+  result.steps = total;
+  result.loss = last_loss;
+  result.validation_loss = last_validation;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  result.tokens_per_s = static_cast<double>(total - first) * per_step_tokens / std::max(result.seconds, 1e-9);
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "-- trained %lld steps (%lld in this run) in %.1f s | loss %.3f | validation %.3f | %.0f tokens/s | "
+                "model in %s, loss curve %s\n",
+                static_cast<long long>(total), static_cast<long long>(total - first), result.seconds, result.loss,
+                result.validation_loss, result.tokens_per_s, o.out.c_str(), (o.out / loss_curve_file).c_str());
+  figures << line;
+  return result;
+}
+
+}  // namespace orrery::deploy

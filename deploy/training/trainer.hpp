@@ -1,0 +1,70 @@
+#pragma once
+// `orrery train --model DIR`: next-token training of a Llama model on one
+// device. Each step reads `batch` sequences (compute/training/corpus.hpp),
+// in micro-batches whose gradients accumulate, clips the global gradient
+// norm, and takes one AdamW step on the warm-up + cosine schedule. Every
+// `eval_every` steps it measures the held-out loss; every
+// `checkpoint_every` steps, and at the end, it replaces `out` with a
+// checkpoint: the model in HF layout, the optimizer's moments, the run's
+// options and position, the JSON log of every step and the loss curve as an
+// SVG. `resume` continues a run from its checkpoint; since a step's
+// sequences depend only on (seed, step), a run stopped and resumed ends
+// bitwise where the same run without the stop does.
+
+#include <cstdint>
+#include <filesystem>
+#include <iosfwd>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace orrery::deploy {
+
+struct training_options {
+  std::filesystem::path model;  ///< where training starts (ignored when resuming)
+  std::filesystem::path data;   ///< a text file
+  std::filesystem::path out;    ///< the checkpoint directory, and the result
+  std::int64_t steps = 0;       ///< 0: from `epochs`
+  double epochs = 0;            ///< passes over the training tokens, when steps is 0
+  int batch = 16;               ///< sequences per step
+  int micro_batch = 4;          ///< sequences per forward/backward; divides batch
+  int length = 128;             ///< tokens per sequence
+  double learning_rate = 1e-3;
+  double min_learning_rate = 1e-4;
+  std::int64_t warmup_steps = -1;  ///< -1: 5% of the steps, at most 100
+  double clip = 1.0;               ///< max global gradient norm; 0: none
+  double weight_decay = 0.1;
+  double validation_fraction = 0.05;
+  int validation_sequences = 64;  ///< at most this many held-out sequences per evaluation
+  std::int64_t eval_every = 50;
+  std::int64_t checkpoint_every = 200;  ///< 0: only at the end
+  std::uint64_t seed = 0;
+  bool resume = false;
+  std::string device = "cpu";
+  int threads = 0;  ///< 0: every core
+  bool quiet = false;  ///< no progress bar
+
+  /// Throws std::invalid_argument naming the flag when an option is out of range.
+  void check() const;
+};
+
+struct training_result {
+  std::int64_t steps = 0;       ///< the run's last step + 1
+  std::int64_t first_step = 0;  ///< where this invocation began (past 0 when resumed)
+  double loss = 0;              ///< the last step's training loss
+  double validation_loss = 0;   ///< at the end
+  double tokens_per_s = 0;      ///< this invocation's training tokens per second
+  double seconds = 0;
+};
+
+/// Trains as above; progress on stderr, one summary line on `figures`.
+training_result train_locally(const training_options& options, std::ostream& figures);
+
+/// The options as a checkpoint stores them (those that decide the result).
+nlohmann::json to_json(const training_options& options);
+
+inline constexpr const char* training_state_file = "training.json";
+inline constexpr const char* training_log_file = "train_log.jsonl";
+inline constexpr const char* loss_curve_file = "loss.svg";
+
+}  // namespace orrery::deploy
