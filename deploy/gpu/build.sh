@@ -8,7 +8,12 @@
 #     check  deploy/gpu/hf_reference.py check: logits and greedy tokens vs HF
 #     bench  orrery bench compute --device cuda:0 on llama2-7b in bf16, beside
 #            HF transformers' generate and the bandwidth bound
-# Logs and JSON go to ${OUT:-build-gpu}: ctest.log, hf_check.json, bench_compute.json.
+#   and, when named:
+#     train  hf_reference.py train-check (orrery train's steps vs PyTorch + HF on
+#            the CPU and the GPU) and train-bench (tokens/s beside a PyTorch
+#            loop, `small`); needs data/kjv.txt carried
+# Logs and JSON go to ${OUT:-build-gpu}: ctest.log, hf_check.json, bench_compute.json,
+# train_check.json, train_bench.json.
 set -euo pipefail
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(build test check bench)
@@ -56,6 +61,14 @@ for step in "${steps[@]}"; do
       "$orrery" bench compute --model "$work/llama2-7b" --device cuda:0 --dtype bf16 --prompt-tokens 128 \
         --new-tokens 128 --repeats 3 --hf-script "$root/deploy/gpu/hf_reference.py" > "$log_dir/bench_compute.json"
       cat "$log_dir/bench_compute.json" ;;
-    *) echo "build: unknown step '$step' (known: build test check bench)" >&2; exit 2 ;;
+    train)
+      corpus="$root/data/kjv.txt"
+      [[ -s "$corpus" ]] || { echo "build: $corpus is missing: carry data (setup.sh writes it)" >&2; exit 1; }
+      python3 "$root/deploy/gpu/hf_reference.py" train-check --orrery "$orrery" --work "$work/train" --data "$corpus" \
+        --devices cpu cuda:0 --presets tiny small > "$log_dir/train_check.json"
+      python3 "$root/deploy/gpu/hf_reference.py" train-bench --orrery "$orrery" --work "$work/train" --data "$corpus" \
+        --presets small --batch 8 --micro-batch 8 --length 256 --steps 10 > "$log_dir/train_bench.json"
+      cat "$log_dir/train_check.json" "$log_dir/train_bench.json" ;;
+    *) echo "build: unknown step '$step' (known: build test check bench train)" >&2; exit 2 ;;
   esac
 done

@@ -156,9 +156,6 @@ void write_checkpoint(const training_options& o, const compute::llama_config& co
 // same options; returns its state.
 json resumable_state(const training_options& o, const compute::corpus& data) {
   const auto path = o.out / training_state_file;
-  if (!fs::exists(path))
-    throw std::invalid_argument("--resume: " + o.out.string() + " holds no checkpoint (" + path.string() +
-                                " is missing)");
   auto state = compute::read_json_object(path, compute::max_model_json_bytes);
   const auto saved = state.value("options", json::object());
   const auto now = to_json(o);
@@ -194,6 +191,9 @@ training_result train_locally(const training_options& o, std::ostream& figures) 
   if (!o.resume && fs::exists(o.out) && !fs::is_empty(o.out))
     throw std::invalid_argument("--out " + o.out.string() +
                                 " is not empty: pass --resume to continue the run there, or choose another directory");
+  if (o.resume && !fs::exists(o.out / training_state_file))
+    throw std::invalid_argument("--resume: " + o.out.string() + " holds no checkpoint (" +
+                                (o.out / training_state_file).string() + " is missing)");
   compute::set_gemm_threads(o.threads > 0 ? o.threads : compute::default_thread_count());
   const fs::path start_model = o.resume ? o.out : o.model;
   compute::model_dir dir(start_model);
