@@ -2,13 +2,14 @@
 // A fresh directory under the system temp dir, removed with everything in it
 // when the test ends.
 
-#include <ftw.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <string>
+
+#include "base/remove_tree.hpp"
 
 namespace orrery::test {
 
@@ -18,10 +19,10 @@ class temp_dir {
     static std::atomic<int> counter{0};
     path_ = std::filesystem::temp_directory_path() /
             ("orrery-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    remove_tree(path_);
+    orrery::remove_tree(path_);
     std::filesystem::create_directories(path_);
   }
-  ~temp_dir() { remove_tree(path_); }
+  ~temp_dir() { orrery::remove_tree(path_); }
   temp_dir(const temp_dir&) = delete;
   temp_dir& operator=(const temp_dir&) = delete;
 
@@ -29,16 +30,6 @@ class temp_dir {
   std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
 
  private:
-  // Not std::filesystem::remove_all: PyTorch's CUDA wheels export their own
-  // copy of it from libtorch.so, which the dynamic linker binds first and
-  // which crashes (a null call) on the GPU machines. Depth first, links not
-  // followed.
-  static void remove_tree(const std::filesystem::path& root) {
-    ::nftw(
-        root.c_str(), [](const char* path, const struct stat*, int, struct FTW*) { return std::remove(path); }, 16,
-        FTW_DEPTH | FTW_PHYS);
-  }
-
   std::filesystem::path path_;
 };
 

@@ -1,6 +1,7 @@
-// `orrery demo`: the quick start's main job. Creates the `tiny` model if it is
-// absent, starts the bundled 4-node loopback topology as child processes,
-// generates over the pipeline, prints per-stage times and shuts it all down.
+// `orrery demo`: the quick start's main job. Starts the bundled 4-node
+// loopback topology as child processes, generates over the pipeline with the
+// model orrery trained on the King James Bible (deploy/models/kjv-tiny),
+// prints per-stage times and shuts it all down.
 
 #include <unistd.h>
 
@@ -8,11 +9,12 @@
 #include <iostream>
 #include <memory>
 
+#include "compute/bounded_file.hpp"
 #include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
-#include "deploy/cli/local_model.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/cluster/local_cluster.hpp"
+#include "deploy/training/trainer.hpp"
 
 namespace orrery::deploy {
 
@@ -20,13 +22,23 @@ namespace {
 
 struct demo_options {
   std::string topology = ORRERY_SOURCE_DIR "/deploy/topologies/demo4.yaml";
-  std::string model = ORRERY_SOURCE_DIR "/models/tiny";
-  std::string prompt = "The orrery turns: ";
-  int max_tokens = 48;
+  std::string prompt = "And God said";
+  int max_tokens = 120;
 };
 
+// What the model is, for the line before its text: where `orrery train` left
+// a record beside it, how long and on what it was trained.
+std::string model_origin(const std::filesystem::path& model) {
+  const auto state = model / training_state_file;
+  if (!std::filesystem::exists(state)) return "the model in " + model.string();
+  auto j = compute::read_json_object(state, compute::max_model_json_bytes);
+  const auto data = std::filesystem::path(j.value("data", nlohmann::json::object()).value("path", std::string("?")));
+  return "'" + model.filename().string() + "', trained by `orrery train` for " +
+         std::to_string(j.value("next_step", 0)) + " steps on " + data.filename().string() + " (" +
+         (model / "README.md").string() + ")";
+}
+
 void run_demo(const demo_options& o) {
-  ensure_model(o.model, "tiny", 0);
   auto t = load_topology(o.topology);
   std::cout << "orrery demo: the '" << t.cluster << "' topology, " << t.nodes.size()
             << " node processes on this machine, one pipeline stage each\n"
@@ -34,8 +46,8 @@ void run_demo(const demo_options& o) {
   auto logs = std::filesystem::temp_directory_path() / ("orrery-demo-" + std::to_string(::getpid()));
   local_cluster cluster(t, logs);
   cluster.wait_ready(t.connect_timeout * 4);
-  std::cout << "nodes up (logs in " << logs.string() << "); greedy generation with the random-initialised '"
-            << t.model.filename().string() << "' model (arbitrary bytes, shown escaped):\n\n";
+  std::cout << "nodes up (logs in " << logs.string() << "); greedy generation with " << model_origin(t.model)
+            << ":\n\n";
   {
     pipeline_client client(t);
     generate_request request;
@@ -52,10 +64,8 @@ void run_demo(const demo_options& o) {
 
 void add_demo_command(CLI::App& app) {
   auto opts = std::make_shared<demo_options>();
-  auto* cmd = app.add_subcommand("demo", "Run the tiny model over a 4-node loopback pipeline (creating it if absent)");
+  auto* cmd = app.add_subcommand("demo", "Generate with a model orrery trained on the King James Bible over a 4-node loopback pipeline");
   cmd->add_option("--topology", opts->topology, "Topology to run")->capture_default_str()->check(CLI::ExistingFile);
-  cmd->add_option("--model", opts->model, "Where the tiny model is created if absent (the topology must name it)")
-      ->capture_default_str();
   cmd->add_option("--prompt", opts->prompt, "Prompt text")->capture_default_str();
   cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str()->check(at_least(1));
   cmd->callback([opts] { run_demo(*opts); });

@@ -150,10 +150,4 @@ void create_model(const std::filesystem::path& dir, const compute::llama_config&
   compute::init_model(dir, config, options);
 }
 
-void ensure_model(const std::filesystem::path& dir, const std::string& preset, std::uint64_t seed) {
-  if (std::filesystem::exists(dir / "config.json")) return;
-  std::cerr << "creating the '" << preset << "' model in " << dir.string() << " (seed " << seed << ")\n";
-  create_model(dir, compute::llama_config::preset(preset), seed, 0);
-}
-
 }  // namespace orrery::deploy

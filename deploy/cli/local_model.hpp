@@ -1,6 +1,6 @@
 #pragma once
-// A model on this machine alone, shared by `orrery model init`, `orrery
-// generate --model` and `orrery demo`: create one with progress shown, load
+// A model on this machine alone, shared by `orrery model init` and `orrery
+// generate --model`: create one with progress shown, load
 // it whole as one shard, stream generated tokens, print the timings.
 
 #include <filesystem>
@@ -57,8 +57,5 @@ nlohmann::json score_locally(const std::filesystem::path& model, const local_dev
 /// Writes a random-initialised model into `dir`, showing progress on stderr.
 void create_model(const std::filesystem::path& dir, const compute::llama_config& config, std::uint64_t seed,
                   std::uint64_t max_file_bytes);
-
-/// Creates the model `preset` in `dir` unless a model is there already.
-void ensure_model(const std::filesystem::path& dir, const std::string& preset, std::uint64_t seed);
 
 }  // namespace orrery::deploy

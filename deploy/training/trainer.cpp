@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "base/remove_tree.hpp"
 #include "compute/bounded_file.hpp"
 #include "compute/cpu_threads.hpp"
 #include "compute/model_dir.hpp"
@@ -131,7 +132,7 @@ void write_checkpoint(const training_options& o, const compute::llama_config& co
                       const compute::adamw& optimizer, const compute::corpus& data, std::int64_t next_step,
                       std::int64_t total, const run_log& log) {
   const fs::path partial = o.out.string() + ".partial", old = o.out.string() + ".old";
-  fs::remove_all(partial);
+  remove_tree(partial);
   compute::write_trained_model(partial, config, {&model});
   compute::save_optimizer(partial / compute::optimizer_file_name, optimizer);
   json state = {{"options", to_json(o)},
@@ -146,10 +147,10 @@ void write_checkpoint(const training_options& o, const compute::llama_config& co
              loss_curve_svg(log.training, log.validation,
                             "orrery train: " + data.path().filename().string() + ", " + std::to_string(next_step) +
                                 " of " + std::to_string(total) + " steps"));
-  fs::remove_all(old);
+  remove_tree(old);
   if (fs::exists(o.out)) fs::rename(o.out, old);
   fs::rename(partial, o.out);
-  fs::remove_all(old);
+  remove_tree(old);
 }
 
 // The run a checkpoint in `o.out` belongs to must be this one: same text,

@@ -2,6 +2,8 @@
 // optimizer, the sequences a step reads and checkpoints.
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -111,7 +113,7 @@ TEST_CASE("backward computes the loss's gradient: a directional derivative match
     predicted += (p.tensor.grad() * direction.back()).sum().item<double>();
   }
   auto loss_at = [&](double step) {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].tensor.add_(direction[i], step);
     double l = loss_sum(whole, batch.inputs, batch.targets, batch.sequences, batch.length);
     for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].tensor.sub_(direction[i], step);
@@ -220,7 +222,7 @@ TEST_CASE("a trained model written as a checkpoint loads as an HF model director
     model_dir model(tiny_model(dir, tied));
     shard a(model, 0, 2), b(model, 2, 4);
     {  // change the weights, as training does
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       for (auto* s : {&a, &b})
         for (auto& p : trainable_parameters(*s)) p.tensor.mul_(1.01);
     }
@@ -229,7 +231,7 @@ TEST_CASE("a trained model written as a checkpoint loads as an HF model director
     shard whole(written, 0, 4);
     auto ids = at::arange(20, at::kLong);
     auto ca = a.new_cache(20), cb = b.new_cache(20), cw = whole.new_cache(20);
-    at::InferenceMode inference;
+    c10::InferenceMode inference;
     auto expected = b.forward(a.forward(ids, {{&ca, 20}}), {{&cb, 20}}, logits_rows::all);
     CHECK(at::equal(whole.forward(ids, {{&cw, 20}}, logits_rows::all), expected));
     CHECK_THROWS_WITH_AS(write_trained_model(dir / "gap", model.config(), {&b}),

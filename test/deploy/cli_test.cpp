@@ -331,12 +331,19 @@ TEST_CASE("--help answers for every command") {
   }
 }
 
-TEST_CASE("demo runs the bundled 4-node topology and shuts it down") {
+TEST_CASE("demo runs the bundled 4-node topology, speaks as the shipped model does on one device, and shuts it down") {
   temp_dir dir;
-  auto r = run_orrery({"demo", "--max-tokens", "6"}, dir.path());
+  auto r = run_orrery({"demo", "--max-tokens", "60"}, dir.path());
   REQUIRE(r.exit_code == 0);
   CHECK(contains(r.out, "4 node processes"));
-  CHECK(contains(r.err, "-- 6 tokens"));  // figures on stderr, as generate's
+  CHECK(contains(r.out, "trained by `orrery train` for 1000 steps on kjv.txt"));
+  CHECK(contains(r.err, "-- 60 tokens"));  // figures on stderr, as generate's
+  // The same greedy text as the model on one device: English of the King James Bible.
+  const std::string model = std::string(std::getenv("ORRERY_SOURCE_DIR")) + "/deploy/models/kjv-tiny";
+  auto single = run_orrery({"generate", "--model", model, "--prompt", "And God said", "--max-tokens", "60"}, dir.path());
+  REQUIRE(single.exit_code == 0);
+  CHECK(contains(r.out, single.out));
+  CHECK(contains(single.out, " LORD "));
   CHECK(contains(r.err, "stage 3 on d"));
   CHECK(contains(r.out, "stopped all 4 nodes"));
 }

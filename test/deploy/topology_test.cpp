@@ -433,9 +433,11 @@ TEST_CASE("describe_placement lists every node with its address, device, layers 
 
 TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
   // The repository's layout in a temp dir: the topology under
-  // deploy/topologies/ names ../../models/tiny, whose 4 layers go one per node.
+  // deploy/topologies/ names ../models/kjv-tiny (the shipped model, of the
+  // tiny shape), whose 4 layers go one per node.
   temp_dir repo;
-  orrery::compute::init_model(repo / "models" / "tiny", orrery::compute::llama_config::preset("tiny"), {0, 0, {}});
+  orrery::compute::init_model(repo / "deploy" / "models" / "kjv-tiny", orrery::compute::llama_config::preset("tiny"),
+                              {0, 0, {}});
   std::ifstream in(source_dir() / "deploy" / "topologies" / "demo4.yaml");
   REQUIRE(in);
   std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -443,7 +445,7 @@ TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
 
   auto t = orrery::deploy::load_topology(repo / "deploy" / "topologies" / "demo4.yaml");
   CHECK(t.cluster == "demo4");
-  CHECK(t.model == repo / "models" / "tiny");
+  CHECK(t.model == repo / "deploy" / "models" / "kjv-tiny");
   REQUIRE(t.nodes.size() == 4);
   CHECK(ranges(t) == std::vector<std::pair<int, int>>{{0, 1}, {1, 2}, {2, 3}, {3, 4}});
   for (int i = 0; i < 4; ++i) {
@@ -458,6 +460,7 @@ TEST_CASE("the bundled demo4.yaml parses over a freshly initialised model") {
 TEST_CASE("every bundled topology parses wherever the working directory is, its model beside the repository's") {
   temp_dir repo, elsewhere;
   for (const char* preset : {"tiny", "small"}) write_model_config_of(repo / "models" / preset, preset);
+  write_model_config_of(repo / "deploy" / "models" / "kjv-tiny", "tiny");  // the shipped model demo4.yaml names
   fs::create_directories(repo / "deploy" / "topologies");
   {
     // Back where it was even when a load throws.
@@ -470,7 +473,7 @@ TEST_CASE("every bundled topology parses wherever the working directory is, its 
       CAPTURE(name);
       fs::copy_file(source_dir() / "deploy" / "topologies" / name, repo / "deploy" / "topologies" / name);
       auto t = orrery::deploy::load_topology(repo / "deploy" / "topologies" / name);
-      CHECK(t.model.parent_path() == repo / "models");
+      CHECK(t.model.parent_path() == (std::string(name) == "demo4.yaml" ? repo / "deploy" / "models" : repo / "models"));
     }
   }
   auto cluster = orrery::deploy::load_topology(repo / "deploy" / "topologies" / "cluster.yaml");
