@@ -58,8 +58,8 @@ token_positions token_positions::consecutive(int first, int tokens, const rotary
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const token_positions& positions) {
-  const auto half = x.size(2) / 2;
-  auto rotated = at::cat({-x.narrow(2, half, half), x.narrow(2, 0, half)}, -1);
+  const auto half = x.size(-1) / 2;
+  auto rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * positions.cos + rotated * positions.sin;
 }
 
@@ -93,6 +93,36 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tens
   auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   auto out = at::bmm(probs, v);  // [kv_heads, group * tokens, d]
   return out.view({kv_heads, group, tokens, head_dim}).permute({2, 0, 1, 3}).reshape({tokens, heads * head_dim});
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const token_positions& positions) {
+  const auto batch = q.size(0), tokens = q.size(1), heads = q.size(2), head_dim = q.size(3), kv_heads = k.size(2);
+  const std::int64_t group = heads / kv_heads;
+#ifdef ORRERY_WITH_CUDA
+  if (q.is_cuda()) {
+    // is_causal rather than a mask: the fused kernels then take it, backward too.
+    auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), std::nullopt,
+                                                0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/group > 1);
+    return out.transpose(1, 2).reshape({batch * tokens, heads * head_dim});
+  }
+#endif
+  // As attention(): each kv head multiplies its group's queries in one
+  // product, here for every sequence of the batch at once.
+  auto grouped = q.reshape({batch, tokens, kv_heads, group, head_dim})
+                     .permute({0, 2, 3, 1, 4})
+                     .reshape({batch * kv_heads, group * tokens, head_dim});
+  auto keys = k.permute({0, 2, 1, 3}).reshape({batch * kv_heads, tokens, head_dim});
+  auto values = v.permute({0, 2, 1, 3}).reshape({batch * kv_heads, tokens, head_dim});
+  auto scores = at::bmm(grouped, keys.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  scores = scores.view({batch * kv_heads, group, tokens, tokens})
+               .masked_fill(positions.future, -std::numeric_limits<float>::infinity())
+               .view({batch * kv_heads, group * tokens, tokens});
+  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  auto out = at::bmm(probs, values);  // [batch * kv_heads, group * tokens, d]
+  return out.view({batch, kv_heads, group, tokens, head_dim})
+      .permute({0, 3, 1, 2, 4})
+      .reshape({batch * tokens, heads * head_dim});
 }
 
 }  // namespace orrery::compute::llama_ops

@@ -55,7 +55,8 @@ struct token_positions {
   static token_positions consecutive(int first, int tokens, const rotary_table& table);
 };
 
-/// Rotates x [tokens, heads, head_dim] by its tokens' positions.
+/// Rotates x [tokens, heads, head_dim] (or [sequences, tokens, heads,
+/// head_dim], every sequence at the same positions) by its tokens' positions.
 at::Tensor apply_rotary(const at::Tensor& x, const token_positions& positions);
 
 /// Writes the new tokens' keys or values [tokens, kv_heads, head_dim] into
@@ -70,6 +71,15 @@ void store_at_positions(const at::Tensor& cache, const at::Tensor& rows, const a
 /// products and softmax, in float32 as HF's eager attention.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                      const token_positions& positions);
+
+/// Causal attention of `sequences` sequences of the same length, each from
+/// position 0 and attending only to itself: q [sequences, tokens, heads,
+/// head_dim], k and v [sequences, tokens, kv_heads, head_dim], `positions`
+/// those of one of them. Returns [sequences * tokens, heads * head_dim], the
+/// rows of attention() called per sequence, in one batched product (a
+/// training pass: one call where attention() takes one per sequence).
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const token_positions& positions);
 
 }  // namespace llama_ops
 }  // namespace orrery::compute

@@ -6,6 +6,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -103,6 +104,14 @@ at::Tensor summed(const layer_context& context, int layer, collective_point poin
 
 void tap(const layer_context& context, int layer, layer_point point, const at::Tensor& hidden) {
   for (const auto& read : context.taps) read(layer, point, hidden);
+}
+
+// Whether every sequence of the batch starts at position 0 with the same
+// number of tokens (the sequences of a training pass).
+bool fresh_and_equal(const std::vector<sequence_step>& batch) {
+  return std::all_of(batch.begin(), batch.end(), [&](const sequence_step& s) {
+    return s.cache->length() == 0 && s.tokens == batch.front().tokens;
+  });
 }
 
 // The key (or value) rows a grad-mode attention reads, [kv_heads, window,
@@ -324,6 +333,22 @@ partial_sum shard::attention_part(int index, const at::Tensor& normed, const std
     return at::cat(runs, 1);
   };
   auto qkv = llama_ops::linear(normed, w.qkv, options_.pool.get());  // [tokens, (heads + 2 kv_heads) * d]
+  if (grad && fresh_and_equal(batch) && !cuts_kv_group(config_, slice_)) {
+    // A training pass: sequences of one length, each from position 0, in
+    // one batched attention rather than one per sequence.
+    const auto sequences = static_cast<std::int64_t>(batch.size()), n = static_cast<std::int64_t>(batch.front().tokens);
+    const auto& where = positions.front();
+    auto rows = qkv.view({sequences, n, heads + 2 * kv_heads, d});
+    auto qk = llama_ops::apply_rotary(rows.narrow(2, 0, heads + kv_heads), where);
+    auto q = qk.narrow(2, 0, heads), k = qk.narrow(2, heads, kv_heads);
+    auto v = rows.narrow(2, heads + kv_heads, kv_heads);
+    for (std::int64_t i = 0; i < sequences; ++i) {  // values only, as below
+      const auto& cache = *batch[static_cast<std::size_t>(i)].cache;
+      llama_ops::store_at_positions(cache.keys(index), k[i].detach(), where.index);
+      llama_ops::store_at_positions(cache.values(index), v[i].detach(), where.index);
+    }
+    return projected(llama_ops::causal_attention(q, k, v, where), w.o);
+  }
   std::vector<at::Tensor> attended;
   std::int64_t row = 0;
   for (std::size_t i = 0; i < batch.size(); ++i) {

@@ -93,6 +93,21 @@ TEST_CASE("a corpus too small for one sequence, or not a file, is refused naming
   CHECK_THROWS_WITH_AS(corpus::load(english, tok, 0.7, 32), doctest::Contains("validation fraction"), model_error);
 }
 
+TEST_CASE("a training pass (one batched attention for all its sequences) computes the logits inference does") {
+  temp_dir dir;
+  model_dir model(tiny_model(dir));
+  byte_tokenizer tok;
+  auto batch = corpus::load(english, tok, 0.1, 24).training_batch(4, 1, 0, 3, 24);
+  shard whole(model, 0, model.config().num_layers);
+  trainable_parameters(whole);
+  training_pass pass(whole, batch.inputs, batch.sequences, batch.length);
+  std::vector<kv_cache> caches;
+  for (int i = 0; i < 3; ++i) caches.push_back(whole.new_cache(24));
+  c10::InferenceMode inference;
+  auto expected = whole.forward(batch.inputs, {{&caches[0], 24}, {&caches[1], 24}, {&caches[2], 24}}, logits_rows::all);
+  CHECK(relative_error(pass.output(), expected) < 1e-6);
+}
+
 TEST_CASE("backward computes the loss's gradient: a directional derivative matches finite differences") {
   temp_dir dir;
   model_dir model(tiny_model(dir));

@@ -242,7 +242,7 @@ TEST_CASE("a numeric flag out of range is named with its value and the range it 
 
 TEST_CASE("an unknown or missing command is named, with the commands there are") {
   temp_dir dir;
-  const std::string top = "demo, model, node, up, chaos, testbed, generate, profile, plan, bench";
+  const std::string top = "demo, model, node, up, chaos, testbed, generate, train, profile, plan, bench";
   check_one_line_errors(dir, {
            {{"frobnicate"}, "unknown command 'frobnicate' (commands: " + top + ")"},
            {{"frobnicate", "--x"}, "unknown command 'frobnicate' (commands: " + top + ")"},
@@ -324,7 +324,7 @@ TEST_CASE("the README's tour names files that exist, and testbed4.yaml says how 
 TEST_CASE("--help answers for every command") {
   temp_dir dir;
   for (auto args : std::vector<std::vector<std::string>>{
-           {"--help"}, {"model", "init", "--help"}, {"generate", "--help"}, {"bench", "compute", "--help"}, {"demo", "--help"}}) {
+           {"--help"}, {"model", "init", "--help"}, {"generate", "--help"}, {"bench", "compute", "--help"}, {"demo", "--help"}, {"train", "--help"}}) {
     auto r = run_orrery(args, dir.path());
     CHECK(r.exit_code == 0);
     CHECK(contains(r.out, "Usage"));
