@@ -42,6 +42,24 @@ using stage_actor = caf::typed_actor<
     caf::reacts_to<end_request_atom, std::uint64_t>,
     caf::replies_to<stats_atom>::with<stage_stats>>;
 
+/// A training stage (actors/training_stage.hpp): one shard of a training
+/// session on a node, holding its micro-batches' passes until their backward.
+using training_stage_actor = caf::typed_actor<
+    caf::replies_to<load_stage_atom, stage_assignment>::with<stage_ready>,
+    // (deployment, links): wire the stage to its neighbours and its client.
+    caf::replies_to<connect_next_atom, std::uint64_t, training_links>::with<void>,
+    // A micro-batch's forward (training or evaluation) or its gradient.
+    caf::reacts_to<tensor_frame>,
+    // The sum of squares of its gradients (a tied embedding's parts added
+    // first, and counted at the first stage only).
+    caf::replies_to<gradient_norm_atom>::with<double>,
+    // (learning rate, gradient scale): one AdamW update -> the updates so far.
+    caf::replies_to<optimizer_step_atom, double, double>::with<std::int64_t>,
+    // (directory, part k, of n): write its weights and optimizer moments there.
+    caf::replies_to<save_atom, std::string, std::int32_t, std::int32_t>::with<checkpoint_part>,
+    // (directory): restore its moments from the optimizer files there.
+    caf::replies_to<restore_atom, std::string>::with<std::int64_t>>;
+
 /// A node (actors/node.hpp): one per process, published on its control port.
 using node_actor = caf::typed_actor<
     // Resources, outside any session.

@@ -11,6 +11,7 @@
 #include "actors/shard_cache.hpp"
 #include "actors/stage.hpp"
 #include "actors/tensor_frame.hpp"
+#include "actors/training_stage.hpp"
 #include "messages/errors.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/log.hpp"
@@ -36,7 +37,10 @@ std::uint64_t fresh_incarnation() {
 /// fence from one session's supervisor never drops another session's stages.
 struct session_state {
   std::uint64_t incarnation = fresh_incarnation();
-  std::map<std::uint16_t, stage_actor> stages;
+  /// Inference stages (stage_actor) or, for a training session, training
+  /// stages (training_stage_actor); both load on load_stage_atom.
+  std::map<std::uint16_t, caf::actor> stages;
+  bool training = false;
   /// The newest deployment the driver has assigned stages for: a group
   /// member waiting on its ring for an older one gives up at once.
   std::shared_ptr<std::atomic<std::uint64_t>> deployment = std::make_shared<std::atomic<std::uint64_t>>(0);
@@ -153,16 +157,24 @@ caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
     if (auto driver = caf::actor_cast<caf::actor>(session.driver)) self->monitor(driver);
   }
   session.deployment->store(std::max(session.deployment->load(), assignment.deployment));
+  const bool training = assignment.training.enabled;
+  if (!session.stages.empty() && session.training != training)
+    return make_error(errc::invalid_request, std::string("session ") + std::to_string(assignment.session) + " " +
+                                                 (session.training ? "trains" : "serves") + " on node '" + s.config.name +
+                                                 "'; it cannot also " + (training ? "train" : "serve"));
+  session.training = training;
   auto& slot = session.stages[assignment.stage];
   if (!slot) {
     const auto& c = s.config;
-    slot = spawn_stage(self->system(),
-                       {c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights, s.routes,
-                        session.deployment});
+    const stage_context context{c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights,
+                                s.routes, session.deployment};
+    slot = training ? caf::actor_cast<caf::actor>(spawn_training_stage(self->system(), context))
+                    : caf::actor_cast<caf::actor>(spawn_stage(self->system(), context));
     self->link_to(slot);  // a stage lives and dies with its node
     s.routes->add(router::handler_kind::stage, assignment.session, assignment.stage, slot.address());
   }
-  return self->delegate(slot, load_stage_atom_v, std::move(assignment));
+  // Both kinds of stage answer load_stage_atom alike.
+  return self->delegate(caf::actor_cast<stage_actor>(slot), load_stage_atom_v, std::move(assignment));
 }
 
 node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::shared_ptr<router> routes, std::shared_ptr<messages::data_plane> plane) {

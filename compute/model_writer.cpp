@@ -13,12 +13,6 @@ namespace orrery::compute {
 
 namespace {
 
-std::string part_name(std::size_t k, std::size_t n) {
-  char name[64];
-  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k, n);
-  return name;
-}
-
 // Consecutive tensors grouped into files of at most max_bytes (a tensor
 // larger than that gets a file of its own).
 std::vector<std::vector<tensor_source>> split_into_files(std::vector<tensor_source> tensors,
@@ -36,11 +30,8 @@ std::vector<std::vector<tensor_source>> split_into_files(std::vector<tensor_sour
   return files;
 }
 
-void write_index(const std::filesystem::path& dir, const std::vector<std::vector<tensor_source>>& files,
+void write_index(const std::filesystem::path& dir, const std::map<std::string, std::string>& weight_map,
                  std::uint64_t total_bytes) {
-  nlohmann::json weight_map = nlohmann::json::object();
-  for (std::size_t k = 0; k < files.size(); ++k)
-    for (const auto& t : files[k]) weight_map[t.name] = part_name(k + 1, files.size());
   nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
   std::ofstream out(dir / "model.safetensors.index.json", std::ios::trunc);
   out << index.dump(2) << "\n";
@@ -48,6 +39,19 @@ void write_index(const std::filesystem::path& dir, const std::vector<std::vector
 }
 
 }  // namespace
+
+std::string model_part_name(std::size_t k, std::size_t n) {
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k, n);
+  return name;
+}
+
+void finish_model_dir(const std::filesystem::path& dir, const llama_config& config,
+                      const std::map<std::string, std::string>& weight_map, std::uint64_t total_bytes) {
+  if (!weight_map.empty()) write_index(dir, weight_map, total_bytes);
+  save_byte_tokenizer(dir);
+  config.save(dir / "config.json");  // last: its presence marks a complete model
+}
 
 void write_model_dir(const std::filesystem::path& dir, const llama_config& config, std::vector<tensor_source> tensors,
                      const model_write_options& options) {
@@ -63,7 +67,7 @@ void write_model_dir(const std::filesystem::path& dir, const llama_config& confi
   std::uint64_t written = 0;
   const std::map<std::string, std::string> metadata{{"format", "pt"}};
   for (std::size_t k = 0; k < files.size(); ++k) {
-    auto name = files.size() == 1 ? std::string("model.safetensors") : part_name(k + 1, files.size());
+    auto name = files.size() == 1 ? std::string("model.safetensors") : model_part_name(k + 1, files.size());
     for (auto& t : files[k]) {
       auto fill = t.fill;
       t.fill = [&, fill, bytes = t.nbytes()](std::byte* out) {
@@ -74,9 +78,11 @@ void write_model_dir(const std::filesystem::path& dir, const llama_config& confi
     }
     write_safetensors(dir / name, files[k], metadata);
   }
-  if (files.size() > 1) write_index(dir, files, total);
-  save_byte_tokenizer(dir);
-  config.save(dir / "config.json");  // last: its presence marks a complete model
+  std::map<std::string, std::string> weight_map;  // none for one file
+  if (files.size() > 1)
+    for (std::size_t k = 0; k < files.size(); ++k)
+      for (const auto& t : files[k]) weight_map[t.name] = model_part_name(k + 1, files.size());
+  finish_model_dir(dir, config, weight_map, total);
 }
 
 }  // namespace orrery::compute

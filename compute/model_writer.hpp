@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "compute/llama_config.hpp"
@@ -28,5 +30,14 @@ struct model_write_options {
 /// model_error naming the path when a file cannot be written.
 void write_model_dir(const std::filesystem::path& dir, const llama_config& config, std::vector<tensor_source> tensors,
                      const model_write_options& options);
+
+/// `model-0000k-of-0000n.safetensors`: part k (from 1) of n.
+std::string model_part_name(std::size_t k, std::size_t n);
+
+/// The last files of a model directory whose weights are written already (a
+/// pipeline's stages write theirs): the index mapping each tensor to its file
+/// (`total_bytes` of tensors in all), the tokenizer and config.json.
+void finish_model_dir(const std::filesystem::path& dir, const llama_config& config,
+                      const std::map<std::string, std::string>& weight_map, std::uint64_t total_bytes);
 
 }  // namespace orrery::compute

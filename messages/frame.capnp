@@ -24,6 +24,7 @@ enum TensorRole {
   logits @2;     # [rows, vocab], where a caller asked for them
   gradient @3;   # a backward pass's gradient w.r.t. hidden states
   positions @4;  # token positions, where they are not implied by the cache
+  targets @5;    # training: the next token of each input token [tokens]
 }
 
 # One tensor of the payload. Tensors lie back to back, each starting at a
@@ -45,6 +46,13 @@ struct Sampling {
   seed @4 :UInt64;
   # Send the logits row back with the token (tests, scoring).
   returnLogits @5 :Bool;
+}
+
+# What a forward pass is for; values match orrery::messages::pass_kind.
+enum PassKind {
+  inference @0;   # generation: KV caches, sampling at the head
+  training @1;    # a micro-batch of a training step: kept for its backward
+  evaluation @2;  # a held-out micro-batch: forward only, its loss reported
 }
 
 # A forward activation (or a prompt's tokens) for a pipeline stage.
@@ -72,9 +80,13 @@ struct ForwardRoute {
   # this on. It follows the request's frames on the same links, so it comes
   # after any of them still in flight (a window of guesses sent ahead).
   end @8 :Bool;
+  # Training and evaluation frames hold `sequences` fresh sequences of equal
+  # length side by side, with their targets; they use no KV cache.
+  pass @9 :PassKind;
+  sequences @10 :UInt32;
 }
 
-# A backward pass's gradient for a pipeline stage.
+# A backward pass's gradient for a pipeline stage (the micro-batch is `request`).
 struct BackwardRoute {
   stage @0 :UInt16;
   request @1 :UInt64;

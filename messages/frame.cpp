@@ -34,7 +34,7 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   return s.str();
 }
 
-constexpr std::uint16_t tensor_role_count = 5;
+constexpr std::uint16_t tensor_role_count = 6;
 
 // orrery::element_type on the wire is frame.capnp's ElementType; these two are
 // the only conversions. Each switch names every value of its enum, so a type
@@ -116,6 +116,8 @@ struct route_encoder {
     f.setDrafts(r.drafts);
     f.setForkFrom(r.fork_from);
     f.setEnd(r.end);
+    f.setPass(wire::PassKind(r.pass));
+    f.setSequences(r.sequences);
   }
   void operator()(const backward_route& r) const {
     auto b = to.initBackward();
@@ -156,7 +158,8 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
     case which::FORWARD: {
       auto f = from.getForward();
       return forward_route{f.getStage(),    f.getRequest(), f.getStep(),  f.getPosition(),
-                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts(), f.getForkFrom(), f.getEnd()};
+                           decode_sampling(f.getSampling()), f.getSample(), f.getDrafts(), f.getForkFrom(), f.getEnd(),
+                           pass_kind(f.getPass()), f.getSequences()};
     }
     case which::BACKWARD: {
       auto b = from.getBackward();
@@ -194,6 +197,8 @@ const char* to_string(tensor_role role) {
       return "gradient";
     case tensor_role::positions:
       return "positions";
+    case tensor_role::targets:
+      return "targets";
   }
   return "unknown";
 }

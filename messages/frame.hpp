@@ -37,7 +37,7 @@
 namespace orrery::messages {
 
 /// What one tensor of a frame is to its receiver (see frame.capnp).
-enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positions };
+enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positions, targets };
 
 /// Name of `role` ("hidden", "tokens", ...).
 const char* to_string(tensor_role role);
@@ -64,6 +64,9 @@ struct sampling_settings {
 
 // Where a frame goes (frame.capnp explains each field).
 
+/// What a forward pass is for (frame.capnp's PassKind).
+enum class pass_kind : std::uint8_t { inference, training, evaluation };
+
 /// A forward activation, or a prompt's tokens, for a pipeline stage.
 struct forward_route {
   std::uint16_t stage = 0;
@@ -85,6 +88,10 @@ struct forward_route {
   /// The request has ended: free it and pass this on (after its frames in
   /// flight, on the same links).
   bool end = false;
+  /// Training and evaluation: `sequences` fresh sequences of equal length
+  /// side by side (no KV cache), each token with its target.
+  pass_kind pass = pass_kind::inference;
+  std::uint32_t sequences = 0;
 };
 
 /// A backward pass's gradient for a pipeline stage.

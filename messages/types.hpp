@@ -33,6 +33,19 @@ struct model_file {
   std::uint64_t hash = 0;
 };
 
+/// A stage that trains (actors/training_stage.hpp) rather than serves: it
+/// holds a private float32 copy of its layers and an AdamW optimizer.
+struct training_settings {
+  bool enabled = false;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  /// Target tokens in a step's global batch: each micro-batch's backward
+  /// starts from its summed loss over this (compute/training/pass.hpp).
+  std::uint64_t batch_tokens = 1;
+};
+
 /// Asks a node to hold layers [first_layer, last_layer) of the model whose
 /// files are `model_files` (the copy at `model_dir` on the node must hold the
 /// same bytes) as pipeline stage `stage` of client session `session`, in that
@@ -67,6 +80,7 @@ struct stage_assignment {
   /// request timeout). A member that died mid-pass holds the others only
   /// until the recovery assigns the next deployment.
   std::int64_t collective_deadline_ms = 10000;
+  training_settings training{};
 };
 
 /// A loaded stage and where its data plane accepts frames.
@@ -260,6 +274,64 @@ typename Inspector::result_type inspect(Inspector& f, request_failure& x) {
   return f(caf::meta::type_name("request_failure"), x.request, x.problem, x.transient);
 }
 
+/// How a training stage is wired: where its forward output goes (the next
+/// stage; port 0 from the stage with the head), where the gradient of its
+/// input goes (the previous stage; port 0 from the stage with the
+/// embedding), the other holder of a tied embedding (port 0: none; the two
+/// add their parts of its gradient before each step, the first stage as
+/// rank 0) and the client that hears of each micro-batch.
+struct training_links {
+  next_hop next;
+  next_hop previous;
+  next_hop tied;
+  std::vector<std::string> tied_members;
+  std::int32_t tied_rank = 0;
+  caf::actor client;
+  std::int64_t timeout_ms = 3000;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, training_links& x) {
+  return f(caf::meta::type_name("training_links"), x.next, x.previous, x.tied, x.tied_members, x.tied_rank, x.client,
+           x.timeout_ms);
+}
+
+/// From the stage with the head: a micro-batch's summed loss (training or
+/// evaluation).
+struct micro_batch_loss {
+  std::uint64_t request = 0;
+  double loss_sum = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, micro_batch_loss& x) {
+  return f(caf::meta::type_name("micro_batch_loss"), x.request, x.loss_sum);
+}
+
+/// From the stage with the embedding: a micro-batch's backward is through
+/// the whole pipeline (another may be admitted).
+struct micro_batch_done {
+  std::uint64_t request = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, micro_batch_done& x) {
+  return f(caf::meta::type_name("micro_batch_done"), x.request);
+}
+
+/// What a training stage wrote of a checkpoint: its weights' file, the HF
+/// names in it and their bytes (for the index).
+struct checkpoint_part {
+  std::string file;
+  std::vector<std::string> tensors;
+  std::uint64_t bytes = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, checkpoint_part& x) {
+  return f(caf::meta::type_name("checkpoint_part"), x.file, x.tensors, x.bytes);
+}
+
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, heartbeat& x) {
   return f(caf::meta::type_name("heartbeat"), x.node, x.incarnation, x.sequence);
@@ -296,7 +368,13 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
   return f(caf::meta::type_name("stage_assignment"), x.session, x.deployment, x.stage, x.first_layer, x.last_layer,
            x.model_dir, x.model_files, x.device, x.threads, x.group, x.rank, x.slice, x.shares, x.collectives,
-           x.collective_deadline_ms);
+           x.collective_deadline_ms, x.training);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, training_settings& x) {
+  return f(caf::meta::type_name("training_settings"), x.enabled, x.beta1, x.beta2, x.eps, x.weight_decay,
+           x.batch_tokens);
 }
 
 template <class Inspector>
@@ -452,6 +530,11 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::link_measurement))
   CAF_ADD_TYPE_ID(orrery, (orrery::route_counts))
   CAF_ADD_TYPE_ID(orrery, (std::vector<orrery::next_hop>))
+  CAF_ADD_TYPE_ID(orrery, (orrery::training_settings))
+  CAF_ADD_TYPE_ID(orrery, (orrery::training_links))
+  CAF_ADD_TYPE_ID(orrery, (orrery::micro_batch_loss))
+  CAF_ADD_TYPE_ID(orrery, (orrery::micro_batch_done))
+  CAF_ADD_TYPE_ID(orrery, (orrery::checkpoint_part))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".
@@ -469,3 +552,7 @@ CAF_ADD_ATOM(orrery, orrery, recoveries_atom, "recoveries")
 CAF_ADD_ATOM(orrery, orrery, retry_atom, "retry")
 CAF_ADD_ATOM(orrery, orrery, probe_expect_atom, "probe_exp")
 CAF_ADD_ATOM(orrery, orrery, probe_frame_atom, "probe_frm")
+CAF_ADD_ATOM(orrery, orrery, gradient_norm_atom, "grad_norm")
+CAF_ADD_ATOM(orrery, orrery, optimizer_step_atom, "opt_step")
+CAF_ADD_ATOM(orrery, orrery, save_atom, "save")
+CAF_ADD_ATOM(orrery, orrery, restore_atom, "restore")

@@ -51,9 +51,10 @@ inline std::string orrery_binary() {
   return path;
 }
 
-inline process_result run_process(const std::vector<std::string>& argv, const std::filesystem::path& cwd) {
-  temp_dir capture;
-  auto out_path = capture / "out", err_path = capture / "err";
+/// Starts `argv` in `cwd` with its stdout and stderr written to those files
+/// (/dev/null to drop them) and returns its pid, for a test that signals it.
+inline pid_t start_process(const std::vector<std::string>& argv, const std::filesystem::path& cwd,
+                           const std::filesystem::path& out_path, const std::filesystem::path& err_path) {
   std::fflush(nullptr);  // or the child's freopen writes the test's buffered output again
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
@@ -66,9 +67,21 @@ inline process_result run_process(const std::vector<std::string>& argv, const st
     ::execv(args[0], args.data());
     ::_exit(127);
   }
+  return pid;
+}
+
+/// Waits for a child start_process started: its exit code, or 128 + the signal that ended it.
+inline int wait_process(pid_t pid) {
   int status = 0;
   ::waitpid(pid, &status, 0);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(out_path), slurp(err_path)};
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+inline process_result run_process(const std::vector<std::string>& argv, const std::filesystem::path& cwd) {
+  temp_dir capture;
+  auto out_path = capture / "out", err_path = capture / "err";
+  const int code = wait_process(start_process(argv, cwd, out_path, err_path));
+  return {code, slurp(out_path), slurp(err_path)};
 }
 
 /// Runs `orrery args...` in `cwd`.

@@ -2,7 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <map>
 #include <string>
 
@@ -72,28 +75,67 @@ void write_trained_model(const std::filesystem::path& dir, const llama_config& c
   write_model_dir(dir, trained, hf_tensors(shards), {});
 }
 
-void save_optimizer(const std::filesystem::path& path, const adamw& optimizer) {
+std::string optimizer_part_name(std::size_t k, std::size_t n) {
+  char name[64];
+  std::snprintf(name, sizeof name, "optimizer-%05zu-of-%05zu.safetensors", k, n);
+  return name;
+}
+
+void save_optimizer(const std::filesystem::path& path, const adamw& optimizer,
+                    const std::vector<std::string>& leave_out) {
   std::vector<tensor_source> tensors;
-  for (const auto& [name, moment] : optimizer.state()) tensors.push_back(float32_source(name, moment));
+  for (const auto& [name, moment] : optimizer.state()) {
+    const auto parameter = name.substr(name.find('/') + 1);
+    if (std::find(leave_out.begin(), leave_out.end(), parameter) == leave_out.end())
+      tensors.push_back(float32_source(name, moment));
+  }
   write_safetensors(path, tensors, {{"steps", std::to_string(optimizer.steps())}});
 }
 
-void load_optimizer(const std::filesystem::path& path, adamw& optimizer) {
-  auto file = safetensors_file::open(path);
+void load_optimizer(const std::vector<std::filesystem::path>& paths, adamw& optimizer) {
+  if (paths.empty()) throw model_error("no optimizer file to restore the moments from");
+  std::vector<std::shared_ptr<const safetensors_file>> files;  // the moments are views of them
   std::map<std::string, at::Tensor> moments;
-  for (const auto& [name, view] : file->tensors()) {
-    if (view.type != element_type::f32) throw model_error(path.string() + ": '" + name + "' is not float32");
-    moments[name] = at::from_blob(const_cast<std::byte*>(view.data), view.shape, at::kFloat);
+  std::int64_t steps = -1;
+  for (const auto& path : paths) {
+    files.push_back(safetensors_file::open(path));
+    const auto& file = *files.back();
+    for (const auto& [name, view] : file.tensors()) {
+      if (view.type != element_type::f32) throw model_error(path.string() + ": '" + name + "' is not float32");
+      moments[name] = at::from_blob(const_cast<std::byte*>(view.data), view.shape, at::kFloat);
+    }
+    auto found = file.metadata().find("steps");
+    if (found == file.metadata().end()) throw model_error(path.string() + ": no 'steps' in its metadata");
+    std::int64_t here = 0;
+    try {
+      here = std::stoll(found->second);
+    } catch (const std::logic_error&) {
+      throw model_error(path.string() + ": 'steps' is not a number: '" + found->second + "'");
+    }
+    if (steps >= 0 && here != steps)
+      throw model_error(path.string() + ": saved after " + std::to_string(here) + " steps, " + paths.front().string() +
+                        " after " + std::to_string(steps));
+    steps = here;
   }
-  auto steps = file->metadata().find("steps");
-  if (steps == file->metadata().end()) throw model_error(path.string() + ": no 'steps' in its metadata");
   try {
-    optimizer.load_state(moments, std::stoll(steps->second));
+    optimizer.load_state(moments, steps);
   } catch (const model_error& e) {
-    throw model_error(path.string() + ": " + e.what());
-  } catch (const std::logic_error&) {
-    throw model_error(path.string() + ": 'steps' is not a number: '" + steps->second + "'");
+    throw model_error(paths.front().parent_path().string() + ": " + e.what());
   }
+}
+
+std::vector<std::filesystem::path> optimizer_files(const std::filesystem::path& dir) {
+  if (std::filesystem::exists(dir / optimizer_file_name)) return {dir / optimizer_file_name};
+  std::vector<std::filesystem::path> parts;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("optimizer-", 0) == 0 && entry.path().extension() == ".safetensors") parts.push_back(entry.path());
+  }
+  if (parts.empty())
+    throw model_error(dir.string() + ": holds no optimizer state (" + optimizer_file_name + " or optimizer-*-of-*.safetensors)");
+  std::sort(parts.begin(), parts.end());
+  return parts;
 }
 
 }  // namespace orrery::compute

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 #include "compute/llama_config.hpp"
@@ -29,12 +30,23 @@ void write_trained_model(const std::filesystem::path& dir, const llama_config& c
 
 inline constexpr const char* optimizer_file_name = "optimizer.safetensors";
 
-/// Writes the optimizer's moments and step count to `path`.
-void save_optimizer(const std::filesystem::path& path, const adamw& optimizer);
+/// Where a pipeline's stage k of n keeps its moments in a checkpoint.
+std::string optimizer_part_name(std::size_t k, std::size_t n);
 
-/// Restores moments and step count saved by save_optimizer; throws
-/// model_error naming the file when it is unreadable or does not match the
-/// optimizer's parameters.
-void load_optimizer(const std::filesystem::path& path, adamw& optimizer);
+/// Writes the optimizer's moments and step count to `path`, except those of
+/// the parameters named in `leave_out` (a tied head the first stage saves).
+void save_optimizer(const std::filesystem::path& path, const adamw& optimizer,
+                    const std::vector<std::string>& leave_out = {});
+
+/// Restores moments and step count saved by save_optimizer: from one file,
+/// or from the files of a pipeline's stages, each parameter's from whichever
+/// holds it (so a run may resume on another layout). Throws model_error
+/// naming the file when one is unreadable or disagrees on the step count,
+/// or a parameter's moments are in none.
+void load_optimizer(const std::vector<std::filesystem::path>& paths, adamw& optimizer);
+
+/// The optimizer files of a checkpoint directory: optimizer.safetensors, or
+/// every stage's part; throws model_error when there are none.
+std::vector<std::filesystem::path> optimizer_files(const std::filesystem::path& dir);
 
 }  // namespace orrery::compute

@@ -93,9 +93,12 @@ at::Tensor training_pass::input_gradient() const {
   return input_.requires_grad() ? input_.grad() : at::Tensor();
 }
 
-double loss_sum(shard& whole_model, const at::Tensor& inputs, const at::Tensor& targets, int sequences, int length) {
-  auto caches = fresh_caches(whole_model, sequences, length);
-  auto logits = whole_model.forward(inputs, steps_of(caches, length), logits_rows::all);
+at::Tensor evaluation_pass(shard& s, const at::Tensor& input, int sequences, int length) {
+  auto caches = fresh_caches(s, sequences, length);
+  return s.forward(input, steps_of(caches, length), logits_rows::all);
+}
+
+double loss_sum(const at::Tensor& logits, const at::Tensor& targets) {
   c10::InferenceMode inference;
   return cross_entropy_sum(logits, targets).item<double>();
 }

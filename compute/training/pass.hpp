@@ -63,8 +63,13 @@ class training_pass {
   at::Tensor output_;
 };
 
-/// The summed cross-entropy of a whole-model shard over `inputs` /
-/// `targets` without autograd (validation).
-double loss_sum(shard& whole_model, const at::Tensor& inputs, const at::Tensor& targets, int sequences, int length);
+/// `input` (as training_pass takes it) through `s` without autograd, each
+/// sequence from position 0: hidden states for the next stage, or from the
+/// shard with the head its logits (validation).
+at::Tensor evaluation_pass(shard& s, const at::Tensor& input, int sequences, int length);
+
+/// The cross-entropy of `logits` ([tokens, vocabulary]) against `targets`
+/// (int64 [tokens]), summed over the tokens.
+double loss_sum(const at::Tensor& logits, const at::Tensor& targets);
 
 }  // namespace orrery::compute

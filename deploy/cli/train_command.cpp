@@ -1,5 +1,5 @@
 // `orrery train`: next-token training of a Llama model on a text file, on
-// this machine (deploy/training/trainer.hpp).
+// this machine or over a topology's nodes (deploy/training/trainer.hpp).
 
 #include <CLI/CLI.hpp>
 #include <iostream>
@@ -18,9 +18,16 @@ void add_train_command(CLI::App& app) {
       "Train a Llama model (a `model init` directory, or one orrery trained) on a text file with next-token loss;\n"
       "writes an HF-layout model directory (config.json, safetensors, tokenizer) with the optimizer state, a JSON\n"
       "log of every step (train_log.jsonl) and the loss curve (loss.svg). Example:\n"
-      "  orrery train --model models/tiny --data data/kjv.txt --steps 600 --out models/kjv");
-  cmd->add_option("--model", o->model, "Model directory to start from (ignored with --resume)")
+      "  orrery train --model models/tiny --data data/kjv.txt --steps 600 --out models/kjv\n"
+      "Over a running topology (`orrery up F`), its placement's stages as a pipeline of training stages:\n"
+      "  orrery train --topology deploy/topologies/demo4.yaml --model models/tiny --data data/kjv.txt --steps 300 --out models/kjv");
+  cmd->add_option("--model", o->model,
+                  "Model directory to start from (ignored with --resume; with --topology, default: its model)")
       ->check(CLI::ExistingDirectory);
+  cmd->add_option("--topology", o->topology,
+                  "Train over this topology's running nodes, one pipeline stage per node the placement gives layers;\n"
+                  "the nodes read the model and write their parts of each checkpoint at the paths given here")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--data", o->data, "Text file to train on (its end is held out for validation)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -61,13 +68,14 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the sequences each step reads")->capture_default_str()->check(
       at_least<std::uint64_t>(0));
   cmd->add_flag("--resume", o->resume, "Continue the run checkpointed in --out (same data and options)");
-  cmd->add_option("--device", o->device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu or cuda:N (without --topology; each node trains on its own device)")
+      ->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0: every core)")->capture_default_str()->check(at_least(0));
   cmd->add_flag("--quiet", o->quiet, "No progress bar");
   cmd->callback([o, cmd] {
-    if (!o->resume && cmd->count("--model") == 0)
-      throw std::invalid_argument("--model is required (the model to start from), unless --resume");
-    train_locally(*o, std::cout);
+    if (!o->resume && cmd->count("--model") == 0 && cmd->count("--topology") == 0)
+      throw std::invalid_argument("--model is required (the model to start from), unless --resume or --topology");
+    train(*o, std::cout);
   });
 }
 

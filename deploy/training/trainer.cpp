@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -20,7 +22,10 @@
 #include "compute/training/optimizer.hpp"
 #include "compute/training/pass.hpp"
 #include "deploy/console/progress.hpp"
+#include "deploy/cluster/topology.hpp"
+#include "deploy/training/engine.hpp"
 #include "deploy/training/loss_curve.hpp"
+#include "deploy/training/pipeline_engine.hpp"
 
 namespace orrery::deploy {
 
@@ -109,16 +114,60 @@ compute::learning_rate_schedule schedule_of(const training_options& o, std::int6
   return s;
 }
 
-double validation_loss(compute::shard& model, const compute::corpus& data, const training_options& o) {
+double validation_loss(training_engine& engine, const compute::corpus& data, const training_options& o) {
   const int n = std::min(o.validation_sequences, data.validation_sequences(o.length));
+  std::vector<compute::token_batch> batches;
+  for (int first = 0; first < n; first += o.micro_batch)
+    batches.push_back(data.validation_batch(first, std::min(o.micro_batch, n - first), o.length));
   double sum = 0;
-  for (int first = 0; first < n; first += o.micro_batch) {
-    const int count = std::min(o.micro_batch, n - first);
-    auto b = data.validation_batch(first, count, o.length);
-    sum += compute::loss_sum(model, b.inputs, b.targets, b.sequences, b.length);
-  }
+  for (double loss : engine.evaluate(batches)) sum += loss;
   return sum / (static_cast<double>(n) * o.length);
 }
+
+// The model on one device: one shard of every layer and its optimizer.
+class local_engine final : public training_engine {
+ public:
+  local_engine(const compute::model_dir& dir, const training_options& o, double batch_tokens)
+      : config_(dir.config()), model_(dir, 0, dir.config().num_layers, where(o)),
+        optimizer_(compute::trainable_parameters(model_), compute::adamw_options{0.9, 0.95, 1e-8, o.weight_decay}),
+        scale_(1.0 / batch_tokens), device_(o.device) {}
+
+  std::vector<double> accumulate(const std::vector<compute::token_batch>& micro_batches) override {
+    std::vector<double> losses;
+    for (const auto& b : micro_batches) {
+      compute::training_pass pass(model_, b.inputs, b.sequences, b.length);
+      losses.push_back(pass.backward_from_loss(b.targets, scale_));
+    }
+    return losses;
+  }
+  double squared_gradient_norm() override { return compute::squared_gradient_norm(optimizer_.parameters()); }
+  void step(double learning_rate, double gradient_scale) override { optimizer_.step(learning_rate, gradient_scale); }
+  std::vector<double> evaluate(const std::vector<compute::token_batch>& batches) override {
+    std::vector<double> losses;
+    for (const auto& b : batches)
+      losses.push_back(compute::loss_sum(compute::evaluation_pass(model_, b.inputs, b.sequences, b.length), b.targets));
+    return losses;
+  }
+  void save(const fs::path& dir) override {
+    compute::write_trained_model(dir, config_, {&model_});
+    compute::save_optimizer(dir / compute::optimizer_file_name, optimizer_);
+  }
+  void restore(const fs::path& dir) override { compute::load_optimizer(compute::optimizer_files(dir), optimizer_); }
+  std::string describe() const override { return device_; }
+
+ private:
+  static compute::shard_options where(const training_options& o) {
+    compute::shard_options w;
+    w.device = compute::device_from_name(o.device);
+    w.dtype = at::kFloat;
+    return w;
+  }
+  compute::llama_config config_;
+  compute::shard model_;
+  compute::adamw optimizer_;
+  double scale_;
+  std::string device_;
+};
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::trunc);
@@ -128,13 +177,12 @@ void write_text(const fs::path& path, const std::string& text) {
 
 // Replaces `out` with a checkpoint written beside it, so a run stopped at any
 // point leaves either the previous checkpoint or this one, whole.
-void write_checkpoint(const training_options& o, const compute::llama_config& config, const compute::shard& model,
-                      const compute::adamw& optimizer, const compute::corpus& data, std::int64_t next_step,
-                      std::int64_t total, const run_log& log) {
+void write_checkpoint(const training_options& o, training_engine& engine, const compute::corpus& data,
+                      std::int64_t next_step, std::int64_t total, const run_log& log) {
   const fs::path partial = o.out.string() + ".partial", old = o.out.string() + ".old";
   remove_tree(partial);
-  compute::write_trained_model(partial, config, {&model});
-  compute::save_optimizer(partial / compute::optimizer_file_name, optimizer);
+  fs::create_directories(partial);
+  engine.save(partial);
   json state = {{"options", to_json(o)},
                 {"next_step", next_step},
                 {"total_steps", total},
@@ -187,7 +235,7 @@ run_log read_log(const fs::path& path, std::int64_t next_step) {
 
 }  // namespace
 
-training_result train_locally(const training_options& o, std::ostream& figures) {
+training_result train(const training_options& o, std::ostream& figures) {
   o.check();
   if (!o.resume && fs::exists(o.out) && !fs::is_empty(o.out))
     throw std::invalid_argument("--out " + o.out.string() +
@@ -195,23 +243,30 @@ training_result train_locally(const training_options& o, std::ostream& figures) 
   if (o.resume && !fs::exists(o.out / training_state_file))
     throw std::invalid_argument("--resume: " + o.out.string() + " holds no checkpoint (" +
                                 (o.out / training_state_file).string() + " is missing)");
+  std::optional<topology> cluster;
+  if (!o.topology.empty()) cluster = load_topology(o.topology);
+  const fs::path start_model = o.resume ? o.out : !o.model.empty() ? o.model : cluster ? cluster->model : fs::path();
+  if (start_model.empty()) throw std::invalid_argument("give --model DIR (or --topology F, whose model it trains)");
   compute::set_gemm_threads(o.threads > 0 ? o.threads : compute::default_thread_count());
-  const fs::path start_model = o.resume ? o.out : o.model;
   compute::model_dir dir(start_model);
   const auto& config = dir.config();
-  auto tokens = compute::load_tokenizer(start_model);
-  auto data = compute::corpus::load(o.data, *tokens, o.validation_fraction, o.length);
   if (o.length > config.max_position_embeddings)
     throw std::invalid_argument("--length " + std::to_string(o.length) + " exceeds the model's context of " +
                                 std::to_string(config.max_position_embeddings) + " positions");
+  auto tokens = compute::load_tokenizer(start_model);
+  auto data = compute::corpus::load(o.data, *tokens, o.validation_fraction, o.length);
   json state = o.resume ? resumable_state(o, data) : json::object();
 
-  compute::shard_options where;
-  where.device = compute::device_from_name(o.device);
-  where.dtype = at::kFloat;
-  compute::shard model(dir, 0, config.num_layers, where);
-  compute::adamw optimizer(compute::trainable_parameters(model),
-                           compute::adamw_options{0.9, 0.95, 1e-8, o.weight_decay});
+  const double per_step_tokens = static_cast<double>(o.batch) * o.length;
+  std::unique_ptr<training_engine> engine;
+  if (cluster) {
+    training_settings settings;
+    settings.weight_decay = o.weight_decay;
+    settings.batch_tokens = static_cast<std::uint64_t>(per_step_tokens);
+    engine = std::make_unique<pipeline_engine>(*cluster, start_model, config, settings);
+  } else {
+    engine = std::make_unique<local_engine>(dir, o, per_step_tokens);
+  }
   const std::int64_t total = total_steps(o, data);
   const auto schedule = schedule_of(o, total);
   std::int64_t first = 0;
@@ -221,30 +276,29 @@ training_result train_locally(const training_options& o, std::ostream& figures) 
     if (first >= total)
       throw std::invalid_argument("--resume: the run in " + o.out.string() + " has done all its " +
                                   std::to_string(total) + " steps; raise --steps in a new run to train further");
-    compute::load_optimizer(o.out / compute::optimizer_file_name, optimizer);
+    engine->restore(o.out);
     log = read_log(o.out / training_log_file, first);
   }
   std::cerr << "training " << start_model.string() << " (" << config.parameter_count() / 1e6 << "M parameters) on "
             << o.data.string() << ": " << data.training_tokens() << " tokens, " << data.validation_tokens()
             << " held out; " << total << " steps of " << o.batch << " x " << o.length << " tokens"
-            << (first > 0 ? ", resuming at step " + std::to_string(first) : std::string()) << "\n";
+            << (first > 0 ? ", resuming at step " + std::to_string(first) : std::string()) << "; on "
+            << engine->describe() << "\n";
 
   progress_bar bar("train");
-  const double per_step_tokens = static_cast<double>(o.batch) * o.length;
   const auto started = std::chrono::steady_clock::now();
   double last_loss = NAN, last_validation = NAN;
   for (std::int64_t step = first; step < total; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
+    std::vector<compute::token_batch> micro_batches;
+    for (int m = 0; m < o.batch; m += o.micro_batch)
+      micro_batches.push_back(data.training_batch(o.seed, step, m, o.micro_batch, o.length));
     double loss = 0;
-    for (int m = 0; m < o.batch; m += o.micro_batch) {
-      auto batch = data.training_batch(o.seed, step, m, o.micro_batch, o.length);
-      compute::training_pass pass(model, batch.inputs, batch.sequences, batch.length);
-      loss += pass.backward_from_loss(batch.targets, 1.0 / per_step_tokens);
-    }
+    for (double part : engine->accumulate(micro_batches)) loss += part;
     loss /= per_step_tokens;
-    const double norm = std::sqrt(compute::squared_gradient_norm(optimizer.parameters()));
+    const double norm = std::sqrt(engine->squared_gradient_norm());
     const double lr = schedule.at(step);
-    optimizer.step(lr, compute::clipping_scale(norm, o.clip));
+    engine->step(lr, compute::clipping_scale(norm, o.clip));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json entry = {{"step", step},           {"loss", loss},       {"learning_rate", lr},
                   {"gradient_norm", norm},  {"tokens", static_cast<std::int64_t>(per_step_tokens)},
@@ -252,7 +306,7 @@ training_result train_locally(const training_options& o, std::ostream& figures) 
     last_loss = loss;
     const bool last = step + 1 == total;
     if ((step + 1) % o.eval_every == 0 || last) {
-      last_validation = validation_loss(model, data, o);
+      last_validation = validation_loss(*engine, data, o);
       entry["validation_loss"] = last_validation;
     }
     log.add(entry);
@@ -263,7 +317,7 @@ training_result train_locally(const training_options& o, std::ostream& figures) 
       bar.show(step + 1, total, what, first);
     }
     if (last || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))
-      write_checkpoint(o, config, model, optimizer, data, step + 1, total, log);
+      write_checkpoint(o, *engine, data, step + 1, total, log);
   }
   training_result result;
   result.first_step = first;

@@ -1,6 +1,7 @@
 #pragma once
-// `orrery train --model DIR`: next-token training of a Llama model on one
-// device. Each step reads `batch` sequences (compute/training/corpus.hpp),
+// `orrery train`: next-token training of a Llama model, on one device
+// (`--model DIR`) or over a running topology's nodes as a pipeline
+// (`--topology F`, deploy/training/pipeline_engine.hpp). Each step reads `batch` sequences (compute/training/corpus.hpp),
 // in micro-batches whose gradients accumulate, clips the global gradient
 // norm, and takes one AdamW step on the warm-up + cosine schedule. Every
 // `eval_every` steps it measures the held-out loss; every
@@ -21,7 +22,8 @@
 namespace orrery::deploy {
 
 struct training_options {
-  std::filesystem::path model;  ///< where training starts (ignored when resuming)
+  std::filesystem::path model;  ///< where training starts (ignored when resuming; empty: the topology's model)
+  std::filesystem::path topology;  ///< empty: train on this machine's `device`
   std::filesystem::path data;   ///< a text file
   std::filesystem::path out;    ///< the checkpoint directory, and the result
   std::int64_t steps = 0;       ///< 0: from `epochs`
@@ -58,7 +60,7 @@ struct training_result {
 };
 
 /// Trains as above; progress on stderr, one summary line on `figures`.
-training_result train_locally(const training_options& options, std::ostream& figures);
+training_result train(const training_options& options, std::ostream& figures);
 
 /// The options as a checkpoint stores them (those that decide the result).
 nlohmann::json to_json(const training_options& options);

@@ -130,7 +130,7 @@ TEST_CASE("backward computes the loss's gradient: a directional derivative match
   auto loss_at = [&](double step) {
     c10::NoGradGuard no_grad;
     for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].tensor.add_(direction[i], step);
-    double l = loss_sum(whole, batch.inputs, batch.targets, batch.sequences, batch.length);
+    double l = loss_sum(evaluation_pass(whole, batch.inputs, batch.sequences, batch.length), batch.targets);
     for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].tensor.sub_(direction[i], step);
     return l;
   };
@@ -209,11 +209,11 @@ TEST_CASE("AdamW follows torch.optim.AdamW's update, skips decay on norms and re
   save_optimizer(dir / "opt.safetensors", optimizer);
   auto w2 = at::zeros({3}), gain2 = at::zeros({2});
   adamw restored({{"w", w2, true}, {"gain", gain2, false}});
-  load_optimizer(dir / "opt.safetensors", restored);
+  load_optimizer({dir / "opt.safetensors"}, restored);
   CHECK(restored.steps() == 3);
   for (const auto& [name, moment] : optimizer.state()) CHECK(at::equal(restored.state().at(name), moment));
   adamw other({{"x", w2, true}});
-  CHECK_THROWS_WITH_AS(load_optimizer(dir / "opt.safetensors", other), doctest::Contains("'exp_avg/x' is missing"),
+  CHECK_THROWS_WITH_AS(load_optimizer({dir / "opt.safetensors"}, other), doctest::Contains("'exp_avg/x' is missing"),
                        model_error);
 }
 

