@@ -40,8 +40,12 @@ struct training_stage_state {
   /// The micro-batches whose forward passed through and whose backward has
   /// not: at most one per pipeline stage, as the client admits them.
   std::map<std::uint64_t, compute::training_pass> passes;
-  std::shared_ptr<messages::link> next, previous;
-  /// The tied embedding's ring of two (the first stage and the last).
+  /// The next and the previous stage's members, and their shares.
+  std::vector<std::shared_ptr<messages::link>> next, previous;
+  std::vector<std::int32_t> next_shares, previous_shares;
+  /// The stage's data-parallel group (none when it is alone), and the ring
+  /// of every holder of a tied embedding.
+  std::shared_ptr<group_ring> replicas;
   std::shared_ptr<group_ring> tied;
   caf::actor client;
   bool wired = false;
@@ -50,11 +54,14 @@ struct training_stage_state {
   ~training_stage_state() {
     if (tied) context.routes->remove(router::handler_kind::group, assignment.session, tied_embedding_group);
   }
+  bool leads() const { return !replicas || replicas->rank() == 0; }
 
   std::string where() const {
     return "node '" + context.node + "' training stage " + std::to_string(assignment.stage) + " of session " +
            std::to_string(assignment.session) + " (layers [" + std::to_string(assignment.first_layer) + ", " +
-           std::to_string(assignment.last_layer) + "))";
+           std::to_string(assignment.last_layer) + ")" +
+           (replicas ? ", member " + std::to_string(replicas->rank()) + " of " + std::to_string(replicas->size()) : "") +
+           ")";
   }
   /// The tied embedding's parameter here, if the stage holds one of its parts.
   compute::named_parameter* tied_parameter() {
@@ -74,9 +81,9 @@ const logger& training_log() {
 
 caf::result<stage_ready> load(training_stage_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
-  if (assignment.group.size() > 1)
-    return make_error(errc::invalid_request, "training runs stages of whole layers; node '" + s.context.node +
-                                                 "' was given rank " + std::to_string(assignment.rank) + " of a group");
+  if (assignment.group.size() > 1 && (assignment.rank < 0 || assignment.rank >= static_cast<int>(assignment.group.size())))
+    return make_error(errc::invalid_request, s.where() + ": rank " + std::to_string(assignment.rank) + " of a group of " +
+                                                 std::to_string(assignment.group.size()));
   s.assignment = assignment;
   s.passes.clear();
   s.wired = false;
@@ -113,7 +120,6 @@ caf::result<void> wire(training_stage_ptr self, std::uint64_t deployment, const 
                                            " but loaded for " + std::to_string(s.assignment.deployment));
   const auto timeout = std::chrono::milliseconds(links.timeout_ms);
   auto reach = [&](const next_hop& hop, const char* what) -> std::shared_ptr<messages::link> {
-    if (hop.port == 0) return nullptr;
     try {
       return s.context.data_plane->connect(hop.host, hop.port, timeout);
     } catch (const std::exception& e) {
@@ -121,31 +127,48 @@ caf::result<void> wire(training_stage_ptr self, std::uint64_t deployment, const 
                                std::to_string(hop.port) + ": " + e.what());
     }
   };
+  // A ring of this session on the node's router: its pieces arrive on the
+  // io thread while this stage's thread waits for them.
+  auto ring = [&](std::uint32_t id, int rank, std::vector<std::string> members, const next_hop& hop, const char* what) {
+    auto r = std::make_shared<group_ring>(group_ring::options{s.assignment.session, id, rank, std::move(members),
+                                                              std::chrono::milliseconds(s.assignment.collective_deadline_ms),
+                                                              nullptr, 1});
+    s.context.routes->add_sink(router::handler_kind::group, s.assignment.session, id,
+                               [weak = std::weak_ptr<group_ring>(r)](tensor_frame frame) {
+                                 if (auto held = weak.lock()) held->deliver(std::move(frame));
+                               });
+    r->connect(reach(hop, what), deployment);
+    return r;
+  };
   try {
-    if (!s.shard->has_head() && links.next.port == 0) throw std::runtime_error(s.where() + ": no next stage to send to");
-    if (!s.shard->has_embedding() && links.previous.port == 0)
+    if (!s.shard->has_head() && links.next.empty()) throw std::runtime_error(s.where() + ": no next stage to send to");
+    if (!s.shard->has_embedding() && links.previous.empty())
       throw std::runtime_error(s.where() + ": no previous stage to send gradients to");
-    s.next = reach(links.next, "next stage");
-    s.previous = reach(links.previous, "previous stage");
+    if ((links.next.size() > 1 && links.next.size() != links.next_shares.size()) ||
+        (links.previous.size() > 1 && links.previous.size() != links.previous_shares.size()))
+      throw std::runtime_error(s.where() + ": a neighbouring group's members and shares differ in number");
+    s.next.clear();
+    s.previous.clear();
+    for (const auto& hop : links.next) s.next.push_back(reach(hop, "next stage"));
+    for (const auto& hop : links.previous) s.previous.push_back(reach(hop, "previous stage"));
+    s.next_shares = links.next_shares;
+    s.previous_shares = links.previous_shares;
+    s.replicas.reset();
+    if (s.assignment.group.size() > 1) {
+      if (links.ring.port == 0) throw std::runtime_error(s.where() + ": its group has no ring to wire");
+      s.replicas = ring(s.assignment.stage, s.assignment.rank, s.assignment.group, links.ring, "next group member");
+    }
     if (s.tied) s.context.routes->remove(router::handler_kind::group, s.assignment.session, tied_embedding_group);
     s.tied.reset();
     if (links.tied.port != 0) {
-      s.tied = std::make_shared<group_ring>(group_ring::options{s.assignment.session, tied_embedding_group,
-                                                                links.tied_rank, links.tied_members,
-                                                                std::chrono::milliseconds(links.timeout_ms * 10),
-                                                                nullptr, 1});
-      s.context.routes->add_sink(router::handler_kind::group, s.assignment.session, tied_embedding_group,
-                                 [ring = std::weak_ptr<group_ring>(s.tied)](tensor_frame frame) {
-                                   if (auto r = ring.lock()) r->deliver(std::move(frame));
-                                 });
-      s.tied->connect(reach(links.tied, "tied embedding's other holder"), deployment);
+      s.tied = ring(tied_embedding_group, links.tied_rank, links.tied_members, links.tied, "tied embedding's next holder");
       if (!s.tied_parameter()) throw std::runtime_error(s.where() + ": told to share a tied embedding it does not hold");
     }
     s.client = links.client;
     s.wired = true;
   } catch (const std::exception& e) {
-    s.next.reset();
-    s.previous.reset();
+    s.next.clear();
+    s.previous.clear();
     s.wired = false;
     return make_error(errc::unreachable, e.what());
   }
@@ -172,7 +195,7 @@ void send_on(training_stage_ptr self, messages::link& link, messages::frame_desc
 // The gradient of this stage's input to the previous stage, or, from the
 // stage with the embedding, word to the client that the micro-batch is through.
 void send_back(training_stage_ptr self, const messages::frame_descriptor& d, std::uint64_t request,
-               const compute::training_pass& pass) {
+               std::uint32_t index, const compute::training_pass& pass) {
   auto& s = self->state;
   if (s.shard->has_embedding()) {
     caf::anon_send(s.client, micro_batch_done{request});
@@ -181,8 +204,9 @@ void send_back(training_stage_ptr self, const messages::frame_descriptor& d, std
   messages::frame_descriptor out;
   out.session = d.session;
   out.deployment = d.deployment;
-  out.route = messages::backward_route{static_cast<std::uint16_t>(s.assignment.stage - 1), request, 0};
-  send_on(self, *s.previous, out, {{messages::tensor_role::gradient, pass.input_gradient()}}, request);
+  out.route = messages::backward_route{static_cast<std::uint16_t>(s.assignment.stage - 1), request, index};
+  auto& link = *s.previous.at(static_cast<std::size_t>(training_member(index, s.previous_shares)));
+  send_on(self, link, out, {{messages::tensor_role::gradient, pass.input_gradient()}}, request);
 }
 
 void forward(training_stage_ptr self, const tensor_frame& frame, const messages::forward_route& route) {
@@ -208,7 +232,7 @@ void forward(training_stage_ptr self, const tensor_frame& frame, const messages:
       const double loss =
           pass.backward_from_loss(targets, 1.0 / static_cast<double>(std::max<std::uint64_t>(1, s.assignment.training.batch_tokens)));
       caf::anon_send(s.client, micro_batch_loss{route.request, loss});
-      send_back(self, frame.descriptor, route.request, pass);
+      send_back(self, frame.descriptor, route.request, route.step, pass);
       s.passes.erase(route.request);
       return;
     }
@@ -218,7 +242,7 @@ void forward(training_stage_ptr self, const tensor_frame& frame, const messages:
   auto next = route;
   next.stage = static_cast<std::uint16_t>(s.assignment.stage + 1);
   out.route = next;
-  send_on(self, *s.next, out,
+  send_on(self, *s.next.at(static_cast<std::size_t>(training_member(route.step, s.next_shares))), out,
           {{messages::tensor_role::hidden, output}, {messages::tensor_role::tokens, tokens},
            {messages::tensor_role::targets, targets}},
           route.request);
@@ -246,7 +270,7 @@ void process(training_stage_ptr self, tensor_frame& frame) {
         throw std::runtime_error("received the gradient of micro-batch " + std::to_string(request) +
                                  ", whose forward it does not hold");
       found->second.backward(frame.tensor(messages::tensor_role::gradient));
-      send_back(self, d, request, found->second);
+      send_back(self, d, request, b->step, found->second);
       s.passes.erase(found);
     }
   } catch (const std::exception& e) {
@@ -254,24 +278,30 @@ void process(training_stage_ptr self, tensor_frame& frame) {
   }
 }
 
-// Adds the two parts of a tied embedding's gradient, the same bits on both
-// holders; then the sum of squares of every gradient, the tied one counted
-// at the first stage only.
+// Adds up the group's gradients (the tied embedding's over the ring of its
+// holders instead), the same bits on every member; then the sum of squares
+// of the gradients this member counts: the group's are counted by its first
+// member, the tied embedding's by the first stage's.
 caf::result<double> gradient_norm(training_stage_ptr self) {
   auto& s = self->state;
   if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
   try {
-    std::vector<compute::named_parameter> counted;
+    const auto round = static_cast<std::uint64_t>(s.optimizer->steps()) + 1;
     auto* tied = s.tied_parameter();
-    if (tied) {
-      auto& grad = tied->tensor.mutable_grad();
-      if (!grad.defined()) grad = at::zeros_like(tied->tensor);
-      const collective_key key{static_cast<std::uint64_t>(s.optimizer->steps()) + 1, 0, 0, 0};
-      auto sum = s.tied->all_reduce(grad, key);
-      grad.copy_(sum.view_as(grad));
+    auto add_up = [&](const compute::named_parameter& p, group_ring& ring, std::uint32_t sequence) {
+      auto& grad = p.tensor.mutable_grad();
+      if (!grad.defined()) grad = at::zeros_like(p.tensor);  // a member that ran none of the step's micro-batches
+      // A copy goes around: the ring's sends read it after this writes the sum into the gradient.
+      grad.copy_(ring.all_reduce(grad.clone(), collective_key{round, 0, sequence, 0}).view_as(grad));
+    };
+    const auto& parameters = s.optimizer->parameters();
+    std::vector<compute::named_parameter> counted;
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+      const bool is_tied = tied && &parameters[i] == tied;
+      if (s.replicas && !is_tied) add_up(parameters[i], *s.replicas, static_cast<std::uint32_t>(i));
+      if (is_tied ? s.tied->rank() == 0 : s.leads()) counted.push_back(parameters[i]);
     }
-    for (const auto& p : s.optimizer->parameters())
-      if (!(tied && p.name == tied_name && s.tied->rank() != 0)) counted.push_back(p);
+    if (tied) add_up(*tied, *s.tied, 0);
     return compute::squared_gradient_norm(counted);
   } catch (const std::exception& e) {
     return make_error(errc::request_failed, s.where() + ": " + compute::without_backtrace(e.what()));
@@ -292,7 +322,7 @@ caf::result<checkpoint_part> save(training_stage_ptr self, const std::string& di
     compute::write_safetensors(std::filesystem::path(dir) / part.file, tensors, {{"format", "pt"}});
     // The tied embedding's moments are the first stage's to save.
     std::vector<std::string> leave_out;
-    if (s.tied && s.tied->rank() != 0) leave_out.push_back(tied_name);
+    if (s.tied && !s.shard->has_embedding()) leave_out.push_back(tied_name);
     compute::save_optimizer(std::filesystem::path(dir) /
                                 compute::optimizer_part_name(static_cast<std::size_t>(k), static_cast<std::size_t>(n)),
                             *s.optimizer, leave_out);
@@ -334,6 +364,20 @@ training_stage_actor::behavior_type training_stage_behavior(training_stage_ptr s
 }
 
 }  // namespace
+
+int training_member(std::uint32_t index, const std::vector<std::int32_t>& shares) {
+  if (shares.size() <= 1) return 0;
+  std::int64_t total = 0;
+  for (auto share : shares) total += std::max(0, share);
+  std::vector<std::int64_t> credit(shares.size(), 0);
+  int chosen = 0;
+  for (std::uint32_t k = 0; k <= index; ++k) {
+    for (std::size_t m = 0; m < shares.size(); ++m) credit[m] += std::max(0, shares[m]);
+    chosen = static_cast<int>(std::max_element(credit.begin(), credit.end()) - credit.begin());
+    credit[static_cast<std::size_t>(chosen)] -= total;
+  }
+  return chosen;
+}
 
 training_stage_actor spawn_training_stage(caf::actor_system& system, stage_context context) {
   return system.spawn<caf::detached>(training_stage_behavior, std::move(context));

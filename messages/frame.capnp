@@ -81,12 +81,15 @@ struct ForwardRoute {
   # after any of them still in flight (a window of guesses sent ahead).
   end @8 :Bool;
   # Training and evaluation frames hold `sequences` fresh sequences of equal
-  # length side by side, with their targets; they use no KV cache.
+  # length side by side, with their targets; they use no KV cache. Their
+  # `request` names the micro-batch and `step` is its index in its
+  # training step (which member of a data-parallel stage runs it).
   pass @9 :PassKind;
   sequences @10 :UInt32;
 }
 
-# A backward pass's gradient for a pipeline stage (the micro-batch is `request`).
+# A backward pass's gradient for a pipeline stage (the micro-batch is
+# `request`, its index in its training step `step`).
 struct BackwardRoute {
   stage @0 :UInt16;
   request @1 :UInt64;

@@ -274,15 +274,25 @@ typename Inspector::result_type inspect(Inspector& f, request_failure& x) {
   return f(caf::meta::type_name("request_failure"), x.request, x.problem, x.transient);
 }
 
-/// How a training stage is wired: where its forward output goes (the next
-/// stage; port 0 from the stage with the head), where the gradient of its
-/// input goes (the previous stage; port 0 from the stage with the
-/// embedding), the other holder of a tied embedding (port 0: none; the two
-/// add their parts of its gradient before each step, the first stage as
-/// rank 0) and the client that hears of each micro-batch.
+/// How a training stage is wired. Each pipeline stage is a data-parallel
+/// group of one or more members holding the same layers; micro-batch k of a
+/// step goes to member training_member(k, shares) of every stage
+/// (actors/training_stage.hpp), so each member knows where to send it on
+/// and where its gradient goes back:
+/// - next: the next stage's members and shares (none from the stage with
+///   the head); previous: the previous stage's (none from the first stage);
+/// - ring: the next member of its own group, which all-reduces the
+///   gradients before each step (port 0: a group of one);
+/// - tied: the next member of the ring of every holder of a tied embedding
+///   (the first stage's members, then the last stage's), which adds their
+///   parts of its gradient (port 0: none);
+/// - client: who hears of each micro-batch.
 struct training_links {
-  next_hop next;
-  next_hop previous;
+  std::vector<next_hop> next;
+  std::vector<std::int32_t> next_shares;
+  std::vector<next_hop> previous;
+  std::vector<std::int32_t> previous_shares;
+  next_hop ring;
   next_hop tied;
   std::vector<std::string> tied_members;
   std::int32_t tied_rank = 0;
@@ -292,8 +302,8 @@ struct training_links {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, training_links& x) {
-  return f(caf::meta::type_name("training_links"), x.next, x.previous, x.tied, x.tied_members, x.tied_rank, x.client,
-           x.timeout_ms);
+  return f(caf::meta::type_name("training_links"), x.next, x.next_shares, x.previous, x.previous_shares, x.ring, x.tied,
+           x.tied_members, x.tied_rank, x.client, x.timeout_ms);
 }
 
 /// From the stage with the head: a micro-batch's summed loss (training or

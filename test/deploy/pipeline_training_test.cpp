@@ -8,6 +8,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "compute/model_dir.hpp"
@@ -77,11 +78,20 @@ TEST_CASE("a pipeline of node processes trains step for step as one device: loss
     const auto local_weights = weights_of(dir / "local");
     REQUIRE(local_log.size() == 3);
 
-    const std::vector<std::vector<std::pair<int, int>>> layouts = {{{0, 4}}, {{0, 2}, {2, 4}}, {{0, 1}, {1, 3}, {3, 4}}};
-    for (const auto& layout : layouts) {
-      CAPTURE(layout.size());
-      const auto name = "p" + std::to_string(layout.size());
-      auto t = deploy::load_topology(write_topology(dir, name, layout));
+    // Pipelines of 1-3 stages, and data-parallel groups (uneven speeds) alone and in a pipeline.
+    const std::vector<std::pair<std::string, std::function<std::filesystem::path(const std::string&)>>> layouts = {
+        {"1 stage", [&](const std::string& n) { return write_topology(dir, n, {{0, 4}}); }},
+        {"2 stages", [&](const std::string& n) { return write_topology(dir, n, {{0, 2}, {2, 4}}); }},
+        {"3 stages", [&](const std::string& n) { return write_topology(dir, n, {{0, 1}, {1, 3}, {3, 4}}); }},
+        {"a group of 2", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0, 1.0}}); }},
+        {"a group of 2 (1 : 0.5), then 1", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0, 0.5}, {1.0}}); }},
+        {"1, then a group of 3 (1 : 0.5 : 0.5)", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0}, {1.0, 0.5, 0.5}}); }},
+    };
+    int number = 0;
+    for (const auto& [layout, write] : layouts) {
+      CAPTURE(layout);
+      const auto name = "p" + std::to_string(number++);
+      auto t = deploy::load_topology(write(name));
       deploy::local_cluster cluster(t, dir / ("logs-" + name), test::orrery_binary());
       cluster.wait_ready(std::chrono::seconds(20));
       auto o = options(dir / "m", dir / name);
@@ -115,7 +125,7 @@ TEST_CASE("a pipeline of node processes trains step for step as one device: loss
         worst_weight = std::max(worst_weight, r);
         bitwise += at::equal(weights.at(key), w) ? 1 : 0;
       }
-      MESSAGE(std::string(tied ? "tied" : "untied") << ", " << layout.size() << " stage(s): losses and norms within " << worst
+      MESSAGE(std::string(tied ? "tied" : "untied") << ", " << layout << ": losses and norms within " << worst
                                          << ", weights within " << worst_weight << " (" << bitwise << " of "
                                          << weights.size() << " tensors bitwise equal)");
     }
