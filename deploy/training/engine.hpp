@@ -7,12 +7,24 @@
 // on one device by running the same trainer on each.
 
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "compute/training/corpus.hpp"
 
 namespace orrery::deploy {
+
+/// A node the engine trains on was lost (its process ended, its connection
+/// broke); the engine can go on without it after recover().
+class training_node_lost : public std::runtime_error {
+ public:
+  training_node_lost(std::string node, const std::string& what) : std::runtime_error(what), node_(std::move(node)) {}
+  const std::string& node() const { return node_; }
+
+ private:
+  std::string node_;
+};
 
 class training_engine {
  public:
@@ -32,6 +44,12 @@ class training_engine {
   virtual void save(const std::filesystem::path& dir) = 0;
   /// Restores the optimizer's moments from checkpoint `dir`.
   virtual void restore(const std::filesystem::path& dir) = 0;
+  /// After training_node_lost: lays the lost node's layers onto the
+  /// survivors and loads every stage's weights from the model directory
+  /// `from` (the last checkpoint, whose optimizer state restore() then
+  /// loads, or the starting model). Throws std::runtime_error when no node
+  /// is left.
+  virtual void recover(const std::string& lost_node, const std::filesystem::path& from) = 0;
   /// Where it trains, for the first line of progress ("cpu", "3 stages: …").
   virtual std::string describe() const = 0;
 };

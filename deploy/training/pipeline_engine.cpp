@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <random>
 #include <stdexcept>
 
@@ -18,6 +19,7 @@
 #include "compute/model_writer.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "messages/data_plane.hpp"
+#include "planning/migration.hpp"
 
 namespace orrery::deploy {
 
@@ -31,6 +33,9 @@ std::chrono::milliseconds answer_timeout(const topology& t) {
   return std::max<std::chrono::milliseconds>(t.request_timeout, std::chrono::minutes(2));
 }
 
+/// How long a failed link waits for the verdict that names the node behind it.
+constexpr std::chrono::seconds verdict_wait{5};
+
 std::uint64_t fresh_session() {
   std::random_device entropy;
   std::uint64_t id = 0;
@@ -42,7 +47,7 @@ std::uint64_t fresh_session() {
 
 struct pipeline_engine::state {
   struct member {
-    std::string node;
+    std::size_t node = 0;  // index into nodes
     actors::training_stage_actor actor;
     std::int32_t share = 1;
     next_hop data;  // where its data plane accepts frames
@@ -60,14 +65,19 @@ struct pipeline_engine::state {
 
   topology t;
   compute::llama_config config;
+  training_settings settings;
   actor_config caf_config;
   std::unique_ptr<caf::actor_system> system;
   std::unique_ptr<caf::scoped_actor> self;
+  /// Every node of the topology as the client reached it, and which are alive.
+  std::vector<actors::placement_stage> nodes;
+  std::vector<bool> alive;
   std::shared_ptr<messages::data_plane> plane;
   std::vector<std::shared_ptr<messages::link>> first;  // to the first stage's members
+  /// The layout: its stages' members (their actors once deployed) and layers.
   std::vector<stage> stages;
   std::size_t window = 1;  // micro-batches in flight at most: one per member of the widest stage, per stage
-  std::uint64_t session = fresh_session();
+  std::uint64_t session = 0;
   std::uint64_t next_request = 1;
   std::chrono::milliseconds timeout;
 
@@ -76,16 +86,13 @@ struct pipeline_engine::state {
         self(std::make_unique<caf::scoped_actor>(*system)), timeout(answer_timeout(topo)) {}
 
   ~state() {
+    stop_stages();
     plane.reset();  // its io thread ends before the actor system does
     self.reset();
   }
 
-  std::string node_of(const caf::actor_addr& a) const {
-    for (const auto& st : stages)
-      for (const auto& m : st.members)
-        if (m.actor.address() == a) return m.node;
-    return "?";
-  }
+  const std::string& name_of(const member& m) const { return nodes[m.node].node_name; }
+
   std::vector<const member*> all_members() const {
     std::vector<const member*> out;
     for (const auto& st : stages)
@@ -93,8 +100,133 @@ struct pipeline_engine::state {
     return out;
   }
 
-  // Sends every batch through the pipeline as a `pass`, at most one per
-  // stage in flight, and returns their summed losses in order.
+  const member* member_of(const caf::actor_addr& a) const {
+    for (const auto* m : all_members())
+      if (m->actor.address() == a) return m;
+    return nullptr;
+  }
+
+  void stop_stages() {
+    for (const auto* m : all_members())
+      if (m->actor) {
+        (*self)->demonitor(m->actor.address());
+        caf::anon_send_exit(m->actor, caf::exit_reason::user_shutdown);
+      }
+    first.clear();
+  }
+
+  [[noreturn]] void lost(const member& m, const std::string& why) {
+    throw training_node_lost(name_of(m), "node '" + name_of(m) + "' was lost: " + why);
+  }
+
+  // A request to `m` failed with `e`: its node is lost when the actor is
+  // gone, otherwise the error stands as it is.
+  [[noreturn]] void failed(const member& m, const char* what, const caf::error& e) {
+    if (e == caf::sec::request_receiver_down || e == caf::exit_reason::remote_link_unreachable)
+      lost(m, std::string(what) + ": " + actors::error_text(e));
+    throw std::runtime_error(std::string(what) + " failed on node '" + name_of(m) + "': " + actors::error_text(e));
+  }
+
+  // Waits briefly for the verdict behind a failed link: the down message of
+  // the member whose node went, if one comes.
+  [[noreturn]] void link_failed(const std::string& problem) {
+    (*self)->receive([&](caf::down_msg& m) {
+                       if (const auto* gone = member_of(m.source)) lost(*gone, actors::error_text(m.reason) + " (" + problem + ")");
+                     },
+                     caf::after(verdict_wait) >> [] {});
+    throw std::runtime_error(problem);
+  }
+
+  // Loads and wires every stage of `stages` from the model directory `model`,
+  // in a session of their own.
+  void deploy(const fs::path& model) {
+    session = fresh_session();
+    const auto files = actors::identify_model(model);
+    auto& me = *self;
+    window = 1;
+    for (std::size_t i = 0; i < stages.size(); ++i) {
+      auto& st = stages[i];
+      std::vector<std::string> names;
+      for (const auto& m : st.members) names.push_back(name_of(m));
+      for (std::size_t r = 0; r < st.members.size(); ++r) {
+        auto& m = st.members[r];
+        const auto& n = nodes[m.node];
+        stage_assignment a;
+        a.session = session;
+        a.deployment = 1;
+        a.stage = static_cast<std::uint16_t>(i);
+        a.first_layer = st.first_layer;
+        a.last_layer = st.last_layer;
+        a.model_dir = fs::absolute(model).string();
+        a.model_files = files;
+        a.threads = n.threads;
+        if (st.members.size() > 1) {
+          a.group = names;
+          a.rank = static_cast<std::int32_t>(r);
+        }
+        // A member waits this long inside an all-reduce for a peer that died.
+        a.collective_deadline_ms = t.request_timeout.count();
+        a.training = settings;
+        a.training.enabled = true;
+        std::string problem;
+        stage_ready ready;
+        me->request(n.node, timeout, load_stage_atom_v, a)
+            .receive([&](stage_ready& answer) { ready = std::move(answer); },
+                     [&](caf::error& e) { problem = "node '" + n.node_name + "': " + actors::error_text(e); });
+        if (!problem.empty()) throw std::runtime_error(problem);
+        m.actor = caf::actor_cast<actors::training_stage_actor>(ready.stage);
+        m.data = next_hop{ready.data_host, ready.data_port, static_cast<std::uint16_t>(i)};
+        me->monitor(m.actor);
+      }
+      window = std::max(window, st.members.size());
+    }
+    window *= stages.size();
+    wire();
+    for (const auto& m : stages.front().members)
+      first.push_back(plane->connect(m.data.host, m.data.port, t.connect_timeout));
+  }
+
+  void wire() {
+    auto& me = *self;
+    const std::size_t n = stages.size();
+    auto hops = [&](const stage& st) {
+      std::vector<next_hop> out;
+      for (const auto& m : st.members) out.push_back(m.data);
+      return out;
+    };
+    // Every holder of a tied embedding: the first stage's members, then the last's.
+    std::vector<const member*> holders;
+    if (config.tie_word_embeddings && n > 1)
+      for (const auto* st : {&stages.front(), &stages.back()})
+        for (const auto& m : st->members) holders.push_back(&m);
+    std::vector<std::string> holder_names;
+    for (const auto* h : holders) holder_names.push_back(name_of(*h));
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& st = stages[i];
+      for (std::size_t r = 0; r < st.members.size(); ++r) {
+        training_links links;
+        if (i + 1 < n) links.next = hops(stages[i + 1]), links.next_shares = stages[i + 1].shares();
+        if (i > 0) links.previous = hops(stages[i - 1]), links.previous_shares = stages[i - 1].shares();
+        if (st.members.size() > 1) links.ring = st.members[(r + 1) % st.members.size()].data;
+        const auto held = std::find(holders.begin(), holders.end(), &st.members[r]);
+        if (held != holders.end()) {
+          const auto rank = static_cast<std::size_t>(held - holders.begin());
+          links.tied = holders[(rank + 1) % holders.size()]->data;
+          links.tied_members = holder_names;
+          links.tied_rank = static_cast<std::int32_t>(rank);
+        }
+        links.client = caf::actor_cast<caf::actor>(me);
+        links.timeout_ms = t.connect_timeout.count();
+        std::string problem;
+        me->request(st.members[r].actor, timeout, connect_next_atom_v, std::uint64_t{1}, links)
+            .receive([] {}, [&](caf::error& e) { problem = "node '" + name_of(st.members[r]) + "': " + actors::error_text(e); });
+        if (!problem.empty()) throw std::runtime_error(problem);
+      }
+    }
+  }
+
+  // Sends every batch through the pipeline as a `pass`, at most `window`
+  // in flight, and returns their summed losses in order.
   std::vector<double> run(const std::vector<compute::token_batch>& batches, messages::pass_kind pass) {
     const bool training = pass == messages::pass_kind::training;
     std::vector<double> losses(batches.size(), NAN);
@@ -102,6 +234,7 @@ struct pipeline_engine::state {
     std::map<std::uint64_t, std::size_t> index;
     std::size_t sent = 0, finished = 0, in_flight = 0;
     std::string problem;
+    const member* gone = nullptr;
     auto& me = *self;
     const auto client = caf::actor_cast<caf::actor>(me);
     auto send = [&](std::size_t i) {
@@ -123,7 +256,7 @@ struct pipeline_engine::state {
                            [client, id, peer = link.peer()](const std::string& error) {
                              if (!error.empty())
                                caf::anon_send(client, request_failure{id, "the link to the first stage at " + peer +
-                                                                              " failed: " + error});
+                                                                              " failed: " + error, true});
                            });
     };
     auto answered = [&](std::uint64_t request) {
@@ -134,7 +267,8 @@ struct pipeline_engine::state {
         --in_flight;
       }
     };
-    while (finished < batches.size() && problem.empty()) {
+    bool transient = false;
+    while (finished < batches.size() && problem.empty() && !gone) {
       for (; sent < batches.size() && in_flight < window; ++sent, ++in_flight) send(sent);
       me->receive(
           [&](micro_batch_loss& l) {
@@ -143,31 +277,31 @@ struct pipeline_engine::state {
           },
           [&](micro_batch_done& d) { answered(d.request); },
           [&](request_failure& f) {
-            if (index.count(f.request)) problem = f.problem;
+            if (index.count(f.request)) problem = f.problem, transient = f.transient;
           },
-          [&](caf::down_msg& m) {
- problem = "node '" + node_of(m.source) + "' was lost (" + actors::error_text(m.reason) +
-                      "); training stops. Continue from the last checkpoint with --resume once the node is back";
+          [&](caf::down_msg& m) {  // of a member of this layout (an earlier one's may still be queued)
+            if ((gone = member_of(m.source))) problem = actors::error_text(m.reason);
           },
           caf::after(timeout) >> [&] {
             problem = "no answer from the pipeline for " + std::to_string(timeout.count() / 1000) + " s with " +
                       std::to_string(in_flight) + " micro-batch(es) in flight";
           });
     }
+    if (gone) lost(*gone, problem);
+    if (transient) link_failed(problem);
     if (!problem.empty()) throw std::runtime_error(problem);
     return losses;
   }
 
-  // Asks each of `members` in turn; throws naming the first that failed.
+  // Asks each of `members` in turn.
   template <class Answer, class... Ts>
   std::vector<Answer> ask_each(const std::vector<const member*>& members, const char* what, Ts... xs) {
     std::vector<Answer> answers;
     for (const auto* m : members) {
-      std::string problem;
+      std::optional<caf::error> error;
       (*self)->request(m->actor, timeout, xs...)
-          .receive([&](Answer& a) { answers.push_back(std::move(a)); },
-                   [&](caf::error& e) { problem = std::string(what) + " failed on node '" + m->node + "': " + actors::error_text(e); });
-      if (!problem.empty()) throw std::runtime_error(problem);
+          .receive([&](Answer& a) { answers.push_back(std::move(a)); }, [&](caf::error& e) { error = std::move(e); });
+      if (error) failed(*m, what, *error);
     }
     return answers;
   }
@@ -178,108 +312,31 @@ pipeline_engine::pipeline_engine(const topology& t, const fs::path& model, const
     : s_(std::make_unique<state>(t)) {
   auto& s = *s_;
   s.config = config;
-  auto nodes = connect_nodes(*s.system, t);
-  nodes.require_all();
+  s.settings = settings;
+  auto connected = connect_nodes(*s.system, t);
+  connected.require_all();
+  s.nodes = std::move(connected.stages);
+  s.alive.assign(s.nodes.size(), true);
   // A topology's group is one data-parallel stage here: its members are
-  // consecutive, with the same layers; their speeds are their shares.
-  std::vector<std::vector<const actors::placement_stage*>> grouped;
-  for (const auto& n : nodes.stages) {
+  // consecutive, with the same layers; their speeds (as MLP columns) are
+  // their shares.
+  for (std::size_t i = 0; i < s.nodes.size(); ++i) {
+    const auto& n = s.nodes[i];
     if (n.first_layer >= n.last_layer) continue;  // a standby node
-    const bool joins = !grouped.empty() && !n.group.empty() && grouped.back().front()->group == n.group;
-    if (!joins) grouped.emplace_back();
-    grouped.back().push_back(&n);
+    const bool joins = !s.stages.empty() && !n.group.empty() && s.nodes[s.stages.back().members.front().node].group == n.group;
+    if (!joins) s.stages.push_back({{}, n.first_layer, n.last_layer});
+    s.stages.back().members.push_back({i, {}, n.group.empty() ? 1 : std::max(1, n.slice.columns()), {}});
   }
-  if (grouped.empty()) throw std::runtime_error("the topology's placement gives no node any layer");
-  const auto files = actors::identify_model(model);
+  if (s.stages.empty()) throw std::runtime_error("the topology's placement gives no node any layer");
   messages::data_plane_options options;
   options.bind_address = t.testbed ? t.testbed->client : "127.0.0.1";
   s.plane = std::make_shared<messages::data_plane>(options, actors::tensor_allocator(),
                                                    actors::router::handler_of(std::make_shared<actors::router>("trainer")),
                                                    [](const std::string&, const std::string&) {});
-  auto& me = *s.self;
-  for (std::size_t i = 0; i < grouped.size(); ++i) {
-    const auto& group = grouped[i];
-    state::stage st;
-    st.first_layer = group.front()->first_layer;
-    st.last_layer = group.front()->last_layer;
-    std::vector<std::string> names;
-    for (const auto* n : group) names.push_back(n->node_name);
-    for (std::size_t m = 0; m < group.size(); ++m) {
-      const auto& n = *group[m];
-      stage_assignment a;
-      a.session = s.session;
-      a.deployment = 1;
-      a.stage = static_cast<std::uint16_t>(i);
-      a.first_layer = n.first_layer;
-      a.last_layer = n.last_layer;
-      a.model_dir = fs::absolute(model).string();
-      a.model_files = files;
-      a.threads = n.threads;
-      if (group.size() > 1) {
-        a.group = names;
-        a.rank = static_cast<std::int32_t>(m);
-      }
-      a.collective_deadline_ms = s.timeout.count();
-      a.training = settings;
-      a.training.enabled = true;
-      std::string problem;
-      stage_ready ready;
-      me->request(n.node, s.timeout, load_stage_atom_v, a)
-          .receive([&](stage_ready& r) { ready = std::move(r); },
-                   [&](caf::error& e) { problem = "node '" + n.node_name + "': " + actors::error_text(e); });
-      if (!problem.empty()) throw std::runtime_error(problem);
-      state::member joined{n.node_name, caf::actor_cast<actors::training_stage_actor>(ready.stage),
-                    group.size() > 1 ? std::max(1, n.slice.columns()) : 1,
-                    next_hop{ready.data_host, ready.data_port, static_cast<std::uint16_t>(i)}};
-      me->monitor(joined.actor);
-      st.members.push_back(std::move(joined));
-    }
-    s.window = std::max(s.window, st.members.size());
-    s.stages.push_back(std::move(st));
-  }
-  const std::size_t n = s.stages.size();
-  s.window *= n;
-  auto hops = [&](const state::stage& st) {
-    std::vector<next_hop> out;
-    for (const auto& m : st.members) out.push_back(m.data);
-    return out;
-  };
-  // Every holder of a tied embedding: the first stage's members, then the last's.
-  std::vector<const state::member*> holders;
-  if (config.tie_word_embeddings && n > 1)
-    for (const auto* st : {&s.stages.front(), &s.stages.back()})
-      for (const auto& m : st->members) holders.push_back(&m);
-  std::vector<std::string> holder_names;
-  for (const auto* h : holders) holder_names.push_back(h->node);
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& st = s.stages[i];
-    for (std::size_t m = 0; m < st.members.size(); ++m) {
-      training_links links;
-      if (i + 1 < n) links.next = hops(s.stages[i + 1]), links.next_shares = s.stages[i + 1].shares();
-      if (i > 0) links.previous = hops(s.stages[i - 1]), links.previous_shares = s.stages[i - 1].shares();
-      if (st.members.size() > 1) links.ring = st.members[(m + 1) % st.members.size()].data;
-      const auto held = std::find(holders.begin(), holders.end(), &st.members[m]);
-      if (held != holders.end()) {
-        const auto rank = static_cast<std::size_t>(held - holders.begin());
-        links.tied = holders[(rank + 1) % holders.size()]->data;
-        links.tied_members = holder_names;
-        links.tied_rank = static_cast<std::int32_t>(rank);
-      }
-      links.client = caf::actor_cast<caf::actor>(me);
-      links.timeout_ms = t.connect_timeout.count();
-      std::string problem;
-      me->request(st.members[m].actor, s.timeout, connect_next_atom_v, std::uint64_t{1}, links)
-          .receive([] {}, [&](caf::error& e) { problem = "node '" + st.members[m].node + "': " + actors::error_text(e); });
-      if (!problem.empty()) throw std::runtime_error(problem);
-    }
-  }
-  for (const auto& m : s.stages.front().members) s.first.push_back(s.plane->connect(m.data.host, m.data.port, t.connect_timeout));
+  s.deploy(model);
 }
 
-pipeline_engine::~pipeline_engine() {
-  for (const auto* m : s_->all_members())
-    if (m->actor) caf::anon_send_exit(m->actor, caf::exit_reason::user_shutdown);
-}
+pipeline_engine::~pipeline_engine() = default;
 
 std::vector<double> pipeline_engine::accumulate(const std::vector<compute::token_batch>& micro_batches) {
   return s_->run(micro_batches, messages::pass_kind::training);
@@ -289,24 +346,63 @@ std::vector<double> pipeline_engine::evaluate(const std::vector<compute::token_b
   return s_->run(batches, messages::pass_kind::evaluation);
 }
 
+namespace {
+
+// Asks every member for its part of the gradient norm at once and answers
+// (sum in pipeline order, -1, no error); or (0, member, error) as soon as a
+// member's actor goes down (request_receiver_down), since the others may be
+// waiting for it inside their all-reduce, or its request fails.
+caf::behavior norm_gatherer(caf::event_based_actor* self, std::vector<actors::training_stage_actor> members,
+                            std::chrono::milliseconds timeout) {
+  return {[=](gradient_norm_atom) {
+    auto promise = std::make_shared<caf::response_promise>(self->make_response_promise());
+    auto parts = std::make_shared<std::vector<double>>(members.size(), 0.0);
+    auto left = std::make_shared<std::size_t>(members.size());
+    auto answer = [=](caf::message m) {
+      if (promise->pending()) promise->deliver(std::move(m));
+      self->quit();
+    };
+    self->set_down_handler([=](caf::down_msg& m) {
+      for (std::size_t i = 0; i < members.size(); ++i)
+        if (members[i].address() == m.source)
+          return answer(caf::make_message(0.0, static_cast<std::int64_t>(i), caf::make_error(caf::sec::request_receiver_down)));
+    });
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      self->monitor(members[i]);
+      self->request(members[i], timeout, gradient_norm_atom_v)
+          .then(
+              [=](double part) {
+                (*parts)[i] = part;
+                if (--*left > 0) return;
+                double sum = 0;
+                for (double p : *parts) sum += p;
+                answer(caf::make_message(sum, std::int64_t{-1}, caf::error{}));
+              },
+              [=](caf::error& e) { answer(caf::make_message(0.0, static_cast<std::int64_t>(i), e)); });
+    }
+    return *promise;
+  }};
+}
+
+}  // namespace
+
 double pipeline_engine::squared_gradient_norm() {
-  // Every member is asked before any answer is awaited: groups and the tied
-  // embedding's holders add up their gradients in the middle of the request.
-  auto& me = *s_->self;
+  // Every member is asked at once: groups and the tied embedding's holders
+  // add up their gradients in the middle of the request.
   const auto members = s_->all_members();
-  using handle = decltype(me->request(members.front()->actor, s_->timeout, gradient_norm_atom_v));
-  std::vector<handle> pending;
-  for (const auto* m : members) pending.push_back(me->request(m->actor, s_->timeout, gradient_norm_atom_v));
-  std::vector<double> parts;
-  std::string problem;
-  for (std::size_t i = 0; i < pending.size(); ++i)
-    pending[i].receive([&](double part) { parts.push_back(part); },
-                       [&](caf::error& e) {
-                         if (problem.empty()) problem = "node '" + members[i]->node + "': " + actors::error_text(e);
-                       });
-  if (!problem.empty()) throw std::runtime_error("the gradient norm: " + problem);
+  std::vector<actors::training_stage_actor> actors;
+  for (const auto* m : members) actors.push_back(m->actor);
+  auto gatherer = s_->system->spawn(norm_gatherer, actors, s_->timeout);
   double sum = 0;
-  for (double p : parts) sum += p;  // in pipeline order, as the whole model's parameters are
+  std::optional<std::pair<std::size_t, caf::error>> failure;
+  (*s_->self)->request(gatherer, caf::infinite, gradient_norm_atom_v)
+      .receive(
+          [&](double total, std::int64_t member, caf::error& e) {
+            sum = total;
+            if (member >= 0) failure = {static_cast<std::size_t>(member), std::move(e)};
+          },
+          [&](caf::error& e) { failure = {0, std::move(e)}; });
+  if (failure) s_->failed(*members[failure->first], "the gradient norm", failure->second);
   return sum;
 }
 
@@ -316,17 +412,14 @@ void pipeline_engine::step(double learning_rate, double gradient_scale) {
 
 void pipeline_engine::save(const fs::path& dir) {
   const auto n = static_cast<std::int32_t>(s_->stages.size());
+  std::vector<const state::member*> leaders;  // a group's members are replicas: its first writes
+  for (const auto& st : s_->stages) leaders.push_back(&st.members.front());
   std::map<std::string, std::string> weight_map;
   std::uint64_t total = 0;
-  std::int32_t k = 1;
-  for (const auto& st : s_->stages) {  // a group's members are replicas: its first writes
-    const auto& leader = st.members.front();
-    checkpoint_part part;
-    std::string problem;
-    (*s_->self)->request(leader.actor, s_->timeout, save_atom_v, fs::absolute(dir).string(), k++, n)
-        .receive([&](checkpoint_part& p) { part = std::move(p); },
-                 [&](caf::error& e) { problem = "node '" + leader.node + "': " + actors::error_text(e); });
-    if (!problem.empty()) throw std::runtime_error(problem);
+  for (std::int32_t k = 1; k <= n; ++k) {
+    auto part = s_->ask_each<checkpoint_part>({leaders[static_cast<std::size_t>(k - 1)]}, "writing the checkpoint",
+                                              save_atom_v, fs::absolute(dir).string(), k, n)
+                    .front();
     for (const auto& name : part.tensors) weight_map[name] = part.file;
     total += part.bytes;
   }
@@ -339,12 +432,39 @@ void pipeline_engine::restore(const fs::path& dir) {
   s_->ask_each<std::int64_t>(s_->all_members(), "restoring the optimizer", restore_atom_v, fs::absolute(dir).string());
 }
 
+void pipeline_engine::recover(const std::string& lost_node, const fs::path& from) {
+  auto& s = *s_;
+  s.stop_stages();
+  for (std::size_t i = 0; i < s.nodes.size(); ++i)
+    if (s.nodes[i].node_name == lost_node) s.alive[i] = false;
+  // A group goes on with its surviving replicas; a stage left with none
+  // gives its layers to its neighbours.
+  planning::cluster_state cluster;
+  std::vector<planning::stage> current;
+  for (std::size_t i = 0; i < s.stages.size(); ++i) {
+    auto& members = s.stages[i].members;
+    members.erase(std::remove_if(members.begin(), members.end(), [&](const auto& m) { return !s.alive[m.node]; }),
+                  members.end());
+    cluster.alive.push_back(!members.empty());
+    cluster.memory_bytes.push_back(0);
+    current.push_back({i, static_cast<std::size_t>(s.stages[i].first_layer), static_cast<std::size_t>(s.stages[i].last_layer)});
+  }
+  cluster.layer_bytes.assign(static_cast<std::size_t>(s.config.num_layers), 1);
+  const auto moved = planning::plan_after_loss(current, cluster);
+  std::vector<state::stage> next;
+  for (const auto& p : moved.stages)
+    next.push_back({s.stages[p.device].members, static_cast<int>(p.begin), static_cast<int>(p.end)});
+  if (next.empty()) throw std::runtime_error("no node is left to train on");
+  s.stages = std::move(next);
+  s.deploy(from);
+}
+
 std::string pipeline_engine::describe() const {
   std::string out = std::to_string(s_->stages.size()) + " pipeline stage(s):";
   for (const auto& st : s_->stages) {
     std::string who;
     for (const auto& m : st.members)
-      who += (who.empty() ? "" : "+") + m.node + (st.members.size() > 1 ? "(" + std::to_string(m.share) + ")" : "");
+      who += (who.empty() ? "" : "+") + s_->name_of(m) + (st.members.size() > 1 ? "(" + std::to_string(m.share) + ")" : "");
     out += " " + who + " [" + std::to_string(st.first_layer) + ", " + std::to_string(st.last_layer) + ")";
   }
   return out;

@@ -9,8 +9,11 @@
 //
 // The nodes read the starting model, and write their parts of each
 // checkpoint, at the paths this process names: one machine, or a filesystem
-// the nodes share with it. A node lost mid-run stops the run with its name;
-// `--resume` continues from the last checkpoint (on any layout).
+// the nodes share with it. A node lost mid-run (its connection breaks) is
+// reported as training_node_lost; recover() moves its layers to its
+// neighbours in the pipeline (planning/migration.hpp; a group member's
+// replicas simply go on without it) and reloads every stage, in a new
+// session, from the last checkpoint, which the trainer then continues.
 
 #include <filesystem>
 #include <memory>
@@ -37,6 +40,7 @@ class pipeline_engine final : public training_engine {
   std::vector<double> evaluate(const std::vector<compute::token_batch>& batches) override;
   void save(const std::filesystem::path& dir) override;
   void restore(const std::filesystem::path& dir) override;
+  void recover(const std::string& lost_node, const std::filesystem::path& from) override;
   std::string describe() const override;
 
  private:

@@ -1,5 +1,6 @@
 #include "deploy/training/trainer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -96,6 +97,17 @@ struct run_log {
     if (entry.contains("validation_loss"))
       validation.push_back({entry["step"].get<std::int64_t>(), entry["validation_loss"].get<double>()});
   }
+
+  /// Forgets the steps from `next_step` on (they are run again).
+  void truncate(std::int64_t next_step) {
+    auto keep = [&](auto& entries, auto step_of) {
+      entries.erase(std::remove_if(entries.begin(), entries.end(), [&](const auto& e) { return step_of(e) >= next_step; }),
+                    entries.end());
+    };
+    keep(steps, [](const json& e) { return e["step"].get<std::int64_t>(); });
+    keep(training, [](const loss_point& p) { return p.step; });
+    keep(validation, [](const loss_point& p) { return p.step; });
+  }
 };
 
 std::int64_t total_steps(const training_options& o, const compute::corpus& data) {
@@ -153,6 +165,9 @@ class local_engine final : public training_engine {
     compute::save_optimizer(dir / compute::optimizer_file_name, optimizer_);
   }
   void restore(const fs::path& dir) override { compute::load_optimizer(compute::optimizer_files(dir), optimizer_); }
+  void recover(const std::string& lost_node, const fs::path&) override {
+    throw std::logic_error("one device has no node to lose (" + lost_node + ")");
+  }
   std::string describe() const override { return device_; }
 
  private:
@@ -288,36 +303,62 @@ training_result train(const training_options& o, std::ostream& figures) {
   progress_bar bar("train");
   const auto started = std::chrono::steady_clock::now();
   double last_loss = NAN, last_validation = NAN;
-  for (std::int64_t step = first; step < total; ++step) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<compute::token_batch> micro_batches;
-    for (int m = 0; m < o.batch; m += o.micro_batch)
-      micro_batches.push_back(data.training_batch(o.seed, step, m, o.micro_batch, o.length));
-    double loss = 0;
-    for (double part : engine->accumulate(micro_batches)) loss += part;
-    loss /= per_step_tokens;
-    const double norm = std::sqrt(engine->squared_gradient_norm());
-    const double lr = schedule.at(step);
-    engine->step(lr, compute::clipping_scale(norm, o.clip));
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    json entry = {{"step", step},           {"loss", loss},       {"learning_rate", lr},
-                  {"gradient_norm", norm},  {"tokens", static_cast<std::int64_t>(per_step_tokens)},
-                  {"seconds", seconds},     {"tokens_per_s", per_step_tokens / seconds}};
-    last_loss = loss;
-    const bool last = step + 1 == total;
-    if ((step + 1) % o.eval_every == 0 || last) {
-      last_validation = validation_loss(*engine, data, o);
-      entry["validation_loss"] = last_validation;
+  std::vector<std::string> recoveries;
+  for (std::int64_t step = first; step < total;) {
+    try {
+      const auto t0 = std::chrono::steady_clock::now();
+      std::vector<compute::token_batch> micro_batches;
+      for (int m = 0; m < o.batch; m += o.micro_batch)
+        micro_batches.push_back(data.training_batch(o.seed, step, m, o.micro_batch, o.length));
+      double loss = 0;
+      for (double part : engine->accumulate(micro_batches)) loss += part;
+      loss /= per_step_tokens;
+      const double norm = std::sqrt(engine->squared_gradient_norm());
+      const double lr = schedule.at(step);
+      engine->step(lr, compute::clipping_scale(norm, o.clip));
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      json entry = {{"step", step},           {"loss", loss},       {"learning_rate", lr},
+                    {"gradient_norm", norm},  {"tokens", static_cast<std::int64_t>(per_step_tokens)},
+                    {"seconds", seconds},     {"tokens_per_s", per_step_tokens / seconds}};
+      last_loss = loss;
+      const bool last = step + 1 == total;
+      if ((step + 1) % o.eval_every == 0 || last) {
+        last_validation = validation_loss(*engine, data, o);
+        entry["validation_loss"] = last_validation;
+      }
+      log.add(entry);
+      if (!o.quiet) {
+        char what[160];
+        std::snprintf(what, sizeof what, "loss %.3f  val %.3f  lr %.2e  %.0f tok/s", loss, last_validation, lr,
+                      per_step_tokens / seconds);
+        bar.show(step + 1, total, what, first);
+      }
+      if (last || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))
+        write_checkpoint(o, *engine, data, step + 1, total, log);
+      ++step;
+    } catch (const training_node_lost& e) {
+      // The survivors take the lost node's layers and continue from the
+      // last checkpoint (or the start): only the steps since are repeated.
+      const bool checkpointed = fs::exists(o.out / training_state_file);
+      const fs::path from = checkpointed ? o.out : start_model;
+      const std::int64_t back_to =
+          checkpointed ? compute::read_json_object(o.out / training_state_file, compute::max_model_json_bytes)
+                             .value("next_step", std::int64_t{0})
+                       : std::int64_t{0};
+      const auto started_recovery = std::chrono::steady_clock::now();
+      engine->recover(e.node(), from);
+      if (checkpointed) engine->restore(from);
+      log.truncate(back_to);
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_recovery).count();
+      char line[256];
+      std::snprintf(line, sizeof line, "node '%s' lost at step %lld, resumed at step %lld (%lld repeated) in %.2f s",
+                    e.node().c_str(), static_cast<long long>(step), static_cast<long long>(back_to),
+                    static_cast<long long>(step - back_to), took);
+      recoveries.push_back(line);
+      std::cerr << (o.quiet ? "" : "\n") << e.what() << "\n"
+                << "recovered: " << line << "; now on " << engine->describe() << "\n";
+      step = back_to;
     }
-    log.add(entry);
-    if (!o.quiet) {
-      char what[160];
-      std::snprintf(what, sizeof what, "loss %.3f  val %.3f  lr %.2e  %.0f tok/s", loss, last_validation, lr,
-                    per_step_tokens / seconds);
-      bar.show(step + 1, total, what, first);
-    }
-    if (last || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))
-      write_checkpoint(o, *engine, data, step + 1, total, log);
   }
   training_result result;
   result.first_step = first;
@@ -333,6 +374,8 @@ training_result train(const training_options& o, std::ostream& figures) {
                 static_cast<long long>(total), static_cast<long long>(total - first), result.seconds, result.loss,
                 result.validation_loss, result.tokens_per_s, o.out.c_str(), (o.out / loss_curve_file).c_str());
   figures << line;
+  for (const auto& r : recoveries) figures << "   recovery: " << r << "\n";
+  result.recoveries = static_cast<int>(recoveries.size());
   return result;
 }
 

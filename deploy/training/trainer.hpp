@@ -57,6 +57,7 @@ struct training_result {
   double validation_loss = 0;   ///< at the end
   double tokens_per_s = 0;      ///< this invocation's training tokens per second
   double seconds = 0;
+  int recoveries = 0;  ///< nodes lost and trained around (over a topology)
 };
 
 /// Trains as above; progress on stderr, one summary line on `figures`.

@@ -131,3 +131,71 @@ TEST_CASE("a pipeline of node processes trains step for step as one device: loss
     }
   }
 }
+
+TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the steps since the last checkpoint and end where one device ends") {
+  temp_dir dir;
+  compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {8, 0, {}});
+  const std::vector<std::string> common = {"--data", english, "--steps", "150", "--batch", "4", "--micro-batch", "2",
+                                           "--length", "32", "--checkpoint-every", "10", "--threads", "1", "--quiet"};
+  auto args = [&](std::vector<std::string> head) {
+    head.insert(head.end(), common.begin(), common.end());
+    return head;
+  };
+  auto local = test::run_orrery(args({"train", "--model", "m", "--out", "local"}), dir.path());
+  REQUIRE(local.exit_code == 0);
+  const auto reference = weights_of(dir / "local");
+  const auto reference_log = log_of(dir / "local");
+
+  // A pipeline (its arithmetic is one device's: bitwise) and a data-parallel
+  // group in a pipeline (sums in another order: within 1e-4 at the end).
+  struct scenario {
+    std::string name, victim;
+    std::function<std::filesystem::path()> write;
+    bool bitwise;
+  };
+  const std::vector<scenario> scenarios = {
+      {"pipeline", "n1", [&] { return write_topology(dir, "kp", {{0, 1}, {1, 3}, {3, 4}}); }, true},
+      {"group", "g0-1", [&] { return test::write_group_topology(dir, "kg", {{1.0, 1.0}, {1.0}}); }, false},
+  };
+  for (const auto& sc : scenarios) {
+    CAPTURE(sc.name);
+    auto t = deploy::load_topology(sc.write());
+    deploy::local_cluster cluster(t, dir / ("logs-" + sc.name), test::orrery_binary());
+    cluster.wait_ready(std::chrono::seconds(20));
+    const auto out = dir / sc.name;
+    auto command = args({"train", "--topology", t.file.string(), "--out", out.string()});
+    command.insert(command.begin(), test::orrery_binary());
+    const pid_t trainer = test::start_process(command, dir.path(), dir / (sc.name + ".out"), dir / (sc.name + ".err"));
+    auto next_step = [&] {
+      auto state = json::parse(test::slurp(out / "training.json"), nullptr, false);
+      return state.is_object() ? state.value("next_step", 0) : 0;
+    };
+    REQUIRE(test::eventually([&] { return next_step() >= 10; }, std::chrono::seconds(60)));
+    ::kill(cluster.pid(sc.victim), SIGKILL);
+    const int code = test::wait_process(trainer);
+    const auto err = test::slurp(dir / (sc.name + ".err")), printed = test::slurp(dir / (sc.name + ".out"));
+    INFO(err);
+    REQUIRE(code == 0);
+    CHECK(err.find("node '" + sc.victim + "' was lost") != std::string::npos);
+    CHECK(err.find("recovered: node '" + sc.victim + "' lost at step") != std::string::npos);
+    CHECK(printed.find("recovery: node '" + sc.victim + "'") != std::string::npos);
+    MESSAGE(sc.name << ": " << printed.substr(printed.find("recovery:")));
+
+    const auto log = log_of(out);
+    REQUIRE(log.size() == reference_log.size());  // every step once: the repeated ones replaced
+    const auto weights = weights_of(out);
+    if (sc.bitwise) {
+      for (std::size_t i = 0; i < log.size(); ++i) CHECK(log[i]["loss"] == reference_log[i]["loss"]);
+      for (const auto& [name, w] : reference) {
+        CAPTURE(name);
+        CHECK(at::equal(weights.at(name), w));
+      }
+    } else {
+      CHECK(relative(log.back()["loss"].get<double>(), reference_log.back()["loss"].get<double>()) < 1e-4);
+      for (const auto& [name, w] : reference) {
+        CAPTURE(name);
+        CHECK((weights.at(name) - w).norm().item<double>() / w.norm().item<double>() < 1e-4);
+      }
+    }
+  }
+}
