@@ -173,10 +173,16 @@ layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node,
             options.threads = threads;
             options.device = device;
             options.dtype = dtype;
+            options.train_tokens = request.train_tokens;
+            options.train_sequences = request.train_sequences;
             const auto timings = compute::measure_layer_times(request.model_dir, options);
             for (const auto& kind : timings.kinds) {
-              report.curves.push_back(curve_of(kind.kind, "prefill", kind.prefill));
-              report.curves.push_back(curve_of(kind.kind, "decode", kind.decode));
+              if (!kind.prefill.empty()) report.curves.push_back(curve_of(kind.kind, "prefill", kind.prefill));
+              if (!kind.decode.empty()) report.curves.push_back(curve_of(kind.kind, "decode", kind.decode));
+              if (options.train_tokens > 0) {
+                report.curves.push_back({kind.kind, "train_forward", {request.train_tokens}, {kind.train_forward}});
+                report.curves.push_back({kind.kind, "train_backward", {request.train_tokens}, {kind.train_backward}});
+              }
             }
             report.burst_context = timings.burst.context;
             report.burst_wall_seconds = timings.burst.wall_seconds;

@@ -11,6 +11,7 @@
 #include "compute/model_error.hpp"
 #include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
+#include "compute/training/pass.hpp"
 
 namespace orrery::compute {
 
@@ -106,6 +107,52 @@ decode_burst measure_decode_burst(shard& s, int context, int steps) {
   return burst;
 }
 
+struct training_seconds {
+  double forward = 0;
+  double backward = 0;
+};
+
+// A training micro-batch of `sequences` samples of `length` tokens through
+// `s`: seconds per sample of its forward and of its backward (from the loss
+// for the shard with the head, else from a gradient of its output), the
+// means over repeats whose forwards and backwards add up to `min_seconds`.
+training_seconds training_seconds_per_sample(shard& s, int sequences, int length, double min_seconds) {
+  auto parameters = trainable_parameters(s);  // recording gradients, as a training stage's weights do
+  const int tokens = sequences * length;
+  auto input = input_for(s, tokens);
+  auto targets = at::randint(s.config().vocab_size, {tokens}, at::TensorOptions(at::kLong).device(s.options().device));
+  at::Tensor output_gradient;
+  // Reading one value waits for the device (a no-op wait on a CPU).
+  auto wait = [](const at::Tensor& t) { t.reshape(-1)[0].item<double>(); };
+  auto once = [&] {
+    auto start = clock_type::now();
+    training_pass pass(s, input, sequences, length);
+    wait(pass.output());
+    const double forward = seconds_since(start);
+    start = clock_type::now();
+    if (s.has_head()) {
+      pass.backward_from_loss(targets, 1.0);
+    } else {
+      if (!output_gradient.defined()) output_gradient = at::randn_like(pass.output()) * 0.01;
+      pass.backward(output_gradient);
+    }
+    wait(parameters.back().tensor.grad());
+    const double backward = seconds_since(start);
+    for (auto& p : parameters) p.tensor.mutable_grad() = at::Tensor();
+    return training_seconds{forward, backward};
+  };
+  once();  // warms caches and the allocator
+  training_seconds total;
+  int count = 0;
+  while (count < 2 || total.forward + total.backward < min_seconds) {
+    auto t = once();
+    total.forward += t.forward;
+    total.backward += t.backward;
+    ++count;
+  }
+  return {total.forward / count / sequences, total.backward / count / sequences};
+}
+
 }  // namespace
 
 layer_timings measure_layer_times(const std::string& model_dir, const layer_timing_options& options,
@@ -126,7 +173,13 @@ layer_timings measure_layer_times(const std::string& model_dir, const layer_timi
     int first;
   };
   const kind kinds[] = {{"first", 0}, {"middle", layers / 2}, {"last", layers - 1}};
-  const int total = 3 * static_cast<int>(options.prefill_lengths.size() + options.decode_contexts.size()) + 1;
+  if (options.train_tokens > model.config().max_position_embeddings || options.train_sequences < 1)
+    throw model_error(model_dir + ": training samples of " + std::to_string(options.train_tokens) +
+                      " tokens do not fit the model's context of " +
+                      std::to_string(model.config().max_position_embeddings) + " tokens");
+  const bool burst = !options.decode_contexts.empty();
+  const bool training = options.train_tokens > 0;
+  const int total = 3 * static_cast<int>(options.prefill_lengths.size() + options.decode_contexts.size() + training) + burst;
   int done = 0;
   auto advance = [&] {
     if (progress) progress(++done, total);
@@ -143,11 +196,23 @@ layer_timings measure_layer_times(const std::string& model_dir, const layer_timi
       timing.decode.push_back({context + decode_steps / 2, decode_seconds_per_token(s, context, options.min_seconds)});
       advance();
     }
+    if (training) {
+      // Training stages keep fp32 weights whatever the node serves in.
+      auto fp32 = shard_options;
+      fp32.dtype = at::kFloat;
+      shard trained(model, k.first, k.first + 1, fp32);
+      auto t = training_seconds_per_sample(trained, options.train_sequences, options.train_tokens, options.min_seconds);
+      timing.train_forward = t.forward;
+      timing.train_backward = t.backward;
+      advance();
+    }
     out.kinds.push_back(std::move(timing));
   }
-  shard middle(model, layers / 2, layers / 2 + 1, shard_options);
-  out.burst = measure_decode_burst(middle, options.decode_contexts.front(), std::min(64, 2 * layers));
-  advance();
+  if (burst) {
+    shard middle(model, layers / 2, layers / 2 + 1, shard_options);
+    out.burst = measure_decode_burst(middle, options.decode_contexts.front(), std::min(64, 2 * layers));
+    advance();
+  }
   return out;
 }
 

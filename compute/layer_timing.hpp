@@ -10,6 +10,11 @@
 // over repeats that together last at least `min_seconds` of wall time, so a
 // node held to a fraction of a core by a CPU quota is measured at its
 // throttled speed rather than during one lucky unthrottled burst.
+//
+// For training placements (Asteroid) the same three layers are also timed
+// through a training pass (compute/training/pass.hpp): forward with autograd
+// and backward, in fp32 as training stages compute, per sample of
+// `train_tokens` tokens, over micro-batches of `train_sequences` samples.
 
 #include <functional>
 #include <string>
@@ -28,6 +33,9 @@ struct layer_kind_timing {
   std::string kind;  ///< "first", "middle" or "last"
   std::vector<timing_point> prefill;
   std::vector<timing_point> decode;
+  /// Seconds per sample; 0 when training was not timed.
+  double train_forward = 0;
+  double train_backward = 0;
 };
 
 struct layer_timing_options {
@@ -40,6 +48,10 @@ struct layer_timing_options {
   std::string device = "cpu";
   /// `fp32`, `fp16` or `bf16`: what the node computes in.
   std::string dtype = "fp32";
+  /// Tokens per training sample; 0: training is not timed.
+  int train_tokens = 0;
+  /// Samples per timed training micro-batch.
+  int train_sequences = 1;
 };
 
 /// How fast the device runs a burst of decode steps after idling: the wall
@@ -60,7 +72,8 @@ struct layer_timings {
 };
 
 /// Measures the first, a middle and the last layer of the model in `model_dir`
-/// (which needs at least 3 layers), then the middle layer's decode burst;
+/// (which needs at least 3 layers), then the middle layer's decode burst (when
+/// any decode context is asked for) and training passes (when train_tokens > 0);
 /// `progress(done, total)` after each point. Throws model_error naming the
 /// model directory on a bad model.
 layer_timings measure_layer_times(const std::string& model_dir, const layer_timing_options& options,

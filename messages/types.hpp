@@ -434,18 +434,22 @@ typename Inspector::result_type inspect(Inspector& f, generation_summary& x) {
 
 /// Asks a node to time the model's first, a middle and its last layer on its
 /// own device (compute/layer_timing.hpp); answered with layer_timing_report.
+/// Empty lengths and contexts time no prefill or decode; train_tokens > 0
+/// times training passes of micro-batches of train_sequences samples.
 struct layer_timing_request {
   std::string model_dir;
   std::vector<std::int32_t> prefill_lengths;
   std::vector<std::int32_t> decode_contexts;
   /// Wall time each measured point's repeats add up to.
   double min_seconds = 0.3;
+  std::int32_t train_tokens = 0;
+  std::int32_t train_sequences = 1;
 };
 
 /// Seconds per token of one layer kind in one phase, at each length.
 struct measured_curve {
   std::string layer;  ///< "first", "middle" or "last"
-  std::string phase;  ///< "prefill" or "decode"
+  std::string phase;  ///< "prefill", "decode" (seconds per token), "train_forward" or "train_backward" (per sample)
   std::vector<std::int32_t> lengths;
   std::vector<double> seconds;
 };
@@ -485,7 +489,7 @@ inline constexpr std::uint64_t probe_session = 0;
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, layer_timing_request& x) {
   return f(caf::meta::type_name("layer_timing_request"), x.model_dir, x.prefill_lengths, x.decode_contexts,
-           x.min_seconds);
+           x.min_seconds, x.train_tokens, x.train_sequences);
 }
 
 template <class Inspector>

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,6 +66,22 @@ inline std::filesystem::path write_topology(const temp_dir& dir, const std::stri
     out << "  n" << i << ": [" << ranges[i].first << ", " << ranges[i].second << "]\n";
   out << "timeouts:\n  connect_ms: " << connect_ms << "\n  request_ms: 20000\n  heartbeat_ms: 200\n";
   return path;
+}
+
+/// write_topology's `nodes` loopback nodes with `placement: auto` and
+/// `objective`: the planner places the layers.
+inline std::filesystem::path write_auto_topology(const temp_dir& dir, const std::string& name,
+                                                 const std::string& objective, int nodes) {
+  auto file = write_topology(dir, name, std::vector<std::pair<int, int>>(nodes, {0, 1}));
+  std::ifstream in(file);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string yaml = text.str();
+  auto placement = yaml.find("placement:");
+  auto timeouts = yaml.find("timeouts:");
+  yaml = yaml.substr(0, placement) + "placement: auto\nobjective: " + objective + "\n" + yaml.substr(timeouts);
+  std::ofstream(file) << yaml;
+  return file;
 }
 
 /// A topology of loopback nodes on free ports with `placement: even`: one

@@ -76,8 +76,8 @@ void read_automatic_placement(const source& src, const section& top, const fs::p
       src.fail(e->line, std::string("'") + key + "' only applies to 'placement: auto'");
   if (const entry* e = top.find("objective")) {
     t.objective = text(src, *e);
-    if (t.objective != "latency" && t.objective != "throughput")
-      src.fail(e->line, "objective must be 'latency' or 'throughput', got '" + t.objective + "'");
+    if (t.objective != "latency" && t.objective != "throughput" && t.objective != "training")
+      src.fail(e->line, "objective must be 'latency', 'throughput' or 'training', got '" + t.objective + "'");
   }
   if (const entry* e = top.find("profile")) {
     fs::path written = text(src, *e);

@@ -115,7 +115,8 @@ struct topology {
   std::vector<node_spec> nodes;
   /// `placement: auto`: the planner places the layers from a profile.
   bool auto_placement = false;
-  /// `objective:` of an automatic placement: `latency` or `throughput`.
+  /// `objective:` of an automatic placement: `latency` or `throughput` for
+  /// inference; `training` (what `orrery train` plans for whatever it says).
   std::string objective = "latency";
   /// `profile:` an automatic placement plans from, resolved against the
   /// topology's directory; empty: the profiler's cache (or a fresh profile).
@@ -162,6 +163,12 @@ topology load_topology_for_model(const std::filesystem::path& file, const std::s
 /// nodes taking the remainder (7 layers over 3 nodes: [0,3), [3,5), [5,7)).
 /// Needs 1 <= nodes <= layers.
 std::vector<std::pair<int, int>> even_ranges(int layers, int nodes);
+
+/// A group's slices of every layer's heads and MLP columns for members of
+/// relative `speeds` (in the topology's order), as `group:` splits them; a
+/// query head stays with its KV head. Throws compute::model_error when a
+/// member would get no head.
+std::vector<tensor_slice> group_slices(const compute::llama_config& config, const std::vector<double>& speeds);
 
 /// `512.0 MiB`, `3 B`: a byte count in powers of 1024, as describe_placement
 /// writes memory budgets.

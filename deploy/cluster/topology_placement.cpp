@@ -160,8 +160,7 @@ void split_groups(const source& src, const compute::llama_config& config, std::v
                                                 ": every member needs one");
     std::vector<double> speeds;
     for (const auto* member : members) speeds.push_back(member->spec.speed);
-    const auto slices = compute::tensor_slices(config, shares_by_speed(config.num_heads, speeds),
-                                               shares_by_speed(config.intermediate_size, speeds));
+    const auto slices = group_slices(config, speeds);
     for (int m = 0; m < n; ++m) members[m]->spec.slice = slices[m];
   }
 }
@@ -213,6 +212,11 @@ void check_memory(const source& src, const compute::llama_config& config, std::v
 }
 
 }  // namespace detail
+
+std::vector<tensor_slice> group_slices(const compute::llama_config& config, const std::vector<double>& speeds) {
+  return compute::tensor_slices(config, detail::shares_by_speed(config.num_heads, speeds),
+                                detail::shares_by_speed(config.intermediate_size, speeds));
+}
 
 std::vector<std::pair<int, int>> even_ranges(int layers, int nodes) {
   std::vector<std::pair<int, int>> ranges;

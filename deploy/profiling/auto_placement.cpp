@@ -218,15 +218,23 @@ placement_plan plan_latency(const topology& t, const planning::profile& p) {
 }  // namespace
 
 planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress,
-                                 bool refresh) {
+                                 bool refresh, bool training) {
   if (t.profile.empty()) {
     profiler_options options;
     options.work = work;
     options.refresh = refresh;
+    options.training = training;
     return profile_cluster(t, options, progress);
   }
   planning::profile p = planning::load_profile(t.profile.string());
   check_matches(p, t);
+  if (training)
+    for (const auto& d : p.devices)
+      for (std::size_t l = 0; l < d.layers.size(); ++l)
+        if (!(d.layers[l].forward > 0 && d.layers[l].backward > 0))
+          throw planning::profile_error(t.profile.string() + ": device '" + d.name + "' has no training times for layer " +
+                                        std::to_string(l) + " (layers[].forward and .backward, seconds per sample); "
+                                        "leave out `profile:` to measure them on the running nodes");
   double return_bytes = p.work.return_bytes;
   p.work = work;
   p.work.return_bytes = return_bytes;
@@ -251,6 +259,10 @@ placement_prediction predict(const planning::profile& p, const std::vector<plann
 }
 
 placement_plan plan_automatic(const topology& t, const planning::profile& p) {
+  if (t.objective == "training")
+    throw planning::infeasible_error(t.file.string() + ": objective 'training' places the layers for `orrery train` "
+                                     "(deploy/profiling/training_placement.hpp); for inference say 'latency' or "
+                                     "'throughput'");
   if (t.objective != "throughput") return plan_latency(t, p);
   planning::cost_model costs(p);
   return make_plan("auto (throughput)", t, p, planning::edgeshard_throughput(costs).stages);

@@ -68,9 +68,10 @@ struct placement_plan {
 };
 
 /// The profile `t` plans from: its `profile:` file if set, else measured on
-/// the running nodes (or taken from the cache unless `refresh`), for `work`.
+/// the running nodes (or taken from the cache unless `refresh`), for `work`;
+/// with `training`, one with training times (a file without them is an error).
 planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress,
-                                 bool refresh = false);
+                                 bool refresh = false, bool training = false);
 
 /// The planner's layout for `t.objective`; throws planning::infeasible_error
 /// naming what does not fit.

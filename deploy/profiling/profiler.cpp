@@ -152,6 +152,13 @@ planning::time_curve curve_from(const json& node, const std::string& layer, cons
                            " " + phase + " curve");
 }
 
+// Seconds per sample of a training phase; 0 where training was not timed.
+double training_seconds(const json& node, const std::string& layer, const std::string& phase) {
+  for (const auto& c : node.at("curves"))
+    if (c.at("layer") == layer && c.at("phase") == phase) return c.at("seconds").at(0).get<double>();
+  return 0;
+}
+
 // A burst of middle-layer steps from idle, in the units burst_speed plans
 // with: work counted in first steps (which ran at full speed), against the
 // middle layer's sustained time at the burst's context. None in a cache
@@ -183,13 +190,26 @@ planning::device_profile device_from(const json& node, const topology& t, const 
   const int layers = t.num_layers;
   for (int l = 0; l < layers; ++l) {
     std::string kind = l == 0 ? "first" : l == layers - 1 ? "last" : "middle";
-    d.layers.push_back({curve_from(node, kind, "prefill"), curve_from(node, kind, "decode"), 0, 0});
+    d.layers.push_back({curve_from(node, kind, "prefill"), curve_from(node, kind, "decode"),
+                        training_seconds(node, kind, "train_forward"), training_seconds(node, kind, "train_backward")});
   }
   d.burst = burst_from(node);
   return d;
 }
 
-std::vector<planning::layer_profile> model_layers(const topology& t) {
+// What autograd keeps of one layer for its backward, per token of a training
+// sample, in fp32 as training stages compute: about ten hidden-sized values
+// (norm inputs and outputs, q, the attention output and the residuals), four
+// MLP-sized ones (gate, up, their activation and product) and one row of
+// attention probabilities per head; the last layer adds its logits and their
+// log-softmax. An estimate from the pass's structure, not a measurement.
+double training_bytes_per_token(const compute::llama_config& c, int layer, int train_tokens) {
+  double values = 10.0 * c.hidden_size + 4.0 * c.intermediate_size + double(c.num_heads) * train_tokens;
+  if (layer == c.num_layers - 1) values += 2.0 * c.vocab_size;
+  return 4 * values;
+}
+
+std::vector<planning::layer_profile> model_layers(const topology& t, int train_tokens) {
   const auto& c = t.model_config;
   const double value_bytes = layer_value_bytes(t);
   std::vector<planning::layer_profile> layers;
@@ -198,7 +218,7 @@ std::vector<planning::layer_profile> model_layers(const topology& t) {
     if (l == 0) name += " + embedding";
     if (l == c.num_layers - 1) name += " + norm + head";
     layers.push_back({name, double(c.parameter_count(l, l + 1)) * value_bytes, c.hidden_size * value_bytes,
-                      2.0 * c.num_kv_heads * c.head_dim * value_bytes, 0});
+                      2.0 * c.num_kv_heads * c.head_dim * value_bytes, training_bytes_per_token(c, l, train_tokens)});
   }
   return layers;
 }
@@ -249,31 +269,54 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
   const int max_context = t.model_config.max_position_embeddings;
   // Every node not in the cache times its layers at once, as they will run:
   // nodes that share a machine (a testbed, a loopback cluster) then measure
-  // what they get of it while the others compute too.
-  const layer_timing_request request{t.model.string(), fitting(options.prefill_lengths, max_context),
-                                     fitting(options.decode_contexts, max_context / 2), options.min_seconds};
-  using pending_timing = decltype(self->request(actors::node_actor{}, timing_timeout, request));
-  std::vector<std::optional<json>> measured(count);
+  // what they get of it while the others compute too. Training times are
+  // cached apart (they are asked for only by training placements), under the
+  // sample shape they were timed at.
+  const layer_timing_request inference{t.model.string(), fitting(options.prefill_lengths, max_context),
+                                       fitting(options.decode_contexts, max_context / 2), options.min_seconds, 0, 1};
+  const std::string training_file = "-train-" + std::to_string(options.work.train_tokens) + "x" +
+                                    std::to_string(options.work.micro_batch_size) + ".json";
+  using pending_timing = decltype(self->request(actors::node_actor{}, timing_timeout, inference));
+  std::vector<std::optional<json>> measured(count), trained(count);
   std::vector<std::optional<pending_timing>> pending(count);
   std::string timing;
   for (std::size_t i = 0; i < count; ++i) {
-    if (!options.refresh) measured[i] = read_cache(model_dir / (node_key(t.nodes[i]) + ".json"));
-    if (measured[i]) continue;
+    const fs::path file = model_dir / (node_key(t.nodes[i]) + ".json");
+    if (!options.refresh) measured[i] = read_cache(file);
+    if (options.training && !options.refresh) trained[i] = read_cache(model_dir / (node_key(t.nodes[i]) + training_file));
+    if (measured[i] && (!options.training || trained[i])) continue;
+    auto request = inference;
+    if (measured[i]) request.prefill_lengths.clear(), request.decode_contexts.clear();
+    if (options.training && !trained[i])
+      request.train_tokens = options.work.train_tokens, request.train_sequences = options.work.micro_batch_size;
     pending[i] = self->request(nodes[i].node, timing_timeout, request);
     timing += (timing.empty() ? "'" : ", '") + t.nodes[i].name + "'";
   }
   if (progress && !timing.empty()) progress(done, total, "timing the layers on " + timing);
   for (std::size_t i = 0; i < count; ++i) {
     if (pending[i]) {
-      measured[i] = curves_to_json(await<layer_timing_report>(self, *pending[i], timing_timeout, t.nodes[i].label()));
-      write_cache(model_dir / (node_key(t.nodes[i]) + ".json"), *measured[i]);
+      auto report = curves_to_json(await<layer_timing_report>(self, *pending[i], timing_timeout, t.nodes[i].label()));
+      json training_curves = json::array(), other_curves = json::array();
+      for (auto& c : report.at("curves"))
+        (c.at("phase").get<std::string>().rfind("train_", 0) == 0 ? training_curves : other_curves).push_back(c);
+      if (!training_curves.empty()) {
+        trained[i] = json{{"node", report.at("node")}, {"curves", training_curves}};
+        write_cache(model_dir / (node_key(t.nodes[i]) + training_file), *trained[i]);
+      }
+      if (!measured[i]) {
+        report["curves"] = other_curves;
+        measured[i] = report;
+        write_cache(model_dir / (node_key(t.nodes[i]) + ".json"), *measured[i]);
+      }
     }
+    if (trained[i])
+      for (const auto& c : trained[i]->at("curves")) (*measured[i])["curves"].push_back(c);
     step("layers of node '" + t.nodes[i].name + "'");
   }
 
   planning::profile p;
   p.model = t.model.filename().string();
-  p.layers = model_layers(t);
+  p.layers = model_layers(t, options.work.train_tokens);
   p.shape = model_shape(t);
   p.source = 0;
   p.work = options.work;

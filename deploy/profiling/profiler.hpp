@@ -38,6 +38,9 @@ struct profiler_options {
   double min_seconds = 0.3;
   /// Measure again even what the cache holds.
   bool refresh = false;
+  /// Also time training passes (samples of work.train_tokens tokens in
+  /// micro-batches of work.micro_batch_size), for training placements.
+  bool training = false;
   std::filesystem::path cache_dir;  ///< empty: default_profile_cache()
   /// The workload the profile describes (what the planners optimise for).
   planning::workload work;

@@ -24,6 +24,7 @@
 #include "compute/training/pass.hpp"
 #include "deploy/console/progress.hpp"
 #include "deploy/cluster/topology.hpp"
+#include "deploy/profiling/training_placement.hpp"
 #include "deploy/training/engine.hpp"
 #include "deploy/training/loss_curve.hpp"
 #include "deploy/training/pipeline_engine.hpp"
@@ -259,7 +260,12 @@ training_result train(const training_options& o, std::ostream& figures) {
     throw std::invalid_argument("--resume: " + o.out.string() + " holds no checkpoint (" +
                                 (o.out / training_state_file).string() + " is missing)");
   std::optional<topology> cluster;
-  if (!o.topology.empty()) cluster = load_topology(o.topology);
+  // The predicted round of a `placement: auto` plan; 0 for a written placement.
+  double predicted_round_s = 0;
+  if (!o.topology.empty()) {
+    cluster = load_topology(o.topology);
+    cluster = resolve_training_placement(*cluster, {o.batch, o.micro_batch, o.length}, std::cerr, &predicted_round_s);
+  }
   const fs::path start_model = o.resume ? o.out : !o.model.empty() ? o.model : cluster ? cluster->model : fs::path();
   if (start_model.empty()) throw std::invalid_argument("give --model DIR (or --topology F, whose model it trains)");
   compute::set_gemm_threads(o.threads > 0 ? o.threads : compute::default_thread_count());
@@ -303,6 +309,10 @@ training_result train(const training_options& o, std::ostream& figures) {
   progress_bar bar("train");
   const auto started = std::chrono::steady_clock::now();
   double last_loss = NAN, last_validation = NAN;
+  // Step times after the first (which warms caches and the allocator).
+  double round_seconds = 0;
+  int rounds = 0;
+  bool warm = false;
   std::vector<std::string> recoveries;
   for (std::int64_t step = first; step < total;) {
     try {
@@ -317,6 +327,8 @@ training_result train(const training_options& o, std::ostream& figures) {
       const double lr = schedule.at(step);
       engine->step(lr, compute::clipping_scale(norm, o.clip));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (warm) round_seconds += seconds, ++rounds;
+      warm = true;
       json entry = {{"step", step},           {"loss", loss},       {"learning_rate", lr},
                     {"gradient_norm", norm},  {"tokens", static_cast<std::int64_t>(per_step_tokens)},
                     {"seconds", seconds},     {"tokens_per_s", per_step_tokens / seconds}};
@@ -374,6 +386,14 @@ training_result train(const training_options& o, std::ostream& figures) {
                 static_cast<long long>(total), static_cast<long long>(total - first), result.seconds, result.loss,
                 result.validation_loss, result.tokens_per_s, o.out.c_str(), (o.out / loss_curve_file).c_str());
   figures << line;
+  if (predicted_round_s > 0 && rounds > 0) {
+    const double measured = round_seconds / rounds;
+    std::snprintf(line, sizeof line, "   round: predicted %.3f s, measured %.3f s (mean of %d steps after the first; %+.0f%%)\n",
+                  predicted_round_s, measured, rounds, 100 * (measured / predicted_round_s - 1));
+    figures << line;
+    result.predicted_round_s = predicted_round_s;
+    result.measured_round_s = measured;
+  }
   for (const auto& r : recoveries) figures << "   recovery: " << r << "\n";
   result.recoveries = static_cast<int>(recoveries.size());
   return result;

@@ -58,6 +58,10 @@ struct training_result {
   double tokens_per_s = 0;      ///< this invocation's training tokens per second
   double seconds = 0;
   int recoveries = 0;  ///< nodes lost and trained around (over a topology)
+  /// `placement: auto`: the plan's simulated round and the mean step after
+  /// the first as measured; 0 otherwise.
+  double predicted_round_s = 0;
+  double measured_round_s = 0;
 };
 
 /// Trains as above; progress on stderr, one summary line on `figures`.

@@ -132,6 +132,58 @@ TEST_CASE("a pipeline of node processes trains step for step as one device: loss
   }
 }
 
+TEST_CASE("placement: auto trains over the stages and groups planned from the nodes' measured training times, as one device") {
+  temp_dir dir;
+  compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {21, 0, {}});
+  std::ostringstream local_figures;
+  deploy::train(options(dir / "m", dir / "local"), local_figures);
+  const auto local_log = log_of(dir / "local");
+  const auto local_weights = weights_of(dir / "local");
+
+  auto file = test::write_auto_topology(dir, "autotrain", "training", 3);
+  auto t = deploy::load_topology(file);
+  deploy::local_cluster cluster(t, dir / "logs", test::orrery_binary());
+  cluster.wait_ready(std::chrono::seconds(20));
+  ::setenv("XDG_CACHE_HOME", (dir / "cache").c_str(), 1);
+  auto o = options(dir / "m", dir / "auto");
+  o.topology = file;
+  std::ostringstream figures;
+  const auto result = deploy::train(o, figures);
+  ::unsetenv("XDG_CACHE_HOME");
+  INFO(figures.str());
+
+  // The nodes measured training passes, cached apart from inference times
+  // under the sample shape (32 tokens, micro-batches of 2).
+  int training_caches = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir / "cache")) {
+    const auto name = e.path().filename().string();
+    if (name.find("-train-32x2.json") == std::string::npos) continue;
+    ++training_caches;
+    const auto cached = json::parse(std::ifstream(e.path()));
+    for (const auto& c : cached.at("curves")) CHECK(c.at("seconds").at(0).get<double>() > 0);
+  }
+  CHECK(training_caches == 3);
+  // The plan's predicted round beside the measured one.
+  CHECK(result.predicted_round_s > 0);
+  CHECK(result.measured_round_s > 0);
+  CHECK(figures.str().find("   round: predicted ") != std::string::npos);
+
+  // Whatever was planned trains as one device does.
+  const auto log = log_of(dir / "auto");
+  REQUIRE(log.size() == local_log.size());
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    CAPTURE(i);
+    CHECK(relative(log[i]["loss"].get<double>(), local_log[i]["loss"].get<double>()) < 1e-5);
+    CHECK(relative(log[i]["gradient_norm"].get<double>(), local_log[i]["gradient_norm"].get<double>()) < 1e-5);
+  }
+  const auto weights = weights_of(dir / "auto");
+  for (const auto& [key, w] : local_weights) {
+    CAPTURE(key);
+    REQUIRE(weights.count(key) == 1);
+    CHECK((weights.at(key) - w).norm().item<double>() / w.norm().item<double>() < 1e-5);
+  }
+}
+
 TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the steps since the last checkpoint and end where one device ends") {
   temp_dir dir;
   compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {8, 0, {}});

@@ -19,6 +19,8 @@
 #include "deploy/cluster/local_cluster.hpp"
 #include "deploy/profiling/auto_placement.hpp"
 #include "deploy/profiling/profiler.hpp"
+#include "deploy/profiling/training_placement.hpp"
+#include "planning/simulator.hpp"
 #include "deploy/testbed/testbed.hpp"
 #include "planning/galaxy.hpp"
 #include "planning/profile.hpp"
@@ -97,18 +99,15 @@ planning::profile synthetic(const std::vector<double>& speeds, const std::vector
 // model; `node_extra` goes into n1's entry.
 fs::path auto_topology(const model_fixture& f, const std::string& name, const std::string& objective, int nodes,
                        const std::string& node_extra = "") {
-  auto file = test::write_topology(f.dir, name, std::vector<std::pair<int, int>>(nodes, {0, 1}));
+  auto file = test::write_auto_topology(f.dir, name, objective, nodes);
+  if (node_extra.empty()) return file;
   std::ifstream in(file);
   std::stringstream text;
   text << in.rdbuf();
   std::string yaml = text.str();
-  auto placement = yaml.find("placement:");
-  auto timeouts = yaml.find("timeouts:");
-  yaml = yaml.substr(0, placement) + "placement: auto\nobjective: " + objective + "\n" + yaml.substr(timeouts);
-  if (!node_extra.empty()) {  // n1's entry: n0 is the source and must hold layer 0
-    auto second_threads = yaml.find("    threads: 1\n", yaml.find("    threads: 1\n") + 1);
-    yaml.insert(second_threads + 15, node_extra);
-  }
+  // n1's entry: n0 is the source and must hold layer 0.
+  auto second_threads = yaml.find("    threads: 1\n", yaml.find("    threads: 1\n") + 1);
+  yaml.insert(second_threads + 15, node_extra);
   std::ofstream(file) << yaml;
   return file;
 }
@@ -538,4 +537,130 @@ objective: throughput
   REQUIRE(remote.exit_code == 0);
   CHECK(contains(remote.err, "placement auto (throughput):"));
   CHECK(generated_text(remote.out) == generated_text(local.out));
+}
+
+namespace {
+
+// A training profile of the tiny model's 4 layers over nodes n0.. of
+// `speeds`: a layer's forward takes 10 ms / speed per sample, its backward
+// twice that; `weight_bytes` per layer (what an all-reduce moves) over links
+// of `bandwidth` bytes/s.
+planning::profile synthetic_training(const std::vector<double>& speeds, double weight_bytes, double bandwidth) {
+  planning::profile p;
+  p.model = "synthetic";
+  for (int l = 0; l < 4; ++l) p.layers.push_back({"layer " + std::to_string(l), weight_bytes, 256, 64, 1024});
+  for (std::size_t d = 0; d < speeds.size(); ++d) {
+    planning::device_profile device{"n" + std::to_string(d), 1e12, {}, {}};
+    for (int l = 0; l < 4; ++l)
+      device.layers.push_back({planning::time_curve::constant(1e-3), planning::time_curve::constant(1e-3),
+                               10e-3 / speeds[d], 20e-3 / speeds[d]});
+    p.devices.push_back(device);
+  }
+  p.links = planning::link_matrix({bandwidth, 0.2e-3});
+  p.work.micro_batches = 4;
+  p.work.micro_batch_size = 4;
+  p.work.train_tokens = 32;
+  p.validate();
+  return p;
+}
+
+// The placed topology trains what the plan says: stage after stage over
+// consecutive layers from 0 to the last, a stage's members next to each
+// other with the same layers, a group's members' shares (MLP columns) in
+// proportion to the samples the plan gives them.
+void check_trains_the_plan(const deploy::training_placement& placement, int layers, int micro_batch_size) {
+  const auto& nodes = placement.placed.nodes;
+  REQUIRE(!nodes.empty());
+  CHECK(!placement.placed.auto_placement);
+  CHECK(nodes.front().first_layer == 0);
+  CHECK(nodes.back().last_layer == layers);
+  std::size_t i = 0;
+  for (const auto& stage : placement.plan.stages) {
+    CAPTURE(stage.layout.begin);
+    int samples = 0, columns = 0, members = 0;
+    const std::string group = nodes.at(i).group;
+    for (std::size_t m = 0; m < stage.layout.devices.size(); ++m) {
+      if (stage.samples[m] == 0) continue;
+      REQUIRE(i < nodes.size());
+      const auto& n = nodes[i++];
+      CHECK(n.name == "n" + std::to_string(stage.layout.devices[m]));
+      CHECK(n.first_layer == static_cast<int>(stage.layout.begin));
+      CHECK(n.last_layer == static_cast<int>(stage.layout.end));
+      CHECK(n.group == group);
+      CHECK(n.speed == stage.samples[m]);
+      samples += stage.samples[m];
+      columns += n.slice.columns();
+      ++members;
+    }
+    CHECK(samples == micro_batch_size);  // every sample of a micro-batch has a member
+    if (members > 1) {
+      CHECK(!group.empty());
+      CHECK(columns == 352);  // the tiny model's MLP, shared out by samples
+      for (std::size_t k = i - members; k < i; ++k)
+        CHECK(nodes[k].slice.columns() == doctest::Approx(352.0 * nodes[k].speed / samples).epsilon(0.02));
+    } else {
+      CHECK(group.empty());
+    }
+  }
+  CHECK(i == nodes.size());
+}
+
+}  // namespace
+
+TEST_CASE("placement: auto for training: Asteroid's stages and groups become the topology orrery train runs") {
+  model_fixture f;
+  auto t = deploy::load_topology(auto_topology(f, "autotrain", "training", 4));
+  CHECK(t.objective == "training");
+  deploy::training_shape shape{16, 4, 32};
+  const auto work = deploy::training_workload(shape);
+  CHECK(work.micro_batches == 4);
+  CHECK(work.micro_batch_size == 4);
+  CHECK(work.train_tokens == 32);
+
+  // Fast links and light weights: the all-reduce is cheap, so nodes share
+  // stages in data-parallel groups (the slow ones with fewer samples).
+  auto cheap = deploy::plan_training(t, synthetic_training({1.0, 1.0, 0.5, 0.5}, 1e3, 1e9));
+  INFO(deploy::describe(cheap));
+  check_trains_the_plan(cheap, 4, 4);
+  CHECK(std::any_of(cheap.placed.nodes.begin(), cheap.placed.nodes.end(), [](const auto& n) { return !n.group.empty(); }));
+  // Equal nodes: one group of all four, a sample each.
+  auto equal = deploy::plan_training(t, synthetic_training({1.0, 1.0, 1.0, 1.0}, 1e3, 1e9));
+  INFO(deploy::describe(equal));
+  check_trains_the_plan(equal, 4, 4);
+  CHECK(equal.layout == "n0+n1+n2+n3 [0, 4)");
+
+  // Heavy weights over slow links: all-reducing them costs more than the
+  // pipeline's bubbles, so the stages are nodes of their own.
+  auto heavy_profile = synthetic_training({1.0, 1.0, 0.5, 0.5}, 50e6, 1e6);
+  auto heavy = deploy::plan_training(t, heavy_profile);
+  INFO(deploy::describe(heavy));
+  check_trains_the_plan(heavy, 4, 4);
+  CHECK(heavy.plan.stages.size() > 1);
+  for (const auto& n : heavy.placed.nodes) CHECK(n.group.empty());
+
+  // The chosen layout's predicted round is the simulator's, and no layout
+  // weighed is predicted faster.
+  CHECK(heavy.round_s == doctest::Approx(planning::simulate_training(heavy_profile, heavy.plan).makespan));
+  CHECK(heavy.samples_per_s == doctest::Approx(16 / heavy.round_s));
+  for (const auto& a : heavy.alternatives)
+    if (a.reason.empty()) CHECK(a.round_s >= heavy.round_s);
+  const auto text = deploy::describe(heavy);
+  CHECK(contains(text, "placement auto (training, "));
+  CHECK(contains(text, "predicted round "));
+  CHECK(contains(text, heavy.layout));
+}
+
+TEST_CASE("a training placement from a profile file without training times is refused by name") {
+  model_fixture f;
+  auto file = auto_topology(f, "notrain", "training", 2);
+  std::ofstream(file, std::ios::app) << "profile: p.json\n";
+  planning::save_profile(synthetic({1.0, 1.0}, {1e9, 1e9}, 4), (f.dir / "p.json").string());
+  auto t = deploy::load_topology(file);
+  CHECK_THROWS_WITH_AS(deploy::obtain_profile(t, deploy::training_workload({8, 2, 32}), {}, false, true),
+                       doctest::Contains("p.json: device 'n0' has no training times for layer 0"),
+                       planning::profile_error);
+  // The same file plans inference, and says where training placements are made.
+  CHECK_THROWS_WITH_AS(deploy::plan_automatic(t, deploy::obtain_profile(t, {}, {})),
+                       doctest::Contains("objective 'training' places the layers for `orrery train`"),
+                       planning::infeasible_error);
 }

@@ -557,7 +557,7 @@ TEST_CASE("placement auto leaves the layers to the planner; objective and profil
   CHECK(t.nodes.front().name == "a");  // file order: the first node is the source
   CHECK(c.parse(edit(base_yaml, "placement: even", "placement: auto")).objective == "latency");
   c.check_error(edit(base_yaml, "placement: even", "placement: auto\nobjective: speed"), 9,
-                "objective must be 'latency' or 'throughput', got 'speed'");
+                "objective must be 'latency', 'throughput' or 'training', got 'speed'");
   c.check_error(base_yaml + "objective: latency\n", 9, "'objective' only applies to 'placement: auto'");
   c.check_error(base_yaml + "profile: p.json\n", 9, "'profile' only applies to 'placement: auto'");
 }

@@ -1,0 +1,166 @@
+#include "deploy/profiling/training_placement.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <ostream>
+#include <sstream>
+#include <utility>
+
+#include "deploy/profiling/auto_placement.hpp"
+#include "planning/simulator.hpp"
+
+namespace orrery::deploy {
+
+namespace {
+
+// The plan's stages as topology nodes: members with no samples are left out
+// (they would hold the layers and idle), a stage of several members becomes
+// group `auto-<stage>` split by samples.
+topology placed_topology(const topology& t, const planning::hpp_plan& plan) {
+  topology placed = t;
+  placed.auto_placement = false;
+  placed.nodes.clear();
+  for (std::size_t s = 0; s < plan.stages.size(); ++s) {
+    const auto& stage = plan.stages[s];
+    std::vector<std::size_t> members;
+    std::vector<double> samples;
+    for (std::size_t m = 0; m < stage.layout.devices.size(); ++m)
+      if (stage.samples.at(m) > 0) members.push_back(stage.layout.devices[m]), samples.push_back(stage.samples[m]);
+    const auto slices = members.size() > 1 ? group_slices(t.model_config, samples) : std::vector<tensor_slice>{};
+    for (std::size_t m = 0; m < members.size(); ++m) {
+      node_spec n = t.nodes.at(members[m]);
+      n.first_layer = static_cast<int>(stage.layout.begin);
+      n.last_layer = static_cast<int>(stage.layout.end);
+      n.speed = samples[m];
+      if (members.size() > 1) {
+        n.group = "auto-" + std::to_string(s);
+        n.slice = slices[m];
+      } else {
+        n.group.clear();
+        n.slice = {};
+      }
+      n.weight_bytes = n.weight_bytes_of(t.model_config, n.first_layer, n.last_layer);
+      placed.nodes.push_back(std::move(n));
+    }
+  }
+  return placed;
+}
+
+std::string layout_of(const planning::hpp_plan& plan, const planning::profile& p) {
+  std::string text;
+  for (const auto& stage : plan.stages) {
+    std::string names;
+    for (std::size_t m = 0; m < stage.layout.devices.size(); ++m)
+      if (stage.samples[m] > 0) names += (names.empty() ? "" : "+") + p.devices[stage.layout.devices[m]].name;
+    text += (text.empty() ? "" : " -> ") + names + " [" + std::to_string(stage.layout.begin) + ", " +
+            std::to_string(stage.layout.end) + ")";
+  }
+  return text;
+}
+
+struct candidate {
+  std::string style;
+  planning::hpp_plan plan;
+  double round_s = 0;
+};
+
+}  // namespace
+
+planning::workload training_workload(const training_shape& shape) {
+  planning::workload work;
+  work.micro_batch_size = std::max(1, shape.micro_batch);
+  work.micro_batches = std::max(1, shape.batch / work.micro_batch_size);
+  work.train_tokens = std::max(1, shape.length);
+  return work;
+}
+
+training_placement plan_training(const topology& t, const planning::profile& p) {
+  std::vector<std::size_t> every(p.devices.size());
+  std::iota(every.begin(), every.end(), 0);
+  const std::size_t layers = p.layers.size();
+  // Asteroid's DP first: it wins ties.
+  const std::pair<std::string, std::function<planning::hpp_plan()>> styles[] = {
+      {"hybrid (asteroid)", [&] { return planning::asteroid_plan(p); }},
+      {"data-parallel", [&] {
+         auto plan = planning::evaluate_hpp(p, {{0, layers, every}});
+         if (!plan) throw planning::infeasible_error("the whole model's training state does not fit on every node");
+         return *plan;
+       }},
+      {"solo", [&] {
+         auto plan = planning::evaluate_hpp(p, {{0, layers, {p.source}}});
+         if (!plan) throw planning::infeasible_error("the whole model's training state does not fit on the source node");
+         return *plan;
+       }},
+  };
+  std::vector<candidate> feasible;
+  std::vector<training_alternative> failed;
+  for (const auto& [style, plan_of] : styles) {
+    try {
+      auto plan = plan_of();
+      const double round = planning::simulate_training(p, plan).makespan;
+      feasible.push_back({style, std::move(plan), round});
+    } catch (const std::runtime_error& e) {  // infeasible_error, profile_error
+      failed.push_back({style, 0, e.what()});
+    }
+  }
+  if (feasible.empty()) {
+    std::string reasons;
+    for (const auto& f : failed) reasons += "\n  " + f.layout + ": " + f.reason;
+    throw planning::infeasible_error("no training layout of the model fits the cluster:" + reasons);
+  }
+  std::stable_sort(feasible.begin(), feasible.end(),
+                   [](const candidate& a, const candidate& b) { return a.round_s < b.round_s; });
+  auto& best = feasible.front();
+  training_placement out;
+  out.style = best.style;
+  out.layout = layout_of(best.plan, p);
+  out.placed = placed_topology(t, best.plan);
+  out.round_s = best.round_s;
+  out.samples_per_s = best.round_s > 0 ? p.work.micro_batches * p.work.micro_batch_size / best.round_s : 0;
+  out.formula_round_s = best.plan.round_seconds;
+  out.plan = std::move(best.plan);
+  for (std::size_t i = 1; i < feasible.size(); ++i) {
+    auto layout = layout_of(feasible[i].plan, p);
+    if (layout != out.layout) out.alternatives.push_back({feasible[i].style + ": " + layout, feasible[i].round_s, ""});
+  }
+  out.alternatives.insert(out.alternatives.end(), failed.begin(), failed.end());
+  return out;
+}
+
+std::string describe(const training_placement& plan) {
+  std::ostringstream out;
+  out << "placement auto (training, " << plan.style << "): " << plan.layout;
+  std::map<std::string, double> group_samples;
+  for (const auto& n : plan.placed.nodes)
+    if (!n.group.empty()) group_samples[n.group] += n.speed;
+  for (const auto& n : plan.placed.nodes) {
+    out << "\n  " << n.name << " [" << n.first_layer << ", " << n.last_layer << ")";
+    if (!n.group.empty())
+      out << " in data-parallel group " << n.group << ": " << n.speed << " of every " << group_samples[n.group]
+          << " samples";
+  }
+  char line[200];
+  std::snprintf(line, sizeof line, "\n  predicted round %.3f s (%.2f samples/s; Asteroid's closed form %.3f s)",
+                plan.round_s, plan.samples_per_s, plan.formula_round_s);
+  out << line;
+  for (const auto& a : plan.alternatives) {
+    std::snprintf(line, sizeof line, "%.3f s", a.round_s);
+    out << "\n    over " << a.layout << ": " << (a.reason.empty() ? std::string(line) : "cannot run: " + a.reason);
+  }
+  return out.str();
+}
+
+topology resolve_training_placement(const topology& t, const training_shape& shape, std::ostream& log,
+                                    double* predicted_round_s) {
+  if (!t.auto_placement) return t;
+  auto profile = obtain_profile(t, training_workload(shape), profile_bar("profile"), false, true);
+  auto plan = plan_training(t, profile);
+  log << describe(plan) << std::endl;
+  if (predicted_round_s) *predicted_round_s = plan.round_s;
+  return plan.placed;
+}
+
+}  // namespace orrery::deploy

@@ -1,0 +1,73 @@
+#pragma once
+// `placement: auto` for `orrery train`: stages of layers and data-parallel
+// groups of nodes planned by Asteroid's DP (planning/asteroid.hpp) from a
+// profile with training times (forward and backward per sample), predicted
+// by the 1F1B round simulation, and written back as a topology whose
+// `group:`s the pipeline engine trains as data-parallel stages.
+//
+// The planner splits each micro-batch's samples inside a group; the runtime
+// gives whole micro-batches to members in proportion to their shares
+// (actors/training_stage.hpp), so a member's share of a round's samples is
+// the planner's, while each micro-batch runs on one member.
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "deploy/cluster/topology.hpp"
+#include "planning/asteroid.hpp"
+#include "planning/profile.hpp"
+
+namespace orrery::deploy {
+
+/// The shape of a training round as `orrery train` runs it.
+struct training_shape {
+  int batch = 8;        ///< samples per step
+  int micro_batch = 2;  ///< samples per micro-batch (divides batch)
+  int length = 64;      ///< tokens per sample
+};
+
+/// A layout the training planner weighed.
+struct training_alternative {
+  std::string layout;   ///< as training_placement::layout; the style's name where it cannot run
+  double round_s = 0;   ///< simulated round; 0 when it cannot run
+  std::string reason;   ///< why it cannot run; empty when it can
+};
+
+/// A planned training layout and its prediction.
+struct training_placement {
+  std::string style;   ///< "hybrid (asteroid)", "data-parallel" or "solo"
+  /// `a+b [0, 2) -> c [2, 4)`: each stage's members (by name) and layers.
+  std::string layout;
+  /// The topology with the layout applied: the nodes that hold layers, stage
+  /// by stage; a stage of several members is group `auto-<stage>`, each
+  /// member's slice (its share of the micro-batches) in proportion to the
+  /// samples the plan gives it.
+  topology placed;
+  planning::hpp_plan plan;
+  double round_s = 0;          ///< the simulated round (M micro-batches + all-reduces)
+  double samples_per_s = 0;    ///< the round's samples over round_s
+  double formula_round_s = 0;  ///< Asteroid's closed form, for comparison
+  std::vector<training_alternative> alternatives;  ///< the others weighed, fastest first
+};
+
+/// The workload of a training placement: M = batch / micro_batch
+/// micro-batches of micro_batch samples of length tokens.
+planning::workload training_workload(const training_shape& shape);
+
+/// The fastest of Asteroid's hybrid plan, pure data parallelism over every
+/// node and the source node alone, by simulated round. Throws
+/// planning::infeasible_error when none fits.
+training_placement plan_training(const topology& t, const planning::profile& p);
+
+/// Lines for a log: the stages, each member's samples per micro-batch, the
+/// predicted round and samples/s, and the layouts weighed against it.
+std::string describe(const training_placement& plan);
+
+/// For `orrery train --topology`: `t` itself unless its placement is `auto`;
+/// then the planned topology after printing the plan to `log`, and the
+/// predicted round in `predicted_round_s`.
+topology resolve_training_placement(const topology& t, const training_shape& shape, std::ostream& log,
+                                    double* predicted_round_s = nullptr);
+
+}  // namespace orrery::deploy
