@@ -25,6 +25,7 @@ void add_bench_command(CLI::App& app) {
   add_placement_bench(*bench);
   add_testbed_bench(*bench);
   add_generate_bench(*bench);
+  add_train_bench(*bench);
 }
 
 void add_compute_bench(CLI::App& bench) {

@@ -38,4 +38,7 @@ void add_testbed_bench(CLI::App& bench);
 /// `orrery bench generate` (deploy/bench/generate_bench.cpp).
 void add_generate_bench(CLI::App& bench);
 
+/// `orrery bench train` (deploy/bench/train_bench.cpp).
+void add_train_bench(CLI::App& bench);
+
 }  // namespace orrery::deploy

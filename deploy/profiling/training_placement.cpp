@@ -61,12 +61,6 @@ std::string layout_of(const planning::hpp_plan& plan, const planning::profile& p
   return text;
 }
 
-struct candidate {
-  std::string style;
-  planning::hpp_plan plan;
-  double round_s = 0;
-};
-
 }  // namespace
 
 planning::workload training_workload(const training_shape& shape) {
@@ -77,32 +71,59 @@ planning::workload training_workload(const training_shape& shape) {
   return work;
 }
 
-training_placement plan_training(const topology& t, const planning::profile& p) {
+training_placement place_training(const topology& t, const planning::profile& p, std::string style,
+                                  planning::hpp_plan plan) {
+  training_placement out;
+  out.style = std::move(style);
+  out.layout = layout_of(plan, p);
+  out.placed = placed_topology(t, plan);
+  out.round_s = planning::simulate_training(p, plan).makespan;
+  out.samples_per_s = out.round_s > 0 ? p.work.micro_batches * p.work.micro_batch_size / out.round_s : 0;
+  out.formula_round_s = plan.round_seconds;
+  out.plan = std::move(plan);
+  return out;
+}
+
+planning::hpp_plan data_parallel_plan(const planning::profile& p) {
   std::vector<std::size_t> every(p.devices.size());
   std::iota(every.begin(), every.end(), 0);
-  const std::size_t layers = p.layers.size();
+  auto plan = planning::evaluate_hpp(p, {{0, p.layers.size(), every}});
+  if (!plan) throw planning::infeasible_error("the whole model's training state does not fit on every node");
+  return *plan;
+}
+
+planning::hpp_plan pipeline_plan(const planning::profile& p) {
+  std::vector<planning::stage_layout> stages;
+  const auto ranges = even_ranges(static_cast<int>(p.layers.size()), static_cast<int>(p.devices.size()));
+  for (std::size_t d = 0; d < ranges.size(); ++d)
+    if (ranges[d].second > ranges[d].first)
+      stages.push_back({static_cast<std::size_t>(ranges[d].first), static_cast<std::size_t>(ranges[d].second), {d}});
+  auto plan = planning::evaluate_hpp(p, stages);
+  if (!plan) throw planning::infeasible_error("a node's layers' training state does not fit its memory");
+  return *plan;
+}
+
+planning::hpp_plan solo_plan(const planning::profile& p, std::size_t device) {
+  auto plan = planning::evaluate_hpp(p, {{0, p.layers.size(), {device}}});
+  if (!plan)
+    throw planning::infeasible_error("the whole model's training state does not fit on node '" +
+                                     p.devices.at(device).name + "'");
+  return *plan;
+}
+
+training_placement plan_training(const topology& t, const planning::profile& p) {
   // Asteroid's DP first: it wins ties.
   const std::pair<std::string, std::function<planning::hpp_plan()>> styles[] = {
       {"hybrid (asteroid)", [&] { return planning::asteroid_plan(p); }},
-      {"data-parallel", [&] {
-         auto plan = planning::evaluate_hpp(p, {{0, layers, every}});
-         if (!plan) throw planning::infeasible_error("the whole model's training state does not fit on every node");
-         return *plan;
-       }},
-      {"solo", [&] {
-         auto plan = planning::evaluate_hpp(p, {{0, layers, {p.source}}});
-         if (!plan) throw planning::infeasible_error("the whole model's training state does not fit on the source node");
-         return *plan;
-       }},
+      {"data-parallel", [&] { return data_parallel_plan(p); }},
+      {"solo", [&] { return solo_plan(p, p.source); }},
   };
-  std::vector<candidate> feasible;
+  std::vector<training_placement> feasible;
   std::vector<training_alternative> failed;
   for (const auto& [style, plan_of] : styles) {
     try {
-      auto plan = plan_of();
-      const double round = planning::simulate_training(p, plan).makespan;
-      feasible.push_back({style, std::move(plan), round});
-    } catch (const std::runtime_error& e) {  // infeasible_error, profile_error
+      feasible.push_back(place_training(t, p, style, plan_of()));
+    } catch (const std::runtime_error& e) {  // infeasible_error, profile_error, compute::model_error
       failed.push_back({style, 0, e.what()});
     }
   }
@@ -112,22 +133,13 @@ training_placement plan_training(const topology& t, const planning::profile& p) 
     throw planning::infeasible_error("no training layout of the model fits the cluster:" + reasons);
   }
   std::stable_sort(feasible.begin(), feasible.end(),
-                   [](const candidate& a, const candidate& b) { return a.round_s < b.round_s; });
-  auto& best = feasible.front();
-  training_placement out;
-  out.style = best.style;
-  out.layout = layout_of(best.plan, p);
-  out.placed = placed_topology(t, best.plan);
-  out.round_s = best.round_s;
-  out.samples_per_s = best.round_s > 0 ? p.work.micro_batches * p.work.micro_batch_size / best.round_s : 0;
-  out.formula_round_s = best.plan.round_seconds;
-  out.plan = std::move(best.plan);
-  for (std::size_t i = 1; i < feasible.size(); ++i) {
-    auto layout = layout_of(feasible[i].plan, p);
-    if (layout != out.layout) out.alternatives.push_back({feasible[i].style + ": " + layout, feasible[i].round_s, ""});
-  }
-  out.alternatives.insert(out.alternatives.end(), failed.begin(), failed.end());
-  return out;
+                   [](const training_placement& a, const training_placement& b) { return a.round_s < b.round_s; });
+  training_placement best = std::move(feasible.front());
+  for (std::size_t i = 1; i < feasible.size(); ++i)
+    if (feasible[i].layout != best.layout)
+      best.alternatives.push_back({feasible[i].style + ": " + feasible[i].layout, feasible[i].round_s, ""});
+  best.alternatives.insert(best.alternatives.end(), failed.begin(), failed.end());
+  return best;
 }
 
 std::string describe(const training_placement& plan) {

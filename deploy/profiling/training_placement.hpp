@@ -55,6 +55,23 @@ struct training_placement {
 /// micro-batches of micro_batch samples of length tokens.
 planning::workload training_workload(const training_shape& shape);
 
+/// The plan as a training placement: its layout, topology and simulated round.
+training_placement place_training(const topology& t, const planning::profile& p, std::string style,
+                                  planning::hpp_plan plan);
+
+/// Pure data parallelism: every node trains every layer, each micro-batch's
+/// samples split by speed (Asteroid's exact split). Throws
+/// planning::infeasible_error when the model's training state does not fit.
+planning::hpp_plan data_parallel_plan(const planning::profile& p);
+
+/// Pure pipeline parallelism: every node a stage of its own, in file order,
+/// over layer ranges as `placement: even` cuts them. Throws
+/// planning::infeasible_error.
+planning::hpp_plan pipeline_plan(const planning::profile& p);
+
+/// One device trains every layer. Throws planning::infeasible_error.
+planning::hpp_plan solo_plan(const planning::profile& p, std::size_t device);
+
 /// The fastest of Asteroid's hybrid plan, pure data parallelism over every
 /// node and the source node alone, by simulated round. Throws
 /// planning::infeasible_error when none fits.

@@ -172,7 +172,7 @@ struct pipeline_engine::state {
         stage_ready ready;
         me->request(n.node, timeout, load_stage_atom_v, a)
             .receive([&](stage_ready& answer) { ready = std::move(answer); },
-                     [&](caf::error& e) { problem = "node '" + n.node_name + "': " + actors::error_text(e); });
+                     [&](caf::error& e) { problem = "node '" + n.node_name + "', loading its stage: " + actors::error_text(e); });
         if (!problem.empty()) throw std::runtime_error(problem);
         m.actor = caf::actor_cast<actors::training_stage_actor>(ready.stage);
         m.data = next_hop{ready.data_host, ready.data_port, static_cast<std::uint16_t>(i)};
@@ -219,7 +219,7 @@ struct pipeline_engine::state {
         links.timeout_ms = t.connect_timeout.count();
         std::string problem;
         me->request(st.members[r].actor, timeout, connect_next_atom_v, std::uint64_t{1}, links)
-            .receive([] {}, [&](caf::error& e) { problem = "node '" + name_of(st.members[r]) + "': " + actors::error_text(e); });
+            .receive([] {}, [&](caf::error& e) { problem = "node '" + name_of(st.members[r]) + "', wiring its stage: " + actors::error_text(e); });
         if (!problem.empty()) throw std::runtime_error(problem);
       }
     }

@@ -251,7 +251,12 @@ run_log read_log(const fs::path& path, std::int64_t next_step) {
 
 }  // namespace
 
-training_result train(const training_options& o, std::ostream& figures) {
+namespace {
+
+// `cluster`: the nodes to train over as placed; none: one device.
+// `predicted_round_s`: its plan's round, to report beside the measured one.
+training_result run_training(const training_options& o, const std::optional<topology>& cluster,
+                             double predicted_round_s, std::ostream& figures) {
   o.check();
   if (!o.resume && fs::exists(o.out) && !fs::is_empty(o.out))
     throw std::invalid_argument("--out " + o.out.string() +
@@ -259,13 +264,6 @@ training_result train(const training_options& o, std::ostream& figures) {
   if (o.resume && !fs::exists(o.out / training_state_file))
     throw std::invalid_argument("--resume: " + o.out.string() + " holds no checkpoint (" +
                                 (o.out / training_state_file).string() + " is missing)");
-  std::optional<topology> cluster;
-  // The predicted round of a `placement: auto` plan; 0 for a written placement.
-  double predicted_round_s = 0;
-  if (!o.topology.empty()) {
-    cluster = load_topology(o.topology);
-    cluster = resolve_training_placement(*cluster, {o.batch, o.micro_batch, o.length}, std::cerr, &predicted_round_s);
-  }
   const fs::path start_model = o.resume ? o.out : !o.model.empty() ? o.model : cluster ? cluster->model : fs::path();
   if (start_model.empty()) throw std::invalid_argument("give --model DIR (or --topology F, whose model it trains)");
   compute::set_gemm_threads(o.threads > 0 ? o.threads : compute::default_thread_count());
@@ -314,6 +312,7 @@ training_result train(const training_options& o, std::ostream& figures) {
   int rounds = 0;
   bool warm = false;
   std::vector<std::string> recoveries;
+  std::vector<training_result::recovery> recovered;
   for (std::int64_t step = first; step < total;) {
     try {
       const auto t0 = std::chrono::steady_clock::now();
@@ -367,6 +366,9 @@ training_result train(const training_options& o, std::ostream& figures) {
                     e.node().c_str(), static_cast<long long>(step), static_cast<long long>(back_to),
                     static_cast<long long>(step - back_to), took);
       recoveries.push_back(line);
+      recovered.push_back({e.node(), step, back_to, took,
+                           std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count()});
       std::cerr << (o.quiet ? "" : "\n") << e.what() << "\n"
                 << "recovered: " << line << "; now on " << engine->describe() << "\n";
       step = back_to;
@@ -395,8 +397,25 @@ training_result train(const training_options& o, std::ostream& figures) {
     result.measured_round_s = measured;
   }
   for (const auto& r : recoveries) figures << "   recovery: " << r << "\n";
-  result.recoveries = static_cast<int>(recoveries.size());
+  result.recoveries = std::move(recovered);
   return result;
+}
+
+}  // namespace
+
+training_result train(const training_options& o, std::ostream& figures) {
+  if (o.topology.empty()) return run_training(o, std::nullopt, 0, figures);
+  o.check();
+  // The predicted round of a `placement: auto` plan; 0 for a written placement.
+  double predicted_round_s = 0;
+  auto cluster = resolve_training_placement(load_topology(o.topology), {o.batch, o.micro_batch, o.length}, std::cerr,
+                                            &predicted_round_s);
+  return run_training(o, cluster, predicted_round_s, figures);
+}
+
+training_result train(const training_options& o, const topology& cluster, double predicted_round_s,
+                      std::ostream& figures) {
+  return run_training(o, cluster, predicted_round_s, figures);
 }
 
 }  // namespace orrery::deploy

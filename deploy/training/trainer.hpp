@@ -16,8 +16,11 @@
 #include <filesystem>
 #include <iosfwd>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "deploy/cluster/topology.hpp"
 
 namespace orrery::deploy {
 
@@ -57,7 +60,15 @@ struct training_result {
   double validation_loss = 0;   ///< at the end
   double tokens_per_s = 0;      ///< this invocation's training tokens per second
   double seconds = 0;
-  int recoveries = 0;  ///< nodes lost and trained around (over a topology)
+  /// A node lost and trained around (over a topology).
+  struct recovery {
+    std::string node;
+    std::int64_t lost_at_step = 0;     ///< the step that failed
+    std::int64_t resumed_at_step = 0;  ///< the checkpoint's (or 0)
+    double seconds = 0;                ///< from the failed step's error to resumed
+    std::int64_t resumed_unix_ms = 0;  ///< when training resumed
+  };
+  std::vector<recovery> recoveries;
   /// `placement: auto`: the plan's simulated round and the mean step after
   /// the first as measured; 0 otherwise.
   double predicted_round_s = 0;
@@ -66,6 +77,12 @@ struct training_result {
 
 /// Trains as above; progress on stderr, one summary line on `figures`.
 training_result train(const training_options& options, std::ostream& figures);
+
+/// Trains over the nodes of `cluster` as placed (options.topology is not
+/// read), reporting the measured round beside `predicted_round_s` where > 0:
+/// for benchmarks weighing layouts of one cluster.
+training_result train(const training_options& options, const topology& cluster, double predicted_round_s,
+                      std::ostream& figures);
 
 /// The options as a checkpoint stores them (those that decide the result).
 nlohmann::json to_json(const training_options& options);
