@@ -2,6 +2,8 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
+#include <deque>
 #include <map>
 #include <random>
 
@@ -56,6 +58,11 @@ struct node_state {
   std::shared_ptr<messages::data_plane> data_plane;
   std::shared_ptr<shard_cache> weights;
   std::map<std::uint64_t, session_state> sessions;
+  /// Stages this node dropped: one that had already ended when it was
+  /// unlinked still sends its exit, which must not end the node. Bounded:
+  /// the oldest are forgotten first.
+  std::deque<caf::actor_addr> dropped;
+  static constexpr std::size_t max_dropped = 1024;
   std::uint64_t heartbeats_sent = 0;
   bool beating = false;
   probe_sink probes;
@@ -95,6 +102,9 @@ void unroute(node_ptr self, std::uint64_t session, std::uint16_t stage) {
 
 void drop_stages(node_ptr self, std::uint64_t id, session_state& session) {
   for (auto& [index, stage] : session.stages) {
+    auto& dropped = self->state.dropped;
+    dropped.push_back(stage.address());
+    if (dropped.size() > node_state::max_dropped) dropped.pop_front();
     self->unlink_from(stage);
     self->send_exit(stage, caf::exit_reason::user_shutdown);
     unroute(self, id, index);
@@ -184,6 +194,13 @@ node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::
   self->state.weights = std::make_shared<shard_cache>(self->state.config.memory_bytes);
   self->set_exit_handler([self](caf::exit_msg& msg) {
     if (forget_stage(self, msg.source, msg.reason)) return;
+    // A dropped stage's exit that crossed the unlink (its session's driver
+    // went down while the driver's exit to it was on its way).
+    auto& dropped = self->state.dropped;
+    if (auto it = std::find(dropped.begin(), dropped.end(), msg.source); it != dropped.end()) {
+      dropped.erase(it);
+      return;
+    }
     for (auto& [id, session] : self->state.sessions)
       for (auto& [index, stage] : session.stages) self->send_exit(stage, msg.reason);
     self->quit(msg.reason);

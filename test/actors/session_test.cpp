@@ -168,3 +168,33 @@ TEST_CASE("a frame that does not continue where the stage's KV cache ends fails 
   CHECK(contains(failure_of(frame_at(7, {1})), "a frame at position 7 of request 9, but the stage holds 3 tokens of it"));
   caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
 }
+
+TEST_CASE("a node outlives a session whose driver goes down while its stage's exit is on the way") {
+  // The driver of a session ends its stage and goes away at once (a trainer
+  // done with a layout): the node hears the driver's down first, drops the
+  // session's stages, and the stage's own exit, already sent, arrives after.
+  // That exit once ended the node, which then refused every later session.
+  temp_dir dir;
+  compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {3, 0, {}});
+  const auto files = actors::identify_model(dir / "m");
+  test::registered_config config;
+  caf::actor_system system{config};
+  auto node = actors::spawn_node(system, {"n", "cpu", "fp32", 0, 1, "127.0.0.1", 0});
+  for (std::uint64_t session = 1; session <= 20; ++session) {
+    CAPTURE(session);
+    caf::actor stage;
+    {
+      caf::scoped_actor driver{system};
+      stage_assignment a{session, 1, 0, 0, 4, (dir / "m").string(), files, "", 1};
+      std::string outcome = "ok";
+      driver->request(node, std::chrono::seconds(20), load_stage_atom_v, a)
+          .receive([&](stage_ready& ready) { stage = ready.stage; }, [&](caf::error& e) { outcome = actors::error_text(e); });
+      REQUIRE(outcome == "ok");
+      caf::anon_send_exit(stage, caf::exit_reason::user_shutdown);
+    }  // the driver goes down here
+    caf::scoped_actor self{system};
+    self->wait_for(stage);
+  }
+  CHECK(load(system, node, 99, dir / "m", files) == "ok");
+  caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+}
