@@ -293,17 +293,27 @@ struct pipeline_engine::state {
     return losses;
   }
 
-  // Asks each of `members` in turn.
-  template <class Answer, class... Ts>
-  std::vector<Answer> ask_each(const std::vector<const member*>& members, const char* what, Ts... xs) {
+  // Sends `request(i)` to every one of `members` at once, then collects the
+  // answers in order: the members work side by side (optimizer steps and
+  // checkpoint parts take as long as the slowest, not the sum).
+  template <class Answer, class Request>
+  std::vector<Answer> ask_all(const std::vector<const member*>& members, const char* what, Request request) {
+    using handle = decltype(request(std::size_t{0}));
+    std::vector<handle> pending;
+    for (std::size_t i = 0; i < members.size(); ++i) pending.push_back(request(i));
     std::vector<Answer> answers;
-    for (const auto* m : members) {
+    for (std::size_t i = 0; i < members.size(); ++i) {
       std::optional<caf::error> error;
-      (*self)->request(m->actor, timeout, xs...)
-          .receive([&](Answer& a) { answers.push_back(std::move(a)); }, [&](caf::error& e) { error = std::move(e); });
-      if (error) failed(*m, what, *error);
+      pending[i].receive([&](Answer& a) { answers.push_back(std::move(a)); }, [&](caf::error& e) { error = std::move(e); });
+      if (error) failed(*members[i], what, *error);
     }
     return answers;
+  }
+
+  // Asks every one of `members` the same.
+  template <class Answer, class... Ts>
+  std::vector<Answer> ask_each(const std::vector<const member*>& members, const char* what, Ts... xs) {
+    return ask_all<Answer>(members, what, [&](std::size_t i) { return (*self)->request(members[i]->actor, timeout, xs...); });
   }
 };
 
@@ -416,10 +426,11 @@ void pipeline_engine::save(const fs::path& dir) {
   for (const auto& st : s_->stages) leaders.push_back(&st.members.front());
   std::map<std::string, std::string> weight_map;
   std::uint64_t total = 0;
-  for (std::int32_t k = 1; k <= n; ++k) {
-    auto part = s_->ask_each<checkpoint_part>({leaders[static_cast<std::size_t>(k - 1)]}, "writing the checkpoint",
-                                              save_atom_v, fs::absolute(dir).string(), k, n)
-                    .front();
+  const auto where = fs::absolute(dir).string();
+  const auto parts = s_->ask_all<checkpoint_part>(leaders, "writing the checkpoint", [&](std::size_t i) {
+    return (*s_->self)->request(leaders[i]->actor, s_->timeout, save_atom_v, where, static_cast<std::int32_t>(i + 1), n);
+  });
+  for (const auto& part : parts) {
     for (const auto& name : part.tensors) weight_map[name] = part.file;
     total += part.bytes;
   }
