@@ -28,6 +28,7 @@
 #include "deploy/training/engine.hpp"
 #include "deploy/training/loss_curve.hpp"
 #include "deploy/training/pipeline_engine.hpp"
+#include "messages/types.hpp"
 
 namespace orrery::deploy {
 
@@ -253,6 +254,14 @@ run_log read_log(const fs::path& path, std::int64_t next_step) {
 
 namespace {
 
+std::string recovery_text(const training_result::recovery& r) {
+  char line[256];
+  std::snprintf(line, sizeof line, "node '%s' lost at step %lld, resumed at step %lld (%lld repeated) in %.2f s",
+                r.node.c_str(), static_cast<long long>(r.lost_at_step), static_cast<long long>(r.resumed_at_step),
+                static_cast<long long>(r.lost_at_step - r.resumed_at_step), r.seconds);
+  return line;
+}
+
 // `cluster`: the nodes to train over as placed; none: one device.
 // `predicted_round_s`: its plan's round, to report beside the measured one.
 training_result run_training(const training_options& o, const std::optional<topology>& cluster,
@@ -311,7 +320,6 @@ training_result run_training(const training_options& o, const std::optional<topo
   double round_seconds = 0;
   int rounds = 0;
   bool warm = false;
-  std::vector<std::string> recoveries;
   std::vector<training_result::recovery> recovered;
   for (std::int64_t step = first; step < total;) {
     try {
@@ -361,16 +369,9 @@ training_result run_training(const training_options& o, const std::optional<topo
       if (checkpointed) engine->restore(from);
       log.truncate(back_to);
       const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_recovery).count();
-      char line[256];
-      std::snprintf(line, sizeof line, "node '%s' lost at step %lld, resumed at step %lld (%lld repeated) in %.2f s",
-                    e.node().c_str(), static_cast<long long>(step), static_cast<long long>(back_to),
-                    static_cast<long long>(step - back_to), took);
-      recoveries.push_back(line);
-      recovered.push_back({e.node(), step, back_to, took,
-                           std::chrono::duration_cast<std::chrono::milliseconds>(
-                               std::chrono::system_clock::now().time_since_epoch()).count()});
+      recovered.push_back({e.node(), step, back_to, took, unix_ms_now()});
       std::cerr << (o.quiet ? "" : "\n") << e.what() << "\n"
-                << "recovered: " << line << "; now on " << engine->describe() << "\n";
+                << "recovered: " << recovery_text(recovered.back()) << "; now on " << engine->describe() << "\n";
       step = back_to;
     }
   }
@@ -396,7 +397,7 @@ training_result run_training(const training_options& o, const std::optional<topo
     result.predicted_round_s = predicted_round_s;
     result.measured_round_s = measured;
   }
-  for (const auto& r : recoveries) figures << "   recovery: " << r << "\n";
+  for (const auto& r : recovered) figures << "   recovery: " << recovery_text(r) << "\n";
   result.recoveries = std::move(recovered);
   return result;
 }
