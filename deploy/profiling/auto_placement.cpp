@@ -34,19 +34,6 @@ void check_matches(const planning::profile& p, const topology& t) {
                                   " layers but the model " + std::to_string(t.num_layers));
 }
 
-// `p`'s layers as held by one stage: a node of its own, or a group member
-// holding `slice` of them.
-node_spec stage_node(const topology& t, std::size_t device, const planning::stage& s, const std::string& group,
-                     const tensor_slice& slice) {
-  node_spec n = t.nodes.at(device);
-  n.first_layer = static_cast<int>(s.begin);
-  n.last_layer = static_cast<int>(s.end);
-  n.group = group;
-  n.slice = slice;
-  n.weight_bytes = n.weight_bytes_of(t.model_config, n.first_layer, n.last_layer);
-  return n;
-}
-
 // `groups[i]` runs stages[i] (whose device indexes `groups`); a group's
 // members get the heads and columns of `splits[i]`.
 topology with_layout(const topology& t, const std::vector<planning::stage>& stages,
@@ -216,6 +203,17 @@ placement_plan plan_latency(const topology& t, const planning::profile& p) {
 }
 
 }  // namespace
+
+node_spec stage_node(const topology& t, std::size_t device, const planning::stage& s, const std::string& group,
+                     const tensor_slice& slice) {
+  node_spec n = t.nodes.at(device);
+  n.first_layer = static_cast<int>(s.begin);
+  n.last_layer = static_cast<int>(s.end);
+  n.group = group;
+  n.slice = slice;
+  n.weight_bytes = n.weight_bytes_of(t.model_config, n.first_layer, n.last_layer);
+  return n;
+}
 
 planning::profile obtain_profile(const topology& t, const planning::workload& work, const profile_progress& progress,
                                  bool refresh, bool training) {

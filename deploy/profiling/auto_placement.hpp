@@ -67,6 +67,12 @@ struct placement_plan {
   std::string note;
 };
 
+/// Node `device` of `t` holding stage `s`'s layers: a node of its own (empty
+/// `group`), or a member of `group` holding `slice` of them; its weight bytes
+/// follow.
+node_spec stage_node(const topology& t, std::size_t device, const planning::stage& s, const std::string& group,
+                     const tensor_slice& slice);
+
 /// The profile `t` plans from: its `profile:` file if set, else measured on
 /// the running nodes (or taken from the cache unless `refresh`), for `work`;
 /// with `training`, one with training times (a file without them is an error).

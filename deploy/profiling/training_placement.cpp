@@ -30,19 +30,11 @@ topology placed_topology(const topology& t, const planning::hpp_plan& plan) {
     for (std::size_t m = 0; m < stage.layout.devices.size(); ++m)
       if (stage.samples.at(m) > 0) members.push_back(stage.layout.devices[m]), samples.push_back(stage.samples[m]);
     const auto slices = members.size() > 1 ? group_slices(t.model_config, samples) : std::vector<tensor_slice>{};
+    const bool grouped = members.size() > 1;
     for (std::size_t m = 0; m < members.size(); ++m) {
-      node_spec n = t.nodes.at(members[m]);
-      n.first_layer = static_cast<int>(stage.layout.begin);
-      n.last_layer = static_cast<int>(stage.layout.end);
+      node_spec n = stage_node(t, members[m], {members[m], stage.layout.begin, stage.layout.end},
+                               grouped ? "auto-" + std::to_string(s) : "", grouped ? slices[m] : tensor_slice{});
       n.speed = samples[m];
-      if (members.size() > 1) {
-        n.group = "auto-" + std::to_string(s);
-        n.slice = slices[m];
-      } else {
-        n.group.clear();
-        n.slice = {};
-      }
-      n.weight_bytes = n.weight_bytes_of(t.model_config, n.first_layer, n.last_layer);
       placed.nodes.push_back(std::move(n));
     }
   }
