@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
 #include <stdexcept>
 
 #include "actors/error_text.hpp"
+#include "actors/gather.hpp"
 #include "actors/interfaces.hpp"
 #include "actors/model_identity.hpp"
 #include "actors/router.hpp"
@@ -69,6 +71,9 @@ struct pipeline_engine::state {
   actor_config caf_config;
   std::unique_ptr<caf::actor_system> system;
   std::unique_ptr<caf::scoped_actor> self;
+  /// Asks the members (and loads the nodes: they keep a session while the
+  /// actor that loaded it lives).
+  std::unique_ptr<actors::gatherer> asker;
   /// Every node of the topology as the client reached it, and which are alive.
   std::vector<actors::placement_stage> nodes;
   std::vector<bool> alive;
@@ -83,11 +88,13 @@ struct pipeline_engine::state {
 
   explicit state(const topology& topo)
       : t(topo), caf_config(topo.heartbeat_interval), system(std::make_unique<caf::actor_system>(caf_config)),
-        self(std::make_unique<caf::scoped_actor>(*system)), timeout(answer_timeout(topo)) {}
+        self(std::make_unique<caf::scoped_actor>(*system)), asker(std::make_unique<actors::gatherer>(*system)),
+        timeout(answer_timeout(topo)) {}
 
   ~state() {
     stop_stages();
     plane.reset();  // its io thread ends before the actor system does
+    asker.reset();
     self.reset();
   }
 
@@ -144,13 +151,15 @@ struct pipeline_engine::state {
     const auto files = actors::identify_model(model);
     auto& me = *self;
     window = 1;
+    std::vector<member*> members;
+    std::vector<std::uint16_t> stage_of;
+    std::vector<caf::message> requests;
     for (std::size_t i = 0; i < stages.size(); ++i) {
       auto& st = stages[i];
       std::vector<std::string> names;
       for (const auto& m : st.members) names.push_back(name_of(m));
       for (std::size_t r = 0; r < st.members.size(); ++r) {
-        auto& m = st.members[r];
-        const auto& n = nodes[m.node];
+        const auto& n = nodes[st.members[r].node];
         stage_assignment a;
         a.session = session;
         a.deployment = 1;
@@ -168,17 +177,20 @@ struct pipeline_engine::state {
         a.collective_deadline_ms = t.request_timeout.count();
         a.training = settings;
         a.training.enabled = true;
-        std::string problem;
-        stage_ready ready;
-        me->request(n.node, timeout, load_stage_atom_v, a)
-            .receive([&](stage_ready& answer) { ready = std::move(answer); },
-                     [&](caf::error& e) { problem = "node '" + n.node_name + "', loading its stage: " + actors::error_text(e); });
-        if (!problem.empty()) throw std::runtime_error(problem);
-        m.actor = caf::actor_cast<actors::training_stage_actor>(ready.stage);
-        m.data = next_hop{ready.data_host, ready.data_port, static_cast<std::uint16_t>(i)};
-        me->monitor(m.actor);
+        members.push_back(&st.members[r]);
+        stage_of.push_back(a.stage);
+        requests.push_back(caf::make_message(load_stage_atom_v, std::move(a)));
       }
       window = std::max(window, st.members.size());
+    }
+    // Each node loads its stage while the others load theirs.
+    const auto ready = ask_all<stage_ready>({members.begin(), members.end()}, "loading its stage", requests,
+                                            [&](const member& m) { return caf::actor_cast<caf::actor>(nodes[m.node].node); });
+    for (std::size_t k = 0; k < members.size(); ++k) {
+      auto& m = *members[k];
+      m.actor = caf::actor_cast<actors::training_stage_actor>(ready[k].stage);
+      m.data = next_hop{ready[k].data_host, ready[k].data_port, stage_of[k]};
+      me->monitor(m.actor);
     }
     window *= stages.size();
     wire();
@@ -201,6 +213,8 @@ struct pipeline_engine::state {
         for (const auto& m : st->members) holders.push_back(&m);
     std::vector<std::string> holder_names;
     for (const auto* h : holders) holder_names.push_back(name_of(*h));
+    std::vector<const member*> members;
+    std::vector<caf::message> requests;
     for (std::size_t i = 0; i < n; ++i) {
       const auto& st = stages[i];
       for (std::size_t r = 0; r < st.members.size(); ++r) {
@@ -217,12 +231,11 @@ struct pipeline_engine::state {
         }
         links.client = caf::actor_cast<caf::actor>(me);
         links.timeout_ms = t.connect_timeout.count();
-        std::string problem;
-        me->request(st.members[r].actor, timeout, connect_next_atom_v, std::uint64_t{1}, links)
-            .receive([] {}, [&](caf::error& e) { problem = "node '" + name_of(st.members[r]) + "', wiring its stage: " + actors::error_text(e); });
-        if (!problem.empty()) throw std::runtime_error(problem);
+        members.push_back(&st.members[r]);
+        requests.push_back(caf::make_message(connect_next_atom_v, std::uint64_t{1}, std::move(links)));
       }
     }
+    ask_all<void>(members, "wiring its stage", requests);
   }
 
   // Sends every batch through the pipeline as a `pass`, at most `window`
@@ -293,27 +306,30 @@ struct pipeline_engine::state {
     return losses;
   }
 
-  // Sends `request(i)` to every one of `members` at once, then collects the
-  // answers in order: the members work side by side (optimizer steps and
-  // checkpoint parts take as long as the slowest, not the sum).
-  template <class Answer, class Request>
-  std::vector<Answer> ask_all(const std::vector<const member*>& members, const char* what, Request request) {
-    using handle = decltype(request(std::size_t{0}));
-    std::vector<handle> pending;
-    for (std::size_t i = 0; i < members.size(); ++i) pending.push_back(request(i));
-    std::vector<Answer> answers;
-    for (std::size_t i = 0; i < members.size(); ++i) {
-      std::optional<caf::error> error;
-      pending[i].receive([&](Answer& a) { answers.push_back(std::move(a)); }, [&](caf::error& e) { error = std::move(e); });
-      if (error) failed(*members[i], what, *error);
-    }
-    return answers;
+  // Sends `requests[i]` to (the actor `target` names of) every one of
+  // `members` at once and returns their answers in order: the members work
+  // side by side (loading, optimizer steps, checkpoint parts take as long as
+  // the slowest, not the sum), and a member's node lost meanwhile ends the
+  // wait at once.
+  template <class Answer>
+  std::vector<typename actors::gathered<Answer>::value> ask_all(
+      const std::vector<const member*>& members, const char* what, const std::vector<caf::message>& requests,
+      const std::function<caf::actor(const member&)>& target = [](const member& m) {
+        return caf::actor_cast<caf::actor>(m.actor);
+      }) {
+    std::vector<caf::actor> to;
+    for (const auto* m : members) to.push_back(target(*m));
+    auto result = asker->ask<Answer>(*self, to, requests, timeout);
+    if (result.failed) failed(*members[*result.failed], what, result.error);
+    if (result.error) throw std::runtime_error(std::string(what) + ": " + actors::error_text(result.error));
+    return std::move(result.answers);
   }
 
   // Asks every one of `members` the same.
-  template <class Answer, class... Ts>
-  std::vector<Answer> ask_each(const std::vector<const member*>& members, const char* what, Ts... xs) {
-    return ask_all<Answer>(members, what, [&](std::size_t i) { return (*self)->request(members[i]->actor, timeout, xs...); });
+  template <class Answer>
+  std::vector<typename actors::gathered<Answer>::value> ask_each(const std::vector<const member*>& members,
+                                                                 const char* what, const caf::message& request) {
+    return ask_all<Answer>(members, what, std::vector<caf::message>(members.size(), request));
   }
 };
 
@@ -356,68 +372,19 @@ std::vector<double> pipeline_engine::evaluate(const std::vector<compute::token_b
   return s_->run(batches, messages::pass_kind::evaluation);
 }
 
-namespace {
-
-// Asks every member for its part of the gradient norm at once and answers
-// (sum in pipeline order, -1, no error); or (0, member, error) as soon as a
-// member's actor goes down (request_receiver_down), since the others may be
-// waiting for it inside their all-reduce, or its request fails.
-caf::behavior norm_gatherer(caf::event_based_actor* self, std::vector<actors::training_stage_actor> members,
-                            std::chrono::milliseconds timeout) {
-  return {[=](gradient_norm_atom) {
-    auto promise = std::make_shared<caf::response_promise>(self->make_response_promise());
-    auto parts = std::make_shared<std::vector<double>>(members.size(), 0.0);
-    auto left = std::make_shared<std::size_t>(members.size());
-    auto answer = [=](caf::message m) {
-      if (promise->pending()) promise->deliver(std::move(m));
-      self->quit();
-    };
-    self->set_down_handler([=](caf::down_msg& m) {
-      for (std::size_t i = 0; i < members.size(); ++i)
-        if (members[i].address() == m.source)
-          return answer(caf::make_message(0.0, static_cast<std::int64_t>(i), caf::make_error(caf::sec::request_receiver_down)));
-    });
-    for (std::size_t i = 0; i < members.size(); ++i) {
-      self->monitor(members[i]);
-      self->request(members[i], timeout, gradient_norm_atom_v)
-          .then(
-              [=](double part) {
-                (*parts)[i] = part;
-                if (--*left > 0) return;
-                double sum = 0;
-                for (double p : *parts) sum += p;
-                answer(caf::make_message(sum, std::int64_t{-1}, caf::error{}));
-              },
-              [=](caf::error& e) { answer(caf::make_message(0.0, static_cast<std::int64_t>(i), e)); });
-    }
-    return *promise;
-  }};
-}
-
-}  // namespace
-
 double pipeline_engine::squared_gradient_norm() {
   // Every member is asked at once: groups and the tied embedding's holders
-  // add up their gradients in the middle of the request.
-  const auto members = s_->all_members();
-  std::vector<actors::training_stage_actor> actors;
-  for (const auto* m : members) actors.push_back(m->actor);
-  auto gatherer = s_->system->spawn(norm_gatherer, actors, s_->timeout);
+  // add up their gradients in the middle of the request (so a member that
+  // goes down must end the wait at once: the others wait for it there).
   double sum = 0;
-  std::optional<std::pair<std::size_t, caf::error>> failure;
-  (*s_->self)->request(gatherer, caf::infinite, gradient_norm_atom_v)
-      .receive(
-          [&](double total, std::int64_t member, caf::error& e) {
-            sum = total;
-            if (member >= 0) failure = {static_cast<std::size_t>(member), std::move(e)};
-          },
-          [&](caf::error& e) { failure = {0, std::move(e)}; });
-  if (failure) s_->failed(*members[failure->first], "the gradient norm", failure->second);
+  for (double part : s_->ask_each<double>(s_->all_members(), "the gradient norm", caf::make_message(gradient_norm_atom_v)))
+    sum += part;
   return sum;
 }
 
 void pipeline_engine::step(double learning_rate, double gradient_scale) {
-  s_->ask_each<std::int64_t>(s_->all_members(), "the optimizer step", optimizer_step_atom_v, learning_rate, gradient_scale);
+  s_->ask_each<std::int64_t>(s_->all_members(), "the optimizer step",
+                             caf::make_message(optimizer_step_atom_v, learning_rate, gradient_scale));
 }
 
 void pipeline_engine::save(const fs::path& dir) {
@@ -427,9 +394,10 @@ void pipeline_engine::save(const fs::path& dir) {
   std::map<std::string, std::string> weight_map;
   std::uint64_t total = 0;
   const auto where = fs::absolute(dir).string();
-  const auto parts = s_->ask_all<checkpoint_part>(leaders, "writing the checkpoint", [&](std::size_t i) {
-    return (*s_->self)->request(leaders[i]->actor, s_->timeout, save_atom_v, where, static_cast<std::int32_t>(i + 1), n);
-  });
+  std::vector<caf::message> requests;
+  for (std::size_t i = 0; i < leaders.size(); ++i)
+    requests.push_back(caf::make_message(save_atom_v, where, static_cast<std::int32_t>(i + 1), n));
+  const auto parts = s_->ask_all<checkpoint_part>(leaders, "writing the checkpoint", requests);
   for (const auto& part : parts) {
     for (const auto& name : part.tensors) weight_map[name] = part.file;
     total += part.bytes;
@@ -440,7 +408,8 @@ void pipeline_engine::save(const fs::path& dir) {
 }
 
 void pipeline_engine::restore(const fs::path& dir) {
-  s_->ask_each<std::int64_t>(s_->all_members(), "restoring the optimizer", restore_atom_v, fs::absolute(dir).string());
+  s_->ask_each<std::int64_t>(s_->all_members(), "restoring the optimizer",
+                             caf::make_message(restore_atom_v, fs::absolute(dir).string()));
 }
 
 void pipeline_engine::recover(const std::string& lost_node, const fs::path& from) {

@@ -303,3 +303,39 @@ TEST_CASE("chaos names what is wrong: no registry, unknown node, partition, --ti
                            "cmdline", "SIGCONT", "testbed"})
     CHECK(contains(help.out, part));
 }
+
+TEST_CASE("orrery chaos kills a node of orrery up mid-training: the run trains around it and ends bitwise where one device ends") {
+  up_cluster c("train");
+  const std::vector<std::string> common = {"--data", "/usr/share/common-licenses/GPL-3", "--steps", "60", "--batch", "4",
+                                           "--micro-batch", "2", "--length", "32", "--checkpoint-every", "10",
+                                           "--threads", "1", "--quiet"};
+  auto args = [&](std::vector<std::string> head) {
+    head.insert(head.end(), common.begin(), common.end());
+    return head;
+  };
+  background_orrery train(args({"train", "--topology", c.topology.string(), "--out", "over-nodes"}), c.model.dir.path());
+  const auto state = c.model.dir / "over-nodes" / "training.json";
+  REQUIRE(eventually([&] { return std::filesystem::exists(state); }, 60s));
+  auto kill = c.chaos({"--node", "n1"});
+  REQUIRE(kill.exit_code == 0);
+  CHECK(contains(kill.out, "kill node 'n1'"));
+  INFO("train printed: " << train.out() << train.err());
+  REQUIRE(train.wait(120s) == 0);
+  CHECK(contains(train.err(), "recovered: node 'n1' lost at step"));
+  CHECK(contains(train.out(), "recovery: node 'n1'"));
+
+  auto local = run_orrery(args({"train", "--model", "m", "--out", "local"}), c.model.dir.path());
+  REQUIRE(local.exit_code == 0);
+  // A pipeline's arithmetic is one device's: every step's loss, bitwise.
+  const auto log = slurp(c.model.dir / "over-nodes" / "train_log.jsonl");
+  const auto local_log = slurp(c.model.dir / "local" / "train_log.jsonl");
+  auto losses = [](const std::string& text) {
+    std::vector<std::string> out;
+    const std::regex loss("\"loss\":([-0-9.e+]+)");
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), loss); it != std::sregex_iterator(); ++it)
+      out.push_back((*it)[1]);
+    return out;
+  };
+  CHECK(losses(log).size() == 60);
+  CHECK(losses(log) == losses(local_log));
+}
