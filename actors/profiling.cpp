@@ -182,6 +182,7 @@ layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node,
               if (options.train_tokens > 0) {
                 report.curves.push_back({kind.kind, "train_forward", {request.train_tokens}, {kind.train_forward}});
                 report.curves.push_back({kind.kind, "train_backward", {request.train_tokens}, {kind.train_backward}});
+                report.curves.push_back({kind.kind, "train_update", {request.train_tokens}, {kind.train_update}});
               }
             }
             report.burst_context = timings.burst.context;

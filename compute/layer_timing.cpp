@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <thread>
 
@@ -11,6 +12,7 @@
 #include "compute/model_error.hpp"
 #include "compute/scalar_type.hpp"
 #include "compute/shard.hpp"
+#include "compute/training/optimizer.hpp"
 #include "compute/training/pass.hpp"
 
 namespace orrery::compute {
@@ -110,14 +112,19 @@ decode_burst measure_decode_burst(shard& s, int context, int steps) {
 struct training_seconds {
   double forward = 0;
   double backward = 0;
+  double update = 0;  // per step, not per sample
 };
 
 // A training micro-batch of `sequences` samples of `length` tokens through
 // `s`: seconds per sample of its forward and of its backward (from the loss
 // for the shard with the head, else from a gradient of its output), the
-// means over repeats whose forwards and backwards add up to `min_seconds`.
+// means over repeats whose forwards and backwards add up to `min_seconds`;
+// and seconds of the update that follows (the gradients' norm, as clipping
+// asks of every stage, then AdamW), once per repeat.
+
 training_seconds training_seconds_per_sample(shard& s, int sequences, int length, double min_seconds) {
   auto parameters = trainable_parameters(s);  // recording gradients, as a training stage's weights do
+  adamw optimizer(parameters);
   const int tokens = sequences * length;
   auto input = input_for(s, tokens);
   auto targets = at::randint(s.config().vocab_size, {tokens}, at::TensorOptions(at::kLong).device(s.options().device));
@@ -138,8 +145,10 @@ training_seconds training_seconds_per_sample(shard& s, int sequences, int length
     }
     wait(parameters.back().tensor.grad());
     const double backward = seconds_since(start);
-    for (auto& p : parameters) p.tensor.mutable_grad() = at::Tensor();
-    return training_seconds{forward, backward};
+    start = clock_type::now();
+    optimizer.step(1e-6, clipping_scale(std::sqrt(squared_gradient_norm(parameters)), 1.0));  // clears the gradients
+    wait(parameters.back().tensor);
+    return training_seconds{forward, backward, seconds_since(start)};
   };
   once();  // warms caches and the allocator
   training_seconds total;
@@ -148,9 +157,10 @@ training_seconds training_seconds_per_sample(shard& s, int sequences, int length
     auto t = once();
     total.forward += t.forward;
     total.backward += t.backward;
+    total.update += t.update;
     ++count;
   }
-  return {total.forward / count / sequences, total.backward / count / sequences};
+  return {total.forward / count / sequences, total.backward / count / sequences, total.update / count};
 }
 
 }  // namespace
@@ -204,6 +214,7 @@ layer_timings measure_layer_times(const std::string& model_dir, const layer_timi
       auto t = training_seconds_per_sample(trained, options.train_sequences, options.train_tokens, options.min_seconds);
       timing.train_forward = t.forward;
       timing.train_backward = t.backward;
+      timing.train_update = t.update;
       advance();
     }
     out.kinds.push_back(std::move(timing));

@@ -36,6 +36,9 @@ struct layer_kind_timing {
   /// Seconds per sample; 0 when training was not timed.
   double train_forward = 0;
   double train_backward = 0;
+  /// Seconds of one optimizer update of the layer (its gradients' squared
+  /// norm, then AdamW), whatever the batch; 0 when training was not timed.
+  double train_update = 0;
 };
 
 struct layer_timing_options {

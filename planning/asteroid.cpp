@@ -32,7 +32,9 @@ double round_latency(const std::vector<hpp_step>& steps, int micro_batches) {
       end += s < dm ? steps[i].backward : -steps[i].backward;
     worst = std::max(worst, end + steps[s].allreduce);
   }
-  return worst;
+  double update = 0;
+  for (const auto& s : steps) update = std::max(update, s.update);
+  return worst + update;
 }
 
 std::vector<hpp_step> hpp_plan::steps() const {
@@ -40,7 +42,7 @@ std::vector<hpp_step> hpp_plan::steps() const {
   for (std::size_t s = 0; s < stages.size(); ++s) {
     out.push_back(stages[s].step);
     if (s < transfers.size())
-      out.push_back({transfers[s], transfers[s], 0});
+      out.push_back({transfers[s], transfers[s], 0, 0});
   }
   return out;
 }
@@ -144,7 +146,7 @@ std::optional<hpp_stage> evaluate_stage(const profile& p, const stage_layout& la
                                         const std::vector<int>& samples) {
   stage_bytes b = bytes_of(p, layout);
   int k = in_flight(p, position, stage_count);
-  hpp_stage out{layout, samples, {}, {0, 0, allreduce_seconds(p, layout, b.weights)}};
+  hpp_stage out{layout, samples, {}, {0, 0, allreduce_seconds(p, layout, b.weights), 0}};
   for (std::size_t i = 0; i < layout.devices.size(); ++i) {
     std::size_t d = layout.devices[i];
     double memory = b.fixed + k * samples[i] * b.per_sample;
@@ -153,6 +155,8 @@ std::optional<hpp_stage> evaluate_stage(const profile& p, const stage_layout& la
     out.memory.push_back(memory);
     out.step.forward = std::max(out.step.forward, samples[i] * layer_sum(p, d, layout, &layer_timing::forward));
     out.step.backward = std::max(out.step.backward, samples[i] * layer_sum(p, d, layout, &layer_timing::backward));
+    // Every member updates the stage's weights (replicas, in a group).
+    out.step.update = std::max(out.step.update, layer_sum(p, d, layout, &layer_timing::update));
   }
   return out;
 }
@@ -238,7 +242,7 @@ class asteroid_search {
     double transfer = 0;
     if (rest) {
       transfer = stage_transfer(p_, first.layout, (*rest)->stages.front().layout);
-      steps.push_back({transfer, transfer, 0});
+      steps.push_back({transfer, transfer, 0, 0});
       std::vector<hpp_step> tail = (*rest)->steps();
       steps.insert(steps.end(), tail.begin(), tail.end());
     }
@@ -385,7 +389,8 @@ nlohmann::json to_json(const hpp_plan& plan, const profile& p) {
                       {"group", members},
                       {"forward_s", s.step.forward},
                       {"backward_s", s.step.backward},
-                      {"allreduce_s", s.step.allreduce}});
+                      {"allreduce_s", s.step.allreduce},
+                      {"update_s", s.step.update}});
   }
   return {{"stages", stages}, {"transfers_s", plan.transfers}, {"round_s", plan.round_seconds}};
 }

@@ -23,6 +23,10 @@ struct hpp_step {
   double forward = 0;    ///< E_f, seconds per micro-batch
   double backward = 0;   ///< E_b
   double allreduce = 0;  ///< T_a, seconds per round
+  /// Seconds of the optimizer update after the round (its slowest member's):
+  /// clipping needs the global gradient norm, so every stage updates once
+  /// every stage's all-reduce is done, all stages at once.
+  double update = 0;
 };
 
 /// HPP-round latency under 1F1B: max_s (end of step s's last backward + T_a^s),
@@ -35,7 +39,7 @@ struct hpp_step {
 /// s > dm that much earlier. Exact for equal steps: (M + P - 1)(E_f + E_b) + T_a;
 /// on random plans within -11%..+31% of the simulation (it ignores the tail
 /// hidden behind the dominant step's warm-up), which is why `orrery plan`
-/// reports the simulated round.
+/// reports the simulated round. The updates follow: + max_s U^s.
 double round_latency(const std::vector<hpp_step>& steps, int micro_batches);
 
 /// A stage's layers and the devices running them.

@@ -238,6 +238,7 @@ layer_timing timing_from_json(const json& j, const std::string& path) {
   t.decode = curve_from_json(field(j, path, "decode"), path + ".decode");
   t.forward = number_or(j, path, "forward", 0);
   t.backward = number_or(j, path, "backward", 0);
+  t.update = number_or(j, path, "update", 0);
   return t;
 }
 
@@ -374,7 +375,8 @@ json timing_to_json(const layer_timing& t) {
   return {{"prefill", curve_to_json(t.prefill)},
           {"decode", curve_to_json(t.decode)},
           {"forward", t.forward},
-          {"backward", t.backward}};
+          {"backward", t.backward},
+          {"update", t.update}};
 }
 
 json device_to_json(const device_profile& d) {

@@ -57,6 +57,7 @@ struct layer_timing {
   time_curve decode;    ///< seconds per token, decoding at the given context length
   double forward = 0;   ///< training forward, seconds per sample
   double backward = 0;  ///< training backward, seconds per sample
+  double update = 0;    ///< training: one optimizer step of the layer (gradient norm + AdamW), seconds
 };
 
 /// Per-piece costs of one transformer block for tensor / sequence parallelism

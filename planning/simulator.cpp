@@ -192,8 +192,13 @@ class training_graph {
           progress = true;
         }
     }
+    std::vector<std::size_t> reduced;
     for (std::size_t s = 0; s < stages_; ++s)
-      graph_.add_task(s, plan_.stages[s].step.allreduce, {previous[s]}, 0, "all-reduce", -1);
+      reduced.push_back(graph_.add_task(s, plan_.stages[s].step.allreduce, {previous[s]}, 0, "all-reduce", -1));
+    // Clipping needs the global gradient norm: every stage updates once every
+    // stage has reduced its gradients.
+    for (std::size_t s = 0; s < stages_; ++s)
+      if (plan_.stages[s].step.update > 0) graph_.add_task(s, plan_.stages[s].step.update, reduced, 0, "update", -1);
     return summarise();
   }
 
@@ -233,7 +238,9 @@ class training_graph {
         double per_sample = 0;
         for (std::size_t l = st.layout.begin; l < st.layout.end; ++l)
           per_sample += p_.devices[d].layers[l].forward + p_.devices[d].layers[l].backward;
-        double busy = m_ * st.samples[i] * per_sample + st.step.allreduce;
+        double update = 0;
+        for (std::size_t l = st.layout.begin; l < st.layout.end; ++l) update += p_.devices[d].layers[l].update;
+        double busy = m_ * st.samples[i] * per_sample + st.step.allreduce + update;
         out.devices.push_back({p_.devices[d].name, busy, busy / out.makespan, st.memory[i]});
       }
     return out;

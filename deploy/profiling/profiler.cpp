@@ -152,7 +152,14 @@ planning::time_curve curve_from(const json& node, const std::string& layer, cons
                            " " + phase + " curve");
 }
 
-// Seconds per sample of a training phase; 0 where training was not timed.
+bool has_phase(const json& node, const std::string& phase) {
+  for (const auto& c : node.at("curves"))
+    if (c.at("phase") == phase) return true;
+  return false;
+}
+
+// Seconds per sample of a training pass (per step of an update); 0 where
+// training was not timed.
 double training_seconds(const json& node, const std::string& layer, const std::string& phase) {
   for (const auto& c : node.at("curves"))
     if (c.at("layer") == layer && c.at("phase") == phase) return c.at("seconds").at(0).get<double>();
@@ -191,7 +198,8 @@ planning::device_profile device_from(const json& node, const topology& t, const 
   for (int l = 0; l < layers; ++l) {
     std::string kind = l == 0 ? "first" : l == layers - 1 ? "last" : "middle";
     d.layers.push_back({curve_from(node, kind, "prefill"), curve_from(node, kind, "decode"),
-                        training_seconds(node, kind, "train_forward"), training_seconds(node, kind, "train_backward")});
+                        training_seconds(node, kind, "train_forward"), training_seconds(node, kind, "train_backward"),
+                        training_seconds(node, kind, "train_update")});
   }
   d.burst = burst_from(node);
   return d;
@@ -284,6 +292,7 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
     const fs::path file = model_dir / (node_key(t.nodes[i]) + ".json");
     if (!options.refresh) measured[i] = read_cache(file);
     if (options.training && !options.refresh) trained[i] = read_cache(model_dir / (node_key(t.nodes[i]) + training_file));
+    if (trained[i] && !has_phase(*trained[i], "train_update")) trained[i].reset();  // cached before updates were timed
     if (measured[i] && (!options.training || trained[i])) continue;
     auto request = inference;
     if (measured[i]) request.prefill_lengths.clear(), request.decode_contexts.clear();

@@ -5,6 +5,7 @@
 #include "planning/asteroid.hpp"
 #include "planning/exhaustive.hpp"
 #include "planning/random_profile.hpp"
+#include "planning/simulator.hpp"
 
 using namespace orrery::planning;
 
@@ -21,6 +22,33 @@ TEST_CASE("round latency with the dominant step last: fill, M dominant pairs, dr
   CHECK(round_latency(steps, 4) == doctest::Approx(2 + 4 * 6 + 2));
   steps[0].allreduce = 5;
   CHECK(round_latency(steps, 4) == doctest::Approx(2 + 4 * 6 + 2 + 5));
+}
+
+TEST_CASE("the optimizer update follows the round once, at the slowest stage's update, in the formula and the simulation") {
+  std::vector<hpp_step> steps{{1, 2, 0.5, 0.25}, {1, 2, 0, 0}, {1, 2, 0, 2.0}};
+  // Three equal-time stages' round ends at (M + P - 1)·3 + T_a; the updates
+  // run side by side after it, so only the slowest (2.0) adds.
+  CHECK(round_latency(steps, 4) == doctest::Approx((4 + 3 - 1) * 3.0 + 0.5 + 2.0));
+
+  // A layer's update counts once per member of a group (replicas update
+  // alike), not per sample; and the simulated round adds the same.
+  std::mt19937_64 rng(5);
+  random_profile_options o;
+  o.layers = 4;
+  o.devices = 3;
+  profile p = random_profile(rng, o);
+  for (auto& d : p.devices) d.memory_bytes = 1e15;  // memory is not what this is about
+  auto without = evaluate_hpp(p, {{0, 2, {0, 1}}, {2, 4, {2}}});
+  REQUIRE(without);
+  for (auto& d : p.devices)
+    for (auto& l : d.layers) l.update = 0.125;
+  p.devices[1].layers[0].update = 1.0;  // the group's slow member
+  auto with = evaluate_hpp(p, {{0, 2, {0, 1}}, {2, 4, {2}}});
+  REQUIRE(with);
+  CHECK(with->stages[0].step.update == doctest::Approx(1.125));
+  CHECK(with->stages[1].step.update == doctest::Approx(0.25));
+  CHECK(with->round_seconds == doctest::Approx(without->round_seconds + 1.125));
+  CHECK(simulate_training(p, *with).makespan == doctest::Approx(simulate_training(p, *without).makespan + 1.125));
 }
 
 TEST_CASE("asteroid plans against the exhaustive optimum on random instances") {
