@@ -398,7 +398,15 @@ void pipeline_engine::save(const fs::path& dir) {
   for (std::size_t i = 0; i < leaders.size(); ++i)
     requests.push_back(caf::make_message(save_atom_v, where, static_cast<std::int32_t>(i + 1), n));
   const auto parts = s_->ask_all<checkpoint_part>(leaders, "writing the checkpoint", requests);
-  for (const auto& part : parts) {
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const auto& part = parts[i];
+    // Each node writes where the client names the directory: that is one
+    // directory only on one machine or on storage every machine shares. A
+    // part the client cannot see went to another machine's disk.
+    if (!fs::exists(dir / part.file))
+      throw std::runtime_error("node '" + s_->name_of(*leaders[i]) + "' wrote its part of the checkpoint to " + where +
+                               "/" + part.file + " on its own machine, which this client does not see: with nodes on " +
+                               "several machines, --out must be a directory they all share at the same path");
     for (const auto& name : part.tensors) weight_map[name] = part.file;
     total += part.bytes;
   }

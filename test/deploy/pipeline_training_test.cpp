@@ -251,3 +251,46 @@ TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the
     }
   }
 }
+
+TEST_CASE("a node that writes its checkpoint part where the client cannot see it (another machine's disk) fails the save, named") {
+  if (::geteuid() != 0) {
+    MESSAGE("skipped: a node in a mount namespace of its own (its own disk, as on another machine) needs root");
+    return;
+  }
+  temp_dir dir;
+  compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {8, 0, {}});
+  const auto file = write_topology(dir, "apart", {{0, 2}, {2, 4}});
+  const auto t = deploy::load_topology(file);
+  const auto store = dir / "store", out = store / "out";
+  std::filesystem::create_directories(store);
+  // n1 sees a tmpfs of its own where the client keeps --out (and writes each
+  // checkpoint beside it, in out.partial, first): what n1 writes there never
+  // reaches the client's disk, as on a machine without shared storage that
+  // happens to have a directory of the same name.
+  const std::vector<std::vector<std::string>> nodes = {
+      {test::orrery_binary(), "node", "--topology", file.string(), "--name", "n0"},
+      {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+       "mount -t tmpfs tmpfs \"$0\" && mkdir \"$0/out.partial\" && exec \"$1\" node --topology \"$2\" --name n1",
+       store.string(), test::orrery_binary(),
+       file.string()}};
+  std::vector<pid_t> pids;
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    pids.push_back(test::start_process(nodes[i], dir.path(), dir / ("n" + std::to_string(i) + ".out"),
+                                       dir / ("n" + std::to_string(i) + ".err")));
+  for (const auto& n : t.nodes) {
+    INFO(test::slurp(dir / "n1.err"));
+    REQUIRE(test::eventually([&] { return test::accepts_connections(n.port); }, std::chrono::seconds(20)));
+  }
+  auto train = test::run_orrery({"train", "--topology", file.string(), "--data", english, "--out", out.string(), "--steps",
+                                 "2", "--batch", "4", "--micro-batch", "2", "--length", "32", "--checkpoint-every", "1",
+                                 "--threads", "1", "--quiet"},
+                                dir.path());
+  for (pid_t pid : pids) ::kill(pid, SIGTERM);
+  for (pid_t pid : pids) test::wait_process(pid);
+  INFO(train.err);
+  CHECK(train.exit_code != 0);
+  CHECK(train.err.find("node 'n1' wrote its part of the checkpoint to " + out.string() + ".partial/") !=
+        std::string::npos);
+  CHECK(train.err.find("which this client does not see") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(out / "config.json"));  // no model that points at files it lacks
+}
