@@ -37,10 +37,26 @@ struct training_stage_state {
   stage_assignment assignment;
   std::unique_ptr<compute::shard> shard;
   std::unique_ptr<compute::adamw> optimizer;
+  /// A micro-batch's pass over this member's rows of it.
+  struct held_pass {
+    compute::training_pass pass;
+    std::uint32_t step = 0;   // its index in the training step
+    std::uint32_t whole = 0;  // the micro-batch's rows
+    row_range rows;           // this member's
+  };
   /// The micro-batches whose forward passed through and whose backward has
   /// not: at most one per pipeline stage, as the client admits them.
-  std::map<std::uint64_t, compute::training_pass> passes;
-  /// The next and the previous stage's members, and their shares.
+  std::map<std::uint64_t, held_pass> passes;
+  /// Pieces of this member's rows of a micro-batch, by first row, while they
+  /// come from several members of a neighbouring group: its input (hidden
+  /// states or tokens, and targets) and its output's gradient.
+  struct pieces {
+    std::map<std::uint32_t, std::vector<at::Tensor>> by_row;
+    std::uint32_t rows = 0;
+  };
+  std::map<std::uint64_t, pieces> inputs, gradients;
+  /// Its own group's, the next and the previous stage's members and shares.
+  std::vector<std::int32_t> shares;
   std::vector<std::shared_ptr<messages::link>> next, previous;
   std::vector<std::int32_t> next_shares, previous_shares;
   /// The stage's data-parallel group (none when it is alone), and the ring
@@ -55,6 +71,7 @@ struct training_stage_state {
     if (tied) context.routes->remove(router::handler_kind::group, assignment.session, tied_embedding_group);
   }
   bool leads() const { return !replicas || replicas->rank() == 0; }
+  std::size_t rank() const { return replicas ? static_cast<std::size_t>(replicas->rank()) : 0; }
 
   std::string where() const {
     return "node '" + context.node + "' training stage " + std::to_string(assignment.stage) + " of session " +
@@ -86,6 +103,8 @@ caf::result<stage_ready> load(training_stage_ptr self, stage_assignment& assignm
                                                  std::to_string(assignment.group.size()));
   s.assignment = assignment;
   s.passes.clear();
+  s.inputs.clear();
+  s.gradients.clear();
   s.wired = false;
   try {
     const auto problem = model_difference(assignment.model_files, identify_model(assignment.model_dir));
@@ -151,6 +170,7 @@ caf::result<void> wire(training_stage_ptr self, std::uint64_t deployment, const 
     s.previous.clear();
     for (const auto& hop : links.next) s.next.push_back(reach(hop, "next stage"));
     for (const auto& hop : links.previous) s.previous.push_back(reach(hop, "previous stage"));
+    s.shares = links.shares;
     s.next_shares = links.next_shares;
     s.previous_shares = links.previous_shares;
     s.replicas.reset();
@@ -177,6 +197,8 @@ caf::result<void> wire(training_stage_ptr self, std::uint64_t deployment, const 
 
 void fail(training_stage_ptr self, std::uint64_t request, const std::string& problem) {
   self->state.passes.erase(request);
+  self->state.inputs.erase(request);
+  self->state.gradients.erase(request);
   training_log().error(self->state.where() + ": micro-batch " + std::to_string(request) + ": " + problem);
   if (self->state.client) caf::anon_send(self->state.client, request_failure{request, self->state.where() + ": " + problem, false});
 }
@@ -192,34 +214,103 @@ void send_on(training_stage_ptr self, messages::link& link, messages::frame_desc
                });
 }
 
-// The gradient of this stage's input to the previous stage, or, from the
-// stage with the embedding, word to the client that the micro-batch is through.
+// Rows [first, first + count) of `t`, a tensor of `length` values (tokens)
+// per row, that holds rows from `held_first` on.
+at::Tensor rows_of(const at::Tensor& t, std::uint32_t held_first, row_range rows, std::int64_t length) {
+  return t.narrow(0, static_cast<std::int64_t>(rows.first - held_first) * length, static_cast<std::int64_t>(rows.count) * length);
+}
+
+row_range overlap(row_range a, row_range b) {
+  const auto first = std::max(a.first, b.first), end = std::min(a.first + a.count, b.first + b.count);
+  return {first, end > first ? end - first : 0};
+}
+
+// Sends each member of a neighbouring stage (`links`, `shares`) the rows of
+// `held` (this member's, as `make(piece)` builds the frame and tensors) that
+// it runs.
+template <class Make>
+void send_rows(training_stage_ptr self, const std::vector<std::shared_ptr<messages::link>>& links,
+               const std::vector<std::int32_t>& shares, std::uint32_t step, std::uint32_t whole, row_range held,
+               std::uint64_t request, Make make) {
+  for (std::size_t m = 0; m < links.size(); ++m) {
+    const auto piece = overlap(held, member_rows(step, whole, shares, m));
+    if (piece.count == 0) continue;
+    auto [descriptor, tensors] = make(piece);
+    send_on(self, *links[m], std::move(descriptor), std::move(tensors), request);
+  }
+}
+
+// The gradient of this member's input rows to the previous stage's members
+// that ran them, or, from the stage with the embedding, word to the client
+// that its rows of the micro-batch are through.
 void send_back(training_stage_ptr self, const messages::frame_descriptor& d, std::uint64_t request,
-               std::uint32_t index, const compute::training_pass& pass) {
+               const training_stage_state::held_pass& held) {
   auto& s = self->state;
   if (s.shard->has_embedding()) {
     caf::anon_send(s.client, micro_batch_done{request});
     return;
   }
-  messages::frame_descriptor out;
-  out.session = d.session;
-  out.deployment = d.deployment;
-  out.route = messages::backward_route{static_cast<std::uint16_t>(s.assignment.stage - 1), request, index};
-  auto& link = *s.previous.at(static_cast<std::size_t>(training_member(index, s.previous_shares)));
-  send_on(self, link, out, {{messages::tensor_role::gradient, pass.input_gradient()}}, request);
+  const auto gradient = held.pass.input_gradient();
+  const auto length = gradient.size(0) / std::max<std::uint32_t>(1, held.rows.count);
+  send_rows(self, s.previous, s.previous_shares, held.step, held.whole, held.rows, request, [&](row_range piece) {
+    messages::frame_descriptor out;
+    out.session = d.session;
+    out.deployment = d.deployment;
+    out.route = messages::backward_route{static_cast<std::uint16_t>(s.assignment.stage - 1), request, held.step,
+                                         piece.first, piece.count, held.whole};
+    return std::make_pair(out, std::vector<outgoing_tensor>{
+                                   {messages::tensor_role::gradient, rows_of(gradient, held.rows.first, piece, length)}});
+  });
+}
+
+// Adds a piece of this member's rows of `request` (rows from `first` on, as
+// `tensors`); once they are all there, their concatenation in row order.
+std::optional<std::vector<at::Tensor>> gather_rows(std::map<std::uint64_t, training_stage_state::pieces>& pending,
+                                                   std::uint64_t request, row_range mine, row_range piece,
+                                                   std::vector<at::Tensor> tensors) {
+  if (piece.count == 0 || overlap(mine, piece).count != piece.count)
+    throw std::runtime_error("rows [" + std::to_string(piece.first) + ", " + std::to_string(piece.first + piece.count) +
+                             ") of micro-batch " + std::to_string(request) + " are not this member's [" +
+                             std::to_string(mine.first) + ", " + std::to_string(mine.first + mine.count) + ")");
+  if (piece.count == mine.count) return tensors;  // the common case: all of them in one frame
+  auto& p = pending[request];
+  if (!p.by_row.emplace(piece.first, std::move(tensors)).second)
+    throw std::runtime_error("rows from " + std::to_string(piece.first) + " of micro-batch " + std::to_string(request) +
+                             " arrived twice");
+  p.rows += piece.count;
+  if (p.rows < mine.count) return std::nullopt;
+  if (p.rows > mine.count) throw std::runtime_error("micro-batch " + std::to_string(request) + ": overlapping rows arrived");
+  std::vector<at::Tensor> out;
+  for (std::size_t k = 0; k < p.by_row.begin()->second.size(); ++k) {
+    std::vector<at::Tensor> parts;
+    for (const auto& [first, piece_tensors] : p.by_row) parts.push_back(piece_tensors.at(k));
+    out.push_back(at::cat(parts, 0));
+  }
+  pending.erase(request);
+  return out;
 }
 
 void forward(training_stage_ptr self, const tensor_frame& frame, const messages::forward_route& route) {
   auto& s = self->state;
-  const auto& tokens = frame.tensor(messages::tensor_role::tokens);
-  const auto& targets = frame.tensor(messages::tensor_role::targets);
-  const int sequences = static_cast<int>(route.sequences);
-  if (sequences <= 0 || tokens.size(0) % sequences != 0 || targets.numel() != tokens.numel())
-    throw std::runtime_error("a micro-batch of " + std::to_string(tokens.numel()) + " tokens and " +
-                             std::to_string(targets.numel()) + " targets in " + std::to_string(sequences) +
-                             " sequences");
+  const bool embeds = s.shard->has_embedding();
+  const std::uint32_t whole = route.micro_batch_sequences ? route.micro_batch_sequences : route.sequences;
+  const auto mine = member_rows(route.step, whole, s.shares, s.rank());
+  {
+    const auto& tokens = frame.tensor(messages::tensor_role::tokens);
+    const auto& targets = frame.tensor(messages::tensor_role::targets);
+    if (route.sequences == 0 || tokens.size(0) % route.sequences != 0 || targets.numel() != tokens.numel())
+      throw std::runtime_error("a micro-batch piece of " + std::to_string(tokens.numel()) + " tokens and " +
+                               std::to_string(targets.numel()) + " targets in " + std::to_string(route.sequences) +
+                               " sequences");
+  }
+  std::vector<at::Tensor> piece = {frame.tensor(messages::tensor_role::tokens), frame.tensor(messages::tensor_role::targets)};
+  if (!embeds) piece.push_back(frame.tensor(messages::tensor_role::hidden));
+  auto gathered = gather_rows(s.inputs, route.request, mine, {route.first_row, route.sequences}, std::move(piece));
+  if (!gathered) return;  // more of its rows to come
+  const at::Tensor &tokens = (*gathered)[0], &targets = (*gathered)[1];
+  const int sequences = static_cast<int>(mine.count);
   const int length = static_cast<int>(tokens.size(0)) / sequences;
-  const at::Tensor& input = s.shard->has_embedding() ? tokens : frame.tensor(messages::tensor_role::hidden);
+  const at::Tensor& input = embeds ? tokens : (*gathered)[2];
   at::Tensor output;
   if (route.pass == messages::pass_kind::evaluation) {
     output = compute::evaluation_pass(*s.shard, input, sequences, length);
@@ -227,25 +318,49 @@ void forward(training_stage_ptr self, const tensor_frame& frame, const messages:
   } else {
     if (s.passes.count(route.request))
       throw std::runtime_error("micro-batch " + std::to_string(route.request) + " arrived twice");
-    auto& pass = s.passes.try_emplace(route.request, *s.shard, input, sequences, length).first->second;
+    auto& held = s.passes
+                     .try_emplace(route.request, training_stage_state::held_pass{
+                                                     compute::training_pass(*s.shard, input, sequences, length),
+                                                     route.step, whole, mine})
+                     .first->second;
     if (s.shard->has_head()) {
-      const double loss =
-          pass.backward_from_loss(targets, 1.0 / static_cast<double>(std::max<std::uint64_t>(1, s.assignment.training.batch_tokens)));
+      const double loss = held.pass.backward_from_loss(
+          targets, 1.0 / static_cast<double>(std::max<std::uint64_t>(1, s.assignment.training.batch_tokens)));
       caf::anon_send(s.client, micro_batch_loss{route.request, loss});
-      send_back(self, frame.descriptor, route.request, route.step, pass);
+      send_back(self, frame.descriptor, route.request, held);
       s.passes.erase(route.request);
       return;
     }
-    output = pass.output();
+    output = held.pass.output();
   }
-  messages::frame_descriptor out = frame.descriptor;
-  auto next = route;
-  next.stage = static_cast<std::uint16_t>(s.assignment.stage + 1);
-  out.route = next;
-  send_on(self, *s.next.at(static_cast<std::size_t>(training_member(route.step, s.next_shares))), out,
-          {{messages::tensor_role::hidden, output}, {messages::tensor_role::tokens, tokens},
-           {messages::tensor_role::targets, targets}},
-          route.request);
+  send_rows(self, s.next, s.next_shares, route.step, whole, mine, route.request, [&](row_range rows) {
+    messages::frame_descriptor out = frame.descriptor;
+    auto next = route;
+    next.stage = static_cast<std::uint16_t>(s.assignment.stage + 1);
+    next.first_row = rows.first;
+    next.sequences = rows.count;
+    next.micro_batch_sequences = whole;
+    out.route = next;
+    return std::make_pair(out, std::vector<outgoing_tensor>{
+                                   {messages::tensor_role::hidden, rows_of(output, mine.first, rows, length)},
+                                   {messages::tensor_role::tokens, rows_of(tokens, mine.first, rows, length)},
+                                   {messages::tensor_role::targets, rows_of(targets, mine.first, rows, length)}});
+  });
+}
+
+void backward(training_stage_ptr self, const tensor_frame& frame, const messages::backward_route& route) {
+  auto& s = self->state;
+  auto found = s.passes.find(route.request);
+  if (found == s.passes.end())
+    throw std::runtime_error("received the gradient of micro-batch " + std::to_string(route.request) +
+                             ", whose forward it does not hold");
+  const auto mine = found->second.rows;
+  const row_range piece = route.sequences ? row_range{route.first_row, route.sequences} : mine;
+  auto gathered = gather_rows(s.gradients, route.request, mine, piece, {frame.tensor(messages::tensor_role::gradient)});
+  if (!gathered) return;
+  found->second.pass.backward((*gathered)[0]);
+  send_back(self, frame.descriptor, route.request, found->second);
+  s.passes.erase(found);
 }
 
 void process(training_stage_ptr self, tensor_frame& frame) {
@@ -265,13 +380,7 @@ void process(training_stage_ptr self, tensor_frame& frame) {
       request = b->request;
       if (!s.wired) throw std::runtime_error("received a gradient before it was wired");
       if (d.deployment != s.assignment.deployment) return;
-      auto found = s.passes.find(request);
-      if (found == s.passes.end())
-        throw std::runtime_error("received the gradient of micro-batch " + std::to_string(request) +
-                                 ", whose forward it does not hold");
-      found->second.backward(frame.tensor(messages::tensor_role::gradient));
-      send_back(self, d, request, b->step, found->second);
-      s.passes.erase(found);
+      backward(self, frame, *b);
     }
   } catch (const std::exception& e) {
     fail(self, request, compute::without_backtrace(e.what()));
@@ -365,18 +474,29 @@ training_stage_actor::behavior_type training_stage_behavior(training_stage_ptr s
 
 }  // namespace
 
-int training_member(std::uint32_t index, const std::vector<std::int32_t>& shares) {
-  if (shares.size() <= 1) return 0;
+std::vector<std::uint32_t> training_rows(std::uint32_t index, std::uint32_t rows, const std::vector<std::int32_t>& shares) {
+  if (shares.size() <= 1) return {rows};
   std::int64_t total = 0;
   for (auto share : shares) total += std::max(0, share);
+  std::vector<std::uint32_t> counts(shares.size(), 0);
+  if (total == 0) return counts[0] = rows, counts;
   std::vector<std::int64_t> credit(shares.size(), 0);
-  int chosen = 0;
-  for (std::uint32_t k = 0; k <= index; ++k) {
+  const std::uint64_t end = (static_cast<std::uint64_t>(index) + 1) * rows;
+  for (std::uint64_t k = 0; k < end; ++k) {
     for (std::size_t m = 0; m < shares.size(); ++m) credit[m] += std::max(0, shares[m]);
-    chosen = static_cast<int>(std::max_element(credit.begin(), credit.end()) - credit.begin());
-    credit[static_cast<std::size_t>(chosen)] -= total;
+    const auto chosen = static_cast<std::size_t>(std::max_element(credit.begin(), credit.end()) - credit.begin());
+    credit[chosen] -= total;
+    if (k >= end - rows) ++counts[chosen];
   }
-  return chosen;
+  return counts;
+}
+
+row_range member_rows(std::uint32_t index, std::uint32_t rows, const std::vector<std::int32_t>& shares, std::size_t member) {
+  const auto counts = training_rows(index, rows, shares);
+  row_range out;
+  for (std::size_t m = 0; m < member && m < counts.size(); ++m) out.first += counts[m];
+  out.count = member < counts.size() ? counts[member] : 0;
+  return out;
 }
 
 training_stage_actor spawn_training_stage(caf::actor_system& system, stage_context context) {

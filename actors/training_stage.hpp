@@ -15,8 +15,11 @@
 // passes), then asks every stage for its gradient norm and for the step.
 //
 // A stage may be a data-parallel group (Asteroid): every member holds the
-// stage's layers, each micro-batch runs on one member of each stage (dealt in
-// proportion to the members' shares, training_member), and before the norm
+// stage's layers, each micro-batch is split by rows (sequences) across the
+// members in proportion to their shares (training_rows), each member runs its
+// rows, and where neighbouring stages split differently a member sends each
+// of the next stage's members the rows they share and gathers its own rows'
+// pieces before it runs them (and back, for gradients). Before the norm
 // the members add up their gradients over the group's ring
 // (actors/group_ring.hpp), the same bits on each, so they take the same step
 // and stay replicas. A tied embedding lives on the first stage and, as the
@@ -38,10 +41,22 @@ namespace orrery::actors {
 /// (past every stage id, which is 16 bits).
 inline constexpr std::uint32_t tied_embedding_group = 0x10000;
 
-/// The member of a data-parallel stage with `shares` that runs micro-batch
-/// `index` of a step: a smooth weighted round robin, so each member gets
-/// micro-batches in proportion to its share, spread over the step.
-int training_member(std::uint32_t index, const std::vector<std::int32_t>& shares);
+/// Consecutive rows of one micro-batch.
+struct row_range {
+  std::uint32_t first = 0;
+  std::uint32_t count = 0;
+};
+
+/// How many of the `rows` sequences of micro-batch `index` of a step each
+/// member of a data-parallel stage with `shares` runs, in member order (each
+/// takes the next consecutive range). The step's rows are dealt one by one by
+/// a smooth weighted round robin over the shares, so over a step each member's
+/// rows follow its share even when a micro-batch has fewer rows than the
+/// group has members. A stage of one (no shares) runs all.
+std::vector<std::uint32_t> training_rows(std::uint32_t index, std::uint32_t rows, const std::vector<std::int32_t>& shares);
+
+/// Member `member`'s range of those rows.
+row_range member_rows(std::uint32_t index, std::uint32_t rows, const std::vector<std::int32_t>& shares, std::size_t member);
 
 /// Spawns an empty training stage; it loads on (load_stage_atom, assignment).
 training_stage_actor spawn_training_stage(caf::actor_system& system, stage_context context);

@@ -86,6 +86,11 @@ struct ForwardRoute {
   # training step (which member of a data-parallel stage runs it).
   pass @9 :PassKind;
   sequences @10 :UInt32;
+  # A piece of a training or evaluation micro-batch split across a
+  # data-parallel stage: its `sequences` are rows [firstRow, firstRow +
+  # sequences) of the micro-batch's microBatchSequences (0: the whole).
+  firstRow @11 :UInt32;
+  microBatchSequences @12 :UInt32;
 }
 
 # A backward pass's gradient for a pipeline stage (the micro-batch is
@@ -94,6 +99,10 @@ struct BackwardRoute {
   stage @0 :UInt16;
   request @1 :UInt64;
   step @2 :UInt32;
+  # The gradient's rows, as ForwardRoute's (sequences 0: the whole).
+  firstRow @3 :UInt32;
+  sequences @4 :UInt32;
+  microBatchSequences @5 :UInt32;
 }
 
 enum CollectiveOp {

@@ -118,12 +118,17 @@ struct route_encoder {
     f.setEnd(r.end);
     f.setPass(wire::PassKind(r.pass));
     f.setSequences(r.sequences);
+    f.setFirstRow(r.first_row);
+    f.setMicroBatchSequences(r.micro_batch_sequences);
   }
   void operator()(const backward_route& r) const {
     auto b = to.initBackward();
     b.setStage(r.stage);
     b.setRequest(r.request);
     b.setStep(r.step);
+    b.setFirstRow(r.first_row);
+    b.setSequences(r.sequences);
+    b.setMicroBatchSequences(r.micro_batch_sequences);
   }
   void operator()(const collective_route& r) const {
     auto c = to.initCollective();
@@ -159,11 +164,12 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
       auto f = from.getForward();
       return forward_route{f.getStage(),    f.getRequest(), f.getStep(),  f.getPosition(),
                            decode_sampling(f.getSampling()), f.getSample(), f.getDrafts(), f.getForkFrom(), f.getEnd(),
-                           pass_kind(f.getPass()), f.getSequences()};
+                           pass_kind(f.getPass()), f.getSequences(), f.getFirstRow(), f.getMicroBatchSequences()};
     }
     case which::BACKWARD: {
       auto b = from.getBackward();
-      return backward_route{b.getStage(), b.getRequest(), b.getStep()};
+      return backward_route{b.getStage(),    b.getRequest(),   b.getStep(),
+                            b.getFirstRow(), b.getSequences(), b.getMicroBatchSequences()};
     }
     case which::COLLECTIVE: {
       auto c = from.getCollective();

@@ -92,6 +92,10 @@ struct forward_route {
   /// side by side (no KV cache), each token with its target.
   pass_kind pass = pass_kind::inference;
   std::uint32_t sequences = 0;
+  /// A piece of a micro-batch split across a data-parallel stage: rows
+  /// [first_row, first_row + sequences) of micro_batch_sequences (0: the whole).
+  std::uint32_t first_row = 0;
+  std::uint32_t micro_batch_sequences = 0;
 };
 
 /// A backward pass's gradient for a pipeline stage.
@@ -99,6 +103,10 @@ struct backward_route {
   std::uint16_t stage = 0;
   std::uint64_t request = 0;
   std::uint32_t step = 0;
+  /// The gradient's rows, as forward_route's (sequences 0: the whole).
+  std::uint32_t first_row = 0;
+  std::uint32_t sequences = 0;
+  std::uint32_t micro_batch_sequences = 0;
 };
 
 enum class collective_op : std::uint8_t { all_reduce, all_gather, reduce_scatter, broadcast };

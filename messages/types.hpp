@@ -275,10 +275,11 @@ typename Inspector::result_type inspect(Inspector& f, request_failure& x) {
 }
 
 /// How a training stage is wired. Each pipeline stage is a data-parallel
-/// group of one or more members holding the same layers; micro-batch k of a
-/// step goes to member training_member(k, shares) of every stage
-/// (actors/training_stage.hpp), so each member knows where to send it on
-/// and where its gradient goes back:
+/// group of one or more members holding the same layers; each micro-batch is
+/// split by rows across every stage's members, training_rows(k, rows,
+/// shares) (actors/training_stage.hpp), so each member knows which rows it
+/// runs, where each of them goes on and where their gradients go back:
+/// - shares: its own group's (empty: a stage of one);
 /// - next: the next stage's members and shares (none from the stage with
 ///   the head); previous: the previous stage's (none from the first stage);
 /// - ring: the next member of its own group, which all-reduces the
@@ -288,6 +289,7 @@ typename Inspector::result_type inspect(Inspector& f, request_failure& x) {
 ///   parts of its gradient (port 0: none);
 /// - client: who hears of each micro-batch.
 struct training_links {
+  std::vector<std::int32_t> shares;
   std::vector<next_hop> next;
   std::vector<std::int32_t> next_shares;
   std::vector<next_hop> previous;
@@ -302,7 +304,7 @@ struct training_links {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, training_links& x) {
-  return f(caf::meta::type_name("training_links"), x.next, x.next_shares, x.previous, x.previous_shares, x.ring, x.tied,
+  return f(caf::meta::type_name("training_links"), x.shares, x.next, x.next_shares, x.previous, x.previous_shares, x.ring, x.tied,
            x.tied_members, x.tied_rank, x.client, x.timeout_ms);
 }
 

@@ -5,10 +5,9 @@
 // by the 1F1B round simulation, and written back as a topology whose
 // `group:`s the pipeline engine trains as data-parallel stages.
 //
-// The planner splits each micro-batch's samples inside a group; the runtime
-// gives whole micro-batches to members in proportion to their shares
-// (actors/training_stage.hpp), so a member's share of a round's samples is
-// the planner's, while each micro-batch runs on one member.
+// The planner splits each micro-batch's samples inside a group; so does the
+// runtime, by the members' shares (actors/training_stage.hpp's
+// training_rows), which the topology carries as the plan's samples.
 
 #include <iosfwd>
 #include <string>

@@ -219,6 +219,7 @@ struct pipeline_engine::state {
       const auto& st = stages[i];
       for (std::size_t r = 0; r < st.members.size(); ++r) {
         training_links links;
+        if (st.members.size() > 1) links.shares = st.shares();
         if (i + 1 < n) links.next = hops(stages[i + 1]), links.next_shares = stages[i + 1].shares();
         if (i > 0) links.previous = hops(stages[i - 1]), links.previous_shares = stages[i - 1].shares();
         if (st.members.size() > 1) links.ring = st.members[(r + 1) % st.members.size()].data;
@@ -243,7 +244,10 @@ struct pipeline_engine::state {
   std::vector<double> run(const std::vector<compute::token_batch>& batches, messages::pass_kind pass) {
     const bool training = pass == messages::pass_kind::training;
     std::vector<double> losses(batches.size(), NAN);
-    std::vector<int> answers(batches.size(), 0);  // a loss, and for training the completion
+    // Answers still due: a loss from each member of the last stage that runs
+    // some of a batch's rows, and for training a completion from each of the
+    // first stage's.
+    std::vector<std::size_t> due(batches.size(), 0);
     std::map<std::uint64_t, std::size_t> index;
     std::size_t sent = 0, finished = 0, in_flight = 0;
     std::string problem;
@@ -261,21 +265,39 @@ struct pipeline_engine::state {
       route.pass = pass;
       route.sequences = static_cast<std::uint32_t>(batches[i].sequences);
       route.step = static_cast<std::uint32_t>(i);
-      d.route = route;
-      auto& link = *first.at(static_cast<std::size_t>(actors::training_member(route.step, stages.front().shares())));
-      actors::send_tensors(link, d,
-                           {{messages::tensor_role::tokens, batches[i].inputs},
-                            {messages::tensor_role::targets, batches[i].targets}},
-                           [client, id, peer = link.peer()](const std::string& error) {
-                             if (!error.empty())
-                               caf::anon_send(client, request_failure{id, "the link to the first stage at " + peer +
-                                                                              " failed: " + error, true});
-                           });
+      route.micro_batch_sequences = route.sequences;
+      auto members_with_rows = [&](const stage& st) {
+        std::size_t n = 0;
+        for (auto rows : actors::training_rows(route.step, route.sequences, st.shares())) n += rows > 0;
+        return n;
+      };
+      due[i] = members_with_rows(stages.back()) + (training ? members_with_rows(stages.front()) : 0);
+      losses[i] = 0;
+      // Each member of the first stage gets its rows of the batch.
+      const auto rows = actors::training_rows(route.step, route.sequences, stages.front().shares());
+      const std::int64_t length = batches[i].length;
+      std::uint32_t first_row = 0;
+      for (std::size_t m = 0; m < rows.size(); first_row += rows[m], ++m) {
+        if (rows[m] == 0) continue;
+        route.first_row = first_row;
+        route.sequences = rows[m];
+        d.route = route;
+        auto& link = *first.at(m);
+        auto piece = [&](const at::Tensor& t) { return t.narrow(0, first_row * length, rows[m] * length); };
+        actors::send_tensors(link, d,
+                             {{messages::tensor_role::tokens, piece(batches[i].inputs)},
+                              {messages::tensor_role::targets, piece(batches[i].targets)}},
+                             [client, id, peer = link.peer()](const std::string& error) {
+                               if (!error.empty())
+                                 caf::anon_send(client, request_failure{id, "the link to the first stage at " + peer +
+                                                                                " failed: " + error, true});
+                             });
+      }
     };
     auto answered = [&](std::uint64_t request) {
       auto found = index.find(request);
       if (found == index.end()) return;  // of an earlier run that failed
-      if (++answers[found->second] == (training ? 2 : 1)) {
+      if (--due[found->second] == 0) {
         ++finished;
         --in_flight;
       }
@@ -285,7 +307,8 @@ struct pipeline_engine::state {
       for (; sent < batches.size() && in_flight < window; ++sent, ++in_flight) send(sent);
       me->receive(
           [&](micro_batch_loss& l) {
-            if (auto found = index.find(l.request); found != index.end()) losses[found->second] = l.loss_sum;
+            // A member's rows' loss: the batch's is their sum.
+            if (auto found = index.find(l.request); found != index.end()) losses[found->second] += l.loss_sum;
             answered(l.request);
           },
           [&](micro_batch_done& d) { answered(d.request); },

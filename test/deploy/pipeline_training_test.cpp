@@ -86,6 +86,10 @@ TEST_CASE("a pipeline of node processes trains step for step as one device: loss
         {"a group of 2", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0, 1.0}}); }},
         {"a group of 2 (1 : 0.5), then 1", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0, 0.5}, {1.0}}); }},
         {"1, then a group of 3 (1 : 0.5 : 0.5)", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0}, {1.0, 0.5, 0.5}}); }},
+        // Micro-batches of 4 rows: 2 + 1 + 1, then 2 + 2, so a member of the
+        // second group gathers its rows from two members of the first, and
+        // sends their gradients back to both.
+        {"a group of 3 (1 : 0.5 : 0.5), then a group of 2, rows re-split", [&](const std::string& n) { return test::write_group_topology(dir, n, {{1.0, 0.5, 0.5}, {1.0, 1.0}}); }},
     };
     int number = 0;
     for (const auto& [layout, write] : layouts) {
@@ -96,6 +100,7 @@ TEST_CASE("a pipeline of node processes trains step for step as one device: loss
       cluster.wait_ready(std::chrono::seconds(20));
       auto o = options(dir / "m", dir / name);
       o.topology = t.file;
+      if (layout.find("re-split") != std::string::npos) o.micro_batch = 4;  // the same global batch of 8
       deploy::train(o, figures);
 
       const auto log = log_of(dir / name);

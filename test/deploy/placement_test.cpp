@@ -461,7 +461,10 @@ placement: even
   // CPU quotas, is the TCP test's (testbed_test.cpp); here the upper end is tight.
   CHECK(rate(0, 1) <= 100e6 * 1.15);
   CHECK(rate(0, 1) >= 100e6 * 0.5);
-  CHECK(rate(2, 3) == doctest::Approx(1e9).epsilon(0.15));
+  // c -> d: two quarter cores pushing 1 Gbit/s are CPU-bound (786 Mbit/s in
+  // a fresh-clone CI run): only the upper end is tight here too.
+  CHECK(rate(2, 3) <= 1e9 * 1.15);
+  CHECK(rate(2, 3) >= 1e9 * 0.5);
   // The slower end sets a link's rate: 100 Mbit/s, not c's 1 Gbit/s. c has
   // a quarter core, and a busy host has left its probe short of the rate
   // (80 Mbit/s once in a fresh-clone CI run): only the upper end is tight.

@@ -225,6 +225,27 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
   CHECK(std::get<forward_route>(out.route).sample);  // the default samples
   CHECK(std::get<forward_route>(out.route).drafts == 0);
   CHECK(std::get<probe_route>(routes[4]).reply_port == 16);
+  // A piece of a training micro-batch split across a data-parallel stage,
+  // forward and back, names its rows.
+  frame_descriptor piece;
+  forward_route rows;
+  rows.pass = pass_kind::training;
+  rows.sequences = 3;
+  rows.first_row = 2;
+  rows.micro_batch_sequences = 8;
+  piece.route = rows;
+  bytes = encode_descriptor(piece);
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+  CHECK(std::get<forward_route>(out.route).sequences == 3);
+  CHECK(std::get<forward_route>(out.route).first_row == 2);
+  CHECK(std::get<forward_route>(out.route).micro_batch_sequences == 8);
+  piece.route = backward_route{5, 6, 7, 2, 3, 8};
+  bytes = encode_descriptor(piece);
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+  const auto& g = std::get<backward_route>(out.route);
+  CHECK(g.first_row == 2);
+  CHECK(g.sequences == 3);
+  CHECK(g.micro_batch_sequences == 8);
 
   frame_descriptor unknown;
   unknown.route = unknown_route{9};
