@@ -452,9 +452,10 @@ training_stage_actor::behavior_type training_stage_behavior(training_stage_ptr s
       [self](optimizer_step_atom, double learning_rate, double scale) -> caf::result<std::int64_t> {
         auto& s = self->state;
         if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
-        if (!s.passes.empty())
-          return make_error(errc::request_failed, s.where() + ": told to step with " + std::to_string(s.passes.size()) +
-                                                      " micro-batch(es) still waiting for their gradient");
+        if (!s.passes.empty() || !s.inputs.empty() || !s.gradients.empty())
+          return make_error(errc::request_failed, s.where() + ": told to step with " +
+                                                      std::to_string(s.passes.size() + s.inputs.size()) +
+                                                      " micro-batch(es) still waiting for their gradient or rows");
         s.optimizer->step(learning_rate, scale);
         return s.optimizer->steps();
       },

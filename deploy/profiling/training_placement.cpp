@@ -72,6 +72,8 @@ training_placement place_training(const topology& t, const planning::profile& p,
   out.round_s = planning::simulate_training(p, plan).makespan;
   out.samples_per_s = out.round_s > 0 ? p.work.micro_batches * p.work.micro_batch_size / out.round_s : 0;
   out.formula_round_s = plan.round_seconds;
+  for (const auto& st : plan.stages)
+    out.allreduce_s = std::max(out.allreduce_s, st.step.allreduce), out.update_s = std::max(out.update_s, st.step.update);
   out.plan = std::move(plan);
   return out;
 }
@@ -149,6 +151,9 @@ std::string describe(const training_placement& plan) {
   char line[200];
   std::snprintf(line, sizeof line, "\n  predicted round %.3f s (%.2f samples/s; Asteroid's closed form %.3f s)",
                 plan.round_s, plan.samples_per_s, plan.formula_round_s);
+  out << line;
+  std::snprintf(line, sizeof line, "; of it the slowest all-reduce %.3f s, the slowest update %.3f s", plan.allreduce_s,
+                plan.update_s);
   out << line;
   for (const auto& a : plan.alternatives) {
     std::snprintf(line, sizeof line, "%.3f s", a.round_s);

@@ -47,6 +47,8 @@ struct training_placement {
   double round_s = 0;          ///< the simulated round (M micro-batches + all-reduces)
   double samples_per_s = 0;    ///< the round's samples over round_s
   double formula_round_s = 0;  ///< Asteroid's closed form, for comparison
+  /// Parts of the round: the slowest stage's gradient all-reduce and update.
+  double allreduce_s = 0, update_s = 0;
   std::vector<training_alternative> alternatives;  ///< the others weighed, fastest first
 };
 

@@ -318,6 +318,9 @@ training_result run_training(const training_options& o, const std::optional<topo
   double last_loss = NAN, last_validation = NAN;
   // Step times after the first (which warms caches and the allocator).
   double round_seconds = 0;
+  // Of those steps: the micro-batches' passes, the gradient norm (with the
+  // groups' all-reduces), the update.
+  double passes_seconds = 0, norm_seconds = 0, update_seconds = 0;
   int rounds = 0;
   bool warm = false;
   std::vector<training_result::recovery> recovered;
@@ -330,11 +333,18 @@ training_result run_training(const training_options& o, const std::optional<topo
       double loss = 0;
       for (double part : engine->accumulate(micro_batches)) loss += part;
       loss /= per_step_tokens;
+      const auto t1 = std::chrono::steady_clock::now();
       const double norm = std::sqrt(engine->squared_gradient_norm());
+      const auto t2 = std::chrono::steady_clock::now();
       const double lr = schedule.at(step);
       engine->step(lr, compute::clipping_scale(norm, o.clip));
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (warm) round_seconds += seconds, ++rounds;
+      const auto t3 = std::chrono::steady_clock::now();
+      auto between = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+      const double seconds = between(t0, t3);
+      if (warm) {
+        round_seconds += seconds, ++rounds;
+        passes_seconds += between(t0, t1), norm_seconds += between(t1, t2), update_seconds += between(t2, t3);
+      }
       warm = true;
       json entry = {{"step", step},           {"loss", loss},       {"learning_rate", lr},
                     {"gradient_norm", norm},  {"tokens", static_cast<std::int64_t>(per_step_tokens)},
@@ -391,10 +401,16 @@ training_result run_training(const training_options& o, const std::optional<topo
   figures << line;
   if (predicted_round_s > 0 && rounds > 0) {
     const double measured = round_seconds / rounds;
-    std::snprintf(line, sizeof line, "   round: predicted %.3f s, measured %.3f s (mean of %d steps after the first; %+.0f%%)\n",
-                  predicted_round_s, measured, rounds, 100 * (measured / predicted_round_s - 1));
+    std::snprintf(line, sizeof line,
+                  "   round: predicted %.3f s, measured %.3f s (mean of %d steps after the first; %+.0f%%): micro-batches "
+                  "%.3f s, gradient norm and all-reduces %.3f s, update %.3f s\n",
+                  predicted_round_s, measured, rounds, 100 * (measured / predicted_round_s - 1), passes_seconds / rounds,
+                  norm_seconds / rounds, update_seconds / rounds);
     figures << line;
     result.predicted_round_s = predicted_round_s;
+    result.measured_passes_s = passes_seconds / rounds;
+    result.measured_norm_s = norm_seconds / rounds;
+    result.measured_update_s = update_seconds / rounds;
     result.measured_round_s = measured;
   }
   for (const auto& r : recovered) figures << "   recovery: " << recovery_text(r) << "\n";
@@ -409,8 +425,11 @@ training_result train(const training_options& o, std::ostream& figures) {
   o.check();
   // The predicted round of a `placement: auto` plan; 0 for a written placement.
   double predicted_round_s = 0;
-  auto cluster = resolve_training_placement(load_topology(o.topology), {o.batch, o.micro_batch, o.length}, std::cerr,
-                                            &predicted_round_s);
+  // The model trained is the one placed: the topology's unless --model (or
+  // --resume's checkpoint) names another.
+  const auto model = o.resume ? o.out.string() : o.model.string();
+  auto cluster = resolve_training_placement(load_topology_for_model(o.topology, model),
+                                            {o.batch, o.micro_batch, o.length}, std::cerr, &predicted_round_s);
   return run_training(o, cluster, predicted_round_s, figures);
 }
 

@@ -172,6 +172,12 @@ TEST_CASE("placement: auto trains over the stages and groups planned from the no
   CHECK(result.predicted_round_s > 0);
   CHECK(result.measured_round_s > 0);
   CHECK(figures.str().find("   round: predicted ") != std::string::npos);
+  // In parts: each measured, their sum the round.
+  CHECK(figures.str().find("gradient norm and all-reduces") != std::string::npos);
+  CHECK(result.measured_passes_s > 0);
+  CHECK(result.measured_update_s > 0);
+  CHECK(result.measured_passes_s + result.measured_norm_s + result.measured_update_s ==
+        doctest::Approx(result.measured_round_s).epsilon(1e-6));
 
   // Whatever was planned trains as one device does.
   const auto log = log_of(dir / "auto");
@@ -187,6 +193,20 @@ TEST_CASE("placement: auto trains over the stages and groups planned from the no
     REQUIRE(weights.count(key) == 1);
     CHECK((weights.at(key) - w).norm().item<double>() / w.norm().item<double>() < 1e-5);
   }
+
+  // --model names another model than the topology's: that one is placed
+  // and trained (it was trained while the topology's was planned).
+  auto deeper = compute::llama_config::preset("tiny");
+  deeper.num_layers = 6;
+  compute::init_model(dir / "m6", deeper, {5, 0, {}});
+  auto other = options(dir / "m6", dir / "auto6");
+  other.topology = file;
+  ::setenv("XDG_CACHE_HOME", (dir / "cache").c_str(), 1);
+  std::ostringstream other_figures;
+  deploy::train(other, other_figures);
+  ::unsetenv("XDG_CACHE_HOME");
+  CHECK(compute::model_dir(dir / "auto6").config().num_layers == 6);
+  CHECK(log_of(dir / "auto6").size() == 3);
 }
 
 TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the steps since the last checkpoint and end where one device ends") {
