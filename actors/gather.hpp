@@ -87,6 +87,7 @@ class gatherer {
           g->request(to[i], timeout, requests[i]).then([=] { answered(i); }, failed);
         else
           g->request(to[i], timeout, requests[i]).then([=](Answer& a) {
+            if (!pending->pending()) return;  // the ask ended: `out` is the client's again
             out->answers[i] = std::move(a);
             answered(i);
           }, failed);

@@ -343,7 +343,19 @@ struct pipeline_engine::state {
     std::vector<caf::actor> to;
     for (const auto* m : members) to.push_back(target(*m));
     auto result = asker->ask<Answer>(*self, to, requests, timeout);
-    if (result.failed) failed(*members[*result.failed], what, result.error);
+    if (result.failed) {
+      const auto& e = result.error;
+      // A member's error may echo another's death (a ring peer that went
+      // while they added up gradients): wait briefly for that verdict.
+      if (e != caf::sec::request_receiver_down && e != caf::exit_reason::remote_link_unreachable)
+        (*self)->receive(
+            [&](caf::down_msg& m) {
+              if (const auto* gone = member_of(m.source))
+                lost(*gone, actors::error_text(m.reason) + " (then " + what + " failed: " + actors::error_text(e) + ")");
+            },
+            caf::after(verdict_wait) >> [] {});
+      failed(*members[*result.failed], what, e);
+    }
     if (result.error) throw std::runtime_error(std::string(what) + ": " + actors::error_text(result.error));
     return std::move(result.answers);
   }

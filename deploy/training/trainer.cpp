@@ -425,9 +425,10 @@ training_result train(const training_options& o, std::ostream& figures) {
   o.check();
   // The predicted round of a `placement: auto` plan; 0 for a written placement.
   double predicted_round_s = 0;
-  // The model trained is the one placed: the topology's unless --model (or
-  // --resume's checkpoint) names another.
-  const auto model = o.resume ? o.out.string() : o.model.string();
+  // The model trained is the one placed: the topology's unless --model names
+  // another. A resumed checkpoint has its start model's shape; placing by
+  // that model keeps its cached profile (a checkpoint's files change).
+  const auto model = o.model.string();
   auto cluster = resolve_training_placement(load_topology_for_model(o.topology, model),
                                             {o.batch, o.micro_batch, o.length}, std::cerr, &predicted_round_s);
   return run_training(o, cluster, predicted_round_s, figures);
