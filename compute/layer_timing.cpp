@@ -121,7 +121,6 @@ struct training_seconds {
 // means over repeats whose forwards and backwards add up to `min_seconds`;
 // and seconds of the update that follows (the gradients' norm, as clipping
 // asks of every stage, then AdamW), once per repeat.
-
 training_seconds training_seconds_per_sample(shard& s, int sequences, int length, double min_seconds) {
   auto parameters = trainable_parameters(s);  // recording gradients, as a training stage's weights do
   adamw optimizer(parameters);

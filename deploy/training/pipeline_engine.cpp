@@ -134,13 +134,17 @@ struct pipeline_engine::state {
     throw std::runtime_error(std::string(what) + " failed on node '" + name_of(m) + "': " + actors::error_text(e));
   }
 
-  // Waits briefly for the verdict behind a failed link: the down message of
-  // the member whose node went, if one comes.
-  [[noreturn]] void link_failed(const std::string& problem) {
+  // Waits briefly for the verdict behind `problem`: the down message of the
+  // member whose node went, if one comes (then that node is lost).
+  void await_verdict(const std::string& problem) {
     (*self)->receive([&](caf::down_msg& m) {
                        if (const auto* gone = member_of(m.source)) lost(*gone, actors::error_text(m.reason) + " (" + problem + ")");
                      },
                      caf::after(verdict_wait) >> [] {});
+  }
+
+  [[noreturn]] void link_failed(const std::string& problem) {
+    await_verdict(problem);
     throw std::runtime_error(problem);
   }
 
@@ -266,15 +270,14 @@ struct pipeline_engine::state {
       route.sequences = static_cast<std::uint32_t>(batches[i].sequences);
       route.step = static_cast<std::uint32_t>(i);
       route.micro_batch_sequences = route.sequences;
-      auto members_with_rows = [&](const stage& st) {
-        std::size_t n = 0;
-        for (auto rows : actors::training_rows(route.step, route.sequences, st.shares())) n += rows > 0;
-        return n;
+      const auto rows = actors::training_rows(route.step, route.sequences, stages.front().shares());
+      auto members_with = [](const std::vector<std::uint32_t>& counts) {
+        return static_cast<std::size_t>(std::count_if(counts.begin(), counts.end(), [](auto c) { return c > 0; }));
       };
-      due[i] = members_with_rows(stages.back()) + (training ? members_with_rows(stages.front()) : 0);
+      due[i] = members_with(actors::training_rows(route.step, route.sequences, stages.back().shares())) +
+               (training ? members_with(rows) : 0);
       losses[i] = 0;
       // Each member of the first stage gets its rows of the batch.
-      const auto rows = actors::training_rows(route.step, route.sequences, stages.front().shares());
       const std::int64_t length = batches[i].length;
       std::uint32_t first_row = 0;
       for (std::size_t m = 0; m < rows.size(); first_row += rows[m], ++m) {
@@ -348,12 +351,8 @@ struct pipeline_engine::state {
       // A member's error may echo another's death (a ring peer that went
       // while they added up gradients): wait briefly for that verdict.
       if (e != caf::sec::request_receiver_down && e != caf::exit_reason::remote_link_unreachable)
-        (*self)->receive(
-            [&](caf::down_msg& m) {
-              if (const auto* gone = member_of(m.source))
-                lost(*gone, actors::error_text(m.reason) + " (then " + what + " failed: " + actors::error_text(e) + ")");
-            },
-            caf::after(verdict_wait) >> [] {});
+        await_verdict(std::string(what) + " failed on node '" + name_of(*members[*result.failed]) +
+                      "': " + actors::error_text(e));
       failed(*members[*result.failed], what, e);
     }
     if (result.error) throw std::runtime_error(std::string(what) + ": " + actors::error_text(result.error));

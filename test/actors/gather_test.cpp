@@ -36,6 +36,14 @@ caf::behavior refusing(caf::event_based_actor*) {
   return {[](int) -> caf::result<int> { return caf::make_error(caf::sec::unexpected_message); }};
 }
 
+// An actor system and a gatherer asking from its scoped actor.
+struct asking {
+  test::registered_config config;
+  caf::actor_system system{config};
+  caf::scoped_actor self{system};
+  actors::gatherer asker{system};
+};
+
 std::vector<caf::message> ints(std::vector<int> xs) {
   std::vector<caf::message> out;
   for (int x : xs) out.push_back(caf::make_message(x));
@@ -44,11 +52,7 @@ std::vector<caf::message> ints(std::vector<int> xs) {
 
 }  // namespace
 
-TEST_CASE("a gatherer asks every actor at once and returns the answers in the actors' order") {
-  test::registered_config config;
-  caf::actor_system system(config);
-  caf::scoped_actor self(system);
-  actors::gatherer asker(system);
+TEST_CASE_FIXTURE(asking, "a gatherer asks every actor at once and returns the answers in the actors' order") {
   std::vector<caf::actor> to;
   for (int i = 0; i < 3; ++i) to.push_back(system.spawn(answering, i));
   const auto got = asker.ask<int>(self, to, ints({7, 8, 9}), 10s);
@@ -58,11 +62,7 @@ TEST_CASE("a gatherer asks every actor at once and returns the answers in the ac
   CHECK(asker.ask<int>(self, {}, {}, 10s).answers.empty());
 }
 
-TEST_CASE("a member that goes down while it holds the request ends the wait at once, named, long before the timeout") {
-  test::registered_config config;
-  caf::actor_system system(config);
-  caf::scoped_actor self(system);
-  actors::gatherer asker(system);
+TEST_CASE_FIXTURE(asking, "a member that goes down while it holds the request ends the wait at once, named, long before the timeout") {
   auto kept = std::make_shared<std::vector<caf::response_promise>>();
   const std::vector<caf::actor> to = {system.spawn(answering, 0), system.spawn(vanishing, kept), system.spawn(answering, 2)};
   const auto started = std::chrono::steady_clock::now();
@@ -75,11 +75,7 @@ TEST_CASE("a member that goes down while it holds the request ends the wait at o
   CHECK(kept->size() == 1);  // it did take the request: no bounce answered it
 }
 
-TEST_CASE("a member's error answer fails the gathering with that error; one that quits after answering does not") {
-  test::registered_config config;
-  caf::actor_system system(config);
-  caf::scoped_actor self(system);
-  actors::gatherer asker(system);
+TEST_CASE_FIXTURE(asking, "a member's error answer fails the gathering with that error; one that quits after answering does not") {
   {
     const auto got = asker.ask<int>(self, {system.spawn(answering, 0), system.spawn(refusing)}, ints({1, 2}), 10s);
     REQUIRE(got.failed);
@@ -99,22 +95,14 @@ TEST_CASE("a member's error answer fails the gathering with that error; one that
   }
 }
 
-TEST_CASE("ask<void> waits for requests answered with nothing") {
-  test::registered_config config;
-  caf::actor_system system(config);
-  caf::scoped_actor self(system);
-  actors::gatherer asker(system);
+TEST_CASE_FIXTURE(asking, "ask<void> waits for requests answered with nothing") {
   auto quiet = [](caf::event_based_actor*) -> caf::behavior { return {[](int) {}}; };
   const auto got = asker.ask<void>(self, {system.spawn(quiet), system.spawn(quiet)}, ints({1, 2}), 10s);
   CHECK_FALSE(got.failed);
   CHECK(got.answers.size() == 2);
 }
 
-TEST_CASE("one gatherer asks again and again, and a member lost in one ask does not fail the next") {
-  test::registered_config config;
-  caf::actor_system system(config);
-  caf::scoped_actor self(system);
-  actors::gatherer asker(system);
+TEST_CASE_FIXTURE(asking, "one gatherer asks again and again, and a member lost in one ask does not fail the next") {
   auto kept = std::make_shared<std::vector<caf::response_promise>>();
   auto a = system.spawn(answering, 1);
   CHECK(asker.ask<int>(self, {a, system.spawn(vanishing, kept)}, ints({1, 1}), 60s).failed == std::optional<std::size_t>{1});
