@@ -58,7 +58,13 @@ using training_stage_actor = caf::typed_actor<
     // (directory, part k, of n): write its weights and optimizer moments there.
     caf::replies_to<save_atom, std::string, std::int32_t, std::int32_t>::with<checkpoint_part>,
     // (directory): restore its moments from the optimizer files there.
-    caf::replies_to<restore_atom, std::string>::with<std::int64_t>>;
+    caf::replies_to<restore_atom, std::string>::with<std::int64_t>,
+    // (run, holder's data host, port): back its parameters and moments up
+    // in its node's store and in the holder's (actors/backup_store.hpp).
+    caf::replies_to<backup_atom, std::uint64_t, std::string, std::uint16_t>::with<backup_made>,
+    // (run, round): restore every parameter from the backup frames sent to
+    // it (answered once they are all there) -> the round.
+    caf::replies_to<restore_backup_atom, std::uint64_t, std::int64_t>::with<std::int64_t>>;
 
 /// A node (actors/node.hpp): one per process, published on its control port.
 using node_actor = caf::typed_actor<
@@ -80,7 +86,14 @@ using node_actor = caf::typed_actor<
     // (probe, reply port, sender's host): a probe frame its router delivered.
     caf::reacts_to<probe_frame_atom, std::uint64_t, std::uint16_t, std::string>,
     // Its own heartbeat timer.
-    caf::reacts_to<tick_atom>>;
+    caf::reacts_to<tick_atom>,
+    // Weight backups it holds (actors/backup_store.hpp): (run, round,
+    // names) -> those it lacks; send some to a stage that restores them ->
+    // their bytes; forget a run.
+    caf::replies_to<backup_missing_atom, std::uint64_t, std::int64_t, std::vector<std::string>>::with<
+        std::vector<std::string>>,
+    caf::replies_to<backup_transfer>::with<std::uint64_t>,
+    caf::reacts_to<forget_backup_atom, std::uint64_t>>;
 
 /// A node's worker for one `orrery profile` request (actors/profiling.hpp).
 using layer_timer_actor = caf::typed_actor<caf::replies_to<layer_timing_request>::with<layer_timing_report>>;

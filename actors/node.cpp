@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 
+#include "actors/backup_store.hpp"
 #include "actors/error_text.hpp"
 #include "actors/profiling.hpp"
 #include "actors/router.hpp"
@@ -57,6 +58,7 @@ struct node_state {
   std::shared_ptr<router> routes;
   std::shared_ptr<messages::data_plane> data_plane;
   std::shared_ptr<shard_cache> weights;
+  std::shared_ptr<backup_store> backups;
   std::map<std::uint64_t, session_state> sessions;
   /// Stages this node dropped: one that had already ended when it was
   /// unlinked still sends its exit, which must not end the node. Bounded:
@@ -176,8 +178,8 @@ caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
   auto& slot = session.stages[assignment.stage];
   if (!slot) {
     const auto& c = s.config;
-    const stage_context context{c.name, c.device, c.dtype, c.data_host, s.data_plane->port(), s.data_plane, s.weights,
-                                s.routes, session.deployment};
+    const stage_context context{c.name,   c.device,  c.dtype,   c.data_host,        s.data_plane->port(),
+                                s.data_plane, s.weights, s.routes, s.backups, session.deployment};
     slot = training ? caf::actor_cast<caf::actor>(spawn_training_stage(self->system(), context))
                     : caf::actor_cast<caf::actor>(spawn_stage(self->system(), context));
     self->link_to(slot);  // a stage lives and dies with its node
@@ -187,10 +189,46 @@ caf::result<stage_ready> assign(node_ptr self, stage_assignment& assignment) {
   return self->delegate(caf::actor_cast<stage_actor>(slot), load_stage_atom_v, std::move(assignment));
 }
 
-node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::shared_ptr<router> routes, std::shared_ptr<messages::data_plane> plane) {
+using backup_sender_actor = caf::typed_actor<caf::replies_to<backup_transfer>::with<std::uint64_t>>;
+
+// Sends parameters of a backup this node holds to the stage restoring them,
+// in a worker of its own: a transfer takes as long as the link needs, and
+// the node's heartbeats go on meanwhile.
+backup_sender_actor spawn_backup_sender(caf::actor_system& system, std::string node,
+                                        std::shared_ptr<backup_store> backups,
+                                        std::shared_ptr<messages::data_plane> plane) {
+  return system.spawn<caf::detached>([node = std::move(node), backups, plane](backup_sender_actor::pointer self)
+                                         -> backup_sender_actor::behavior_type {
+    return {[=](backup_transfer& t) -> caf::result<std::uint64_t> {
+      self->quit();
+      try {
+        const auto parameters = backups->get(t.run, t.round, t.names);
+        auto link = plane->connect(t.to.host, t.to.port, std::chrono::milliseconds(t.timeout_ms));
+        messages::backup_route route;
+        route.run = t.run;
+        route.round = t.round;
+        route.restore = true;
+        route.stage = t.to.stage;
+        send_backup(*link, t.session, t.deployment, route, parameters);
+        std::uint64_t bytes = 0;
+        for (const auto& p : parameters)
+          for (const auto& x : p.state) bytes += x.nbytes();
+        return bytes;
+      } catch (const std::exception& e) {
+        return make_error(errc::request_failed, "node '" + node + "' cannot send its backup of round " +
+                                                    std::to_string(t.round) + ": " + e.what());
+      }
+    }};
+  });
+}
+
+node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::shared_ptr<router> routes,
+                                        std::shared_ptr<messages::data_plane> plane,
+                                        std::shared_ptr<backup_store> backups) {
   self->state.config = std::move(config);
   self->state.routes = std::move(routes);
   self->state.data_plane = std::move(plane);
+  self->state.backups = std::move(backups);
   self->state.weights = std::make_shared<shard_cache>(self->state.config.memory_bytes);
   self->set_exit_handler([self](caf::exit_msg& msg) {
     if (forget_stage(self, msg.source, msg.reason)) return;
@@ -223,6 +261,15 @@ node_actor::behavior_type node_behavior(node_ptr self, node_config config, std::
         return describe(self, session);
       },
       [self](load_stage_atom, stage_assignment& assignment) { return assign(self, assignment); },
+      [self](backup_missing_atom, std::uint64_t run, std::int64_t round, const std::vector<std::string>& names) {
+        return self->state.backups->missing(run, round, names);
+      },
+      [self](backup_transfer& transfer) -> caf::result<std::uint64_t> {
+        const auto& s = self->state;
+        return self->delegate(spawn_backup_sender(self->system(), s.config.name, s.backups, s.data_plane),
+                              std::move(transfer));
+      },
+      [self](forget_backup_atom, std::uint64_t run) { self->state.backups->forget(run); },
       // `orrery profile`: the slow parts run in workers, so heartbeats go on.
       [self](layer_timing_request& request) -> caf::result<layer_timing_report> {
         const auto& c = self->state.config;
@@ -265,7 +312,16 @@ node_actor spawn_node(caf::actor_system& system, node_config config) {
       [name](const std::string& peer, const std::string& problem) {
         node_log().warn("node '" + name + "': data plane link from " + peer + " closed: " + problem);
       });
-  auto node = system.spawn(node_behavior, std::move(config), routes, plane);
+  // Backups a neighbour sends are stored on the io thread, as they arrive.
+  auto backups = std::make_shared<backup_store>();
+  routes->add_sink(router::handler_kind::backup, 0, 0, [backups, name](tensor_frame frame) {
+    try {
+      backups->receive(std::move(frame));
+    } catch (const std::exception& e) {
+      node_log().warn("node '" + name + "': dropped a backup frame: " + e.what());
+    }
+  });
+  auto node = system.spawn(node_behavior, std::move(config), routes, plane, backups);
   routes->add(router::handler_kind::prober, probe_session, 0, node.address());  // the node actor is its own probe sink
   return node;
 }

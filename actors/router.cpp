@@ -18,14 +18,17 @@ const char* kind_name(router::handler_kind kind) {
     case router::handler_kind::group: return "group";
     case router::handler_kind::session: return "session";
     case router::handler_kind::prober: return "prober";
+    case router::handler_kind::backup: return "backup store";
   }
   return "handler";
 }
 
-/// Who handles a route: kind and id (the session is the frame's).
+/// Who handles a route: kind and id, of the frame's session unless the
+/// handler serves every session (a node's backup store).
 struct route_target {
   router::handler_kind kind;
   std::uint32_t id;
+  bool every_session = false;
 };
 
 route_target target_of(const messages::frame_route& route) {
@@ -39,6 +42,9 @@ route_target target_of(const messages::frame_route& route) {
           return {router::handler_kind::group, r.group};
         else if constexpr (std::is_same_v<route_type, messages::session_route>)
           return {router::handler_kind::session, 0};
+        else if constexpr (std::is_same_v<route_type, messages::backup_route>)
+          return r.restore ? route_target{router::handler_kind::stage, r.stage}
+                           : route_target{router::handler_kind::backup, 0, true};
         else
           return {router::handler_kind::prober, 0};
       },
@@ -100,7 +106,7 @@ void router::dispatch(messages::received_frame frame) {
   frame_sink sink;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    const key k{target.kind, d.session, target.id};
+    const key k{target.kind, target.every_session ? 0 : d.session, target.id};
     if (auto it = handlers_.find(k); it != handlers_.end()) handler = caf::actor_cast<caf::actor>(it->second);
     if (auto it = sinks_.find(k); !handler && it != sinks_.end()) sink = it->second;
     if (handler || sink) ++counts_.delivered;
@@ -119,6 +125,8 @@ void router::dispatch(messages::received_frame frame) {
         return reject(frame_kind + " for " + session + ", which is not here, from " + frame.peer, false);
       case handler_kind::prober:
         return reject(frame_kind + " from " + frame.peer + ", but nothing here measures links", false);
+      case handler_kind::backup:
+        return reject(frame_kind + " from " + frame.peer + ", but nothing here holds backups", false);
     }
   }
   if (const auto* probe = std::get_if<messages::probe_route>(&d.route))

@@ -6,6 +6,8 @@
 //   collective         -> the device group (session, group)
 //   to-session         -> the session's driver (session)
 //   probe              -> the prober (session 0)
+//   backup             -> the node's backup store (every session), or with
+//                         restore set the stage (session, stage)
 //
 // A route of a kind this build does not know, or one whose handler is not
 // registered (a stage that was dropped, a group never formed), is counted and
@@ -37,13 +39,13 @@ struct tensor_frame;
 class router {
  public:
   /// Who handles a route.
-  enum class handler_kind : std::uint8_t { stage, group, session, prober };
+  enum class handler_kind : std::uint8_t { stage, group, session, prober, backup };
 
   /// `name` (the node's, or "driver") heads the lines rejections print.
   explicit router(std::string name);
 
   /// Routes of `kind` for (session, id) go to `handler` from now on. By
-  /// address: handlers of four interfaces share the table, and a finished
+  /// address: handlers of several interfaces share the table, and a finished
   /// one is not kept alive by its route.
   void add(handler_kind kind, std::uint64_t session, std::uint32_t id, const caf::actor_addr& handler);
   void remove(handler_kind kind, std::uint64_t session, std::uint32_t id);

@@ -27,6 +27,7 @@ namespace orrery::actors {
 
 class router;
 class shard_cache;
+class backup_store;
 
 struct stage_context {
   std::string node;
@@ -40,6 +41,8 @@ struct stage_context {
   std::shared_ptr<shard_cache> weights;
   /// The node's router: a group member files its ring's pieces there.
   std::shared_ptr<router> routes;
+  /// The node's weight backups (training stages).
+  std::shared_ptr<backup_store> backups;
   /// The newest deployment of the stage's session on the node (its ring
   /// stops waiting for an older one's pieces).
   std::shared_ptr<const std::atomic<std::uint64_t>> announced_deployment;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 
+#include "actors/backup_store.hpp"
 #include "actors/group_ring.hpp"
 #include "actors/model_identity.hpp"
 #include "actors/router.hpp"
@@ -64,7 +65,17 @@ struct training_stage_state {
   std::shared_ptr<group_ring> replicas;
   std::shared_ptr<group_ring> tied;
   caf::actor client;
+  std::chrono::milliseconds connect_timeout{10000};
   bool wired = false;
+  /// A restore from a weight backup: the parameters that arrived (or were in
+  /// the node's own store), and the request waiting for the rest.
+  struct restoring {
+    std::uint64_t run = 0;
+    std::int64_t round = 0;
+    std::map<std::string, std::vector<at::Tensor>> arrived;
+    std::optional<caf::typed_response_promise<std::int64_t>> done;
+  };
+  restoring restore;
   static inline const char* name = "orrery.training_stage";
 
   ~training_stage_state() {
@@ -105,6 +116,7 @@ caf::result<stage_ready> load(training_stage_ptr self, stage_assignment& assignm
   s.passes.clear();
   s.inputs.clear();
   s.gradients.clear();
+  s.restore = {};
   s.wired = false;
   try {
     const auto problem = model_difference(assignment.model_files, identify_model(assignment.model_dir));
@@ -185,6 +197,7 @@ caf::result<void> wire(training_stage_ptr self, std::uint64_t deployment, const 
       if (!s.tied_parameter()) throw std::runtime_error(s.where() + ": told to share a tied embedding it does not hold");
     }
     s.client = links.client;
+    s.connect_timeout = timeout;
     s.wired = true;
   } catch (const std::exception& e) {
     s.next.clear();
@@ -363,6 +376,8 @@ void backward(training_stage_ptr self, const tensor_frame& frame, const messages
   s.passes.erase(found);
 }
 
+void restored_parameter(training_stage_ptr self, const messages::backup_route& route, std::vector<at::Tensor> state);
+
 void process(training_stage_ptr self, tensor_frame& frame) {
   auto& s = self->state;
   const auto& d = frame.descriptor;
@@ -381,6 +396,9 @@ void process(training_stage_ptr self, tensor_frame& frame) {
       if (!s.wired) throw std::runtime_error("received a gradient before it was wired");
       if (d.deployment != s.assignment.deployment) return;
       backward(self, frame, *b);
+    } else if (const auto* k = std::get_if<messages::backup_route>(&d.route)) {
+      if (d.deployment != s.assignment.deployment) return;
+      restored_parameter(self, *k, backup_state_of(frame));
     }
   } catch (const std::exception& e) {
     fail(self, request, compute::without_backtrace(e.what()));
@@ -442,6 +460,119 @@ caf::result<checkpoint_part> save(training_stage_ptr self, const std::string& di
   }
 }
 
+// Puts a copy of every parameter and its moments, as of now, into the node's
+// backup store and, unless `port` is 0, into the store of the node at
+// host:port (the next stage's), for run `run`.
+caf::result<backup_made> back_up(training_stage_ptr self, std::uint64_t run, const std::string& host, std::uint16_t port) {
+  auto& s = self->state;
+  if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
+  if (!s.passes.empty() || !s.inputs.empty() || !s.gradients.empty())
+    return make_error(errc::request_failed, s.where() + ": told to back up with micro-batches in flight");
+  try {
+    backup_made made;
+    made.round = s.optimizer->steps();
+    const auto moments = s.optimizer->state();
+    std::vector<backed_up_parameter> copies;
+    // In host memory: a GPU's own is for training.
+    auto copy = [](const at::Tensor& t) { return t.detach().to(at::kCPU, at::kFloat, false, /*copy=*/true); };
+    for (const auto& p : s.optimizer->parameters()) {
+      backed_up_parameter b{p.name, {copy(p.tensor), copy(moments.at("exp_avg/" + p.name)),
+                                     copy(moments.at("exp_avg_sq/" + p.name))}};
+      for (const auto& t : b.state) made.bytes += t.nbytes();
+      made.names.push_back(p.name);
+      copies.push_back(std::move(b));
+    }
+    for (const auto& b : copies) s.context.backups->put(run, made.round, b);
+    if (port != 0) {
+      auto link = s.context.data_plane->connect(host, port, s.connect_timeout);
+      messages::backup_route route;
+      route.run = run;
+      route.round = made.round;
+      send_backup(*link, s.assignment.session, s.assignment.deployment, route, copies);
+    }
+    return made;
+  } catch (const std::exception& e) {
+    return make_error(errc::request_failed, s.where() + ": cannot back up its weights: " + compute::without_backtrace(e.what()));
+  }
+}
+
+// Once every parameter of the restore under way is there: the weights and
+// moments of its round, and the optimizer's step count.
+void finish_restore(training_stage_ptr self) {
+  auto& s = self->state;
+  auto& r = s.restore;
+  if (!r.done) return;
+  const auto& parameters = s.optimizer->parameters();
+  for (const auto& p : parameters)
+    if (!r.arrived.count(p.name)) return;
+  auto done = std::move(*r.done);
+  r.done.reset();
+  try {
+    c10::NoGradGuard no_grad;
+    std::map<std::string, at::Tensor> moments;
+    for (const auto& p : parameters) {
+      const auto& state = r.arrived.at(p.name);
+      if (!state[0].sizes().equals(p.tensor.sizes()))
+        throw std::runtime_error("the backup of '" + p.name + "' has " + std::to_string(state[0].numel()) +
+                                 " values, the parameter " + std::to_string(p.tensor.numel()));
+      p.tensor.copy_(state[0]);
+      moments["exp_avg/" + p.name] = state[1];
+      moments["exp_avg_sq/" + p.name] = state[2];
+    }
+    s.optimizer->load_state(moments, r.round);
+    r.arrived.clear();
+    done.deliver(r.round);
+  } catch (const std::exception& e) {
+    done.deliver(make_error(errc::load_failed, s.where() + ": cannot restore round " + std::to_string(r.round) +
+                                                   " of its backup: " + compute::without_backtrace(e.what())));
+  }
+}
+
+// A parameter of the restore from a backup, sent by the node that holds it
+// (before the restore request, or after).
+void restored_parameter(training_stage_ptr self, const messages::backup_route& route, std::vector<at::Tensor> state) {
+  auto& r = self->state.restore;
+  if (route.run != r.run || route.round != r.round) {
+    if (r.done) {
+      auto done = std::move(*r.done);
+      r.done.reset();
+      done.deliver(make_error(errc::request_failed, self->state.where() + ": received the backup of '" + route.name +
+                                                        "' of round " + std::to_string(route.round) +
+                                                        " while it restores round " + std::to_string(r.round)));
+      return;
+    }
+    r.arrived.clear();  // of a restore that never came
+    r.run = route.run;
+    r.round = route.round;
+  }
+  r.arrived[route.name] = std::move(state);
+  finish_restore(self);
+}
+
+// Restores round `round` of run `run`: each parameter from the node's own
+// store where it holds it, the others as backup frames from the nodes that do
+// (which may have come already).
+caf::result<std::int64_t> restore_backup(training_stage_ptr self, std::uint64_t run, std::int64_t round) {
+  auto& s = self->state;
+  if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
+  if (s.restore.done) return make_error(errc::request_failed, s.where() + ": already restoring a backup");
+  auto& r = s.restore;
+  if (r.run != run || r.round != round) r.arrived.clear();
+  r.run = run;
+  r.round = round;
+  std::vector<std::string> names;
+  for (const auto& p : s.optimizer->parameters()) names.push_back(p.name);
+  const auto lacking = s.context.backups->missing(run, round, names);
+  std::vector<std::string> here;
+  for (const auto& name : names)
+    if (std::find(lacking.begin(), lacking.end(), name) == lacking.end()) here.push_back(name);
+  for (auto& p : s.context.backups->get(run, round, here)) r.arrived[p.name] = std::move(p.state);
+  r.done = self->make_response_promise<std::int64_t>();
+  auto promise = *r.done;
+  finish_restore(self);
+  return promise;
+}
+
 training_stage_actor::behavior_type training_stage_behavior(training_stage_ptr self, stage_context context) {
   self->state.context = std::move(context);
   return {
@@ -460,6 +591,10 @@ training_stage_actor::behavior_type training_stage_behavior(training_stage_ptr s
         return s.optimizer->steps();
       },
       [self](save_atom, const std::string& dir, std::int32_t k, std::int32_t n) { return save(self, dir, k, n); },
+      [self](backup_atom, std::uint64_t run, const std::string& host, std::uint16_t port) {
+        return back_up(self, run, host, port);
+      },
+      [self](restore_backup_atom, std::uint64_t run, std::int64_t round) { return restore_backup(self, run, round); },
       [self](restore_atom, const std::string& dir) -> caf::result<std::int64_t> {
         auto& s = self->state;
         if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");

@@ -29,6 +29,11 @@
 // Checkpoints: each stage writes its weights (HF names, float32) and its
 // moments into the directory the client names, on the node's filesystem;
 // the client writes the index, tokenizer and config beside them.
+//
+// Backups (actors/backup_store.hpp): a stage copies its weights and moments
+// into its node's store and sends a copy to the store of the node the client
+// names; a stage of a recovered layout restores a round from its node's
+// store and from backup frames that other nodes send it.
 
 #include <caf/actor_system.hpp>
 

@@ -25,6 +25,7 @@ enum TensorRole {
   gradient @3;   # a backward pass's gradient w.r.t. hidden states
   positions @4;  # token positions, where they are not implied by the cache
   targets @5;    # training: the next token of each input token [tokens]
+  state @6;      # training: a parameter, or one of its optimizer moments (BackupRoute)
 }
 
 # One tensor of the payload. Tensors lie back to back, each starting at a
@@ -142,6 +143,19 @@ struct ProbeRoute {
   replyPort @1 :UInt16;
 }
 
+# One parameter of a training stage in a weight backup (Asteroid): its
+# weights and AdamW moments (three `state` tensors, in that order) after
+# `round` optimizer steps of training run `run`. To a node's backup store
+# (restore false: the copy a neighbour holds), or to stage `stage` of the
+# frame's session, which restores it (restore true).
+struct BackupRoute {
+  run @0 :UInt64;
+  round @1 :Int64;
+  name @2 :Text;
+  restore @3 :Bool;
+  stage @4 :UInt16;
+}
+
 struct FrameDescriptor {
   # The client session the frame belongs to (0: link probes): each session
   # has handlers of its own on every node.
@@ -156,6 +170,7 @@ struct FrameDescriptor {
     collective @4 :CollectiveRoute;
     toSession @5 :SessionRoute;
     probe @6 :ProbeRoute;
+    backup @10 :BackupRoute;
   }
   tensors @7 :List(TensorLayout);
   # Payload bytes: the end of the last tensor.

@@ -34,7 +34,7 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   return s.str();
 }
 
-constexpr std::uint16_t tensor_role_count = 6;
+constexpr std::uint16_t tensor_role_count = 7;
 
 // orrery::element_type on the wire is frame.capnp's ElementType; these two are
 // the only conversions. Each switch names every value of its enum, so a type
@@ -152,6 +152,14 @@ struct route_encoder {
     p.setProbe(r.probe);
     p.setReplyPort(r.reply_port);
   }
+  void operator()(const backup_route& r) const {
+    auto b = to.initBackup();
+    b.setRun(r.run);
+    b.setRound(r.round);
+    b.setName(r.name.c_str());
+    b.setRestore(r.restore);
+    b.setStage(r.stage);
+  }
   void operator()(const unknown_route& r) const {
     throw std::invalid_argument("cannot encode a route of unknown kind " + std::to_string(r.which));
   }
@@ -185,6 +193,10 @@ frame_route decode_route(wire::FrameDescriptor::Route::Reader from) {
       auto p = from.getProbe();
       return probe_route{p.getProbe(), p.getReplyPort()};
     }
+    case which::BACKUP: {
+      auto b = from.getBackup();
+      return backup_route{b.getRun(), b.getRound(), std::string(b.getName().cStr()), b.getRestore(), b.getStage()};
+    }
   }
   return unknown_route{static_cast<std::uint16_t>(from.which())};
 }
@@ -205,12 +217,14 @@ const char* to_string(tensor_role role) {
       return "positions";
     case tensor_role::targets:
       return "targets";
+    case tensor_role::state:
+      return "state";
   }
   return "unknown";
 }
 
 const char* route_kind(const frame_route& route) {
-  static constexpr const char* names[] = {"forward", "backward", "collective", "to-session", "probe", "unknown"};
+  static constexpr const char* names[] = {"forward", "backward", "collective", "to-session", "probe", "backup", "unknown"};
   return names[route.index()];
 }
 

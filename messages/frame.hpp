@@ -37,7 +37,7 @@
 namespace orrery::messages {
 
 /// What one tensor of a frame is to its receiver (see frame.capnp).
-enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positions, targets };
+enum class tensor_role : std::uint8_t { hidden, tokens, logits, gradient, positions, targets, state };
 
 /// Name of `role` ("hidden", "tokens", ...).
 const char* to_string(tensor_role role);
@@ -138,6 +138,17 @@ struct probe_route {
   std::uint16_t reply_port = 0;
 };
 
+/// One parameter of a training stage, with its optimizer moments, in a
+/// weight backup: to a node's backup store, or (restore) to a stage.
+struct backup_route {
+  std::uint64_t run = 0;
+  /// The optimizer steps the parameter has taken.
+  std::int64_t round = 0;
+  std::string name;
+  bool restore = false;
+  std::uint16_t stage = 0;
+};
+
 /// A route this build does not know (a newer peer's): decoded so that the
 /// receiver's router can count and reject it by name.
 struct unknown_route {
@@ -145,7 +156,8 @@ struct unknown_route {
 };
 
 using frame_route =
-    std::variant<forward_route, backward_route, collective_route, session_route, probe_route, unknown_route>;
+    std::variant<forward_route, backward_route, collective_route, session_route, probe_route, backup_route,
+                 unknown_route>;
 
 /// Name of the route's kind ("forward", "to-session", ...).
 const char* route_kind(const frame_route& route);

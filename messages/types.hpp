@@ -344,6 +344,39 @@ typename Inspector::result_type inspect(Inspector& f, checkpoint_part& x) {
   return f(caf::meta::type_name("checkpoint_part"), x.file, x.tensors, x.bytes);
 }
 
+/// What a training stage backed up (actors/backup_store.hpp): the round (its
+/// optimizer steps), the names of its parameters and their bytes (weights
+/// and moments).
+struct backup_made {
+  std::int64_t round = 0;
+  std::vector<std::string> names;
+  std::uint64_t bytes = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, backup_made& x) {
+  return f(caf::meta::type_name("backup_made"), x.round, x.names, x.bytes);
+}
+
+/// A node sends parameters of a backup it holds to a stage that restores
+/// them: stage `to.stage` of `session` (deployment `deployment`) at
+/// to.host:to.port.
+struct backup_transfer {
+  std::uint64_t run = 0;
+  std::int64_t round = 0;
+  std::vector<std::string> names;
+  next_hop to;
+  std::uint64_t session = 0;
+  std::uint64_t deployment = 0;
+  std::int64_t timeout_ms = 0;  // to connect
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, backup_transfer& x) {
+  return f(caf::meta::type_name("backup_transfer"), x.run, x.round, x.names, x.to, x.session, x.deployment,
+           x.timeout_ms);
+}
+
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, heartbeat& x) {
   return f(caf::meta::type_name("heartbeat"), x.node, x.incarnation, x.sequence);
@@ -551,6 +584,8 @@ CAF_BEGIN_TYPE_ID_BLOCK(orrery, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(orrery, (orrery::micro_batch_loss))
   CAF_ADD_TYPE_ID(orrery, (orrery::micro_batch_done))
   CAF_ADD_TYPE_ID(orrery, (orrery::checkpoint_part))
+  CAF_ADD_TYPE_ID(orrery, (orrery::backup_made))
+  CAF_ADD_TYPE_ID(orrery, (orrery::backup_transfer))
 CAF_END_TYPE_ID_BLOCK(orrery)
 
 // Atoms (at most 10 characters in CAF 0.17), all prefixed "orrery".
@@ -572,3 +607,7 @@ CAF_ADD_ATOM(orrery, orrery, gradient_norm_atom, "grad_norm")
 CAF_ADD_ATOM(orrery, orrery, optimizer_step_atom, "opt_step")
 CAF_ADD_ATOM(orrery, orrery, save_atom, "save")
 CAF_ADD_ATOM(orrery, orrery, restore_atom, "restore")
+CAF_ADD_ATOM(orrery, orrery, backup_atom, "backup")
+CAF_ADD_ATOM(orrery, orrery, backup_missing_atom, "bk_missing")
+CAF_ADD_ATOM(orrery, orrery, restore_backup_atom, "bk_restore")
+CAF_ADD_ATOM(orrery, orrery, forget_backup_atom, "bk_forget")

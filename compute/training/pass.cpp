@@ -62,6 +62,16 @@ std::vector<named_parameter> trainable_parameters(const shard& s) {
   return out;
 }
 
+bool holds_parameter(const llama_config& config, int first_layer, int last_layer, const std::string& name) {
+  const bool embeds = first_layer == 0, heads = last_layer == config.num_layers;
+  if (name == "model.embed_tokens.weight") return embeds || (heads && config.tie_word_embeddings);
+  if (name == "model.norm.weight" || name == "lm_head.weight") return heads;
+  const std::string prefix = "model.layers.";
+  if (name.compare(0, prefix.size(), prefix) != 0) return false;
+  const int layer = std::stoi(name.substr(prefix.size()));
+  return layer >= first_layer && layer < last_layer;
+}
+
 training_pass::training_pass(shard& s, const at::Tensor& input, int sequences, int length) {
   if (s.slice().heads() != s.config().num_heads)
     throw model_error("training runs whole layers; this shard holds " + s.slice().describe());

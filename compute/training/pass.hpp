@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "compute/llama_config.hpp"
+
 namespace orrery::compute {
 
 class shard;
@@ -34,6 +36,12 @@ struct named_parameter {
 /// shard holds them ("model.layers.3.self_attn.qkv"); checkpoints unstack
 /// them into HF's names (compute/training/checkpoint.hpp).
 std::vector<named_parameter> trainable_parameters(const shard& s);
+
+/// Whether a shard of layers [first_layer, last_layer) of a model shaped
+/// `config` has the trainable parameter `name` (one of trainable_parameters'
+/// names): where a recovered stage finds its layers in the backups of the
+/// stages before it.
+bool holds_parameter(const llama_config& config, int first_layer, int last_layer, const std::string& name);
 
 class training_pass {
  public:

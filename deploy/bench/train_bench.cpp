@@ -9,9 +9,10 @@
 // predicted round, in samples/s.
 //
 // Recovery (`--kill NODE`; the topology's nodes run here as local processes
-// that this command starts): the run trains over the topology as written, the
-// node gets SIGKILL right after the first checkpoint, and the time from the
-// kill to training resumed, the steps repeated and the final loss beside a
+// that this command starts): the run trains over the topology as written, with
+// weight backups every --backup-every steps, the node gets SIGKILL right after
+// the first checkpoint, and the time from the kill to training resumed, what
+// it resumed from, the steps repeated and the final loss beside a
 // failure-free run's are reported.
 
 #include <signal.h>
@@ -52,6 +53,7 @@ struct train_bench_options {
   bool refresh = false;
   std::string kill;  // recovery mode: the node to kill
   int checkpoint_every = 2;
+  int backup_every = 2;
 };
 
 // A scratch directory for the runs' checkpoints, removed afterwards.
@@ -75,6 +77,7 @@ training_options training_of(const train_bench_options& o, const topology& t, co
   options.length = o.length;
   options.eval_every = o.steps;  // one validation, after the timed steps
   options.checkpoint_every = 0;
+  options.backup_every = 0;  // the layouts' rounds alone (recovery mode sets its own)
   options.quiet = true;
   return options;
 }
@@ -157,6 +160,7 @@ nlohmann::json recovery(const train_bench_options& o) {
 
   auto options = training_of(o, t, out.dir / "reference");
   options.checkpoint_every = o.checkpoint_every;
+  options.backup_every = o.backup_every;
   std::ostringstream figures;
   std::cerr << "bench: " << o.steps << " steps without failures\n";
   const auto reference = train(options, t, 0, figures);
@@ -193,6 +197,7 @@ nlohmann::json recovery(const train_bench_options& o) {
                           {"node", victim.name},
                           {"steps", o.steps},
                           {"checkpoint_every", o.checkpoint_every},
+                          {"backup_every", o.backup_every},
                           {"failure_free_final_loss", reference.loss},
                           {"final_loss", killed.loss},
                           {"final_loss_relative_difference",
@@ -206,6 +211,10 @@ nlohmann::json recovery(const train_bench_options& o) {
   const double kill_to_resumed = (r.resumed_unix_ms - killed_unix_ms) / 1e3;
   out_json["lost_at_step"] = r.lost_at_step;
   out_json["resumed_at_step"] = r.resumed_at_step;
+  out_json["resumed_from"] = r.source;
+  out_json["backups"] = killed.backups;
+  out_json["backup_bytes"] = killed.backup_bytes;
+  out_json["backup_s"] = killed.backup_seconds;
   out_json["steps_repeated"] = r.lost_at_step - r.resumed_at_step;
   out_json["error_to_resumed_s"] = r.seconds;
   out_json["kill_to_resumed_s"] = kill_to_resumed;
@@ -239,6 +248,10 @@ void add_train_bench(CLI::App& bench) {
   cmd->add_option("--checkpoint-every", opts->checkpoint_every, "Recovery: steps between checkpoints")
       ->capture_default_str()
       ->check(at_least(1));
+  cmd->add_option("--backup-every", opts->backup_every,
+                  "Recovery: steps between in-memory weight backups on neighbouring nodes (0: none)")
+      ->capture_default_str()
+      ->check(at_least(0));
   cmd->callback([opts] {
     if (opts->batch % opts->micro_batch != 0)
       throw CLI::ValidationError("--micro-batch", std::to_string(opts->micro_batch) + " does not divide --batch " +

@@ -65,6 +65,12 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between checkpoints (0: only at the end)")
       ->capture_default_str()
       ->check(at_least<std::int64_t>(0));
+  cmd->add_option("--backup-every", o->backup_every,
+                  "With --topology: steps between weight backups in memory on neighbouring nodes (each stage sends "
+                  "its weights and AdamW moments, 3x its float32 weights, to the next stage's node); a lost node "
+                  "costs the steps since (0: no backups, the steps since the checkpoint)")
+      ->capture_default_str()
+      ->check(at_least<std::int64_t>(0));
   cmd->add_option("--seed", o->seed, "Seed of the sequences each step reads")->capture_default_str()->check(
       at_least<std::uint64_t>(0));
   cmd->add_flag("--resume", o->resume, "Continue the run checkpointed in --out (same data and options)");

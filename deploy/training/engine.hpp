@@ -6,6 +6,7 @@
 // the same for both, so one step over the pipeline is compared with one step
 // on one device by running the same trainer on each.
 
+#include <cstdint>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -26,6 +27,14 @@ class training_node_lost : public std::runtime_error {
   std::string node_;
 };
 
+/// Where training goes on after a lost node: the step, and what the weights
+/// came from ("the in-memory backup of round 40", "the checkpoint at step
+/// 30", "the starting model").
+struct resume_point {
+  std::int64_t step = 0;
+  std::string source;
+};
+
 class training_engine {
  public:
   virtual ~training_engine() = default;
@@ -44,12 +53,18 @@ class training_engine {
   virtual void save(const std::filesystem::path& dir) = 0;
   /// Restores the optimizer's moments from checkpoint `dir`.
   virtual void restore(const std::filesystem::path& dir) = 0;
+  /// Backs up the weights and optimizer state in memory on other nodes, so
+  /// that a lost node costs only the steps since; returns the bytes backed
+  /// up (0: nothing to back up on, one device).
+  virtual std::uint64_t backup() { return 0; }
   /// After training_node_lost: lays the lost node's layers onto the
-  /// survivors and loads every stage's weights from the model directory
-  /// `from` (the last checkpoint, whose optimizer state restore() then
-  /// loads, or the starting model). Throws std::runtime_error when no node
-  /// is left.
-  virtual void recover(const std::string& lost_node, const std::filesystem::path& from) = 0;
+  /// survivors and puts every stage back at one step: the newest backup
+  /// whose every part survived, or, when that is older than
+  /// `checkpoint_step` or gone, the model directory `checkpoint` (the last
+  /// checkpoint with its optimizer state, or the starting model at step 0).
+  /// Throws std::runtime_error when no node is left.
+  virtual resume_point recover(const std::string& lost_node, const std::filesystem::path& checkpoint,
+                               std::int64_t checkpoint_step) = 0;
   /// Where it trains, for the first line of progress ("cpu", "3 stages: …").
   virtual std::string describe() const = 0;
 };

@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 #include "actors/error_text.hpp"
 #include "actors/gather.hpp"
@@ -19,6 +20,7 @@
 #include "actors/tensor_frame.hpp"
 #include "actors/training_stage.hpp"
 #include "compute/model_writer.hpp"
+#include "compute/training/pass.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "messages/data_plane.hpp"
 #include "planning/migration.hpp"
@@ -85,6 +87,19 @@ struct pipeline_engine::state {
   std::uint64_t session = 0;
   std::uint64_t next_request = 1;
   std::chrono::milliseconds timeout;
+  /// The model the run started from: a recovered stage's shapes (its
+  /// weights then come from the backup).
+  fs::path start_model;
+  /// The run's backups' key on every node, the same across recoveries.
+  std::uint64_t run_id = fresh_session();
+  /// The newest backup every holder has whole: per stage of the layout it
+  /// was made in, its parameters' names and the nodes that hold them.
+  struct backup_part {
+    std::vector<std::string> names;
+    std::vector<std::size_t> nodes;
+  };
+  std::int64_t backup_round = -1;  // none yet
+  std::vector<backup_part> backup_parts;
 
   explicit state(const topology& topo)
       : t(topo), caf_config(topo.heartbeat_interval), system(std::make_unique<caf::actor_system>(caf_config)),
@@ -93,6 +108,9 @@ struct pipeline_engine::state {
 
   ~state() {
     stop_stages();
+    if (backup_round >= 0)
+      for (std::size_t i = 0; i < nodes.size(); ++i)
+        if (alive[i]) caf::anon_send(caf::actor_cast<caf::actor>(nodes[i].node), forget_backup_atom_v, run_id);
     plane.reset();  // its io thread ends before the actor system does
     asker.reset();
     self.reset();
@@ -122,23 +140,23 @@ struct pipeline_engine::state {
     first.clear();
   }
 
-  [[noreturn]] void lost(const member& m, const std::string& why) {
-    throw training_node_lost(name_of(m), "node '" + name_of(m) + "' was lost: " + why);
+  [[noreturn]] void lost(const std::string& node, const std::string& why) {
+    throw training_node_lost(node, "node '" + node + "' was lost: " + why);
   }
 
-  // A request to `m` failed with `e`: its node is lost when the actor is
+  // A request to `node` failed with `e`: the node is lost when the actor is
   // gone, otherwise the error stands as it is.
-  [[noreturn]] void failed(const member& m, const char* what, const caf::error& e) {
+  [[noreturn]] void failed(const std::string& node, const char* what, const caf::error& e) {
     if (e == caf::sec::request_receiver_down || e == caf::exit_reason::remote_link_unreachable)
-      lost(m, std::string(what) + ": " + actors::error_text(e));
-    throw std::runtime_error(std::string(what) + " failed on node '" + name_of(m) + "': " + actors::error_text(e));
+      lost(node, std::string(what) + ": " + actors::error_text(e));
+    throw std::runtime_error(std::string(what) + " failed on node '" + node + "': " + actors::error_text(e));
   }
 
   // Waits briefly for the verdict behind `problem`: the down message of the
   // member whose node went, if one comes (then that node is lost).
   void await_verdict(const std::string& problem) {
     (*self)->receive([&](caf::down_msg& m) {
-                       if (const auto* gone = member_of(m.source)) lost(*gone, actors::error_text(m.reason) + " (" + problem + ")");
+                       if (const auto* gone = member_of(m.source)) lost(name_of(*gone), actors::error_text(m.reason) + " (" + problem + ")");
                      },
                      caf::after(verdict_wait) >> [] {});
   }
@@ -326,17 +344,34 @@ struct pipeline_engine::state {
                       std::to_string(in_flight) + " micro-batch(es) in flight";
           });
     }
-    if (gone) lost(*gone, problem);
+    if (gone) lost(name_of(*gone), problem);
     if (transient) link_failed(problem);
     if (!problem.empty()) throw std::runtime_error(problem);
     return losses;
   }
 
-  // Sends `requests[i]` to (the actor `target` names of) every one of
-  // `members` at once and returns their answers in order: the members work
-  // side by side (loading, optimizer steps, checkpoint parts take as long as
-  // the slowest, not the sum), and a member's node lost meanwhile ends the
-  // wait at once.
+  // Sends `requests[i]` to `to[i]` (on node `who[i]`) for all i at once and
+  // returns their answers in order: they work side by side (loading,
+  // optimizer steps, checkpoint parts take as long as the slowest, not the
+  // sum), and a node lost meanwhile ends the wait at once.
+  template <class Answer>
+  std::vector<typename actors::gathered<Answer>::value> ask_actors(const std::vector<caf::actor>& to,
+                                                                   const std::vector<std::string>& who, const char* what,
+                                                                   const std::vector<caf::message>& requests) {
+    auto result = asker->ask<Answer>(*self, to, requests, timeout);
+    if (result.failed) {
+      const auto& e = result.error;
+      // An error may echo another member's death (a ring peer that went
+      // while they added up gradients): wait briefly for that verdict.
+      if (e != caf::sec::request_receiver_down && e != caf::exit_reason::remote_link_unreachable)
+        await_verdict(std::string(what) + " failed on node '" + who[*result.failed] + "': " + actors::error_text(e));
+      failed(who[*result.failed], what, e);
+    }
+    if (result.error) throw std::runtime_error(std::string(what) + ": " + actors::error_text(result.error));
+    return std::move(result.answers);
+  }
+
+  // ask_actors to every one of `members` (the actor `target` names of each).
   template <class Answer>
   std::vector<typename actors::gathered<Answer>::value> ask_all(
       const std::vector<const member*>& members, const char* what, const std::vector<caf::message>& requests,
@@ -344,19 +379,9 @@ struct pipeline_engine::state {
         return caf::actor_cast<caf::actor>(m.actor);
       }) {
     std::vector<caf::actor> to;
-    for (const auto* m : members) to.push_back(target(*m));
-    auto result = asker->ask<Answer>(*self, to, requests, timeout);
-    if (result.failed) {
-      const auto& e = result.error;
-      // A member's error may echo another's death (a ring peer that went
-      // while they added up gradients): wait briefly for that verdict.
-      if (e != caf::sec::request_receiver_down && e != caf::exit_reason::remote_link_unreachable)
-        await_verdict(std::string(what) + " failed on node '" + name_of(*members[*result.failed]) +
-                      "': " + actors::error_text(e));
-      failed(*members[*result.failed], what, e);
-    }
-    if (result.error) throw std::runtime_error(std::string(what) + ": " + actors::error_text(result.error));
-    return std::move(result.answers);
+    std::vector<std::string> who;
+    for (const auto* m : members) to.push_back(target(*m)), who.push_back(name_of(*m));
+    return ask_actors<Answer>(to, who, what, requests);
   }
 
   // Asks every one of `members` the same.
@@ -393,6 +418,7 @@ pipeline_engine::pipeline_engine(const topology& t, const fs::path& model, const
   s.plane = std::make_shared<messages::data_plane>(options, actors::tensor_allocator(),
                                                    actors::router::handler_of(std::make_shared<actors::router>("trainer")),
                                                    [](const std::string&, const std::string&) {});
+  s.start_model = model;
   s.deploy(model);
 }
 
@@ -454,7 +480,61 @@ void pipeline_engine::restore(const fs::path& dir) {
                              caf::make_message(restore_atom_v, fs::absolute(dir).string()));
 }
 
-void pipeline_engine::recover(const std::string& lost_node, const fs::path& from) {
+std::uint64_t pipeline_engine::backup() {
+  auto& s = *s_;
+  const std::size_t n = s.stages.size();
+  // Each stage's first member backs up (a group's members are replicas) to
+  // the next stage's first member's node, the last stage's to the first's; a
+  // stage alone to its group's second member; one node alone keeps its own.
+  std::vector<const state::member*> leaders, holders;
+  std::vector<caf::message> requests;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& members = s.stages[i].members;
+    const state::member* holder = n > 1 ? &s.stages[(i + 1) % n].members.front()
+                                  : members.size() > 1 ? &members[1] : nullptr;
+    leaders.push_back(&members.front());
+    holders.push_back(holder);
+    requests.push_back(caf::make_message(backup_atom_v, s.run_id, holder ? holder->data.host : std::string(),
+                                         holder ? holder->data.port : std::uint16_t{0}));
+  }
+  const auto made = s.ask_all<backup_made>(leaders, "backing up its weights", requests);
+  std::uint64_t bytes = 0;
+  std::vector<state::backup_part> parts;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (made[i].round != made.front().round)
+      throw std::runtime_error("node '" + s.name_of(*leaders[i]) + "' backed up round " + std::to_string(made[i].round) +
+                               ", node '" + s.name_of(*leaders.front()) + "' round " + std::to_string(made.front().round));
+    bytes += made[i].bytes;
+    parts.push_back({made[i].names, {leaders[i]->node}});
+    if (holders[i]) parts.back().nodes.push_back(holders[i]->node);
+  }
+  // The sends are written; the round counts once every holder has stored
+  // all of them (they arrive on its io thread, after the answer may have).
+  const auto deadline = std::chrono::steady_clock::now() + s.timeout;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!holders[i]) continue;
+    const auto& holder = *holders[i];
+    const auto node = caf::actor_cast<caf::actor>(s.nodes[holder.node].node);
+    for (;;) {
+      const auto missing = s.ask_actors<std::vector<std::string>>(
+          {node}, {s.name_of(holder)}, "holding a backup",
+          {caf::make_message(backup_missing_atom_v, s.run_id, made[i].round, made[i].names)})[0];
+      if (missing.empty()) break;
+      if (std::chrono::steady_clock::now() > deadline)
+        throw std::runtime_error("node '" + s.name_of(holder) + "' holds " +
+                                 std::to_string(made[i].names.size() - missing.size()) + " of the " +
+                                 std::to_string(made[i].names.size()) + " parameters node '" + s.name_of(*leaders[i]) +
+                                 "' backed up to it (missing '" + missing.front() + "')");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  s.backup_round = made.front().round;
+  s.backup_parts = std::move(parts);
+  return bytes;
+}
+
+resume_point pipeline_engine::recover(const std::string& lost_node, const fs::path& checkpoint,
+                                      std::int64_t checkpoint_step) {
   auto& s = *s_;
   s.stop_stages();
   for (std::size_t i = 0; i < s.nodes.size(); ++i)
@@ -478,7 +558,47 @@ void pipeline_engine::recover(const std::string& lost_node, const fs::path& from
     next.push_back({s.stages[p.device].members, static_cast<int>(p.begin), static_cast<int>(p.end)});
   if (next.empty()) throw std::runtime_error("no node is left to train on");
   s.stages = std::move(next);
-  s.deploy(from);
+
+  // Which survivors hold each backed-up parameter.
+  std::map<std::string, std::vector<std::size_t>> holders;
+  bool whole = s.backup_round >= 0 && s.backup_round >= checkpoint_step;
+  for (const auto& part : s.backup_parts) {
+    std::vector<std::size_t> alive;
+    for (auto node : part.nodes)
+      if (s.alive[node]) alive.push_back(node);
+    whole = whole && !alive.empty();
+    for (const auto& name : part.names) holders[name].insert(holders[name].end(), alive.begin(), alive.end());
+  }
+  if (!whole) {
+    s.deploy(checkpoint);
+    if (checkpoint_step > 0) restore(checkpoint);
+    return {checkpoint_step, checkpoint_step > 0 ? "the checkpoint at step " + std::to_string(checkpoint_step)
+                                                 : std::string("the starting model")};
+  }
+  s.deploy(s.start_model);
+  // Each member takes what its own node holds from there; the rest is sent
+  // to it by a survivor that holds it.
+  std::vector<caf::actor> senders;
+  std::vector<std::string> sender_names;
+  std::vector<caf::message> transfers;
+  for (std::size_t i = 0; i < s.stages.size(); ++i)
+    for (const auto& m : s.stages[i].members) {
+      std::map<std::size_t, std::vector<std::string>> by_source;
+      for (const auto& [name, nodes] : holders) {
+        if (!compute::holds_parameter(s.config, s.stages[i].first_layer, s.stages[i].last_layer, name)) continue;
+        if (std::find(nodes.begin(), nodes.end(), m.node) == nodes.end()) by_source[nodes.front()].push_back(name);
+      }
+      for (auto& [source, names] : by_source) {
+        senders.push_back(caf::actor_cast<caf::actor>(s.nodes[source].node));
+        sender_names.push_back(s.nodes[source].node_name);
+        transfers.push_back(caf::make_message(backup_transfer{s.run_id, s.backup_round, std::move(names), m.data, s.session,
+                                                              1, s.t.connect_timeout.count()}));
+      }
+    }
+  s.ask_actors<std::uint64_t>(senders, sender_names, "sending a backup", transfers);
+  s.ask_each<std::int64_t>(s.all_members(), "restoring its backup",
+                           caf::make_message(restore_backup_atom_v, s.run_id, s.backup_round));
+  return {s.backup_round, "the in-memory backup of round " + std::to_string(s.backup_round)};
 }
 
 std::string pipeline_engine::describe() const {

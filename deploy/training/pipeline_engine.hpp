@@ -9,11 +9,16 @@
 //
 // The nodes read the starting model, and write their parts of each
 // checkpoint, at the paths this process names: one machine, or a filesystem
-// the nodes share with it. A node lost mid-run (its connection breaks) is
-// reported as training_node_lost; recover() moves its layers to its
-// neighbours in the pipeline (planning/migration.hpp; a group member's
-// replicas simply go on without it) and reloads every stage, in a new
-// session, from the last checkpoint, which the trainer then continues.
+// the nodes share with it. backup() has each stage's first member copy its
+// weights and moments into its own node's memory and the next stage's node's
+// (the last stage's to the first's; a stage alone, to its second member),
+// over the data plane (actors/backup_store.hpp). A node lost mid-run (its
+// connection breaks) is reported as training_node_lost; recover() moves its
+// layers to its neighbours in the pipeline (planning/migration.hpp; a group
+// member's replicas simply go on without it), loads every stage in a new
+// session and puts it back at the last backup (each parameter from its own
+// node's store, or sent by a survivor that holds it), or, where the backup
+// is lost or older, at the last checkpoint.
 
 #include <filesystem>
 #include <memory>
@@ -40,7 +45,9 @@ class pipeline_engine final : public training_engine {
   std::vector<double> evaluate(const std::vector<compute::token_batch>& batches) override;
   void save(const std::filesystem::path& dir) override;
   void restore(const std::filesystem::path& dir) override;
-  void recover(const std::string& lost_node, const std::filesystem::path& from) override;
+  std::uint64_t backup() override;
+  resume_point recover(const std::string& lost_node, const std::filesystem::path& checkpoint,
+                       std::int64_t checkpoint_step) override;
   std::string describe() const override;
 
  private:

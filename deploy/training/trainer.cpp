@@ -54,6 +54,7 @@ void training_options::check() const {
   need(validation_sequences >= 1, "--validation-sequences must be >= 1");
   need(eval_every >= 1, "--eval-every must be >= 1");
   need(checkpoint_every >= 0, "--checkpoint-every must be >= 0");
+  need(backup_every >= 0, "--backup-every must be >= 0");
   need(threads >= 0, "--threads must be >= 0");
 }
 
@@ -167,7 +168,7 @@ class local_engine final : public training_engine {
     compute::save_optimizer(dir / compute::optimizer_file_name, optimizer_);
   }
   void restore(const fs::path& dir) override { compute::load_optimizer(compute::optimizer_files(dir), optimizer_); }
-  void recover(const std::string& lost_node, const fs::path&) override {
+  resume_point recover(const std::string& lost_node, const fs::path&, std::int64_t) override {
     throw std::logic_error("one device has no node to lose (" + lost_node + ")");
   }
   std::string describe() const override { return device_; }
@@ -255,10 +256,10 @@ run_log read_log(const fs::path& path, std::int64_t next_step) {
 namespace {
 
 std::string recovery_text(const training_result::recovery& r) {
-  char line[256];
-  std::snprintf(line, sizeof line, "node '%s' lost at step %lld, resumed at step %lld (%lld repeated) in %.2f s",
+  char line[384];
+  std::snprintf(line, sizeof line, "node '%s' lost at step %lld, resumed at step %lld from %s (%lld repeated) in %.2f s",
                 r.node.c_str(), static_cast<long long>(r.lost_at_step), static_cast<long long>(r.resumed_at_step),
-                static_cast<long long>(r.lost_at_step - r.resumed_at_step), r.seconds);
+                r.source.c_str(), static_cast<long long>(r.lost_at_step - r.resumed_at_step), r.seconds);
   return line;
 }
 
@@ -324,8 +325,18 @@ training_result run_training(const training_options& o, const std::optional<topo
   int rounds = 0;
   bool warm = false;
   std::vector<training_result::recovery> recovered;
+  std::int64_t backups = 0;
+  std::uint64_t backup_bytes = 0;
+  double backup_seconds = 0;
   for (std::int64_t step = first; step < total;) {
     try {
+      // Step 0's weights are the starting model's: no backup needed there.
+      if (cluster && o.backup_every > 0 && step > 0 && step % o.backup_every == 0) {
+        const auto b0 = std::chrono::steady_clock::now();
+        backup_bytes = engine->backup();
+        backup_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
+        ++backups;
+      }
       const auto t0 = std::chrono::steady_clock::now();
       std::vector<compute::token_batch> micro_batches;
       for (int m = 0; m < o.batch; m += o.micro_batch)
@@ -367,22 +378,22 @@ training_result run_training(const training_options& o, const std::optional<topo
       ++step;
     } catch (const training_node_lost& e) {
       // The survivors take the lost node's layers and continue from the
-      // last checkpoint (or the start): only the steps since are repeated.
+      // last backup, or the last checkpoint (or the start) where that is
+      // newer: only the steps since are repeated.
       const bool checkpointed = fs::exists(o.out / training_state_file);
-      const fs::path from = checkpointed ? o.out : start_model;
-      const std::int64_t back_to =
+      const fs::path checkpoint = checkpointed ? o.out : start_model;
+      const std::int64_t checkpoint_step =
           checkpointed ? compute::read_json_object(o.out / training_state_file, compute::max_model_json_bytes)
                              .value("next_step", std::int64_t{0})
                        : std::int64_t{0};
       const auto started_recovery = std::chrono::steady_clock::now();
-      engine->recover(e.node(), from);
-      if (checkpointed) engine->restore(from);
-      log.truncate(back_to);
+      const auto resumed = engine->recover(e.node(), checkpoint, checkpoint_step);
+      log.truncate(resumed.step);
       const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_recovery).count();
-      recovered.push_back({e.node(), step, back_to, took, unix_ms_now()});
+      recovered.push_back({e.node(), step, resumed.step, resumed.source, took, unix_ms_now()});
       std::cerr << (o.quiet ? "" : "\n") << e.what() << "\n"
                 << "recovered: " << recovery_text(recovered.back()) << "; now on " << engine->describe() << "\n";
-      step = back_to;
+      step = resumed.step;
     }
   }
   training_result result;
@@ -413,8 +424,16 @@ training_result run_training(const training_options& o, const std::optional<topo
     result.measured_update_s = update_seconds / rounds;
     result.measured_round_s = measured;
   }
+  if (backups > 0) {
+    std::snprintf(line, sizeof line, "   backups: %lld in memory on neighbouring nodes, %.1f MB each, %.2f s each\n",
+                  static_cast<long long>(backups), backup_bytes / 1e6, backup_seconds / backups);
+    figures << line;
+  }
   for (const auto& r : recovered) figures << "   recovery: " << recovery_text(r) << "\n";
   result.recoveries = std::move(recovered);
+  result.backups = backups;
+  result.backup_bytes = backup_bytes;
+  result.backup_seconds = backups > 0 ? backup_seconds / backups : 0;
   return result;
 }
 

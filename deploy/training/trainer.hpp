@@ -43,6 +43,9 @@ struct training_options {
   int validation_sequences = 64;  ///< at most this many held-out sequences per evaluation
   std::int64_t eval_every = 50;
   std::int64_t checkpoint_every = 200;  ///< 0: only at the end
+  /// Over a topology: steps between in-memory weight backups on neighbouring
+  /// nodes (0: none; a lost node then costs the steps since the checkpoint).
+  std::int64_t backup_every = 10;
   std::uint64_t seed = 0;
   bool resume = false;
   std::string device = "cpu";
@@ -64,11 +67,17 @@ struct training_result {
   struct recovery {
     std::string node;
     std::int64_t lost_at_step = 0;     ///< the step that failed
-    std::int64_t resumed_at_step = 0;  ///< the checkpoint's (or 0)
+    std::int64_t resumed_at_step = 0;  ///< the backup's or the checkpoint's (or 0)
+    std::string source;                ///< what it resumed from (resume_point::source)
     double seconds = 0;                ///< from the failed step's error to resumed
     std::int64_t resumed_unix_ms = 0;  ///< when training resumed
   };
   std::vector<recovery> recoveries;
+  /// In-memory weight backups made (over a topology): how many, the bytes of
+  /// the last, their mean time.
+  std::int64_t backups = 0;
+  std::uint64_t backup_bytes = 0;
+  double backup_seconds = 0;
   /// `placement: auto`: the plan's simulated round and the mean step after
   /// the first as measured; 0 otherwise.
   double predicted_round_s = 0;

@@ -9,6 +9,7 @@
 
 #include <fstream>
 #include <functional>
+#include <regex>
 #include <sstream>
 
 #include "compute/model_dir.hpp"
@@ -209,22 +210,29 @@ TEST_CASE("placement: auto trains over the stages and groups planned from the no
   CHECK(log_of(dir / "auto6").size() == 3);
 }
 
-TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the steps since the last checkpoint and end where one device ends") {
+TEST_CASE("a node killed mid-training: the survivors take its layers from the in-memory backups, repeat the steps since and end where one device ends") {
   temp_dir dir;
   compute::init_model(dir / "m", compute::llama_config::preset("tiny"), {8, 0, {}});
+  // No checkpoint before the end: what a recovery resumes from is a backup
+  // in the nodes' memory, or the starting model.
+  constexpr int backup_every = 5;
   const std::vector<std::string> common = {"--data", english, "--steps", "150", "--batch", "4", "--micro-batch", "2",
-                                           "--length", "32", "--checkpoint-every", "10", "--threads", "1", "--quiet"};
+                                           "--length", "32", "--checkpoint-every", "0", "--backup-every",
+                                           std::to_string(backup_every), "--threads", "1"};
   auto args = [&](std::vector<std::string> head) {
     head.insert(head.end(), common.begin(), common.end());
     return head;
   };
-  auto local = test::run_orrery(args({"train", "--model", "m", "--out", "local"}), dir.path());
+  auto local = test::run_orrery(args({"train", "--model", "m", "--out", "local", "--quiet"}), dir.path());
   REQUIRE(local.exit_code == 0);
   const auto reference = weights_of(dir / "local");
   const auto reference_log = log_of(dir / "local");
 
-  // A pipeline (its arithmetic is one device's: bitwise) and a data-parallel
-  // group in a pipeline (sums in another order: within 1e-4 at the end).
+  // A pipeline (its arithmetic is one device's: bitwise) whose middle node
+  // goes: its layers come from the next node's copy, its neighbours' from
+  // their own. A data-parallel group in a pipeline (sums in another order:
+  // within 1e-4 at the end) whose first member goes: it made the group's
+  // backup, which the survivor takes from the next stage's node.
   struct scenario {
     std::string name, victim;
     std::function<std::filesystem::path()> write;
@@ -232,7 +240,7 @@ TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the
   };
   const std::vector<scenario> scenarios = {
       {"pipeline", "n1", [&] { return write_topology(dir, "kp", {{0, 1}, {1, 3}, {3, 4}}); }, true},
-      {"group", "g0-1", [&] { return test::write_group_topology(dir, "kg", {{1.0, 1.0}, {1.0}}); }, false},
+      {"group", "g0-0", [&] { return test::write_group_topology(dir, "kg", {{1.0, 1.0}, {1.0}}); }, false},
   };
   for (const auto& sc : scenarios) {
     CAPTURE(sc.name);
@@ -242,21 +250,35 @@ TEST_CASE("a node killed mid-training: the survivors take its layers, repeat the
     const auto out = dir / sc.name;
     auto command = args({"train", "--topology", t.file.string(), "--out", out.string()});
     command.insert(command.begin(), test::orrery_binary());
-    const pid_t trainer = test::start_process(command, dir.path(), dir / (sc.name + ".out"), dir / (sc.name + ".err"));
-    auto next_step = [&] {
-      auto state = json::parse(test::slurp(out / "training.json"), nullptr, false);
-      return state.is_object() ? state.value("next_step", 0) : 0;
+    const auto err_file = dir / (sc.name + ".err");
+    const pid_t trainer = test::start_process(command, dir.path(), dir / (sc.name + ".out"), err_file);
+    // The progress lines ("train [###...] 12/150 ...") say how far it is.
+    auto steps_done = [&] {
+      const auto err = test::slurp(err_file);
+      const auto at = err.rfind("/150 ");
+      if (at == std::string::npos) return 0;
+      const auto start = err.find_last_not_of("0123456789", at - 1) + 1;
+      return std::stoi(err.substr(start, at - start));
     };
-    REQUIRE(test::eventually([&] { return next_step() >= 10; }, std::chrono::seconds(60)));
+    REQUIRE(test::eventually([&] { return steps_done() >= 2 * backup_every + 2; }, std::chrono::seconds(60)));
     ::kill(cluster.pid(sc.victim), SIGKILL);
     const int code = test::wait_process(trainer);
-    const auto err = test::slurp(dir / (sc.name + ".err")), printed = test::slurp(dir / (sc.name + ".out"));
+    const auto err = test::slurp(err_file), printed = test::slurp(dir / (sc.name + ".out"));
     INFO(err);
     REQUIRE(code == 0);
     CHECK(err.find("node '" + sc.victim + "' was lost") != std::string::npos);
-    CHECK(err.find("recovered: node '" + sc.victim + "' lost at step") != std::string::npos);
+    const std::regex recovered("recovered: node '" + sc.victim +
+                               "' lost at step ([0-9]+), resumed at step ([0-9]+) from the in-memory backup of round ([0-9]+)");
+    std::smatch m;
+    REQUIRE(std::regex_search(err, m, recovered));
+    const int lost_at = std::stoi(m[1]), resumed_at = std::stoi(m[2]);
+    CHECK(std::stoi(m[3]) == resumed_at);
+    CHECK(resumed_at >= 2 * backup_every);
+    CHECK(resumed_at % backup_every == 0);
+    CHECK(lost_at - resumed_at <= backup_every);  // at most the steps since the last backup repeated
     CHECK(printed.find("recovery: node '" + sc.victim + "'") != std::string::npos);
-    MESSAGE(sc.name << ": " << printed.substr(printed.find("recovery:")));
+    CHECK(printed.find("backups: ") != std::string::npos);
+    MESSAGE(sc.name << ": " << printed.substr(printed.find("backups:")));
 
     const auto log = log_of(out);
     REQUIRE(log.size() == reference_log.size());  // every step once: the repeated ones replaced
