@@ -76,6 +76,12 @@ struct training_stage_state {
     std::optional<caf::typed_response_promise<std::int64_t>> done;
   };
   restoring restore;
+  /// This step's backward passes done here, and the gradients added up over
+  /// the group once the last is done (then, not at the client's norm
+  /// request: while earlier stages still run their backward, as Asteroid's
+  /// round has it) with their sum of squares, or the error.
+  std::uint32_t backwards_done = 0;
+  std::optional<caf::expected<double>> reduced;
   static inline const char* name = "orrery.training_stage";
 
   ~training_stage_state() {
@@ -117,6 +123,8 @@ caf::result<stage_ready> load(training_stage_ptr self, stage_assignment& assignm
   s.inputs.clear();
   s.gradients.clear();
   s.restore = {};
+  s.backwards_done = 0;
+  s.reduced.reset();
   s.wired = false;
   try {
     const auto problem = model_difference(assignment.model_files, identify_model(assignment.model_dir));
@@ -303,6 +311,8 @@ std::optional<std::vector<at::Tensor>> gather_rows(std::map<std::uint64_t, train
   return out;
 }
 
+void backward_finished(training_stage_ptr self);
+
 void forward(training_stage_ptr self, const tensor_frame& frame, const messages::forward_route& route) {
   auto& s = self->state;
   const bool embeds = s.shard->has_embedding();
@@ -342,6 +352,7 @@ void forward(training_stage_ptr self, const tensor_frame& frame, const messages:
       caf::anon_send(s.client, micro_batch_loss{route.request, loss});
       send_back(self, frame.descriptor, route.request, held);
       s.passes.erase(route.request);
+      backward_finished(self);
       return;
     }
     output = held.pass.output();
@@ -374,6 +385,7 @@ void backward(training_stage_ptr self, const tensor_frame& frame, const messages
   found->second.pass.backward((*gathered)[0]);
   send_back(self, frame.descriptor, route.request, found->second);
   s.passes.erase(found);
+  backward_finished(self);
 }
 
 void restored_parameter(training_stage_ptr self, const messages::backup_route& route, std::vector<at::Tensor> state);
@@ -409,9 +421,8 @@ void process(training_stage_ptr self, tensor_frame& frame) {
 // holders instead), the same bits on every member; then the sum of squares
 // of the gradients this member counts: the group's are counted by its first
 // member, the tied embedding's by the first stage's.
-caf::result<double> gradient_norm(training_stage_ptr self) {
+caf::expected<double> reduce_gradients(training_stage_ptr self) {
   auto& s = self->state;
-  if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
   try {
     const auto round = static_cast<std::uint64_t>(s.optimizer->steps()) + 1;
     auto* tied = s.tied_parameter();
@@ -433,6 +444,30 @@ caf::result<double> gradient_norm(training_stage_ptr self) {
   } catch (const std::exception& e) {
     return make_error(errc::request_failed, s.where() + ": " + compute::without_backtrace(e.what()));
   }
+}
+
+// A backward pass of this step is through here: after the member's last
+// (the step's micro-batches whose rows it runs), its gradients are added up
+// over its rings at once.
+void backward_finished(training_stage_ptr self) {
+  auto& s = self->state;
+  ++s.backwards_done;
+  const auto& t = s.assignment.training;
+  if (t.micro_batches == 0 || (!s.replicas && !s.tied)) return;  // nothing to add up with others
+  std::uint32_t due = 0;
+  for (std::uint32_t i = 0; i < t.micro_batches; ++i)
+    if (member_rows(i, t.micro_batch_sequences, s.shares, s.rank()).count > 0) ++due;
+  if (s.backwards_done == due) s.reduced = reduce_gradients(self);
+}
+
+caf::result<double> gradient_norm(training_stage_ptr self) {
+  auto& s = self->state;
+  if (!s.optimizer) return make_error(errc::not_ready, s.where() + ": holds no layers");
+  auto result = s.reduced ? std::move(*s.reduced) : reduce_gradients(self);
+  s.reduced.reset();
+  s.backwards_done = 0;
+  if (!result) return std::move(result.error());
+  return *result;
 }
 
 caf::result<checkpoint_part> save(training_stage_ptr self, const std::string& dir, std::int32_t k, std::int32_t n) {

@@ -44,6 +44,11 @@ struct training_settings {
   /// Target tokens in a step's global batch: each micro-batch's backward
   /// starts from its summed loss over this (compute/training/pass.hpp).
   std::uint64_t batch_tokens = 1;
+  /// A step's micro-batches and their rows: a member that has run its last
+  /// backward of a step adds up its group's gradients then, while earlier
+  /// stages still run theirs (0: at the client's gradient norm request).
+  std::uint32_t micro_batches = 0;
+  std::uint32_t micro_batch_sequences = 0;
 };
 
 /// Asks a node to hold layers [first_layer, last_layer) of the model whose
@@ -419,7 +424,7 @@ typename Inspector::result_type inspect(Inspector& f, stage_assignment& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, training_settings& x) {
   return f(caf::meta::type_name("training_settings"), x.enabled, x.beta1, x.beta2, x.eps, x.weight_decay,
-           x.batch_tokens);
+           x.batch_tokens, x.micro_batches, x.micro_batch_sequences);
 }
 
 template <class Inspector>

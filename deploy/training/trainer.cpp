@@ -292,6 +292,8 @@ training_result run_training(const training_options& o, const std::optional<topo
     training_settings settings;
     settings.weight_decay = o.weight_decay;
     settings.batch_tokens = static_cast<std::uint64_t>(per_step_tokens);
+    settings.micro_batches = static_cast<std::uint32_t>(o.batch / o.micro_batch);
+    settings.micro_batch_sequences = static_cast<std::uint32_t>(o.micro_batch);
     engine = std::make_unique<pipeline_engine>(*cluster, start_model, config, settings);
   } else {
     engine = std::make_unique<local_engine>(dir, o, per_step_tokens);
