@@ -13,6 +13,9 @@ namespace orrery::actors {
 void backup_store::put(std::uint64_t run, std::int64_t round, backed_up_parameter p) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto& rounds = runs_[run];
+  // Rounds past this one are of steps the run went back on (it recovered
+  // from an older checkpoint): they will be made again.
+  rounds.erase(rounds.upper_bound(round), rounds.end());
   rounds[round][p.name] = std::move(p.state);
   while (rounds.size() > rounds_kept) rounds.erase(rounds.begin());
   recent_.remove(run);
@@ -74,7 +77,7 @@ std::vector<at::Tensor> backup_state_of(const tensor_frame& frame) {
   const auto& t = frame.tensors;
   const auto& layouts = frame.descriptor.tensors;
   const bool well_formed =
-      t.size() == 3 && std::all_of(layouts.begin(), layouts.end(), [](const auto& l) { return l.role == messages::tensor_role::state; }) &&
+      t.size() == 3 && layouts.size() == t.size() && std::all_of(layouts.begin(), layouts.end(), [](const auto& l) { return l.role == messages::tensor_role::state; }) &&
       std::all_of(t.begin(), t.end(), [&](const at::Tensor& x) { return x.scalar_type() == at::kFloat && x.sizes() == t[0].sizes(); });
   if (!well_formed)
     throw std::invalid_argument("the backup frame of '" + route->name +

@@ -42,7 +42,8 @@ class backup_store {
   /// Rounds of a run kept, and runs kept.
   static constexpr std::size_t rounds_kept = 2, runs_kept = 4;
 
-  /// Keeps `p` as of `round` of `run` (replacing an earlier copy of it).
+  /// Keeps `p` as of `round` of `run` (replacing an earlier copy of it), and
+  /// drops the run's rounds past `round` (steps it went back on).
   void put(std::uint64_t run, std::int64_t round, backed_up_parameter p);
   /// Of `names`, those not held for (run, round), in order.
   std::vector<std::string> missing(std::uint64_t run, std::int64_t round, const std::vector<std::string>& names) const;

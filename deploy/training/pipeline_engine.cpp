@@ -570,6 +570,9 @@ resume_point pipeline_engine::recover(const std::string& lost_node, const fs::pa
     for (const auto& name : part.names) holders[name].insert(holders[name].end(), alive.begin(), alive.end());
   }
   if (!whole) {
+    // The run goes back past its backups: they are of steps it will redo.
+    s.backup_round = -1;
+    s.backup_parts.clear();
     s.deploy(checkpoint);
     if (checkpoint_step > 0) restore(checkpoint);
     return {checkpoint_step, checkpoint_step > 0 ? "the checkpoint at step " + std::to_string(checkpoint_step)

@@ -125,3 +125,81 @@ TEST_CASE("a node counts a frame for a stage it does not hold, sent over a real 
   CHECK(again.name == "n0");
   caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
 }
+
+TEST_CASE("a backup frame goes to the node's backup store whatever its session, and with restore set to the stage") {
+  test::registered_config config;
+  caf::actor_system system{config};
+  caf::scoped_actor stage{system};
+  auto r = std::make_shared<router>("test");
+  r->add(router::handler_kind::stage, 5, 2, caf::actor_cast<caf::actor_addr>(stage));
+  std::vector<actors::tensor_frame> stored;  // dispatch runs the sink on this thread
+  r->add_sink(router::handler_kind::backup, 0, 0, [&](actors::tensor_frame f) { stored.push_back(std::move(f)); });
+
+  const auto w = at::arange(6, at::kFloat).view({2, 3}), m = w * 2, v = w * w;
+  const std::vector<actors::outgoing_tensor> state = {
+      {messages::tensor_role::state, w}, {messages::tensor_role::state, m}, {messages::tensor_role::state, v}};
+  // To the store: in any session, to any stage id (it is not the stage's).
+  std::uint64_t delivered = 0;
+  for (std::uint64_t session : {5, 0, 6, 123456789}) {
+    CAPTURE(session);
+    r->dispatch(frame_of(session, messages::backup_route{17, 40, "model.norm.weight", false, 2}, state));
+    REQUIRE(stored.size() == ++delivered);
+    const auto& f = stored.back();
+    CHECK(f.descriptor.session == session);
+    const auto& route = std::get<messages::backup_route>(f.descriptor.route);
+    CHECK(route.run == 17);
+    CHECK(route.round == 40);
+    CHECK(route.name == "model.norm.weight");
+    CHECK_FALSE(route.restore);
+    REQUIRE(f.tensors.size() == 3);
+    CHECK(at::equal(f.tensors[0], w));
+    CHECK(at::equal(f.tensors[1], m));
+    CHECK(at::equal(f.tensors[2], v));
+  }
+  bool at_stage = false;
+  stage->receive([&](actors::tensor_frame&) { at_stage = true; }, caf::after(std::chrono::milliseconds(50)) >> [] {});
+  CHECK_FALSE(at_stage);
+
+  // Restored: to stage 2 of the frame's session, never into the store.
+  r->dispatch(frame_of(5, messages::backup_route{17, 40, "lm_head.weight", true, 2}, state));
+  bool restored = false;
+  stage->receive(
+      [&](actors::tensor_frame& f) {
+        restored = true;
+        const auto& route = std::get<messages::backup_route>(f.descriptor.route);
+        CHECK(route.restore);
+        CHECK(route.stage == 2);
+        CHECK(route.name == "lm_head.weight");
+        REQUIRE(f.tensors.size() == 3);
+        CHECK(at::equal(f.tensors[2], v));
+      },
+      caf::after(std::chrono::seconds(5)) >> [] {});
+  CHECK(restored);
+  CHECK(stored.size() == delivered);
+  CHECK(r->counts().delivered == delivered + 1);
+
+  // A restore for a stage or session not here is rejected, not stored.
+  r->dispatch(frame_of(6, messages::backup_route{17, 40, "w", true, 2}, state));
+  CHECK(r->counts().last_rejection.find("a backup frame for stage 2 of session 6, which is not here") != std::string::npos);
+  r->dispatch(frame_of(5, messages::backup_route{17, 40, "w", true, 3}, state));
+  CHECK(r->counts().last_rejection.find("a backup frame for stage 3 of session 5, which is not here") != std::string::npos);
+  CHECK(stored.size() == delivered);
+  CHECK(r->counts().no_handler == 2);
+
+  // Without a store, a backup frame is counted and named.
+  r->remove(router::handler_kind::backup, 0, 0);
+  r->dispatch(frame_of(5, messages::backup_route{17, 40, "w", false, 0}, state));
+  auto counts = r->counts();
+  CHECK(counts.no_handler == 3);
+  CHECK(counts.unknown_route == 0);
+  CHECK(counts.delivered == delivered + 1);
+  CHECK(counts.last_rejection.find("a backup frame from 127.0.0.1:9, but nothing here holds backups") != std::string::npos);
+  CHECK(stored.size() == delivered);
+
+  auto bare = std::make_shared<router>("bare");
+  bare->dispatch(frame_of(0, messages::backup_route{1, 2, "w", false, 0}, state));
+  counts = bare->counts();
+  CHECK(counts.delivered == 0);
+  CHECK(counts.no_handler == 1);
+  CHECK(counts.last_rejection.find("nothing here holds backups") != std::string::npos);
+}

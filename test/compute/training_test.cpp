@@ -6,6 +6,7 @@
 #include <c10/core/InferenceMode.h>
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -251,5 +252,45 @@ TEST_CASE("a trained model written as a checkpoint loads as an HF model director
     CHECK(at::equal(whole.forward(ids, {{&cw, 20}}, logits_rows::all), expected));
     CHECK_THROWS_WITH_AS(write_trained_model(dir / "gap", model.config(), {&b}),
                          doctest::Contains("layer 0 is followed by a shard starting at 2"), model_error);
+  }
+}
+
+TEST_CASE("holds_parameter names exactly the trainable parameters of a shard of the layers it is asked about") {
+  for (bool tied : {false, true}) {
+    CAPTURE(tied);
+    temp_dir dir;
+    model_dir model(tiny_model(dir, tied));
+    const auto& config = model.config();
+    REQUIRE(config.tie_word_embeddings == tied);
+    const int layers = config.num_layers;
+    REQUIRE(layers == 4);
+    std::vector<std::string> all;
+    {
+      shard whole(model, 0, layers);
+      for (const auto& p : trainable_parameters(whole)) all.push_back(p.name);
+    }
+    CHECK(std::count(all.begin(), all.end(), "lm_head.weight") == (tied ? 0 : 1));
+    CHECK(std::count(all.begin(), all.end(), "model.embed_tokens.weight") == 1);
+    for (auto [a, b] : {std::pair{0, layers}, {0, 1}, {1, 3}, {3, layers}, {0, 3}, {1, layers}, {2, 3}}) {
+      CAPTURE(a);
+      CAPTURE(b);
+      shard s(model, a, b);
+      std::vector<std::string> held;
+      for (const auto& p : trainable_parameters(s)) held.push_back(p.name);
+      std::vector<std::string> expected;
+      for (const auto& name : all)
+        if (holds_parameter(config, a, b, name)) expected.push_back(name);
+      std::sort(held.begin(), held.end());
+      std::sort(expected.begin(), expected.end());
+      CHECK(held == expected);
+      // A last stage of a tied model holds its own copy of the embedding.
+      if (tied && b == layers) CHECK(holds_parameter(config, a, b, "model.embed_tokens.weight"));
+      if (a > 0 && b < layers) CHECK_FALSE(holds_parameter(config, a, b, "model.embed_tokens.weight"));
+    }
+    // Names that are not a layer's of the range, or no parameter's at all.
+    CHECK_FALSE(holds_parameter(config, 1, 3, "model.layers.3.mlp.gate_up"));
+    CHECK_FALSE(holds_parameter(config, 1, 3, "model.layers.0.mlp.gate_up"));
+    CHECK(holds_parameter(config, 1, 3, "model.layers.2.mlp.gate_up"));
+    CHECK_FALSE(holds_parameter(config, 0, layers, "model.rotary_emb.inv_freq"));
   }
 }

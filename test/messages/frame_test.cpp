@@ -182,8 +182,8 @@ TEST_CASE("a frame carries several tensors, each starting at a multiple of 8 byt
 TEST_CASE("every route kind round trips, and the kinds are named") {
   const std::vector<frame_route> routes = {
       forward_route{1, 2, 3, 4, {}}, backward_route{5, 6, 7}, collective_route{8, 9, collective_op::reduce_scatter, 10, 11, 12},
-      session_route{13, 14}, probe_route{15, 16}};
-  const std::vector<std::string> names = {"forward", "backward", "collective", "to-session", "probe"};
+      session_route{13, 14}, probe_route{15, 16}, backup_route{17, 18, "w", true, 19}};
+  const std::vector<std::string> names = {"forward", "backward", "collective", "to-session", "probe", "backup"};
   for (std::size_t i = 0; i < routes.size(); ++i) {
     frame_descriptor d;
     d.route = routes[i];
@@ -250,4 +250,51 @@ TEST_CASE("every route kind round trips, and the kinds are named") {
   frame_descriptor unknown;
   unknown.route = unknown_route{9};
   CHECK_THROWS_WITH_AS(encode_descriptor(unknown), doctest::Contains("unknown kind 9"), std::invalid_argument);
+}
+
+TEST_CASE("a backup route round trips with its three state tensors, and is named") {
+  CHECK(std::string(to_string(tensor_role::state)) == "state");
+  for (bool restore : {false, true}) {
+    CAPTURE(restore);
+    frame_descriptor d;
+    d.session = 0xFEEDFACECAFEBEEFull;
+    d.deployment = 3;
+    d.route = backup_route{0xFEDCBA9876543210ull, -7, "model.layers.12.self_attn.qkv", restore, 65535};
+    for (int k = 0; k < 3; ++k) d.tensors.push_back({tensor_role::state, element_type::f32, {384, 128}, 0});
+    REQUIRE(payload_length(d.tensors, 1ull << 31, d.byte_length).empty());
+    CHECK(d.byte_length == 3 * 384 * 128 * 4);
+    CHECK(descriptor_problem(d, d.byte_length).empty());
+    auto bytes = encode_descriptor(d);
+    frame_descriptor out;
+    REQUIRE(decode_descriptor(bytes.data(), bytes.size(), d.byte_length, 1ull << 31, out).empty());
+    CHECK(out.session == d.session);
+    CHECK(out.deployment == 3);
+    CHECK(std::string(route_kind(out.route)) == "backup");
+    REQUIRE(std::holds_alternative<backup_route>(out.route));
+    const auto& b = std::get<backup_route>(out.route);
+    CHECK(b.run == 0xFEDCBA9876543210ull);
+    CHECK(b.round == -7);
+    CHECK(b.name == "model.layers.12.self_attn.qkv");
+    CHECK(b.restore == restore);
+    CHECK(b.stage == 65535);
+    REQUIRE(out.tensors.size() == 3);
+    for (const auto& t : out.tensors) {
+      CHECK(t.role == tensor_role::state);
+      CHECK(t.type == element_type::f32);
+      CHECK(t.shape == std::vector<std::int64_t>{384, 128});
+      CHECK(t.byte_length == 384 * 128 * 4);
+    }
+  }
+  // The defaults, and a name that is empty, round trip too.
+  frame_descriptor d;
+  d.route = backup_route{};
+  auto bytes = encode_descriptor(d);
+  frame_descriptor out;
+  REQUIRE(decode_descriptor(bytes.data(), bytes.size(), 0, limit, out).empty());
+  const auto& b = std::get<backup_route>(out.route);
+  CHECK(b.run == 0);
+  CHECK(b.round == 0);
+  CHECK(b.name.empty());
+  CHECK_FALSE(b.restore);
+  CHECK(b.stage == 0);
 }
