@@ -10,8 +10,8 @@
 //
 // Recovery (`--kill NODE`; the topology's nodes run here as local processes
 // that this command starts): the run trains over the topology as written, with
-// weight backups every --backup-every steps, the node gets SIGKILL right after
-// the first checkpoint, and the time from the kill to training resumed, what
+// weight backups every --backup-every steps, the node gets SIGKILL once step
+// --kill-after is done, and the time from the kill to training resumed, what
 // it resumed from, the steps repeated and the final loss beside a
 // failure-free run's are reported.
 
@@ -52,8 +52,9 @@ struct train_bench_options {
   int steps = 4;
   bool refresh = false;
   std::string kill;  // recovery mode: the node to kill
-  int checkpoint_every = 2;
+  int checkpoint_every = 0;
   int backup_every = 2;
+  int kill_after = 3;
 };
 
 // A scratch directory for the runs' checkpoints, removed afterwards.
@@ -166,19 +167,21 @@ nlohmann::json recovery(const train_bench_options& o) {
   const auto reference = train(options, t, 0, figures);
 
   options.out = out.dir / "killed";
-  std::atomic<bool> done{false};
+  std::atomic<bool> done{false}, due{false};
   std::atomic<std::int64_t> killed_unix_ms{0};
   const pid_t pid = cluster.pid(victim.name);
-  // SIGKILL right after the first checkpoint lands: the steps since it are
-  // what recovery repeats.
+  options.after_step = [&](std::int64_t next) {
+    if (next == o.kill_after) due = true;
+  };
+  // SIGKILL from another thread once the step is done: the run is then in
+  // the next step, or backing up before it.
   std::thread killer([&] {
-    while (!done && !fs::exists(options.out / training_state_file))
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    while (!done && !due) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     if (done) return;
     killed_unix_ms = unix_ms_now();
     ::kill(pid, SIGKILL);
   });
-  std::cerr << "bench: the same steps; " << victim.name << " gets SIGKILL after the first checkpoint\n";
+  std::cerr << "bench: the same steps; " << victim.name << " gets SIGKILL after step " << o.kill_after << "\n";
   training_result killed;
   try {
     killed = train(options, t, 0, figures);
@@ -197,6 +200,7 @@ nlohmann::json recovery(const train_bench_options& o) {
                           {"node", victim.name},
                           {"steps", o.steps},
                           {"checkpoint_every", o.checkpoint_every},
+                          {"kill_after_step", o.kill_after},
                           {"backup_every", o.backup_every},
                           {"failure_free_final_loss", reference.loss},
                           {"final_loss", killed.loss},
@@ -204,7 +208,7 @@ nlohmann::json recovery(const train_bench_options& o) {
                            std::abs(killed.loss - reference.loss) / std::max(std::abs(reference.loss), 1e-30)}};
   if (killed.recoveries.empty()) {
     out_json["failure"] = killed_unix_ms ? "the kill was not noticed: no recovery happened"
-                                         : "the run ended before its first checkpoint; raise --steps";
+                                         : "the run ended before the kill; raise --steps";
     return out_json;
   }
   const auto& r = killed.recoveries.front();
@@ -244,10 +248,13 @@ void add_train_bench(CLI::App& bench) {
       ->capture_default_str()
       ->check(at_least(2));
   cmd->add_flag("--refresh", opts->refresh, "Profile the nodes again even where the cache has them");
-  cmd->add_option("--kill", opts->kill, "Recovery: SIGKILL this node after the first checkpoint");
-  cmd->add_option("--checkpoint-every", opts->checkpoint_every, "Recovery: steps between checkpoints")
+  cmd->add_option("--kill", opts->kill, "Recovery: SIGKILL this node mid-run");
+  cmd->add_option("--kill-after", opts->kill_after, "Recovery: the kill comes once this many steps are done")
       ->capture_default_str()
       ->check(at_least(1));
+  cmd->add_option("--checkpoint-every", opts->checkpoint_every, "Recovery: steps between checkpoints (0: only at the end)")
+      ->capture_default_str()
+      ->check(at_least(0));
   cmd->add_option("--backup-every", opts->backup_every,
                   "Recovery: steps between in-memory weight backups on neighbouring nodes (0: none)")
       ->capture_default_str()
@@ -256,6 +263,9 @@ void add_train_bench(CLI::App& bench) {
     if (opts->batch % opts->micro_batch != 0)
       throw CLI::ValidationError("--micro-batch", std::to_string(opts->micro_batch) + " does not divide --batch " +
                                                       std::to_string(opts->batch));
+    if (!opts->kill.empty() && opts->kill_after >= opts->steps)
+      throw CLI::ValidationError("--kill-after", std::to_string(opts->kill_after) + " must be below --steps " +
+                                                    std::to_string(opts->steps));
     std::cout << (opts->kill.empty() ? layouts(*opts) : recovery(*opts)).dump(2) << std::endl;
   });
 }

@@ -378,6 +378,7 @@ training_result run_training(const training_options& o, const std::optional<topo
       if (last || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))
         write_checkpoint(o, *engine, data, step + 1, total, log);
       ++step;
+      if (o.after_step) o.after_step(step);
     } catch (const training_node_lost& e) {
       // The survivors take the lost node's layers and continue from the
       // last backup, or the last checkpoint (or the start) where that is

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <iosfwd>
 #include <string>
 #include <vector>
@@ -51,6 +52,9 @@ struct training_options {
   std::string device = "cpu";
   int threads = 0;  ///< 0: every core
   bool quiet = false;  ///< no progress bar
+  /// Called after each step with the next step's index (benchmarks time
+  /// their faults by it); none: nothing.
+  std::function<void(std::int64_t)> after_step;
 
   /// Throws std::invalid_argument naming the flag when an option is out of range.
   void check() const;
