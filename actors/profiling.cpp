@@ -1,16 +1,19 @@
 #include "actors/profiling.hpp"
 
+#include <ATen/ATen.h>
 #include <caf/all.hpp>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <limits>
 #include <random>
 #include <sstream>
 #include <vector>
 
+#include "actors/tensor_frame.hpp"
 #include "compute/layer_timing.hpp"
 #include "messages/errors.hpp"
 #include "messages/data_plane.hpp"
@@ -155,6 +158,52 @@ class link_prober {
   std::uint64_t next_id_ = 0;
 };
 
+// Seconds of this process's own work per byte of a gradient all-reduce: one
+// member's side of a two-member swap (a copy of its gradient sent, the
+// other's received, their sum written back), over its own loopback at its CPU
+// share. The wire is not in it: links are probed apart.
+double reduce_seconds_per_byte() {
+  constexpr std::int64_t values = 8 << 20;  // 32 MB of float32, about a layer of `small`
+  constexpr int rounds = 3;
+  std::mutex mutex;
+  std::condition_variable arrived;
+  std::vector<at::Tensor> received;
+  messages::data_plane_options options;
+  options.bind_address = "127.0.0.1";
+  messages::data_plane to(options, tensor_allocator(),
+                          [&](messages::received_frame frame) {
+                            auto tensors = tensor_frame_of(frame).tensors;
+                            std::lock_guard<std::mutex> lock(mutex);
+                            received.push_back(tensors.at(0));
+                            arrived.notify_all();
+                          },
+                          [](const std::string&, const std::string&) {});
+  messages::data_plane from(options, tensor_allocator(), [](messages::received_frame) {},
+                            [](const std::string&, const std::string&) {});
+  auto link = from.connect("127.0.0.1", to.port(), std::chrono::seconds(5));
+  at::Tensor gradient = at::rand({values});
+  double seconds = 0;
+  for (int r = 0; r <= rounds; ++r) {  // round 0 warms the allocator and the links
+    const auto start = std::chrono::steady_clock::now();
+    messages::frame_descriptor d;
+    d.route = messages::collective_route{};
+    auto copy = gradient.clone();
+    send_tensors(*link, d, {{messages::tensor_role::gradient, copy}}, [](const std::string&) {});
+    at::Tensor theirs;
+    {
+      std::unique_lock<std::mutex> lock(mutex);
+      if (!arrived.wait_for(lock, std::chrono::seconds(60), [&] { return !received.empty(); }))
+        throw std::runtime_error("a 32 MB frame to its own data plane did not arrive within 60 s");
+      theirs = received.back();
+      received.clear();
+    }
+    gradient.copy_(copy + theirs.view_as(copy));
+    if (r > 0) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  link->close();
+  return seconds / (rounds * static_cast<double>(gradient.nbytes()));
+}
+
 }  // namespace
 
 layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node, std::string device, std::string dtype,
@@ -185,6 +234,8 @@ layer_timer_actor spawn_layer_timer(caf::actor_system& system, std::string node,
                 report.curves.push_back({kind.kind, "train_update", {request.train_tokens}, {kind.train_update}});
               }
             }
+            if (options.train_tokens > 0)
+              report.curves.push_back({"node", "train_reduce", {request.train_tokens}, {reduce_seconds_per_byte()}});
             report.burst_context = timings.burst.context;
             report.burst_wall_seconds = timings.burst.wall_seconds;
           } catch (const std::exception& e) {

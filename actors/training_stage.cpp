@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <optional>
@@ -417,6 +419,12 @@ void process(training_stage_ptr self, tensor_frame& frame) {
   }
 }
 
+double process_cpu_seconds() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
+}
+
 // Adds up the group's gradients (the tied embedding's over the ring of its
 // holders instead), the same bits on every member; then the sum of squares
 // of the gradients this member counts: the group's are counted by its first
@@ -424,11 +432,15 @@ void process(training_stage_ptr self, tensor_frame& frame) {
 caf::expected<double> reduce_gradients(training_stage_ptr self) {
   auto& s = self->state;
   try {
+    const auto started = std::chrono::steady_clock::now();
+    const double cpu_before = process_cpu_seconds();
+    std::uint64_t bytes = 0;
     const auto round = static_cast<std::uint64_t>(s.optimizer->steps()) + 1;
     auto* tied = s.tied_parameter();
     auto add_up = [&](const compute::named_parameter& p, group_ring& ring, std::uint32_t sequence) {
       auto& grad = p.tensor.mutable_grad();
       if (!grad.defined()) grad = at::zeros_like(p.tensor);  // a member that ran none of the step's micro-batches
+      bytes += grad.nbytes();
       // A copy goes around: the ring's sends read it after this writes the sum into the gradient.
       grad.copy_(ring.all_reduce(grad.clone(), collective_key{round, 0, sequence, 0}).view_as(grad));
     };
@@ -440,7 +452,23 @@ caf::expected<double> reduce_gradients(training_stage_ptr self) {
       if (is_tied ? s.tied->rank() == 0 : s.leads()) counted.push_back(parameters[i]);
     }
     if (tied) add_up(*tied, *s.tied, 0);
-    return compute::squared_gradient_norm(counted);
+    const double added_up = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double norm = compute::squared_gradient_norm(counted);
+    // Where a step's norm phase goes; on a slow node the gradients' copies,
+    // sums and checksums cost more than the wire: the process's CPU time
+    // says how much.
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    char line[256];
+    if (s.replicas || tied)
+      std::snprintf(line, sizeof line,
+                    ": step %llu: gradient norm in %.3f s (%.3f s of CPU), of it adding up %.1f MB with its %s %.3f s",
+                    static_cast<unsigned long long>(round), seconds, process_cpu_seconds() - cpu_before, bytes / 1e6,
+                    s.replicas ? "group" : "tied embedding's holders", added_up);
+    else
+      std::snprintf(line, sizeof line, ": step %llu: gradient norm in %.3f s (%.3f s of CPU)",
+                    static_cast<unsigned long long>(round), seconds, process_cpu_seconds() - cpu_before);
+    training_log().info(s.where() + line);
+    return norm;
   } catch (const std::exception& e) {
     return make_error(errc::request_failed, s.where() + ": " + compute::without_backtrace(e.what()));
   }

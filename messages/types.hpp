@@ -489,7 +489,7 @@ struct layer_timing_request {
 /// Seconds per token of one layer kind in one phase, at each length.
 struct measured_curve {
   std::string layer;  ///< "first", "middle" or "last"
-  std::string phase;  ///< "prefill", "decode" (seconds per token), "train_forward", "train_backward" (per sample) or "train_update" (per step)
+  std::string phase;  ///< "prefill", "decode" (seconds per token), "train_forward", "train_backward" (per sample), "train_update" (per step) or, for layer "node", "train_reduce" (seconds per byte of an all-reduce's own work)
   std::vector<std::int32_t> lengths;
   std::vector<double> seconds;
 };

@@ -92,13 +92,19 @@ link_spec ring_link(const profile& p, const std::vector<std::size_t>& group) {
 }
 
 // Ring all-reduce of the stage's gradients: 2(n-1)/n of the bytes over the
-// slowest link, 2(n-1) messages (PAPERS.md, T_a).
+// slowest link, 2(n-1) messages (PAPERS.md, T_a); or, where it takes longer,
+// the slowest member's own work on the bytes it sends and receives (the io
+// thread streams while the stage adds, so the two overlap).
 double allreduce_seconds(const profile& p, const stage_layout& s, double weights) {
   std::size_t n = s.devices.size();
   if (n < 2)
     return 0;
   link_spec l = ring_link(p, s.devices);
-  return 2.0 * (n - 1) * (weights / n / l.bandwidth + l.latency);
+  const double moved = 2.0 * (n - 1) * weights / n;
+  double work = 0;
+  for (std::size_t d : s.devices)
+    work = std::max(work, moved * p.devices[d].reduce_seconds_per_byte);
+  return std::max(moved / l.bandwidth + 2.0 * (n - 1) * l.latency, work);
 }
 
 std::vector<double> unit_seconds(const profile& p, const stage_layout& s) {
@@ -146,9 +152,20 @@ std::optional<hpp_stage> evaluate_stage(const profile& p, const stage_layout& la
                                         const std::vector<int>& samples) {
   stage_bytes b = bytes_of(p, layout);
   int k = in_flight(p, position, stage_count);
-  hpp_stage out{layout, samples, {}, {0, 0, allreduce_seconds(p, layout, b.weights), 0}};
+  // A member given no samples is left out of the placed group (deploy/
+  // profiling/training_placement.cpp): it holds, reduces and updates nothing.
+  stage_layout active = layout;
+  active.devices.clear();
+  for (std::size_t i = 0; i < layout.devices.size(); ++i)
+    if (samples[i] > 0)
+      active.devices.push_back(layout.devices[i]);
+  hpp_stage out{layout, samples, {}, {0, 0, allreduce_seconds(p, active, b.weights), 0}};
   for (std::size_t i = 0; i < layout.devices.size(); ++i) {
     std::size_t d = layout.devices[i];
+    if (samples[i] == 0) {
+      out.memory.push_back(0);
+      continue;
+    }
     double memory = b.fixed + k * samples[i] * b.per_sample;
     if (memory > state_budget(p.devices[d]))
       return std::nullopt;

@@ -259,6 +259,8 @@ device_profile device_from_json(const json& j, std::size_t layers, const std::st
   d.name = text(j, path, "name");
   d.memory_bytes = number(j, path, "memory_bytes");
   d.state_scale = number_or(j, path, "state_scale", 1);
+  d.reduce_seconds_per_byte = number_or(j, path, "reduce_seconds_per_byte", 0);
+  require_non_negative(d.reduce_seconds_per_byte, path + ".reduce_seconds_per_byte");
   d.layers = timings_from_json(field(j, path, "layers"), layers, path + ".layers");
   if (j.contains("tp")) {
     const json& tp = j.at("tp");
@@ -386,6 +388,8 @@ json device_to_json(const device_profile& d) {
   json out = {{"name", d.name}, {"memory_bytes", d.memory_bytes}, {"layers", layers}};
   if (d.state_scale != 1)
     out["state_scale"] = d.state_scale;
+  if (d.reduce_seconds_per_byte > 0)
+    out["reduce_seconds_per_byte"] = d.reduce_seconds_per_byte;
   if (d.tp)
     out["tp"] = {{"per_head", d.tp->per_head},
                  {"per_column", d.tp->per_column},

@@ -202,6 +202,7 @@ planning::device_profile device_from(const json& node, const topology& t, const 
                         training_seconds(node, kind, "train_update")});
   }
   d.burst = burst_from(node);
+  d.reduce_seconds_per_byte = training_seconds(node, "node", "train_reduce");
   return d;
 }
 
@@ -292,7 +293,9 @@ planning::profile profile_cluster(const topology& t, const profiler_options& opt
     const fs::path file = model_dir / (node_key(t.nodes[i]) + ".json");
     if (!options.refresh) measured[i] = read_cache(file);
     if (options.training && !options.refresh) trained[i] = read_cache(model_dir / (node_key(t.nodes[i]) + training_file));
-    if (trained[i] && !has_phase(*trained[i], "train_update")) trained[i].reset();  // cached before updates were timed
+    // Cached before updates, or the all-reduce's own work, were timed.
+    if (trained[i] && (!has_phase(*trained[i], "train_update") || !has_phase(*trained[i], "train_reduce")))
+      trained[i].reset();
     if (measured[i] && (!options.training || trained[i])) continue;
     auto request = inference;
     if (measured[i]) request.prefill_lengths.clear(), request.decode_contexts.clear();

@@ -107,3 +107,57 @@ TEST_CASE("asteroid plans against the exhaustive optimum on random instances") {
   CHECK(total_gap / planned < 0.10);
   CHECK(worst_gap < 5);
 }
+
+TEST_CASE("a group's all-reduce takes the wire's time or its slowest member's own work on the bytes, whichever is longer") {
+  std::mt19937_64 rng(11);
+  random_profile_options o;
+  o.layers = 4;
+  o.devices = 3;
+  profile p = random_profile(rng, o);
+  for (auto& d : p.devices) d.memory_bytes = 1e15;
+  p.work.micro_batch_size = 2;
+  const stage_layout group{0, 2, {0, 1}};
+  auto allreduce = [&] {
+    auto stage = evaluate_stage(p, group, 0, 2, {1, 1});
+    REQUIRE(stage);
+    return stage->step.allreduce;
+  };
+  const double wire = allreduce();
+  REQUIRE(wire > 0);
+  p.devices[1].reduce_seconds_per_byte = 1e-30;  // far below the wire: the wire's time stands
+  CHECK(allreduce() == doctest::Approx(wire));
+  // Far above: the time is the member's work on the bytes it moves, twice
+  // the work per byte twice the time; the slowest member counts.
+  p.devices[1].reduce_seconds_per_byte = 1e-3;
+  const double work = allreduce();
+  CHECK(work > 100 * wire);
+  p.devices[1].reduce_seconds_per_byte = 2e-3;
+  CHECK(allreduce() == doctest::Approx(2 * work));
+  p.devices[0].reduce_seconds_per_byte = 1e-3;
+  CHECK(allreduce() == doctest::Approx(2 * work));
+  auto alone = evaluate_stage(p, {2, 4, {2}}, 1, 2, {2});  // a stage of one all-reduces nothing
+  REQUIRE(alone);
+  CHECK(alone->step.allreduce == 0);
+}
+
+TEST_CASE("a group member given no samples (left out of the placed group) adds no all-reduce, update or memory") {
+  std::mt19937_64 rng(12);
+  random_profile_options o;
+  o.layers = 4;
+  o.devices = 3;
+  profile p = random_profile(rng, o);
+  for (auto& d : p.devices) d.memory_bytes = 1e15;
+  p.work.micro_batch_size = 2;
+  for (auto& l : p.devices[1].layers) l.update = 100;  // the idle member's update would dominate
+  p.devices[1].reduce_seconds_per_byte = 1.0;
+  auto idle = evaluate_stage(p, {0, 2, {0, 1}}, 0, 1, {2, 0});
+  auto alone = evaluate_stage(p, {0, 2, {0}}, 0, 1, {2});
+  REQUIRE(idle);
+  REQUIRE(alone);
+  CHECK(idle->step.allreduce == 0);
+  CHECK(idle->step.update == doctest::Approx(alone->step.update));
+  CHECK(idle->step.forward == doctest::Approx(alone->step.forward));
+  CHECK(idle->memory.at(1) == 0);
+  p.devices[1].memory_bytes = 0;  // it need not fit what it does not hold
+  CHECK(evaluate_stage(p, {0, 2, {0, 1}}, 0, 1, {2, 0}));
+}

@@ -85,7 +85,7 @@ TEST_CASE("a burst from idle runs on its measured points, at the sustained pace 
   CHECK(slow.wall_seconds(0.002) == doctest::Approx(0.002));
 }
 
-TEST_CASE("a device's burst and the ring step floor survive JSON, and bad ones are named") {
+TEST_CASE("a device's burst, its all-reduce work and the ring step floor survive JSON, and bad ones are named") {
   profile p = sample_profile();
   p.devices[0].burst = {{{0.001, 0.001}, {0.002, 0.003}}, 2.0};
   json j = to_json(p);
@@ -104,6 +104,14 @@ TEST_CASE("a device's burst and the ring step floor survive JSON, and bad ones a
   bad = j;
   bad["devices"][0]["burst"]["points"][0] = "fast";
   CHECK(error_of(bad) == "profile.devices[0].burst.points[0]: must be [work, wall] seconds");
+  // A device's measured all-reduce work per byte, left out where unmeasured.
+  CHECK_FALSE(j["devices"][0].contains("reduce_seconds_per_byte"));
+  p.devices[0].reduce_seconds_per_byte = 1.5e-8;
+  CHECK(profile_from_json(to_json(p)).devices[0].reduce_seconds_per_byte == 1.5e-8);
+  CHECK(profile_from_json(to_json(p)).devices[1].reduce_seconds_per_byte == 0);
+  bad = j;
+  bad["devices"][0]["reduce_seconds_per_byte"] = -1e-9;
+  CHECK(error_of(bad).find("profile.devices[0].reduce_seconds_per_byte: must be >= 0") == 0);
   bad = j;
   bad["devices"][0]["burst"]["sustained_over_first"] = 0;
   CHECK(error_of(bad).find("profile.devices[0].burst.sustained_over_first: must be > 0") == 0);
