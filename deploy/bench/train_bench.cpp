@@ -105,7 +105,7 @@ nlohmann::json layouts(const train_bench_options& o) {
   };
   std::vector<layout> runs;
   runs.push_back({"single_device", place_training(t, profile, "solo", solo_plan(profile, fastest_device(profile)))});
-  runs.push_back({"data_parallel", place_training(t, profile, "data-parallel", data_parallel_plan(profile))});
+  runs.push_back({"data_parallel", data_parallel_placement(t, profile)});
   runs.push_back({"pipeline", place_training(t, profile, "pipeline", pipeline_plan(profile))});
   runs.push_back({"planned", plan_training(t, profile)});
   scratch out;

@@ -78,12 +78,15 @@ training_placement place_training(const topology& t, const planning::profile& p,
   return out;
 }
 
-planning::hpp_plan data_parallel_plan(const planning::profile& p) {
+training_placement data_parallel_placement(const topology& t, const planning::profile& p) {
+  auto whole = p;
+  whole.work.micro_batch_size = p.work.micro_batches * p.work.micro_batch_size;
+  whole.work.micro_batches = 1;
   std::vector<std::size_t> every(p.devices.size());
   std::iota(every.begin(), every.end(), 0);
-  auto plan = planning::evaluate_hpp(p, {{0, p.layers.size(), every}});
+  auto plan = planning::evaluate_hpp(whole, {{0, p.layers.size(), every}}, planning::rounding::proportional);
   if (!plan) throw planning::infeasible_error("the whole model's training state does not fit on every node");
-  return *plan;
+  return place_training(t, whole, "data-parallel", *plan);
 }
 
 planning::hpp_plan pipeline_plan(const planning::profile& p) {
@@ -107,16 +110,16 @@ planning::hpp_plan solo_plan(const planning::profile& p, std::size_t device) {
 
 training_placement plan_training(const topology& t, const planning::profile& p) {
   // Asteroid's DP first: it wins ties.
-  const std::pair<std::string, std::function<planning::hpp_plan()>> styles[] = {
-      {"hybrid (asteroid)", [&] { return planning::asteroid_plan(p); }},
-      {"data-parallel", [&] { return data_parallel_plan(p); }},
-      {"solo", [&] { return solo_plan(p, p.source); }},
+  const std::pair<std::string, std::function<training_placement()>> styles[] = {
+      {"hybrid (asteroid)", [&] { return place_training(t, p, "hybrid (asteroid)", planning::asteroid_plan(p)); }},
+      {"data-parallel", [&] { return data_parallel_placement(t, p); }},
+      {"solo", [&] { return place_training(t, p, "solo", solo_plan(p, p.source)); }},
   };
   std::vector<training_placement> feasible;
   std::vector<training_alternative> failed;
-  for (const auto& [style, plan_of] : styles) {
+  for (const auto& [style, place] : styles) {
     try {
-      feasible.push_back(place_training(t, p, style, plan_of()));
+      feasible.push_back(place());
     } catch (const std::runtime_error& e) {  // infeasible_error, profile_error, compute::model_error
       failed.push_back({style, 0, e.what()});
     }

@@ -60,10 +60,12 @@ planning::workload training_workload(const training_shape& shape);
 training_placement place_training(const topology& t, const planning::profile& p, std::string style,
                                   planning::hpp_plan plan);
 
-/// Pure data parallelism: every node trains every layer, each micro-batch's
-/// samples split by speed (Asteroid's exact split). Throws
-/// planning::infeasible_error when the model's training state does not fit.
-planning::hpp_plan data_parallel_plan(const planning::profile& p);
+/// Pure data parallelism: every node trains every layer on its share of each
+/// step's samples, in proportion to its speed (no pipeline, so the step is
+/// one batch to split: a micro-batch smaller than the nodes would leave the
+/// slow ones out). Throws planning::infeasible_error when the model's
+/// training state does not fit a node.
+training_placement data_parallel_placement(const topology& t, const planning::profile& p);
 
 /// Pure pipeline parallelism: every node a stage of its own, in file order,
 /// over layer ranges as `placement: even` cuts them. Throws

@@ -574,8 +574,11 @@ planning::profile synthetic_training(const std::vector<double>& speeds, double w
 // The placed topology trains what the plan says: stage after stage over
 // consecutive layers from 0 to the last, a stage's members next to each
 // other with the same layers, a group's members' shares (MLP columns) in
-// proportion to the samples the plan gives them.
-void check_trains_the_plan(const deploy::training_placement& placement, int layers, int micro_batch_size) {
+// proportion to the samples the plan gives them: of each micro-batch, or for
+// pure data parallelism (no pipeline: the batch is one to split) of the step.
+void check_trains_the_plan(const deploy::training_placement& placement, int layers, int micro_batch_size,
+                           int batch) {
+  const int split = placement.style == "data-parallel" ? batch : micro_batch_size;
   const auto& nodes = placement.placed.nodes;
   REQUIRE(!nodes.empty());
   CHECK(!placement.placed.auto_placement);
@@ -599,7 +602,7 @@ void check_trains_the_plan(const deploy::training_placement& placement, int laye
       columns += n.slice.columns();
       ++members;
     }
-    CHECK(samples == micro_batch_size);  // every sample of a micro-batch has a member
+    CHECK(samples == split);  // every sample has a member
     if (members > 1) {
       CHECK(!group.empty());
       CHECK(columns == 352);  // the tiny model's MLP, shared out by samples
@@ -628,12 +631,12 @@ TEST_CASE("placement: auto for training: Asteroid's stages and groups become the
   // stages in data-parallel groups (the slow ones with fewer samples).
   auto cheap = deploy::plan_training(t, synthetic_training({1.0, 1.0, 0.5, 0.5}, 1e3, 1e9));
   INFO(deploy::describe(cheap));
-  check_trains_the_plan(cheap, 4, 4);
+  check_trains_the_plan(cheap, 4, 4, 16);
   CHECK(std::any_of(cheap.placed.nodes.begin(), cheap.placed.nodes.end(), [](const auto& n) { return !n.group.empty(); }));
   // Equal nodes: one group of all four, a sample each.
   auto equal = deploy::plan_training(t, synthetic_training({1.0, 1.0, 1.0, 1.0}, 1e3, 1e9));
   INFO(deploy::describe(equal));
-  check_trains_the_plan(equal, 4, 4);
+  check_trains_the_plan(equal, 4, 4, 16);
   CHECK(equal.layout == "n0+n1+n2+n3 [0, 4)");
 
   // Heavy weights over slow links: all-reducing them costs more than the
@@ -641,7 +644,7 @@ TEST_CASE("placement: auto for training: Asteroid's stages and groups become the
   auto heavy_profile = synthetic_training({1.0, 1.0, 0.5, 0.5}, 50e6, 1e6);
   auto heavy = deploy::plan_training(t, heavy_profile);
   INFO(deploy::describe(heavy));
-  check_trains_the_plan(heavy, 4, 4);
+  check_trains_the_plan(heavy, 4, 4, 16);
   CHECK(heavy.plan.stages.size() > 1);
   for (const auto& n : heavy.placed.nodes) CHECK(n.group.empty());
 
