@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <optional>
 #include <random>
@@ -108,9 +109,7 @@ struct pipeline_engine::state {
 
   ~state() {
     stop_stages();
-    if (backup_round >= 0)
-      for (std::size_t i = 0; i < nodes.size(); ++i)
-        if (alive[i]) caf::anon_send(caf::actor_cast<caf::actor>(nodes[i].node), forget_backup_atom_v, run_id);
+    if (backup_round >= 0) forget_backups();
     plane.reset();  // its io thread ends before the actor system does
     asker.reset();
     self.reset();
@@ -357,8 +356,9 @@ struct pipeline_engine::state {
   template <class Answer>
   std::vector<typename actors::gathered<Answer>::value> ask_actors(const std::vector<caf::actor>& to,
                                                                    const std::vector<std::string>& who, const char* what,
-                                                                   const std::vector<caf::message>& requests) {
-    auto result = asker->ask<Answer>(*self, to, requests, timeout);
+                                                                   const std::vector<caf::message>& requests,
+                                                                   std::chrono::milliseconds deadline = {}) {
+    auto result = asker->ask<Answer>(*self, to, requests, deadline.count() > 0 ? deadline : timeout);
     if (result.failed) {
       const auto& e = result.error;
       // An error may echo another member's death (a ring peer that went
@@ -377,11 +377,29 @@ struct pipeline_engine::state {
       const std::vector<const member*>& members, const char* what, const std::vector<caf::message>& requests,
       const std::function<caf::actor(const member&)>& target = [](const member& m) {
         return caf::actor_cast<caf::actor>(m.actor);
-      }) {
+      },
+      std::chrono::milliseconds deadline = {}) {
     std::vector<caf::actor> to;
     std::vector<std::string> who;
     for (const auto* m : members) to.push_back(target(*m)), who.push_back(name_of(*m));
-    return ask_actors<Answer>(to, who, what, requests);
+    return ask_actors<Answer>(to, who, what, requests, deadline);
+  }
+
+  // How long moving the model's training state (weights and two moments,
+  // float32) may take on top of the usual wait: at 1 MB/s, a slow link's
+  // worst, so that a backup or a restore is never cut off while it moves.
+  std::chrono::milliseconds state_timeout() const {
+    const double bytes = 12.0 * static_cast<double>(config.parameter_count());
+    return timeout + std::chrono::milliseconds(static_cast<std::int64_t>(bytes / 1e6 * 1000));
+  }
+
+  // Drops the run's backups on every live node (they are of steps it goes
+  // back past, or the run ends).
+  void forget_backups() {
+    for (std::size_t i = 0; i < nodes.size(); ++i)
+      if (alive[i]) caf::anon_send(caf::actor_cast<caf::actor>(nodes[i].node), forget_backup_atom_v, run_id);
+    backup_round = -1;
+    backup_parts.clear();
   }
 
   // Asks every one of `members` the same.
@@ -497,7 +515,9 @@ std::uint64_t pipeline_engine::backup() {
     requests.push_back(caf::make_message(backup_atom_v, s.run_id, holder ? holder->data.host : std::string(),
                                          holder ? holder->data.port : std::uint16_t{0}));
   }
-  const auto made = s.ask_all<backup_made>(leaders, "backing up its weights", requests);
+  const auto made = s.ask_all<backup_made>(leaders, "backing up its weights", requests,
+                                           [](const state::member& m) { return caf::actor_cast<caf::actor>(m.actor); },
+                                           s.state_timeout());
   std::uint64_t bytes = 0;
   std::vector<state::backup_part> parts;
   for (std::size_t i = 0; i < n; ++i) {
@@ -510,7 +530,7 @@ std::uint64_t pipeline_engine::backup() {
   }
   // The sends are written; the round counts once every holder has stored
   // all of them (they arrive on its io thread, after the answer may have).
-  const auto deadline = std::chrono::steady_clock::now() + s.timeout;
+  const auto deadline = std::chrono::steady_clock::now() + s.state_timeout();
   for (std::size_t i = 0; i < n; ++i) {
     if (!holders[i]) continue;
     const auto& holder = *holders[i];
@@ -569,15 +589,15 @@ resume_point pipeline_engine::recover(const std::string& lost_node, const fs::pa
     whole = whole && !alive.empty();
     for (const auto& name : part.names) holders[name].insert(holders[name].end(), alive.begin(), alive.end());
   }
-  if (!whole) {
+  auto from_checkpoint = [&] {
     // The run goes back past its backups: they are of steps it will redo.
-    s.backup_round = -1;
-    s.backup_parts.clear();
+    s.forget_backups();
     s.deploy(checkpoint);
     if (checkpoint_step > 0) restore(checkpoint);
-    return {checkpoint_step, checkpoint_step > 0 ? "the checkpoint at step " + std::to_string(checkpoint_step)
-                                                 : std::string("the starting model")};
-  }
+    return resume_point{checkpoint_step, checkpoint_step > 0 ? "the checkpoint at step " + std::to_string(checkpoint_step)
+                                                             : std::string("the starting model")};
+  };
+  if (!whole) return from_checkpoint();
   s.deploy(s.start_model);
   // Each member takes what its own node holds from there; the rest is sent
   // to it by a survivor that holds it.
@@ -598,9 +618,24 @@ resume_point pipeline_engine::recover(const std::string& lost_node, const fs::pa
                                                               1, s.t.connect_timeout.count()}));
       }
     }
-  s.ask_actors<std::uint64_t>(senders, sender_names, "sending a backup", transfers);
-  s.ask_each<std::int64_t>(s.all_members(), "restoring its backup",
-                           caf::make_message(restore_backup_atom_v, s.run_id, s.backup_round));
+  try {
+    s.ask_actors<std::uint64_t>(senders, sender_names, "sending a backup", transfers, s.state_timeout());
+    const auto members = s.all_members();
+    s.ask_all<std::int64_t>(members, "restoring its backup",
+                            std::vector<caf::message>(members.size(), caf::make_message(restore_backup_atom_v, s.run_id,
+                                                                                        s.backup_round)),
+                            [](const state::member& m) { return caf::actor_cast<caf::actor>(m.actor); },
+                            s.state_timeout());
+  } catch (const training_node_lost&) {
+    throw;
+  } catch (const std::exception& e) {
+    // A backup that cannot be moved is no reason to stop: the checkpoint (or
+    // the start) still is one.
+    std::cerr << "the in-memory backup of round " << s.backup_round << " could not be restored (" << e.what()
+              << "); going back to " << (checkpoint_step > 0 ? "the checkpoint" : "the starting model") << "\n";
+    s.stop_stages();
+    return from_checkpoint();
+  }
   return {s.backup_round, "the in-memory backup of round " + std::to_string(s.backup_round)};
 }
 

@@ -46,7 +46,7 @@ struct training_options {
   std::int64_t checkpoint_every = 200;  ///< 0: only at the end
   /// Over a topology: steps between in-memory weight backups on neighbouring
   /// nodes (0: none; a lost node then costs the steps since the checkpoint).
-  std::int64_t backup_every = 10;
+  std::int64_t backup_every = 50;
   std::uint64_t seed = 0;
   bool resume = false;
   std::string device = "cpu";
