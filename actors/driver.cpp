@@ -500,6 +500,14 @@ driver_actor::behavior_type driver_behavior(driver_ptr self, driver_config confi
         return promise;
       },
       [self](generate_request& request) { return start_request(self, request); },
+      [self](cancel_atom, std::uint64_t tag) {
+        // Only the sender's own request: tags are the requester's to choose.
+        const auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
+        std::vector<std::uint64_t> ids;
+        for (const auto& [id, r] : self->state.requests)
+          if (r.parent == 0 && r.tag == tag && r.sink.address() == sender) ids.push_back(id);
+        for (auto id : ids) finish(self, id, make_error(errc::cancelled, "request " + std::to_string(tag) + " was cancelled by its requester"));
+      },
       [self](tensor_frame& frame) { on_sampled(self, frame); },
       [self](request_failure& failure) {
         // A broken link is the supervisor's to judge: its verdict starts a

@@ -117,6 +117,9 @@ using driver_actor = caf::typed_actor<
     caf::reacts_to<deploy_atom>,
     // Generate -> the summary; every token goes to the sender as a token_event first.
     caf::replies_to<generate_request>::with<generation_summary>,
+    // (tag): the sender's request of that tag is cancelled (its client went
+    // away): every stage forgets it and its reply is a `cancelled` error.
+    caf::reacts_to<cancel_atom, std::uint64_t>,
     caf::replies_to<stats_atom>::with<std::vector<stage_stats>>,
     caf::replies_to<recoveries_atom>::with<std::vector<recovery_event>>,
     // From the last stage, through the driver's router: a sampled token.

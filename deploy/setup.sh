@@ -23,13 +23,16 @@ build="${ORRERY_BUILD_DIR:-$root/build}"
 # libopenblas0-pthread: without it libtorch's matmuls fall back to reference
 # BLAS, ~10x slower (ARCHITECTURE.md, build facts). iproute2: `ip` and `tc`
 # for `orrery testbed` and its tests. bible-kjv: the King James Bible, the
-# corpus the demo's model is trained on (data/kjv.txt below).
+# corpus the demo's model is trained on (data/kjv.txt below). cpp-httplib and
+# prometheus-cpp: `orrery serve`'s HTTP and /metrics; nodejs and npm: the
+# official `openai` client its tests drive it with (test/clients).
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libcaf-dev libcapnp-dev capnproto libboost-dev
   doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
-  iproute2 bible-kjv
+  libcpp-httplib-dev prometheus-cpp-dev
+  iproute2 bible-kjv nodejs npm
 )
 
 missing=()

@@ -16,6 +16,7 @@ const char* to_string(errc code) {
     case errc::no_capacity: return "no_capacity";
     case errc::request_failed: return "request_failed";
     case errc::profiling_failed: return "profiling_failed";
+    case errc::cancelled: return "cancelled";
   }
   return "unknown";
 }

@@ -33,6 +33,8 @@ enum class errc : std::uint8_t {
   request_failed,
   /// `orrery profile` could not time layers or measure a link.
   profiling_failed,
+  /// The requester cancelled its request (a serving client went away).
+  cancelled,
 };
 
 /// The code's name ("load_failed", …).

@@ -134,14 +134,31 @@ void node_connections::require_all() const {
 pipeline_client::pipeline_client(const topology& t, std::string advertise_host)
     : topology_(t), config_(t.heartbeat_interval), system_(std::make_unique<caf::actor_system>(config_)) {
   actors::driver_config dc;
-  dc.model = t.model;
   auto nodes = connect_nodes(*system_, t);
   if (nodes.unreachable.size() == nodes.stages.size()) nodes.require_all();
   for (const auto& line : nodes.unreachable) logger("cluster").warn(line + "; planning around it");
   dc.stages = std::move(nodes.stages);
+  dc.advertise_host = !advertise_host.empty() ? std::move(advertise_host) : t.testbed ? t.testbed->client : "127.0.0.1";
+  start(std::move(dc));
+}
+
+pipeline_client::pipeline_client(const std::filesystem::path& model, const std::string& device, const std::string& dtype,
+                                 int threads)
+    : config_(topology_.heartbeat_interval), system_(std::make_unique<caf::actor_system>(config_)) {
+  topology_.model = model;
+  topology_.model_config = compute::llama_config::load(model / "config.json");
+  topology_.num_layers = topology_.model_config.num_layers;
+  actors::driver_config dc;
+  auto node = actors::spawn_node(*system_, {"local", device, dtype, 0, threads, "127.0.0.1", 0});
+  dc.stages.push_back({"local", "", 0, node, 0, topology_.num_layers, threads});
+  start(std::move(dc));
+}
+
+void pipeline_client::start(actors::driver_config dc) {
+  const auto& t = topology_;
+  dc.model = t.model;
   dc.request_timeout = t.request_timeout;
   dc.collectives = t.collectives;
-  dc.advertise_host = !advertise_host.empty() ? std::move(advertise_host) : t.testbed ? t.testbed->client : "127.0.0.1";
   dc.connect_timeout = t.connect_timeout;
   dc.heartbeat_interval = t.heartbeat_interval;
   dc.heartbeat_deadline = t.heartbeat_deadline;

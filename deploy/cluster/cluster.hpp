@@ -55,6 +55,10 @@ class pipeline_client {
   /// the last stage reaches this process; empty: the testbed's client address
   /// for a testbed topology, else 127.0.0.1.
   explicit pipeline_client(const topology& t, std::string advertise_host = {});
+  /// One node in this process holding the whole of `model` on `device` in
+  /// `dtype` with `threads`: the driver and stage a cluster runs, on this
+  /// machine alone (`orrery serve --model`).
+  pipeline_client(const std::filesystem::path& model, const std::string& device, const std::string& dtype, int threads);
   ~pipeline_client();
 
   std::vector<generation_summary> generate(const std::vector<generate_request>& requests,
@@ -63,7 +67,15 @@ class pipeline_client {
   /// Every recovery of the pipeline so far (a node lost or returned).
   std::vector<recovery_event> recoveries();
 
+  /// For callers that talk to the driver themselves (a token_stream).
+  caf::actor_system& system() { return *system_; }
+  const actors::driver_actor& driver() const { return driver_; }
+  const topology& placed() const { return topology_; }
+
  private:
+  /// Spawns the driver over `dc.stages` and deploys it.
+  void start(actors::driver_config dc);
+
   topology topology_;
   actor_config config_;
   std::unique_ptr<caf::actor_system> system_;
