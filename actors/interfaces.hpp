@@ -38,6 +38,8 @@ using stage_actor = caf::typed_actor<
     caf::reacts_to<connect_next_atom, std::uint64_t, std::vector<next_hop>, next_hop, caf::actor, std::int64_t>,
     // A frame the node's router delivered.
     caf::reacts_to<tensor_frame>,
+    // Its own: run the decode steps collected since the last batch as one.
+    caf::reacts_to<run_batch_atom>,
     // Forget a request's KV caches.
     caf::reacts_to<end_request_atom, std::uint64_t>,
     caf::replies_to<stats_atom>::with<stage_stats>>;

@@ -81,6 +81,11 @@ struct stage_state {
   driver_actor driver;
   std::uint64_t frames = 0;
   std::uint64_t sequence_parallel_frames = 0;
+  /// Decode steps collected for the next batch, and whether its run_batch
+  /// message is in the mailbox.
+  std::vector<tensor_frame> pending;
+  bool batch_due = false;
+  std::uint64_t batched_frames = 0, batches = 0;
   double compute_ms = 0;
   std::shared_ptr<transfer_counters> transfers = std::make_shared<transfer_counters>();
   static inline const char* name = "orrery.stage";
@@ -123,6 +128,7 @@ void check_model_copy(const stage_assignment& assignment) {
 // the stage refusing frames until a load succeeds.
 caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment) {
   auto& s = self->state;
+  s.pending.clear();  // decode steps of the layout being replaced: a recovery replays their requests
   const int first = assignment.first_layer, last = assignment.last_layer;
   const auto fingerprint = model_fingerprint(assignment.model_files);
   auto kept = [&](const std::shared_ptr<shared_shard>& held) {
@@ -415,6 +421,119 @@ std::vector<outgoing_tensor> sampled(stage_state& s, const messages::forward_rou
   return out;
 }
 
+// Hands a pass's result on: hidden states (and the frame's tokens) to the
+// next stage, or from the stage with the head the tokens it sampled to the
+// session. A group's other members and a prompt's leading chunk end here.
+void hand_on(stage_actor_ptr self, const messages::forward_route& route, const tensor_frame& frame, const pass_output& out) {
+  auto& s = self->state;
+  ++s.frames;
+  if (!s.leads() || (holds_head(s) && (!route.sample || !continues_chain(s, route, frame)))) return;
+  std::vector<outgoing_tensor> tensors;
+  messages::frame_descriptor out_d;
+  out_d.session = frame.descriptor.session;
+  out_d.deployment = frame.descriptor.deployment;
+  if (holds_head(s)) {
+    tensors = sampled(s, route, frame, out);
+    out_d.route = messages::session_route{route.request, route.step};
+  } else {
+    tensors = {{messages::tensor_role::hidden, out.tensor},
+               {messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}};
+    auto next = route;
+    next.stage = s.hops.front().stage;
+    out_d.route = next;
+  }
+  auto sent = clock_type::now();
+  std::uint64_t bytes = 0;
+  for (const auto& t : tensors) bytes += static_cast<std::uint64_t>(t.tensor.nbytes());
+  for (const auto& link : s.next)
+    send_tensors(*link, out_d, tensors,
+                 // Weak: a frame stuck in a dead link must not keep the driver alive.
+                 [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
+                  request = route.request, where = s.where()](const std::string& error) {
+                   transfers->nanoseconds += static_cast<std::uint64_t>(
+                       std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
+                   transfers->bytes += bytes;
+                   if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
+                     caf::anon_send(driver, request_failure{request, where + ": " + error, true});
+                 });
+}
+
+// One frame's pass, alone.
+void run_alone(stage_actor_ptr self, const tensor_frame& frame) {
+  auto& s = self->state;
+  const auto& route = std::get<messages::forward_route>(frame.descriptor.route);
+  try {
+    const auto start = clock_type::now();
+    auto out = forward(s, route, frame);
+    s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+    hand_on(self, route, frame, out);
+  } catch (const ring_interrupted& e) {
+    fail_request(self, route.request, e.what(), true);
+  } catch (const std::exception& e) {
+    fail_request(self, route.request, compute::without_backtrace(e.what()));
+  }
+}
+
+// Whether a frame is one decode step that may run in a batch with other
+// requests' (continuous batching): one token, no guesses, no fork, exactly
+// where the request's caches end, outside a group (whose collectives are
+// keyed by request). Anything else runs alone, through forward's checks.
+bool batchable(const stage_state& s, const messages::forward_route& route, const tensor_frame& frame) {
+  if (s.ring || route.drafts != 0 || route.fork_from != 0 || route.position == 0 || !route.sample) return false;
+  if (frame.tensor(messages::tensor_role::tokens).size(0) != 1) return false;
+  const auto r = s.requests.find(route.request);
+  return r != s.requests.end() && !r->second.caches.empty() &&
+         r->second.caches.front().length() == static_cast<int>(route.position);
+}
+
+// Runs the decode steps collected since the last batch as one pass: their
+// rows packed into one input, each over its own KV caches, so the stage
+// reads its weights once for all of them (decode is bound by reading
+// weights). Each row is then handed on as its own frame. A batch of one is
+// the frame alone, bit for bit.
+void run_batch(stage_actor_ptr self) {
+  auto& s = self->state;
+  auto frames = std::move(s.pending);
+  s.pending.clear();
+  if (frames.empty()) return;
+  if (frames.size() == 1) return run_alone(self, frames.front());
+  std::vector<const messages::forward_route*> routes;
+  std::vector<at::Tensor> inputs;
+  const bool embeds = s.shards.front()->shard().has_embedding();
+  for (const auto& f : frames) {
+    routes.push_back(&std::get<messages::forward_route>(f.descriptor.route));
+    inputs.push_back(embeds ? f.tensor(messages::tensor_role::tokens) : f.tensor(messages::tensor_role::hidden));
+  }
+  pass_output all;
+  try {
+    const auto start = clock_type::now();
+    at::Tensor x = at::cat(inputs, 0);
+    for (std::size_t i = 0; i < s.shards.size(); ++i) {
+      std::vector<compute::sequence_step> batch;
+      for (const auto* route : routes) batch.push_back({&s.requests.at(route->request).caches[i], 1});
+      x = s.shards[i]->forward(x, batch, compute::layer_context{}, compute::logits_rows::last);
+    }
+    all.tensor = x;
+    s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+  } catch (const std::exception& e) {
+    for (const auto* route : routes) fail_request(self, route->request, compute::without_backtrace(e.what()));
+    return;
+  }
+  s.batched_frames += frames.size();
+  ++s.batches;
+  for (std::size_t k = 0; k < frames.size(); ++k) {
+    const auto& route = *routes[k];
+    try {
+      auto& r = s.requests.at(route.request);
+      r.unverified = 0;
+      if (holds_head(s)) r.history.push_back(static_cast<compute::token_id>(frames[k].tensor(messages::tensor_role::tokens)[0].item<std::int64_t>()));
+      hand_on(self, route, frames[k], {all.tensor.narrow(0, static_cast<std::int64_t>(k), 1), std::nullopt});
+    } catch (const std::exception& e) {
+      fail_request(self, route.request, compute::without_backtrace(e.what()));
+    }
+  }
+}
+
 void process(stage_actor_ptr self, tensor_frame& frame) {
   auto& s = self->state;
   const auto& d = frame.descriptor;
@@ -429,6 +548,18 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
     return;
   }
   if (s.shards.empty() || !s.wired) return fail_request(self, route->request, "received a frame before it was deployed");
+  if (!route->end && batchable(s, *route, frame)) {
+    // Collected until the stage has read every frame waiting in its mailbox:
+    // the batch message goes behind them.
+    const bool again = std::any_of(s.pending.begin(), s.pending.end(), [&](const tensor_frame& f) {
+      return std::get<messages::forward_route>(f.descriptor.route).request == route->request;
+    });
+    if (again) run_batch(self);
+    s.pending.push_back(std::move(frame));
+    if (!std::exchange(s.batch_due, true)) self->send(self, run_batch_atom_v);
+    return;
+  }
+  run_batch(self);  // a request's frames stay in order: what was collected goes first
   if (route->end) {  // after every frame of the request before it: free it, and pass it on
     forget_request(s, route->request);
     if (!s.leads() || holds_head(s)) return;
@@ -441,51 +572,7 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
                    [](const std::string&) {});  // a link that broke since: its stage is gone with the request
     return;
   }
-  pass_output out;
-  std::vector<outgoing_tensor> tensors;
-  messages::frame_descriptor out_d;
-  out_d.session = d.session;
-  out_d.deployment = d.deployment;
-  auto start = clock_type::now();
-  try {
-    out = forward(s, *route, frame);
-    s.compute_ms += std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
-    // The leader sends the group's result on; a prompt's leading chunk
-    // ends at the head.
-    if (!s.leads() || (holds_head(s) && (!route->sample || !continues_chain(s, *route, frame)))) {
-      ++s.frames;
-      return;
-    }
-    if (holds_head(s)) {
-      tensors = sampled(s, *route, frame, out);
-      out_d.route = messages::session_route{route->request, route->step};
-    } else {
-      tensors = {{messages::tensor_role::hidden, out.tensor},
-                 {messages::tensor_role::tokens, frame.tensor(messages::tensor_role::tokens)}};
-      auto next = *route;
-      next.stage = s.hops.front().stage;
-      out_d.route = next;
-    }
-  } catch (const ring_interrupted& e) {
-    return fail_request(self, route->request, e.what(), true);
-  } catch (const std::exception& e) {
-    return fail_request(self, route->request, compute::without_backtrace(e.what()));
-  }
-  ++s.frames;
-  auto sent = clock_type::now();
-  std::uint64_t bytes = 0;
-  for (const auto& t : tensors) bytes += static_cast<std::uint64_t>(t.tensor.nbytes());
-  for (const auto& link : s.next)
-    send_tensors(*link, out_d, tensors,
-                 // Weak: a frame stuck in a dead link must not keep the driver alive.
-                 [transfers = s.transfers, sent, bytes, weak = caf::actor_cast<caf::actor_addr>(s.driver),
-                  request = route->request, where = s.where()](const std::string& error) {
-                   transfers->nanoseconds += static_cast<std::uint64_t>(
-                       std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - sent).count());
-                   transfers->bytes += bytes;
-                   if (auto driver = caf::actor_cast<driver_actor>(weak); driver && !error.empty())
-                     caf::anon_send(driver, request_failure{request, where + ": " + error, true});
-                 });
+  run_alone(self, frame);
 }
 
 // The stage's links: to each next hop, and to the next member of its
@@ -541,7 +628,14 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
         return wire(self, hops, ring_hop, std::chrono::milliseconds(timeout_ms));
       },
       [self](tensor_frame& frame) { process(self, frame); },
-      [self](end_request_atom, std::uint64_t request) { forget_request(self->state, request); },
+      [self](run_batch_atom) {
+        self->state.batch_due = false;
+        run_batch(self);
+      },
+      [self](end_request_atom, std::uint64_t request) {
+        run_batch(self);
+        forget_request(self->state, request);
+      },
       [self](stats_atom) {
         const auto& s = self->state;
         return stage_stats{s.assignment.stage,
@@ -555,7 +649,9 @@ stage_actor::behavior_type stage_behavior(stage_actor_ptr self, stage_context co
                            s.ring ? s.ring->bytes_sent() : 0,
                            s.sequence_parallel_frames,
                            s.ring ? s.ring->wait_ms() : 0,
-                           s.requests.size()};
+                           s.requests.size(),
+                           s.batched_frames,
+                           s.batches};
       },
   };
 }

@@ -184,6 +184,10 @@ struct stage_stats {
   double collective_wait_ms = 0;
   /// Requests whose KV caches the stage holds now.
   std::uint64_t requests_held = 0;
+  /// Frames that ran as part of a batch of several requests' decode steps
+  /// (continuous batching), and those batches.
+  std::uint64_t batched_frames = 0;
+  std::uint64_t batches = 0;
 };
 
 /// A generation request to a driver; the reply is a generation_summary, and
@@ -448,7 +452,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
   return f(caf::meta::type_name("stage_stats"), x.stage, x.node, x.first_layer, x.last_layer, x.frames, x.compute_ms,
            x.transfer_ms, x.bytes_sent, x.collective_bytes_sent, x.sequence_parallel_frames,
-           x.collective_wait_ms, x.requests_held);
+           x.collective_wait_ms, x.requests_held, x.batched_frames, x.batches);
 }
 
 template <class Inspector>
@@ -617,3 +621,4 @@ CAF_ADD_ATOM(orrery, orrery, backup_missing_atom, "bk_missing")
 CAF_ADD_ATOM(orrery, orrery, restore_backup_atom, "bk_restore")
 CAF_ADD_ATOM(orrery, orrery, forget_backup_atom, "bk_forget")
 CAF_ADD_ATOM(orrery, orrery, cancel_atom, "cancel")
+CAF_ADD_ATOM(orrery, orrery, run_batch_atom, "run_batch")

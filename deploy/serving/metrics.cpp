@@ -41,6 +41,9 @@ serving_metrics::serving_metrics() : registry_(std::make_shared<prometheus::Regi
   stage_transfer_ = &family(BuildGauge(), r, "orrery_stage_transfer_seconds", "A pipeline stage's time sending its results so far");
   stage_frames_ = &family(BuildGauge(), r, "orrery_stage_frames", "Frames a pipeline stage has run");
   stage_held_ = &family(BuildGauge(), r, "orrery_stage_requests_held", "Requests whose KV caches a stage holds now");
+  stage_batched_ = &family(BuildGauge(), r, "orrery_stage_batched_frames",
+                           "Decode steps a stage ran batched with other requests' (continuous batching)");
+  stage_batches_ = &family(BuildGauge(), r, "orrery_stage_batches", "Batched passes a stage ran");
   recoveries_ = &family(BuildGauge(), r, "orrery_recoveries", "Recoveries of the pipeline (a node lost or returned)").Add({});
 }
 
@@ -74,6 +77,8 @@ std::string serving_metrics::render(const std::vector<stage_stats>& stages, cons
     stage_transfer_->Add(labels).Set(s.transfer_ms / 1000.0);
     stage_frames_->Add(labels).Set(static_cast<double>(s.frames));
     stage_held_->Add(labels).Set(static_cast<double>(s.requests_held));
+    stage_batched_->Add(labels).Set(static_cast<double>(s.batched_frames));
+    stage_batches_->Add(labels).Set(static_cast<double>(s.batches));
   }
   recoveries_->Set(static_cast<double>(recoveries.size()));
   std::ostringstream out;

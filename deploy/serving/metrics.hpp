@@ -50,7 +50,7 @@ class serving_metrics {
   prometheus::Counter *prompt_tokens_, *completion_tokens_, *cancelled_, *drafted_, *accepted_;
   prometheus::Gauge* in_flight_;
   prometheus::Histogram *ttft_, *itl_, *duration_;
-  prometheus::Family<prometheus::Gauge>*stage_compute_, *stage_transfer_, *stage_frames_, *stage_held_;
+  prometheus::Family<prometheus::Gauge>*stage_compute_, *stage_transfer_, *stage_frames_, *stage_held_, *stage_batched_, *stage_batches_;
   prometheus::Gauge* recoveries_;
 };
 
