@@ -32,7 +32,7 @@ packages=(
   libcaf-dev libcapnp-dev capnproto libboost-dev
   doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
   libcpp-httplib-dev prometheus-cpp-dev
-  iproute2 bible-kjv nodejs npm
+  iproute2 bible-kjv nodejs npm curl
 )
 
 missing=()
@@ -76,6 +76,16 @@ if [[ $EUID -eq 0 && -d /usr/local/bin && ( ! -e "$link" || -L "$link" ) ]]; the
   echo "setup: $link -> $build/deploy/orrery"
 else
   echo "setup: to type \`orrery\`: export PATH=\"$build/deploy:\$PATH\""
+fi
+
+# The openai npm client `orrery serve`'s tests drive it with, at the version
+# package-lock.json pins (again only when the lock changed).
+if [[ "$job" == test ]]; then
+  clients="$root/test/clients"
+  if [[ ! -f "$clients/node_modules/.package-lock.json" || "$clients/package-lock.json" -nt "$clients/node_modules/.package-lock.json" ]]; then
+    echo "setup: npm ci in $clients"
+    (cd "$clients" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 fi
 
 case "$job" in

@@ -45,6 +45,7 @@ serving_metrics::serving_metrics() : registry_(std::make_shared<prometheus::Regi
                            "Decode steps a stage ran batched with other requests' (continuous batching)");
   stage_batches_ = &family(BuildGauge(), r, "orrery_stage_batches", "Batched passes a stage ran");
   recoveries_ = &family(BuildGauge(), r, "orrery_recoveries", "Recoveries of the pipeline (a node lost or returned)").Add({});
+  replayed_ = &family(BuildGauge(), r, "orrery_requests_replayed", "Requests in flight that recoveries replayed (none lost)").Add({});
 }
 
 serving_metrics::~serving_metrics() = default;
@@ -81,6 +82,9 @@ std::string serving_metrics::render(const std::vector<stage_stats>& stages, cons
     stage_batches_->Add(labels).Set(static_cast<double>(s.batches));
   }
   recoveries_->Set(static_cast<double>(recoveries.size()));
+  double replayed = 0;
+  for (const auto& e : recoveries) replayed += e.requests_replayed;
+  replayed_->Set(replayed);
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, registry_->Collect());
   return out.str();

@@ -51,7 +51,7 @@ class serving_metrics {
   prometheus::Gauge* in_flight_;
   prometheus::Histogram *ttft_, *itl_, *duration_;
   prometheus::Family<prometheus::Gauge>*stage_compute_, *stage_transfer_, *stage_frames_, *stage_held_, *stage_batched_, *stage_batches_;
-  prometheus::Gauge* recoveries_;
+  prometheus::Gauge *recoveries_, *replayed_;
 };
 
 }  // namespace orrery::deploy

@@ -42,8 +42,12 @@ std::int64_t integer_field(const json& body, const char* field, std::int64_t fal
   const auto it = body.find(field);
   if (it == body.end() || it->is_null()) return fallback;
   if (!it->is_number_integer()) throw bad_field(field, "must be an integer, got " + json_text(*it));
-  if (it->is_number_unsigned() ? it->get<std::uint64_t>() > static_cast<std::uint64_t>(high)
-                               : it->get<std::int64_t>() < low || it->get<std::int64_t>() > high)
+  // nlohmann keeps a non-negative integer unsigned: both bounds on both kinds.
+  const bool outside = it->is_number_unsigned()
+                           ? it->get<std::uint64_t>() > static_cast<std::uint64_t>(high) ||
+                                 static_cast<std::int64_t>(it->get<std::uint64_t>()) < low
+                           : it->get<std::int64_t>() < low || it->get<std::int64_t>() > high;
+  if (outside)
     throw bad_field(field, "must be between " + std::to_string(low) + " and " + std::to_string(high) + ", got " + json_text(*it));
   return it->get<std::int64_t>();
 }
@@ -123,8 +127,9 @@ std::vector<std::string> stop_strings(const json& body) {
 void refuse_unsupported(const json& body) {
   auto set = [&](const char* field) {
     const auto it = body.find(field);
+    // false, 0, {} and [] ask for nothing (clients send them by default).
     return it != body.end() && !it->is_null() && !(it->is_boolean() && !it->get<bool>()) &&
-           !(it->is_number() && it->get<double>() == 0);
+           !(it->is_number() && it->get<double>() == 0) && !(it->is_structured() && it->empty());
   };
   if (integer_field(body, "n", 1, 1, 1 << 20) != 1) throw bad_field("n", "must be 1: orrery writes one choice a request");
   if (integer_field(body, "best_of", 1, 1, 1 << 20) != 1) throw bad_field("best_of", "must be 1");
