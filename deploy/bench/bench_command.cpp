@@ -26,6 +26,7 @@ void add_bench_command(CLI::App& app) {
   add_testbed_bench(*bench);
   add_generate_bench(*bench);
   add_train_bench(*bench);
+  add_serve_bench(*bench);
 }
 
 void add_compute_bench(CLI::App& bench) {

@@ -41,4 +41,7 @@ void add_generate_bench(CLI::App& bench);
 /// `orrery bench train` (deploy/bench/train_bench.cpp).
 void add_train_bench(CLI::App& bench);
 
+/// `orrery bench serve` (deploy/bench/serve_bench.cpp).
+void add_serve_bench(CLI::App& bench);
+
 }  // namespace orrery::deploy
