@@ -21,7 +21,7 @@
 #include "compute/generation.hpp"
 #include "compute/llama_config.hpp"
 #include "compute/prompt_lookup.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "messages/data_plane.hpp"
 #include "messages/errors.hpp"
 #include "messages/frame.hpp"

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "compute/sampler.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 
 namespace at {
 class Tensor;

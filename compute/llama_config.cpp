@@ -188,7 +188,7 @@ void llama_config::save(const std::filesystem::path& config_json) const {
 
 llama_config llama_config::preset(const std::string& name) {
   llama_config c;
-  // Byte-level tokenizer ids (compute/tokenizer.hpp): 256 bytes, then BOS, EOS.
+  // Byte-level tokenizer ids (compute/text/tokenizer.hpp): 256 bytes, then BOS, EOS.
   c.bos_token_id = 256;
   c.eos_token_id = 257;
   if (name == "tiny") {  // ~1M parameters, 4 MB in fp32: for tests and the 4-node demo (one layer a node)

@@ -65,7 +65,7 @@ void init_model(const std::filesystem::path& dir, const llama_config& config,
   std::vector<tensor_source> tensors;
   for (const auto& name : shard_tensor_names(config, 0, config.num_layers))
     tensors.push_back(random_tensor(config, name, options.seed));
-  write_model_dir(dir, config, std::move(tensors), {options.max_file_bytes, options.progress});
+  write_model_dir(dir, config, std::move(tensors), {options.max_file_bytes, options.progress, options.tokenizer_from});
 }
 
 }  // namespace orrery::compute

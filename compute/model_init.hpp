@@ -19,6 +19,9 @@ struct model_init_options {
   std::uint64_t max_file_bytes = 0;
   /// Called after each tensor with (bytes written, total bytes).
   std::function<void(std::uint64_t, std::uint64_t)> progress;
+  /// A directory whose tokenizer files the model gets (config's vocab_size,
+  /// bos and eos ids must match them); empty: the byte tokenizer.
+  std::filesystem::path tokenizer_from{};
 };
 
 /// Creates `dir` (which must not hold a model already) and writes the model.

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "compute/model_error.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 
 namespace orrery::compute {
 
@@ -47,9 +47,13 @@ std::string model_part_name(std::size_t k, std::size_t n) {
 }
 
 void finish_model_dir(const std::filesystem::path& dir, const llama_config& config,
-                      const std::map<std::string, std::string>& weight_map, std::uint64_t total_bytes) {
+                      const std::map<std::string, std::string>& weight_map, std::uint64_t total_bytes,
+                      const std::filesystem::path& tokenizer_from) {
   if (!weight_map.empty()) write_index(dir, weight_map, total_bytes);
-  save_byte_tokenizer(dir);
+  if (tokenizer_from.empty())
+    save_byte_tokenizer(dir);
+  else
+    copy_tokenizer(tokenizer_from, dir);
   config.save(dir / "config.json");  // last: its presence marks a complete model
 }
 
@@ -82,7 +86,7 @@ void write_model_dir(const std::filesystem::path& dir, const llama_config& confi
   if (files.size() > 1)
     for (std::size_t k = 0; k < files.size(); ++k)
       for (const auto& t : files[k]) weight_map[t.name] = model_part_name(k + 1, files.size());
-  finish_model_dir(dir, config, weight_map, total);
+  finish_model_dir(dir, config, weight_map, total, options.tokenizer_from);
 }
 
 }  // namespace orrery::compute

@@ -22,6 +22,9 @@ struct model_write_options {
   std::uint64_t max_file_bytes = 0;
   /// Called after each tensor with (bytes written, total bytes).
   std::function<void(std::uint64_t, std::uint64_t)> progress;
+  /// The model directory whose tokenizer files go beside the weights
+  /// (copy_tokenizer); empty: the byte tokenizer.
+  std::filesystem::path tokenizer_from{};
 };
 
 /// Creates `dir` (which must not hold a model already: config.json is
@@ -36,8 +39,10 @@ std::string model_part_name(std::size_t k, std::size_t n);
 
 /// The last files of a model directory whose weights are written already (a
 /// pipeline's stages write theirs): the index mapping each tensor to its file
-/// (`total_bytes` of tensors in all), the tokenizer and config.json.
+/// (`total_bytes` of tensors in all), the tokenizer (`tokenizer_from`'s, or
+/// the byte tokenizer when empty) and config.json.
 void finish_model_dir(const std::filesystem::path& dir, const llama_config& config,
-                      const std::map<std::string, std::string>& weight_map, std::uint64_t total_bytes);
+                      const std::map<std::string, std::string>& weight_map, std::uint64_t total_bytes,
+                      const std::filesystem::path& tokenizer_from = {});
 
 }  // namespace orrery::compute

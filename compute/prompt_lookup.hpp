@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 
 namespace orrery::compute {
 

@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
   orrery::deploy::add_testbed_command(app);
   orrery::deploy::add_generate_command(app);
   orrery::deploy::add_serve_command(app);
+  orrery::deploy::add_tokenizer_command(app);
   orrery::deploy::add_train_command(app);
   orrery::deploy::add_profile_command(app);
   orrery::deploy::add_plan_command(app);

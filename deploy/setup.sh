@@ -25,13 +25,16 @@ build="${ORRERY_BUILD_DIR:-$root/build}"
 # for `orrery testbed` and its tests. bible-kjv: the King James Bible, the
 # corpus the demo's model is trained on (data/kjv.txt below). cpp-httplib and
 # prometheus-cpp: `orrery serve`'s HTTP and /metrics; nodejs and npm: the
-# official `openai` client its tests drive it with (test/clients).
+# official `openai` client its tests drive it with (test/clients). pcre2 and
+# sentencepiece: HF tokenizer.json pre-tokenizer regexes, tokenizer.model
+# files and spm_train (`orrery tokenizer train`).
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libcaf-dev libcapnp-dev capnproto libboost-dev
   doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
   libcpp-httplib-dev prometheus-cpp-dev
+  libpcre2-dev libsentencepiece-dev sentencepiece
   iproute2 bible-kjv nodejs npm curl
 )
 

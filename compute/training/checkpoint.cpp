@@ -59,7 +59,7 @@ std::vector<tensor_source> hf_tensors(const std::vector<const shard*>& shards) {
 }
 
 void write_trained_model(const std::filesystem::path& dir, const llama_config& config,
-                         const std::vector<const shard*>& shards) {
+                         const std::vector<const shard*>& shards, const std::filesystem::path& tokenizer_from) {
   int next = 0;
   for (const shard* s : shards) {
     if (s->first_layer() != next)
@@ -72,7 +72,9 @@ void write_trained_model(const std::filesystem::path& dir, const llama_config& c
                       std::to_string(next));
   auto trained = config;
   trained.storage = element_type::f32;
-  write_model_dir(dir, trained, hf_tensors(shards), {});
+  model_write_options options;
+  options.tokenizer_from = tokenizer_from;
+  write_model_dir(dir, trained, hf_tensors(shards), options);
 }
 
 std::string optimizer_part_name(std::size_t k, std::size_t n) {

@@ -24,9 +24,10 @@ class shard;
 std::vector<tensor_source> hf_tensors(const std::vector<const shard*>& shards);
 
 /// Writes `shards` (in layer order, together every layer of `config`) as an
-/// HF model directory `dir`, which must not hold a model yet.
+/// HF model directory `dir`, which must not hold a model yet, with the
+/// tokenizer of `tokenizer_from` (the model it was trained from).
 void write_trained_model(const std::filesystem::path& dir, const llama_config& config,
-                         const std::vector<const shard*>& shards);
+                         const std::vector<const shard*>& shards, const std::filesystem::path& tokenizer_from);
 
 inline constexpr const char* optimizer_file_name = "optimizer.safetensors";
 

@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <vector>
 
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 
 namespace orrery::compute {
 

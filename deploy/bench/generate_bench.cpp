@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compute/generation.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "deploy/bench/bench_command.hpp"
 #include "deploy/bench/compute_bench.hpp"
 #include "deploy/cli/flag_checks.hpp"

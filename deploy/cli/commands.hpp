@@ -27,6 +27,9 @@ void add_testbed_command(CLI::App& app);
 /// `orrery generate`: on one device (--model) or over a topology (--topology).
 void add_generate_command(CLI::App& app);
 
+/// `orrery tokenizer train|encode`: tokenizer files, and the ids they give.
+void add_tokenizer_command(CLI::App& app);
+
 /// `orrery serve`: the OpenAI HTTP API over a model or a topology.
 void add_serve_command(CLI::App& app);
 

@@ -8,7 +8,7 @@
 
 #include "compute/cpu_threads.hpp"
 #include "compute/generation.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/cli/local_model.hpp"

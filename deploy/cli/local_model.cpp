@@ -132,8 +132,9 @@ nlohmann::json score_locally(const std::filesystem::path& model, const local_dev
 }
 
 void create_model(const std::filesystem::path& dir, const compute::llama_config& config, std::uint64_t seed,
-                  std::uint64_t max_file_bytes) {
+                  std::uint64_t max_file_bytes, const std::filesystem::path& tokenizer_from) {
   compute::model_init_options options;
+  options.tokenizer_from = tokenizer_from;
   options.seed = seed;
   options.max_file_bytes = max_file_bytes;
   // A terminal gets one line rewritten in place; a log gets a line per 10%.

@@ -55,7 +55,9 @@ nlohmann::json score_locally(const std::filesystem::path& model, const local_dev
                              const std::filesystem::path& logits_file);
 
 /// Writes a random-initialised model into `dir`, showing progress on stderr.
+/// `tokenizer_from`: a directory whose tokenizer files the model gets
+/// (empty: the byte tokenizer).
 void create_model(const std::filesystem::path& dir, const compute::llama_config& config, std::uint64_t seed,
-                  std::uint64_t max_file_bytes);
+                  std::uint64_t max_file_bytes, const std::filesystem::path& tokenizer_from = {});
 
 }  // namespace orrery::deploy

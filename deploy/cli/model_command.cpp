@@ -10,6 +10,7 @@
 #include "base/element_type.hpp"
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "deploy/cli/commands.hpp"
 #include "deploy/cli/flag_checks.hpp"
 #include "deploy/cli/local_model.hpp"
@@ -25,6 +26,7 @@ struct init_options {
   std::string out;
   std::string dtype = "fp32";
   std::uint64_t max_file_mb = 0;
+  std::string tokenizer;
 };
 
 void run_init(const init_options& o) {
@@ -33,9 +35,15 @@ void run_init(const init_options& o) {
   auto type = element_type_from_name(o.dtype);
   if (!type) throw bad_flag("--dtype", o.dtype, "is not one of fp32, fp16, bf16");
   config.storage = *type;
+  if (!o.tokenizer.empty()) {  // the embedding and head sized for its vocabulary
+    const auto shape = compute::read_tokenizer_shape(o.tokenizer);
+    config.vocab_size = shape.vocab_size;
+    config.bos_token_id = shape.bos;
+    config.eos_token_id = shape.eos;
+  }
   std::cerr << "writing '" << o.preset << "' (" << config.parameter_count() / 1e6 << "M parameters, " << o.dtype
             << ", seed " << o.seed << ") to " << o.out << "\n";
-  create_model(o.out, config, o.seed, o.max_file_mb * 1'000'000);
+  create_model(o.out, config, o.seed, o.max_file_mb * 1'000'000, o.tokenizer);
   std::cout << o.out << "\n";
 }
 
@@ -99,6 +107,10 @@ void add_model_command(CLI::App& app) {
                    "Split weights into model-0000k-of-0000n.safetensors files of at most this many MB; 0 writes one file")
       ->capture_default_str()
       ->check(at_least<std::uint64_t>(0));
+  init->add_option("--tokenizer", opts->tokenizer,
+                   "A directory of tokenizer files (`orrery tokenizer train`, or an HF model's tokenizer.json / "
+                   "tokenizer.model): the model gets them, and its vocabulary, BOS and EOS (default: bytes)")
+      ->check(CLI::ExistingDirectory);
   init->callback([opts] { run_init(*opts); });
 
   auto score = std::make_shared<score_options>();

@@ -16,7 +16,7 @@
 #include "actors/remote_actor.hpp"
 #include "messages/log.hpp"
 #include "compute/generation.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "messages/types.hpp"
 
 namespace orrery::deploy {

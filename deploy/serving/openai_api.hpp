@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "compute/sampler.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "deploy/serving/chat_template.hpp"
 
 namespace orrery::deploy {

@@ -8,8 +8,8 @@
 #include <sstream>
 
 #include "actors/token_stream.hpp"
-#include "compute/tokenizer.hpp"
-#include "compute/utf8_stream.hpp"
+#include "compute/text/tokenizer.hpp"
+#include "compute/text/utf8_stream.hpp"
 #include "deploy/cluster/cluster.hpp"
 #include "deploy/serving/metrics.hpp"
 #include "deploy/serving/openai_api.hpp"

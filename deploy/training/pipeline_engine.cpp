@@ -490,7 +490,7 @@ void pipeline_engine::save(const fs::path& dir) {
   }
   auto trained = s_->config;
   trained.storage = element_type::f32;
-  compute::finish_model_dir(dir, trained, weight_map, total);
+  compute::finish_model_dir(dir, trained, weight_map, total, s_->start_model);
 }
 
 void pipeline_engine::restore(const fs::path& dir) {

@@ -17,7 +17,7 @@
 #include "compute/model_dir.hpp"
 #include "compute/model_error.hpp"
 #include "compute/shard.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "compute/training/checkpoint.hpp"
 #include "compute/training/corpus.hpp"
 #include "compute/training/optimizer.hpp"
@@ -143,7 +143,7 @@ double validation_loss(training_engine& engine, const compute::corpus& data, con
 class local_engine final : public training_engine {
  public:
   local_engine(const compute::model_dir& dir, const training_options& o, double batch_tokens)
-      : config_(dir.config()), model_(dir, 0, dir.config().num_layers, where(o)),
+      : config_(dir.config()), start_(dir.path()), model_(dir, 0, dir.config().num_layers, where(o)),
         optimizer_(compute::trainable_parameters(model_), compute::adamw_options{0.9, 0.95, 1e-8, o.weight_decay}),
         scale_(1.0 / batch_tokens), device_(o.device) {}
 
@@ -164,7 +164,7 @@ class local_engine final : public training_engine {
     return losses;
   }
   void save(const fs::path& dir) override {
-    compute::write_trained_model(dir, config_, {&model_});
+    compute::write_trained_model(dir, config_, {&model_}, start_);
     compute::save_optimizer(dir / compute::optimizer_file_name, optimizer_);
   }
   void restore(const fs::path& dir) override { compute::load_optimizer(compute::optimizer_files(dir), optimizer_); }
@@ -181,6 +181,7 @@ class local_engine final : public training_engine {
     return w;
   }
   compute::llama_config config_;
+  fs::path start_;  // the model trained from: its tokenizer goes with every checkpoint
   compute::shard model_;
   compute::adamw optimizer_;
   double scale_;

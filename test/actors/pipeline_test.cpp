@@ -18,7 +18,7 @@
 #include "compute/shard.hpp"
 #include "compute/tensor_slice.hpp"
 #include "compute/outline.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "messages/types.hpp"
 #include "test/registered_config.hpp"
 #include "test/single_device.hpp"

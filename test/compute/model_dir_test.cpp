@@ -13,7 +13,7 @@
 
 #include "compute/model_error.hpp"
 #include "compute/model_init.hpp"
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "test/temp_dir.hpp"
 
 using namespace orrery::compute;

@@ -242,7 +242,7 @@ TEST_CASE("a trained model written as a checkpoint loads as an HF model director
       for (auto* s : {&a, &b})
         for (auto& p : trainable_parameters(*s)) p.tensor.mul_(1.01);
     }
-    write_trained_model(dir / "out", model.config(), {&a, &b});
+    write_trained_model(dir / "out", model.config(), {&a, &b}, model.path());
     model_dir written(dir / "out");
     shard whole(written, 0, 4);
     auto ids = at::arange(20, at::kLong);
@@ -250,7 +250,7 @@ TEST_CASE("a trained model written as a checkpoint loads as an HF model director
     c10::InferenceMode inference;
     auto expected = b.forward(a.forward(ids, {{&ca, 20}}), {{&cb, 20}}, logits_rows::all);
     CHECK(at::equal(whole.forward(ids, {{&cw, 20}}, logits_rows::all), expected));
-    CHECK_THROWS_WITH_AS(write_trained_model(dir / "gap", model.config(), {&b}),
+    CHECK_THROWS_WITH_AS(write_trained_model(dir / "gap", model.config(), {&b}, model.path()),
                          doctest::Contains("layer 0 is followed by a shard starting at 2"), model_error);
   }
 }

@@ -10,7 +10,7 @@
 #include <set>
 #include <sstream>
 
-#include "compute/tokenizer.hpp"
+#include "compute/text/tokenizer.hpp"
 #include "test/run_process.hpp"
 
 using orrery::test::run_orrery;

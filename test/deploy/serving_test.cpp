@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "compute/tokenizer.hpp"
-#include "compute/utf8_stream.hpp"
+#include "compute/text/tokenizer.hpp"
+#include "compute/text/utf8_stream.hpp"
 #include "deploy/serving/chat_template.hpp"
 #include "deploy/serving/openai_api.hpp"
 #include "test/temp_dir.hpp"

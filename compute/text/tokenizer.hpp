@@ -2,8 +2,9 @@
 // Text <-> token ids. The interface is what generation needs; the byte-level
 // tokenizer is the one orrery writes beside the models it creates (256 byte
 // tokens, then BOS and EOS), so prompts and outputs are text without any
-// vocabulary file. A SentencePiece or BPE tokenizer implements the same
-// interface.
+// vocabulary file. HF's byte-level BPE tokenizer.json (text/bpe_tokenizer.hpp)
+// and SentencePiece's tokenizer.model (text/sentencepiece_tokenizer.hpp)
+// implement the same interface; a model directory's files say which.
 
 #include <cstdint>
 #include <filesystem>
@@ -54,9 +55,30 @@ inline constexpr const char* tokenizer_file_name = "orrery_tokenizer.json";
 /// Writes the description of the byte tokenizer into `model_dir`.
 void save_byte_tokenizer(const std::filesystem::path& model_dir);
 
-/// Loads the tokenizer described in `model_dir`; throws model_error naming
-/// the file when it is missing or names an unknown kind.
+/// The tokenizer of `model_dir`: its tokenizer.json (byte-level BPE), else
+/// its tokenizer.model (SentencePiece), else orrery's byte tokenizer file;
+/// BOS and EOS from its config.json. Throws model_error naming the file
+/// that is missing, unreadable or asks for what orrery does not do.
 std::unique_ptr<tokenizer> load_tokenizer(const std::filesystem::path& model_dir);
+
+/// The files a model directory's tokenizer may be made of.
+inline constexpr const char* tokenizer_files[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                                  "special_tokens_map.json", tokenizer_file_name};
+
+/// What a model built for a tokenizer directory's files must agree with.
+struct tokenizer_shape {
+  int vocab_size = 0;
+  token_id bos = 0, eos = 0;
+};
+
+/// The shape of the tokenizer files in `dir` (tokenizer.json with its
+/// tokenizer_config.json's bos_token and eos_token, or tokenizer.model);
+/// throws model_error naming what is missing.
+tokenizer_shape read_tokenizer_shape(const std::filesystem::path& dir);
+
+/// Copies `from`'s tokenizer files into `to` (a model trained from it speaks
+/// its tokens); a directory with none gets the byte tokenizer.
+void copy_tokenizer(const std::filesystem::path& from, const std::filesystem::path& to);
 
 /// Text safe for a terminal: printable ASCII and valid UTF-8 as they are,
 /// other bytes as \xHH (a random model emits arbitrary bytes).

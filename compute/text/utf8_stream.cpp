@@ -1,4 +1,4 @@
-#include "compute/utf8_stream.hpp"
+#include "compute/text/utf8_stream.hpp"
 
 namespace orrery::compute {
 
