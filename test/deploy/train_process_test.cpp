@@ -158,3 +158,32 @@ TEST_CASE("bad training input gets one clear error naming the flag or the file")
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
   }
 }
+
+TEST_CASE("a model made for a SentencePiece tokenizer trained on the KJV speaks in words, and keeps its tokenizer") {
+  temp_dir dir;
+  const auto corpus = std::string(std::getenv("ORRERY_SOURCE_DIR")) + "/data/kjv.txt";
+  auto tok = run_orrery({"tokenizer", "train", "--data", corpus, "--kind", "sentencepiece", "--vocab-size", "1024", "--out", "tok"},
+                        dir.path());
+  INFO(tok.err);
+  REQUIRE(tok.exit_code == 0);
+  CHECK(json::parse(tok.out)["vocab_size"] == 1024);
+  REQUIRE(run_orrery({"model", "init", "--preset", "tiny", "--tokenizer", "tok", "--out", "m"}, dir.path()).exit_code == 0);
+  const auto config = json::parse(std::ifstream(dir / "m" / "config.json"));
+  CHECK(config["vocab_size"] == 1024);
+  CHECK(config["bos_token_id"] == 1);
+  CHECK(config["eos_token_id"] == 2);
+  auto trained = run_orrery({"train", "--model", "m", "--data", corpus, "--steps", "60", "--out", "t", "--threads", "2"}, dir.path());
+  INFO(trained.err);
+  REQUIRE(trained.exit_code == 0);
+  CHECK(std::filesystem::exists(dir / "t" / "tokenizer.model"));
+  const auto losses = log_of(dir / "t");
+  REQUIRE(losses.size() == 60);
+  CHECK(losses.back()["loss"].get<double>() < 0.8 * losses.front()["loss"].get<double>());
+  auto said = run_orrery({"generate", "--model", "t", "--prompt", "And God said", "--max-tokens", "24", "--ignore-eos"}, dir.path());
+  REQUIRE(said.exit_code == 0);
+  // 24 pieces of a 1024-piece vocabulary: words, not bytes or ids.
+  const auto text = said.out.substr(std::string("And God said").size());
+  CHECK(text.size() > 48);
+  CHECK(text.find('<') == std::string::npos);
+  CHECK(text.find(" the ") != std::string::npos);
+}
