@@ -490,7 +490,8 @@ bool batchable(const stage_state& s, const messages::forward_route& route, const
 // rows packed into one input, each over its own KV caches, so the stage
 // reads its weights once for all of them (decode is bound by reading
 // weights). Each row is then handed on as its own frame. A batch of one is
-// the frame alone, bit for bit.
+// the frame alone, and on the CPU every batch gives each row bit for bit
+// what it would alone (at most compute::llama_ops::max_gemv_rows rows: the gemv).
 void run_batch(stage_actor_ptr self) {
   auto& s = self->state;
   auto frames = std::move(s.pending);
@@ -556,6 +557,9 @@ void process(stage_actor_ptr self, tensor_frame& frame) {
     });
     if (again) run_batch(self);
     s.pending.push_back(std::move(frame));
+    // At most as many rows as the gemv takes: its rows keep their sum order
+    // whatever their number, so a batched step is bitwise the step alone.
+    if (s.pending.size() == static_cast<std::size_t>(compute::llama_ops::max_gemv_rows)) return run_batch(self);
     if (!std::exchange(s.batch_due, true)) self->send(self, run_batch_atom_v);
     return;
   }

@@ -3,7 +3,11 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -242,7 +246,7 @@ TEST_CASE("a numeric flag out of range is named with its value and the range it 
 
 TEST_CASE("an unknown or missing command is named, with the commands there are") {
   temp_dir dir;
-  const std::string top = "demo, model, node, up, chaos, testbed, generate, train, profile, plan, bench";
+  const std::string top = "demo, model, node, up, chaos, testbed, generate, serve, tokenizer, train, profile, plan, bench";
   check_one_line_errors(dir, {
            {{"frobnicate"}, "unknown command 'frobnicate' (commands: " + top + ")"},
            {{"frobnicate", "--x"}, "unknown command 'frobnicate' (commands: " + top + ")"},
@@ -324,7 +328,8 @@ TEST_CASE("the README's tour names files that exist, and testbed4.yaml says how 
 TEST_CASE("--help answers for every command") {
   temp_dir dir;
   for (auto args : std::vector<std::vector<std::string>>{
-           {"--help"}, {"model", "init", "--help"}, {"generate", "--help"}, {"bench", "compute", "--help"}, {"demo", "--help"}, {"train", "--help"}}) {
+           {"--help"}, {"model", "init", "--help"}, {"generate", "--help"}, {"bench", "compute", "--help"}, {"demo", "--help"}, {"train", "--help"},
+           {"serve", "--help"}, {"tokenizer", "train", "--help"}, {"tokenizer", "encode", "--help"}, {"bench", "serve", "--help"}}) {
     auto r = run_orrery(args, dir.path());
     CHECK(r.exit_code == 0);
     CHECK(contains(r.out, "Usage"));
@@ -365,4 +370,33 @@ TEST_CASE("plan works from catalog presets alone and names bad input") {
   auto bad = run_orrery({"plan", "--cluster", "nano,foo", "--link", "100mbit", "--model", "llama2-7b"}, dir.path());
   CHECK(bad.exit_code == 1);
   CHECK(contains(bad.err, "unknown device 'foo'"));
+}
+
+TEST_CASE("serve refuses a missing model or topology, a taken port, and a bad flag, by name") {
+  temp_dir dir;
+  auto none = run_orrery({"serve"}, dir.path());
+  CHECK(none.exit_code != 0);
+  CHECK(contains(none.err, "serve needs --model DIR (this machine) or --topology FILE (a cluster)"));
+  auto missing = run_orrery({"serve", "--model", "no-such-dir"}, dir.path());
+  CHECK(missing.exit_code != 0);
+  CHECK(contains(missing.err, "--model"));
+  auto port = run_orrery({"serve", "--model", std::string(std::getenv("ORRERY_SOURCE_DIR")) + "/deploy/models/kjv-tiny", "--port", "70000"},
+                         dir.path());
+  CHECK(port.exit_code != 0);
+  CHECK(contains(port.err, "--port"));
+  // A port something listens on already: the error names the address.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(::listen(fd, 1) == 0);
+  socklen_t length = sizeof address;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const auto taken = std::to_string(ntohs(address.sin_port));
+  auto busy = run_orrery({"serve", "--model", std::string(std::getenv("ORRERY_SOURCE_DIR")) + "/deploy/models/kjv-tiny", "--port", taken},
+                         dir.path());
+  ::close(fd);
+  CHECK(busy.exit_code != 0);
+  CHECK(contains(busy.err, "cannot listen on 127.0.0.1:" + taken));
 }
