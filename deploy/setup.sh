@@ -35,13 +35,17 @@ packages=(
   doctest-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
   libcpp-httplib-dev prometheus-cpp-dev
   libpcre2-dev libsentencepiece-dev sentencepiece
-  iproute2 bible-kjv nodejs npm curl
+  iproute2 bible-kjv curl
 )
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm from Debian unless a node with its npm is there already
+# (NodeSource's nodejs carries npm, and Debian's npm package conflicts with it).
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo=""

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run on a Debian 12 machine with the project's packages (deploy/setup.sh):
 # copies what the GPU machines' image lacks — Debian's CAF, Cap'n Proto (with
-# its compiler), yaml-cpp, CLI11, nlohmann-json, doctest, spdlog and fmt, and the Boost
-# headers the sources actually include — into .bundle/usr, mirroring /usr so
+# its compiler), yaml-cpp, CLI11, nlohmann-json, doctest, spdlog and fmt,
+# cpp-httplib (with the brotli headers its flags ask for), prometheus-cpp,
+# PCRE2, SentencePiece (with spm_train), and the Boost headers the sources
+# actually include — into .bundle/usr, mirroring /usr so
 # that the packages' CMake configs find their files relative to themselves.
 # The folder is ignored by git; `run` carries it (deploy/gpu/build.sh uses it).
 #
@@ -34,12 +36,19 @@ copy /usr/include/capnp /usr/include/kj /usr/lib/$arch/cmake/CapnProto /usr/bin/
 # Cap'n Proto's CMake targets come from pkg-config: its files, with the
 # prefix made relative to where they lie.
 copy /usr/lib/$arch/pkgconfig/capnp*.pc /usr/lib/$arch/pkgconfig/kj*.pc
+copy /usr/lib/$arch/pkgconfig/cpp-httplib.pc /usr/lib/$arch/pkgconfig/libbrotli*.pc /usr/lib/$arch/pkgconfig/libpcre2-8.pc \
+     /usr/lib/$arch/pkgconfig/sentencepiece.pc
 sed -i 's|^prefix=.*|prefix=${pcfiledir}/../../..|' "$out"/lib/$arch/pkgconfig/*.pc
 copy /usr/include/yaml-cpp /usr/lib/$arch/cmake/yaml-cpp /usr/lib/$arch/libyaml-cpp.so*
 copy /usr/include/nlohmann /usr/share/cmake/nlohmann_json /usr/include/CLI /usr/share/cmake/CLI11
 copy /usr/include/doctest /usr/lib/cmake/doctest
 copy /usr/include/spdlog /usr/lib/$arch/cmake/spdlog /usr/lib/$arch/libspdlog.so* \
      /usr/include/fmt /usr/lib/$arch/cmake/fmt /usr/lib/$arch/libfmt.so*
+# `orrery serve` and the tokenizers (their .pc files are among those above).
+copy /usr/include/httplib.h /usr/lib/$arch/libcpp-httplib.so* /usr/include/brotli /usr/lib/$arch/libbrotli*.so*
+copy /usr/include/prometheus /usr/lib/$arch/cmake/prometheus-cpp /usr/lib/$arch/libprometheus-cpp-*.so*
+copy /usr/include/pcre2.h /usr/lib/$arch/libpcre2-8.so*
+copy /usr/include/sentencepiece_processor.h /usr/include/sentencepiece_trainer.h /usr/lib/$arch/libsentencepiece*.so* /usr/bin/spm_train
 copy /usr/lib/$arch/cmake/Boost-1.74.0 /usr/lib/$arch/cmake/boost_headers-1.74.0 /usr/lib/$arch/cmake/BoostDetectToolset-1.74.0.cmake
 
 # The Boost headers reachable from every source that includes Boost.

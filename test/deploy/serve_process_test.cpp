@@ -220,20 +220,25 @@ TEST_CASE("orrery serve --model answers curl and the official openai client with
   CHECK(json::parse(too_long.body)["error"]["param"] == "prompt");
 
   // The openai package from npm: models, completions and chat, streamed and
-  // not, errors by type and param, stop strings, the API key.
-  const auto clients = std::filesystem::path(std::getenv("ORRERY_SOURCE_DIR")) / "test" / "clients";
-  INFO("run `bash deploy/setup.sh test` (it runs npm ci in test/clients)");
-  REQUIRE(std::filesystem::exists(clients / "node_modules" / "openai"));
-  auto node = test::run_process({"/usr/bin/node", (clients / "openai_client.mjs").string(), s.url("/v1"), "m", "sesame"}, clients);
-  INFO(node.out << node.err);
-  CHECK(node.exit_code == 0);
-  CHECK(json::parse(node.out)["completion_text"] == local_text(dir / "m", "In the beginning", 24));
+  // not, errors by type and param, stop strings, the API key. The GPU
+  // machine reaches no registry and has no node: there CI's run stands.
+  if (std::getenv("ORRERY_GPU_MACHINE") != nullptr) {
+    MESSAGE("no node or npm on the GPU machine: the openai client check runs in CI");
+  } else {
+    const auto clients = std::filesystem::path(std::getenv("ORRERY_SOURCE_DIR")) / "test" / "clients";
+    INFO("run `bash deploy/setup.sh test` (it runs npm ci in test/clients)");
+    REQUIRE(std::filesystem::exists(clients / "node_modules" / "openai"));
+    auto node = test::run_process({"/usr/bin/node", (clients / "openai_client.mjs").string(), s.url("/v1"), "m", "sesame"}, clients);
+    INFO(node.out << node.err);
+    CHECK(node.exit_code == 0);
+    CHECK(json::parse(node.out)["completion_text"] == local_text(dir / "m", "In the beginning", 24));
+  }
 
   auto metrics = curl(s.url("/metrics")).body;
   CHECK(metrics.find("orrery_http_requests_total{route=\"/v1/completions\",status=\"200\"}") != std::string::npos);
   CHECK(metrics.find("orrery_http_requests_total{route=\"/v1/completions\",status=\"401\"}") != std::string::npos);
   REQUIRE(samples(metrics, "orrery_completion_tokens_total").size() == 1);
-  CHECK(samples(metrics, "orrery_completion_tokens_total")[0] >= 80);
+  CHECK(samples(metrics, "orrery_completion_tokens_total")[0] >= 80);  // two of 40 here, and the client's
   CHECK(samples(metrics, "orrery_time_to_first_token_seconds_count")[0] >= 2);
   CHECK(s.stop() == 0);  // Ctrl-C stops it cleanly
 }
