@@ -181,8 +181,10 @@ caf::result<stage_ready> load(stage_actor_ptr self, stage_assignment& assignment
     s.shards.clear();
     s.next.clear();
     s.ring.reset();
-    const auto problem = "cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) +
-                         "): " + compute::without_backtrace(e.what());
+    // The device in the text: libtorch's own words may not name it ("invalid
+    // device ordinal").
+    const auto problem = "cannot load layers [" + std::to_string(first) + ", " + std::to_string(last) + ") on " +
+                         s.context.device + ": " + compute::without_backtrace(e.what());
     stage_log().error(s.where() + ": " + problem);
     const bool differs = dynamic_cast<const model_copy_differs*>(&e) != nullptr;
     return make_error(differs ? errc::model_mismatch : errc::load_failed, problem);

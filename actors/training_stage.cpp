@@ -1,6 +1,7 @@
 #include "actors/training_stage.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <caf/all.hpp>
 
 #include <algorithm>

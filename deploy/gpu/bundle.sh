@@ -46,7 +46,7 @@ copy /usr/include/spdlog /usr/lib/$arch/cmake/spdlog /usr/lib/$arch/libspdlog.so
      /usr/include/fmt /usr/lib/$arch/cmake/fmt /usr/lib/$arch/libfmt.so*
 # `orrery serve` and the tokenizers (their .pc files are among those above).
 copy /usr/include/httplib.h /usr/lib/$arch/libcpp-httplib.so* /usr/include/brotli /usr/lib/$arch/libbrotli*.so*
-copy /usr/include/prometheus /usr/lib/$arch/cmake/prometheus-cpp /usr/lib/$arch/libprometheus-cpp-*.so*
+copy /usr/include/prometheus /usr/lib/$arch/libprometheus-cpp-core.so*
 copy /usr/include/pcre2.h /usr/lib/$arch/libpcre2-8.so*
 copy /usr/include/sentencepiece_processor.h /usr/include/sentencepiece_trainer.h /usr/lib/$arch/libsentencepiece*.so* /usr/bin/spm_train
 copy /usr/lib/$arch/cmake/Boost-1.74.0 /usr/lib/$arch/cmake/boost_headers-1.74.0 /usr/lib/$arch/cmake/BoostDetectToolset-1.74.0.cmake

@@ -81,7 +81,7 @@ TEST_CASE("a node refuses layers of a copy that is not the client's, naming the 
   auto node = actors::spawn_node(system, {"n", "cpu", "fp32", 0, 1, "127.0.0.1", 0});
   // The client holds `other`; the node's copy at the path it is sent is `mine`.
   auto refused = load(system, node, 7, dir / "mine", actors::identify_model(dir / "other"));
-  CHECK(contains(refused, "cannot load layers [0, 4): its copy of the model at " + (dir / "mine").string() +
+  CHECK(contains(refused, "cannot load layers [0, 4) on cpu: its copy of the model at " + (dir / "mine").string() +
                               " differs from the client's: model.safetensors holds other bytes"));
   CHECK(load(system, node, 7, dir / "mine", actors::identify_model(dir / "mine")) == "ok");
   CHECK(contains(load(system, node, 0, dir / "mine", actors::identify_model(dir / "mine")), "session 0 is reserved"));
